@@ -1,0 +1,280 @@
+"""The compute agent: runs the instances assigned to its node.
+
+It watches its own assignment folder (kazoo TreeCache) and reconciles three
+things against it: libvirt domains, qcow2 overlays and instance records.
+An assignment exists exactly while the instance belongs on this node; its
+data says ``run`` or ``terminate``. Only this agent removes it, after the
+domain and overlay are gone, so a crash at any point is finished by the next
+reconcile (at start, on every event, and periodically).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from kazoo.exceptions import NoNodeError
+from kazoo.recipe.cache import TreeCache, TreeEvent
+
+from cowfleet.agents.compute.domain import DomainSpec
+from cowfleet.agents.compute.hypervisor import Hypervisor, domain_name
+from cowfleet.agents.compute.overlays import OverlayStore
+from cowfleet.agents.node import NodeAgent
+from cowfleet.agents.placement import (DESIRED_RUN, DESIRED_TERMINATE, Placer, flavor_named,
+                                       parse_assignment_data)
+from cowfleet.guest.builder import READY_MARKER
+from cowfleet.models import Image, Instance, InstanceState, Replica, now
+from cowfleet.zk import layout
+from cowfleet.zk.connection import read, read_children, update
+from cowfleet.zk.groups import finish_delete_if_empty
+
+READY_TIMEOUT = 900.0
+READY_POLL = 0.25
+
+
+class ComputeAgent(NodeAgent):
+    role = "compute"
+
+    def __init__(self, *args, hypervisor: Hypervisor, vcpus: int | None = None,
+                 memory_mib: int | None = None, network: str = "user", workers: int = 8, **kw):
+        super().__init__(*args, **kw)
+        self.hyper = hypervisor
+        self.overlays = OverlayStore(Path(self.state_dir) / "overlays")
+        self.consoles = Path(self.state_dir) / "consoles"
+        self.consoles.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o755)
+        self.network = network
+        self._vcpus = vcpus or (os.cpu_count() or 1) * 8          # vCPUs overcommit 8:1
+        self._memory = memory_mib or max(512, _host_memory_mib() - 1024)
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="instance")
+        self.inflight: set[str] = set()
+        self.inflight_lock = threading.Lock()
+        self.awaiting: dict[str, tuple[str, float]] = {}   # id -> (group, deadline)
+        self.awaiting_lock = threading.Lock()
+        self.placer = Placer(self.zk, self.name)
+        self._allocated = {"vcpus": 0, "memory_mib": 0, "instances": 0}
+
+    # -- membership -----------------------------------------------------------
+    def capacity(self):
+        return {"vcpus": self._vcpus, "memory_mib": self._memory}
+
+    def allocated(self):
+        return dict(self._allocated)
+
+    def extra_info(self):
+        return {"virt_type": self.hyper.virt_type}
+
+    # -- set-up ---------------------------------------------------------------
+    def start(self) -> None:
+        path = layout.assignments(self.name)
+        self.zk.ensure_path(path)
+        self.cache = TreeCache(self.zk, path)
+        self.cache.listen(self._on_tree_event)
+        self.cache.start()
+        self.zk.ChildrenWatch(layout.REQUESTS, self._on_requests)
+        threading.Thread(target=self._readiness_loop, name="readiness", daemon=True).start()
+
+    def _on_tree_event(self, event) -> None:
+        if event.event_type in (TreeEvent.NODE_ADDED, TreeEvent.NODE_UPDATED, TreeEvent.NODE_REMOVED,
+                                TreeEvent.INITIALIZED):
+            self.wake.set()
+
+    def _on_requests(self, children) -> None:
+        if children and hasattr(self, "leader_wake"):
+            self.leader_wake.set()
+
+    # -- leader work ----------------------------------------------------------
+    def lead_once(self) -> None:
+        if self.placer.process_requests() == 0:
+            self.placer.reconcile_all()
+
+    # -- reconcile ------------------------------------------------------------
+    def desired(self) -> dict[str, tuple[str, str, dict]] | None:
+        """instance id -> (group, assignment child, data), from the cache."""
+        path = layout.assignments(self.name)
+        children = self.cache.get_children(path)
+        if children is None:
+            return None          # cache not initialised yet: decide nothing
+        out = {}
+        for child in children:
+            node = self.cache.get_data(f"{path}/{child}")
+            if node is None:
+                continue
+            group, iid = layout.parse_assignment(child)
+            out[iid] = (group, child, parse_assignment_data(node.data))
+        return out
+
+    def reconcile(self) -> None:
+        desired = self.desired()
+        if desired is None:
+            return
+        domains = self.hyper.list(self.name)
+        overlays = self.overlays.list()
+        use = {"vcpus": 0, "memory_mib": 0, "instances": 0}
+        for iid, (group, _child, data) in desired.items():
+            if data.get("desired") == DESIRED_RUN:
+                use["vcpus"] += int(data.get("vcpus", 0))
+                use["memory_mib"] += int(data.get("memory_mib", 0))
+                use["instances"] += 1
+                if iid not in domains or not domains[iid].running:
+                    self._submit(iid, self._start, group, iid)
+                else:
+                    self._submit(iid, self._adopt, group, iid)
+            else:
+                self._submit(iid, self._terminate, group, iid)
+        self._allocated = use
+        # anything of ours with no assignment: a leftover of a crash or a drop
+        for iid, dom in domains.items():
+            if iid not in desired:
+                self._submit(iid, self._terminate, dom.group, iid)
+        for iid, (group, _path) in overlays.items():
+            if iid not in desired and iid not in domains:
+                self._submit(iid, self._terminate, group, iid)
+
+    def _submit(self, iid: str, fn, *args) -> None:
+        with self.inflight_lock:
+            if iid in self.inflight:
+                return
+            self.inflight.add(iid)
+
+        def run():
+            try:
+                fn(*args)
+            except Exception:
+                self.log.exception("%s of %s failed", fn.__name__.strip("_"), iid)
+            finally:
+                with self.inflight_lock:
+                    self.inflight.discard(iid)
+        self.pool.submit(run)
+
+    # -- instance life-cycle --------------------------------------------------
+    def _set_state(self, group: str, iid: str, state: str, message: str = "", **fields) -> None:
+        def change(inst: Instance):
+            if inst.state == InstanceState.TERMINATING and state != InstanceState.TERMINATING:
+                return None            # the leader decided: never resurrect
+            if inst.state == state and inst.message == message and not fields:
+                return None
+            inst.state, inst.message = state, message
+            for k, v in fields.items():
+                setattr(inst, k, v)
+            return inst
+        update(self.zk, layout.group_instance(group, iid), Instance, change)
+
+    def _replica_for(self, image: str) -> tuple[Replica, Image] | None:
+        got = read(self.zk, layout.image(image), Image)
+        if got is None:
+            return None
+        for replica, _ in read_children(self.zk, layout.image_replicas(image), Replica):
+            # Walking skeleton: the master is a local file (storage and compute
+            # share a host in the one-node lab). iSCSI streaming replaces this.
+            if os.path.exists(replica.path):
+                return replica, got[0]
+        return None
+
+    def _start(self, group: str, iid: str) -> None:
+        got = read(self.zk, layout.group_instance(group, iid), Instance)
+        if got is None:
+            return
+        inst = got[0]
+        if inst.state in (InstanceState.TERMINATING, InstanceState.FAILED):
+            return        # failed stays failed (visible); the group shows it as degraded
+        found = self._replica_for(inst.image)
+        if found is None:
+            self._set_state(group, iid, InstanceState.PENDING,
+                            f"waiting for a replica of image '{inst.image}' reachable from {self.name}")
+            return
+        replica, image = found
+        flavor = flavor_named(self.zk, inst.flavor)
+        if flavor is None:
+            self._set_state(group, iid, InstanceState.FAILED, f"flavor '{inst.flavor}' does not exist")
+            return
+        self._set_state(group, iid, InstanceState.STARTING)
+        overlay = self.overlays.path(group, iid)
+        if not overlay.exists():
+            overlay = self.overlays.create(group, iid, replica.path, image.format)
+        console = self.consoles / f"{iid}.log"
+        console.unlink(missing_ok=True)
+        spec = DomainSpec(name=domain_name(self.name, iid), instance_id=iid, group=group,
+                          node=self.name, vcpus=flavor.vcpus, memory_mib=flavor.memory_mib,
+                          disk_path=str(overlay), console_log=str(console),
+                          virt_type=self.hyper.virt_type, network=self.network)
+        self.hyper.destroy(spec.name)        # a stopped leftover of the same name
+        try:
+            self.hyper.start(spec)
+        except Exception as exc:
+            self._set_state(group, iid, InstanceState.FAILED, f"domain start failed: {exc}")
+            raise
+        self._set_state(group, iid, InstanceState.RUNNING, running_at=now(), ready_at=None)
+        with self.awaiting_lock:
+            self.awaiting[iid] = (group, time.monotonic() + READY_TIMEOUT)
+
+    def _adopt(self, group: str, iid: str) -> None:
+        """A running domain with an assignment: make sure someone watches it."""
+        got = read(self.zk, layout.group_instance(group, iid), Instance)
+        if got is None:
+            return
+        inst = got[0]
+        if inst.state in (InstanceState.PENDING, InstanceState.STARTING):
+            self._set_state(group, iid, InstanceState.RUNNING, running_at=inst.running_at or now())
+            inst.state = InstanceState.RUNNING
+        if inst.state == InstanceState.RUNNING:
+            with self.awaiting_lock:
+                self.awaiting.setdefault(iid, (group, time.monotonic() + READY_TIMEOUT))
+
+    def _terminate(self, group: str, iid: str) -> None:
+        self.hyper.destroy(domain_name(self.name, iid))
+        self.overlays.remove(group, iid)
+        (self.consoles / f"{iid}.log").unlink(missing_ok=True)
+        with self.awaiting_lock:
+            self.awaiting.pop(iid, None)
+        tx = self.zk.transaction()
+        got = read(self.zk, layout.group_instance(group, iid), Instance)
+        if got is not None and got[0].node == self.name:
+            tx.delete(layout.group_instance(group, iid), version=got[1])
+        if self.zk.exists(layout.assignment(self.name, group, iid)):
+            tx.delete(layout.assignment(self.name, group, iid))
+        if tx.operations:
+            tx.commit()
+        finish_delete_if_empty(self.zk, group)
+
+    # -- readiness ------------------------------------------------------------
+    def _readiness_loop(self) -> None:
+        """Wait for each guest's readiness line on its serial console."""
+        while not self.stopping.is_set():
+            with self.awaiting_lock:
+                watching = dict(self.awaiting)
+            for iid, (group, deadline) in watching.items():
+                log = self.consoles / f"{iid}.log"
+                try:
+                    text = log.read_text(errors="replace")
+                except OSError:
+                    text = ""
+                if READY_MARKER in text:
+                    self._set_state(group, iid, InstanceState.READY, ready_at=now())
+                    with self.awaiting_lock:
+                        self.awaiting.pop(iid, None)
+                    self.log.info("instance %s ready", iid)
+                elif time.monotonic() > deadline:
+                    self._set_state(group, iid, InstanceState.RUNNING,
+                                    "no readiness line from the guest")
+                    with self.awaiting_lock:
+                        self.awaiting.pop(iid, None)
+            self.stopping.wait(READY_POLL)
+
+    def shutdown(self) -> None:
+        try:
+            self.cache.close()
+        except Exception:
+            pass
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        super().shutdown()
+
+
+def _host_memory_mib() -> int:
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    return 2048

@@ -1,0 +1,76 @@
+"""Libvirt domain XML for one instance (a pure function, unit-tested)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from xml.sax.saxutils import escape, quoteattr
+
+METADATA_NS = "urn:cowfleet:instance:1"
+METADATA_KEY = "cowfleet"
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    name: str                 # libvirt domain name
+    instance_id: str
+    group: str
+    node: str
+    vcpus: int
+    memory_mib: int
+    disk_path: str            # the instance's qcow2 overlay
+    console_log: str          # serial console, where the guest says it is ready
+    virt_type: str = "qemu"   # kvm only where KVM really runs guests
+    network: str = "user"     # user-mode networking or none (never a host bridge in tests)
+
+
+def domain_xml(spec: DomainSpec) -> str:
+    if spec.virt_type not in ("kvm", "qemu"):
+        raise ValueError(f"virt_type must be kvm or qemu, not {spec.virt_type!r}")
+    if spec.network not in ("user", "none"):
+        raise ValueError(f"network must be user or none, not {spec.network!r}")
+    cpu = "<cpu mode='host-passthrough'/>" if spec.virt_type == "kvm" else ""
+    net = ("<interface type='user'><model type='virtio'/><rom enabled='no'/></interface>"
+           if spec.network == "user" else "")
+    return f"""<domain type='{spec.virt_type}'>
+  <name>{escape(spec.name)}</name>
+  <metadata>
+    <{METADATA_KEY}:instance xmlns:{METADATA_KEY}='{METADATA_NS}' id={quoteattr(spec.instance_id)} group={quoteattr(spec.group)} node={quoteattr(spec.node)}/>
+  </metadata>
+  <memory unit='MiB'>{int(spec.memory_mib)}</memory>
+  <vcpu>{int(spec.vcpus)}</vcpu>
+  <sysinfo type='smbios'>
+    <system>
+      <entry name='manufacturer'>cowfleet</entry>
+      <entry name='product'>cowfleet instance</entry>
+      <entry name='serial'>{escape(spec.instance_id)}</entry>
+    </system>
+  </sysinfo>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <boot dev='hd'/>
+    <smbios mode='sysinfo'/>
+  </os>
+  {cpu}
+  <features><acpi/></features>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' discard='unmap'/>
+      <source file={quoteattr(spec.disk_path)}/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    {net}
+    <serial type='file'>
+      <source path={quoteattr(spec.console_log)}/>
+      <target port='0'/>
+    </serial>
+    <console type='file'>
+      <source path={quoteattr(spec.console_log)}/>
+      <target type='serial' port='0'/>
+    </console>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""

@@ -1,0 +1,60 @@
+"""``cowfleet-agent``: one node agent (compute or storage)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="cowfleet-agent", description="Run one cowfleet node agent.")
+    p.add_argument("--role", required=True, choices=["compute", "storage"])
+    p.add_argument("--rack", required=True, help="the rack this node belongs to")
+    p.add_argument("--zk", required=True,
+                   help="ZooKeeper connection string listing every server, optional /chroot")
+    p.add_argument("--name", help="node name (default: HOSTNAME-ROLE)")
+    p.add_argument("--state-dir", help="where overlays, consoles or masters live "
+                   "(default: /var/lib/cowfleet/NAME)")
+    p.add_argument("--listen", default="127.0.0.1:0", help="P2P endpoint HOST:PORT (port 0: any free)")
+    p.add_argument("--libvirt-uri", default="qemu:///system")
+    p.add_argument("--virt-type", choices=["auto", "kvm", "qemu"], default="auto",
+                   help="libvirt domain type; auto boots a probe guest to see if KVM really works")
+    p.add_argument("--network", choices=["user", "none"], default="user",
+                   help="guest networking: qemu user-mode, or none")
+    p.add_argument("--vcpus", type=int, help="vCPUs this node offers (default: 8 per core)")
+    p.add_argument("--memory-mib", type=int, help="memory this node offers (default: host memory - 1 GiB)")
+    p.add_argument("--log-level", default=os.environ.get("COWFLEET_LOG_LEVEL", "INFO"))
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("kazoo").setLevel(logging.WARNING)
+    from cowfleet.service.api import NAME_RE
+    name = args.name or f"{socket.gethostname().split('.')[0].lower()}-{args.role}"
+    if not NAME_RE.match(name):
+        print(f"cowfleet-agent: invalid node name '{name}': use a DNS label", file=sys.stderr)
+        return 2
+    state_dir = args.state_dir or f"/var/lib/cowfleet/{name}"
+    common = dict(name=name, rack=args.rack, zk_hosts=args.zk, state_dir=state_dir, listen=args.listen)
+    if args.role == "compute":
+        from cowfleet.agents.compute import virt_type
+        from cowfleet.agents.compute.agent import ComputeAgent
+        from cowfleet.agents.compute.hypervisor import LibvirtHypervisor
+        vt = virt_type.detect(state_dir) if args.virt_type == "auto" else args.virt_type
+        agent = ComputeAgent(hypervisor=LibvirtHypervisor(args.libvirt_uri, vt), vcpus=args.vcpus,
+                             memory_mib=args.memory_mib, network=args.network, **common)
+    else:
+        from cowfleet.agents.storage.agent import StorageAgent
+        agent = StorageAgent(**common)
+    agent.install_signal_handlers()
+    agent.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""What every node agent does, whatever its role.
+
+- holds an EPHEMERAL membership znode (address, role, rack, capacity,
+  allocation, health), refreshed by a heartbeat and re-created after the
+  session is lost;
+- runs for its rack's leadership with kazoo's Election and leads only while
+  its session is connected;
+- serves a small P2P HTTP endpoint;
+- reconciles what it runs against ZooKeeper at start, on every watch event
+  and periodically.
+
+The connection listener only sets flags: kazoo calls it from its connection
+thread, which must never block.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+from kazoo.client import KazooState
+from kazoo.exceptions import NodeExistsError, NoNodeError
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+from cowfleet.models import NodeInfo, now
+from cowfleet.zk import layout
+from cowfleet.zk.connection import connect
+
+HEARTBEAT_SECONDS = 5.0
+RECONCILE_SECONDS = 5.0
+
+
+class NodeAgent:
+    role = "node"
+
+    def __init__(self, name: str, rack: str, zk_hosts: str, state_dir: str,
+                 listen: str = "127.0.0.1:0"):
+        self.name, self.rack = name, rack
+        self.state_dir = state_dir
+        os.makedirs(state_dir, exist_ok=True)
+        self.log = logging.getLogger(f"cowfleet.agent.{self.role}.{name}")
+        self.stopping = threading.Event()
+        self.wake = threading.Event()
+        self.connected = threading.Event()
+        self.session_lost = threading.Event()
+        self._listen = listen
+        self._http = None
+        self.address: str | None = None
+        self.zk = connect(zk_hosts, listener=self._on_connection_state)
+        self.connected.set()
+
+    # -- connection state (never blocks) ------------------------------------
+    def _on_connection_state(self, state: str) -> None:
+        if state == KazooState.CONNECTED:
+            self.connected.set()
+            self.wake.set()
+        else:
+            self.connected.clear()       # SUSPENDED: stop acting as leader
+            if state == KazooState.LOST:
+                self.session_lost.set()  # ephemeral nodes are gone: re-register
+
+    # -- membership ---------------------------------------------------------
+    def capacity(self) -> dict[str, int]:
+        return {}
+
+    def allocated(self) -> dict[str, int]:
+        return {}
+
+    def extra_info(self) -> dict[str, Any]:
+        return {}
+
+    def node_info(self) -> NodeInfo:
+        return NodeInfo(name=self.name, role=self.role, rack=self.rack, address=self.address,
+                        capacity=self.capacity(), allocated=self.allocated(), healthy=True,
+                        last_seen=now(), **self.extra_info())
+
+    def register(self) -> None:
+        path = layout.node(self.name)
+        data = self.node_info().to_bytes()
+        for _ in range(50):
+            try:
+                self.zk.create(path, data, ephemeral=True)
+                self.log.info("registered as %s in rack %s (%s)", self.name, self.rack, self.role)
+                return
+            except NodeExistsError:
+                try:
+                    _, stat = self.zk.get(path)
+                except NoNodeError:
+                    continue
+                if stat.ephemeralOwner == self.zk.client_id[0]:
+                    self.zk.set(path, data)
+                    return
+                # a previous incarnation of this agent: its session is dead or dying
+                self.log.info("replacing stale membership znode of an earlier session")
+                try:
+                    self.zk.delete(path, version=stat.version)
+                except NoNodeError:
+                    pass
+        raise RuntimeError(f"could not register {path}")
+
+    def heartbeat(self) -> None:
+        if self.session_lost.is_set() and self.connected.is_set():
+            self.session_lost.clear()
+            self.register()
+            return
+        try:
+            self.zk.set(layout.node(self.name), self.node_info().to_bytes())
+        except NoNodeError:
+            self.register()
+
+    # -- leadership ---------------------------------------------------------
+    def lead_once(self) -> None:
+        """One round of leader work; called repeatedly while leading."""
+
+    def _election_loop(self) -> None:
+        election = self.zk.Election(layout.rack_leader(self.rack, self.role), identifier=self.name)
+
+        def leading() -> None:
+            self.log.info("leading rack %s (%s)", self.rack, self.role)
+            while not self.stopping.is_set() and self.connected.is_set() \
+                    and not self.session_lost.is_set():
+                try:
+                    self.lead_once()
+                except Exception:
+                    self.log.exception("leader round failed")
+                self.leader_wake.wait(RECONCILE_SECONDS)
+                self.leader_wake.clear()
+            self.log.info("stopped leading rack %s", self.rack)
+
+        while not self.stopping.is_set():
+            if not self.connected.wait(1):
+                continue
+            try:
+                election.run(leading)
+            except Exception:
+                if not self.stopping.is_set():
+                    self.log.exception("election failed; retrying")
+                    self.stopping.wait(1)
+
+    # -- P2P endpoint -------------------------------------------------------
+    def p2p(self, request: Request) -> Response:
+        if request.path == "/healthz":
+            return Response(json.dumps({"status": "ok", "node": self.name}), mimetype="application/json")
+        if request.path == "/v1/node":
+            return Response(self.node_info().to_bytes(), mimetype="application/json")
+        return Response(json.dumps({"title": "Not Found", "status": 404}), status=404,
+                        mimetype="application/problem+json")
+
+    def _serve_p2p(self) -> None:
+        host, _, port = self._listen.rpartition(":")
+
+        @Request.application
+        def app(request):
+            return self.p2p(request)
+
+        self._http = make_server(host or "127.0.0.1", int(port or 0), app, threaded=True)
+        self.address = f"http://{host or '127.0.0.1'}:{self._http.server_port}"
+        threading.Thread(target=self._http.serve_forever, name="p2p", daemon=True).start()
+
+    # -- main loop ----------------------------------------------------------
+    def reconcile(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Set up before the loop: watches, pools. Subclasses extend."""
+
+    def run(self) -> None:
+        self.leader_wake = threading.Event()
+        self._serve_p2p()
+        self.start()
+        self.register()
+        threading.Thread(target=self._election_loop, name="election", daemon=True).start()
+        last_beat = 0.0
+        while not self.stopping.is_set():
+            if time.monotonic() - last_beat >= HEARTBEAT_SECONDS and self.connected.is_set():
+                try:
+                    self.heartbeat()
+                    last_beat = time.monotonic()
+                except Exception:
+                    self.log.exception("heartbeat failed")
+            if self.connected.is_set():
+                try:
+                    self.reconcile()
+                except Exception:
+                    self.log.exception("reconcile failed")
+            self.wake.wait(min(RECONCILE_SECONDS, HEARTBEAT_SECONDS))
+            self.wake.clear()
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Leave the cluster; instances keep running (a restarted agent adopts them)."""
+        self.log.info("shutting down")
+        if self._http:
+            self._http.shutdown()
+        try:
+            self.zk.stop()
+            self.zk.close()
+        except Exception:
+            pass
+
+    def install_signal_handlers(self) -> None:
+        def stop(signum, frame):
+            self.stopping.set()
+            self.wake.set()
+            if hasattr(self, "leader_wake"):
+                self.leader_wake.set()
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)

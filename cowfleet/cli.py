@@ -1,0 +1,298 @@
+"""``cowfleet``: the command line (lab, demo image, groups, serve).
+
+Errors are one line on stderr and a non-zero exit.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+DEMO_CACHE = "/var/cache/cowfleet/demo.raw"
+
+
+def _err(msg: str, code: int = 1) -> int:
+    print(f"cowfleet: {msg}", file=sys.stderr)
+    return code
+
+
+# -- lab ----------------------------------------------------------------------
+
+def cmd_lab_up(args) -> int:
+    from cowfleet.lab.lab import Lab
+    lab = Lab(args.dir)
+    print(f"starting the one-node lab in {lab.dir}")
+    st = lab.up(progress=print)
+    print(f"COWFLEET_ENDPOINT={st.endpoint}")
+    print(f"COWFLEET_TOKEN={st.token}")
+    print(f"# written to {lab.env_file}; 'cowfleet lab down' stops everything")
+    return 0
+
+
+def cmd_lab_down(args) -> int:
+    from cowfleet.lab.lab import Lab
+    lab = Lab(args.dir)
+    if lab.state is None:
+        print(f"no lab in {lab.dir}")
+        return 0
+    print(f"stopping the lab in {lab.dir}")
+    lab.down(progress=print)
+    return 0
+
+
+def cmd_lab_status(args) -> int:
+    from cowfleet.lab.lab import Lab
+    lab = Lab(args.dir)
+    rows = lab.status()
+    if not rows:
+        print(f"no lab in {lab.dir}")
+        return 3
+    width = max(len(r[0]) for r in rows)
+    for name, health, detail in rows:
+        print(f"{name:<{width}}  {health:<10}  {detail}")
+    healthy = all(h in ("running", "healthy", "registered") for _, h, _ in rows)
+    return 0 if healthy else 1
+
+
+# -- images -------------------------------------------------------------------
+
+def cmd_image_build_demo(args) -> int:
+    from cowfleet.guest.builder import build_demo_image
+    t0 = time.monotonic()
+    out = build_demo_image(args.out)
+    print(f"built {out} ({out.stat().st_size // (1 << 20)} MiB) in {time.monotonic() - t0:.1f}s")
+    return 0
+
+
+# -- groups -------------------------------------------------------------------
+
+def _client(args):
+    from cowfleet.client import Client
+    return Client(getattr(args, "endpoint", None), getattr(args, "token", None))
+
+
+def _bar(done: int, total: int, width: int = 20) -> str:
+    filled = width if total == 0 else int(width * done / total)
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def _instances_table(group: dict) -> str:
+    lines = [f"{'INSTANCE':<18} {'NODE':<22} {'RACK':<8} {'STATE':<11} {'RUNNING':>8} {'READY':>8}"]
+    for inst in group["instances"]:
+        lines.append(f"{inst['id']:<18} {inst['node'] or '-':<22} {inst['rack'] or '-':<8} "
+                     f"{inst['state']:<11} {_since(inst, 'running_at'):>8} {_since(inst, 'ready_at'):>8}")
+    return "\n".join(lines)
+
+
+def _since(inst: dict, key: str) -> str:
+    from datetime import datetime
+    if not inst.get(key) or not inst.get("created_at"):
+        return "-"
+    t = datetime.fromisoformat(inst[key].replace("Z", "+00:00"))
+    c = datetime.fromisoformat(inst["created_at"].replace("Z", "+00:00"))
+    return f"+{(t - c).total_seconds():.1f}s"
+
+
+def watch_group(client, name: str, timeout: float, out=sys.stdout) -> dict:
+    """Show live progress until the group is ready (or failed, or timeout)."""
+    t0 = time.monotonic()
+    last = None
+    tty = out.isatty()
+    firsts: dict[str, float] = {}
+    while True:
+        g = client.get_group(name)
+        if g is None:
+            raise RuntimeError(f"instance group '{name}' disappeared")
+        s = g["status"]
+        states = {}
+        for inst in g["instances"]:
+            states[inst["state"]] = states.get(inst["state"], 0) + 1
+        elapsed = time.monotonic() - t0
+        if s["running"] == g["size"]:
+            firsts.setdefault("running", elapsed)
+        what = (f"{g['name']} {_bar(s['ready'], g['size'])} {s['ready']}/{g['size']} ready"
+                f"  ({', '.join(f'{v} {k}' for k, v in sorted(states.items())) or 'nothing placed yet'})"
+                f"  phase={s['phase']}")
+        line = f"{elapsed:6.1f}s {what}"
+        if tty:
+            print("\r" + line.ljust(100), end="", file=out, flush=True)
+        elif what != last:       # a log, not a screen: one line per change
+            print(line, file=out, flush=True)
+        last = what
+        if s["phase"] == "ready" or s["failed"]:
+            if tty:
+                print(file=out)
+            g["_elapsed"] = elapsed
+            g["_all_running"] = firsts.get("running", elapsed)
+            return g
+        if elapsed > timeout:
+            if tty:
+                print(file=out)
+            raise TimeoutError(f"group '{name}' not ready after {timeout:.0f}s: {s['message']}")
+        time.sleep(0.5)
+
+
+def cmd_group_list(args) -> int:
+    groups = _client(args).list_groups()
+    print(f"{'NAME':<24} {'IMAGE':<16} {'FLAVOR':<8} {'SIZE':>5} {'READY':>5}  PHASE")
+    for g in groups:
+        print(f"{g['name']:<24} {g['image']:<16} {g['flavor']:<8} {g['size']:>5} "
+              f"{g['status']['ready']:>5}  {g['status']['phase']}")
+    return 0
+
+
+def cmd_group_get(args) -> int:
+    g = _client(args).get_group(args.name)
+    if g is None:
+        return _err(f"instance group '{args.name}' does not exist")
+    s = g["status"]
+    print(f"{g['name']}: {g['size']} x {g['flavor']} of image {g['image']}; phase {s['phase']}, "
+          f"{s['ready']} ready, {s['running']} running, {s['pending']} pending, {s['failed']} failed"
+          f" (generation {g['generation']}, observed {s['observed_generation']}) {s['message']}")
+    print(_instances_table(g))
+    return 0
+
+
+def cmd_group_delete(args) -> int:
+    client = _client(args)
+    if client.get_group(args.name) is None:
+        return _err(f"instance group '{args.name}' does not exist")
+    client.delete_group(args.name)
+    if args.wait:
+        t0 = time.monotonic()
+        while client.get_group(args.name) is not None:
+            if time.monotonic() - t0 > args.timeout:
+                return _err(f"instance group '{args.name}' still deleting after {args.timeout:.0f}s")
+            time.sleep(0.5)
+        print(f"deleted {args.name} in {time.monotonic() - t0:.1f}s")
+    else:
+        print(f"deleting {args.name}")
+    return 0
+
+
+def cmd_group_wait(args) -> int:
+    g = watch_group(_client(args), args.name, args.timeout)
+    return 0 if g["status"]["phase"] == "ready" else 1
+
+
+# -- demo ---------------------------------------------------------------------
+
+def cmd_demo(args) -> int:
+    from cowfleet.client import Client
+    from cowfleet.guest.builder import build_demo_image
+    image = Path(args.image or DEMO_CACHE)
+    if not image.exists():
+        print(f"building the demo guest image {image} from Debian packages")
+        t0 = time.monotonic()
+        build_demo_image(image)
+        print(f"  built in {time.monotonic() - t0:.1f}s")
+    client = Client()
+    img = client.put_image("demo", source_url=f"file://{image.resolve()}", format="raw", min_replicas=1,
+                           labels={"purpose": "demo"})
+    t0 = time.monotonic()
+    while img["status"] != "available":
+        if img["status"] == "error" or time.monotonic() - t0 > 60:
+            return _err(f"image demo is {img['status']}: {img.get('message')}")
+        time.sleep(0.2)
+        img = client.get_image("demo")
+    print(f"image demo available: {img['size_bytes'] // (1 << 20)} MiB, sha256 {img['sha256'][:16]}…, "
+          f"replicas on {', '.join(r['node'] for r in img['replicas'])}")
+    existing = client.get_group("demo")
+    t_put = time.monotonic()
+    g = client.put_group("demo", image="demo", flavor="small", size=args.size)
+    print(f"PUT /v1/instance-groups/demo (size {args.size}) -> generation {g['generation']}, "
+          f"phase {g['status']['phase']}" + (" (group existed)" if existing else ""))
+    g = watch_group(client, "demo", args.timeout)
+    print(_instances_table(g))
+    print(f"\nall {g['size']} running {g['_all_running']:.1f}s and ready {g['_elapsed']:.1f}s after the PUT"
+          f" (PUT took {1000 * (time.monotonic() - t_put - g['_elapsed']):.0f} ms)"
+          if g["status"]["phase"] == "ready" else f"\ngroup is {g['status']['phase']}: {g['status']['message']}")
+    print(f"\nCOWFLEET_ENDPOINT={client.endpoint}\nCOWFLEET_TOKEN={client.token}")
+    print("try:      curl -H \"Authorization: Bearer $COWFLEET_TOKEN\" $COWFLEET_ENDPOINT/v1/instance-groups/demo")
+    print("scale:    .venv/bin/cowfleet group get demo")
+    print("teardown: make lab-down   (or .venv/bin/cowfleet lab down)")
+    return 0 if g["status"]["phase"] == "ready" else 1
+
+
+# -- serve --------------------------------------------------------------------
+
+def cmd_serve(args) -> int:
+    env = dict(os.environ)
+    if args.zk:
+        env["COWFLEET_ZK"] = args.zk
+    if args.tokens:
+        env["COWFLEET_TOKENS_FILE"] = args.tokens
+    cmd = [sys.executable, "-m", "gunicorn", "--bind", args.bind, "--workers", str(args.workers),
+           "--threads", "4", "--worker-class", "gthread", "cowfleet.service:create_app()"]
+    os.execve(sys.executable, cmd, env)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cowfleet", description="Fleets of ephemeral copy-on-write VMs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    lab = sub.add_parser("lab", help="the embedded one-node lab").add_subparsers(dest="lab", required=True)
+    for name, fn, text in (("up", cmd_lab_up, "start the lab; returns when every component is healthy"),
+                           ("down", cmd_lab_down, "stop the lab and remove everything it made"),
+                           ("status", cmd_lab_status, "show the lab's components and their health")):
+        sp = lab.add_parser(name, help=text)
+        sp.add_argument("--dir", help="lab folder (default: $COWFLEET_LAB_DIR or /var/lib/cowfleet/lab)")
+        sp.set_defaults(fn=fn)
+
+    img = sub.add_parser("image", help="guest images").add_subparsers(dest="image", required=True)
+    sp = img.add_parser("build-demo", help="build the tiny demo guest image from Debian packages")
+    sp.add_argument("out", help="where to write the raw disk image")
+    sp.set_defaults(fn=cmd_image_build_demo)
+
+    grp = sub.add_parser("group", help="instance groups").add_subparsers(dest="group", required=True)
+    sp = grp.add_parser("list", help="list instance groups")
+    sp.set_defaults(fn=cmd_group_list)
+    sp = grp.add_parser("get", help="show a group and its instances")
+    sp.add_argument("name")
+    sp.set_defaults(fn=cmd_group_get)
+    sp = grp.add_parser("wait", help="show live progress until the group is ready")
+    sp.add_argument("name")
+    sp.add_argument("--timeout", type=float, default=600)
+    sp.set_defaults(fn=cmd_group_wait)
+    sp = grp.add_parser("delete", help="delete a group")
+    sp.add_argument("name")
+    sp.add_argument("--wait", action="store_true", help="return when every instance is gone")
+    sp.add_argument("--timeout", type=float, default=300)
+    sp.set_defaults(fn=cmd_group_delete)
+
+    sp = sub.add_parser("demo", help="register the demo image and run group 'demo' on the lab")
+    sp.add_argument("--size", type=int, default=3)
+    sp.add_argument("--image", help=f"demo image path (built if missing; default {DEMO_CACHE})")
+    sp.add_argument("--timeout", type=float, default=600)
+    sp.set_defaults(fn=cmd_demo)
+
+    sp = sub.add_parser("serve", help="run the control service under gunicorn")
+    sp.add_argument("--bind", default="127.0.0.1:8080")
+    sp.add_argument("--workers", type=int, default=4)
+    sp.add_argument("--zk", help="ZooKeeper connection string (default $COWFLEET_ZK)")
+    sp.add_argument("--tokens", help="token file: 'TOKEN ROLE' lines (default $COWFLEET_TOKENS_FILE)")
+    sp.set_defaults(fn=cmd_serve)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from cowfleet.client import ApiError, ConfigError
+    from cowfleet.lab.components import LabError
+    from cowfleet.guest.builder import BuildError
+    import requests
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        return 130
+    except (ApiError, ConfigError, LabError, BuildError, TimeoutError, RuntimeError) as exc:
+        return _err(str(exc).splitlines()[0] if not isinstance(exc, LabError) else str(exc))
+    except requests.ConnectionError as exc:
+        return _err(f"cannot reach the service: {exc.request.url if exc.request else exc}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

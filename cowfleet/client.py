@@ -1,0 +1,112 @@
+"""The HTTP client shared by the CLI, the Terraform shim and the tests.
+
+Retries with backoff on connection errors and 502/503/504 (every method it
+retries is idempotent in the API: PUT, GET, DELETE, PATCH with If-Match);
+raises ``ApiError`` carrying the problem+json body otherwise.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, problem: dict):
+        self.status = status
+        self.problem = problem
+        detail = problem.get("detail") or problem.get("title") or f"HTTP {status}"
+        errors = problem.get("errors")
+        if errors:
+            detail += ": " + "; ".join(f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else v}"
+                                       for k, v in errors.items())
+        super().__init__(f"{status} {detail}")
+
+
+class ConfigError(Exception):
+    pass
+
+
+def lab_env_file() -> Path:
+    from cowfleet.lab.lab import default_dir
+    return default_dir() / "env"
+
+
+def load_config(endpoint: str | None = None, token: str | None = None) -> tuple[str, str]:
+    """Endpoint and token: arguments, then the environment, then the lab's env file."""
+    endpoint = endpoint or os.environ.get("COWFLEET_ENDPOINT")
+    token = token or os.environ.get("COWFLEET_TOKEN")
+    if not (endpoint and token):
+        path = lab_env_file()
+        if path.exists():
+            for line in path.read_text().splitlines():
+                key, _, value = line.partition("=")
+                if key == "COWFLEET_ENDPOINT" and not endpoint:
+                    endpoint = value.strip()
+                if key == "COWFLEET_TOKEN" and not token:
+                    token = value.strip()
+    if not endpoint:
+        raise ConfigError("no endpoint: set COWFLEET_ENDPOINT or run 'cowfleet lab up'")
+    if not token:
+        raise ConfigError("no token: set COWFLEET_TOKEN or run 'cowfleet lab up'")
+    return endpoint.rstrip("/"), token
+
+
+class Client:
+    def __init__(self, endpoint: str | None = None, token: str | None = None, timeout: float = 30,
+                 retries: int = 4):
+        self.endpoint, self.token = load_config(endpoint, token)
+        self.timeout = timeout
+        self.session = requests.Session()
+        retry = Retry(total=retries, connect=retries, read=retries, backoff_factor=0.2,
+                      status_forcelist=(502, 503, 504),
+                      allowed_methods=frozenset({"GET", "PUT", "DELETE", "HEAD", "PATCH"}),
+                      raise_on_status=False)
+        self.session.mount("http://", HTTPAdapter(max_retries=retry, pool_maxsize=32))
+        self.session.mount("https://", HTTPAdapter(max_retries=retry, pool_maxsize=32))
+        self.session.headers["Authorization"] = f"Bearer {self.token}"
+
+    def request(self, method: str, path: str, body: Any = None, headers: dict | None = None,
+                ok_404: bool = False) -> requests.Response:
+        resp = self.session.request(method, f"{self.endpoint}{path}", json=body, headers=headers,
+                                    timeout=self.timeout)
+        if resp.status_code == 404 and ok_404:
+            return resp
+        if resp.status_code >= 400:
+            try:
+                problem = resp.json()
+            except ValueError:
+                problem = {"title": resp.reason, "detail": resp.text[:200]}
+            raise ApiError(resp.status_code, problem)
+        return resp
+
+    # -- resources --------------------------------------------------------------
+    def put_image(self, name: str, **spec) -> dict:
+        return self.request("PUT", f"/v1/images/{name}", spec).json()
+
+    def get_image(self, name: str) -> dict | None:
+        resp = self.request("GET", f"/v1/images/{name}", ok_404=True)
+        return None if resp.status_code == 404 else resp.json()
+
+    def delete_image(self, name: str) -> None:
+        self.request("DELETE", f"/v1/images/{name}", ok_404=True)
+
+    def put_group(self, name: str, **spec) -> dict:
+        return self.request("PUT", f"/v1/instance-groups/{name}", spec).json()
+
+    def get_group(self, name: str) -> dict | None:
+        resp = self.request("GET", f"/v1/instance-groups/{name}", ok_404=True)
+        return None if resp.status_code == 404 else resp.json()
+
+    def list_groups(self) -> list[dict]:
+        return self.request("GET", "/v1/instance-groups").json()
+
+    def delete_group(self, name: str) -> None:
+        self.request("DELETE", f"/v1/instance-groups/{name}", ok_404=True)
+
+    def nodes(self) -> list[dict]:
+        return self.request("GET", "/v1/nodes").json()

@@ -1,0 +1,223 @@
+"""Build the tiny demo guest image from Debian packages only.
+
+The result is an ordinary bootable raw disk, so the rest of cowfleet treats it
+like any user image (no special direct-kernel-boot path in the agents):
+
+    sector 0        syslinux MBR
+    partition 1     FAT16, active: syslinux, the Debian cloud kernel, a small
+                    initramfs that loads the virtio modules and switch_roots
+    partition 2     ext4 root made with ``mkfs.ext4 -d``: busybox-static and an
+                    init that writes a boot record to its own disk and prints
+                    a readiness line on the serial console
+
+Nothing needs loop devices or mounts: the file systems are built as files
+(mkfs.ext4 -d, mkfs.vfat + mtools) and written into the disk at their offsets.
+"""
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+
+# The guest prints this on ttyS0 when its userland is up; agents wait for it.
+READY_MARKER = "COWFLEET-READY"
+
+# Order matters: each module depends on the ones before it (measured order).
+VIRTIO_MODULES = [
+    "virtio_ring", "virtio", "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev", "virtio_pci", "virtio_blk",
+]
+
+SECTOR = 512
+BOOT_START = 2048                  # 1 MiB alignment
+BOOT_MIB = 24
+ROOT_MIB = 24
+
+INITRAMFS_INIT = """#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sys /sys
+/bin/busybox mount -t devtmpfs dev /dev
+for m in {modules}; do /bin/busybox insmod /lib/modules/$m.ko; done
+root=/dev/vda2
+for arg in $(/bin/busybox cat /proc/cmdline); do
+  case $arg in root=*) root=${{arg#root=}};; esac
+done
+i=0
+while [ ! -b "$root" ] && [ $i -lt 200 ]; do /bin/busybox usleep 50000; i=$((i+1)); done
+/bin/busybox mount -t ext4 "$root" /newroot || {{ echo "cowfleet-initramfs: cannot mount $root"; exec /bin/busybox sh; }}
+/bin/busybox umount /proc /sys
+/bin/busybox mount --move /dev /newroot/dev
+exec /bin/busybox switch_root /newroot /sbin/init
+"""
+
+GUEST_INIT = """#!/bin/busybox sh
+# cowfleet demo guest: record the boot on the guest's own disk, then say so.
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mountpoint -q /dev || mount -t devtmpfs dev /dev
+hostname cowfleet-guest
+id=$(cat /sys/class/dmi/id/product_serial 2>/dev/null)
+mkdir -p /var/lib/cowfleet
+n=$(cat /var/lib/cowfleet/boots 2>/dev/null || echo 0)
+n=$((n+1))
+echo $n > /var/lib/cowfleet/boots
+echo "boot $n instance=$id uptime=$(cut -d' ' -f1 /proc/uptime)" >> /var/lib/cowfleet/boot.log
+# scratch data so every instance really writes to its overlay
+dd if=/dev/urandom of=/var/lib/cowfleet/scratch bs=64k count=16 2>/dev/null
+sync
+echo "{marker} instance=$id boots=$n uptime=$(cut -d' ' -f1 /proc/uptime)" > /dev/ttyS0
+while :; do sleep 3600; done
+"""
+
+SYSLINUX_CFG = """DEFAULT cowfleet
+PROMPT 0
+TIMEOUT 0
+LABEL cowfleet
+  KERNEL vmlinuz
+  APPEND initrd=initrd.img root=/dev/vda2 console=ttyS0 quiet panic=-1 tsc=reliable
+"""
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def find_kernel() -> tuple[Path, Path]:
+    """The newest Debian cloud kernel installed here and its module tree."""
+    kernels = sorted(glob.glob("/boot/vmlinuz-*-cloud-amd64"))
+    if not kernels:
+        raise BuildError("no Debian cloud kernel in /boot: apt-get install linux-image-cloud-amd64")
+    kernel = Path(kernels[-1])
+    release = kernel.name[len("vmlinuz-"):]
+    modules = Path("/lib/modules") / release
+    if not modules.is_dir():
+        raise BuildError(f"kernel modules for {release} missing under /lib/modules")
+    return kernel, modules
+
+
+def _busybox() -> Path:
+    for candidate in ("/bin/busybox", "/usr/bin/busybox"):
+        p = Path(candidate)
+        if p.exists():
+            out = subprocess.run(["file", "-L", str(p)], capture_output=True, text=True).stdout \
+                if shutil.which("file") else "statically linked"
+            if "dynamically" not in out:
+                return p
+    raise BuildError("busybox-static is not installed: apt-get install busybox-static")
+
+
+def _run(*cmd: str) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BuildError(f"{cmd[0]} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+
+
+def _cpio_newc(files: dict[str, tuple[int, bytes]]) -> bytes:
+    """Write a newc cpio archive (the initramfs format).
+
+    Hand-written because it is 20 lines and no maintained PyPI package writes
+    newc; shelling out to cpio would need a staged directory tree anyway.
+    """
+    out = io.BytesIO()
+
+    def entry(name: str, mode: int, data: bytes, ino: int) -> None:
+        nm = name.encode() + b"\0"
+        hdr = "070701" + "".join(f"{v:08x}" for v in (
+            ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(nm), 0))
+        out.write(hdr.encode() + nm)
+        out.write(b"\0" * ((4 - (110 + len(nm)) % 4) % 4))
+        out.write(data)
+        out.write(b"\0" * ((4 - len(data) % 4) % 4))
+
+    for ino, (name, (mode, data)) in enumerate(sorted(files.items()), start=1):
+        entry(name, mode, data, ino)
+    entry("TRAILER!!!", 0, b"", 0)
+    return out.getvalue()
+
+
+def build_initramfs(modules_dir: Path) -> bytes:
+    busybox = _busybox().read_bytes()
+    d, f, x = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o644, stat.S_IFREG | 0o755
+    files: dict[str, tuple[int, bytes]] = {
+        n: (d, b"") for n in ("bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules")}
+    files["bin/busybox"] = (x, busybox)
+    files["init"] = (x, INITRAMFS_INIT.format(modules=" ".join(VIRTIO_MODULES)).encode())
+    for mod in VIRTIO_MODULES:
+        found = list(modules_dir.rglob(f"{mod}.ko*"))
+        if not found:
+            raise BuildError(f"kernel module {mod} not found under {modules_dir}")
+        data = found[0].read_bytes()
+        if found[0].suffix == ".xz" or found[0].name.endswith(".ko.xz"):
+            import lzma
+            data = lzma.decompress(data)
+        files[f"lib/modules/{mod}.ko"] = (f, data)
+    return gzip.compress(_cpio_newc(files), compresslevel=6)
+
+
+def _root_tree(root: Path) -> None:
+    for sub in ("bin", "sbin", "dev", "proc", "sys", "tmp", "etc", "var/lib/cowfleet", "root"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(_busybox(), root / "bin" / "busybox")
+    init = root / "sbin" / "init"
+    init.write_text(GUEST_INIT.format(marker=READY_MARKER))
+    init.chmod(0o755)
+    (root / "bin" / "sh").symlink_to("busybox")
+    (root / "etc" / "hostname").write_text("cowfleet-guest\n")
+    (root / "etc" / "cowfleet-release").write_text("cowfleet demo guest 1\n")
+
+
+def build_demo_image(out: str | os.PathLike) -> Path:
+    """Write a bootable raw disk image to ``out`` and return its path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    kernel, modules = find_kernel()
+    with tempfile.TemporaryDirectory(prefix="cowfleet-build-") as tmp:
+        tmp = Path(tmp)
+        # root file system
+        tree = tmp / "root"
+        _root_tree(tree)
+        root_img = tmp / "root.ext4"
+        _run("mkfs.ext4", "-q", "-F", "-L", "cowroot", "-d", str(tree), str(root_img), f"{ROOT_MIB}M")
+        # boot file system
+        (tmp / "initrd.img").write_bytes(build_initramfs(modules))
+        (tmp / "syslinux.cfg").write_text(SYSLINUX_CFG)
+        boot_img = tmp / "boot.fat"
+        _run("mkfs.vfat", "-n", "COWBOOT", "-h", str(BOOT_START), "-C", str(boot_img), str(BOOT_MIB * 1024))
+        for name, src in (("vmlinuz", kernel), ("initrd.img", tmp / "initrd.img"),
+                          ("syslinux.cfg", tmp / "syslinux.cfg")):
+            _run("mcopy", "-i", str(boot_img), str(src), f"::{name}")
+        # whole disk: MBR + partition table + the two file systems
+        boot_sectors = BOOT_MIB * 1024 * 1024 // SECTOR
+        root_start = BOOT_START + boot_sectors
+        root_sectors = ROOT_MIB * 1024 * 1024 // SECTOR
+        disk = tmp / "disk.raw"
+        with open(disk, "wb") as fh:
+            fh.truncate((root_start + root_sectors) * SECTOR)
+        layout = (f"label: dos\nstart={BOOT_START}, size={boot_sectors}, type=6, bootable\n"
+                  f"start={root_start}, size={root_sectors}, type=83\n")
+        proc = subprocess.run(["sfdisk", "-q", str(disk)], input=layout, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise BuildError(f"sfdisk failed: {proc.stderr.strip()}")
+        with open(disk, "r+b") as fh:
+            for img, start in ((boot_img, BOOT_START), (root_img, root_start)):
+                fh.seek(start * SECTOR)
+                with open(img, "rb") as src:
+                    shutil.copyfileobj(src, fh, 1 << 20)
+            mbr = Path("/usr/lib/syslinux/mbr/mbr.bin")
+            if not mbr.exists():
+                raise BuildError("syslinux MBR missing: apt-get install syslinux-common")
+            fh.seek(0)
+            fh.write(mbr.read_bytes()[:440])
+        _run("syslinux", "--offset", str(BOOT_START * SECTOR), "--install", str(disk))
+        tmp_out = out.with_name(out.name + ".partial")
+        shutil.move(str(disk), tmp_out)
+        os.chmod(tmp_out, 0o644)
+        os.replace(tmp_out, out)
+    return out

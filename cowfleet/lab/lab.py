@@ -1,0 +1,251 @@
+"""The embedded one-node lab: ZooKeeper, libvirtd, tgtd, the service under
+gunicorn, one storage agent and one compute agent, all on loopback.
+
+``up`` returns only when every component is healthy; ``down`` stops what
+``up`` started and removes what it made (domains, overlays, sockets, znodes,
+files). The lab's state lives in one folder, ``lab.json`` names every
+process, and ``env`` holds the endpoint and token the CLI reads.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import requests
+
+from cowfleet.lab import components as c
+
+DEFAULT_DIR = "/var/lib/cowfleet/lab"
+
+
+def default_dir() -> Path:
+    return Path(os.environ.get("COWFLEET_LAB_DIR", DEFAULT_DIR))
+
+
+@dataclass
+class LabState:
+    lab_id: str
+    endpoint: str
+    token: str
+    reader_token: str
+    zk: str
+    pids: dict[str, int] = field(default_factory=dict)
+    started_libvirtd: bool = False
+    started_tgtd: int | None = None
+    nodes: list[str] = field(default_factory=list)
+    created_at: float = field(default_factory=time.time)
+
+
+def _say(progress: Callable[[str], None] | None, text: str) -> None:
+    if progress:
+        progress(text)
+
+
+class Lab:
+    def __init__(self, directory: str | os.PathLike | None = None, service_workers: int = 2,
+                 rack: str = "rack-1"):
+        self.dir = Path(directory) if directory else default_dir()
+        self.service_workers = service_workers
+        self.rack = rack
+        self.state: LabState | None = self._load()
+
+    # -- state file -----------------------------------------------------------
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "lab.json"
+
+    @property
+    def env_file(self) -> Path:
+        return self.dir / "env"
+
+    def _load(self) -> LabState | None:
+        try:
+            return LabState(**json.loads(self.state_file.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def _save(self) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self.state), indent=2))
+        os.replace(tmp, self.state_file)
+
+    # -- up -------------------------------------------------------------------
+    def up(self, progress: Callable[[str], None] | None = None, timeout: float = 120) -> LabState:
+        if self.state and self.running():
+            _say(progress, f"lab already up in {self.dir}")
+            return self.state
+        if self.state:
+            self.down(progress)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o755)     # qemu runs unprivileged: it must reach overlays
+        lab_id = "lab" + secrets.token_hex(2)
+        token, reader = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+        tokens = self.dir / "tokens"
+        tokens.write_text(f"{token} admin\n{reader} reader\n")
+        os.chmod(tokens, 0o600)
+        port = c.free_port()
+        self.state = LabState(lab_id=lab_id, endpoint=f"http://127.0.0.1:{port}", token=token,
+                              reader_token=reader, zk="")
+        self._save()
+        try:
+            self._start_all(progress, port, tokens, timeout)
+        except Exception:
+            _say(progress, "start-up failed; tearing down what was started")
+            self.down()
+            raise
+        self.env_file.write_text(f"COWFLEET_ENDPOINT={self.state.endpoint}\n"
+                                 f"COWFLEET_TOKEN={self.state.token}\n")
+        os.chmod(self.env_file, 0o600)
+        return self.state
+
+    def _step(self, progress, name: str, fn: Callable[[], object]) -> None:
+        t0 = time.monotonic()
+        fn()
+        _say(progress, f"  {name:<18} ok  ({time.monotonic() - t0:.1f}s)")
+
+    def _start_all(self, progress, port: int, tokens: Path, timeout: float) -> None:
+        st = self.state
+        zk = c.ZooKeeperServer(self.dir / "zookeeper")
+
+        def start_zk():
+            zk.start()
+            st.pids["zookeeper"] = zk.pid
+            st.zk = zk.hosts + "/cowfleet-" + st.lab_id
+            self._save()
+
+        def start_libvirtd():
+            st.started_libvirtd = c.ensure_libvirtd()
+            self._save()
+
+        def start_tgtd():
+            st.started_tgtd = c.ensure_tgtd(self.dir / "tgtd.log")
+            self._save()
+
+        def start_service():
+            env = dict(os.environ, COWFLEET_ZK=st.zk, COWFLEET_TOKENS_FILE=str(tokens))
+            log = self.dir / "service.log"
+            proc = c.spawn(c.python_cmd("gunicorn", "--bind", f"127.0.0.1:{port}",
+                                        "--workers", str(self.service_workers), "--threads", "4",
+                                        "--worker-class", "gthread", "--timeout", "60",
+                                        "--access-logfile", str(self.dir / "access.log"),
+                                        "cowfleet.service:create_app()"), log, env=env)
+            st.pids["service"] = proc.pid
+            self._save()
+            c.wait_for(lambda: requests.get(f"{st.endpoint}/healthz", timeout=2).ok, timeout,
+                       "the service's /healthz", proc=proc, log=log)
+
+        def start_agent(role: str):
+            name = f"{st.lab_id}-{role}-1"
+            log = self.dir / f"agent-{role}.log"
+            proc = c.spawn(c.python_cmd("cowfleet.agents.main", "--role", role, "--rack", self.rack,
+                                        "--zk", st.zk, "--name", name,
+                                        "--state-dir", str(self.dir / "nodes" / name)), log)
+            st.pids[f"agent-{role}"] = proc.pid
+            st.nodes.append(name)
+            self._save()
+            c.wait_for(lambda: self._node_registered(name), timeout, f"the {role} agent to register",
+                       proc=proc, log=log)
+
+        self._step(progress, "zookeeper", start_zk)
+        self._step(progress, "libvirtd", start_libvirtd)
+        self._step(progress, "tgtd", start_tgtd)
+        self._step(progress, "service", start_service)
+        self._step(progress, "storage agent", lambda: start_agent("storage"))
+        self._step(progress, "compute agent", lambda: start_agent("compute"))
+
+    def _node_registered(self, name: str) -> bool:
+        resp = requests.get(f"{self.state.endpoint}/v1/nodes", timeout=2,
+                            headers={"Authorization": f"Bearer {self.state.token}"})
+        return resp.ok and any(n["name"] == name for n in resp.json())
+
+    # -- status ---------------------------------------------------------------
+    def running(self) -> bool:
+        return bool(self.state) and all(c.pid_alive(p) for p in self.state.pids.values())
+
+    def status(self) -> list[tuple[str, str, str]]:
+        """(component, health, detail) rows."""
+        if not self.state:
+            return []
+        st = self.state
+        rows = []
+        for name, pid in st.pids.items():
+            rows.append((name, "running" if c.pid_alive(pid) else "DEAD", f"pid {pid}"))
+        rows.append(("libvirtd", "running" if c.libvirtd_running() else "DEAD",
+                     "started by lab" if st.started_libvirtd else "shared"))
+        rows.append(("tgtd", "running" if c.tgtd_running() else "DEAD",
+                     "started by lab" if st.started_tgtd else "shared"))
+        try:
+            health = requests.get(f"{st.endpoint}/healthz", timeout=2)
+            rows.append(("api", "healthy" if health.ok else f"HTTP {health.status_code}", st.endpoint))
+            nodes = requests.get(f"{st.endpoint}/v1/nodes", timeout=2,
+                                 headers={"Authorization": f"Bearer {st.token}"}).json()
+            seen = {n["name"]: n for n in nodes}
+            for name in st.nodes:
+                n = seen.get(name)
+                rows.append((f"node {name}", "registered" if n else "MISSING",
+                             f"{n['role']} rack={n['rack']} leader={n['leader']}"
+                             + (f" virt={n['virt_type']}" if n and n.get("virt_type") else "")
+                             if n else ""))
+        except requests.RequestException as exc:
+            rows.append(("api", "DOWN", str(exc)))
+        return rows
+
+    # -- down -----------------------------------------------------------------
+    def down(self, progress: Callable[[str], None] | None = None) -> None:
+        st = self.state
+        if st is None:
+            if self.dir.exists() and (self.dir / "tokens").exists():
+                shutil.rmtree(self.dir, ignore_errors=True)
+            return
+        # agents first (so nothing restarts domains), then their domains
+        for name in ("agent-compute", "agent-storage", "service"):
+            pid = st.pids.get(name)
+            if pid:
+                c.stop_pid(pid)
+                _say(progress, f"  stopped {name}")
+        destroyed = destroy_domains(f"cf-{st.lab_id}-")
+        if destroyed:
+            _say(progress, f"  destroyed {destroyed} domain(s)")
+        if st.pids.get("zookeeper"):
+            c.stop_pid(st.pids["zookeeper"])
+            _say(progress, "  stopped zookeeper")
+        if st.started_tgtd:
+            c.stop_pid(st.started_tgtd)
+            _say(progress, "  stopped tgtd")
+        if st.started_libvirtd:
+            c.stop_libvirtd()
+            _say(progress, "  stopped libvirtd")
+        shutil.rmtree(self.dir, ignore_errors=True)
+        _say(progress, f"  removed {self.dir}")
+        self.state = None
+
+
+def destroy_domains(prefix: str) -> int:
+    """Destroy every libvirt domain whose name starts with ``prefix``."""
+    if not c.libvirtd_running():
+        return 0
+    import libvirt
+    libvirt.registerErrorHandler(lambda ctx, err: None, None)
+    conn = libvirt.open("qemu:///system")
+    n = 0
+    try:
+        for dom in conn.listAllDomains():
+            if dom.name().startswith(prefix):
+                try:
+                    dom.destroy()
+                except libvirt.libvirtError:
+                    pass
+                try:
+                    dom.undefine()
+                except libvirt.libvirtError:
+                    pass
+                n += 1
+    finally:
+        conn.close()
+    return n

@@ -1,0 +1,177 @@
+"""The records kept in ZooKeeper, one small JSON znode each.
+
+Each record is a dataclass with its valid states; ``to_bytes``/``from_bytes``
+are the only (de)serialisation. The znode version travels alongside as the
+record's ETag and is never stored inside the data.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+def now() -> float:
+    return round(time.time(), 3)
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
+
+
+class Record:
+    """Mixin: JSON bytes <-> dataclass, ignoring keys a newer writer added."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes):
+        raw = json.loads(data.decode() or "{}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in names})
+
+
+class ImageStatus:
+    PENDING = "pending"
+    REPLICATING = "replicating"
+    AVAILABLE = "available"
+    DEGRADED = "degraded"
+    ERROR = "error"
+    ALL = (PENDING, REPLICATING, AVAILABLE, DEGRADED, ERROR)
+
+
+@dataclass
+class Image(Record):
+    name: str
+    format: str = "raw"
+    min_replicas: int = 2
+    source_url: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    size_bytes: int | None = None
+    sha256: str | None = None
+    error: str | None = None
+    created_at: float = field(default_factory=now)
+
+    IMMUTABLE: ClassVar[tuple[str, ...]] = ("format", "source_url")
+
+
+@dataclass
+class Replica(Record):
+    """One storage copy of an image, written by the storage agent holding it."""
+    node: str
+    rack: str
+    path: str
+    sha256: str
+    size_bytes: int
+    created_at: float = field(default_factory=now)
+
+
+@dataclass
+class Flavor(Record):
+    name: str
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+
+
+DEFAULT_FLAVORS = (
+    Flavor("small", vcpus=1, memory_mib=128, disk_gib=1),
+    Flavor("medium", vcpus=1, memory_mib=256, disk_gib=5),
+    Flavor("large", vcpus=2, memory_mib=512, disk_gib=10),
+)
+
+
+class GroupPhase:
+    PENDING = "pending"
+    PROVISIONING = "provisioning"
+    READY = "ready"
+    DEGRADED = "degraded"
+    DELETING = "deleting"
+
+
+@dataclass
+class Group(Record):
+    """The desired state of an instance group (the user's spec)."""
+    name: str
+    image: str
+    flavor: str
+    size: int
+    placement: dict[str, Any] = field(default_factory=lambda: {"strategy": "spread", "max_per_node": None})
+    user_data: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    update_policy: dict[str, Any] = field(default_factory=lambda: {"max_unavailable": 1, "max_surge": 1})
+    generation: int = 1
+    deleting: bool = False
+    created_at: float = field(default_factory=now)
+
+    SPEC_FIELDS: ClassVar[tuple[str, ...]] = (
+        "image", "flavor", "size", "placement", "user_data", "labels", "update_policy")
+
+    def spec(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.SPEC_FIELDS}
+
+
+@dataclass
+class GroupStatus(Record):
+    """Written by the coordinating leader, read by the service."""
+    observed_generation: int = 0
+    unplaced: int = 0
+    message: str = ""
+
+
+class InstanceState:
+    PENDING = "pending"          # assigned, agent has not started it yet
+    STARTING = "starting"        # overlay made, domain being created
+    RUNNING = "running"          # domain running, guest not yet ready
+    READY = "ready"              # guest announced readiness
+    FAILED = "failed"
+    TERMINATING = "terminating"  # desired: gone; the agent removes the znode when done
+    ALL = (PENDING, STARTING, RUNNING, READY, FAILED, TERMINATING)
+    LIVE = (PENDING, STARTING, RUNNING, READY)
+
+
+@dataclass
+class Instance(Record):
+    id: str
+    group: str
+    node: str
+    rack: str
+    image: str
+    flavor: str
+    generation: int
+    state: str = InstanceState.PENDING
+    address: str | None = None
+    message: str = ""
+    created_at: float = field(default_factory=now)
+    running_at: float | None = None
+    ready_at: float | None = None
+
+
+@dataclass
+class NodeInfo(Record):
+    """An agent's ephemeral membership record."""
+    name: str
+    role: str                    # compute | storage
+    rack: str
+    address: str | None = None   # the agent's P2P HTTP endpoint
+    capacity: dict[str, int] = field(default_factory=dict)
+    allocated: dict[str, int] = field(default_factory=dict)
+    healthy: bool = True
+    last_seen: float = field(default_factory=now)
+    virt_type: str | None = None
+
+
+@dataclass
+class DeployRequest(Record):
+    """A hand-off from the service to the agents, queued in ZooKeeper."""
+    group: str
+    generation: int
+    created_at: float = field(default_factory=now)

@@ -1,0 +1,84 @@
+"""Where each object lives in ZooKeeper: one small JSON znode per object.
+
+Every path is built here so the service, the agents and the tests agree.
+Isolation between clusters (and tests) comes from a chroot in the connection
+string (``host:port/chroot``), so these paths never change.
+"""
+ROOT = "/cowfleet"
+
+IMAGES = f"{ROOT}/images"
+FLAVORS = f"{ROOT}/flavors"
+GROUPS = f"{ROOT}/groups"
+NODES = f"{ROOT}/nodes"
+RACKS = f"{ROOT}/racks"
+REQUESTS = f"{ROOT}/requests"
+LOCKS = f"{ROOT}/locks"
+ASSIGNMENTS = f"{ROOT}/assignments"
+
+TOP_LEVEL = (IMAGES, FLAVORS, GROUPS, NODES, RACKS, REQUESTS, LOCKS, ASSIGNMENTS)
+PLACEMENT_LOCK = f"{LOCKS}/placement"
+
+
+def image(name: str) -> str:
+    return f"{IMAGES}/{name}"
+
+
+def image_replicas(name: str) -> str:
+    return f"{IMAGES}/{name}/replicas"
+
+
+def image_replica(name: str, node: str) -> str:
+    return f"{IMAGES}/{name}/replicas/{node}"
+
+
+def flavor(name: str) -> str:
+    return f"{FLAVORS}/{name}"
+
+
+def group(name: str) -> str:
+    return f"{GROUPS}/{name}"
+
+
+def group_instances(name: str) -> str:
+    return f"{GROUPS}/{name}/instances"
+
+
+def group_instance(name: str, instance_id: str) -> str:
+    return f"{GROUPS}/{name}/instances/{instance_id}"
+
+
+def group_status(name: str) -> str:
+    """Written by the coordinating leader (observed generation, placement
+    message) so that the group znode's version stays the user's ETag."""
+    return f"{GROUPS}/{name}/status"
+
+
+def node(name: str) -> str:
+    return f"{NODES}/{name}"
+
+
+def rack_leader(rack: str, role: str) -> str:
+    return f"{RACKS}/{rack}/{role}-leader"
+
+
+def request(seq_name: str) -> str:
+    return f"{REQUESTS}/{seq_name}"
+
+
+REQUEST_PREFIX = f"{REQUESTS}/req-"
+
+
+def assignments(node_name: str) -> str:
+    """Persistent folder of one node's assignments (its node znode is
+    ephemeral, so it cannot hold children). A child exists exactly while the
+    instance should run on that node."""
+    return f"{ASSIGNMENTS}/{node_name}"
+
+
+def assignment(node_name: str, group_name: str, instance_id: str) -> str:
+    return f"{ASSIGNMENTS}/{node_name}/{group_name}:{instance_id}"
+
+
+def parse_assignment(child: str) -> tuple[str, str]:
+    group_name, _, instance_id = child.partition(":")
+    return group_name, instance_id

@@ -1,0 +1,127 @@
+"""The one decorator every view goes through, and per-process ZooKeeper access.
+
+``@endpoint(body=Schema, out=Schema)`` parses and validates the JSON body
+(415 / 400 / 422 as problem+json), calls the view with ``data=``, and dumps
+what the view returns through the output schema with its ``ETag``. Views stay
+thin; the logic lives in each resource's ``service`` module.
+"""
+from __future__ import annotations
+
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from functools import wraps
+from typing import Any
+
+from flask import Response, current_app, json, request
+from marshmallow import Schema, ValidationError
+
+from cowfleet.service.problems import Problem, invalid
+from cowfleet.zk.connection import connect
+
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+NAME_RULE = "must be a DNS label: 1-63 lowercase letters, digits or '-', not starting or ending with '-'"
+
+
+@dataclass
+class Result:
+    body: Any
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class ZooKeeperHolder:
+    """One kazoo session per worker process, opened on first use.
+
+    gunicorn forks workers after importing the app; a session opened before
+    the fork would be shared by processes, so the pid is checked.
+    """
+
+    def __init__(self, hosts: str):
+        self.hosts = hosts
+        self._zk = None
+        self._pid = None
+        self._lock = threading.Lock()
+
+    def get(self):
+        with self._lock:
+            if self._zk is None or self._pid != os.getpid():
+                self._zk = connect(self.hosts)
+                self._pid = os.getpid()
+            return self._zk
+
+    def close(self) -> None:
+        with self._lock:
+            if self._zk is not None and self._pid == os.getpid():
+                self._zk.stop()
+                self._zk.close()
+            self._zk = None
+
+
+def zk():
+    return current_app.extensions["cowfleet.zk"].get()
+
+
+def check_name(name: str, field_name: str = "name") -> str:
+    if not NAME_RE.match(name or ""):
+        raise invalid({field_name: [NAME_RULE]}, f"invalid {field_name} '{name}'")
+    return name
+
+
+def if_match() -> int | None:
+    """The version a write is conditional on (``If-Match: "7"``), or None."""
+    raw = request.headers.get("If-Match")
+    if raw is None or raw.strip() == "*":
+        return None
+    tag = raw.split(",")[0].strip()
+    if tag.startswith("W/"):
+        tag = tag[2:]
+    tag = tag.strip('"')
+    if not tag.isdigit():
+        raise Problem(412, "Precondition Failed", f"If-Match '{raw}' matches no version")
+    return int(tag)
+
+
+def json_body() -> Any:
+    if request.mimetype not in ("application/json", "application/merge-patch+json") \
+            and not request.mimetype.endswith("+json"):
+        raise Problem(415, "Unsupported Media Type",
+                      f"send Content-Type: application/json (got '{request.mimetype or 'none'}')")
+    raw = request.get_data(cache=False)
+    if not raw.strip():
+        raise Problem(400, "Bad Request", "the request body is empty; send a JSON object")
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise Problem(400, "Bad Request", f"the request body is not valid JSON: {exc}")
+    if not isinstance(body, dict):
+        raise invalid({"_schema": ["the request body must be a JSON object"]})
+    return body
+
+
+def endpoint(body: type[Schema] | None = None, out: type[Schema] | None = None, many: bool = False):
+    def deco(view):
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            if body is not None:
+                try:
+                    kwargs["data"] = body().load(json_body())
+                except ValidationError as exc:
+                    raise invalid(exc.messages)
+            result = view(*args, **kwargs)
+            if isinstance(result, Response):
+                return result
+            if not isinstance(result, Result):
+                result = Result(result)
+            if result.body is None:
+                resp = Response(status=result.status)
+            else:
+                payload = out(many=many).dump(result.body) if out is not None else result.body
+                resp = Response(json.dumps(payload), status=result.status, mimetype="application/json")
+                if not many and isinstance(payload, dict) and payload.get("etag"):
+                    resp.headers["ETag"] = f'"{payload["etag"]}"'
+            resp.headers.update(result.headers)
+            return resp
+        return wrapper
+    return deco

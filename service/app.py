@@ -1,0 +1,103 @@
+"""Application factory: blueprints, auth, problem+json for every error."""
+from __future__ import annotations
+
+import logging
+import os
+
+from flask import Flask, g, request
+from kazoo.exceptions import ConnectionLoss, KazooException, SessionExpiredError
+from kazoo.handlers.threading import KazooTimeoutError
+from werkzeug.exceptions import HTTPException
+
+from cowfleet.models import DEFAULT_FLAVORS
+from cowfleet.service import auth
+from cowfleet.service.api import ZooKeeperHolder
+from cowfleet.service.problems import Problem, from_http_exception
+from cowfleet.zk import layout
+from cowfleet.zk.connection import create_quietly
+
+OPEN_PATHS = ("/healthz", "/metrics")
+MAX_BODY = 1 << 20  # JSON bodies; image bytes go through a streamed endpoint
+
+log = logging.getLogger(__name__)
+
+
+def _bootstrap(zk) -> None:
+    for flavor in DEFAULT_FLAVORS:
+        create_quietly(zk, layout.flavor(flavor.name), flavor.to_bytes())
+
+
+class _Holder(ZooKeeperHolder):
+    def get(self):
+        fresh = self._zk is None
+        zk = super().get()
+        if fresh:
+            _bootstrap(zk)
+        return zk
+
+
+def create_app(zk_hosts: str | None = None, tokens_file: str | None = None) -> Flask:
+    app = Flask("cowfleet")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    hosts = zk_hosts or os.environ.get("COWFLEET_ZK", "127.0.0.1:2181")
+    app.extensions["cowfleet.zk"] = _Holder(hosts)
+    tokens = auth.TokenStore(tokens_file or os.environ.get("COWFLEET_TOKENS_FILE"))
+
+    from cowfleet.service.groups.views import bp as groups
+    from cowfleet.service.images.views import bp as images
+    from cowfleet.service.nodes.views import bp as nodes
+    for bp in (images, groups, nodes):
+        app.register_blueprint(bp)
+
+    @app.before_request
+    def authenticate():
+        if request.path in OPEN_PATHS:
+            return None
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Problem(401, "Unauthorized", "send Authorization: Bearer <token>",
+                          headers={"WWW-Authenticate": 'Bearer realm="cowfleet"'})
+        role = tokens.role_of(token.strip())
+        if role is None:
+            raise Problem(401, "Unauthorized", "the bearer token is not valid",
+                          headers={"WWW-Authenticate": 'Bearer realm="cowfleet", error="invalid_token"'})
+        if not auth.allowed(role, request.method):
+            raise Problem(403, "Forbidden", f"role '{role}' may not {request.method} {request.path}")
+        g.role = role
+        return None
+
+    @app.get("/healthz")
+    def healthz():
+        try:
+            zk = app.extensions["cowfleet.zk"].get()
+            zk.exists(layout.ROOT)
+        except Exception as exc:  # any failure here means: not healthy
+            raise Problem(503, "Service Unavailable", f"ZooKeeper unreachable: {exc}")
+        return {"status": "ok", "zookeeper": zk.state}
+
+    @app.errorhandler(Problem)
+    def problem(exc: Problem):
+        return exc.response()
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return from_http_exception(exc).response()
+
+    @app.errorhandler(ConnectionLoss)
+    @app.errorhandler(SessionExpiredError)
+    @app.errorhandler(KazooTimeoutError)
+    def zk_down(exc):
+        return Problem(503, "Service Unavailable", "ZooKeeper is unavailable; retry",
+                       headers={"Retry-After": "2"}).response()
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        if isinstance(exc, KazooException):
+            log.warning("ZooKeeper error on %s %s: %r", request.method, request.path, exc)
+            return Problem(503, "Service Unavailable", f"ZooKeeper error: {type(exc).__name__}",
+                           headers={"Retry-After": "2"}).response()
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return Problem(500, "Internal Server Error", "unexpected error; see the service log").response()
+
+    return app

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from cowfleet.service.fields import Labels, Name, StrictSchema, Timestamp
+
+MAX_GROUP_SIZE = 10_000
+
+
+class PlacementSchema(StrictSchema):
+    strategy = fields.Str(load_default="spread", validate=validate.OneOf(["spread", "pack"]))
+    max_per_node = fields.Int(load_default=None, allow_none=True, strict=True,
+                              validate=validate.Range(1, MAX_GROUP_SIZE))
+
+
+class UpdatePolicySchema(StrictSchema):
+    max_unavailable = fields.Int(load_default=1, strict=True, validate=validate.Range(0, MAX_GROUP_SIZE))
+    max_surge = fields.Int(load_default=1, strict=True, validate=validate.Range(0, MAX_GROUP_SIZE))
+
+
+class GroupSpecSchema(StrictSchema):
+    image = Name(required=True)
+    flavor = Name(required=True)
+    size = fields.Int(required=True, strict=True, validate=validate.Range(0, MAX_GROUP_SIZE))
+    placement = fields.Nested(PlacementSchema, load_default=lambda: PlacementSchema().load({}))
+    user_data = fields.Str(load_default=None, allow_none=True, validate=validate.Length(max=65536))
+    labels = Labels(load_default=dict)
+    update_policy = fields.Nested(UpdatePolicySchema, load_default=lambda: UpdatePolicySchema().load({}))
+
+
+class InstanceSchema(Schema):
+    id = fields.Str()
+    node = fields.Str(allow_none=True)
+    rack = fields.Str(allow_none=True)
+    state = fields.Str()
+    address = fields.Str(allow_none=True)
+    image = fields.Str()
+    message = fields.Str()
+    created_at = Timestamp()
+    running_at = Timestamp()
+    ready_at = Timestamp()
+
+
+class GroupStatusSchema(Schema):
+    phase = fields.Str()
+    ready = fields.Int()
+    running = fields.Int()
+    pending = fields.Int()
+    failed = fields.Int()
+    observed_generation = fields.Int()
+    message = fields.Str()
+
+
+class GroupSchema(Schema):
+    name = fields.Str()
+    image = fields.Str()
+    flavor = fields.Str()
+    size = fields.Int()
+    placement = fields.Dict()
+    user_data = fields.Str(allow_none=True)
+    labels = fields.Dict()
+    update_policy = fields.Dict()
+    generation = fields.Int()
+    created_at = Timestamp()
+    status = fields.Nested(GroupStatusSchema)
+    instances = fields.List(fields.Nested(InstanceSchema))
+    etag = fields.Str()

@@ -1,0 +1,152 @@
+"""Instance groups: the service writes the desired state and a request znode,
+answers at once, and the agents' leader places the instances (ARCHITECTURE §3)."""
+from __future__ import annotations
+
+from kazoo.exceptions import BadVersionError, NodeExistsError
+
+from cowfleet.models import (DeployRequest, Flavor, Group, GroupPhase, GroupStatus, Instance,
+                             InstanceState)
+from cowfleet.service.problems import Problem, conflict, invalid, not_found
+from cowfleet.zk import layout
+from cowfleet.zk.connection import read, read_children
+from cowfleet.zk.groups import finish_delete_if_empty
+
+
+def status_of(group: Group, instances: list[Instance], placed: GroupStatus) -> dict:
+    live = [i for i in instances if i.state != InstanceState.TERMINATING]
+    ready = sum(i.state == InstanceState.READY for i in live)
+    running = sum(i.state in (InstanceState.RUNNING, InstanceState.READY) for i in live)
+    pending = sum(i.state in (InstanceState.PENDING, InstanceState.STARTING) for i in live)
+    failed = sum(i.state == InstanceState.FAILED for i in live)
+    converged = placed.observed_generation >= group.generation
+    if group.deleting:
+        phase = GroupPhase.DELETING
+    elif failed:
+        phase = GroupPhase.DEGRADED
+    elif converged and ready == group.size and len(live) == group.size:
+        phase = GroupPhase.READY
+    elif not live and group.size:
+        phase = GroupPhase.PENDING
+    else:
+        phase = GroupPhase.PROVISIONING
+    message = placed.message
+    if not message:
+        message = f"{ready}/{group.size} ready"
+    return {"phase": phase, "ready": ready, "running": running, "pending": pending + placed.unplaced,
+            "failed": failed, "observed_generation": placed.observed_generation, "message": message}
+
+
+def view(zk, group: Group, version: int) -> dict:
+    instances = [i for i, _ in read_children(zk, layout.group_instances(group.name), Instance)]
+    placed = read(zk, layout.group_status(group.name), GroupStatus)
+    out = group.to_dict()
+    out.pop("deleting")
+    out["status"] = status_of(group, instances, placed[0] if placed else GroupStatus())
+    out["instances"] = [i.to_dict() for i in sorted(instances, key=lambda i: i.id)]
+    out["etag"] = str(version)
+    return out
+
+
+def get(zk, name: str) -> dict:
+    got = read(zk, layout.group(name), Group)
+    if got is None:
+        raise not_found("instance group", name)
+    return view(zk, *got)
+
+
+def list_(zk, limit: int, after: str | None) -> list[dict]:
+    names = [n for n in sorted(zk.get_children(layout.GROUPS)) if after is None or n > after]
+    out = []
+    for n in names[:limit]:
+        got = read(zk, layout.group(n), Group)
+        if got:
+            out.append(view(zk, *got))
+    return out
+
+
+def _check_references(zk, spec: dict) -> None:
+    errors = {}
+    if not zk.exists(layout.image(spec["image"])):
+        errors["image"] = [f"unknown image '{spec['image']}'"]
+    if read(zk, layout.flavor(spec["flavor"]), Flavor) is None:
+        errors["flavor"] = [f"unknown flavor '{spec['flavor']}'"]
+    if errors:
+        raise invalid(errors, "the group refers to objects that do not exist")
+
+
+def _request(tx, name: str, generation: int) -> None:
+    tx.create(layout.REQUEST_PREFIX, DeployRequest(group=name, generation=generation).to_bytes(),
+              sequence=True)
+
+
+def _commit(tx) -> None:
+    for r in tx.commit():
+        if isinstance(r, Exception):
+            raise r
+
+
+def put(zk, name: str, spec: dict, expected: int | None) -> tuple[dict, bool]:
+    _check_references(zk, spec)
+    path = layout.group(name)
+    for _ in range(10):
+        got = read(zk, path, Group)
+        if got is None:
+            if expected is not None:
+                raise Problem(412, "Precondition Failed", f"instance group '{name}' does not exist")
+            group = Group(name=name, generation=1, **spec)
+            tx = zk.transaction()
+            tx.create(path, group.to_bytes())
+            tx.create(layout.group_instances(name), b"")
+            tx.create(layout.group_status(name), GroupStatus().to_bytes())
+            _request(tx, name, group.generation)
+            try:
+                _commit(tx)
+            except NodeExistsError:
+                continue
+            return get(zk, name), True
+        group, version = got
+        if expected is not None and expected != version:
+            raise Problem(412, "Precondition Failed",
+                          f"instance group '{name}' is at version {version}, not {expected}")
+        if group.deleting:
+            raise conflict(f"instance group '{name}' is being deleted")
+        if group.spec() == spec:
+            return view(zk, group, version), False
+        for k, v in spec.items():
+            setattr(group, k, v)
+        group.generation += 1
+        tx = zk.transaction()
+        tx.set_data(path, group.to_bytes(), version=version)
+        _request(tx, name, group.generation)
+        try:
+            _commit(tx)
+        except BadVersionError:
+            if expected is not None:
+                raise Problem(412, "Precondition Failed", f"instance group '{name}' changed meanwhile")
+            continue
+        return get(zk, name), False
+    raise Problem(503, "Service Unavailable", "too many concurrent writers; retry")
+
+
+def delete(zk, name: str, expected: int | None) -> None:
+    path = layout.group(name)
+    for _ in range(10):
+        got = read(zk, path, Group)
+        if got is None:
+            raise not_found("instance group", name)
+        group, version = got
+        if expected is not None and expected != version:
+            raise Problem(412, "Precondition Failed", f"instance group '{name}' is at version {version}")
+        if group.deleting:
+            return
+        group.deleting = True
+        tx = zk.transaction()
+        tx.set_data(path, group.to_bytes(), version=version)
+        _request(tx, name, group.generation)
+        try:
+            _commit(tx)
+        except BadVersionError:
+            continue
+        finish_delete_if_empty(zk, name)
+        return
+    raise Problem(503, "Service Unavailable", "too many concurrent writers; retry")

@@ -1,0 +1,125 @@
+"""Images: the spec is written by the service, copies by the storage agents."""
+from __future__ import annotations
+
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+
+from cowfleet.models import Group, Image, ImageStatus, NodeInfo, Replica
+from cowfleet.service.problems import Problem, conflict, not_found
+from cowfleet.zk import layout
+from cowfleet.zk.connection import read, read_children
+
+
+def _status(image: Image, replicas: list[Replica], storage_nodes: int) -> tuple[str, str]:
+    n = len(replicas)
+    if n >= image.min_replicas:
+        return ImageStatus.AVAILABLE, f"{n} of {image.min_replicas} replicas"
+    if image.error and n == 0:
+        return ImageStatus.ERROR, image.error
+    if storage_nodes > n and image.source_url:
+        state = ImageStatus.REPLICATING if n else ImageStatus.PENDING
+        return state, f"{n} of {image.min_replicas} replicas"
+    if n == 0:
+        return ImageStatus.PENDING, "no storage node holds a copy yet"
+    return ImageStatus.DEGRADED, (f"{n} of {image.min_replicas} replicas: "
+                                  f"only {storage_nodes} storage node(s) available")
+
+
+def view(zk, image: Image, version: int) -> dict:
+    replicas = [r for r, _ in read_children(zk, layout.image_replicas(image.name), Replica)]
+    storage = [n for n, _ in read_children(zk, layout.NODES, NodeInfo) if n.role == "storage"]
+    status, message = _status(image, replicas, len(storage))
+    out = image.to_dict()
+    out.update(status=status, message=message, etag=str(version),
+               replicas=[{"node": r.node, "rack": r.rack} for r in replicas])
+    return out
+
+
+def get(zk, name: str) -> dict:
+    got = read(zk, layout.image(name), Image)
+    if got is None:
+        raise not_found("image", name)
+    return view(zk, *got)
+
+
+def list_(zk, limit: int, after: str | None) -> list[dict]:
+    names = sorted(zk.get_children(layout.IMAGES))
+    names = [n for n in names if after is None or n > after][:limit]
+    out = []
+    for n in names:
+        got = read(zk, layout.image(n), Image)
+        if got:
+            out.append(view(zk, *got))
+    return out
+
+
+def put(zk, name: str, spec: dict, expected: int | None) -> tuple[dict, bool]:
+    """Create, confirm or update an image; returns (view, created)."""
+    path = layout.image(name)
+    for _ in range(10):
+        got = read(zk, path, Image)
+        if got is None:
+            if expected is not None:
+                raise Problem(412, "Precondition Failed", f"image '{name}' does not exist")
+            image = Image(name=name, **spec)
+            try:
+                tx = zk.transaction()
+                tx.create(path, image.to_bytes())
+                tx.create(layout.image_replicas(name), b"")
+                _commit(tx)
+            except NodeExistsError:
+                continue
+            return get(zk, name), True
+        image, version = got
+        if expected is not None and expected != version:
+            raise Problem(412, "Precondition Failed",
+                          f"image '{name}' is at version {version}, not {expected}")
+        clashes = {f: [f"is immutable: '{getattr(image, f)}' was given before"]
+                   for f in Image.IMMUTABLE if spec.get(f) != getattr(image, f)}
+        if clashes:
+            raise conflict(f"image '{name}' exists with a different {', '.join(clashes)}", clashes)
+        if spec["min_replicas"] == image.min_replicas and spec["labels"] == image.labels:
+            return view(zk, image, version), False
+        image.min_replicas, image.labels = spec["min_replicas"], spec["labels"]
+        try:
+            zk.set(path, image.to_bytes(), version=version)
+        except BadVersionError:
+            if expected is not None:
+                raise Problem(412, "Precondition Failed", f"image '{name}' changed meanwhile")
+            continue
+        return get(zk, name), False
+    raise Problem(503, "Service Unavailable", "too many concurrent writers; retry")
+
+
+def _commit(tx) -> None:
+    results = tx.commit()
+    for r in results:
+        if isinstance(r, NodeExistsError):
+            raise r
+        if isinstance(r, Exception):
+            raise r
+
+
+def users(zk, name: str) -> list[str]:
+    """Groups whose spec names this image."""
+    out = []
+    for g, _ in read_children(zk, layout.GROUPS, Group):
+        if g.image == name:
+            out.append(g.name)
+    return out
+
+
+def delete(zk, name: str, expected: int | None) -> None:
+    got = read(zk, layout.image(name), Image)
+    if got is None:
+        raise not_found("image", name)
+    _image, version = got
+    if expected is not None and expected != version:
+        raise Problem(412, "Precondition Failed", f"image '{name}' is at version {version}")
+    in_use = users(zk, name)
+    if in_use:
+        raise conflict(f"image '{name}' is used by instance group(s): {', '.join(in_use)}")
+    # Storage agents notice the image is gone and discard their copies.
+    try:
+        zk.delete(layout.image(name), recursive=True)
+    except NoNodeError:
+        pass

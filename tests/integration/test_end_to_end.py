@@ -1,0 +1,107 @@
+"""The walking skeleton end to end: HTTP -> ZooKeeper -> agents -> libvirt -> guests.
+
+Real ZooKeeper, libvirtd, qemu (TCG where KVM does not really run guests),
+gunicorn and both agents, as ``cowfleet lab up`` starts them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from cowfleet.zk import layout
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def lab_domains(lab) -> list[str]:
+    conn = libvirt.open("qemu:///system")
+    try:
+        return [d.name() for d in conn.listAllDomains() if d.name().startswith(f"cf-{lab.state.lab_id}-")]
+    finally:
+        conn.close()
+
+
+def compute_dir(lab) -> Path:
+    return next(p for p in (lab.dir / "nodes").iterdir() if p.name.endswith("-compute-1"))
+
+
+def master_path(lab) -> Path:
+    storage = next(p for p in (lab.dir / "nodes").iterdir() if p.name.endswith("-storage-1"))
+    return storage / "images" / "demo.img"
+
+
+def test_group_of_three_boots_on_overlays_and_deletes_clean(lab, client, zk, image_demo):
+    master = master_path(lab)
+    master_sha = image_demo["sha256"]
+    assert sha256(master) == master_sha
+
+    t0 = time.monotonic()
+    created = client.request("PUT", "/v1/instance-groups/web",
+                             {"image": "demo", "flavor": "small", "size": 3})
+    put_ms = (time.monotonic() - t0) * 1000
+    assert created.status_code == 201
+    assert created.json()["status"]["phase"] in ("pending", "provisioning")
+    assert created.headers["ETag"] == f'"{created.json()["etag"]}"'
+
+    running = wait_until(lambda: client.get_group("web")["status"]["running"] == 3, 120, "3 running")
+    t_running = time.monotonic() - t0
+    group = wait_until(lambda: (g := client.get_group("web"))["status"]["phase"] == "ready" and g,
+                       300, "group web ready")
+    t_ready = time.monotonic() - t0
+    print(f"\nPUT {put_ms:.0f} ms; all 3 running after {t_running:.1f}s, ready after {t_ready:.1f}s")
+    assert running
+    assert group["status"]["ready"] == 3
+    assert len(group["instances"]) == 3
+    for inst in group["instances"]:
+        assert inst["state"] == "ready"
+        assert inst["node"].endswith("-compute-1")
+        assert inst["running_at"] and inst["ready_at"] and inst["created_at"]
+
+    # one overlay per instance, each backed by the master (no copy)
+    overlays = sorted((compute_dir(lab) / "overlays" / "web").glob("*.qcow2"))
+    assert {p.stem for p in overlays} == {i["id"] for i in group["instances"]}
+    for overlay in overlays:
+        info = json.loads(subprocess.run(
+            ["qemu-img", "info", "-U", "--output=json", "--backing-chain", str(overlay)],
+            check=True, capture_output=True, text=True).stdout)
+        assert info[0]["format"] == "qcow2"
+        assert info[0]["backing-filename"] == str(master)
+        assert info[1]["filename"] == str(master)
+        assert len(info) == 2
+    assert len(lab_domains(lab)) == 3
+
+    # the guests wrote to their disks (boot record + scratch data): into the
+    # overlays, never into the master
+    for overlay in overlays:
+        assert overlay.stat().st_size > 512 * 1024, "guest writes should land in the overlay"
+    assert sha256(master) == master_sha
+
+    # delete: 202, deleting, then 404 with nothing left behind
+    resp = client.request("DELETE", "/v1/instance-groups/web")
+    assert resp.status_code == 202
+    again = client.request("DELETE", "/v1/instance-groups/web", ok_404=True)
+    assert again.status_code in (202, 404)
+    wait_until(lambda: client.get_group("web") is None, 120, "group web gone")
+    assert lab_domains(lab) == []
+    assert not list((compute_dir(lab) / "overlays").glob("web/*"))
+    assert not zk.exists(layout.group("web"))
+    node_assignments = [c for n in zk.get_children(layout.ASSIGNMENTS)
+                        for c in zk.get_children(layout.assignments(n))]
+    assert node_assignments == []
+    assert zk.get_children(layout.REQUESTS) == []
+    assert sha256(master) == master_sha
