@@ -213,10 +213,10 @@ def _try_reconcile(zk, name: str, request_path: str | None) -> PlacementResult |
                 result.created.append(inst)
             result.unplaced = missing - len(nodes)
             if result.unplaced:
-                computes = len(loads)
-                message = (f"{result.unplaced} instance(s) not placed: no compute node has room for "
-                           f"flavor '{flavor.name}' ({flavor.vcpus} vCPU, {flavor.memory_mib} MiB)"
-                           f" among {computes} healthy compute node(s)")
+                limit = group.placement.get("max_per_node")
+                message = (f"{result.unplaced} instance(s) not placed: none of {len(loads)} healthy "
+                           f"compute node(s) has room for flavor '{flavor.name}' ({flavor.vcpus} vCPU, "
+                           f"{flavor.memory_mib} MiB)" + (f" within max_per_node={limit}" if limit else ""))
     status = GroupStatus(observed_generation=group.generation, unplaced=result.unplaced, message=message)
     old = read(zk, layout.group_status(name), GroupStatus)
     if (not request_path and not result.created and not result.terminated and not dropped

@@ -20,7 +20,7 @@ from marshmallow import Schema, ValidationError
 from cowfleet.service.problems import Problem, invalid
 from cowfleet.zk.connection import connect
 
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")  # \Z: no trailing newline
 NAME_RULE = "must be a DNS label: 1-63 lowercase letters, digits or '-', not starting or ending with '-'"
 
 

@@ -36,8 +36,8 @@ class TokenStore:
                 line = line.split("#", 1)[0].strip()
                 if not line:
                     continue
-                token, _, role = line.partition(" ")
-                role = role.strip() or "reader"
+                token, *rest = line.split()
+                role = rest[0] if rest else "reader"
                 if role in ROLES:
                     tokens.append((token.encode(), role))
         self._tokens, self._mtime = tokens, mtime

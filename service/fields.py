@@ -38,6 +38,6 @@ def list_args(args) -> tuple[int, str | None]:
     """``?limit=&after=`` of every list; errors name the parameter."""
     from cowfleet.service.problems import invalid
     raw = args.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 1000:
         raise invalid({"limit": ["must be an integer from 1 to 1000"]}, "invalid query parameter")
     return int(raw), args.get("after") or None

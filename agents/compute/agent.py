@@ -121,7 +121,7 @@ class ComputeAgent(NodeAgent):
                 if iid not in domains or not domains[iid].running:
                     self._submit(iid, self._start, group, iid)
                 else:
-                    self._submit(iid, self._adopt, group, iid)
+                    self._submit(iid, self._adopt, group, iid, domains[iid])
             else:
                 self._submit(iid, self._terminate, group, iid)
         self._allocated = use
@@ -210,12 +210,15 @@ class ComputeAgent(NodeAgent):
         with self.awaiting_lock:
             self.awaiting[iid] = (group, time.monotonic() + READY_TIMEOUT)
 
-    def _adopt(self, group: str, iid: str) -> None:
+    def _adopt(self, group: str, iid: str, dom) -> None:
         """A running domain with an assignment: make sure someone watches it."""
         got = read(self.zk, layout.group_instance(group, iid), Instance)
         if got is None:
             return
         inst = got[0]
+        if dom.paused:
+            self.log.info("resuming %s (left paused by an interrupted start)", iid)
+            self.hyper.resume(dom.name)
         if inst.state in (InstanceState.PENDING, InstanceState.STARTING):
             self._set_state(group, iid, InstanceState.RUNNING, running_at=inst.running_at or now())
             inst.state = InstanceState.RUNNING

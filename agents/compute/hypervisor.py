@@ -21,7 +21,8 @@ class DomainInfo:
     name: str
     instance_id: str
     group: str
-    running: bool
+    running: bool          # active (running or paused)
+    paused: bool = False   # e.g. created paused by an agent that died before resuming it
 
 
 class Hypervisor(abc.ABC):
@@ -32,6 +33,9 @@ class Hypervisor(abc.ABC):
 
     @abc.abstractmethod
     def destroy(self, name: str) -> bool: ...
+
+    @abc.abstractmethod
+    def resume(self, name: str) -> None: ...
 
     @abc.abstractmethod
     def list(self, node: str) -> dict[str, DomainInfo]:
@@ -89,6 +93,9 @@ class LibvirtHypervisor(Hypervisor):
             pass
         return True
 
+    def resume(self, name: str) -> None:
+        self._conn().lookupByName(name).resume()
+
     def list(self, node: str) -> dict[str, DomainInfo]:
         lv = self._libvirt
         prefix = domain_name(node, "")
@@ -104,6 +111,8 @@ class LibvirtHypervisor(Hypervisor):
             el = ET.fromstring(meta)
             if el.get("node") != node:
                 continue
-            out[el.get("id")] = DomainInfo(name=name, instance_id=el.get("id"),
-                                           group=el.get("group"), running=dom.isActive() == 1)
+            state = dom.state()[0]
+            out[el.get("id")] = DomainInfo(name=name, instance_id=el.get("id"), group=el.get("group"),
+                                           running=dom.isActive() == 1,
+                                           paused=state == lv.VIR_DOMAIN_PAUSED)
         return out

@@ -36,6 +36,7 @@ class LabState:
     reader_token: str
     zk: str
     pids: dict[str, int] = field(default_factory=dict)
+    commands: dict[str, list[str]] = field(default_factory=dict)
     started_libvirtd: bool = False
     started_tgtd: int | None = None
     nodes: list[str] = field(default_factory=list)
@@ -142,15 +143,11 @@ class Lab:
 
         def start_agent(role: str):
             name = f"{st.lab_id}-{role}-1"
-            log = self.dir / f"agent-{role}.log"
-            proc = c.spawn(c.python_cmd("cowfleet.agents.main", "--role", role, "--rack", self.rack,
-                                        "--zk", st.zk, "--name", name,
-                                        "--state-dir", str(self.dir / "nodes" / name)), log)
-            st.pids[f"agent-{role}"] = proc.pid
+            st.commands[f"agent-{role}"] = c.python_cmd(
+                "cowfleet.agents.main", "--role", role, "--rack", self.rack, "--zk", st.zk,
+                "--name", name, "--state-dir", str(self.dir / "nodes" / name))
             st.nodes.append(name)
-            self._save()
-            c.wait_for(lambda: self._node_registered(name), timeout, f"the {role} agent to register",
-                       proc=proc, log=log)
+            self.restart(f"agent-{role}", timeout)
 
         self._step(progress, "zookeeper", start_zk)
         self._step(progress, "libvirtd", start_libvirtd)
@@ -158,6 +155,22 @@ class Lab:
         self._step(progress, "service", start_service)
         self._step(progress, "storage agent", lambda: start_agent("storage"))
         self._step(progress, "compute agent", lambda: start_agent("compute"))
+
+    def restart(self, component: str, timeout: float = 60) -> int:
+        """(Re)start an agent of the lab; kills it first if it runs. Returns its pid."""
+        st = self.state
+        if component not in st.commands:
+            raise c.LabError(f"unknown lab component '{component}'")
+        if st.pids.get(component) and c.pid_alive(st.pids[component]):
+            c.stop_pid(st.pids[component])
+        log = self.dir / f"{component}.log"
+        proc = c.spawn(st.commands[component], log)
+        st.pids[component] = proc.pid
+        self._save()
+        name = st.commands[component][st.commands[component].index("--name") + 1]
+        c.wait_for(lambda: self._node_registered(name), timeout, f"{component} to register",
+                   proc=proc, log=log)
+        return proc.pid
 
     def _node_registered(self, name: str) -> bool:
         resp = requests.get(f"{self.state.endpoint}/v1/nodes", timeout=2,

@@ -11,7 +11,8 @@ bp = Blueprint("groups", __name__, url_prefix="/v1/instance-groups")
 @bp.get("")
 @endpoint(out=GroupSchema, many=True)
 def list_groups():
-    return service.list_(zk(), *list_args(request.args))
+    limit, after = list_args(request.args)      # validate before touching ZooKeeper
+    return service.list_(zk(), limit, after)
 
 
 @bp.get("/<name>")
@@ -23,7 +24,8 @@ def get_group(name):
 @bp.put("/<name>")
 @endpoint(body=GroupSpecSchema, out=GroupSchema)
 def put_group(name, data):
-    group, created = service.put(zk(), check_name(name), data, if_match())
+    check_name(name)
+    group, created = service.put(zk(), name, data, if_match())
     return Result(group, 201 if created else 200)
 
 

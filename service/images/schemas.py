@@ -13,8 +13,8 @@ def _valid_source(url: str) -> None:
     parsed = urlparse(url)
     if parsed.scheme not in SOURCE_SCHEMES:
         raise ValidationError(f"scheme must be one of {', '.join(SOURCE_SCHEMES)}")
-    if parsed.scheme == "file" and not parsed.path.startswith("/"):
-        raise ValidationError("a file:// URL needs an absolute path")
+    if parsed.scheme == "file" and (parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/")):
+        raise ValidationError("a file URL names an absolute path on the storage node: file:///path")
     if parsed.scheme != "file" and not parsed.netloc:
         raise ValidationError("an http(s) URL needs a host")
 

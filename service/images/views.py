@@ -11,7 +11,8 @@ bp = Blueprint("images", __name__, url_prefix="/v1/images")
 @bp.get("")
 @endpoint(out=ImageSchema, many=True)
 def list_images():
-    return service.list_(zk(), *list_args(request.args))
+    limit, after = list_args(request.args)      # validate before touching ZooKeeper
+    return service.list_(zk(), limit, after)
 
 
 @bp.get("/<name>")
@@ -23,7 +24,8 @@ def get_image(name):
 @bp.put("/<name>")
 @endpoint(body=ImageSpecSchema, out=ImageSchema)
 def put_image(name, data):
-    image, created = service.put(zk(), check_name(name), data, if_match())
+    check_name(name)
+    image, created = service.put(zk(), name, data, if_match())
     return Result(image, 201 if created else 200)
 
 

@@ -1,0 +1,145 @@
+"""Libvirt domain XML for one instance, checked by parsing it."""
+from __future__ import annotations
+
+import dataclasses
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from cowfleet.agents.compute.domain import METADATA_NS, DomainSpec, domain_xml
+
+
+def spec(**over) -> DomainSpec:
+    base = dict(name="cowfleet-web-0a1b2c", instance_id="web-0a1b2c", group="web", node="c1",
+                vcpus=2, memory_mib=256, disk_path="/var/lib/cowfleet/overlays/web-0a1b2c.qcow2",
+                console_log="/var/lib/cowfleet/console/web-0a1b2c.log")
+    base.update(over)
+    return DomainSpec(**base)
+
+
+def parse(s: DomainSpec) -> ET.Element:
+    return ET.fromstring(domain_xml(s))
+
+
+def test_root_and_name():
+    root = parse(spec())
+    assert root.tag == "domain"
+    assert root.findtext("name") == "cowfleet-web-0a1b2c"
+
+
+def test_default_virt_type_is_qemu_without_host_cpu():
+    root = parse(spec())
+    assert root.get("type") == "qemu"
+    assert root.find("cpu") is None
+
+
+def test_kvm_domain_uses_host_passthrough():
+    root = parse(spec(virt_type="kvm"))
+    assert root.get("type") == "kvm"
+    assert root.find("cpu").get("mode") == "host-passthrough"
+
+
+@pytest.mark.parametrize("virt_type", ["xen", "KVM", "", "qemu' foo='bar", "lxc"])
+def test_invalid_virt_type(virt_type):
+    with pytest.raises(ValueError, match="virt_type"):
+        domain_xml(spec(virt_type=virt_type))
+
+
+@pytest.mark.parametrize("network", ["bridge", "default", "", "User", "network"])
+def test_invalid_network(network):
+    with pytest.raises(ValueError, match="network"):
+        domain_xml(spec(network=network))
+
+
+@pytest.mark.parametrize("vcpus, mem", [(1, 128), (2, 512), (16, 65536)])
+def test_memory_and_vcpus(vcpus, mem):
+    root = parse(spec(vcpus=vcpus, memory_mib=mem))
+    memory = root.find("memory")
+    assert memory.get("unit") == "MiB"
+    assert int(memory.text) == mem
+    assert int(root.findtext("vcpu")) == vcpus
+
+
+def test_disk_is_the_qcow2_overlay_on_virtio():
+    s = spec()
+    disks = parse(s).findall("devices/disk")
+    assert len(disks) == 1
+    disk = disks[0]
+    assert disk.get("type") == "file" and disk.get("device") == "disk"
+    assert disk.find("driver").get("type") == "qcow2"
+    assert disk.find("driver").get("name") == "qemu"
+    assert disk.find("source").get("file") == s.disk_path
+    assert disk.find("target").get("bus") == "virtio"
+    assert disk.find("target").get("dev") == "vda"
+
+
+def test_serial_console_goes_to_console_log():
+    s = spec()
+    root = parse(s)
+    serial = root.find("devices/serial")
+    assert serial.get("type") == "file"
+    assert serial.find("source").get("path") == s.console_log
+    console = root.find("devices/console")
+    assert console.get("type") == "file"
+    assert console.find("source").get("path") == s.console_log
+    assert console.find("target").get("type") == "serial"
+
+
+def test_network_none_has_no_interface():
+    assert parse(spec(network="none")).findall("devices/interface") == []
+
+
+def test_network_user_has_one_user_interface():
+    ifaces = parse(spec(network="user")).findall("devices/interface")
+    assert len(ifaces) == 1
+    assert ifaces[0].get("type") == "user"
+    assert ifaces[0].find("model").get("type") == "virtio"
+
+
+def test_default_network_is_user():
+    assert parse(spec()).find("devices/interface").get("type") == "user"
+
+
+def test_smbios_serial_is_instance_id():
+    root = parse(spec(instance_id="web-ffeedd"))
+    entries = {e.get("name"): e.text for e in root.findall("sysinfo/system/entry")}
+    assert root.find("sysinfo").get("type") == "smbios"
+    assert entries["serial"] == "web-ffeedd"
+    assert root.find("os/smbios").get("mode") == "sysinfo"
+
+
+def test_metadata_carries_id_group_node():
+    root = parse(spec(instance_id="g-123456", group="g", node="compute-7"))
+    found = root.findall(f"metadata/{{{METADATA_NS}}}instance")
+    assert len(found) == 1
+    assert METADATA_NS == "urn:cowfleet:instance:1"
+    inst = found[0]
+    assert (inst.get("id"), inst.get("group"), inst.get("node")) == ("g-123456", "g", "compute-7")
+
+
+def test_xml_special_characters_are_escaped():
+    nasty = "/var/tmp/a&b<c>'d\"e/ov.qcow2"
+    log = "/var/tmp/<log> & 'x'.log"
+    s = spec(name="n&<'\">", instance_id="i&<>'\"", group="g\"'&", node="n<>&",
+             disk_path=nasty, console_log=log)
+    root = parse(s)
+    assert root.findtext("name") == s.name
+    assert root.find("devices/disk/source").get("file") == nasty
+    assert root.find("devices/serial/source").get("path") == log
+    assert root.find("devices/console/source").get("path") == log
+    inst = root.find(f"metadata/{{{METADATA_NS}}}instance")
+    assert (inst.get("id"), inst.get("group"), inst.get("node")) == (s.instance_id, s.group, s.node)
+    serial = [e.text for e in root.findall("sysinfo/system/entry") if e.get("name") == "serial"]
+    assert serial == [s.instance_id]
+
+
+def test_injection_through_a_path_is_not_possible():
+    evil = "/x'/><disk type='file'><source file='/etc/shadow'/></disk><x a='"
+    root = parse(spec(disk_path=evil))
+    assert len(root.findall("devices/disk")) == 1
+    assert root.find("devices/disk/source").get("file") == evil
+
+
+def test_pure_and_deterministic():
+    s = spec()
+    assert domain_xml(s) == domain_xml(dataclasses.replace(s))
