@@ -224,8 +224,11 @@ def cmd_serve(args) -> int:
         env["COWFLEET_ZK"] = args.zk
     if args.tokens:
         env["COWFLEET_TOKENS_FILE"] = args.tokens
-    cmd = [sys.executable, "-m", "gunicorn", "--bind", args.bind, "--workers", str(args.workers),
-           "--threads", "4", "--worker-class", "gthread", "cowfleet.service:create_app()"]
+    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        import tempfile
+        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="cowfleet-metrics-")
+    cmd = [sys.executable, "-m", "gunicorn", "--config", "python:cowfleet.service.gunicorn_conf",
+           "--bind", args.bind, "--workers", str(args.workers), "cowfleet.service:create_app()"]
     os.execve(sys.executable, cmd, env)
     return 0
 

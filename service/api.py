@@ -63,6 +63,16 @@ def zk():
     return current_app.extensions["cowfleet.zk"].get()
 
 
+def fetch(zk_client, path: str, cls, kind: str, name: str):
+    """(record, version) at ``path``, or a 404 problem naming the object."""
+    from cowfleet.service.problems import not_found
+    from cowfleet.zk.connection import read
+    got = read(zk_client, path, cls)
+    if got is None:
+        raise not_found(kind, name)
+    return got
+
+
 def check_name(name: str, field_name: str = "name") -> str:
     if not NAME_RE.match(name or ""):
         raise invalid({field_name: [NAME_RULE]}, f"invalid {field_name} '{name}'")
@@ -100,11 +110,14 @@ def json_body() -> Any:
     return body
 
 
-def endpoint(body: type[Schema] | None = None, out: type[Schema] | None = None, many: bool = False):
+def endpoint(body: type[Schema] | None = None, out: type[Schema] | None = None, many: bool = False,
+             codes: tuple[int, ...] = (200,), patch: bool = False):
+    """``codes``: the success statuses (documented in the OpenAPI document);
+    ``patch``: the body is a JSON merge patch of ``body``'s schema."""
     def deco(view):
         @wraps(view)
         def wrapper(*args, **kwargs):
-            if body is not None:
+            if body is not None and not patch:
                 try:
                     kwargs["data"] = body().load(json_body())
                 except ValidationError as exc:
@@ -123,5 +136,7 @@ def endpoint(body: type[Schema] | None = None, out: type[Schema] | None = None, 
                     resp.headers["ETag"] = f'"{payload["etag"]}"'
             resp.headers.update(result.headers)
             return resp
+        wrapper.api = {"body": body, "out": out, "many": many, "codes": codes, "patch": patch,
+                       "doc": (view.__doc__ or "").strip()}
         return wrapper
     return deco

@@ -43,11 +43,21 @@ def create_app(zk_hosts: str | None = None, tokens_file: str | None = None) -> F
     app.extensions["cowfleet.zk"] = _Holder(hosts)
     tokens = auth.TokenStore(tokens_file or os.environ.get("COWFLEET_TOKENS_FILE"))
 
+    from cowfleet.service.flavors.views import bp as flavors
     from cowfleet.service.groups.views import bp as groups
     from cowfleet.service.images.views import bp as images
     from cowfleet.service.nodes.views import bp as nodes
-    for bp in (images, groups, nodes):
+    for bp in (images, flavors, groups, nodes):
         app.register_blueprint(bp)
+
+    from cowfleet.service import metrics, openapi
+    metrics.install(app, app.extensions["cowfleet.zk"].get)
+
+    @app.get("/v1/openapi.json")
+    def openapi_document():
+        if "document" not in app.extensions.setdefault("cowfleet.openapi", {}):
+            app.extensions["cowfleet.openapi"]["document"] = openapi.build(app)
+        return app.extensions["cowfleet.openapi"]["document"]
 
     @app.before_request
     def authenticate():

@@ -32,12 +32,3 @@ class StrictSchema(Schema):
 def require_positive_or_none(value):
     if value is not None and value < 1:
         raise ValidationError("must be at least 1")
-
-
-def list_args(args) -> tuple[int, str | None]:
-    """``?limit=&after=`` of every list; errors name the parameter."""
-    from cowfleet.service.problems import invalid
-    raw = args.get("limit", "100")
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 1000:
-        raise invalid({"limit": ["must be an integer from 1 to 1000"]}, "invalid query parameter")
-    return int(raw), args.get("after") or None

@@ -129,11 +129,14 @@ class Lab:
             self._save()
 
         def start_service():
-            env = dict(os.environ, COWFLEET_ZK=st.zk, COWFLEET_TOKENS_FILE=str(tokens))
+            metrics_dir = self.dir / "metrics"
+            metrics_dir.mkdir(exist_ok=True)
+            env = dict(os.environ, COWFLEET_ZK=st.zk, COWFLEET_TOKENS_FILE=str(tokens),
+                       PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
             log = self.dir / "service.log"
-            proc = c.spawn(c.python_cmd("gunicorn", "--bind", f"127.0.0.1:{port}",
-                                        "--workers", str(self.service_workers), "--threads", "4",
-                                        "--worker-class", "gthread", "--timeout", "60",
+            proc = c.spawn(c.python_cmd("gunicorn", "--config", "python:cowfleet.service.gunicorn_conf",
+                                        "--bind", f"127.0.0.1:{port}",
+                                        "--workers", str(self.service_workers),
                                         "--access-logfile", str(self.dir / "access.log"),
                                         "cowfleet.service:create_app()"), log, env=env)
             st.pids["service"] = proc.pid

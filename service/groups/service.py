@@ -6,6 +6,8 @@ from kazoo.exceptions import BadVersionError, NodeExistsError
 
 from cowfleet.models import (DeployRequest, Flavor, Group, GroupPhase, GroupStatus, Instance,
                              InstanceState)
+from cowfleet.service.api import Result, fetch
+from cowfleet.service.paging import ListQuery, page
 from cowfleet.service.problems import Problem, conflict, invalid, not_found
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read, read_children
@@ -48,20 +50,11 @@ def view(zk, group: Group, version: int) -> dict:
 
 
 def get(zk, name: str) -> dict:
-    got = read(zk, layout.group(name), Group)
-    if got is None:
-        raise not_found("instance group", name)
-    return view(zk, *got)
+    return view(zk, *fetch(zk, layout.group(name), Group, "instance group", name))
 
 
-def list_(zk, limit: int, after: str | None) -> list[dict]:
-    names = [n for n in sorted(zk.get_children(layout.GROUPS)) if after is None or n > after]
-    out = []
-    for n in names[:limit]:
-        got = read(zk, layout.group(n), Group)
-        if got:
-            out.append(view(zk, *got))
-    return out
+def list_(zk, q: ListQuery) -> Result:
+    return page(zk, layout.GROUPS, layout.group, Group, view, q)
 
 
 def _check_references(zk, spec: dict) -> None:
@@ -149,4 +142,44 @@ def delete(zk, name: str, expected: int | None) -> None:
             continue
         finish_delete_if_empty(zk, name)
         return
+    raise Problem(503, "Service Unavailable", "too many concurrent writers; retry")
+
+
+def merge_patch(target, patch):
+    """RFC 7386 JSON merge patch: objects merge, null removes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+def patch(zk, name: str, changes: dict, expected: int | None) -> dict:
+    """Apply a merge patch to the spec; without If-Match, concurrent writers
+    are handled by re-reading and re-applying (never a lost update)."""
+    from marshmallow import ValidationError
+
+    from cowfleet.service.groups.schemas import GroupSpecSchema
+    for _ in range(10):
+        got = read(zk, layout.group(name), Group)
+        if got is None:
+            raise not_found("instance group", name)
+        group, version = got
+        if expected is not None and expected != version:
+            raise Problem(412, "Precondition Failed",
+                          f"instance group '{name}' is at version {version}, not {expected}")
+        try:
+            spec = GroupSpecSchema().load(merge_patch(group.spec(), changes))
+        except ValidationError as exc:
+            raise invalid(exc.messages)
+        try:
+            return put(zk, name, spec, version)[0]
+        except Problem as exc:
+            if exc.status == 412 and expected is None:
+                continue
+            raise
     raise Problem(503, "Service Unavailable", "too many concurrent writers; retry")

@@ -1,36 +1,15 @@
-from flask import Blueprint, request
-
-from cowfleet.service.api import Result, check_name, endpoint, if_match, zk
-from cowfleet.service.fields import list_args
+from cowfleet.service.api import endpoint, if_match, json_body, zk
 from cowfleet.service.groups import service
 from cowfleet.service.groups.schemas import GroupSchema, GroupSpecSchema
+from cowfleet.service.resource import crud_blueprint
 
-bp = Blueprint("groups", __name__, url_prefix="/v1/instance-groups")
-
-
-@bp.get("")
-@endpoint(out=GroupSchema, many=True)
-def list_groups():
-    limit, after = list_args(request.args)      # validate before touching ZooKeeper
-    return service.list_(zk(), limit, after)
+# DELETE answers 202: the group stays (phase deleting) until its instances are gone
+bp = crud_blueprint("groups", "/v1/instance-groups", service, GroupSpecSchema, GroupSchema,
+                    kind="instance group", delete_status=202)
 
 
-@bp.get("/<name>")
-@endpoint(out=GroupSchema)
-def get_group(name):
-    return service.get(zk(), name)
-
-
-@bp.put("/<name>")
-@endpoint(body=GroupSpecSchema, out=GroupSchema)
-def put_group(name, data):
-    check_name(name)
-    group, created = service.put(zk(), name, data, if_match())
-    return Result(group, 201 if created else 200)
-
-
-@bp.delete("/<name>")
-@endpoint()
-def delete_group(name):
-    service.delete(zk(), name, if_match())
-    return Result(None, 202)
+@bp.patch("/<name>")
+@endpoint(body=GroupSpecSchema, out=GroupSchema, patch=True)
+def patch(name):
+    """JSON merge patch of the spec, e.g. {"size": 80}."""
+    return service.patch(zk(), name, json_body(), if_match())

@@ -4,7 +4,9 @@ from __future__ import annotations
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 from cowfleet.models import Group, Image, ImageStatus, NodeInfo, Replica
-from cowfleet.service.problems import Problem, conflict, not_found
+from cowfleet.service.api import Result, fetch
+from cowfleet.service.paging import ListQuery, page
+from cowfleet.service.problems import Problem, conflict
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read, read_children
 
@@ -35,21 +37,11 @@ def view(zk, image: Image, version: int) -> dict:
 
 
 def get(zk, name: str) -> dict:
-    got = read(zk, layout.image(name), Image)
-    if got is None:
-        raise not_found("image", name)
-    return view(zk, *got)
+    return view(zk, *fetch(zk, layout.image(name), Image, "image", name))
 
 
-def list_(zk, limit: int, after: str | None) -> list[dict]:
-    names = sorted(zk.get_children(layout.IMAGES))
-    names = [n for n in names if after is None or n > after][:limit]
-    out = []
-    for n in names:
-        got = read(zk, layout.image(n), Image)
-        if got:
-            out.append(view(zk, *got))
-    return out
+def list_(zk, q: ListQuery) -> Result:
+    return page(zk, layout.IMAGES, layout.image, Image, view, q)
 
 
 def put(zk, name: str, spec: dict, expected: int | None) -> tuple[dict, bool]:
@@ -109,10 +101,7 @@ def users(zk, name: str) -> list[str]:
 
 
 def delete(zk, name: str, expected: int | None) -> None:
-    got = read(zk, layout.image(name), Image)
-    if got is None:
-        raise not_found("image", name)
-    _image, version = got
+    _image, version = fetch(zk, layout.image(name), Image, "image", name)
     if expected is not None and expected != version:
         raise Problem(412, "Precondition Failed", f"image '{name}' is at version {version}")
     in_use = users(zk, name)

@@ -12,7 +12,7 @@ import pytest
 
 from cowfleet.service import create_app
 from cowfleet.service.api import check_name
-from cowfleet.service.fields import list_args
+from cowfleet.service.paging import ListQuery, list_query
 from cowfleet.service.problems import Problem
 
 ADMIN, READER = "adm1n-t0ken", "r3ader-t0ken"
@@ -208,7 +208,7 @@ def test_group_invalid_spec(client):
 
 # --- routing ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", ["/", "/v1", "/v2/images", "/v1/images/x/y", "/v1/flavors"])
+@pytest.mark.parametrize("path", ["/", "/v1", "/v2/images", "/v1/images/x/y", "/v1/volumes"])
 def test_unknown_route(client, path):
     body = problem(client.get(path, headers=auth(ADMIN)), 404)
     assert body["title"] == "Not Found"
@@ -259,20 +259,30 @@ def test_bad_limit_rejected_before_zookeeper(app, client, path):
                                             ({"limit": "1000", "after": "web"}, (1000, "web")),
                                             ({"after": ""}, (100, None))])
 def test_list_args_valid(args, expected):
-    assert list_args(args) == expected
+    assert list_query(args) == ListQuery(*expected)
+
+
+def test_list_label_selectors():
+    from werkzeug.datastructures import MultiDict
+    q = list_query(MultiDict([("label", "team=a"), ("label", "env=prod")]))
+    assert q.labels == {"team": "a", "env": "prod"}
+    assert q.matches({"team": "a", "env": "prod", "x": "y"}) and not q.matches({"team": "a"})
+    with pytest.raises(Problem) as exc:
+        list_query(MultiDict([("label", "novalue")]))
+    assert "label" in exc.value.errors
 
 
 @pytest.mark.parametrize("limit", ["0", "1001", "-1", "abc", "", " 5", "1e2", "2.0"])
 def test_list_args_invalid(limit):
     with pytest.raises(Problem) as exc:
-        list_args({"limit": limit})
+        list_query({"limit": limit})
     assert exc.value.status == 422
     assert "limit" in exc.value.errors
 
 
 def test_list_args_superscript_digit():
     with pytest.raises(Problem) as exc:
-        list_args({"limit": "²"})
+        list_query({"limit": "²"})
     assert exc.value.status == 422
 
 

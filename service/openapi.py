@@ -1,0 +1,99 @@
+"""The OpenAPI 3 document, generated from the marshmallow schemas (apispec)
+and the routes: each view's ``@endpoint`` records its schemas and statuses."""
+from __future__ import annotations
+
+import re
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from marshmallow import Schema, fields
+
+import cowfleet
+
+PROBLEM = "application/problem+json"
+
+
+class ProblemSchema(Schema):
+    type = fields.Str()
+    title = fields.Str(required=True)
+    status = fields.Int(required=True)
+    detail = fields.Str()
+    errors = fields.Dict(keys=fields.Str(), values=fields.Raw())
+
+
+ERRORS = {
+    "GET": (401, 403, 404, 422, 503),
+    "PUT": (400, 401, 403, 409, 412, 413, 415, 422, 503),
+    "PATCH": (400, 401, 403, 404, 409, 412, 413, 415, 422, 503),
+    "DELETE": (401, 403, 404, 409, 412, 503),
+}
+REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "Malformed JSON",
+           401: "Missing or invalid bearer token", 403: "The token's role may not do this",
+           404: "Not found", 409: "Conflict with the current state", 412: "If-Match does not match",
+           413: "Body too large", 415: "Not JSON", 422: "Invalid input (errors name the fields)",
+           503: "ZooKeeper unavailable; retry"}
+LIST_PARAMS = [
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+    {"name": "after", "in": "query", "schema": {"type": "string"}},
+    {"name": "label", "in": "query", "schema": {"type": "array", "items": {"type": "string"}},
+     "style": "form", "explode": True, "description": "key=value; several are ANDed"},
+]
+
+
+def _name(schema: type[Schema]) -> str:
+    return schema.__name__.removesuffix("Schema")
+
+
+def build(app) -> dict:
+    spec = APISpec(title="cowfleet", version=cowfleet.__version__, openapi_version="3.0.3",
+                   plugins=[MarshmallowPlugin()],
+                   info={"description": "Fleets of ephemeral copy-on-write VMs."})
+    spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+    spec.components.schema("Problem", schema=ProblemSchema)
+    paths: dict[str, dict] = {}
+    for rule in app.url_map.iter_rules():
+        view = app.view_functions.get(rule.endpoint)
+        api = getattr(view, "api", None)
+        if api is None:
+            continue
+        path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            op: dict = {"operationId": rule.endpoint.replace(".", "_"), "security": [{"bearer": []}],
+                        "responses": {}}
+            if api["doc"]:
+                op["summary"] = api["doc"].splitlines()[0]
+            params = [{"name": a, "in": "path", "required": True, "schema": {"type": "string"}}
+                      for a in rule.arguments]
+            if method in ("PUT", "PATCH", "DELETE") and rule.arguments:
+                params.append({"name": "If-Match", "in": "header", "required": False,
+                               "schema": {"type": "string"}})
+            if api["many"]:
+                params += LIST_PARAMS
+            if params:
+                op["parameters"] = params
+            if api["body"] is not None:
+                if _name(api["body"]) not in spec.components.schemas:
+                    spec.components.schema(_name(api["body"]), schema=api["body"])
+                ref = {"$ref": f"#/components/schemas/{_name(api['body'])}"}
+                media = "application/merge-patch+json" if api["patch"] else "application/json"
+                op["requestBody"] = {"required": True, "content": {media: {"schema": ref}}}
+            for code in api["codes"]:
+                resp: dict = {"description": REASONS[code]}
+                if api["out"] is not None and code != 204:
+                    if _name(api["out"]) not in spec.components.schemas:
+                        spec.components.schema(_name(api["out"]), schema=api["out"])
+                    ref = {"$ref": f"#/components/schemas/{_name(api['out'])}"}
+                    schema = {"type": "array", "items": ref} if api["many"] else ref
+                    resp["content"] = {"application/json": {"schema": schema}}
+                op["responses"][str(code)] = resp
+            for code in ERRORS[method]:
+                op["responses"][str(code)] = {
+                    "description": REASONS[code],
+                    "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+            paths.setdefault(path, {})[method.lower()] = op
+    for path, ops in sorted(paths.items()):
+        spec.path(path=path, operations=ops)
+    spec.path(path="/healthz", operations={"get": {"operationId": "healthz", "security": [],
+              "responses": {"200": {"description": "ZooKeeper reachable"},
+                            "503": {"description": "ZooKeeper unreachable"}}}})
+    return spec.to_dict()
