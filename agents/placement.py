@@ -194,7 +194,22 @@ def _try_reconcile(zk, name: str, request_path: str | None) -> PlacementResult |
     elif flavor is None:
         message = f"flavor '{group.flavor}' does not exist"
     else:
-        excess = len(live) - group.size
+        current = [(i, v) for i, v in live if _up_to_date(i, group)]
+        outdated = [(i, v) for i, v in live if not _up_to_date(i, group)]
+        if outdated:
+            retire, add = _rolling_step(group, current, outdated)
+            for inst, version in retire:
+                terminate(inst, version)
+            live = [(i, v) for i, v in live if i.id not in {r.id for r, _ in retire}]
+            message = (f"rolling update to image '{group.image}', flavor '{group.flavor}': "
+                       f"{len(outdated) - len(retire)} outdated instance(s) left")
+            # add only what the surge allows; the normal path below adds no more
+            excess = -add if add else 0
+            if len(current) > group.size:
+                excess = len(current) - group.size
+                live = current
+        else:
+            excess = len(live) - group.size
         if excess > 0:
             versions = {i.id: v for i, v in live}
             for inst in _victims([i for i, _ in live], excess):
@@ -212,7 +227,7 @@ def _try_reconcile(zk, name: str, request_path: str | None) -> PlacementResult |
                 tx.create(layout.assignment(node.name, name, iid), assignment_data(DESIRED_RUN, flavor))
                 result.created.append(inst)
             result.unplaced = missing - len(nodes)
-            if result.unplaced:
+            if result.unplaced and not outdated:
                 limit = group.placement.get("max_per_node")
                 message = (f"{result.unplaced} instance(s) not placed: none of {len(loads)} healthy "
                            f"compute node(s) has room for flavor '{flavor.name}' ({flavor.vcpus} vCPU, "
@@ -239,6 +254,40 @@ def _try_reconcile(zk, name: str, request_path: str | None) -> PlacementResult |
         log.info("group %s gen %d: +%d -%d unplaced %d", name, group.generation,
                  len(result.created), len(result.terminated), result.unplaced)
     return result
+
+
+def _up_to_date(inst: Instance, group: Group) -> bool:
+    return inst.image == group.image and inst.flavor == group.flavor
+
+
+def _rolling_step(group: Group, current: list, outdated: list) -> tuple[list, int]:
+    """One step of a rolling replacement within ``update_policy``.
+
+    Returns (outdated instances to retire now, new instances to add now).
+    Availability (ready instances, old or new) never drops below
+    ``size - max_unavailable``; live instances never exceed ``size + max_surge``.
+    Later steps follow as new instances become ready (the leader re-checks
+    every group periodically).
+    """
+    policy = group.update_policy or {}
+    surge = int(policy.get("max_surge", 1))
+    unavailable = int(policy.get("max_unavailable", 1))
+    if surge == 0 and unavailable == 0:
+        unavailable = 1              # otherwise no step could ever be taken
+    ready = sum(i.state == InstanceState.READY for i, _ in current + outdated)
+    budget = ready - max(0, group.size - unavailable)
+    retire = []
+    # outdated instances that are not ready cost no availability: they go first
+    for inst, version in sorted(outdated, key=lambda iv: iv[0].state == InstanceState.READY):
+        if inst.state != InstanceState.READY:
+            retire.append((inst, version))
+        elif budget > 0:
+            retire.append((inst, version))
+            budget -= 1
+    remaining = len(current) + len(outdated) - len(retire)
+    room = group.size + surge - remaining
+    add = max(0, min(group.size - len(current), room))
+    return retire, add
 
 
 def _drop(zk, tx, name: str, inst: Instance, version: int) -> None:

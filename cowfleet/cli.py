@@ -211,7 +211,9 @@ def cmd_demo(args) -> int:
           if g["status"]["phase"] == "ready" else f"\ngroup is {g['status']['phase']}: {g['status']['message']}")
     print(f"\nCOWFLEET_ENDPOINT={client.endpoint}\nCOWFLEET_TOKEN={client.token}")
     print("try:      curl -H \"Authorization: Bearer $COWFLEET_TOKEN\" $COWFLEET_ENDPOINT/v1/instance-groups/demo")
-    print("scale:    .venv/bin/cowfleet group get demo")
+    print("inspect:  .venv/bin/cowfleet group get demo")
+    print("scale:    curl -X PATCH -H \"Authorization: Bearer $COWFLEET_TOKEN\" -H 'Content-Type: application/json' "
+          "-d '{\"size\": 5}' $COWFLEET_ENDPOINT/v1/instance-groups/demo")
     print("teardown: make lab-down   (or .venv/bin/cowfleet lab down)")
     return 0 if g["status"]["phase"] == "ready" else 1
 

@@ -16,7 +16,10 @@ from cowfleet.zk.groups import finish_delete_if_empty
 
 def status_of(group: Group, instances: list[Instance], placed: GroupStatus) -> dict:
     live = [i for i in instances if i.state != InstanceState.TERMINATING]
-    ready = sum(i.state == InstanceState.READY for i in live)
+    # ready counts instances that are ready AND run the current image and flavor,
+    # so `ready == size` means a rolling update has finished too
+    ready = sum(i.state == InstanceState.READY and i.image == group.image and i.flavor == group.flavor
+                for i in live)
     running = sum(i.state in (InstanceState.RUNNING, InstanceState.READY) for i in live)
     pending = sum(i.state in (InstanceState.PENDING, InstanceState.STARTING) for i in live)
     failed = sum(i.state == InstanceState.FAILED for i in live)
