@@ -67,10 +67,20 @@ def fetch(zk_client, path: str, cls, kind: str, name: str):
     """(record, version) at ``path``, or a 404 problem naming the object."""
     from cowfleet.service.problems import not_found
     from cowfleet.zk.connection import read
+    existing_name(name, kind)
     got = read(zk_client, path, cls)
     if got is None:
         raise not_found(kind, name)
     return got
+
+
+def existing_name(name: str, kind: str) -> str:
+    """A name that cannot be valid names nothing: 404 before ZooKeeper sees
+    it (kazoo rejects '.' and '..' path segments with an exception)."""
+    from cowfleet.service.problems import not_found
+    if not NAME_RE.match(name or ""):
+        raise not_found(kind, name)
+    return name
 
 
 def check_name(name: str, field_name: str = "name") -> str:
@@ -88,7 +98,7 @@ def if_match() -> int | None:
     if tag.startswith("W/"):
         tag = tag[2:]
     tag = tag.strip('"')
-    if not tag.isdigit():
+    if not (tag.isascii() and tag.isdigit()):
         raise Problem(412, "Precondition Failed", f"If-Match '{raw}' matches no version")
     return int(tag)
 
@@ -105,6 +115,8 @@ def json_body() -> Any:
         body = json.loads(raw)
     except ValueError as exc:
         raise Problem(400, "Bad Request", f"the request body is not valid JSON: {exc}")
+    except RecursionError:
+        raise Problem(400, "Bad Request", "the request body is nested too deeply")
     if not isinstance(body, dict):
         raise invalid({"_schema": ["the request body must be a JSON object"]})
     return body

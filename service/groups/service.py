@@ -6,7 +6,7 @@ from kazoo.exceptions import BadVersionError, NodeExistsError
 
 from cowfleet.models import (DeployRequest, Flavor, Group, GroupPhase, GroupStatus, Instance,
                              InstanceState)
-from cowfleet.service.api import Result, fetch
+from cowfleet.service.api import Result, existing_name, fetch
 from cowfleet.service.paging import ListQuery, page
 from cowfleet.service.problems import Problem, conflict, invalid, not_found
 from cowfleet.zk import layout
@@ -125,6 +125,7 @@ def put(zk, name: str, spec: dict, expected: int | None) -> tuple[dict, bool]:
 
 
 def delete(zk, name: str, expected: int | None) -> None:
+    existing_name(name, "instance group")
     path = layout.group(name)
     for _ in range(10):
         got = read(zk, path, Group)
@@ -167,6 +168,7 @@ def patch(zk, name: str, changes: dict, expected: int | None) -> dict:
     from marshmallow import ValidationError
 
     from cowfleet.service.groups.schemas import GroupSpecSchema
+    existing_name(name, "instance group")
     for _ in range(10):
         got = read(zk, layout.group(name), Group)
         if got is None:
@@ -179,6 +181,8 @@ def patch(zk, name: str, changes: dict, expected: int | None) -> dict:
             spec = GroupSpecSchema().load(merge_patch(group.spec(), changes))
         except ValidationError as exc:
             raise invalid(exc.messages)
+        except RecursionError:
+            raise Problem(400, "Bad Request", "the patch is nested too deeply")
         try:
             return put(zk, name, spec, version)[0]
         except Problem as exc:
