@@ -13,10 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections import Counter
 from dataclasses import dataclass, field
 
-from kazoo.exceptions import BadVersionError, NoNodeError, NodeExistsError
+from kazoo.exceptions import NoNodeError
 
 from cowfleet.models import (DEFAULT_FLAVORS, DeployRequest, Flavor, Group, GroupStatus, Instance,
                              InstanceState, NodeInfo)
@@ -194,8 +193,8 @@ def _try_reconcile(zk, name: str, request_path: str | None) -> PlacementResult |
     elif flavor is None:
         message = f"flavor '{group.flavor}' does not exist"
     else:
-        current = [(i, v) for i, v in live if _up_to_date(i, group)]
-        outdated = [(i, v) for i, v in live if not _up_to_date(i, group)]
+        current = [(i, v) for i, v in live if group.is_current(i)]
+        outdated = [(i, v) for i, v in live if not group.is_current(i)]
         if outdated:
             retire, add = _rolling_step(group, current, outdated)
             for inst, version in retire:
@@ -254,10 +253,6 @@ def _try_reconcile(zk, name: str, request_path: str | None) -> PlacementResult |
         log.info("group %s gen %d: +%d -%d unplaced %d", name, group.generation,
                  len(result.created), len(result.terminated), result.unplaced)
     return result
-
-
-def _up_to_date(inst: Instance, group: Group) -> bool:
-    return inst.image == group.image and inst.flavor == group.flavor
 
 
 def _rolling_step(group: Group, current: list, outdated: list) -> tuple[list, int]:

@@ -119,6 +119,11 @@ class Group(Record):
     def spec(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.SPEC_FIELDS}
 
+    def is_current(self, inst: "Instance") -> bool:
+        """Does the instance run this spec's image and flavor (else a rolling
+        update replaces it)?"""
+        return inst.image == self.image and inst.flavor == self.flavor
+
 
 @dataclass
 class GroupStatus(Record):

@@ -17,8 +17,8 @@ from typing import Any
 from flask import Response, current_app, json, request
 from marshmallow import Schema, ValidationError
 
-from cowfleet.service.problems import Problem, invalid
-from cowfleet.zk.connection import connect
+from cowfleet.service.problems import Problem, invalid, not_found
+from cowfleet.zk.connection import connect, read
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")  # \Z: no trailing newline
 NAME_RULE = "must be a DNS label: 1-63 lowercase letters, digits or '-', not starting or ending with '-'"
@@ -65,8 +65,6 @@ def zk():
 
 def fetch(zk_client, path: str, cls, kind: str, name: str):
     """(record, version) at ``path``, or a 404 problem naming the object."""
-    from cowfleet.service.problems import not_found
-    from cowfleet.zk.connection import read
     existing_name(name, kind)
     got = read(zk_client, path, cls)
     if got is None:
@@ -77,7 +75,6 @@ def fetch(zk_client, path: str, cls, kind: str, name: str):
 def existing_name(name: str, kind: str) -> str:
     """A name that cannot be valid names nothing: 404 before ZooKeeper sees
     it (kazoo rejects '.' and '..' path segments with an exception)."""
-    from cowfleet.service.problems import not_found
     if not NAME_RE.match(name or ""):
         raise not_found(kind, name)
     return name

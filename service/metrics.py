@@ -27,7 +27,7 @@ LATENCY = Histogram("cowfleet_http_request_duration_seconds", "HTTP request late
 
 
 class ClusterCollector:
-    """Groups by phase-independent facts and instances by state, read from ZooKeeper."""
+    """Group count, desired instances and instances by state, read from ZooKeeper."""
 
     def __init__(self, zk_getter):
         self.zk_getter = zk_getter
@@ -72,13 +72,12 @@ def install(app, zk_getter) -> None:
 
     @app.get("/metrics")
     def metrics():
-        registry = CollectorRegistry()
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             from prometheus_client import multiprocess
+            registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
         else:
-            from prometheus_client import REGISTRY
-            registry = REGISTRY
+            from prometheus_client import REGISTRY as registry
         text = generate_latest(registry)
         extra = CollectorRegistry()
         extra.register(cluster)

@@ -15,15 +15,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from kazoo.exceptions import NoNodeError
 from kazoo.recipe.cache import TreeCache, TreeEvent
 
 from cowfleet.agents.compute.domain import DomainSpec
 from cowfleet.agents.compute.hypervisor import Hypervisor, domain_name
 from cowfleet.agents.compute.overlays import OverlayStore
 from cowfleet.agents.node import NodeAgent
-from cowfleet.agents.placement import (DESIRED_RUN, DESIRED_TERMINATE, Placer, flavor_named,
-                                       parse_assignment_data)
+from cowfleet.agents.placement import DESIRED_RUN, Placer, flavor_named, parse_assignment_data
 from cowfleet.guest.builder import READY_MARKER
 from cowfleet.models import Image, Instance, InstanceState, Replica, now
 from cowfleet.zk import layout

@@ -6,9 +6,9 @@ from kazoo.exceptions import BadVersionError, NodeExistsError
 
 from cowfleet.models import (DeployRequest, Flavor, Group, GroupPhase, GroupStatus, Instance,
                              InstanceState)
-from cowfleet.service.api import Result, existing_name, fetch
+from cowfleet.service.api import Result, fetch
 from cowfleet.service.paging import ListQuery, page
-from cowfleet.service.problems import Problem, conflict, invalid, not_found
+from cowfleet.service.problems import Problem, conflict, invalid
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read, read_children
 from cowfleet.zk.groups import finish_delete_if_empty
@@ -18,8 +18,7 @@ def status_of(group: Group, instances: list[Instance], placed: GroupStatus) -> d
     live = [i for i in instances if i.state != InstanceState.TERMINATING]
     # ready counts instances that are ready AND run the current image and flavor,
     # so `ready == size` means a rolling update has finished too
-    ready = sum(i.state == InstanceState.READY and i.image == group.image and i.flavor == group.flavor
-                for i in live)
+    ready = sum(i.state == InstanceState.READY and group.is_current(i) for i in live)
     running = sum(i.state in (InstanceState.RUNNING, InstanceState.READY) for i in live)
     pending = sum(i.state in (InstanceState.PENDING, InstanceState.STARTING) for i in live)
     failed = sum(i.state == InstanceState.FAILED for i in live)
@@ -125,13 +124,9 @@ def put(zk, name: str, spec: dict, expected: int | None) -> tuple[dict, bool]:
 
 
 def delete(zk, name: str, expected: int | None) -> None:
-    existing_name(name, "instance group")
     path = layout.group(name)
     for _ in range(10):
-        got = read(zk, path, Group)
-        if got is None:
-            raise not_found("instance group", name)
-        group, version = got
+        group, version = fetch(zk, path, Group, "instance group", name)
         if expected is not None and expected != version:
             raise Problem(412, "Precondition Failed", f"instance group '{name}' is at version {version}")
         if group.deleting:
@@ -168,12 +163,8 @@ def patch(zk, name: str, changes: dict, expected: int | None) -> dict:
     from marshmallow import ValidationError
 
     from cowfleet.service.groups.schemas import GroupSpecSchema
-    existing_name(name, "instance group")
     for _ in range(10):
-        got = read(zk, layout.group(name), Group)
-        if got is None:
-            raise not_found("instance group", name)
-        group, version = got
+        group, version = fetch(zk, layout.group(name), Group, "instance group", name)
         if expected is not None and expected != version:
             raise Problem(412, "Precondition Failed",
                           f"instance group '{name}' is at version {version}, not {expected}")
