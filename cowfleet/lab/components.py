@@ -225,5 +225,21 @@ def ensure_tgtd(log: Path, timeout: float = 20) -> int | None:
     return proc.pid
 
 
+def stop_tgtd(pid: int, timeout: float = 10.0) -> None:
+    """tgtd ignores SIGTERM; its own shutdown request stops it at once.
+    Signals remain the fallback (SIGKILL if it lingers)."""
+    subprocess.run(["tgtadm", "--lld", "iscsi", "--op", "delete", "--mode", "system"],
+                   capture_output=True)
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    if pid_alive(pid):
+        stop_pid(pid, timeout=2)
+
+
 def python_cmd(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]

@@ -232,7 +232,7 @@ class Lab:
             c.stop_pid(st.pids["zookeeper"])
             _say(progress, "  stopped zookeeper")
         if st.started_tgtd:
-            c.stop_pid(st.started_tgtd)
+            c.stop_tgtd(st.started_tgtd)
             _say(progress, "  stopped tgtd")
         if st.started_libvirtd:
             c.stop_libvirtd()

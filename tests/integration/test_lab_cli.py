@@ -53,6 +53,8 @@ def test_lab_up_demo_status_down_leaves_nothing(libvirtd, demo_image, tmp_path_f
     assert not os.path.exists(labdir)
     for name, pid in state["pids"].items():
         assert not pid_alive(pid), f"{name} (pid {pid}) still running after lab down"
+    if state["started_tgtd"]:
+        assert not pid_alive(state["started_tgtd"]), "tgtd started by the lab still running"
     conn = libvirt.open("qemu:///system")
     try:
         assert not [d.name() for d in conn.listAllDomains() if d.name().startswith(f"cf-{state['lab_id']}-")]
