@@ -86,6 +86,18 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def wait_gone(pid: int, timeout: float) -> bool:
+    """Wait (reaping it if it is our child) until ``pid`` has exited."""
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    return not pid_alive(pid)
+
+
 def stop_pid(pid: int, timeout: float = 10.0, group: bool = True) -> None:
     """SIGTERM (the whole process group), then SIGKILL if it lingers."""
     def send(sig):
@@ -97,14 +109,7 @@ def stop_pid(pid: int, timeout: float = 10.0, group: bool = True) -> None:
         except (ProcessLookupError, PermissionError):
             pass
     send(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        time.sleep(0.05)
-    if pid_alive(pid):
+    if not wait_gone(pid, timeout):
         send(signal.SIGKILL)
         try:
             os.waitpid(pid, 0)
@@ -230,14 +235,7 @@ def stop_tgtd(pid: int, timeout: float = 10.0) -> None:
     Signals remain the fallback (SIGKILL if it lingers)."""
     subprocess.run(["tgtadm", "--lld", "iscsi", "--op", "delete", "--mode", "system"],
                    capture_output=True)
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        time.sleep(0.05)
-    if pid_alive(pid):
+    if not wait_gone(pid, timeout):
         stop_pid(pid, timeout=2)
 
 
