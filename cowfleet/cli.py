@@ -66,6 +66,67 @@ def cmd_image_build_demo(args) -> int:
     return 0
 
 
+def _image_line(i: dict) -> str:
+    size = f"{i['size_bytes'] / (1 << 20):.1f} MiB" if i.get("size_bytes") is not None else "-"
+    replicas = ",".join(r["node"] for r in i.get("replicas", [])) or "-"
+    return f"{i['name']:<24} {i['format']:<6} {size:>12} {i['status']:<12} {replicas}"
+
+
+def cmd_image_list(args) -> int:
+    print(f"{'NAME':<24} {'FORMAT':<6} {'SIZE':>12} {'STATUS':<12} REPLICAS")
+    for i in _client(args).list_images():
+        print(_image_line(i))
+    return 0
+
+
+def cmd_image_get(args) -> int:
+    i = _client(args).get_image(args.name)
+    if i is None:
+        return _err(f"image '{args.name}' does not exist")
+    print(_image_line(i))
+    print(f"sha256 {i.get('sha256') or '-'}; {i.get('message', '')}")
+    return 0
+
+
+def cmd_image_delete(args) -> int:
+    client = _client(args)
+    if client.get_image(args.name) is None:
+        return _err(f"image '{args.name}' does not exist")
+    client.delete_image(args.name)
+    print(f"deleted image {args.name}")
+    return 0
+
+
+def cmd_image_upload(args) -> int:
+    """Create the image (unless it exists) and stream a local file into it."""
+    client = _client(args)
+    path = Path(args.file)
+    if not path.is_file():
+        return _err(f"{path}: no such file")
+    if client.get_image(args.name) is None:
+        client.put_image(args.name, format=args.format, min_replicas=args.min_replicas)
+    size = path.stat().st_size
+    tty = sys.stdout.isatty()
+    t0 = time.monotonic()
+    shown = [0.0]
+
+    def progress(sent: int, total: int) -> None:
+        now = time.monotonic()
+        if sent < total and now - shown[0] < (0.2 if tty else 5):
+            return
+        shown[0] = now
+        rate = sent / max(now - t0, 1e-6) / (1 << 20)
+        line = f"uploading {args.name}: {sent / (1 << 20):.0f}/{total / (1 << 20):.0f} MiB ({rate:.0f} MiB/s)"
+        print("\r" + line if tty else line, end="" if tty else "\n", flush=True)
+    print(f"checksumming {path} ({size / (1 << 20):.0f} MiB)")
+    img = client.upload_image(args.name, path, progress=progress)
+    if tty:
+        print()
+    print(f"image {args.name}: {img['status']} ({img.get('message', '')}), sha256 {img['sha256']}, "
+          f"{time.monotonic() - t0:.1f}s")
+    return 0
+
+
 # -- groups -------------------------------------------------------------------
 
 def _client(args):
@@ -251,6 +312,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp = img.add_parser("build-demo", help="build the tiny demo guest image from Debian packages")
     sp.add_argument("out", help="where to write the raw disk image")
     sp.set_defaults(fn=cmd_image_build_demo)
+    sp = img.add_parser("upload", help="create an image and stream a local file into it")
+    sp.add_argument("name")
+    sp.add_argument("file")
+    sp.add_argument("--format", choices=["raw", "qcow2"], default="raw")
+    sp.add_argument("--min-replicas", type=int, default=2)
+    sp.set_defaults(fn=cmd_image_upload)
+    sp = img.add_parser("list", help="list images")
+    sp.set_defaults(fn=cmd_image_list)
+    sp = img.add_parser("get", help="show one image")
+    sp.add_argument("name")
+    sp.set_defaults(fn=cmd_image_get)
+    sp = img.add_parser("delete", help="delete an image (refused while a group uses it)")
+    sp.add_argument("name")
+    sp.set_defaults(fn=cmd_image_delete)
 
     grp = sub.add_parser("group", help="instance groups").add_subparsers(dest="group", required=True)
     sp = grp.add_parser("list", help="list instance groups")

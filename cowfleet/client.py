@@ -6,13 +6,51 @@ raises ``ApiError`` carrying the problem+json body otherwise.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
+
+
+def _problem(resp: requests.Response) -> dict:
+    try:
+        problem = resp.json()
+    except ValueError:
+        problem = None
+    if not isinstance(problem, dict):
+        problem = {"title": resp.reason, "detail": resp.text[:200]}
+    return problem
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _ProgressReader:
+    """A file-like body with a length (so requests sends Content-Length, not
+    chunks) that reports progress as it is read."""
+
+    def __init__(self, fh, size: int, progress: Callable[[int, int], None] | None):
+        self.fh, self.size, self.progress, self.sent = fh, size, progress, 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.fh.read(n if n and n > 0 else 1 << 20)
+        self.sent += len(data)
+        if self.progress:
+            self.progress(self.sent, self.size)
+        return data
 
 
 class ApiError(Exception):
@@ -77,11 +115,7 @@ class Client:
         if resp.status_code == 404 and ok_404:
             return resp
         if resp.status_code >= 400:
-            try:
-                problem = resp.json()
-            except ValueError:
-                problem = {"title": resp.reason, "detail": resp.text[:200]}
-            raise ApiError(resp.status_code, problem)
+            raise ApiError(resp.status_code, _problem(resp))
         return resp
 
     # -- resources --------------------------------------------------------------
@@ -94,6 +128,41 @@ class Client:
 
     def delete_image(self, name: str) -> None:
         self.request("DELETE", f"/v1/images/{name}", ok_404=True)
+
+    def list_images(self) -> list[dict]:
+        return self.request("GET", "/v1/images").json()
+
+    def upload_image(self, name: str, path: str | os.PathLike, sha256: str | None = None,
+                     progress: Callable[[int, int], None] | None = None, retries: int = 3) -> dict:
+        """Stream a file to ``PUT /v1/images/NAME/data``; its SHA-256 (computed
+        here unless given) travels along, so a corrupted transfer stores nothing.
+
+        Not retried by the session's adapter (it would resend from where the
+        file stopped): the file is rewound and sent again on 503/connection errors.
+        """
+        path = Path(path)
+        sha256 = sha256 or file_sha256(path)
+        size = path.stat().st_size
+        headers = {"Content-Type": "application/octet-stream", "X-Checksum-Sha256": sha256,
+                   "Authorization": f"Bearer {self.token}"}
+        url = f"{self.endpoint}/v1/images/{name}/data"
+        for attempt in range(retries + 1):
+            with open(path, "rb") as fh:
+                body = _ProgressReader(fh, size, progress)
+                try:
+                    resp = requests.put(url, data=body, headers=headers, timeout=(10, 600))
+                except requests.ConnectionError:
+                    if attempt == retries:
+                        raise
+                    time.sleep(0.5 * 2 ** attempt)
+                    continue
+            if resp.status_code == 503 and attempt < retries:
+                time.sleep(0.5 * 2 ** attempt)
+                continue
+            if resp.status_code >= 400:
+                raise ApiError(resp.status_code, _problem(resp))
+            return resp.json()
+        raise AssertionError("unreachable")
 
     def put_group(self, name: str, **spec) -> dict:
         return self.request("PUT", f"/v1/instance-groups/{name}", spec).json()

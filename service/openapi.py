@@ -69,6 +69,12 @@ def build(app) -> dict:
                                "schema": {"type": "string"}})
             if api["many"]:
                 params += LIST_PARAMS
+            if api.get("raw_body"):
+                params.append({"name": "X-Checksum-Sha256", "in": "header", "required": False,
+                               "description": "SHA-256 of the body; a mismatch stores nothing (422)",
+                               "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}})
+                op["requestBody"] = {"required": True, "content": {
+                    api["raw_body"]: {"schema": {"type": "string", "format": "binary"}}}}
             if params:
                 op["parameters"] = params
             if api["body"] is not None:

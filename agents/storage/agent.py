@@ -1,14 +1,23 @@
 """The storage agent: holds read-only master images and says so in ZooKeeper.
 
 For each image it fetches a copy while the image has fewer replicas than it
-asks for, verifies the checksum, and publishes an EPHEMERAL replica record
-(gone with the agent, so the image's status is always the truth). Copies whose
-image was deleted are discarded. At start it re-publishes what is on disk.
+asks for -- from the image's ``source_url``, or, for uploaded images, from a
+peer storage agent that holds one -- verifies the checksum, and publishes an
+EPHEMERAL replica record (gone with the agent, so the image's status is always
+the truth). Copies whose image was deleted are discarded. At start it
+re-publishes what is on disk.
+
+Its P2P endpoint takes uploads (``PUT /v1/images/NAME/data``, streamed by the
+service) and serves its copies to peers (``GET /v1/images/NAME/data``).
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
+import json
 import os
+import re
+import uuid
 import threading
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
@@ -16,13 +25,25 @@ from pathlib import Path
 
 import requests
 from kazoo.exceptions import NodeExistsError, NoNodeError
+from werkzeug.wrappers import Request, Response
 
 from cowfleet.agents.node import NodeAgent
-from cowfleet.models import Image, Replica
+from cowfleet.models import Image, NodeInfo, Replica
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read, read_children, update
 
 CHUNK = 1 << 20
+DATA_PATH = re.compile(r"^/v1/images/([a-z0-9][a-z0-9-]{0,62})/data$")
+
+
+class ChecksumMismatch(ValueError):
+    pass
+
+
+class UploadRefused(Exception):
+    def __init__(self, status: int, title: str, detail: str):
+        super().__init__(detail)
+        self.status, self.title, self.detail = status, title, detail
 
 
 class StorageAgent(NodeAgent):
@@ -47,6 +68,9 @@ class StorageAgent(NodeAgent):
         return {"disk_mib": used // (1 << 20), "images": len(list(self.store.glob("*.img")))}
 
     def start(self) -> None:
+        # copies half-written by an earlier run (killed mid-fetch or mid-upload)
+        for path in self.store.glob("*.partial"):
+            path.unlink(missing_ok=True)
         self.zk.ChildrenWatch(layout.IMAGES, lambda children: self.wake.set())
 
     def master_path(self, name: str) -> Path:
@@ -66,9 +90,13 @@ class StorageAgent(NodeAgent):
             if path.exists():
                 self._publish(image, path)
                 continue
-            replicas = read_children(self.zk, layout.image_replicas(name), Replica)
-            if len(replicas) < image.min_replicas and image.source_url and not image.error:
+            replicas = [r for r, _ in read_children(self.zk, layout.image_replicas(name), Replica)]
+            if len(replicas) >= image.min_replicas:
+                continue
+            if image.source_url and not image.error:
                 self._fetch_async(image)
+            elif not image.source_url and image.sha256 and replicas:
+                self._fetch_async(image, peers=replicas)   # an uploaded image: copy a peer's
         # copies whose image is gone
         for path in self.store.glob("*.img"):
             if path.stem not in names:
@@ -79,7 +107,7 @@ class StorageAgent(NodeAgent):
             if path.name.split(".")[0] not in names:
                 path.unlink(missing_ok=True)
 
-    def _fetch_async(self, image: Image) -> None:
+    def _fetch_async(self, image: Image, peers: list[Replica] | None = None) -> None:
         with self.fetch_lock:
             if image.name in self.fetching:
                 return
@@ -87,8 +115,14 @@ class StorageAgent(NodeAgent):
 
         def run():
             try:
-                self._fetch(image)
+                if peers:
+                    self._fetch_from_peer(image, peers)
+                else:
+                    self._fetch(image)
             except Exception as exc:
+                if peers:   # a peer may come back or another appear: retried next round
+                    self.log.warning("copying image %s from a peer failed: %s", image.name, exc)
+                    return
                 self.log.exception("fetching image %s failed", image.name)
                 self._record_error(image.name, f"fetch from {image.source_url} failed: {exc}")
             finally:
@@ -98,38 +132,121 @@ class StorageAgent(NodeAgent):
         self.pool.submit(run)
 
     def _fetch(self, image: Image) -> None:
+        url = urllib.parse.urlparse(image.source_url)
+        if url.scheme == "file":
+            with open(urllib.parse.unquote(url.path), "rb") as src:
+                self._store(image, iter(lambda: src.read(CHUNK), b""), image.sha256)
+        else:
+            with requests.get(image.source_url, stream=True, timeout=30) as resp:
+                resp.raise_for_status()
+                self._store(image, resp.iter_content(CHUNK), image.sha256)
+
+    def _fetch_from_peer(self, image: Image, peers: list[Replica]) -> None:
+        """Copy an uploaded image from a storage agent that holds it (its
+        checksum, recorded at upload, is what the copy must match)."""
+        errors = []
+        for replica in peers:
+            got = read(self.zk, layout.node(replica.node), NodeInfo)
+            if got is None or not got[0].address or replica.node == self.name:
+                continue
+            url = f"{got[0].address}/v1/images/{image.name}/data"
+            try:
+                with requests.get(url, stream=True, timeout=30) as resp:
+                    resp.raise_for_status()
+                    self._store(image, resp.iter_content(CHUNK), image.sha256)
+                self.log.info("replicated %s from %s", image.name, replica.node)
+                return
+            except (requests.RequestException, ValueError) as exc:
+                errors.append(f"{replica.node}: {exc}")
+        raise RuntimeError("; ".join(errors) or "no reachable peer holds a copy")
+
+    def _store(self, image: Image, chunks, expected_sha: str | None) -> tuple[str, int]:
+        """Write a master from ``chunks`` (never all in memory), verify it, make
+        it read-only and publish it; returns (sha256, size)."""
         path = self.master_path(image.name)
-        tmp = path.with_suffix(".img.partial")
+        tmp = path.with_name(f"{image.name}.{uuid.uuid4().hex[:8]}.partial")
         digest = hashlib.sha256()
         size = 0
-        url = urllib.parse.urlparse(image.source_url)
-        with open(tmp, "wb") as out:
-            if url.scheme == "file":
-                with open(urllib.parse.unquote(url.path), "rb") as src:
-                    for chunk in iter(lambda: src.read(CHUNK), b""):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        size += len(chunk)
-            else:
-                with requests.get(image.source_url, stream=True, timeout=30) as resp:
-                    resp.raise_for_status()
-                    for chunk in resp.iter_content(CHUNK):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        size += len(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        sha = digest.hexdigest()
-        if image.sha256 and image.sha256 != sha:
+        try:
+            with open(tmp, "wb") as out:
+                for chunk in chunks:
+                    out.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            sha = digest.hexdigest()
+            if expected_sha and expected_sha != sha:
+                raise ChecksumMismatch(f"checksum mismatch: expected {expected_sha}, got {sha}")
+            os.chmod(tmp, 0o444)                        # masters are read-only
+            path.with_suffix(".sha256").write_text(sha)
+            os.replace(tmp, path)
+        finally:
             tmp.unlink(missing_ok=True)
-            raise ValueError(f"checksum mismatch: expected {image.sha256}, got {sha}")
-        os.chmod(tmp, 0o444)                        # masters are read-only
-        path.with_suffix(".sha256").write_text(sha)
-        os.replace(tmp, path)
-        self.log.info("fetched image %s (%d bytes, sha256 %s)", image.name, size, sha[:12])
-        self._publish(image, path)
+        self.log.info("stored image %s (%d bytes, sha256 %s)", image.name, size, sha[:12])
+        if not self._publish(image, path):
+            raise ValueError(f"image {image.name} was recorded with other data meanwhile")
+        return sha, size
 
-    def _publish(self, image: Image, path: Path) -> None:
+    # -- P2P: uploads from the service, copies for peers ----------------------
+    def p2p(self, request: Request) -> Response:
+        m = DATA_PATH.match(request.path)
+        if not m:
+            return super().p2p(request)
+        name = m.group(1)
+        try:
+            if request.method == "GET":
+                return self._serve_copy(name)
+            if request.method == "PUT":
+                body = self._receive_upload(name, request)
+                return Response(json.dumps(body), mimetype="application/json")
+            raise UploadRefused(405, "Method Not Allowed", "use GET or PUT")
+        except UploadRefused as exc:
+            return Response(json.dumps({"title": exc.title, "status": exc.status, "detail": exc.detail}),
+                            status=exc.status, mimetype="application/problem+json")
+
+    def _serve_copy(self, name: str) -> Response:
+        path = self.master_path(name)
+        if not path.exists():
+            raise UploadRefused(404, "Not Found", f"{self.name} holds no copy of image '{name}'")
+        def chunks():
+            with open(path, "rb") as fh:
+                yield from iter(lambda: fh.read(CHUNK), b"")
+        return Response(chunks(), mimetype="application/octet-stream",
+                        headers={"Content-Length": str(path.stat().st_size)},
+                        direct_passthrough=True)
+
+    def _receive_upload(self, name: str, request: Request) -> dict:
+        got = read(self.zk, layout.image(name), Image)
+        if got is None:
+            raise UploadRefused(404, "Not Found", f"image '{name}' does not exist")
+        image = got[0]
+        if image.source_url:
+            raise UploadRefused(409, "Conflict", f"image '{name}' is fetched from its source_url")
+        given = (request.headers.get("X-Checksum-Sha256") or "").strip().lower() or None
+        if given and image.sha256 and given != image.sha256:
+            raise UploadRefused(409, "Conflict", f"image '{name}' already holds other data "
+                                f"(sha256 {image.sha256}); image data is immutable")
+        expected = given or image.sha256
+        stream = request.stream
+        first = stream.read(CHUNK)
+        if not first:
+            raise UploadRefused(400, "Bad Request", "the body is empty; send the image bytes")
+        try:
+            sha, size = self._store(image, itertools.chain([first], iter(lambda: stream.read(CHUNK), b"")),
+                                    expected)
+        except ChecksumMismatch as exc:
+            if given:   # the bytes are not what the client said it sent
+                raise UploadRefused(422, "Checksum Mismatch", f"{exc}; nothing was stored")
+            raise UploadRefused(409, "Conflict", f"image '{name}' already holds other data: {exc}; "
+                                "image data is immutable")
+        except ValueError as exc:
+            raise UploadRefused(409, "Conflict", str(exc))
+        self.wake.set()      # peers replicate once the replica record appears
+        return {"node": self.name, "sha256": sha, "size_bytes": size}
+
+    def _publish(self, image: Image, path: Path) -> bool:
+        """Record the copy; False if it does not match the image's checksum."""
         sidecar = path.with_suffix(".sha256")
         sha = sidecar.read_text().strip() if sidecar.exists() else _sha256(path)
         size = path.stat().st_size
@@ -144,17 +261,19 @@ class StorageAgent(NodeAgent):
         update(self.zk, layout.image(image.name), Image, record)
         got = read(self.zk, layout.image(image.name), Image)
         if got is None:
-            return
+            return False
         if got[0].sha256 != sha:
             self.log.warning("copy of %s does not match its checksum; discarding", image.name)
             path.unlink(missing_ok=True)
-            return
+            path.with_suffix(".sha256").unlink(missing_ok=True)
+            return False
         replica = Replica(node=self.name, rack=self.rack, path=str(path), sha256=sha, size_bytes=size)
         try:
             self.zk.create(layout.image_replica(image.name, self.name), replica.to_bytes(), ephemeral=True)
             self.log.info("serving a replica of %s", image.name)
         except (NodeExistsError, NoNodeError):
             pass
+        return True
 
     def _record_error(self, name: str, message: str) -> None:
         def change(img: Image):

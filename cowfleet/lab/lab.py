@@ -49,7 +49,7 @@ def _say(progress: Callable[[str], None] | None, text: str) -> None:
 
 
 class Lab:
-    def __init__(self, directory: str | os.PathLike | None = None, service_workers: int = 2,
+    def __init__(self, directory: str | os.PathLike | None = None, service_workers: int = 4,
                  rack: str = "rack-1"):
         self.dir = Path(directory) if directory else default_dir()
         self.service_workers = service_workers

@@ -1,12 +1,15 @@
 """Images: the spec is written by the service, copies by the storage agents."""
 from __future__ import annotations
 
+import re
+
+import requests
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 from cowfleet.models import Group, Image, ImageStatus, NodeInfo, Replica
 from cowfleet.service.api import Result, fetch
 from cowfleet.service.paging import ListQuery, page
-from cowfleet.service.problems import Problem, conflict
+from cowfleet.service.problems import Problem, conflict, invalid
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read, read_children
 
@@ -17,7 +20,7 @@ def _status(image: Image, replicas: list[Replica], storage_nodes: int) -> tuple[
         return ImageStatus.AVAILABLE, f"{n} of {image.min_replicas} replicas"
     if image.error and n == 0:
         return ImageStatus.ERROR, image.error
-    if storage_nodes > n and image.source_url:
+    if storage_nodes > n and (image.source_url or n):   # a source, or a peer to copy
         state = ImageStatus.REPLICATING if n else ImageStatus.PENDING
         return state, f"{n} of {image.min_replicas} replicas"
     if n == 0:
@@ -112,3 +115,68 @@ def delete(zk, name: str, expected: int | None) -> None:
         zk.delete(layout.image(name), recursive=True)
     except NoNodeError:
         pass
+
+
+# -- image bytes ------------------------------------------------------------------
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
+UPLOAD_CHUNK = 1 << 20
+
+
+def _storage_targets(zk, holders: set[str]) -> list[NodeInfo]:
+    """Healthy storage nodes, those without a copy first, then most free disk."""
+    nodes = [n for n, _ in read_children(zk, layout.NODES, NodeInfo)
+             if n.role == "storage" and n.healthy and n.address]
+
+    def free(n: NodeInfo) -> int:
+        return n.capacity.get("disk_mib", 0) - n.allocated.get("disk_mib", 0)
+    return sorted(nodes, key=lambda n: (n.name in holders, -free(n), n.name))
+
+
+def upload(zk, name: str, stream, length: int | None, checksum: str | None) -> dict:
+    """Stream an image's bytes through to one storage node, chunk by chunk
+    (never the whole body in memory); peers replicate it from there."""
+    image, _version = fetch(zk, layout.image(name), Image, "image", name)
+    if image.source_url:
+        raise conflict(f"image '{name}' is fetched from its source_url; it takes no upload")
+    if checksum is not None:
+        checksum = checksum.strip().lower()
+        if not SHA256_RE.match(checksum):
+            raise invalid({"X-Checksum-Sha256": ["must be 64 hexadecimal digits (the SHA-256 of the data)"]},
+                          "invalid X-Checksum-Sha256 header")
+    if length == 0:
+        raise Problem(400, "Bad Request", "the request body is empty; send the image bytes")
+    replicas = [r for r, _ in read_children(zk, layout.image_replicas(name), Replica)]
+    if checksum and image.sha256 == checksum and replicas:
+        return get(zk, name)         # the same bytes again: nothing to do, the body is not read
+    if image.sha256 and checksum and image.sha256 != checksum:
+        raise conflict(f"image '{name}' already holds other data (sha256 {image.sha256}); "
+                       "image data is immutable: create an image with another name")
+    targets = _storage_targets(zk, {r.node for r in replicas})
+    if not targets:
+        raise Problem(503, "Service Unavailable", "no storage node is available to take the upload",
+                      headers={"Retry-After": "5"})
+    node = targets[0]
+    headers = {"Content-Type": "application/octet-stream"}
+    if checksum:
+        headers["X-Checksum-Sha256"] = checksum
+
+    def chunks():
+        for chunk in iter(lambda: stream.read(UPLOAD_CHUNK), b""):
+            yield chunk
+    try:
+        resp = requests.put(f"{node.address}/v1/images/{name}/data", data=chunks(), headers=headers,
+                            timeout=(5, 600))
+    except requests.RequestException as exc:
+        raise Problem(503, "Service Unavailable", f"storage node {node.name} failed during the upload: "
+                      f"{type(exc).__name__}; nothing was stored, retry", headers={"Retry-After": "2"})
+    if resp.status_code >= 400:
+        try:
+            problem = resp.json()
+        except ValueError:
+            problem = {}
+        status = resp.status_code if resp.status_code in (400, 404, 409, 422) else 502
+        detail = problem.get("detail") or resp.text[:200]
+        errors = {"X-Checksum-Sha256": [detail]} if status == 422 else None
+        raise Problem(status, problem.get("title") or "Bad Gateway", detail, errors=errors)
+    return get(zk, name)
