@@ -281,6 +281,57 @@ def cmd_demo(args) -> int:
 
 # -- serve --------------------------------------------------------------------
 
+# -- tokens (kept in ZooKeeper) ---------------------------------------------------
+
+def _zk(args):
+    from cowfleet.client import ConfigError, setting
+    from cowfleet.zk.connection import connect
+    hosts = args.zk or setting("COWFLEET_ZK")
+    if not hosts:
+        raise ConfigError("no ZooKeeper: pass --zk, set COWFLEET_ZK or run 'cowfleet lab up'")
+    return connect(hosts, timeout=10)
+
+
+def _with_zk(args, fn):
+    zk = _zk(args)
+    try:
+        return fn(zk)
+    finally:
+        zk.stop()
+        zk.close()
+
+
+def cmd_token_add(args) -> int:
+    from cowfleet import tokens
+    try:
+        token = _with_zk(args, lambda zk: tokens.create(zk, args.name, args.role))
+    except ValueError as exc:
+        return _err(str(exc))
+    print(token)
+    print(f"# token '{args.name}' ({args.role}); shown once, ZooKeeper keeps only its SHA-256",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_token_list(args) -> int:
+    from cowfleet import tokens
+    from cowfleet.models import iso
+    rows = _with_zk(args, tokens.list_)
+    print(f"{'NAME':<24} {'ROLE':<7} {'CREATED':<25} SHA256")
+    for t, digest in rows:
+        print(f"{t.name:<24} {t.role:<7} {iso(t.created_at):<25} {digest[:16]}…")
+    return 0
+
+
+def cmd_token_revoke(args) -> int:
+    from cowfleet import tokens
+    gone = _with_zk(args, lambda zk: tokens.revoke(zk, args.name))
+    if not gone:
+        return _err(f"no token named '{args.name}'")
+    print(f"revoked token '{args.name}'")
+    return 0
+
+
 def cmd_serve(args) -> int:
     env = dict(os.environ)
     if args.zk:
@@ -349,6 +400,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--timeout", type=float, default=600)
     sp.set_defaults(fn=cmd_demo)
 
+    tok = sub.add_parser("token", help="API tokens kept in ZooKeeper").add_subparsers(dest="token",
+                                                                                      required=True)
+    sp = tok.add_parser("add", help="create a token and print it (once)")
+    sp.add_argument("name", help="what the token is for, e.g. ci or terraform")
+    sp.add_argument("--role", choices=["admin", "reader"], default="reader")
+    sp.set_defaults(fn=cmd_token_add)
+    sp = tok.add_parser("list", help="list tokens (names, roles; never the tokens)")
+    sp.set_defaults(fn=cmd_token_list)
+    sp = tok.add_parser("revoke", help="delete a token by name")
+    sp.add_argument("name")
+    sp.set_defaults(fn=cmd_token_revoke)
+    for sp in (tok.choices["add"], tok.choices["list"], tok.choices["revoke"]):
+        sp.add_argument("--zk", help="ZooKeeper connection string (default $COWFLEET_ZK or the lab's)")
+
     sp = sub.add_parser("serve", help="run the control service under gunicorn")
     sp.add_argument("--bind", default="127.0.0.1:8080")
     sp.add_argument("--workers", type=int, default=4)
@@ -360,9 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    import logging
+    logging.getLogger("kazoo").setLevel(logging.CRITICAL)   # errors are reported as one line
     from cowfleet.client import ApiError, ConfigError
     from cowfleet.lab.components import LabError
     from cowfleet.guest.builder import BuildError
+    from kazoo.handlers.threading import KazooTimeoutError
     import requests
     try:
         return args.fn(args)
@@ -370,6 +438,8 @@ def main(argv=None) -> int:
         return 130
     except (ApiError, ConfigError, LabError, BuildError, TimeoutError, RuntimeError) as exc:
         return _err(str(exc).splitlines()[0] if not isinstance(exc, LabError) else str(exc))
+    except KazooTimeoutError:
+        return _err("cannot reach ZooKeeper (check --zk / COWFLEET_ZK)")
     except requests.ConnectionError as exc:
         return _err(f"cannot reach the service: {exc.request.url if exc.request else exc}")
 

@@ -74,19 +74,23 @@ def lab_env_file() -> Path:
     return default_dir() / "env"
 
 
+def setting(key: str) -> str | None:
+    """``key`` from the environment, else from the lab's env file."""
+    if os.environ.get(key):
+        return os.environ[key]
+    path = lab_env_file()
+    if path.exists():
+        for line in path.read_text().splitlines():
+            k, _, value = line.partition("=")
+            if k == key and value.strip():
+                return value.strip()
+    return None
+
+
 def load_config(endpoint: str | None = None, token: str | None = None) -> tuple[str, str]:
     """Endpoint and token: arguments, then the environment, then the lab's env file."""
-    endpoint = endpoint or os.environ.get("COWFLEET_ENDPOINT")
-    token = token or os.environ.get("COWFLEET_TOKEN")
-    if not (endpoint and token):
-        path = lab_env_file()
-        if path.exists():
-            for line in path.read_text().splitlines():
-                key, _, value = line.partition("=")
-                if key == "COWFLEET_ENDPOINT" and not endpoint:
-                    endpoint = value.strip()
-                if key == "COWFLEET_TOKEN" and not token:
-                    token = value.strip()
+    endpoint = endpoint or setting("COWFLEET_ENDPOINT")
+    token = token or setting("COWFLEET_TOKEN")
     if not endpoint:
         raise ConfigError("no endpoint: set COWFLEET_ENDPOINT or run 'cowfleet lab up'")
     if not token:

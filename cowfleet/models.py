@@ -176,6 +176,15 @@ class NodeInfo(Record):
 
 
 @dataclass
+class ApiToken(Record):
+    """A bearer token kept in ZooKeeper. The znode is named by the SHA-256 of
+    the token: the token itself is never stored, only shown once at creation."""
+    name: str
+    role: str                    # admin | reader
+    created_at: float = field(default_factory=now)
+
+
+@dataclass
 class DeployRequest(Record):
     """A hand-off from the service to the agents, queued in ZooKeeper."""
     group: str

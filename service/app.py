@@ -41,7 +41,10 @@ def create_app(zk_hosts: str | None = None, tokens_file: str | None = None) -> F
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     hosts = zk_hosts or os.environ.get("COWFLEET_ZK", "127.0.0.1:2181")
     app.extensions["cowfleet.zk"] = _Holder(hosts)
-    tokens = auth.TokenStore(tokens_file or os.environ.get("COWFLEET_TOKENS_FILE"))
+    # where tokens are looked up, in order: the file, then ZooKeeper
+    app.extensions["cowfleet.tokens"] = [
+        auth.TokenStore(tokens_file or os.environ.get("COWFLEET_TOKENS_FILE")),
+        auth.ZooKeeperTokens(lambda: app.extensions["cowfleet.zk"].get())]
 
     from cowfleet.service.flavors.views import bp as flavors
     from cowfleet.service.groups.views import bp as groups
@@ -68,7 +71,8 @@ def create_app(zk_hosts: str | None = None, tokens_file: str | None = None) -> F
         if scheme.lower() != "bearer" or not token.strip():
             raise Problem(401, "Unauthorized", "send Authorization: Bearer <token>",
                           headers={"WWW-Authenticate": 'Bearer realm="cowfleet"'})
-        role = tokens.role_of(token.strip())
+        role = next(filter(None, (store.role_of(token.strip())
+                                  for store in app.extensions["cowfleet.tokens"])), None)
         if role is None:
             raise Problem(401, "Unauthorized", "the bearer token is not valid",
                           headers={"WWW-Authenticate": 'Bearer realm="cowfleet", error="invalid_token"'})

@@ -1,15 +1,26 @@
 """Bearer-token authentication with two roles: ``admin`` (all) and ``reader`` (GET).
 
-Tokens come from a file, one ``TOKEN ROLE`` pair a line (``#`` comments).
-The file is re-read when it changes, so tokens rotate without a restart.
+Tokens come from two places, both optional:
+- a file, one ``TOKEN ROLE`` pair a line (``#`` comments), re-read when it
+  changes, so tokens rotate without a restart;
+- ZooKeeper (``cowfleet token add``): shared by every worker and replica,
+  stored as SHA-256 digests only, mirrored in each worker by a TreeCache.
 """
 from __future__ import annotations
 
 import hmac
 import os
 import threading
+from typing import Callable
 
-ROLES = ("admin", "reader")
+from kazoo.exceptions import NoNodeError
+from kazoo.recipe.cache import TreeCache, TreeEvent
+
+from cowfleet import tokens as zk_tokens
+from cowfleet.models import ApiToken
+from cowfleet.zk import layout
+
+ROLES = zk_tokens.ROLES
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
@@ -53,6 +64,47 @@ class TokenStore:
             if hmac.compare_digest(known, given) and found is None:
                 found = role
         return found
+
+
+class ZooKeeperTokens:
+    """Tokens under /cowfleet/config/tokens. Looked up by the token's digest
+    in a TreeCache (no ZooKeeper round trip per request); until the cache has
+    loaded -- just after a worker starts -- ZooKeeper is read directly, so a
+    valid token is never refused for being early."""
+
+    def __init__(self, get_zk: Callable):
+        self._get_zk = get_zk
+        self._lock = threading.Lock()
+        self._zk = None
+        self._cache: TreeCache | None = None
+        self._ready = threading.Event()
+
+    def _cache_for(self, zk) -> TreeCache:
+        with self._lock:
+            if self._zk is not zk:       # first use, or a new session after a fork
+                ready = self._ready = threading.Event()
+                cache = TreeCache(zk, layout.TOKENS)
+                cache.listen(lambda ev: ev.event_type == TreeEvent.INITIALIZED and ready.set())
+                cache.start()
+                self._zk, self._cache = zk, cache
+            return self._cache
+
+    def role_of(self, token: str) -> str | None:
+        zk = self._get_zk()
+        cache = self._cache_for(zk)
+        path = layout.token(zk_tokens.digest(token))
+        if self._ready.is_set():
+            node = cache.get_data(path)
+            data = node.data if node is not None else None
+        else:
+            try:
+                data, _ = zk.get(path)
+            except NoNodeError:
+                data = None
+        if not data:
+            return None
+        role = ApiToken.from_bytes(data).role
+        return role if role in ROLES else None
 
 
 def allowed(role: str, method: str) -> bool:

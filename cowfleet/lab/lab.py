@@ -101,7 +101,8 @@ class Lab:
             self.down()
             raise
         self.env_file.write_text(f"COWFLEET_ENDPOINT={self.state.endpoint}\n"
-                                 f"COWFLEET_TOKEN={self.state.token}\n")
+                                 f"COWFLEET_TOKEN={self.state.token}\n"
+                                 f"COWFLEET_ZK={self.state.zk}\n")
         os.chmod(self.env_file, 0o600)
         return self.state
 

@@ -14,8 +14,10 @@ RACKS = f"{ROOT}/racks"
 REQUESTS = f"{ROOT}/requests"
 LOCKS = f"{ROOT}/locks"
 ASSIGNMENTS = f"{ROOT}/assignments"
+CONFIG = f"{ROOT}/config"
+TOKENS = f"{CONFIG}/tokens"
 
-TOP_LEVEL = (IMAGES, FLAVORS, GROUPS, NODES, RACKS, REQUESTS, LOCKS, ASSIGNMENTS)
+TOP_LEVEL = (IMAGES, FLAVORS, GROUPS, NODES, RACKS, REQUESTS, LOCKS, ASSIGNMENTS, TOKENS)
 PLACEMENT_LOCK = f"{LOCKS}/placement"
 
 
@@ -51,6 +53,11 @@ def group_status(name: str) -> str:
     """Written by the coordinating leader (observed generation, placement
     message) so that the group znode's version stays the user's ETag."""
     return f"{GROUPS}/{name}/status"
+
+
+def token(digest: str) -> str:
+    """An API token, named by the SHA-256 (hex) of the token."""
+    return f"{TOKENS}/{digest}"
 
 
 def node(name: str) -> str:

@@ -10,11 +10,11 @@ def test_root():
     assert layout.ROOT == "/cowfleet"
 
 
-def test_top_level_folders_are_direct_children_of_root():
-    assert len(set(layout.TOP_LEVEL)) == len(layout.TOP_LEVEL) == 8
+def test_top_level_folders_are_under_root():
+    assert len(set(layout.TOP_LEVEL)) == len(layout.TOP_LEVEL) == 9
     for path in layout.TOP_LEVEL:
         assert path.startswith("/cowfleet/")
-        assert path.count("/") == 2, path
+        assert path.count("/") == (3 if path.startswith(layout.CONFIG) else 2), path
 
 
 @pytest.mark.parametrize("path, expected", [

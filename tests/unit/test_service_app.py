@@ -39,6 +39,7 @@ def app(tmp_path):
     tokens.write_text(f"# test tokens\n{ADMIN} admin\n{READER} reader\n")
     app = create_app("127.0.0.1:1", str(tokens))
     app.extensions["cowfleet.zk"] = Tripwire()
+    app.extensions["cowfleet.tokens"] = app.extensions["cowfleet.tokens"][:1]   # the file only
     app.config["TESTING"] = False      # error handlers, not exceptions, like in production
     yield app
     assert app.extensions["cowfleet.zk"].calls == 0, "a request tried to reach ZooKeeper"
