@@ -15,6 +15,8 @@ from functools import wraps
 from typing import Any
 
 from flask import Response, current_app, json, request
+from kazoo.client import KazooState
+from kazoo.exceptions import ConnectionLoss, SessionExpiredError
 from marshmallow import Schema, ValidationError
 
 from cowfleet.service.problems import Problem, invalid, not_found
@@ -31,11 +33,18 @@ class Result:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+ZK_WAIT_SECONDS = 8.0   # how long a request waits for ZooKeeper before a 503
+
+
 class ZooKeeperHolder:
     """One kazoo session per worker process, opened on first use.
 
     gunicorn forks workers after importing the app; a session opened before
     the fork would be shared by processes, so the pid is checked.
+
+    While kazoo moves to another server of the ensemble (or the ensemble
+    elects a new leader) the connection is down for a few seconds; requests
+    wait for it (``usable``) rather than fail, up to ``ZK_WAIT_SECONDS``.
     """
 
     def __init__(self, hosts: str):
@@ -43,13 +52,30 @@ class ZooKeeperHolder:
         self._zk = None
         self._pid = None
         self._lock = threading.Lock()
+        self._connected = threading.Event()
+
+    def _on_state(self, state) -> None:       # kazoo's thread: never block
+        if state == KazooState.CONNECTED:
+            self._connected.set()
+        else:
+            self._connected.clear()
 
     def get(self):
         with self._lock:
             if self._zk is None or self._pid != os.getpid():
-                self._zk = connect(self.hosts)
+                self._connected = threading.Event()
+                self._zk = connect(self.hosts, listener=self._on_state)
                 self._pid = os.getpid()
+                if self._zk.connected:
+                    self._connected.set()
             return self._zk
+
+    def usable(self, timeout: float = ZK_WAIT_SECONDS):
+        """The session, once connected; a 503 problem if it stays down."""
+        zk = self.get()
+        if not self._connected.wait(timeout):
+            raise zk_unavailable()
+        return zk
 
     def close(self) -> None:
         with self._lock:
@@ -60,7 +86,12 @@ class ZooKeeperHolder:
 
 
 def zk():
-    return current_app.extensions["cowfleet.zk"].get()
+    return current_app.extensions["cowfleet.zk"].usable()
+
+
+def zk_unavailable() -> Problem:
+    return Problem(503, "Service Unavailable", "ZooKeeper is unavailable; retry",
+                   headers={"Retry-After": "2"})
 
 
 def fetch(zk_client, path: str, cls, kind: str, name: str):
@@ -132,7 +163,14 @@ def endpoint(body: type[Schema] | None = None, out: type[Schema] | None = None, 
                     kwargs["data"] = body().load(json_body())
                 except ValidationError as exc:
                     raise invalid(exc.messages)
-            result = view(*args, **kwargs)
+            try:
+                result = view(*args, **kwargs)
+            except (ConnectionLoss, SessionExpiredError):
+                # the server went away mid-request: once connected again (to
+                # another server), run the view once more -- every view is
+                # idempotent: PUT and merge-PATCH converge, DELETE repeats
+                zk()
+                result = view(*args, **kwargs)
             if isinstance(result, Response):
                 return result
             if not isinstance(result, Result):

@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from cowfleet.models import DEFAULT_FLAVORS
 from cowfleet.service import auth
-from cowfleet.service.api import ZooKeeperHolder
+from cowfleet.service.api import ZooKeeperHolder, zk_unavailable
 from cowfleet.service.problems import Problem, from_http_exception
 from cowfleet.zk import layout
 from cowfleet.zk.connection import create_quietly
@@ -44,7 +44,7 @@ def create_app(zk_hosts: str | None = None, tokens_file: str | None = None) -> F
     # where tokens are looked up, in order: the file, then ZooKeeper
     app.extensions["cowfleet.tokens"] = [
         auth.TokenStore(tokens_file or os.environ.get("COWFLEET_TOKENS_FILE")),
-        auth.ZooKeeperTokens(lambda: app.extensions["cowfleet.zk"].get())]
+        auth.ZooKeeperTokens(lambda: app.extensions["cowfleet.zk"].usable())]
 
     from cowfleet.service.flavors.views import bp as flavors
     from cowfleet.service.groups.views import bp as groups
@@ -54,7 +54,7 @@ def create_app(zk_hosts: str | None = None, tokens_file: str | None = None) -> F
         app.register_blueprint(bp)
 
     from cowfleet.service import metrics, openapi
-    metrics.install(app, app.extensions["cowfleet.zk"].get)
+    metrics.install(app, lambda: app.extensions["cowfleet.zk"].usable(timeout=2))
 
     @app.get("/v1/openapi.json")
     def openapi_document():
@@ -84,7 +84,7 @@ def create_app(zk_hosts: str | None = None, tokens_file: str | None = None) -> F
     @app.get("/healthz")
     def healthz():
         try:
-            zk = app.extensions["cowfleet.zk"].get()
+            zk = app.extensions["cowfleet.zk"].usable(timeout=2)
             zk.exists(layout.ROOT)
         except Exception as exc:  # any failure here means: not healthy
             raise Problem(503, "Service Unavailable", f"ZooKeeper unreachable: {exc}")
@@ -102,8 +102,7 @@ def create_app(zk_hosts: str | None = None, tokens_file: str | None = None) -> F
     @app.errorhandler(SessionExpiredError)
     @app.errorhandler(KazooTimeoutError)
     def zk_down(exc):
-        return Problem(503, "Service Unavailable", "ZooKeeper is unavailable; retry",
-                       headers={"Retry-After": "2"}).response()
+        return zk_unavailable().response()
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):

@@ -124,26 +124,35 @@ ZK_CLASSPATH = "/usr/share/java/zookeeper.jar:/usr/share/java/*"
 
 @dataclass
 class ZooKeeperServer:
-    """One standalone ZooKeeper server (Debian's package) on loopback."""
+    """One ZooKeeper server (Debian's package): standalone, or member ``myid``
+    of an ensemble whose ``peers`` lines (``server.N=host:quorum:election``)
+    every member shares."""
     data_dir: Path
     port: int = field(default_factory=free_port)
     host: str = "127.0.0.1"
     pid: int | None = None
+    myid: int | None = None
+    peers: list[str] = field(default_factory=list)
 
     @property
     def hosts(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 60, wait: bool = True) -> None:
         if not Path("/usr/share/java/zookeeper.jar").exists():
             raise LabError("ZooKeeper is not installed: apt-get install zookeeper (or run make setup)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cfg = self.data_dir / "zoo.cfg"
+        ensemble = ""
+        if self.peers:
+            (self.data_dir / "data").mkdir(exist_ok=True)
+            (self.data_dir / "data" / "myid").write_text(f"{self.myid}\n")
+            ensemble = "".join(f"{line}\n" for line in self.peers)
         cfg.write_text(
             f"tickTime=500\ninitLimit=10\nsyncLimit=5\ndataDir={self.data_dir / 'data'}\n"
             f"clientPort={self.port}\nclientPortAddress={self.host}\nmaxClientCnxns=0\n"
             "admin.enableServer=false\n4lw.commands.whitelist=ruok,srvr,mntr\n"
-            "minSessionTimeout=1000\nmaxSessionTimeout=20000\n")
+            "minSessionTimeout=1000\nmaxSessionTimeout=20000\n" + ensemble)
         log4j = self.data_dir / "log4j.properties"
         log4j.write_text("log4j.rootLogger=WARN, CONSOLE\n"
                          "log4j.appender.CONSOLE=org.apache.log4j.ConsoleAppender\n"
@@ -156,20 +165,88 @@ class ZooKeeperServer:
                       "-cp", ZK_CLASSPATH, "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(cfg)],
                      log)
         self.pid = proc.pid
-        wait_for(self.healthy, timeout, f"ZooKeeper on {self.hosts}", proc=proc, log=log)
+        self._proc, self._log = proc, log
+        if wait:
+            self.wait(timeout)
 
-    def healthy(self) -> bool:
+    def wait(self, timeout: float = 60) -> None:
+        wait_for(self.serving, timeout, f"ZooKeeper on {self.hosts}", proc=self._proc, log=self._log)
+
+    def _ask(self, word: bytes) -> str:
         try:
             with socket.create_connection((self.host, self.port), timeout=1) as s:
-                s.sendall(b"ruok")
-                return s.recv(16) == b"imok"
+                s.sendall(word)
+                return s.recv(4096).decode(errors="replace")
         except OSError:
-            return False
+            return ""
+
+    def healthy(self) -> bool:
+        return self._ask(b"ruok") == "imok"
+
+    def mode(self) -> str | None:
+        """standalone, leader or follower; None while not serving clients
+        (an ensemble member without a quorum answers 'not currently serving')."""
+        for line in self._ask(b"srvr").splitlines():
+            if line.startswith("Mode:"):
+                return line.split(":", 1)[1].strip()
+        return None
+
+    def serving(self) -> bool:
+        return self.mode() is not None
 
     def stop(self) -> None:
         if self.pid:
             stop_pid(self.pid)
             self.pid = None
+
+
+class ZooKeeperEnsemble:
+    """``size`` members on loopback, each its own process and folder."""
+
+    def __init__(self, base: Path, size: int = 3, host: str = "127.0.0.1"):
+        self.members = [ZooKeeperServer(base / f"zk{i}", host=host, myid=i) for i in range(1, size + 1)]
+        peers = [f"server.{m.myid}={host}:{free_port(host)}:{free_port(host)}" for m in self.members]
+        for m in self.members:
+            m.peers = peers
+
+    @property
+    def hosts(self) -> str:
+        """The connection string naming every member."""
+        return ",".join(m.hosts for m in self.members)
+
+    def start(self, timeout: float = 90) -> None:
+        for m in self.members:          # all at once: each waits for a quorum
+            m.start(wait=False)
+        for m in self.members:
+            m.wait(timeout)
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.stop()
+
+
+# -- the control service -----------------------------------------------------------
+
+def start_service(directory: Path, port: int, zk_hosts: str, tokens_file: Path, workers: int = 4,
+                  timeout: float = 60) -> subprocess.Popen:
+    """gunicorn serving the API on 127.0.0.1:port; returns once /healthz answers."""
+    import requests
+    metrics_dir = directory / "metrics"
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, COWFLEET_ZK=zk_hosts, COWFLEET_TOKENS_FILE=str(tokens_file),
+               PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    log = directory / "service.log"
+    proc = spawn(python_cmd("gunicorn", "--config", "python:cowfleet.service.gunicorn_conf",
+                            "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+                            "--access-logfile", str(directory / "access.log"),
+                            "cowfleet.service:create_app()"), log, env=env)
+    try:
+        wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).ok, timeout,
+                 "the service's /healthz", proc=proc, log=log)
+    except BaseException:
+        stop_pid(proc.pid)        # nobody else knows its pid yet
+        raise
+    return proc
 
 
 # -- libvirtd and tgtd (machine daemons, shared) ---------------------------------

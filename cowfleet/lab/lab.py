@@ -130,20 +130,9 @@ class Lab:
             self._save()
 
         def start_service():
-            metrics_dir = self.dir / "metrics"
-            metrics_dir.mkdir(exist_ok=True)
-            env = dict(os.environ, COWFLEET_ZK=st.zk, COWFLEET_TOKENS_FILE=str(tokens),
-                       PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
-            log = self.dir / "service.log"
-            proc = c.spawn(c.python_cmd("gunicorn", "--config", "python:cowfleet.service.gunicorn_conf",
-                                        "--bind", f"127.0.0.1:{port}",
-                                        "--workers", str(self.service_workers),
-                                        "--access-logfile", str(self.dir / "access.log"),
-                                        "cowfleet.service:create_app()"), log, env=env)
+            proc = c.start_service(self.dir, port, st.zk, tokens, self.service_workers, timeout)
             st.pids["service"] = proc.pid
             self._save()
-            c.wait_for(lambda: requests.get(f"{st.endpoint}/healthz", timeout=2).ok, timeout,
-                       "the service's /healthz", proc=proc, log=log)
 
         def start_agent(role: str):
             name = f"{st.lab_id}-{role}-1"

@@ -1,0 +1,126 @@
+"""The service on a 3-member ZooKeeper ensemble: one member down costs no
+request; two down -> 503 problem+json; everything recovers by itself."""
+from __future__ import annotations
+
+import secrets
+import shutil
+import threading
+import time
+
+import pytest
+import requests
+
+from cowfleet.lab import components as c
+from tests.conftest import _workdir
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def ensemble_service():
+    d = _workdir("cowfleet-ensemble-")
+    ens = c.ZooKeeperEnsemble(d, 3)
+    proc = None
+    try:
+        ens.start()
+        token = secrets.token_urlsafe(24)
+        (d / "tokens").write_text(f"{token} admin\n")
+        port = c.free_port()
+        proc = c.start_service(d, port, ens.hosts + "/ensemble-test", d / "tokens", workers=4)
+        yield ens, f"http://127.0.0.1:{port}", token
+    finally:
+        if proc is not None:
+            c.stop_pid(proc.pid)
+        ens.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+class Load:
+    """Writes and reads at a steady pace from threads, without client-side
+    retries: every non-2xx answer is counted as a failed request."""
+
+    def __init__(self, endpoint, token, threads=4):
+        self.endpoint, self.token = endpoint, token
+        self.stop = threading.Event()
+        self.ok, self.failed = 0, []
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(threads)]
+
+    def run(self, i):
+        s = requests.Session()
+        s.headers["Authorization"] = f"Bearer {self.token}"
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            spec = {"vcpus": 1 + n % 3, "memory_mib": 64, "disk_gib": 1}
+            try:
+                if n % 2:
+                    r = s.put(f"{self.endpoint}/v1/flavors/load-{i}", json=spec, timeout=30)
+                else:
+                    r = s.get(f"{self.endpoint}/v1/flavors/load-{i}", timeout=30)
+                good = r.status_code in (200, 201) or (r.status_code == 404 and n == 2)
+                outcome = None if good else f"{r.request.method} {r.status_code} {r.text[:120]}"
+            except requests.RequestException as exc:
+                outcome = f"{type(exc).__name__}: {exc}"
+            with self.lock:
+                if outcome:
+                    self.failed.append(outcome)
+                else:
+                    self.ok += 1
+            self.stop.wait(0.05)
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+
+def _leader(ens):
+    return next(m for m in ens.members if m.mode() == "leader")
+
+
+def test_one_member_down_fails_no_request(ensemble_service):
+    ens, endpoint, token = ensemble_service
+    with Load(endpoint, token) as load:
+        wait_until(lambda: load.ok >= 20, 30, "load running")
+        victim = _leader(ens)        # the worst one: the ensemble must elect anew
+        victim.stop()
+        before = load.ok
+        wait_until(lambda: load.ok >= before + 40, 60, "requests served after the leader died")
+    assert load.failed == [], load.failed[:5]
+    victim.start()                   # back for the next test
+    wait_until(lambda: all(m.serving() for m in ens.members), 60, "member rejoined")
+
+
+def test_quorum_lost_gives_503_then_recovers(ensemble_service):
+    ens, endpoint, token = ensemble_service
+    auth = {"Authorization": f"Bearer {token}"}
+    spec = {"vcpus": 1, "memory_mib": 64, "disk_gib": 1}
+    assert requests.put(f"{endpoint}/v1/flavors/quorum", json=spec, headers=auth, timeout=30).ok
+    down = ens.members[:2]
+    for m in down:
+        m.stop()
+    t0 = time.monotonic()
+    r = requests.put(f"{endpoint}/v1/flavors/quorum", json=dict(spec, vcpus=2), headers=auth, timeout=60)
+    waited = time.monotonic() - t0
+    assert r.status_code == 503, r.text
+    assert r.headers["Content-Type"] == "application/problem+json"
+    assert r.headers.get("Retry-After")
+    assert waited < 20, f"a 503 took {waited:.1f}s"
+    assert requests.get(f"{endpoint}/healthz", timeout=30).status_code == 503
+    for m in down:
+        m.start(wait=False)
+    for m in down:
+        m.wait(60)
+    # recovers by itself: no restart of the service
+    wait_until(lambda: requests.put(f"{endpoint}/v1/flavors/quorum", json=dict(spec, vcpus=2),
+                                    headers=auth, timeout=30).status_code == 200, 60, "writes accepted again")
+    got = requests.get(f"{endpoint}/v1/flavors/quorum", headers=auth, timeout=30).json()
+    assert got["vcpus"] == 2
+    assert requests.get(f"{endpoint}/healthz", timeout=30).status_code == 200
