@@ -21,6 +21,8 @@ def parse_args(argv=None):
     p.add_argument("--libvirt-uri", default="qemu:///system")
     p.add_argument("--virt-type", choices=["auto", "kvm", "qemu"], default="auto",
                    help="libvirt domain type; auto boots a probe guest to see if KVM really works")
+    p.add_argument("--hypervisor", choices=["libvirt", "fake"], default="libvirt",
+                   help="fake: in-memory domains, for scale tests of the control plane")
     p.add_argument("--network", choices=["user", "none"], default="user",
                    help="guest networking: qemu user-mode, or none")
     p.add_argument("--vcpus", type=int, help="vCPUs this node offers (default: 8 per core)")
@@ -44,9 +46,13 @@ def main(argv=None) -> int:
     if args.role == "compute":
         from cowfleet.agents.compute import virt_type
         from cowfleet.agents.compute.agent import ComputeAgent
-        from cowfleet.agents.compute.hypervisor import LibvirtHypervisor
-        vt = virt_type.detect(state_dir) if args.virt_type == "auto" else args.virt_type
-        agent = ComputeAgent(hypervisor=LibvirtHypervisor(args.libvirt_uri, vt), vcpus=args.vcpus,
+        from cowfleet.agents.compute.hypervisor import FakeHypervisor, LibvirtHypervisor
+        if args.hypervisor == "fake":
+            hyper = FakeHypervisor()
+        else:
+            vt = virt_type.detect(state_dir) if args.virt_type == "auto" else args.virt_type
+            hyper = LibvirtHypervisor(args.libvirt_uri, vt)
+        agent = ComputeAgent(hypervisor=hyper, vcpus=args.vcpus,
                              memory_mib=args.memory_mib, network=args.network, **common)
     else:
         from cowfleet.agents.storage.agent import StorageAgent

@@ -32,6 +32,7 @@ from cowfleet.zk import layout
 from cowfleet.zk.connection import connect
 
 HEARTBEAT_SECONDS = 5.0
+SESSION_SECONDS = 6.0
 RECONCILE_SECONDS = 5.0
 
 
@@ -50,8 +51,10 @@ class NodeAgent:
         self.session_lost = threading.Event()
         self._listen = listen
         self._http = None
+        self.leading = threading.Event()
         self.address: str | None = None
-        self.zk = connect(zk_hosts, listener=self._on_connection_state)
+        # a short session: a dead agent's membership and leadership go within seconds
+        self.zk = connect(zk_hosts, timeout=SESSION_SECONDS, listener=self._on_connection_state)
         self.connected.set()
 
     # -- connection state (never blocks) ------------------------------------
@@ -122,14 +125,18 @@ class NodeAgent:
 
         def leading() -> None:
             self.log.info("leading rack %s (%s)", self.rack, self.role)
-            while not self.stopping.is_set() and self.connected.is_set() \
-                    and not self.session_lost.is_set():
-                try:
-                    self.lead_once()
-                except Exception:
-                    self.log.exception("leader round failed")
-                self.leader_wake.wait(RECONCILE_SECONDS)
-                self.leader_wake.clear()
+            self.leading.set()
+            try:
+                while not self.stopping.is_set() and self.connected.is_set() \
+                        and not self.session_lost.is_set():
+                    try:
+                        self.lead_once()
+                    except Exception:
+                        self.log.exception("leader round failed")
+                    self.leader_wake.wait(RECONCILE_SECONDS)
+                    self.leader_wake.clear()
+            finally:
+                self.leading.clear()
             self.log.info("stopped leading rack %s", self.rack)
 
         while not self.stopping.is_set():
@@ -144,12 +151,27 @@ class NodeAgent:
 
     # -- P2P endpoint -------------------------------------------------------
     def p2p(self, request: Request) -> Response:
+        route = self.p2p_routes().get((request.method, request.path))
+        if route is not None:
+            try:
+                body = request.get_json(force=True, silent=True)
+                if not isinstance(body, dict):
+                    return _problem(400, "send a JSON object")
+                status, answer = route(body)
+            except Exception as exc:
+                self.log.exception("P2P %s %s failed", request.method, request.path)
+                return _problem(500, f"{type(exc).__name__}: {exc}")
+            return Response(json.dumps(answer), status=status, mimetype="application/json")
         if request.path == "/healthz":
             return Response(json.dumps({"status": "ok", "node": self.name}), mimetype="application/json")
         if request.path == "/v1/node":
             return Response(self.node_info().to_bytes(), mimetype="application/json")
         return Response(json.dumps({"title": "Not Found", "status": 404}), status=404,
                         mimetype="application/problem+json")
+
+    def p2p_routes(self) -> dict:
+        """(method, path) -> callable(json body) -> (status, json answer)."""
+        return {}
 
     def _serve_p2p(self) -> None:
         host, _, port = self._listen.rpartition(":")
@@ -211,3 +233,8 @@ class NodeAgent:
                 self.leader_wake.set()
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+
+
+def _problem(status: int, detail: str) -> Response:
+    return Response(json.dumps({"title": "P2P error", "status": status, "detail": detail}), status=status,
+                    mimetype="application/problem+json")

@@ -1,27 +1,32 @@
-"""Turning a group's desired state into assignments (the leader's job).
+"""Turning a group's desired state into assignments (the coordinator's job).
 
-This is the simple placement of the walking skeleton: a compute rack leader
-claims each queued request under one cluster-wide kazoo Lock, computes the
-instances to add or remove, and commits them together with the request's
-removal in ONE ZooKeeper transaction (the commit point). A leader that dies
-before the commit leaves the request queued for the next one; after it, the
-request is gone: exactly once. The per-rack offer hand-shake replaces the
-node choice here in a later step; the commit stays the same.
+A compute rack leader coordinates a request under the group's kazoo Lock:
+it computes the instances to add or remove, gathers offers for the ones to
+add through the hand-shake (handshake.py), splits them by the placement
+policy, and commits everything -- instances, assignments, the group's
+status, the request's removal and a version bump of every node folder it
+counted on -- in ONE ZooKeeper transaction (the commit point). A coordinator
+that dies before the commit leaves the request queued for another leader;
+after it, the request is gone: exactly once.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
+import time
+import zlib
 from dataclasses import dataclass, field
 
-from kazoo.exceptions import NoNodeError
+from kazoo.exceptions import LockTimeout, NoNodeError, NodeExistsError, NotEmptyError
 
-from cowfleet.models import (DEFAULT_FLAVORS, DeployRequest, Flavor, Group, GroupStatus, Instance,
-                             InstanceState, NodeInfo)
+from cowfleet.agents.handshake import Gatherer, LocalGatherer, Trace, compute_nodes, split
+from cowfleet.models import DEFAULT_FLAVORS, DeployRequest, Flavor, Group, GroupStatus, Instance, InstanceState
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read, read_children
 from cowfleet.zk.groups import finish_delete_if_empty
+from cowfleet.zk.leaders import rack_leaders
 
 log = logging.getLogger(__name__)
 
@@ -48,75 +53,6 @@ def flavor_named(zk, name: str) -> Flavor | None:
     return next((f for f in DEFAULT_FLAVORS if f.name == name), None)
 
 
-@dataclass
-class NodeLoad:
-    node: NodeInfo
-    vcpus: int = 0
-    memory_mib: int = 0
-    of_group: int = 0
-
-    def fits(self, flavor: Flavor) -> bool:
-        cap = self.node.capacity
-        return (self.vcpus + flavor.vcpus <= cap.get("vcpus", 0)
-                and self.memory_mib + flavor.memory_mib <= cap.get("memory_mib", 0))
-
-    def take(self, flavor: Flavor) -> None:
-        self.vcpus += flavor.vcpus
-        self.memory_mib += flavor.memory_mib
-        self.of_group += 1
-
-
-def node_loads(zk, group_name: str) -> dict[str, NodeLoad]:
-    """Healthy compute nodes with what their assignments already use."""
-    loads = {}
-    for node, _ in read_children(zk, layout.NODES, NodeInfo):
-        if node.role != "compute" or not node.healthy:
-            continue
-        load = NodeLoad(node)
-        try:
-            children = zk.get_children(layout.assignments(node.name))
-        except NoNodeError:
-            children = []
-        pending = [(c, zk.get_async(f"{layout.assignments(node.name)}/{c}")) for c in children]
-        for child, res in pending:
-            try:
-                data, _ = res.get()
-            except NoNodeError:
-                continue
-            a = parse_assignment_data(data)
-            if a.get("desired") != DESIRED_RUN:
-                continue
-            load.vcpus += int(a.get("vcpus", 0))
-            load.memory_mib += int(a.get("memory_mib", 0))
-            if layout.parse_assignment(child)[0] == group_name:
-                load.of_group += 1
-        loads[node.name] = load
-    return loads
-
-
-def choose_nodes(count: int, flavor: Flavor, loads: dict[str, NodeLoad], strategy: str,
-                 max_per_node: int | None) -> list[NodeInfo]:
-    """Pick a node for each of ``count`` new instances.
-
-    spread: the node with the fewest instances of this group (then the least
-    used); pack: the most used node that still fits. Returns fewer nodes than
-    asked when capacity runs out.
-    """
-    chosen = []
-    for _ in range(count):
-        fit = [l for l in loads.values() if l.fits(flavor)
-               and (max_per_node is None or l.of_group < max_per_node)]
-        if not fit:
-            break
-        if strategy == "pack":
-            best = max(fit, key=lambda l: (l.memory_mib, l.vcpus, l.node.name))
-        else:
-            best = min(fit, key=lambda l: (l.of_group, l.memory_mib, l.node.name))
-        best.take(flavor)
-        chosen.append(best.node)
-    return chosen
-
-
 def _victims(live: list[Instance], excess: int) -> list[Instance]:
     """Which instances go on scale-in: failed first, then the least far
     along, then the newest."""
@@ -130,22 +66,62 @@ class PlacementResult:
     created: list[Instance] = field(default_factory=list)
     terminated: list[str] = field(default_factory=list)
     unplaced: int = 0
+    trace: Trace | None = None
 
 
-def reconcile_group(zk, name: str, request_path: str | None = None) -> PlacementResult | None:
+def reconcile_group(zk, name: str, request_path: str | None = None, gatherer: Gatherer | None = None,
+                    coordinator: str = "", via: str = "") -> PlacementResult | None:
     """Bring one group's assignments to its desired state in one transaction.
 
-    Retries from scratch when anything it read changed before the commit.
+    Retries from scratch (new offers) when anything it read changed before
+    the commit -- the group, or a node another coordinator placed on.
     """
-    for _ in range(20):
-        result = _try_reconcile(zk, name, request_path)
-        if result is not None:
-            return result
-    log.warning("group %s: gave up after repeated concurrent changes", name)
-    return None
+    gatherer = gatherer or LocalGatherer()
+    request = request_path.rsplit("/", 1)[-1] if request_path else f"sweep-{secrets.token_hex(4)}"
+    trace = Trace(request=request, group=name, coordinator=coordinator, want=0,
+                  via=via or ("queue" if request_path else "sweep"))
+    t0 = time.monotonic()
+    try:
+        for attempt in range(1, 21):
+            trace.attempts = attempt
+            result = _try_reconcile(zk, name, request_path, gatherer, trace)
+            if result is not None:
+                trace.total_ms = round((time.monotonic() - t0) * 1000, 1)
+                result.trace = trace
+                if trace.want:
+                    _record_trace(zk, trace)
+                return result
+        log.warning("group %s: gave up after repeated concurrent changes", name)
+        return None
+    finally:
+        if trace.want:
+            gatherer.release(zk, request)
 
 
-def _try_reconcile(zk, name: str, request_path: str | None) -> PlacementResult | None:
+def _record_trace(zk, trace: Trace) -> None:
+    """The last placement of a group, for GET .../placement and the log."""
+    log.info("placement %s of group %s by %s: want %d, split %s, per rack %s, unplaced %d, "
+             "offers %.0f ms, commit %.0f ms, total %.0f ms, attempts %d", trace.request, trace.group,
+             trace.coordinator, trace.want, trace.split, trace.per_rack, trace.unplaced,
+             trace.offers_ms, trace.commit_ms, trace.total_ms, trace.attempts)
+    data = json.dumps(trace.to_dict(), sort_keys=True).encode()
+    if len(data) > 256 * 1024:      # 200 racks of offers still fit; never a huge znode
+        slim = dict(trace.to_dict(), racks={r: {k: v for k, v in e.items() if k != "offers"}
+                                            for r, e in trace.racks.items()})
+        data = json.dumps(slim, sort_keys=True).encode()
+    path = layout.group_placement(trace.group)
+    try:
+        zk.set(path, data)
+    except NoNodeError:
+        try:
+            if zk.exists(layout.group(trace.group)):
+                zk.create(path, data)
+        except (NodeExistsError, NoNodeError):
+            pass
+
+
+def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
+                   trace: Trace) -> PlacementResult | None:
     got = read(zk, layout.group(name), Group)
     if got is None:
         if request_path:
@@ -155,8 +131,12 @@ def _try_reconcile(zk, name: str, request_path: str | None) -> PlacementResult |
                 pass
         return PlacementResult()
     group, gversion = got
+    old = read(zk, layout.group_status(name), GroupStatus)
+    if request_path is None and not group.deleting and old is not None \
+            and old[0].observed_generation < group.generation:
+        return PlacementResult()     # a request for this generation is queued: it decides
     instances = read_children(zk, layout.group_instances(name), Instance)
-    loads = node_loads(zk, name)
+    members = {n.name: n for n in compute_nodes(zk)}
     flavor = flavor_named(zk, group.flavor)
     result = PlacementResult()
     tx = zk.transaction()
@@ -174,13 +154,13 @@ def _try_reconcile(zk, name: str, request_path: str | None) -> PlacementResult |
     dropped = 0
     for inst, version in instances:
         if inst.state == InstanceState.TERMINATING:
-            if inst.node not in loads:
+            if inst.node not in members:
                 # its agent is gone: nobody else will remove it; a returning
                 # agent destroys the domain it no longer has an assignment for
                 _drop(zk, tx, name, inst, version)
                 dropped += 1
             continue
-        if inst.node not in loads:
+        if inst.node not in members:
             _drop(zk, tx, name, inst, version)    # re-placed below
             dropped += 1
             continue
@@ -215,44 +195,77 @@ def _try_reconcile(zk, name: str, request_path: str | None) -> PlacementResult |
                 terminate(inst, versions[inst.id])
         elif excess < 0:
             missing = -excess
-            nodes = choose_nodes(missing, flavor, loads, group.placement.get("strategy", "spread"),
-                                 group.placement.get("max_per_node"))
+            trace.want = missing
+            t_offers = time.monotonic()
+            offers = gatherer.offers(zk, trace.request, name, flavor, missing, trace)
+            trace.offers_ms = round((time.monotonic() - t_offers) * 1000, 1)
+            take = split(offers, missing, group.placement.get("strategy", "spread"),
+                         group.placement.get("max_per_node"))
+            by_node = {o.node: o for o in offers}
             taken = {i.id for i, _ in instances}
-            for node in nodes:
-                iid = _new_id(name, taken)
-                inst = Instance(id=iid, group=name, node=node.name, rack=node.rack, image=group.image,
-                                flavor=group.flavor, generation=group.generation)
-                tx.create(layout.group_instance(name, iid), inst.to_bytes())
-                tx.create(layout.assignment(node.name, name, iid), assignment_data(DESIRED_RUN, flavor))
-                result.created.append(inst)
-            result.unplaced = missing - len(nodes)
+            trace.split, trace.per_rack = dict(sorted(take.items())), {}
+            for node_name, k in sorted(take.items()):
+                offer = by_node[node_name]
+                # the commit point's guard: fails if anyone placed on this node
+                # since the offer was made
+                tx.set_data(layout.assignments(node_name), b"", version=offer.version)
+                trace.per_rack[offer.rack] = trace.per_rack.get(offer.rack, 0) + k
+                for _ in range(k):
+                    iid = _new_id(name, taken)
+                    inst = Instance(id=iid, group=name, node=node_name, rack=offer.rack, image=group.image,
+                                    flavor=group.flavor, generation=group.generation)
+                    tx.create(layout.group_instance(name, iid), inst.to_bytes())
+                    tx.create(layout.assignment(node_name, name, iid), assignment_data(DESIRED_RUN, flavor))
+                    result.created.append(inst)
+            result.unplaced = trace.unplaced = missing - sum(take.values())
             if result.unplaced and not outdated:
                 limit = group.placement.get("max_per_node")
-                message = (f"{result.unplaced} instance(s) not placed: none of {len(loads)} healthy "
-                           f"compute node(s) has room for flavor '{flavor.name}' ({flavor.vcpus} vCPU, "
-                           f"{flavor.memory_mib} MiB)" + (f" within max_per_node={limit}" if limit else ""))
+                room = sum(o.count for o in offers)
+                message = (f"{result.unplaced} instance(s) not placed: {len(offers)} compute node(s) in "
+                           f"{len({o.rack for o in offers})} rack(s) offered room for {room} of flavor "
+                           f"'{flavor.name}' ({flavor.vcpus} vCPU, {flavor.memory_mib} MiB)"
+                           + (f" within max_per_node={limit}" if limit else "")
+                           + "; placed when capacity appears")
     status = GroupStatus(observed_generation=group.generation, unplaced=result.unplaced, message=message)
-    old = read(zk, layout.group_status(name), GroupStatus)
     if (not request_path and not result.created and not result.terminated and not dropped
             and old is not None and old[0] == status):
         return result                 # nothing to change: write nothing
     tx.set_data(layout.group_status(name), status.to_bytes())
     if request_path:
         tx.delete(request_path)
+    fault_point("before-commit", trace.coordinator)
+    t_commit = time.monotonic()
     outcome = tx.commit()
+    trace.commit_ms = round((time.monotonic() - t_commit) * 1000, 1)
     failures = [r for r in outcome if isinstance(r, Exception)]
     if failures:
         real = [r for r in failures if not type(r).__name__ == "RolledBackError"]
         if real and request_path and isinstance(real[0], NoNodeError) and not zk.exists(request_path):
             return PlacementResult()          # another leader handled it meanwhile
         log.debug("group %s: transaction failed (%s); retrying", name, real)
+        trace.outcome = f"retried after {type(real[0]).__name__ if real else 'a conflict'}"
         return None
+    trace.outcome = "committed"
     if group.deleting:
         finish_delete_if_empty(zk, name)
     if result.created or result.terminated:
         log.info("group %s gen %d: +%d -%d unplaced %d", name, group.generation,
                  len(result.created), len(result.terminated), result.unplaced)
     return result
+
+
+def fault_point(name: str, who: str) -> None:
+    """Test hook: with COWFLEET_FAULT_PAUSE=/path set and that file present,
+    the coordinator says so in /path.<name>.<who> and waits here until the
+    file is removed -- so a test can kill it at exactly this point."""
+    pause = os.environ.get("COWFLEET_FAULT_PAUSE")
+    if not pause or not os.path.exists(pause):
+        return
+    marker = f"{pause}.{name}.{who}"
+    with open(marker, "w") as fh:
+        fh.write(str(os.getpid()))
+    while os.path.exists(pause):
+        time.sleep(0.05)
 
 
 def _rolling_step(group: Group, current: list, outdated: list) -> tuple[list, int]:
@@ -300,42 +313,87 @@ def _new_id(group: str, taken: set[str]) -> str:
 
 
 class Placer:
-    """The leader side: claim queued requests, and re-check every group
-    periodically (capacity that appears, nodes that vanish)."""
+    """The leader side. Requests arrive by hand (``handle``, the service's
+    fast path over P2P) or are claimed from the queue once they have waited
+    ``grace`` seconds (the service died, or its hand-off failed). Every group
+    is also re-checked periodically (capacity that appears, nodes that
+    vanish), each by one leader: the groups are shared out among them.
+    All of it runs under the group's lock, so one coordinator at a time
+    decides for a group, and requests for different groups run in parallel."""
 
-    def __init__(self, zk, identifier: str):
+    def __init__(self, zk, identifier: str, gatherer: Gatherer | None = None, grace: float = 3.0):
         self.zk = zk
         self.identifier = identifier
+        self.gatherer = gatherer or LocalGatherer()
+        self.grace = grace
+
+    def _locked(self, group: str, fn, timeout: float = 10):
+        lock = self.zk.Lock(layout.group_lock(group), identifier=self.identifier)
+        try:
+            if not lock.acquire(timeout=timeout):
+                return None
+        except LockTimeout:
+            return None
+        try:
+            return fn()
+        finally:
+            lock.release()
+
+    def handle(self, seq: str, via: str = "queue") -> PlacementResult | None:
+        """Coordinate one queued request (no-op if another leader did)."""
+        path = layout.request(seq)
+        got = read(self.zk, path, DeployRequest)
+        if got is None:
+            return None
+
+        def run():
+            if not self.zk.exists(path):
+                return None            # handled while we waited for the lock
+            return reconcile_group(self.zk, got[0].group, path, self.gatherer, self.identifier, via)
+        return self._locked(got[0].group, run)
 
     def process_requests(self) -> int:
-        done = 0
+        """Claim requests nobody handled within ``grace`` seconds."""
         try:
             names = sorted(self.zk.get_children(layout.REQUESTS))
         except NoNodeError:
             return 0
-        if not names:
-            return 0
-        lock = self.zk.Lock(layout.PLACEMENT_LOCK, identifier=self.identifier)
-        if not lock.acquire(timeout=10):
-            return 0
-        try:
-            for seq in names:
-                path = layout.request(seq)
-                got = read(self.zk, path, DeployRequest)
-                if got is None:
-                    continue
-                reconcile_group(self.zk, got[0].group, path)
+        done = 0
+        for seq in names:
+            stat = self.zk.exists(layout.request(seq))
+            if stat is None or time.time() - stat.ctime / 1000 < self.grace:
+                continue
+            log.info("claiming request %s (not handed over within %.0fs)", seq, self.grace)
+            if self.handle(seq) is not None:
                 done += 1
-        finally:
-            lock.release()
         return done
 
+    def my_share(self, groups: list[str]) -> list[str]:
+        leaders = sorted(n.name for n in rack_leaders(self.zk, "compute").values())
+        if self.identifier not in leaders:
+            return groups if not leaders else []
+        i, n = leaders.index(self.identifier), len(leaders)
+        return [g for g in groups if zlib.crc32(g.encode()) % n == i]
+
     def reconcile_all(self) -> None:
-        lock = self.zk.Lock(layout.PLACEMENT_LOCK, identifier=self.identifier)
-        if not lock.acquire(timeout=10):
-            return
         try:
-            for name in self.zk.get_children(layout.GROUPS):
-                reconcile_group(self.zk, name)
-        finally:
-            lock.release()
+            groups = sorted(self.zk.get_children(layout.GROUPS))
+        except NoNodeError:
+            return
+        for name in self.my_share(groups):
+            self._locked(name, lambda: reconcile_group(self.zk, name, None, self.gatherer, self.identifier),
+                         timeout=1)
+        self._forget_locks(set(groups))
+
+    def _forget_locks(self, groups: set[str]) -> None:
+        """Lock folders of groups that are gone (an unheld one is empty)."""
+        try:
+            names = self.zk.get_children(layout.LOCKS)
+        except NoNodeError:
+            return
+        for child in names:
+            if child.startswith("group-") and child[6:] not in groups:
+                try:
+                    self.zk.delete(f"{layout.LOCKS}/{child}")
+                except (NoNodeError, NotEmptyError):
+                    pass

@@ -13,17 +13,19 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 from kazoo.recipe.cache import TreeCache, TreeEvent
 
 from cowfleet.agents.compute.domain import DomainSpec
 from cowfleet.agents.compute.hypervisor import Hypervisor, domain_name
-from cowfleet.agents.compute.overlays import OverlayStore
+from cowfleet.agents.compute.overlays import FakeOverlayStore, OverlayStore
 from cowfleet.agents.node import NodeAgent
+from cowfleet.agents.handshake import HandshakeGatherer, Reservations, compute_nodes, node_offer, post
 from cowfleet.agents.placement import DESIRED_RUN, Placer, flavor_named, parse_assignment_data
 from cowfleet.guest.builder import READY_MARKER
-from cowfleet.models import Image, Instance, InstanceState, Replica, now
+from cowfleet.models import Flavor, Image, Instance, InstanceState, Replica, now
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read, read_children, update
 from cowfleet.zk.groups import finish_delete_if_empty
@@ -39,7 +41,8 @@ class ComputeAgent(NodeAgent):
                  memory_mib: int | None = None, network: str = "user", workers: int = 8, **kw):
         super().__init__(*args, **kw)
         self.hyper = hypervisor
-        self.overlays = OverlayStore(Path(self.state_dir) / "overlays")
+        overlays = FakeOverlayStore if hypervisor.virt_type == "fake" else OverlayStore
+        self.overlays = overlays(Path(self.state_dir) / "overlays")
         self.consoles = Path(self.state_dir) / "consoles"
         self.consoles.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o755)
@@ -51,7 +54,10 @@ class ComputeAgent(NodeAgent):
         self.inflight_lock = threading.Lock()
         self.awaiting: dict[str, tuple[str, float]] = {}   # id -> (group, deadline)
         self.awaiting_lock = threading.Lock()
-        self.placer = Placer(self.zk, self.name)
+        self.reservations = Reservations()
+        self.placer = Placer(self.zk, self.name, HandshakeGatherer(self.name, self.rack_offers))
+        self.coordinating = ThreadPoolExecutor(max_workers=4, thread_name_prefix="coordinate")
+        self.handshake_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="offers")
         self._allocated = {"vcpus": 0, "memory_mib": 0, "instances": 0}
 
     # -- membership -----------------------------------------------------------
@@ -72,6 +78,7 @@ class ComputeAgent(NodeAgent):
         self.cache.listen(self._on_tree_event)
         self.cache.start()
         self.zk.ChildrenWatch(layout.REQUESTS, self._on_requests)
+        self.zk.ChildrenWatch(layout.NODES, self._on_requests)    # a node gone: re-place soon
         threading.Thread(target=self._readiness_loop, name="readiness", daemon=True).start()
 
     def _on_tree_event(self, event) -> None:
@@ -85,8 +92,73 @@ class ComputeAgent(NodeAgent):
 
     # -- leader work ----------------------------------------------------------
     def lead_once(self) -> None:
-        if self.placer.process_requests() == 0:
-            self.placer.reconcile_all()
+        self.placer.process_requests()
+        self.placer.reconcile_all()
+
+    # -- the hand-shake (P2P) -------------------------------------------------
+    def p2p_routes(self):
+        return {("POST", "/v1/offer"): self.offer,
+                ("POST", "/v1/rack-offers"): self.rack_offers_p2p,
+                ("POST", "/v1/release"): self.release,
+                ("POST", "/v1/deploy"): self.deploy}
+
+    def offer(self, body: dict) -> tuple[int, dict]:
+        """How many instances of the flavor this node takes; held for a while."""
+        flavor = Flavor(**body["flavor"])
+        request = str(body["request"])
+        reserved = self.reservations.held_by_others(request)
+        o = node_offer(self.zk, self.node_info(), str(body.get("group", "")), flavor, int(body["want"]),
+                       reserved)
+        self.reservations.hold(request, o.count * flavor.vcpus, o.count * flavor.memory_mib)
+        return 200, asdict(o)
+
+    def rack_offers(self, body: dict) -> dict:
+        """As rack leader: ask every compute agent of the rack, in parallel."""
+        nodes = compute_nodes(self.zk, self.rack)
+
+        def ask(node):
+            if node.name == self.name:
+                return self.offer(body)[1]
+            return post(f"{node.address}/v1/offer", body)
+        offers, errors = [], {}
+        futures = {n.name: self.handshake_pool.submit(ask, n) for n in nodes if n.address}
+        for name, fut in futures.items():
+            try:
+                offers.append(fut.result())
+            except Exception as exc:    # an agent that cannot answer offers nothing
+                errors[name] = f"{type(exc).__name__}"
+        return {"rack": self.rack, "leader": self.name, "offers": offers, "errors": errors}
+
+    def rack_offers_p2p(self, body: dict) -> tuple[int, dict]:
+        if not self.leading.is_set():
+            return 409, {"detail": f"{self.name} does not lead rack {self.rack}"}
+        return 200, self.rack_offers(body)
+
+    def release(self, body: dict) -> tuple[int, dict]:
+        request = str(body["request"])
+        self.reservations.release(request)
+        if self.leading.is_set() and body.get("forward", True):
+            for node in compute_nodes(self.zk, self.rack):
+                if node.name != self.name and node.address:
+                    self.handshake_pool.submit(post, f"{node.address}/v1/release",
+                                               {"request": request, "forward": False}, 1)
+        return 200, {"released": request}
+
+    def deploy(self, body: dict) -> tuple[int, dict]:
+        """The service's fast path: coordinate this request now."""
+        if not self.leading.is_set():
+            return 409, {"detail": f"{self.name} does not lead rack {self.rack}"}
+        seq = str(body["request"])
+        if "/" in seq or not seq.startswith("req-"):
+            return 400, {"detail": "request must name a queued request (req-NNN)"}
+        self.coordinating.submit(self._coordinate, seq)
+        return 202, {"request": seq, "coordinator": self.name}
+
+    def _coordinate(self, seq: str) -> None:
+        try:
+            self.placer.handle(seq, via="hand-off")
+        except Exception:
+            self.log.exception("coordinating %s failed; a leader will claim it from the queue", seq)
 
     # -- reconcile ------------------------------------------------------------
     def desired(self) -> dict[str, tuple[str, str, dict]] | None:

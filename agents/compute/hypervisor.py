@@ -1,8 +1,6 @@
-"""The hypervisor interface the compute agent drives, and its libvirt driver.
-
-A fake driver for scale tests (hundreds of agents on one machine) implements
-the same three calls.
-"""
+"""The hypervisor interface the compute agent drives: the libvirt driver,
+and a fake one for scale tests (hundreds of agents on one machine) behind the
+same four calls, both run through the same contract tests."""
 from __future__ import annotations
 
 import abc
@@ -116,3 +114,41 @@ class LibvirtHypervisor(Hypervisor):
                                            running=dom.isActive() == 1,
                                            paused=state == lv.VIR_DOMAIN_PAUSED)
         return out
+
+
+class FakeHypervisor(Hypervisor):
+    """Domains that exist only in this process, for scale tests: hundreds of
+    agents on one machine. A started domain is running at once and writes
+    the guest's readiness line to its console log, so the agent's readiness
+    path is the real one. Held in memory: a restarted agent finds none
+    (as after a host reboot) and starts its assigned instances anew."""
+
+    virt_type = "fake"
+
+    def __init__(self):
+        self._domains: dict[str, tuple[DomainSpec, bool]] = {}
+        self._lock = threading.Lock()
+
+    def start(self, spec: DomainSpec) -> None:
+        from cowfleet.guest.builder import READY_MARKER
+        with self._lock:
+            if spec.name in self._domains:
+                raise RuntimeError(f"domain {spec.name} already exists")
+            self._domains[spec.name] = (spec, False)
+        with open(spec.console_log, "a") as fh:
+            fh.write(f"fake guest {spec.instance_id}\n{READY_MARKER}\n")
+
+    def destroy(self, name: str) -> bool:
+        with self._lock:
+            return self._domains.pop(name, None) is not None
+
+    def resume(self, name: str) -> None:
+        with self._lock:
+            spec, _ = self._domains[name]
+            self._domains[name] = (spec, False)
+
+    def list(self, node: str) -> dict[str, DomainInfo]:
+        with self._lock:
+            return {spec.instance_id: DomainInfo(name=name, instance_id=spec.instance_id, group=spec.group,
+                                                 running=True, paused=paused)
+                    for name, (spec, paused) in self._domains.items() if spec.node == node}

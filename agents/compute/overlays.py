@@ -61,3 +61,14 @@ class OverlayStore:
 
     def destroy_all(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class FakeOverlayStore(OverlayStore):
+    """Empty files in place of qcow2 overlays (with the fake hypervisor,
+    nothing reads them): same layout and life-cycle, no qemu-img."""
+
+    def create(self, group: str, instance_id: str, backing: str, backing_format: str) -> Path:
+        path = self.path(group, instance_id)
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(f"fake overlay backed by {backing} ({backing_format})\n")
+        return path

@@ -18,7 +18,11 @@ CONFIG = f"{ROOT}/config"
 TOKENS = f"{CONFIG}/tokens"
 
 TOP_LEVEL = (IMAGES, FLAVORS, GROUPS, NODES, RACKS, REQUESTS, LOCKS, ASSIGNMENTS, TOKENS)
-PLACEMENT_LOCK = f"{LOCKS}/placement"
+
+
+def group_lock(name: str) -> str:
+    """Held by the leader coordinating the group (kazoo Lock)."""
+    return f"{LOCKS}/group-{name}"
 
 
 def image(name: str) -> str:
@@ -58,6 +62,11 @@ def group_status(name: str) -> str:
 def token(digest: str) -> str:
     """An API token, named by the SHA-256 (hex) of the token."""
     return f"{TOKENS}/{digest}"
+
+
+def group_placement(name: str) -> str:
+    """The trace of the group's last placement hand-shake."""
+    return f"{GROUPS}/{name}/placement"
 
 
 def node(name: str) -> str:

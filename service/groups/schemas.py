@@ -65,3 +65,32 @@ class GroupSchema(Schema):
     status = fields.Nested(GroupStatusSchema)
     instances = fields.List(fields.Nested(InstanceSchema))
     etag = fields.Str()
+
+
+class RackOffersSchema(Schema):
+    leader = fields.Str(allow_none=True)
+    ms = fields.Float()
+    offers = fields.Dict(keys=fields.Str(), values=fields.Int())
+    errors = fields.Dict(keys=fields.Str(), values=fields.Str())
+    error = fields.Str()
+
+
+class PlacementTraceSchema(Schema):
+    """The last placement hand-shake of a group: who coordinated, what each
+    rack offered, the split, and how long each phase took."""
+    request = fields.Str()
+    group = fields.Str()
+    coordinator = fields.Str()
+    want = fields.Int()
+    via = fields.Str(metadata={"description": "hand-off (from the service), queue (claimed by a leader "
+                                              "after the grace period) or sweep (periodic re-check)"})
+    started_at = Timestamp()
+    racks = fields.Dict(keys=fields.Str(), values=fields.Nested(RackOffersSchema))
+    split = fields.Dict(keys=fields.Str(), values=fields.Int())
+    per_rack = fields.Dict(keys=fields.Str(), values=fields.Int())
+    unplaced = fields.Int()
+    attempts = fields.Int()
+    offers_ms = fields.Float()
+    commit_ms = fields.Float()
+    total_ms = fields.Float()
+    outcome = fields.Str()

@@ -2,11 +2,14 @@
 answers at once, and the agents' leader places the instances (ARCHITECTURE §3)."""
 from __future__ import annotations
 
-from kazoo.exceptions import BadVersionError, NodeExistsError
+import json
+
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 from cowfleet.models import (DeployRequest, Flavor, Group, GroupPhase, GroupStatus, Instance,
                              InstanceState)
 from cowfleet.service.api import Result, fetch
+from cowfleet.service.groups.handoff import hand_off
 from cowfleet.service.paging import ListQuery, page
 from cowfleet.service.problems import Problem, conflict, invalid
 from cowfleet.zk import layout
@@ -74,10 +77,13 @@ def _request(tx, name: str, generation: int) -> None:
               sequence=True)
 
 
-def _commit(tx) -> None:
-    for r in tx.commit():
+def _commit(tx) -> str | None:
+    """Commit; returns the path of the request znode it created (the last op)."""
+    results = tx.commit()
+    for r in results:
         if isinstance(r, Exception):
             raise r
+    return results[-1] if results and isinstance(results[-1], str) else None
 
 
 def put(zk, name: str, spec: dict, expected: int | None) -> tuple[dict, bool]:
@@ -95,7 +101,7 @@ def put(zk, name: str, spec: dict, expected: int | None) -> tuple[dict, bool]:
             tx.create(layout.group_status(name), GroupStatus().to_bytes())
             _request(tx, name, group.generation)
             try:
-                _commit(tx)
+                hand_off(zk, _commit(tx))
             except NodeExistsError:
                 continue
             return get(zk, name), True
@@ -114,7 +120,7 @@ def put(zk, name: str, spec: dict, expected: int | None) -> tuple[dict, bool]:
         tx.set_data(path, group.to_bytes(), version=version)
         _request(tx, name, group.generation)
         try:
-            _commit(tx)
+            hand_off(zk, _commit(tx))
         except BadVersionError:
             if expected is not None:
                 raise Problem(412, "Precondition Failed", f"instance group '{name}' changed meanwhile")
@@ -136,7 +142,7 @@ def delete(zk, name: str, expected: int | None) -> None:
         tx.set_data(path, group.to_bytes(), version=version)
         _request(tx, name, group.generation)
         try:
-            _commit(tx)
+            hand_off(zk, _commit(tx))
         except BadVersionError:
             continue
         finish_delete_if_empty(zk, name)
@@ -181,3 +187,12 @@ def patch(zk, name: str, changes: dict, expected: int | None) -> dict:
                 continue
             raise
     raise Problem(503, "Service Unavailable", "too many concurrent writers; retry")
+
+
+def placement(zk, name: str) -> dict:
+    fetch(zk, layout.group(name), Group, "instance group", name)
+    try:
+        data, _ = zk.get(layout.group_placement(name))
+    except NoNodeError:
+        raise Problem(404, "Not Found", f"instance group '{name}' has not been placed yet")
+    return json.loads(data.decode())

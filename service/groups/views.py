@@ -1,6 +1,6 @@
 from cowfleet.service.api import endpoint, if_match, json_body, zk
 from cowfleet.service.groups import service
-from cowfleet.service.groups.schemas import GroupSchema, GroupSpecSchema
+from cowfleet.service.groups.schemas import GroupSchema, GroupSpecSchema, PlacementTraceSchema
 from cowfleet.service.resource import crud_blueprint
 
 # DELETE answers 202: the group stays (phase deleting) until its instances are gone
@@ -13,3 +13,10 @@ bp = crud_blueprint("groups", "/v1/instance-groups", service, GroupSpecSchema, G
 def patch(name):
     """JSON merge patch of the spec, e.g. {"size": 80}."""
     return service.patch(zk(), name, json_body(), if_match())
+
+
+@bp.get("/<name>/placement")
+@endpoint(out=PlacementTraceSchema)
+def placement(name):
+    """The group's last placement hand-shake: coordinator, offers per rack, split, timings."""
+    return service.placement(zk(), name)

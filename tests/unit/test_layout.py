@@ -31,7 +31,8 @@ def test_top_level_folders_are_under_root():
     (layout.request("req-0000000001"), "/cowfleet/requests/req-0000000001"),
     (layout.assignments("c1"), "/cowfleet/assignments/c1"),
     (layout.assignment("c1", "web", "web-abc123"), "/cowfleet/assignments/c1/web:web-abc123"),
-    (layout.PLACEMENT_LOCK, "/cowfleet/locks/placement"),
+    (layout.group_lock("web"), "/cowfleet/locks/group-web"),
+    (layout.group_placement("web"), "/cowfleet/groups/web/placement"),
     (layout.REQUEST_PREFIX, "/cowfleet/requests/req-"),
 ])
 def test_paths(path, expected):

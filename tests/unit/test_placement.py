@@ -1,159 +1,156 @@
-"""Node choice for new instances, and which instances go on scale-in."""
+"""Offers and the split of new instances over nodes and racks, and which
+instances go on scale-in."""
 from __future__ import annotations
 
 from collections import Counter
 
 import pytest
 
-from cowfleet.agents.placement import NodeLoad, _victims, assignment_data, choose_nodes, \
-    parse_assignment_data
-from cowfleet.models import Flavor, Instance, InstanceState, NodeInfo
+from cowfleet.agents.handshake import NodeOffer, Reservations, offer_count, split
+from cowfleet.agents.placement import _victims, assignment_data, parse_assignment_data
+from cowfleet.models import Flavor, Instance, InstanceState
 
 SMALL = Flavor("small", vcpus=1, memory_mib=128, disk_gib=1)
 LARGE = Flavor("large", vcpus=2, memory_mib=512, disk_gib=10)
 
 
-def loads(*caps, **kw) -> dict[str, NodeLoad]:
-    """loads((vcpus, mem), ...) -> nodes n1, n2, ... with that capacity."""
-    out = {}
+def offers(*caps, flavor=SMALL, want=10_000, racks=None, used=None, of_group=None) -> list[NodeOffer]:
+    """offers((vcpus, mem), ...) -> nodes n1, n2, ... with that capacity,
+    ``used``: {node: (vcpus, mem)}, ``of_group``: {node: n}, ``racks``: list."""
+    out = []
     for i, (vcpus, mem) in enumerate(caps, start=1):
         name = f"n{i}"
-        out[name] = NodeLoad(NodeInfo(name=name, role="compute", rack="r1",
-                                      capacity={"vcpus": vcpus, "memory_mib": mem}))
+        uv, um = (used or {}).get(name, (0, 0))
+        count = offer_count({"vcpus": vcpus, "memory_mib": mem}, uv, um, (0, 0), flavor, want)
+        out.append(NodeOffer(node=name, rack=(racks or ["r1"] * len(caps))[i - 1], count=count, version=0,
+                             of_group=(of_group or {}).get(name, 0), used_vcpus=uv, used_memory_mib=um))
     return out
 
 
-def names(nodes) -> list[str]:
-    return [n.name for n in nodes]
-
-
-def check_capacity(ls: dict[str, NodeLoad]):
-    for load in ls.values():
-        assert load.vcpus <= load.node.capacity.get("vcpus", 0)
-        assert load.memory_mib <= load.node.capacity.get("memory_mib", 0)
+def total(take: dict) -> int:
+    return sum(take.values())
 
 
 @pytest.mark.parametrize("count, n_nodes", [(1, 3), (3, 3), (7, 3), (10, 4), (13, 5), (2, 5)])
-def test_spread_balances_within_one(count, n_nodes):
-    ls = loads(*[(64, 65536)] * n_nodes)
-    chosen = choose_nodes(count, SMALL, ls, "spread", None)
-    assert len(chosen) == count
-    per = Counter(names(chosen))
-    counts = [per.get(f"n{i}", 0) for i in range(1, n_nodes + 1)]
+def test_spread_balances_nodes_within_one(count, n_nodes):
+    take = split(offers(*[(64, 65536)] * n_nodes), count, "spread", None)
+    assert total(take) == count
+    counts = [take.get(f"n{i}", 0) for i in range(1, n_nodes + 1)]
     assert max(counts) - min(counts) <= 1, counts
 
 
+@pytest.mark.parametrize("count, racks, per_rack", [(1000, 20, 10), (7, 3, 2), (31, 4, 3), (5, 5, 1)])
+def test_spread_balances_racks_within_one(count, racks, per_rack):
+    names = [f"r{r}" for r in range(racks) for _ in range(per_rack)]
+    os = offers(*[(400, 1 << 20)] * len(names), racks=names)
+    take = split(os, count, "spread", None)
+    assert total(take) == count
+    rack_of = {o.node: o.rack for o in os}
+    per = Counter()
+    for node, n in take.items():
+        per[rack_of[node]] += n
+    counts = [per.get(f"r{r}", 0) for r in range(racks)]
+    assert max(counts) - min(counts) <= 1, counts
+    assert max(take.values()) - min(take.get(o.node, 0) for o in os) <= 1
+
+
+def test_spread_fills_the_rack_with_fewer_instances_of_the_group_first():
+    os = offers((64, 65536), (64, 65536), (64, 65536), racks=["a", "a", "b"], of_group={"n1": 2, "n2": 2})
+    assert split(os, 3, "spread", None) == {"n3": 3}
+
+
+def test_spread_balances_when_a_rack_runs_out():
+    os = offers((1, 65536), (64, 65536), racks=["a", "b"])
+    assert split(os, 5, "spread", None) == {"n1": 1, "n2": 4}
+
+
 def test_spread_takes_existing_instances_of_the_group_into_account():
-    ls = loads((64, 65536), (64, 65536), (64, 65536))
-    ls["n1"].of_group = 3
-    ls["n2"].of_group = 1
-    chosen = choose_nodes(4, SMALL, ls, "spread", None)
-    per = Counter(names(chosen))
-    assert per == {"n3": 2, "n2": 2}
-    assert [l.of_group for l in ls.values()] == [3, 3, 2]
+    take = split(offers(*[(64, 65536)] * 3, of_group={"n1": 3, "n2": 1}), 4, "spread", None)
+    assert take == {"n3": 2, "n2": 2}
 
 
-def test_spread_prefers_the_less_used_node_on_a_tie():
-    ls = loads((8, 4096), (8, 4096))
-    ls["n1"].memory_mib = 2048
-    ls["n1"].vcpus = 2
-    assert names(choose_nodes(1, SMALL, ls, "spread", None)) == ["n2"]
+def test_spread_prefers_the_node_with_more_room_on_a_tie():
+    take = split(offers((8, 4096), (8, 4096), used={"n1": (2, 2048)}), 1, "spread", None)
+    assert take == {"n2": 1}
 
 
 def test_pack_fills_one_node_before_the_next():
-    ls = loads((4, 65536), (4, 65536), (4, 65536))
-    chosen = names(choose_nodes(10, SMALL, ls, "pack", None))
-    assert len(chosen) == 10
-    # consecutive runs: each node is used in one block of 4 (its vCPU capacity)
-    blocks = [chosen[i:i + 4] for i in range(0, 10, 4)]
-    assert all(len(set(b)) == 1 for b in blocks), chosen
-    assert len({b[0] for b in blocks}) == 3
-    assert Counter(chosen)[blocks[0][0]] == 4
-    check_capacity(ls)
+    take = split(offers((4, 65536), (4, 65536), (4, 65536)), 10, "pack", None)
+    assert total(take) == 10
+    assert sorted(take.values()) == [2, 4, 4]
 
 
 def test_pack_prefers_the_most_used_node():
-    ls = loads((8, 4096), (8, 4096), (8, 4096))
-    ls["n2"].memory_mib = 1024
-    ls["n2"].vcpus = 1
-    assert names(choose_nodes(3, SMALL, ls, "pack", None)) == ["n2"] * 3
+    take = split(offers((8, 4096), (8, 4096), (8, 4096), used={"n2": (1, 1024)}), 3, "pack", None)
+    assert take == {"n2": 3}
 
 
 def test_pack_skips_a_full_node():
-    ls = loads((8, 4096), (8, 4096))
-    ls["n1"].memory_mib = 4096 - 100   # most used, but no room
-    assert names(choose_nodes(2, SMALL, ls, "pack", None)) == ["n2", "n2"]
+    take = split(offers((8, 4096), (8, 4096), used={"n1": (0, 4096 - 100)}), 2, "pack", None)
+    assert take == {"n2": 2}
 
 
 @pytest.mark.parametrize("strategy", ["spread", "pack"])
 @pytest.mark.parametrize("max_per_node", [1, 2, 3])
 def test_max_per_node_respected(strategy, max_per_node):
-    ls = loads(*[(64, 65536)] * 3)
-    chosen = choose_nodes(20, SMALL, ls, strategy, max_per_node)
-    per = Counter(names(chosen))
-    assert len(chosen) == 3 * max_per_node
-    assert all(v == max_per_node for v in per.values())
-    assert len(per) == 3
+    take = split(offers(*[(64, 65536)] * 3), 20, strategy, max_per_node)
+    assert take == {"n1": max_per_node, "n2": max_per_node, "n3": max_per_node}
 
 
 def test_max_per_node_counts_existing_instances():
-    ls = loads((64, 65536), (64, 65536))
-    ls["n1"].of_group = 2
-    assert names(choose_nodes(5, SMALL, ls, "pack", 2)) == ["n2", "n2"]
+    assert split(offers((64, 65536), (64, 65536), of_group={"n1": 2}), 5, "pack", 2) == {"n2": 2}
 
 
 @pytest.mark.parametrize("strategy", ["spread", "pack"])
 @pytest.mark.parametrize("flavor", [SMALL, LARGE], ids=["small", "large"])
 def test_capacity_never_exceeded(strategy, flavor):
-    ls = loads((3, 65536), (64, 600), (5, 1100), (0, 0), (2, 511))
-    chosen = choose_nodes(100, flavor, ls, strategy, None)
-    check_capacity(ls)
-    per = Counter(names(chosen))
+    take = split(offers((3, 65536), (64, 600), (5, 1100), (0, 0), (2, 511), flavor=flavor), 100, strategy, None)
     if flavor is SMALL:
         # n1: 3 vCPU; n2: 600 MiB -> 4; n3: min(5, 8) = 5; n4 nothing; n5: min(2, 3) = 2
-        assert per == {"n1": 3, "n2": 4, "n3": 5, "n5": 2}
+        assert take == {"n1": 3, "n2": 4, "n3": 5, "n5": 2}
     else:
         # n1: 1 (2 of 3 vCPU); n2: 1 (512 of 600 MiB); n3: min(2, 2) = 2; n5: 511 MiB < 512
-        assert per == {"n1": 1, "n2": 1, "n3": 2}
+        assert take == {"n1": 1, "n2": 1, "n3": 2}
 
 
 def test_existing_load_from_other_groups_counts_against_capacity():
-    ls = loads((4, 1024))
-    ls["n1"].vcpus = 3
-    ls["n1"].memory_mib = 100
-    assert len(choose_nodes(5, SMALL, ls, "spread", None)) == 1
-    check_capacity(ls)
+    assert split(offers((4, 1024), used={"n1": (3, 100)}), 5, "spread", None) == {"n1": 1}
 
 
 @pytest.mark.parametrize("strategy", ["spread", "pack"])
-def test_fewer_nodes_when_capacity_runs_out(strategy):
-    ls = loads((2, 65536), (1, 65536))
-    chosen = choose_nodes(5, SMALL, ls, strategy, None)
-    assert len(chosen) == 3
-    assert Counter(names(chosen)) == {"n1": 2, "n2": 1}
+def test_fewer_when_capacity_runs_out(strategy):
+    assert split(offers((2, 65536), (1, 65536)), 5, strategy, None) == {"n1": 2, "n2": 1}
 
 
-def test_no_nodes_or_zero_count():
-    assert choose_nodes(3, SMALL, {}, "spread", None) == []
-    assert choose_nodes(0, SMALL, loads((4, 4096)), "spread", None) == []
+def test_no_offers_or_zero_count():
+    assert split([], 3, "spread", None) == {}
+    assert split(offers((4, 4096)), 0, "spread", None) == {}
 
 
-def test_node_without_capacity_never_fits():
-    ls = {"x": NodeLoad(NodeInfo(name="x", role="compute", rack="r"))}
-    assert choose_nodes(1, SMALL, ls, "spread", None) == []
+def test_offer_count_is_inclusive_at_capacity_and_honours_reservations():
+    cap = {"vcpus": 4, "memory_mib": 512}
+    assert offer_count(cap, 0, 0, (0, 0), SMALL, 100) == 4
+    assert offer_count(cap, 3, 384, (0, 0), SMALL, 100) == 1
+    assert offer_count(cap, 4, 0, (0, 0), SMALL, 100) == 0
+    assert offer_count(cap, 0, 0, (2, 128), SMALL, 100) == 2
+    assert offer_count(cap, 0, 0, (0, 0), SMALL, 3) == 3
+    assert offer_count({}, 0, 0, (0, 0), SMALL, 3) == 0
+    assert offer_count(cap, 5, 0, (0, 0), SMALL, 3) == 0      # over-used: never negative
 
 
-def test_choose_nodes_updates_loads():
-    ls = loads((8, 4096))
-    choose_nodes(3, LARGE, ls, "spread", None)
-    assert (ls["n1"].vcpus, ls["n1"].memory_mib, ls["n1"].of_group) == (6, 1536, 3)
-
-
-def test_fits_is_inclusive_at_capacity():
-    load = loads((1, 128))["n1"]
-    assert load.fits(SMALL)
-    load.take(SMALL)
-    assert not load.fits(SMALL)
+def test_reservations_count_other_requests_until_released_or_expired():
+    r = Reservations(ttl=60)
+    r.hold("req-1", 2, 256)
+    r.hold("req-2", 1, 128)
+    assert r.held_by_others("req-1") == (1, 128)
+    assert r.held_by_others("req-3") == (3, 384)
+    r.release("req-2")
+    assert r.held_by_others("req-1") == (0, 0)
+    r.hold("req-1", 0, 0)                 # an offer of nothing holds nothing
+    assert len(r) == 0
+    expired = Reservations(ttl=-1)
+    expired.hold("req-9", 4, 512)
+    assert expired.held_by_others("req-1") == (0, 0)
 
 
 def test_assignment_data_round_trip():

@@ -1,0 +1,67 @@
+"""Many compute agents in one process, for scale tests of the control plane.
+
+Each is a full ComputeAgent -- its own ZooKeeper session, membership,
+election, P2P endpoint and assignment cache -- with the fake hypervisor,
+so one machine can host hundreds (bench/placement.py). Threads, not
+processes: 200 Python processes would cost gigabytes and minutes to start.
+
+    python -m cowfleet.agents.fleet --zk HOSTS --racks r01,r02 --nodes-per-rack 10 --state-dir D
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="cowfleet-fleet", description=__doc__.splitlines()[0])
+    p.add_argument("--zk", required=True)
+    p.add_argument("--racks", required=True, help="comma-separated rack names")
+    p.add_argument("--nodes-per-rack", type=int, default=10)
+    p.add_argument("--state-dir", required=True)
+    p.add_argument("--vcpus", type=int, default=64)
+    p.add_argument("--memory-mib", type=int, default=65536)
+    p.add_argument("--log-level", default="WARNING")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kazoo").setLevel(logging.ERROR)
+
+    from cowfleet.agents.compute.agent import ComputeAgent
+    from cowfleet.agents.compute.hypervisor import FakeHypervisor
+
+    def make(rack: str, i: int) -> ComputeAgent:
+        name = f"{rack}-n{i:02d}"
+        return ComputeAgent(name=name, rack=rack, zk_hosts=args.zk, state_dir=f"{args.state_dir}/{name}",
+                            hypervisor=FakeHypervisor(), vcpus=args.vcpus, memory_mib=args.memory_mib,
+                            workers=2)
+    specs = [(r, i) for r in args.racks.split(",") for i in range(1, args.nodes_per_rack + 1)]
+    with ThreadPoolExecutor(8) as pool:           # sessions open in parallel
+        agents = list(pool.map(lambda s: make(*s), specs))
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+        for a in agents:
+            a.stopping.set()
+            a.wake.set()
+            if hasattr(a, "leader_wake"):
+                a.leader_wake.set()
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    threads = [threading.Thread(target=a.run, name=a.name, daemon=True) for a in agents]
+    for t in threads:
+        t.start()
+    print(f"fleet of {len(agents)} agents running", flush=True)
+    stop.wait()
+    for t in threads:
+        t.join(10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

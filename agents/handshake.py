@@ -1,0 +1,278 @@
+"""The placement hand-shake between agents (seed 001, steps 2-5).
+
+The coordinator (a compute rack leader handed a request) asks every compute
+rack leader, in parallel, for offers; each rack leader asks the compute
+agents of its rack, in parallel; each agent answers how many instances of the
+flavor it can take and holds a short reservation for them. The coordinator
+splits the request by the placement policy (``split``) and commits the
+assignments in one ZooKeeper transaction (placement.py).
+
+Over-commit is impossible, not just unlikely: an offer carries the version of
+the node's assignment folder it was computed from, and the commit sets that
+folder's data with that version, so two coordinators that both counted the
+same free space cannot both commit. Reservations only keep concurrent
+requests from chasing the same space in the first place.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import requests
+
+from cowfleet.models import Flavor, NodeInfo
+from cowfleet.zk import layout
+from cowfleet.zk.connection import read_children
+from cowfleet.zk.leaders import rack_leaders
+
+RESERVATION_SECONDS = 10.0
+P2P_TIMEOUT = 3.0
+
+_session = threading.local()
+
+
+def post(url: str, body: dict, timeout: float = P2P_TIMEOUT) -> dict:
+    """One P2P call (a session per thread: connections are reused)."""
+    s = getattr(_session, "s", None)
+    if s is None:
+        s = _session.s = requests.Session()
+    resp = s.post(url, json=body, timeout=timeout)
+    resp.raise_for_status()
+    return resp.json()
+
+
+@dataclass
+class NodeOffer:
+    node: str
+    rack: str
+    count: int                 # instances of the flavor this node can take now
+    version: int               # of its assignment folder when the offer was made
+    of_group: int = 0          # instances of this group it already runs
+    used_vcpus: int = 0
+    used_memory_mib: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NodeOffer":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+class Reservations:
+    """Capacity an agent has offered and not yet seen committed or expired."""
+
+    def __init__(self, ttl: float = RESERVATION_SECONDS):
+        self.ttl = ttl
+        self._held: dict[str, tuple[int, int, float]] = {}   # request -> (vcpus, mib, expiry)
+        self._lock = threading.Lock()
+
+    def held_by_others(self, request: str) -> tuple[int, int]:
+        now = time.monotonic()
+        with self._lock:
+            for r in [r for r, (_, _, exp) in self._held.items() if exp < now]:
+                del self._held[r]
+            vcpus = sum(v for r, (v, _, _) in self._held.items() if r != request)
+            mib = sum(m for r, (_, m, _) in self._held.items() if r != request)
+        return vcpus, mib
+
+    def hold(self, request: str, vcpus: int, mib: int) -> None:
+        with self._lock:
+            if vcpus or mib:
+                self._held[request] = (vcpus, mib, time.monotonic() + self.ttl)
+            else:
+                self._held.pop(request, None)
+
+    def release(self, request: str) -> None:
+        with self._lock:
+            self._held.pop(request, None)
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+
+def offer_count(capacity: dict, used_vcpus: int, used_mib: int, reserved: tuple[int, int],
+                flavor: Flavor, want: int) -> int:
+    free_v = capacity.get("vcpus", 0) - used_vcpus - reserved[0]
+    free_m = capacity.get("memory_mib", 0) - used_mib - reserved[1]
+    fits = []
+    if flavor.vcpus > 0:
+        fits.append(free_v // flavor.vcpus)
+    if flavor.memory_mib > 0:
+        fits.append(free_m // flavor.memory_mib)
+    return max(0, min([want] + fits))
+
+
+def split(offers: list[NodeOffer], want: int, strategy: str, max_per_node: int | None) -> dict[str, int]:
+    """How many new instances each node gets.
+
+    spread: each next instance goes to the rack with the fewest instances of
+    the group, and there to the node with the fewest: racks and nodes stay
+    balanced within one (as far as capacity allows). pack: fill the busiest
+    node that still has room, then the next.
+    """
+    room = {}
+    for o in offers:
+        cap = o.count
+        if max_per_node is not None:
+            cap = min(cap, max_per_node - o.of_group)
+        if cap > 0:
+            room[o.node] = cap
+    by_node = {o.node: o for o in offers}
+    take: dict[str, int] = {}
+    if strategy == "pack":
+        order = sorted(room, key=lambda n: (-by_node[n].used_memory_mib, -by_node[n].used_vcpus,
+                                            -by_node[n].of_group, n))
+        for n in order:
+            if want <= 0:
+                break
+            k = min(room[n], want)
+            take[n] = k
+            want -= k
+        return take
+    node_count = {o.node: o.of_group for o in offers}
+    rack_count: dict[str, int] = {}
+    racks: dict[str, list[str]] = {}
+    for o in offers:
+        rack_count[o.rack] = rack_count.get(o.rack, 0) + o.of_group
+        if o.node in room:
+            racks.setdefault(o.rack, []).append(o.node)
+    for _ in range(want):
+        open_racks = [r for r, nodes in racks.items() if nodes]
+        if not open_racks:
+            break
+        rack = min(open_racks, key=lambda r: (rack_count[r], -sum(room[n] for n in racks[r]), r))
+        node = min(racks[rack], key=lambda n: (node_count[n], -room[n], n))
+        take[node] = take.get(node, 0) + 1
+        node_count[node] += 1
+        rack_count[rack] += 1
+        room[node] -= 1
+        if room[node] == 0:
+            racks[rack].remove(node)
+    return take
+
+
+@dataclass
+class Trace:
+    """What an operator needs to see why instances went where."""
+    request: str
+    group: str
+    coordinator: str
+    want: int
+    via: str = ""              # hand-off (from the service), queue (claimed), sweep (periodic)
+    started_at: float = field(default_factory=time.time)
+    racks: dict = field(default_factory=dict)     # rack -> {leader, ms, offers: {node: n}, error?}
+    split: dict = field(default_factory=dict)     # node -> n
+    per_rack: dict = field(default_factory=dict)  # rack -> n
+    unplaced: int = 0
+    attempts: int = 0
+    offers_ms: float = 0.0
+    commit_ms: float = 0.0
+    total_ms: float = 0.0
+    outcome: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Gatherer:
+    """Asks for offers. ``HandshakeGatherer`` goes over the agents' P2P
+    endpoints; ``LocalGatherer`` computes the same offers from ZooKeeper
+    alone (unit tests, and a coordinator whose peers are unreachable)."""
+
+    def offers(self, zk, request: str, group: str, flavor: Flavor, want: int,
+               trace: Trace) -> list[NodeOffer]:
+        raise NotImplementedError
+
+    def release(self, zk, request: str) -> None:
+        """Drop the reservations of ``request`` (best effort, may be async)."""
+
+
+def node_offer(zk, node: NodeInfo, group: str, flavor: Flavor, want: int,
+               reserved: tuple[int, int] = (0, 0)) -> NodeOffer:
+    """A node's offer from its assignments in ZooKeeper. The folder version
+    is read first: any commit after it bumps it, so the offer is never newer
+    than the version it names."""
+    from cowfleet.agents.placement import DESIRED_RUN, parse_assignment_data
+    folder = layout.assignments(node.name)
+    stat = zk.exists(folder)
+    if stat is None:
+        zk.ensure_path(folder)
+        stat = zk.exists(folder)
+    children = zk.get_children(folder)
+    pending = [(c, zk.get_async(f"{folder}/{c}")) for c in children]
+    used_v = used_m = of_group = 0
+    for child, res in pending:
+        try:
+            data, _ = res.get()
+        except Exception:
+            continue
+        a = parse_assignment_data(data)
+        if a.get("desired") != DESIRED_RUN:
+            continue          # terminating: its resources are being freed
+        used_v += int(a.get("vcpus", 0))
+        used_m += int(a.get("memory_mib", 0))
+        if layout.parse_assignment(child)[0] == group:
+            of_group += 1
+    count = offer_count(node.capacity, used_v, used_m, reserved, flavor, want)
+    return NodeOffer(node=node.name, rack=node.rack, count=count, version=stat.version,
+                     of_group=of_group, used_vcpus=used_v, used_memory_mib=used_m)
+
+
+def compute_nodes(zk, rack: str | None = None) -> list[NodeInfo]:
+    return [n for n, _ in read_children(zk, layout.NODES, NodeInfo)
+            if n.role == "compute" and n.healthy and (rack is None or n.rack == rack)]
+
+
+class LocalGatherer(Gatherer):
+    def offers(self, zk, request, group, flavor, want, trace):
+        out = [node_offer(zk, n, group, flavor, want) for n in compute_nodes(zk)]
+        for o in out:
+            trace.racks.setdefault(o.rack, {"leader": None, "offers": {}})["offers"][o.node] = o.count
+        return out
+
+
+class HandshakeGatherer(Gatherer):
+    """The coordinator's side: every compute rack leader in parallel (its own
+    rack answered in-process by ``local_rack``)."""
+
+    def __init__(self, me: str, local_rack=None, pool_size: int = 32):
+        self.me = me
+        self.local_rack = local_rack    # callable(body) -> rack answer, for the coordinator's rack
+        self.pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="handshake")
+
+    def offers(self, zk, request, group, flavor, want, trace):
+        leaders = rack_leaders(zk, "compute")
+        body = {"request": request, "group": group, "flavor": flavor.to_dict(), "want": want}
+
+        def ask(rack: str, leader: NodeInfo) -> tuple[str, dict]:
+            t0 = time.monotonic()
+            try:
+                if leader.name == self.me and self.local_rack is not None:
+                    answer = self.local_rack(body)
+                else:
+                    answer = post(f"{leader.address}/v1/rack-offers", body)
+                entry = {"leader": leader.name, "offers": {o["node"]: o["count"] for o in answer["offers"]}}
+                entry.update({k: v for k, v in answer.items() if k in ("errors",)})
+            except Exception as exc:   # a rack that cannot answer offers nothing this round
+                answer, entry = {"offers": []}, {"leader": leader.name, "offers": {},
+                                                 "error": f"{type(exc).__name__}: {exc}"[:200]}
+            entry["ms"] = round((time.monotonic() - t0) * 1000, 1)
+            return rack, dict(answer, _trace=entry)
+
+        results = list(self.pool.map(lambda kv: ask(*kv), leaders.items()))
+        out = []
+        for rack, answer in results:
+            trace.racks[rack] = answer["_trace"]
+            out.extend(NodeOffer.from_dict(o) for o in answer["offers"])
+        return out
+
+    def release(self, zk, request):
+        def tell():
+            for rack, leader in rack_leaders(zk, "compute").items():
+                try:
+                    if leader.name == self.me and self.local_rack is not None:
+                        continue       # released in-process by the caller
+                    post(f"{leader.address}/v1/release", {"request": request}, timeout=1)
+                except Exception:
+                    pass               # reservations expire anyway
+        self.pool.submit(tell)

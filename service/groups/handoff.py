@@ -1,0 +1,41 @@
+"""The fast path of a deploy request (ARCHITECTURE §3 step 2): the service
+reads the compute rack leaders from ZooKeeper, picks one and hands it the
+request over its P2P endpoint, from a background thread so the API answers
+at once. If that fails, nothing is lost: the request is queued in ZooKeeper
+and a leader claims it after a grace period."""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+
+import requests
+
+from cowfleet.zk.leaders import rack_leaders
+
+log = logging.getLogger(__name__)
+_session = threading.local()
+
+
+def hand_off(zk, request_path: str | None) -> None:
+    if not request_path:
+        return
+    seq = request_path.rsplit("/", 1)[-1]
+    threading.Thread(target=_deliver, args=(zk, seq), name=f"handoff-{seq}", daemon=True).start()
+
+
+def _deliver(zk, seq: str) -> None:
+    try:
+        leaders = list(rack_leaders(zk, "compute").values())
+        random.shuffle(leaders)
+        s = getattr(_session, "s", None) or requests.Session()
+        _session.s = s
+        for leader in leaders[:2]:         # a second try elsewhere, then the queue
+            try:
+                resp = s.post(f"{leader.address}/v1/deploy", json={"request": seq}, timeout=2)
+                if resp.status_code == 202:
+                    return
+            except requests.RequestException as exc:
+                log.info("hand-off of %s to %s failed: %s", seq, leader.name, exc)
+    except Exception:
+        log.exception("hand-off of %s failed; a leader will claim it from the queue", seq)
