@@ -47,10 +47,7 @@ def main(argv=None) -> int:
     def on_signal(signum, frame):
         stop.set()
         for a in agents:
-            a.stopping.set()
-            a.wake.set()
-            if hasattr(a, "leader_wake"):
-                a.leader_wake.set()
+            a.request_stop()
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     threads = [threading.Thread(target=a.run, name=a.name, daemon=True) for a in agents]

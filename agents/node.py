@@ -225,14 +225,16 @@ class NodeAgent:
         except Exception:
             pass
 
+    def request_stop(self) -> None:
+        """Ask the loops to end (safe from a signal handler)."""
+        self.stopping.set()
+        self.wake.set()
+        if hasattr(self, "leader_wake"):
+            self.leader_wake.set()
+
     def install_signal_handlers(self) -> None:
-        def stop(signum, frame):
-            self.stopping.set()
-            self.wake.set()
-            if hasattr(self, "leader_wake"):
-                self.leader_wake.set()
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, lambda signum, frame: self.request_stop())
+        signal.signal(signal.SIGINT, lambda signum, frame: self.request_stop())
 
 
 def _problem(status: int, detail: str) -> Response:
