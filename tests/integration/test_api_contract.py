@@ -178,6 +178,19 @@ def test_pagination_and_label_filter(client, image_demo):
         wait_until(lambda: not client.request("GET", "/v1/instance-groups").json(), 30, "groups gone")
 
 
+def test_nodes_are_paged_and_filtered_like_other_lists(lab, client):
+    everyone = client.request("GET", "/v1/nodes").json()
+    assert {n["role"] for n in everyone} == {"compute", "storage"}
+    first = client.request("GET", "/v1/nodes?limit=1")
+    assert [n["name"] for n in first.json()] == [sorted(n["name"] for n in everyone)[0]]
+    assert 'rel="next"' in first.headers["Link"]
+    storage = client.request("GET", "/v1/nodes?label=role=storage").json()
+    assert storage and {n["role"] for n in storage} == {"storage"}
+    with pytest.raises(ApiError) as err:
+        client.request("GET", "/v1/nodes?limit=0")
+    assert err.value.status == 422
+
+
 def test_openapi_document(lab, client):
     doc = client.request("GET", "/v1/openapi.json").json()
     assert doc["openapi"].startswith("3.")
