@@ -43,7 +43,6 @@ LIST_PARAMS = [
 ]
 
 
-
 def ecma(pattern: str) -> str:
     """A Python pattern as JSON Schema (ECMA-262) reads it: ``\\Z`` (end,
     no trailing newline) is ``$`` there; ECMA would read ``\\Z`` as a literal Z."""
