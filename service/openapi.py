@@ -9,6 +9,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields
 
 import cowfleet
+from cowfleet.service.api import NAME_RE
 
 PROBLEM = "application/problem+json"
 
@@ -35,9 +36,67 @@ REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "
 LIST_PARAMS = [
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
     {"name": "after", "in": "query", "schema": {"type": "string"}},
-    {"name": "label", "in": "query", "schema": {"type": "array", "items": {"type": "string"}},
-     "style": "form", "explode": True, "description": "key=value; several are ANDed"},
+    {"name": "label", "in": "query",
+     "schema": {"type": "array", "items": {"type": "string", "pattern": "^[^=]+="}},
+     "style": "form", "explode": True,
+     "description": "key=value; several are ANDed (nodes have no labels: they match role= and rack=)"},
 ]
+
+
+def ecma(pattern: str) -> str:
+    """A Python pattern as JSON Schema (ECMA-262) reads it: ``\\Z`` (end,
+    no trailing newline) is ``$`` there; ECMA would read ``\\Z`` as a literal Z."""
+    return pattern[:-2] + "$" if pattern.endswith("\\Z") else pattern
+
+
+# a name in a path: what api.existing_name / check_name accept (others: 404 or 422)
+NAME_PARAM = {"type": "string", "pattern": ecma(NAME_RE.pattern), "minLength": 1, "maxLength": 63}
+# what api.if_match() accepts: '*', or a version, quoted or bare, optionally weak (W/)
+IF_MATCH = {"name": "If-Match", "in": "header", "required": False,
+            "description": 'The etag the write is conditional on: "7", 7, W/"7" or *; '
+                           "a stale one gets 412",
+            "schema": {"type": "string", "pattern": '^(\\*|(W/)?("[0-9]+"|[0-9]+))$'}}
+
+
+def merge_patch_schema(schema: dict, components: dict) -> dict:
+    """The schema of a JSON merge patch (RFC 7386) of what ``schema``
+    describes: at every depth each member is optional and may be null
+    (null removes it), and nothing has a default (absent means unchanged).
+    Arrays and scalars are replaced whole, so they keep their schema."""
+    if "$ref" in schema:
+        schema = components[schema["$ref"].rsplit("/", 1)[-1]]
+    out = {k: v for k, v in schema.items() if k not in ("required", "default")}
+    if "properties" in out:
+        out["properties"] = {k: dict(merge_patch_schema(v, components), nullable=True)
+                             for k, v in out["properties"].items()}
+    if isinstance(out.get("additionalProperties"), dict):
+        out["additionalProperties"] = dict(merge_patch_schema(out["additionalProperties"], components),
+                                           nullable=True)
+    return out
+
+
+def _ecma_patterns(node):
+    """Every ``pattern`` in the document, as ECMA-262 reads it."""
+    if isinstance(node, dict):
+        return {k: ecma(v) if k == "pattern" and isinstance(v, str) else _ecma_patterns(v)
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_ecma_patterns(v) for v in node]
+    return node
+
+
+def _body_ref(spec: APISpec, api: dict) -> dict:
+    """The request body's schema: the input schema, or for a merge patch its
+    partial, nullable form (``<Name>Patch``)."""
+    name = _name(api["body"])
+    if name not in spec.components.schemas:
+        spec.components.schema(name, schema=api["body"])
+    if api["patch"]:
+        whole, name = name, name + "Patch"
+        if name not in spec.components.schemas:
+            schemas = spec.components.schemas
+            spec.components.schema(name, component=merge_patch_schema(schemas[whole], schemas))
+    return {"$ref": f"#/components/schemas/{name}"}
 
 
 def _name(schema: type[Schema]) -> str:
@@ -62,11 +121,11 @@ def build(app) -> dict:
                         "responses": {}}
             if api["doc"]:
                 op["summary"] = api["doc"].splitlines()[0]
-            params = [{"name": a, "in": "path", "required": True, "schema": {"type": "string"}}
-                      for a in rule.arguments]
+            params = [{"name": a, "in": "path", "required": True,
+                       "schema": NAME_PARAM if a == "name" else {"type": "string"}}
+                      for a in sorted(rule.arguments)]
             if method in ("PUT", "PATCH", "DELETE") and rule.arguments:
-                params.append({"name": "If-Match", "in": "header", "required": False,
-                               "schema": {"type": "string"}})
+                params.append(IF_MATCH)
             if api["many"]:
                 params += LIST_PARAMS
             if api.get("raw_body"):
@@ -78,9 +137,7 @@ def build(app) -> dict:
             if params:
                 op["parameters"] = params
             if api["body"] is not None:
-                if _name(api["body"]) not in spec.components.schemas:
-                    spec.components.schema(_name(api["body"]), schema=api["body"])
-                ref = {"$ref": f"#/components/schemas/{_name(api['body'])}"}
+                ref = _body_ref(spec, api)
                 media = "application/merge-patch+json" if api["patch"] else "application/json"
                 op["requestBody"] = {"required": True, "content": {media: {"schema": ref}}}
             for code in api["codes"]:
@@ -102,4 +159,4 @@ def build(app) -> dict:
     spec.path(path="/healthz", operations={"get": {"operationId": "healthz", "security": [],
               "responses": {"200": {"description": "ZooKeeper reachable"},
                             "503": {"description": "ZooKeeper unreachable"}}}})
-    return spec.to_dict()
+    return _ecma_patterns(spec.to_dict())

@@ -45,12 +45,19 @@ def list_query(args) -> ListQuery:
     return ListQuery(limit=int(raw), after=args.get("after") or None, labels=labels)
 
 
-def page(zk, folder: str, path_of: Callable[[str], str], cls, view: Callable, q: ListQuery) -> Result:
+def _labels(record) -> dict[str, str]:
+    return getattr(record, "labels", None) or {}
+
+
+def page(zk, folder: str, path_of: Callable[[str], str], cls, view: Callable, q: ListQuery,
+         labels_of: Callable[[object], dict[str, str]] = _labels) -> Result:
+    """One page of ``folder``'s children; ``labels_of(record)`` is what
+    ``label=`` selectors match (the record's own ``labels`` by default)."""
     names = sorted(n for n in zk.get_children(folder) if q.after is None or n > q.after)
     items, more = [], False
     for name in names:
         got = read(zk, path_of(name), cls)
-        if got is None or not q.matches(getattr(got[0], "labels", {}) or {}):
+        if got is None or not q.matches(labels_of(got[0])):
             continue
         if len(items) == q.limit:
             more = True

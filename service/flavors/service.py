@@ -3,14 +3,13 @@ default (created by the service on its first connection). Changing a flavor
 affects instances placed afterwards, not running ones."""
 from __future__ import annotations
 
-from kazoo.exceptions import BadVersionError, NodeExistsError
-
 from cowfleet.models import Flavor, Group
 from cowfleet.service.api import Result, fetch
 from cowfleet.service.paging import ListQuery, page
 from cowfleet.service.problems import Problem, conflict
+from cowfleet.service.upsert import create_or_update
 from cowfleet.zk import layout
-from cowfleet.zk.connection import read, read_children
+from cowfleet.zk.connection import read_children
 
 
 def view(zk, flavor: Flavor, version: int) -> dict:
@@ -26,28 +25,17 @@ def list_(zk, q: ListQuery) -> Result:
 
 
 def put(zk, name: str, spec: dict, expected: int | None) -> tuple[dict, bool]:
-    path = layout.flavor(name)
+    """Create, confirm or update a flavor; returns (view, created)."""
     new = Flavor(name=name, **spec)
-    got = read(zk, path, Flavor)
-    if got is None:
-        if expected is not None:
-            raise Problem(412, "Precondition Failed", f"flavor '{name}' does not exist")
-        try:
-            zk.create(path, new.to_bytes())
-            return get(zk, name), True
-        except NodeExistsError:
-            got = read(zk, path, Flavor)
-    flavor, version = got
-    if expected is not None and expected != version:
-        raise Problem(412, "Precondition Failed", f"flavor '{name}' is at version {version}, not {expected}")
-    if flavor == new:
-        return view(zk, flavor, version), False
-    try:
-        zk.set(path, new.to_bytes(), version=version)
-    except BadVersionError:
-        raise Problem(412 if expected is not None else 409, "Conflict",
-                      f"flavor '{name}' changed meanwhile; retry")
-    return get(zk, name), False
+
+    def create() -> Flavor:
+        zk.create(layout.flavor(name), new.to_bytes())
+        return new
+
+    flavor, version, created = create_or_update(zk, layout.flavor(name), Flavor, f"flavor '{name}'",
+                                                expected, create,
+                                                lambda current: None if current == new else new)
+    return view(zk, flavor, version), created
 
 
 def delete(zk, name: str, expected: int | None) -> None:

@@ -4,14 +4,15 @@ from __future__ import annotations
 import re
 
 import requests
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from kazoo.exceptions import NodeExistsError, NoNodeError
 
 from cowfleet.models import Group, Image, ImageStatus, NodeInfo, Replica
 from cowfleet.service.api import Result, fetch
 from cowfleet.service.paging import ListQuery, page
 from cowfleet.service.problems import Problem, conflict, invalid
+from cowfleet.service.upsert import create_or_update
 from cowfleet.zk import layout
-from cowfleet.zk.connection import read, read_children
+from cowfleet.zk.connection import read_children
 
 
 def _status(image: Image, replicas: list[Replica], storage_nodes: int) -> tuple[str, str]:
@@ -49,40 +50,27 @@ def list_(zk, q: ListQuery) -> Result:
 
 def put(zk, name: str, spec: dict, expected: int | None) -> tuple[dict, bool]:
     """Create, confirm or update an image; returns (view, created)."""
-    path = layout.image(name)
-    for _ in range(10):
-        got = read(zk, path, Image)
-        if got is None:
-            if expected is not None:
-                raise Problem(412, "Precondition Failed", f"image '{name}' does not exist")
-            image = Image(name=name, **spec)
-            try:
-                tx = zk.transaction()
-                tx.create(path, image.to_bytes())
-                tx.create(layout.image_replicas(name), b"")
-                _commit(tx)
-            except NodeExistsError:
-                continue
-            return get(zk, name), True
-        image, version = got
-        if expected is not None and expected != version:
-            raise Problem(412, "Precondition Failed",
-                          f"image '{name}' is at version {version}, not {expected}")
+    def create() -> Image:
+        image = Image(name=name, **spec)
+        tx = zk.transaction()
+        tx.create(layout.image(name), image.to_bytes())
+        tx.create(layout.image_replicas(name), b"")
+        _commit(tx)
+        return image
+
+    def update(image: Image) -> Image | None:
         clashes = {f: [f"is immutable: '{getattr(image, f)}' was given before"]
                    for f in Image.IMMUTABLE if spec.get(f) != getattr(image, f)}
         if clashes:
             raise conflict(f"image '{name}' exists with a different {', '.join(clashes)}", clashes)
         if spec["min_replicas"] == image.min_replicas and spec["labels"] == image.labels:
-            return view(zk, image, version), False
+            return None
         image.min_replicas, image.labels = spec["min_replicas"], spec["labels"]
-        try:
-            zk.set(path, image.to_bytes(), version=version)
-        except BadVersionError:
-            if expected is not None:
-                raise Problem(412, "Precondition Failed", f"image '{name}' changed meanwhile")
-            continue
-        return get(zk, name), False
-    raise Problem(503, "Service Unavailable", "too many concurrent writers; retry")
+        return image
+
+    image, version, created = create_or_update(zk, layout.image(name), Image, f"image '{name}'",
+                                               expected, create, update)
+    return view(zk, image, version), created
 
 
 def _commit(tx) -> None:

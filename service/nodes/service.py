@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 from cowfleet.models import NodeInfo
+from cowfleet.service.api import Result
+from cowfleet.service.paging import ListQuery, page
 from cowfleet.zk import layout
-from cowfleet.zk.connection import read_children
 
 
 def leaders(zk) -> set[str]:
@@ -27,11 +28,14 @@ def leaders(zk) -> set[str]:
     return out
 
 
-def list_(zk) -> list[dict]:
+def node_labels(node: NodeInfo) -> dict[str, str]:
+    """Nodes carry no labels of their own: ``label=`` selects on role and rack."""
+    return {"role": node.role, "rack": node.rack}
+
+
+def list_(zk, q: ListQuery) -> Result:
     lead = leaders(zk)
-    out = []
-    for node, _ in read_children(zk, layout.NODES, NodeInfo):
-        d = node.to_dict()
-        d["leader"] = node.name in lead
-        out.append(d)
-    return out
+
+    def view(zk, node: NodeInfo, _version: int) -> dict:
+        return dict(node.to_dict(), leader=node.name in lead)
+    return page(zk, layout.NODES, layout.node, NodeInfo, view, q, labels_of=node_labels)

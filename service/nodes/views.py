@@ -1,8 +1,9 @@
-from flask import Blueprint
+from flask import Blueprint, request
 
 from cowfleet.service.api import endpoint, zk
 from cowfleet.service.nodes import service
 from cowfleet.service.nodes.schemas import NodeSchema
+from cowfleet.service.paging import list_query
 
 bp = Blueprint("nodes", __name__, url_prefix="/v1/nodes")
 
@@ -10,4 +11,6 @@ bp = Blueprint("nodes", __name__, url_prefix="/v1/nodes")
 @bp.get("")
 @endpoint(out=NodeSchema, many=True)
 def list_nodes():
-    return service.list_(zk())
+    """List the agents' nodes (paginated; label=role=... or rack=... filters)."""
+    q = list_query(request.args)      # validated before ZooKeeper is touched
+    return service.list_(zk(), q)

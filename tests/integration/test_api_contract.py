@@ -108,6 +108,56 @@ def test_if_match_race_one_wins(client, image_demo):
         wait_until(lambda: client.get_group("duel") is None, 30, "group gone")
 
 
+def _race(n, write):
+    """Run write(i) in n threads released together; returns [(status, title)]."""
+    barrier, results = threading.Barrier(n), []
+
+    def run(i):
+        barrier.wait()
+        try:
+            results.append((write(i).status_code, None))
+        except ApiError as exc:
+            results.append((exc.status, exc.problem.get("title")))
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_concurrent_flavor_puts_without_if_match_all_succeed(client):
+    try:
+        results = _race(8, lambda i: client.request("PUT", "/v1/flavors/crowd",
+                                                    {"vcpus": 1, "memory_mib": 128 + 16 * i}))
+        assert sorted(status for status, _ in results) == [200] * 7 + [201], results
+        final = client.request("GET", "/v1/flavors/crowd").json()
+        assert final["memory_mib"] in {128 + 16 * i for i in range(8)}
+        results = _race(8, lambda i: client.request("PUT", "/v1/flavors/crowd",
+                                                    {"vcpus": 2, "memory_mib": 512 + 16 * i}))
+        assert sorted(status for status, _ in results) == [200] * 8, results
+    finally:
+        client.request("DELETE", "/v1/flavors/crowd", ok_404=True)
+
+
+def test_flavor_put_with_stale_if_match_is_precondition_failed(client):
+    try:
+        created = client.request("PUT", "/v1/flavors/duelling", {"vcpus": 1, "memory_mib": 128})
+        etag = created.headers["ETag"]
+        client.request("PUT", "/v1/flavors/duelling", {"vcpus": 1, "memory_mib": 144})
+        with pytest.raises(ApiError) as err:
+            client.request("PUT", "/v1/flavors/duelling", {"vcpus": 1, "memory_mib": 160},
+                           headers={"If-Match": etag})
+        assert (err.value.status, err.value.problem["title"]) == (412, "Precondition Failed")
+        etag = client.request("GET", "/v1/flavors/duelling").headers["ETag"]
+        results = _race(6, lambda i: client.request("PUT", "/v1/flavors/duelling",
+                                                    {"vcpus": 1, "memory_mib": 256 + 16 * i},
+                                                    headers={"If-Match": etag}))
+        assert sorted(results) == [(200, None)] + [(412, "Precondition Failed")] * 5, results
+    finally:
+        client.request("DELETE", "/v1/flavors/duelling", ok_404=True)
+
+
 def test_pagination_and_label_filter(client, image_demo):
     for i in range(5):
         client.put_group(f"page-{i}", image="demo", flavor="small", size=0,
@@ -126,6 +176,19 @@ def test_pagination_and_label_filter(client, image_demo):
         for i in range(5):
             client.delete_group(f"page-{i}")
         wait_until(lambda: not client.request("GET", "/v1/instance-groups").json(), 30, "groups gone")
+
+
+def test_nodes_are_paged_and_filtered_like_other_lists(lab, client):
+    everyone = client.request("GET", "/v1/nodes").json()
+    assert {n["role"] for n in everyone} == {"compute", "storage"}
+    first = client.request("GET", "/v1/nodes?limit=1")
+    assert [n["name"] for n in first.json()] == [sorted(n["name"] for n in everyone)[0]]
+    assert 'rel="next"' in first.headers["Link"]
+    storage = client.request("GET", "/v1/nodes?label=role=storage").json()
+    assert storage and {n["role"] for n in storage} == {"storage"}
+    with pytest.raises(ApiError) as err:
+        client.request("GET", "/v1/nodes?limit=0")
+    assert err.value.status == 422
 
 
 def test_openapi_document(lab, client):

@@ -59,7 +59,8 @@ def _keep_away_from_shared_state(case, existing: dict[str, set[str]]) -> None:
     if case.method.upper() in ("PUT", "PATCH", "DELETE") and isinstance(name, str) \
             and name in existing.get(collection, ()):
         case.path_parameters["name"] = PROTECT_PREFIX + name
-    if isinstance(case.body, dict) and case.body.get("image") in existing["images"]:
+    image = case.body.get("image") if isinstance(case.body, dict) else None
+    if isinstance(image, str) and image in existing["images"]:
         case.body["image"] = PROTECT_PREFIX + "no-such-image"
 
 
