@@ -151,10 +151,12 @@ def json_body() -> Any:
 
 
 def endpoint(body: type[Schema] | None = None, out: type[Schema] | None = None, many: bool = False,
-             codes: tuple[int, ...] = (200,), patch: bool = False, raw_body: str | None = None):
+             codes: tuple[int, ...] = (200,), patch: bool = False, raw_body: str | None = None,
+             errors: tuple[int, ...] = ()):
     """``codes``: the success statuses (documented in the OpenAPI document);
     ``patch``: the body is a JSON merge patch of ``body``'s schema;
-    ``raw_body``: the media type of a body the view streams itself."""
+    ``raw_body``: the media type of a body the view streams itself;
+    ``errors``: error statuses beyond the usual ones of its method."""
     def deco(view):
         @wraps(view)
         def wrapper(*args, **kwargs):
@@ -185,7 +187,7 @@ def endpoint(body: type[Schema] | None = None, out: type[Schema] | None = None, 
             resp.headers.update(result.headers)
             return resp
         wrapper.api = {"body": body, "out": out, "many": many, "codes": codes, "patch": patch,
-                       "raw_body": raw_body,
+                       "raw_body": raw_body, "errors": errors,
                        "doc": (view.__doc__ or "").strip()}
         return wrapper
     return deco

@@ -32,7 +32,7 @@ REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "
            401: "Missing or invalid bearer token", 403: "The token's role may not do this",
            404: "Not found", 409: "Conflict with the current state", 412: "If-Match does not match",
            413: "Body too large", 415: "Not JSON", 422: "Invalid input (errors name the fields)",
-           503: "ZooKeeper unavailable; retry"}
+           502: "A storage node failed the transfer", 503: "ZooKeeper unavailable; retry"}
 LIST_PARAMS = [
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
     {"name": "after", "in": "query", "schema": {"type": "string"}},
@@ -124,7 +124,7 @@ def build(app) -> dict:
             params = [{"name": a, "in": "path", "required": True,
                        "schema": NAME_PARAM if a == "name" else {"type": "string"}}
                       for a in sorted(rule.arguments)]
-            if method in ("PUT", "PATCH", "DELETE") and rule.arguments:
+            if method in ("PUT", "PATCH", "DELETE") and rule.arguments and not api.get("raw_body"):
                 params.append(IF_MATCH)
             if api["many"]:
                 params += LIST_PARAMS
@@ -149,7 +149,7 @@ def build(app) -> dict:
                     schema = {"type": "array", "items": ref} if api["many"] else ref
                     resp["content"] = {"application/json": {"schema": schema}}
                 op["responses"][str(code)] = resp
-            for code in ERRORS[method]:
+            for code in sorted(set(ERRORS[method]) | set(api.get("errors", ()))):
                 op["responses"][str(code)] = {
                     "description": REASONS[code],
                     "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}}

@@ -14,7 +14,7 @@ OCTET_STREAM = "application/octet-stream"
 
 
 @bp.put("/<name>/data")
-@endpoint(out=ImageSchema, raw_body=OCTET_STREAM)
+@endpoint(out=ImageSchema, raw_body=OCTET_STREAM, errors=(404, 502))
 def put_data(name):
     """Upload the image's bytes (streamed to a storage node; X-Checksum-Sha256 optional)."""
     if request.mimetype != OCTET_STREAM:
