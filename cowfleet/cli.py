@@ -235,6 +235,11 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_terraform_install(args) -> int:
+    from cowfleet.provider.install import cmd_install
+    return cmd_install(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cowfleet", description="Fleets of ephemeral copy-on-write VMs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -273,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--image", help=f"demo image path (built if missing; default {DEMO_CACHE})")
     sp.add_argument("--timeout", type=float, default=600)
     sp.set_defaults(fn=cmd_demo)
+
+    tf = sub.add_parser("terraform", help="the Terraform provider").add_subparsers(dest="terraform", required=True)
+    sp = tf.add_parser("install", help="install the provider for a local Terraform and print the CLI config")
+    sp.add_argument("--dir", help="where to install (default ~/.local/share/cowfleet/terraform)")
+    sp.set_defaults(fn=cmd_terraform_install)
 
     sp = sub.add_parser("serve", help="run the control service under gunicorn")
     sp.add_argument("--bind", default="127.0.0.1:8080")

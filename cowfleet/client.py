@@ -27,6 +27,13 @@ class ApiError(Exception):
         super().__init__(f"{status} {detail}")
 
 
+def _problem(resp: requests.Response) -> dict:
+    try:
+        return resp.json()
+    except ValueError:
+        return {"title": resp.reason, "detail": resp.text[:200]}
+
+
 class ConfigError(Exception):
     pass
 
@@ -77,30 +84,52 @@ class Client:
         if resp.status_code == 404 and ok_404:
             return resp
         if resp.status_code >= 400:
-            try:
-                problem = resp.json()
-            except ValueError:
-                problem = {"title": resp.reason, "detail": resp.text[:200]}
-            raise ApiError(resp.status_code, problem)
+            raise ApiError(resp.status_code, _problem(resp))
         return resp
+
+    def get_or_none(self, path: str) -> dict | None:
+        """GET an object; None when it does not exist (404)."""
+        resp = self.request("GET", path, ok_404=True)
+        return None if resp.status_code == 404 else resp.json()
 
     # -- resources --------------------------------------------------------------
     def put_image(self, name: str, **spec) -> dict:
         return self.request("PUT", f"/v1/images/{name}", spec).json()
 
     def get_image(self, name: str) -> dict | None:
-        resp = self.request("GET", f"/v1/images/{name}", ok_404=True)
-        return None if resp.status_code == 404 else resp.json()
+        return self.get_or_none(f"/v1/images/{name}")
 
     def delete_image(self, name: str) -> None:
         self.request("DELETE", f"/v1/images/{name}", ok_404=True)
+
+    def upload_image_data(self, name: str, path: str | os.PathLike, sha256: str | None = None) -> dict:
+        """Stream a local file as the image's bytes: ``PUT /v1/images/{name}/data``
+        (raw body, ``application/octet-stream``, optional ``X-Checksum-Sha256``;
+        the contract of issue 3). Not retried: the body is a stream."""
+        headers = {"Content-Type": "application/octet-stream"}
+        if sha256:
+            headers["X-Checksum-Sha256"] = sha256
+        with open(path, "rb") as body:
+            resp = requests.put(f"{self.endpoint}/v1/images/{name}/data", data=body, timeout=self.timeout,
+                                headers={**headers, "Authorization": f"Bearer {self.token}"})
+        if resp.status_code >= 400:
+            raise ApiError(resp.status_code, _problem(resp))
+        return resp.json() if resp.content else {}
+
+    def put_flavor(self, name: str, **spec) -> dict:
+        return self.request("PUT", f"/v1/flavors/{name}", spec).json()
+
+    def get_flavor(self, name: str) -> dict | None:
+        return self.get_or_none(f"/v1/flavors/{name}")
+
+    def delete_flavor(self, name: str) -> None:
+        self.request("DELETE", f"/v1/flavors/{name}", ok_404=True)
 
     def put_group(self, name: str, **spec) -> dict:
         return self.request("PUT", f"/v1/instance-groups/{name}", spec).json()
 
     def get_group(self, name: str) -> dict | None:
-        resp = self.request("GET", f"/v1/instance-groups/{name}", ok_404=True)
-        return None if resp.status_code == 404 else resp.json()
+        return self.get_or_none(f"/v1/instance-groups/{name}")
 
     def list_groups(self) -> list[dict]:
         return self.request("GET", "/v1/instance-groups").json()
