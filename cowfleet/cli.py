@@ -282,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     tf = sub.add_parser("terraform", help="the Terraform provider").add_subparsers(dest="terraform", required=True)
     sp = tf.add_parser("install", help="install the provider for a local Terraform and print the CLI config")
     sp.add_argument("--dir", help="where to install (default ~/.local/share/cowfleet/terraform)")
+    sp.add_argument("--dev-override", action="store_true",
+                    help="also a dev_overrides entry: no 'terraform init' needed (Terraform warns of it)")
     sp.set_defaults(fn=cmd_terraform_install)
 
     sp = sub.add_parser("serve", help="run the control service under gunicorn")

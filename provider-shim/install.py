@@ -2,13 +2,18 @@
 
 Writes, under one folder (default ``~/.local/share/cowfleet/terraform``):
 
-- ``bin/terraform-provider-cowfleet``: a two-line launcher of this
-  installation's provider (the name ``dev_overrides`` looks for);
 - ``mirror/<SOURCE>/<VERSION>/<os_arch>/terraform-provider-cowfleet_v<VERSION>``:
-  the same launcher in the unpacked filesystem-mirror layout, which
-  ``terraform init`` installs from (no registry is asked);
-- ``terraformrc``: the CLI configuration naming both; point
-  ``TF_CLI_CONFIG_FILE`` at it (or copy its block into ``~/.terraformrc``).
+  a two-line launcher of this installation's provider, in the unpacked
+  filesystem-mirror layout that ``terraform init`` installs from (no registry
+  is asked for it);
+- ``terraformrc``: the CLI configuration naming it; point
+  ``TF_CLI_CONFIG_FILE`` at it (or copy its block into ``~/.terraformrc``);
+- with ``--dev-override``, also ``bin/terraform-provider-cowfleet`` and a
+  ``dev_overrides`` entry for it: Terraform then uses it without
+  ``terraform init`` or lock-file checks (and warns so on every command).
+
+The launcher runs the provider of the Python environment that ran this
+command, so upgrading the package needs no new install.
 """
 from __future__ import annotations
 
@@ -45,13 +50,14 @@ def _write_exec(path: Path, text: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
 
-def cli_config(directory: Path) -> str:
+def cli_config(directory: Path, dev_override: bool = False) -> str:
+    override = ("  dev_overrides {\n"
+                f'    "{SOURCE}" = "{directory / "bin"}"\n'
+                "  }\n") if dev_override else ""
     return (
         "provider_installation {\n"
-        "  # the cowfleet provider runs from this Python installation\n"
-        "  dev_overrides {\n"
-        f'    "{SOURCE}" = "{directory / "bin"}"\n'
-        "  }\n"
+        "  # the cowfleet provider, from a local folder: no registry is asked for it\n"
+        f"{override}"
         "  filesystem_mirror {\n"
         f'    path    = "{directory / "mirror"}"\n'
         f'    include = ["{SOURCE}"]\n'
@@ -62,20 +68,21 @@ def cli_config(directory: Path) -> str:
         "}\n")
 
 
-def install(directory: Path | str | None = None) -> Path:
+def install(directory: Path | str | None = None, dev_override: bool = False) -> Path:
     """Install the launcher and the CLI configuration; returns the configuration file."""
     from cowfleet import __version__
     directory = Path(directory or default_dir()).resolve()
     text = launcher()
-    _write_exec(directory / "bin" / EXECUTABLE, text)
     _write_exec(directory / "mirror" / SOURCE / __version__ / os_arch() / f"{EXECUTABLE}_v{__version__}", text)
+    if dev_override:
+        _write_exec(directory / "bin" / EXECUTABLE, text)
     rc = directory / "terraformrc"
-    rc.write_text(cli_config(directory))
+    rc.write_text(cli_config(directory, dev_override))
     return rc
 
 
 def cmd_install(args) -> int:
-    rc = install(args.dir)
+    rc = install(args.dir, args.dev_override)
     print(f"# installed the cowfleet Terraform provider under {rc.parent}")
     print(f"# use it with:\nexport TF_CLI_CONFIG_FILE={rc}")
     print("# or put this in ~/.terraformrc:\n")
@@ -83,5 +90,6 @@ def cmd_install(args) -> int:
     print("# and in your configuration:\n"
           "terraform {\n"
           f'  required_providers {{\n    cowfleet = {{ source = "{SOURCE}" }}\n  }}\n'
-          "}")
+          "}\n"
+          "# then: terraform init")
     return 0

@@ -66,14 +66,28 @@ class Terraform:
         return next(t for c, t in reversed(self.timings) if c == command)
 
 
-@pytest.fixture(scope="session")
-def tf_rc():
-    """The provider installed the way the README says; the CLI config file."""
+def _install(*flags: str):
     d = Path(tempfile.mkdtemp(prefix="cowfleet-tfinst-", dir="/var/tmp"))
-    proc = subprocess.run([str(BIN / "cowfleet"), "terraform", "install", "--dir", str(d)],
+    proc = subprocess.run([str(BIN / "cowfleet"), "terraform", "install", "--dir", str(d), *flags],
                           capture_output=True, text=True, check=True)
     rc = d / "terraformrc"
     assert f"TF_CLI_CONFIG_FILE={rc}" in proc.stdout
+    return d, rc
+
+
+@pytest.fixture(scope="session")
+def tf_rc():
+    """The provider installed with a dev override (and the mirror 'terraform init' needs)."""
+    d, rc = _install("--dev-override")
+    yield rc
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tf_rc_mirror():
+    """The provider installed the way the README says: a filesystem mirror only."""
+    d, rc = _install()
+    assert "dev_overrides" not in rc.read_text()
     yield rc
     shutil.rmtree(d, ignore_errors=True)
 
@@ -87,14 +101,15 @@ def tf_env(rc: Path, endpoint: str, token: str) -> dict:
 
 
 @pytest.fixture
-def make_tf(tf_rc, lab):
+def make_tf(tf_rc, tf_rc_mirror, lab):
     """Terraform working folders under /var/tmp, removed afterwards."""
     made = []
 
-    def make(endpoint: str | None = None, token: str | None = None) -> Terraform:
+    def make(endpoint: str | None = None, token: str | None = None, mirror_only: bool = False) -> Terraform:
         d = Path(tempfile.mkdtemp(prefix="cowfleet-tf-", dir="/var/tmp"))
         made.append(d)
-        return Terraform(d, tf_env(tf_rc, endpoint or lab.state.endpoint, token or lab.state.token))
+        rc = tf_rc_mirror if mirror_only else tf_rc
+        return Terraform(d, tf_env(rc, endpoint or lab.state.endpoint, token or lab.state.token))
 
     yield make
     for d in made:

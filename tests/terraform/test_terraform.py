@@ -196,10 +196,13 @@ def test_image_flavor_data_sources_and_import(make_tf, client, demo_image, image
 
 def test_unreachable_endpoint_and_refused_token(make_tf, lab):
     config = OBJECTS.split("resource")[0] + 'data "cowfleet_nodes" "all" {}\n'
-    tf = make_tf(endpoint="http://127.0.0.1:9")
+    # installed as the README says (filesystem mirror, no dev override)
+    tf = make_tf(endpoint="http://127.0.0.1:9", mirror_only=True)
     tf.write(config)
-    tf.init()
+    init = tf.init()
+    assert "Installing cowfleet.local/cowfleet/cowfleet v0.1.0" in init.stdout, init.stdout
     code, text = tf.plan_exitcode()
+    assert "development overrides" not in text
     assert code == 1
     assert "Error: cannot reach the cowfleet service at http://127.0.0.1:9" in text, text
 
