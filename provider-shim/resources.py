@@ -8,6 +8,7 @@ returns is read back from the REST API (``cowfleet.client``).
 from __future__ import annotations
 
 import re
+import threading
 import time
 from typing import Any
 
@@ -17,6 +18,8 @@ from cowfleet.provider.values import UNKNOWN, has_unknown
 
 DEFAULT_TIMEOUT = 600.0
 POLL = 1.0
+# set by the Stop RPC (Terraform was interrupted): waits end at once
+STOP = threading.Event()
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
 _UNITS = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
@@ -52,6 +55,12 @@ def _api(call, block, what: str, state=None):
         raise ProviderError(from_api_error(exc, block, what), state)
     except requests.RequestException as exc:
         raise ProviderError([Diag(f"{what}: the cowfleet service did not answer", str(exc))], state)
+
+
+def pause(state: dict | None, what: str) -> None:
+    """Wait one poll interval, unless Terraform asked us to stop."""
+    if STOP.wait(POLL):
+        raise ProviderError([Diag(f"interrupted while waiting for {what}")], state)
 
 
 def _fill_defaults(value: dict | None, block: S.Block, defaults: dict) -> dict | None:
@@ -153,7 +162,7 @@ class Resource:
             if time.monotonic() > deadline:
                 raise ProviderError([Diag(f"{self.kind} '{name}' still exists after {timeout:.0f}s",
                                           _describe(obj))], prior)
-            time.sleep(POLL)
+            pause(prior, f"{self.kind} '{name}' to go")
 
 
 def _describe(obj: dict) -> str:
@@ -222,7 +231,7 @@ class Image(Resource):
                 why = "failed" if obj.get("status") == "error" else f"not available after {timeout:.0f}s"
                 raise ProviderError([Diag(f"image '{state['name']}' {why}", _describe(obj))],
                                     merge_known(state, self.to_state(obj, state)))
-            time.sleep(POLL)
+            pause(merge_known(state, self.to_state(obj, state)), f"image '{state['name']}'")
             obj = _api(lambda: client.get_image(state["name"]), self.block, "reading image")
         return obj
 
@@ -311,7 +320,7 @@ class InstanceGroup(Resource):
                 raise ProviderError(
                     [Diag(f"instance group '{name}' not ready after {timeout:.0f}s", _describe(obj))],
                     merge_known(state, self.to_state(obj, state)))
-            time.sleep(POLL)
+            pause(merge_known(state, self.to_state(obj, state)), f"instance group '{name}'")
             obj = _api(lambda: client.get_group(name), self.block, "reading instance group")
         return obj
 

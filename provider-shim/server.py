@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import sys
-import threading
 
 from cowfleet.provider import schema as S
 from cowfleet.provider import tfplugin5_pb2 as pb
@@ -52,9 +51,8 @@ def _unexpected(exc: Exception) -> list:
 class Provider:
     """The servicer. ``client`` is set by Configure."""
 
-    def __init__(self, stop_event: threading.Event | None = None):
+    def __init__(self):
         self.client = None
-        self.stop_event = stop_event or threading.Event()
         self._resources = None
         self._data = None
 
@@ -105,7 +103,8 @@ class Provider:
         return pb.UpgradeResourceState.Response(upgraded_state=_dv(state, block))
 
     def Stop(self, request, context):
-        self.stop_event.set()
+        from cowfleet.provider import resources
+        resources.STOP.set()
         return pb.Stop.Response()
 
     # -- managed resources ---------------------------------------------------

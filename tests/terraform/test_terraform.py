@@ -95,6 +95,43 @@ def test_example_group_lifecycle(make_tf, client, lab, demo_image):
           f"scale 3->5 {t_scale:.1f}s, destroy {t_destroy:.1f}s")
 
 
+EMPTY_GROUP = """
+terraform {
+  required_providers {
+    cowfleet = { source = "cowfleet.local/cowfleet/cowfleet" }
+  }
+}
+provider "cowfleet" {}
+resource "cowfleet_instance_group" "drift" {
+  name           = "tfdrift"
+  image          = "demo"
+  flavor         = "small"
+  size           = 0
+  wait_for_ready = false
+}
+"""
+
+
+def test_group_deleted_behind_terraforms_back_is_planned_again(make_tf, client, image_demo):
+    """Drift, literally: the group goes by the API; the next plan re-creates it
+    (a group of 0 costs no VM)."""
+    tf = make_tf()
+    tf.write(EMPTY_GROUP)
+    tf.init()
+    tf.apply()
+    assert client.get_group("tfdrift")["size"] == 0
+    assert tf.plan_exitcode()[0] == 0
+    client.delete_group("tfdrift")
+    wait_until(lambda: client.get_group("tfdrift") is None, 60, "group tfdrift gone")
+    code, text = tf.plan_exitcode()
+    assert code == 2, text
+    assert "cowfleet_instance_group.drift will be created" in text and "1 to add, 0 to change" in text
+    tf.apply()
+    assert client.get_group("tfdrift") is not None
+    tf.run("destroy", "-auto-approve", "-input=false", "-no-color")
+    assert client.get_group("tfdrift") is None
+
+
 BAD_GROUP = """
 terraform {
   required_providers {

@@ -166,3 +166,23 @@ def test_api_errors_without_fields_are_one_diagnostic():
     diags = from_api_error(ApiError(409, {"title": "Conflict", "detail": "image 'x' is used by group y"}),
                            S.IMAGE, "deleting image 'x'")
     assert len(diags) == 1 and diags[0].path == [] and "used by group y" in diags[0].detail
+
+
+def test_stop_ends_a_wait_at_once_keeping_the_state():
+    from cowfleet.provider import resources
+    from cowfleet.provider.diagnostics import ProviderError
+
+    class Client:                                   # a group that never gets ready
+        def get_group(self, name):
+            return {"name": name, "size": 3, "generation": 1, "instances": [],
+                    "status": {"phase": "provisioning", "ready": 0, "observed_generation": 1}}
+
+    state = _state(status=UNKNOWN, instances=UNKNOWN)
+    resources.STOP.set()
+    try:
+        with pytest.raises(ProviderError) as err:
+            GROUP.wait(Client(), state, "create")
+    finally:
+        resources.STOP.clear()
+    assert "interrupted" in err.value.diags[0].summary
+    assert err.value.state["status"]["phase"] == "provisioning"
