@@ -214,8 +214,9 @@ class Image(Resource):
         client.put_image(state["name"], source_url=state.get("source_url"), format=state["format"],
                          min_replicas=state["min_replicas"], labels=state.get("labels") or {})
         if prior is None and state.get("path"):
-            # Streamed upload, PUT /v1/images/{name}/data (issue 3's contract)
-            client.upload_image_data(state["name"], state["path"])
+            # Streamed upload, PUT /v1/images/{name}/data (issue 3's contract);
+            # the service checks the bytes against X-Checksum-Sha256
+            client.upload_image_data(state["name"], state["path"], sha256=file_sha256(state["path"]))
 
     def remove(self, client, name):
         client.delete_image(name)
@@ -234,6 +235,15 @@ class Image(Resource):
             pause(merge_known(state, self.to_state(obj, state)), f"image '{state['name']}'")
             obj = _api(lambda: client.get_image(state["name"]), self.block, "reading image")
         return obj
+
+
+def file_sha256(path: str) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 class Flavor(Resource):

@@ -18,12 +18,12 @@ provider "cowfleet" {}
 
 variable "image_source" {
   description = "where the storage agents pull the image from (file:// on the storage node, or http(s)://)"
-  default     = "file:///var/cache/cowfleet/demo.raw"   # 'cowfleet demo' builds it there
+  default     = "file:///var/cache/cowfleet/demo.raw" # 'cowfleet demo' builds it there
 }
-variable "image_name" { default = "demo" }
+variable "image_name" { default = "tf-demo" }
 variable "group_name" { default = "web" }
 variable "size" { default = 5 }
-variable "min_replicas" { default = 1 }   # the one-node lab has one storage node
+variable "min_replicas" { default = 1 } # the one-node lab has one storage node
 
 resource "cowfleet_image" "demo" {
   name         = var.image_name
@@ -36,16 +36,16 @@ resource "cowfleet_image" "demo" {
 
 resource "cowfleet_instance_group" "web" {
   name   = var.group_name
-  image  = cowfleet_image.demo.name   # a new image rolls the instances within update_policy
+  image  = cowfleet_image.demo.name # a new image rolls the instances within update_policy
   flavor = "small"
-  size   = var.size                   # changes scale in place
+  size   = var.size # changes scale in place
   labels = { app = "web" }
 
   placement {
-    strategy = "pack"                 # default: spread
+    strategy = "pack" # default: spread
   }
   update_policy {
-    max_unavailable = 0               # keep every instance until its replacement is ready
+    max_unavailable = 0 # keep every instance until its replacement is ready
     max_surge       = 1
   }
   # apply waits until status.ready == size (wait_for_ready = false to return at once),
