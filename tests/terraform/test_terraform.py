@@ -220,6 +220,8 @@ def test_image_flavor_data_sources_and_import(make_tf, client, demo_image, image
     other = make_tf()
     other.write(OBJECTS % {"image": demo_image, "mib": 256})
     other.init()
+    missing = other.run("import", "-input=false", "-no-color", "cowfleet_flavor.tiny", "nosuch", ok=(1,))
+    assert "non-existent remote object" in missing.stderr, missing.stderr
     other.run("import", "-input=false", "-no-color", "cowfleet_flavor.tiny", "tftiny")
     other.run("import", "-input=false", "-no-color", "cowfleet_image.img", "tfimg")
     code, text = other.plan_exitcode()
