@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN     = $(VENV)/bin
 
-.PHONY: setup system venv demo test unit lab-up lab-down lab-status clean
+.PHONY: setup system venv demo test unit lab-up lab-down lab-status clean provider provider-proto
 
 setup: system venv
 
@@ -37,6 +37,15 @@ lab-down:
 
 lab-status:
 	$(BIN)/cowfleet lab status
+
+# the Terraform provider: installs it for a local Terraform, prints the CLI config
+provider: venv
+	$(BIN)/cowfleet terraform install
+
+# regenerate provider-shim/tfplugin5_pb2.py from provider-shim/proto/tfplugin5.proto
+provider-proto: venv
+	$(BIN)/pip install -q -e '.[dev]'
+	cd provider-shim && ../$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. proto/tfplugin5.proto
 
 clean:
 	rm -rf $(VENV) build *.egg-info

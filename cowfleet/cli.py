@@ -347,6 +347,11 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_terraform_install(args) -> int:
+    from cowfleet.provider.install import cmd_install
+    return cmd_install(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cowfleet", description="Fleets of ephemeral copy-on-write VMs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -413,6 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_token_revoke)
     for sp in (tok.choices["add"], tok.choices["list"], tok.choices["revoke"]):
         sp.add_argument("--zk", help="ZooKeeper connection string (default $COWFLEET_ZK or the lab's)")
+
+    tf = sub.add_parser("terraform", help="the Terraform provider").add_subparsers(dest="terraform", required=True)
+    sp = tf.add_parser("install", help="install the provider for a local Terraform and print the CLI config")
+    sp.add_argument("--dir", help="where to install (default ~/.local/share/cowfleet/terraform)")
+    sp.add_argument("--dev-override", action="store_true",
+                    help="also a dev_overrides entry: no 'terraform init' needed (Terraform warns of it)")
+    sp.set_defaults(fn=cmd_terraform_install)
 
     sp = sub.add_parser("serve", help="run the control service under gunicorn")
     sp.add_argument("--bind", default="127.0.0.1:8080")

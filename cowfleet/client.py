@@ -122,13 +122,17 @@ class Client:
             raise ApiError(resp.status_code, _problem(resp))
         return resp
 
+    def get_or_none(self, path: str) -> dict | None:
+        """GET an object; None when it does not exist (404)."""
+        resp = self.request("GET", path, ok_404=True)
+        return None if resp.status_code == 404 else resp.json()
+
     # -- resources --------------------------------------------------------------
     def put_image(self, name: str, **spec) -> dict:
         return self.request("PUT", f"/v1/images/{name}", spec).json()
 
     def get_image(self, name: str) -> dict | None:
-        resp = self.request("GET", f"/v1/images/{name}", ok_404=True)
-        return None if resp.status_code == 404 else resp.json()
+        return self.get_or_none(f"/v1/images/{name}")
 
     def delete_image(self, name: str) -> None:
         self.request("DELETE", f"/v1/images/{name}", ok_404=True)
@@ -168,12 +172,20 @@ class Client:
             return resp.json()
         raise AssertionError("unreachable")
 
+    def put_flavor(self, name: str, **spec) -> dict:
+        return self.request("PUT", f"/v1/flavors/{name}", spec).json()
+
+    def get_flavor(self, name: str) -> dict | None:
+        return self.get_or_none(f"/v1/flavors/{name}")
+
+    def delete_flavor(self, name: str) -> None:
+        self.request("DELETE", f"/v1/flavors/{name}", ok_404=True)
+
     def put_group(self, name: str, **spec) -> dict:
         return self.request("PUT", f"/v1/instance-groups/{name}", spec).json()
 
     def get_group(self, name: str) -> dict | None:
-        resp = self.request("GET", f"/v1/instance-groups/{name}", ok_404=True)
-        return None if resp.status_code == 404 else resp.json()
+        return self.get_or_none(f"/v1/instance-groups/{name}")
 
     def list_groups(self) -> list[dict]:
         return self.request("GET", "/v1/instance-groups").json()

@@ -30,5 +30,6 @@ def test_no_generic_top_level_import_names():
 def test_console_scripts():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["scripts"] == {"cowfleet": "cowfleet.cli:main",
-                                  "cowfleet-agent": "cowfleet.agents.main:main"}
+                                  "cowfleet-agent": "cowfleet.agents.main:main",
+                                  "terraform-provider-cowfleet": "cowfleet.provider.main:main"}
     assert re.match(r">=\s*3\.11", project["requires-python"])

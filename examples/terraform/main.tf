@@ -1,0 +1,71 @@
+# A complete example: an image, a group of 5 instances of it, and outputs.
+#
+#   cowfleet terraform install          # once; prints the TF_CLI_CONFIG_FILE to export
+#   export COWFLEET_ENDPOINT=... COWFLEET_TOKEN=...   # e.g. from 'cowfleet lab up'
+#   terraform init && terraform apply
+#   terraform output instances
+#   terraform destroy
+
+terraform {
+  required_providers {
+    cowfleet = { source = "cowfleet.local/cowfleet/cowfleet" }
+  }
+}
+
+# endpoint and token from COWFLEET_ENDPOINT / COWFLEET_TOKEN, or set them here:
+#   provider "cowfleet" { endpoint = "http://127.0.0.1:8080"  token = var.token }
+provider "cowfleet" {}
+
+variable "image_source" {
+  description = "where the storage agents pull the image from (file:// on the storage node, or http(s)://)"
+  default     = "file:///var/cache/cowfleet/demo.raw" # 'cowfleet demo' builds it there
+}
+variable "image_name" { default = "tf-demo" }
+variable "group_name" { default = "web" }
+variable "size" { default = 5 }
+variable "min_replicas" { default = 1 } # the one-node lab has one storage node
+
+resource "cowfleet_image" "demo" {
+  name         = var.image_name
+  source_url   = var.image_source
+  format       = "raw"
+  min_replicas = var.min_replicas
+  labels       = { purpose = "demo" }
+  # or upload a local file instead of source_url:  path = "./disk.raw"
+}
+
+resource "cowfleet_instance_group" "web" {
+  name   = var.group_name
+  image  = cowfleet_image.demo.name # a new image rolls the instances within update_policy
+  flavor = "small"
+  size   = var.size # changes scale in place
+  labels = { app = "web" }
+
+  placement {
+    strategy = "pack" # default: spread
+  }
+  update_policy {
+    max_unavailable = 0 # keep every instance until its replacement is ready
+    max_surge       = 1
+  }
+  # apply waits until status.ready == size (wait_for_ready = false to return at once),
+  # for at most (default 10m each):
+  # timeouts { create = "10m"  update = "10m"  delete = "5m" }
+}
+
+data "cowfleet_nodes" "compute" {
+  role = "compute"
+}
+
+output "instances" {
+  description = "id, node, rack, state and address of every instance"
+  value       = cowfleet_instance_group.web.instances
+}
+
+output "status" {
+  value = cowfleet_instance_group.web.status
+}
+
+output "compute_nodes" {
+  value = [for n in data.cowfleet_nodes.compute.nodes : "${n.name} (${n.rack})"]
+}

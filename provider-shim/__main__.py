@@ -1,0 +1,5 @@
+import sys
+
+from cowfleet.provider.main import main
+
+sys.exit(main())

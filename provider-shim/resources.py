@@ -1,0 +1,363 @@
+"""What each resource and data source does: plan, apply, read, import.
+
+Plain dicts in, plain dicts out (``values.UNKNOWN`` for values known only
+after apply); ``server.py`` does the gRPC and msgpack around them, so this is
+unit-testable without Terraform. The shim keeps no state: everything it
+returns is read back from the REST API (``cowfleet.client``).
+"""
+from __future__ import annotations
+
+import re
+import threading
+import time
+from typing import Any
+
+from cowfleet.provider import schema as S
+from cowfleet.provider.diagnostics import Diag, ProviderError, from_api_error
+from cowfleet.provider.values import UNKNOWN, has_unknown
+
+DEFAULT_TIMEOUT = 600.0
+POLL = 1.0
+# set by the Stop RPC (Terraform was interrupted): waits end at once
+STOP = threading.Event()
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+_UNITS = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+
+
+def parse_duration(text: str) -> float:
+    """Go-style durations as Terraform users write them: "90s", "10m", "1h30m"."""
+    pos, total = 0, 0.0
+    text = text.strip()
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if not text or pos != len(text):
+        raise ValueError(f"'{text}' is not a duration such as \"30s\", \"10m\" or \"1h30m\"")
+    return total
+
+
+def timeout_of(state: dict | None, op: str) -> float:
+    t = (state or {}).get("timeouts") or {}
+    value = t.get(op)
+    return parse_duration(value) if isinstance(value, str) else DEFAULT_TIMEOUT
+
+
+def _api(call, block, what: str, state=None):
+    """Run an API call; ApiError becomes diagnostics on the attributes at fault."""
+    from cowfleet.client import ApiError
+    import requests
+    try:
+        return call()
+    except ApiError as exc:
+        raise ProviderError(from_api_error(exc, block, what), state)
+    except requests.RequestException as exc:
+        raise ProviderError([Diag(f"{what}: the cowfleet service did not answer", str(exc))], state)
+
+
+def pause(state: dict | None, what: str) -> None:
+    """Wait one poll interval, unless Terraform asked us to stop."""
+    if STOP.wait(POLL):
+        raise ProviderError([Diag(f"interrupted while waiting for {what}")], state)
+
+
+def _fill_defaults(value: dict | None, block: S.Block, defaults: dict) -> dict | None:
+    """Optional+computed attributes left null get the API's default (blocks too)."""
+    if value is None or value is UNKNOWN:
+        return value
+    out = dict(value)
+    for name, default in defaults.items():
+        if isinstance(default, dict):
+            out[name] = _fill_defaults(out.get(name), block.blocks[name].block, default)
+        elif out.get(name) is None:
+            out[name] = default
+    return out
+
+
+def merge_known(planned: Any, actual: Any) -> Any:
+    """The new state after apply: what was planned, with unknowns taken from the API."""
+    if planned is UNKNOWN:
+        return actual
+    if isinstance(planned, dict) and isinstance(actual, dict):
+        return {k: merge_known(v, actual.get(k)) for k, v in planned.items()}
+    return planned
+
+
+class Resource:
+    block: S.Block
+    kind = "object"
+    defaults: dict = {}
+    volatile: tuple[str, ...] = ()        # computed attributes an update may change
+
+    # -- plan ---------------------------------------------------------------
+    def plan(self, prior: dict | None, proposed: dict | None) -> tuple[dict | None, list[list[str]]]:
+        if proposed is None:                       # destroy
+            return None, []
+        planned = _fill_defaults(proposed, self.block, self.defaults)
+        if prior is None:                          # create
+            for name, attr in self.block.attrs.items():
+                if attr.computed and not attr.optional:
+                    planned[name] = UNKNOWN
+            planned["id"] = planned["name"]
+            return planned, []
+        if planned == prior:
+            return planned, []
+        replace = [[name] for name in self.block.force_new()
+                   if planned.get(name) != prior.get(name) or planned.get(name) is UNKNOWN]
+        for name in self.volatile:
+            planned[name] = UNKNOWN
+        if replace:
+            for name, attr in self.block.attrs.items():
+                if attr.computed and not attr.optional:
+                    planned[name] = UNKNOWN
+            planned["id"] = planned["name"]
+        return planned, replace
+
+    def validate(self, config: dict) -> list[Diag]:
+        diags = []
+        for op, value in ((config.get("timeouts") or {}).items()):
+            if isinstance(value, str):
+                try:
+                    parse_duration(value)
+                except ValueError as exc:
+                    diags.append(Diag("Invalid timeout", str(exc), ["timeouts", op]))
+        return diags
+
+    # -- the REST side, per resource ---------------------------------------
+    def fetch(self, client, name: str) -> dict | None: ...
+    def to_state(self, obj: dict, prior: dict | None) -> dict: ...
+    def write(self, client, state: dict, prior: dict | None) -> None: ...
+    def remove(self, client, name: str) -> None: ...
+    def wait(self, client, state: dict, op: str) -> dict: return self.fetch(client, state["name"])
+
+    def read(self, client, state: dict) -> dict | None:
+        obj = _api(lambda: self.fetch(client, state["name"]), self.block, f"reading {self.kind}")
+        return None if obj is None else self.to_state(obj, state)
+
+    def import_state(self, name: str) -> dict:
+        return {"id": name, "name": name}
+
+    def apply(self, client, prior: dict | None, planned: dict | None) -> dict | None:
+        if planned is None:
+            name = prior["name"]
+            _api(lambda: self.remove(client, name), self.block, f"deleting {self.kind} '{name}'", prior)
+            self._wait_gone(client, name, timeout_of(prior, "delete"), prior)
+            return None
+        op = "create" if prior is None else "update"
+        what = f"{'creating' if op == 'create' else 'updating'} {self.kind} '{planned['name']}'"
+        _api(lambda: self.write(client, planned, prior), self.block, what, prior)
+        obj = self.wait(client, planned, op)
+        if obj is None:
+            raise ProviderError([Diag(f"{what}: it vanished right after it was written")])
+        return merge_known(planned, self.to_state(obj, planned))
+
+    def _wait_gone(self, client, name: str, timeout: float, prior: dict) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            obj = _api(lambda: self.fetch(client, name), self.block, f"deleting {self.kind} '{name}'", prior)
+            if obj is None:
+                return
+            if time.monotonic() > deadline:
+                raise ProviderError([Diag(f"{self.kind} '{name}' still exists after {timeout:.0f}s",
+                                          _describe(obj))], prior)
+            pause(prior, f"{self.kind} '{name}' to go")
+
+
+def _describe(obj: dict) -> str:
+    st = obj.get("status")
+    if isinstance(st, dict):
+        return f"phase {st.get('phase')}: {st.get('message')}"
+    return f"status {st}: {obj.get('message', '')}"
+
+
+def _labels(api_labels: dict | None, prior: dict | None):
+    """Keep a null in state where the configuration has no labels and the API has none."""
+    if not api_labels and (prior or {}).get("labels") is None:
+        return None
+    return api_labels or {}
+
+
+def _keep(prior: dict | None, name: str, default):
+    value = (prior or {}).get(name)
+    return default if value is None or value is UNKNOWN else value
+
+
+class Image(Resource):
+    block = S.IMAGE
+    kind = "image"
+    defaults = {"format": "raw", "min_replicas": 2, "wait_for_available": True}
+    volatile = ("status", "replicas")
+
+    def validate(self, config: dict) -> list[Diag]:
+        diags = super().validate(config)
+        if config.get("source_url") and config.get("path"):
+            diags.append(Diag("Conflicting image sources", "give source_url or path, not both", ["path"]))
+        return diags
+
+    def fetch(self, client, name):
+        return client.get_image(name)
+
+    def to_state(self, obj, prior):
+        return {
+            "id": obj["name"], "name": obj["name"], "source_url": obj.get("source_url"),
+            "path": (prior or {}).get("path"), "format": obj.get("format"),
+            "min_replicas": obj.get("min_replicas"), "labels": _labels(obj.get("labels"), prior),
+            "wait_for_available": _keep(prior, "wait_for_available", True),
+            "sha256": obj.get("sha256"), "size_bytes": obj.get("size_bytes"), "status": obj.get("status"),
+            "replicas": [{"node": r.get("node"), "rack": r.get("rack")} for r in obj.get("replicas") or []],
+            "timeouts": (prior or {}).get("timeouts"),
+        }
+
+    def write(self, client, state, prior):
+        client.put_image(state["name"], source_url=state.get("source_url"), format=state["format"],
+                         min_replicas=state["min_replicas"], labels=state.get("labels") or {})
+        if prior is None and state.get("path"):
+            # Streamed upload, PUT /v1/images/{name}/data (the REST contract);
+            # the service checks the bytes against X-Checksum-Sha256
+            client.upload_image(state["name"], state["path"])
+
+    def remove(self, client, name):
+        client.delete_image(name)
+
+    def wait(self, client, state, op):
+        obj = _api(lambda: client.get_image(state["name"]), self.block, "reading image")
+        if not state.get("wait_for_available"):
+            return obj
+        timeout = timeout_of(state, op)
+        deadline = time.monotonic() + timeout
+        while obj is not None and obj.get("status") != "available":
+            if obj.get("status") == "error" or time.monotonic() > deadline:
+                why = "failed" if obj.get("status") == "error" else f"not available after {timeout:.0f}s"
+                raise ProviderError([Diag(f"image '{state['name']}' {why}", _describe(obj))],
+                                    merge_known(state, self.to_state(obj, state)))
+            pause(merge_known(state, self.to_state(obj, state)), f"image '{state['name']}'")
+            obj = _api(lambda: client.get_image(state["name"]), self.block, "reading image")
+        return obj
+
+
+class Flavor(Resource):
+    block = S.FLAVOR
+    kind = "flavor"
+    defaults = {"disk_gib": 1}
+
+    def fetch(self, client, name):
+        return client.get_flavor(name)
+
+    def to_state(self, obj, prior):
+        return {"id": obj["name"], "name": obj["name"], "vcpus": obj.get("vcpus"),
+                "memory_mib": obj.get("memory_mib"), "disk_gib": obj.get("disk_gib")}
+
+    def write(self, client, state, prior):
+        client.put_flavor(state["name"], vcpus=state["vcpus"], memory_mib=state["memory_mib"],
+                          disk_gib=state["disk_gib"])
+
+    def remove(self, client, name):
+        client.delete_flavor(name)
+
+
+PLACEMENT_DEFAULT = {"strategy": "spread", "max_per_node": None}
+UPDATE_POLICY_DEFAULT = {"max_unavailable": 1, "max_surge": 1}
+
+
+class InstanceGroup(Resource):
+    block = S.GROUP
+    kind = "instance group"
+    defaults = {"wait_for_ready": True, "placement": {"strategy": "spread"},
+                "update_policy": {"max_unavailable": 1, "max_surge": 1}}
+    volatile = ("instances", "status")
+
+    def fetch(self, client, name):
+        return client.get_group(name)
+
+    def spec(self, state: dict) -> dict:
+        spec = {"image": state["image"], "flavor": state["flavor"], "size": state["size"],
+                "labels": state.get("labels") or {}}
+        if state.get("user_data") is not None:
+            spec["user_data"] = state["user_data"]
+        if state.get("placement") is not None:
+            spec["placement"] = {k: v for k, v in state["placement"].items() if v is not None}
+        if state.get("update_policy") is not None:
+            spec["update_policy"] = {k: v for k, v in state["update_policy"].items() if v is not None}
+        return spec
+
+    def to_state(self, obj, prior):
+        prior = prior or {}
+
+        def block(name, default):
+            got = dict(default, **(obj.get(name) or {}))
+            return None if prior.get(name) is None and got == default else got
+
+        st = obj.get("status") or {}
+        return {
+            "id": obj["name"], "name": obj["name"], "image": obj.get("image"), "flavor": obj.get("flavor"),
+            "size": obj.get("size"), "user_data": obj.get("user_data"),
+            "labels": _labels(obj.get("labels"), prior),
+            "wait_for_ready": _keep(prior, "wait_for_ready", True),
+            "placement": block("placement", PLACEMENT_DEFAULT),
+            "update_policy": block("update_policy", UPDATE_POLICY_DEFAULT),
+            "timeouts": prior.get("timeouts"),
+            "instances": [{k: i.get(k) for k in ("id", "node", "rack", "state", "address")}
+                          for i in obj.get("instances") or []],
+            "status": {k: st.get(k) for k in S.GROUP_STATUS[1]},
+        }
+
+    def write(self, client, state, prior):
+        client.put_group(state["name"], **self.spec(state))
+
+    def remove(self, client, name):
+        client.delete_group(name)
+
+    def wait(self, client, state, op):
+        name = state["name"]
+        obj = _api(lambda: client.get_group(name), self.block, "reading instance group")
+        if not state.get("wait_for_ready"):
+            return obj
+        timeout = timeout_of(state, op)
+        deadline = time.monotonic() + timeout
+        while obj is not None and not is_ready(obj):
+            if time.monotonic() > deadline:
+                raise ProviderError(
+                    [Diag(f"instance group '{name}' not ready after {timeout:.0f}s", _describe(obj))],
+                    merge_known(state, self.to_state(obj, state)))
+            pause(merge_known(state, self.to_state(obj, state)), f"instance group '{name}'")
+            obj = _api(lambda: client.get_group(name), self.block, "reading instance group")
+        return obj
+
+
+def is_ready(group: dict) -> bool:
+    st = group.get("status") or {}
+    return (st.get("ready") == group.get("size")
+            and (st.get("observed_generation") or 0) >= (group.get("generation") or 0)
+            and st.get("phase") == "ready")
+
+
+# -- data sources --------------------------------------------------------------
+
+def read_image_data(client, config: dict) -> dict:
+    name = config["name"]
+    obj = _api(lambda: client.get_image(name), S.IMAGE_DATA, f"reading image '{name}'")
+    if obj is None:
+        raise ProviderError([Diag(f"image '{name}' does not exist", "", ["name"])])
+    state = Image().to_state(obj, {"labels": {}})
+    return {k: state.get(k) for k in S.IMAGE_DATA.attrs}
+
+
+def read_nodes_data(client, config: dict) -> dict:
+    nodes = _api(client.nodes, S.NODES_DATA, "listing nodes")
+    out = []
+    for n in sorted(nodes, key=lambda n: n.get("name", "")):
+        if config.get("role") and n.get("role") != config["role"]:
+            continue
+        if config.get("rack") and n.get("rack") != config["rack"]:
+            continue
+        out.append({k: n.get(k) for k in S.NODE[1]})
+    return {"id": f"nodes:{config.get('role') or '*'}:{config.get('rack') or '*'}",
+            "role": config.get("role"), "rack": config.get("rack"), "nodes": out}
+
+
+RESOURCES = {"cowfleet_image": Image(), "cowfleet_flavor": Flavor(),
+             "cowfleet_instance_group": InstanceGroup()}
+DATA_SOURCES = {"cowfleet_image": read_image_data, "cowfleet_nodes": read_nodes_data}
+__all__ = ["RESOURCES", "DATA_SOURCES", "has_unknown", "parse_duration"]

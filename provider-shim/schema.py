@@ -1,0 +1,181 @@
+"""The provider's schemas, as plain Python: attributes, nested blocks, types.
+
+Types use cty's JSON notation (what the protocol carries): ``"string"``,
+``"number"``, ``"bool"``, ``["list", T]``, ``["map", T]``,
+``["object", {name: T}]``. ``to_proto`` turns a schema into the protobuf
+message lazily, so unit tests need neither grpc nor protobuf.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Attr:
+    type: Any
+    required: bool = False
+    optional: bool = False
+    computed: bool = False
+    sensitive: bool = False
+    force_new: bool = False      # a change replaces the object
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Nested:
+    block: "Block"
+    nesting: str = "SINGLE"      # SINGLE: one optional block, null when absent
+    min_items: int = 0
+    max_items: int = 0
+
+
+@dataclass(frozen=True)
+class Block:
+    attrs: dict[str, Attr] = field(default_factory=dict)
+    blocks: dict[str, Nested] = field(default_factory=dict)
+    description: str = ""
+
+    def type(self) -> list:
+        """The cty object type of a value of this block."""
+        t = {name: a.type for name, a in self.attrs.items()}
+        for name, nb in self.blocks.items():
+            inner = nb.block.type()
+            t[name] = inner if nb.nesting == "SINGLE" else ["list", inner]
+        return ["object", t]
+
+    def force_new(self) -> list[str]:
+        return [name for name, a in self.attrs.items() if a.force_new]
+
+
+# -- building blocks ---------------------------------------------------------
+
+def required(t, desc="", **kw) -> Attr:
+    return Attr(t, required=True, description=desc, **kw)
+
+
+def optional(t, desc="", **kw) -> Attr:
+    return Attr(t, optional=True, description=desc, **kw)
+
+
+def optional_computed(t, desc="", **kw) -> Attr:
+    """Optional; when left out the provider fills in the API's default."""
+    return Attr(t, optional=True, computed=True, description=desc, **kw)
+
+
+def computed(t, desc="") -> Attr:
+    return Attr(t, computed=True, description=desc)
+
+
+STR, NUM, BOOL = "string", "number", "bool"
+LABELS = ["map", STR]
+REPLICA = ["object", {"node": STR, "rack": STR}]
+INSTANCE = ["object", {"id": STR, "node": STR, "rack": STR, "state": STR, "address": STR}]
+GROUP_STATUS = ["object", {"phase": STR, "ready": NUM, "running": NUM, "pending": NUM,
+                           "failed": NUM, "observed_generation": NUM, "message": STR}]
+NODE = ["object", {"name": STR, "role": STR, "rack": STR, "leader": BOOL, "address": STR,
+                   "healthy": BOOL, "capacity": ["map", NUM], "allocated": ["map", NUM]}]
+
+TIMEOUTS = Nested(Block({
+    "create": optional(STR, "how long create may take, e.g. \"10m\" (default 10m)"),
+    "update": optional(STR, "how long an update may take (default 10m)"),
+    "delete": optional(STR, "how long delete may take (default 10m)"),
+}))
+
+PROVIDER = Block({
+    "endpoint": optional(STR, "the service's URL; else $COWFLEET_ENDPOINT"),
+    "token": optional(STR, "API bearer token; else $COWFLEET_TOKEN", sensitive=True),
+}, description="cowfleet: fleets of ephemeral copy-on-write VMs")
+
+IMAGE = Block({
+    "id": computed(STR, "the image name"),
+    "name": required(STR, force_new=True),
+    "source_url": optional(STR, "file:// (on the storage node) or http(s):// URL the storage agents pull",
+                           force_new=True),
+    "path": optional(STR, "a local file to upload instead of source_url (PUT /v1/images/{name}/data)",
+                     force_new=True),
+    "format": optional_computed(STR, "raw or qcow2 (default raw)", force_new=True),
+    "min_replicas": optional_computed(NUM, "storage copies to keep (default 2)"),
+    "labels": optional(LABELS),
+    "wait_for_available": optional_computed(BOOL, "wait until status is available (default true)"),
+    "sha256": computed(STR),
+    "size_bytes": computed(NUM),
+    "status": computed(STR),
+    "replicas": computed(["list", REPLICA]),
+}, blocks={"timeouts": TIMEOUTS})
+
+FLAVOR = Block({
+    "id": computed(STR, "the flavor name"),
+    "name": required(STR, force_new=True),
+    "vcpus": required(NUM),
+    "memory_mib": required(NUM),
+    "disk_gib": optional_computed(NUM, "default 1"),
+})
+
+GROUP = Block({
+    "id": computed(STR, "the group name"),
+    "name": required(STR, force_new=True),
+    "image": required(STR, "image name; a change replaces instances rolling, within update_policy"),
+    "flavor": required(STR, "flavor name"),
+    "size": required(NUM, "number of instances; changes scale in place"),
+    "user_data": optional(STR),
+    "labels": optional(LABELS),
+    "wait_for_ready": optional_computed(BOOL, "wait until status.ready == size (default true)"),
+    "instances": computed(["list", INSTANCE]),
+    "status": computed(GROUP_STATUS),
+}, blocks={
+    "placement": Nested(Block({
+        "strategy": optional_computed(STR, "spread or pack (default spread)"),
+        "max_per_node": optional(NUM),
+    })),
+    "update_policy": Nested(Block({
+        "max_unavailable": optional_computed(NUM, "default 1"),
+        "max_surge": optional_computed(NUM, "default 1"),
+    })),
+    "timeouts": TIMEOUTS,
+})
+
+IMAGE_DATA = Block({
+    "id": computed(STR),
+    "name": required(STR),
+    "source_url": computed(STR),
+    "format": computed(STR),
+    "min_replicas": computed(NUM),
+    "labels": computed(LABELS),
+    "sha256": computed(STR),
+    "size_bytes": computed(NUM),
+    "status": computed(STR),
+    "replicas": computed(["list", REPLICA]),
+})
+
+NODES_DATA = Block({
+    "id": computed(STR),
+    "role": optional(STR, "only nodes of this role (compute or storage)"),
+    "rack": optional(STR, "only nodes of this rack"),
+    "nodes": computed(["list", NODE]),
+})
+
+RESOURCES = {"cowfleet_image": IMAGE, "cowfleet_flavor": FLAVOR, "cowfleet_instance_group": GROUP}
+DATA_SOURCES = {"cowfleet_image": IMAGE_DATA, "cowfleet_nodes": NODES_DATA}
+
+
+# -- protobuf ----------------------------------------------------------------
+
+def _block_proto(pb, block: Block):
+    out = pb.Schema.Block(description=block.description)
+    for name, a in block.attrs.items():
+        out.attributes.append(pb.Schema.Attribute(
+            name=name, type=json.dumps(a.type, separators=(",", ":")).encode(),
+            description=a.description, required=a.required, optional=a.optional,
+            computed=a.computed, sensitive=a.sensitive))
+    for name, nb in block.blocks.items():
+        out.block_types.append(pb.Schema.NestedBlock(
+            type_name=name, block=_block_proto(pb, nb.block),
+            nesting=getattr(pb.Schema.NestedBlock, nb.nesting),
+            min_items=nb.min_items, max_items=nb.max_items))
+    return out
+
+
+def to_proto(pb, block: Block):
+    return pb.Schema(version=0, block=_block_proto(pb, block))

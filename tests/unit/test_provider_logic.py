@@ -1,0 +1,188 @@
+"""The Terraform provider's logic without Terraform: values, schema, plans, diagnostics."""
+from __future__ import annotations
+
+import json
+
+import msgpack
+import pytest
+
+from cowfleet.client import ApiError
+from cowfleet.provider import schema as S
+from cowfleet.provider.diagnostics import from_api_error
+from cowfleet.provider.resources import (RESOURCES, InstanceGroup, is_ready, merge_known,
+                                         parse_duration, timeout_of)
+from cowfleet.provider.values import UNKNOWN, conform, decode, encode
+
+
+# -- values ----------------------------------------------------------------------
+
+def test_unknown_is_cty_extension_zero_both_ways():
+    data = encode({"id": UNKNOWN, "vcpus": 2, "memory_mib": 512, "disk_gib": None, "name": "x"}, S.FLAVOR.type())
+    assert b"\xd4\x00\x00" in data                     # fixext1, type 0: cty's unknown
+    back = decode(data)
+    assert back["id"] is UNKNOWN and back["vcpus"] == 2 and back["disk_gib"] is None
+
+
+def test_conform_fills_every_attribute_and_nested_block():
+    value = conform({"name": "g", "size": 3.0, "placement": {"strategy": "pack"}}, S.GROUP.type())
+    assert set(value) == set(S.GROUP.attrs) | set(S.GROUP.blocks)
+    assert value["size"] == 3 and isinstance(value["size"], int)
+    assert value["placement"] == {"strategy": "pack", "max_per_node": None}
+    assert value["timeouts"] is None and value["instances"] is None
+
+
+def test_encoded_object_has_keys_in_schema_and_null_stays_null():
+    obj = msgpack.unpackb(encode(None, S.GROUP.type()))
+    assert obj is None
+    obj = msgpack.unpackb(encode({"name": "g"}, S.IMAGE.type()))
+    assert sorted(obj) == sorted(S.IMAGE.type()[1])
+
+
+# -- schema ----------------------------------------------------------------------
+
+def test_schema_types_are_cty_json_and_proto_builds():
+    from cowfleet.provider import tfplugin5_pb2 as pb
+    proto = S.to_proto(pb, S.GROUP)
+    attrs = {a.name: a for a in proto.block.attributes}
+    assert json.loads(attrs["instances"].type) == ["list", ["object", {
+        "id": "string", "node": "string", "rack": "string", "state": "string", "address": "string"}]]
+    assert attrs["size"].required and attrs["wait_for_ready"].optional and attrs["wait_for_ready"].computed
+    blocks = {b.type_name: b for b in proto.block.block_types}
+    assert set(blocks) == {"placement", "update_policy", "timeouts"}
+    assert blocks["placement"].nesting == pb.Schema.NestedBlock.SINGLE
+    assert S.to_proto(pb, S.PROVIDER).block.attributes[1].sensitive      # token
+
+
+# -- plans -----------------------------------------------------------------------
+
+GROUP = InstanceGroup()
+
+
+def _state(**over):
+    state = conform({"id": "web", "name": "web", "image": "demo", "flavor": "small", "size": 3,
+                     "wait_for_ready": True, "instances": [], "status": {"ready": 3}}, S.GROUP.type())
+    state.update(over)
+    return state
+
+
+def test_create_plan_fills_defaults_and_marks_computed_unknown():
+    proposed = conform({"name": "web", "image": "demo", "flavor": "small", "size": 3,
+                        "placement": {"max_per_node": 2}}, S.GROUP.type())
+    planned, replace = GROUP.plan(None, proposed)
+    assert replace == []
+    assert planned["id"] == "web" and planned["wait_for_ready"] is True
+    assert planned["instances"] is UNKNOWN and planned["status"] is UNKNOWN
+    assert planned["placement"] == {"strategy": "spread", "max_per_node": 2}
+    assert planned["update_policy"] is None                # absent block stays absent
+
+
+def test_unchanged_plan_is_the_prior_state():
+    prior = _state()
+    planned, replace = GROUP.plan(prior, dict(prior))
+    assert planned == prior and replace == []
+
+
+def test_size_change_is_in_place():
+    planned, replace = GROUP.plan(_state(), _state(size=5))
+    assert replace == [] and planned["size"] == 5
+    assert planned["instances"] is UNKNOWN and planned["status"] is UNKNOWN and planned["id"] == "web"
+
+
+def test_name_change_replaces():
+    planned, replace = GROUP.plan(_state(), _state(name="web2"))
+    assert replace == [["name"]] and planned["id"] == "web2"
+
+
+def test_destroy_plan_is_null():
+    assert GROUP.plan(_state(), None) == (None, [])
+
+
+def test_read_keeps_absent_blocks_absent_when_the_api_has_defaults():
+    api = {"name": "web", "image": "demo", "flavor": "small", "size": 3, "user_data": None, "labels": {},
+           "placement": {"strategy": "spread", "max_per_node": None},
+           "update_policy": {"max_unavailable": 1, "max_surge": 1}, "generation": 1,
+           "status": {"phase": "ready", "ready": 3, "observed_generation": 1},
+           "instances": [{"id": "web-1", "node": "n1", "rack": "r1", "state": "ready", "image": "demo"}]}
+    state = GROUP.to_state(api, GROUP.import_state("web"))
+    assert state["placement"] is None and state["update_policy"] is None and state["labels"] is None
+    assert state["wait_for_ready"] is True
+    assert state["instances"] == [{"id": "web-1", "node": "n1", "rack": "r1", "state": "ready", "address": None}]
+    api["placement"] = {"strategy": "pack", "max_per_node": None}
+    assert GROUP.to_state(api, None)["placement"] == {"strategy": "pack", "max_per_node": None}
+    assert is_ready(api)
+    assert not is_ready(dict(api, generation=2))
+
+
+def test_apply_result_keeps_planned_values_and_fills_unknowns():
+    planned = {"size": 3, "labels": None, "status": UNKNOWN, "placement": {"strategy": "pack"}}
+    actual = {"size": 3, "labels": {}, "status": {"ready": 3}, "placement": {"strategy": "pack"}}
+    assert merge_known(planned, actual) == {"size": 3, "labels": None, "status": {"ready": 3},
+                                            "placement": {"strategy": "pack"}}
+
+
+def test_every_resource_names_its_force_new_attributes():
+    assert RESOURCES["cowfleet_instance_group"].block.force_new() == ["name"]
+    assert set(RESOURCES["cowfleet_image"].block.force_new()) == {"name", "source_url", "path", "format"}
+
+
+# -- timeouts ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,seconds", [("30s", 30), ("10m", 600), ("1h30m", 5400), ("1.5m", 90),
+                                          ("250ms", 0.25)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "10", "ten minutes", "5m x", "m"])
+def test_bad_durations(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_timeouts_default_and_validation():
+    assert timeout_of({"timeouts": None}, "create") == 600
+    assert timeout_of({"timeouts": {"create": "2m", "delete": None}}, "create") == 120
+    diags = GROUP.validate({"timeouts": {"create": "soon"}})
+    assert diags[0].path == ["timeouts", "create"]
+
+
+# -- diagnostics --------------------------------------------------------------------
+
+def test_api_validation_errors_land_on_the_attribute():
+    exc = ApiError(422, {"type": "about:blank", "title": "Unprocessable Entity", "status": 422,
+                         "detail": "the request body is not valid",
+                         "errors": {"size": ["Must be greater than or equal to 0 and less than or equal to 10000."],
+                                    "placement": {"strategy": ["Must be one of: spread, pack."]},
+                                    "labels": {"bad key": {"key": ["Invalid value."]}}}})
+    diags = from_api_error(exc, S.GROUP, "creating instance group 'web'")
+    by_path = {tuple(d.path): d for d in diags}
+    assert by_path[("size",)].summary == "Invalid size"
+    assert "greater than or equal to 0" in by_path[("size",)].detail
+    assert ("placement", "strategy") in by_path
+    assert ("labels", ("key", "bad key"), ("key", "key")) in by_path
+
+
+def test_api_errors_without_fields_are_one_diagnostic():
+    diags = from_api_error(ApiError(409, {"title": "Conflict", "detail": "image 'x' is used by group y"}),
+                           S.IMAGE, "deleting image 'x'")
+    assert len(diags) == 1 and diags[0].path == [] and "used by group y" in diags[0].detail
+
+
+def test_stop_ends_a_wait_at_once_keeping_the_state():
+    from cowfleet.provider import resources
+    from cowfleet.provider.diagnostics import ProviderError
+
+    class Client:                                   # a group that never gets ready
+        def get_group(self, name):
+            return {"name": name, "size": 3, "generation": 1, "instances": [],
+                    "status": {"phase": "provisioning", "ready": 0, "observed_generation": 1}}
+
+    state = _state(status=UNKNOWN, instances=UNKNOWN)
+    resources.STOP.set()
+    try:
+        with pytest.raises(ProviderError) as err:
+            GROUP.wait(Client(), state, "create")
+    finally:
+        resources.STOP.clear()
+    assert "interrupted" in err.value.diags[0].summary
+    assert err.value.state["status"]["phase"] == "provisioning"
