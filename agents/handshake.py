@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import requests
+from kazoo.exceptions import NoNodeError
 
 from cowfleet.models import Flavor, NodeInfo
 from cowfleet.zk import layout
@@ -188,24 +189,37 @@ class Gatherer:
 
 
 def node_offer(zk, node: NodeInfo, group: str, flavor: Flavor, want: int,
-               reserved: tuple[int, int] = (0, 0)) -> NodeOffer:
-    """A node's offer from its assignments in ZooKeeper. The folder version
-    is read first: any commit after it bumps it, so the offer is never newer
-    than the version it names."""
+               reserved: tuple[int, int] = (0, 0), known=None) -> NodeOffer:
+    """A node's offer from its assignments in ZooKeeper.
+
+    The assignment list and the folder's version come from ONE read, so they
+    agree: a commit that placed on the node changed both at once. The data of
+    each assignment (its vCPUs and MiB; only ever changes from run to
+    terminate) may come from ``known(child) -> bytes | None`` -- the agent's
+    own cache -- and is read from ZooKeeper otherwise.
+    """
     from cowfleet.agents.placement import DESIRED_RUN, parse_assignment_data
     folder = layout.assignments(node.name)
-    stat = zk.exists(folder)
-    if stat is None:
+    try:
+        children, stat = zk.get_children(folder, include_data=True)
+    except NoNodeError:
         zk.ensure_path(folder)
-        stat = zk.exists(folder)
-    children = zk.get_children(folder)
-    pending = [(c, zk.get_async(f"{folder}/{c}")) for c in children]
-    used_v = used_m = of_group = 0
-    for child, res in pending:
+        children, stat = zk.get_children(folder, include_data=True)
+    datas = []
+    missing = []
+    for child in children:
+        data = known(child) if known else None
+        if data is None:
+            missing.append((child, zk.get_async(f"{folder}/{child}")))
+        else:
+            datas.append((child, data))
+    for child, res in missing:
         try:
-            data, _ = res.get()
-        except Exception:
-            continue
+            datas.append((child, res.get()[0]))
+        except NoNodeError:
+            continue              # removed meanwhile: the agent freed it
+    used_v = used_m = of_group = 0
+    for child, data in datas:
         a = parse_assignment_data(data)
         if a.get("desired") != DESIRED_RUN:
             continue          # terminating: its resources are being freed
@@ -216,6 +230,48 @@ def node_offer(zk, node: NodeInfo, group: str, flavor: Flavor, want: int,
     count = offer_count(node.capacity, used_v, used_m, reserved, flavor, want)
     return NodeOffer(node=node.name, rack=node.rack, count=count, version=stat.version,
                      of_group=of_group, used_vcpus=used_v, used_memory_mib=used_m)
+
+
+class PeerDirectory:
+    """The agents a rack leader talks to, without reading every membership
+    record on every request: a kazoo ChildrenWatch keeps the set of names
+    (it fires on joins and leaves, not on heartbeats), and a record -- for
+    its rack and P2P address, which do not change during a session -- is read
+    once per name. A peer that fails a call is forgotten and read again."""
+
+    def __init__(self, zk):
+        self.zk = zk
+        self._names: set[str] = set()
+        self._known: dict[str, NodeInfo] = {}
+        self._lock = threading.Lock()
+        zk.ChildrenWatch(layout.NODES, self._on_children)
+
+    def _on_children(self, children) -> None:      # kazoo's thread: never block
+        with self._lock:
+            self._names = set(children)
+            for name in [n for n in self._known if n not in self._names]:
+                del self._known[name]
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._known.pop(name, None)
+
+    def nodes(self, role: str, rack: str | None = None) -> list[NodeInfo]:
+        with self._lock:
+            unknown = [n for n in self._names if n not in self._known]
+        pending = [(n, self.zk.get_async(layout.node(n))) for n in unknown]
+        for name, res in pending:
+            try:
+                info = NodeInfo.from_bytes(res.get()[0])
+            except NoNodeError:
+                continue
+            with self._lock:
+                if name in self._names:
+                    self._known[name] = info
+        with self._lock:
+            return sorted((n for n in self._known.values()
+                           if n.role == role and n.healthy and (rack is None or n.rack == rack)),
+                          key=lambda n: n.name)
 
 
 def compute_nodes(zk, rack: str | None = None) -> list[NodeInfo]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from kazoo.exceptions import LockTimeout, NoNodeError, NodeExistsError, NotEmptyError
 
-from cowfleet.agents.handshake import Gatherer, LocalGatherer, Trace, compute_nodes, split
+from cowfleet.agents.handshake import Gatherer, LocalGatherer, Trace, split
 from cowfleet.models import DEFAULT_FLAVORS, DeployRequest, Flavor, Group, GroupStatus, Instance, InstanceState
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read, read_children
@@ -136,7 +136,8 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
             and old[0].observed_generation < group.generation:
         return PlacementResult()     # a request for this generation is queued: it decides
     instances = read_children(zk, layout.group_instances(name), Instance)
-    members = {n.name: n for n in compute_nodes(zk)}
+    # names only: an instance's node is gone when its membership znode is
+    members = set(zk.get_children(layout.NODES))
     flavor = flavor_named(zk, group.flavor)
     result = PlacementResult()
     tx = zk.transaction()

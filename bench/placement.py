@@ -131,7 +131,9 @@ def _place_once(client: Client, zk, size: int, name: str) -> dict:
         time.sleep(0.005)
     commit_s = time.monotonic() - t0
     group = client.get_group(name)
-    trace = client.request("GET", f"/v1/instance-groups/{name}/placement").json()
+    # the trace is written just after the commit
+    trace = c.wait_for(lambda: client.request("GET", f"/v1/instance-groups/{name}/placement").json(), 30,
+                       f"the placement trace of {name}")
     per_rack = Counter(i["rack"] for i in group["instances"])
     per_node = Counter(i["node"] for i in group["instances"])
     client.delete_group(name)

@@ -22,7 +22,7 @@ from cowfleet.agents.compute.domain import DomainSpec
 from cowfleet.agents.compute.hypervisor import Hypervisor, domain_name
 from cowfleet.agents.compute.overlays import FakeOverlayStore, OverlayStore
 from cowfleet.agents.node import NodeAgent
-from cowfleet.agents.handshake import HandshakeGatherer, Reservations, compute_nodes, node_offer, post
+from cowfleet.agents.handshake import HandshakeGatherer, PeerDirectory, Reservations, node_offer, post
 from cowfleet.agents.placement import DESIRED_RUN, Placer, flavor_named, parse_assignment_data
 from cowfleet.guest.builder import READY_MARKER
 from cowfleet.models import Flavor, Image, Instance, InstanceState, Replica, now
@@ -79,6 +79,7 @@ class ComputeAgent(NodeAgent):
         self.cache.start()
         self.zk.ChildrenWatch(layout.REQUESTS, self._on_requests)
         self.zk.ChildrenWatch(layout.NODES, self._on_requests)    # a node gone: re-place soon
+        self.peers = PeerDirectory(self.zk)
         threading.Thread(target=self._readiness_loop, name="readiness", daemon=True).start()
 
     def _on_tree_event(self, event) -> None:
@@ -108,13 +109,17 @@ class ComputeAgent(NodeAgent):
         request = str(body["request"])
         reserved = self.reservations.held_by_others(request)
         o = node_offer(self.zk, self.node_info(), str(body.get("group", "")), flavor, int(body["want"]),
-                       reserved)
+                       reserved, known=self._cached_assignment)
         self.reservations.hold(request, o.count * flavor.vcpus, o.count * flavor.memory_mib)
         return 200, asdict(o)
 
+    def _cached_assignment(self, child: str) -> bytes | None:
+        node = self.cache.get_data(f"{layout.assignments(self.name)}/{child}")
+        return node.data if node is not None else None
+
     def rack_offers(self, body: dict) -> dict:
         """As rack leader: ask every compute agent of the rack, in parallel."""
-        nodes = compute_nodes(self.zk, self.rack)
+        nodes = self.peers.nodes("compute", self.rack)
 
         def ask(node):
             if node.name == self.name:
@@ -127,6 +132,7 @@ class ComputeAgent(NodeAgent):
                 offers.append(fut.result())
             except Exception as exc:    # an agent that cannot answer offers nothing
                 errors[name] = f"{type(exc).__name__}"
+                self.peers.forget(name)
         return {"rack": self.rack, "leader": self.name, "offers": offers, "errors": errors}
 
     def rack_offers_p2p(self, body: dict) -> tuple[int, dict]:
@@ -138,7 +144,7 @@ class ComputeAgent(NodeAgent):
         request = str(body["request"])
         self.reservations.release(request)
         if self.leading.is_set() and body.get("forward", True):
-            for node in compute_nodes(self.zk, self.rack):
+            for node in self.peers.nodes("compute", self.rack):
                 if node.name != self.name and node.address:
                     self.handshake_pool.submit(post, f"{node.address}/v1/release",
                                                {"request": request, "forward": False}, 1)

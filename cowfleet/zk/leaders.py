@@ -10,7 +10,6 @@ from kazoo.exceptions import NoNodeError
 
 from cowfleet.models import NodeInfo
 from cowfleet.zk import layout
-from cowfleet.zk.connection import read
 
 ROLES = ("compute", "storage")
 
@@ -32,19 +31,41 @@ def rack_leader_name(zk, rack: str, role: str) -> str | None:
 
 def rack_leaders(zk, role: str) -> dict[str, NodeInfo]:
     """rack -> the membership record of its current leader for ``role``
-    (racks whose leader has no membership record are left out)."""
-    out = {}
+    (racks whose leader has no membership record are left out). Three waves
+    of parallel reads, whatever the number of racks."""
     try:
-        racks = zk.get_children(layout.RACKS)
+        racks = sorted(zk.get_children(layout.RACKS))
     except NoNodeError:
-        return out
-    for rack in sorted(racks):
-        name = rack_leader_name(zk, rack, role)
-        if name is None:
+        return {}
+    wave = [(r, zk.get_children_async(layout.rack_leader(r, role))) for r in racks]
+    firsts = []
+    for rack, res in wave:
+        try:
+            contenders = res.get()
+        except NoNodeError:
             continue
-        got = read(zk, layout.node(name), NodeInfo)
-        if got is not None and got[0].role == role and got[0].address:
-            out[rack] = got[0]
+        if contenders:
+            first = min(contenders, key=lambda c: c[-10:])       # the sequence suffix
+            firsts.append((rack, zk.get_async(f"{layout.rack_leader(rack, role)}/{first}")))
+    names = []
+    for rack, res in firsts:
+        try:
+            data, _ = res.get()
+        except NoNodeError:
+            # it just left; the next contender leads: ask the slow way
+            name = rack_leader_name(zk, rack, role)
+            data = name.encode() if name else b""
+        if data:
+            names.append((rack, zk.get_async(layout.node(data.decode()))))
+    out = {}
+    for rack, res in names:
+        try:
+            data, _ = res.get()
+        except NoNodeError:
+            continue
+        node = NodeInfo.from_bytes(data)
+        if node.role == role and node.address:
+            out[rack] = node
     return out
 
 
