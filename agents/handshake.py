@@ -239,8 +239,9 @@ class PeerDirectory:
     its rack and P2P address, which do not change during a session -- is read
     once per name. A peer that fails a call is forgotten and read again."""
 
-    def __init__(self, zk):
+    def __init__(self, zk, on_change=None):
         self.zk = zk
+        self._on_change = on_change      # called from kazoo's thread: must not block
         self._names: set[str] = set()
         self._known: dict[str, NodeInfo] = {}
         self._lock = threading.Lock()
@@ -251,6 +252,8 @@ class PeerDirectory:
             self._names = set(children)
             for name in [n for n in self._known if n not in self._names]:
                 del self._known[name]
+        if self._on_change:
+            self._on_change(children)
 
     def forget(self, name: str) -> None:
         with self._lock:

@@ -77,9 +77,11 @@ class ComputeAgent(NodeAgent):
         self.cache = TreeCache(self.zk, path)
         self.cache.listen(self._on_tree_event)
         self.cache.start()
-        self.zk.ChildrenWatch(layout.REQUESTS, self._on_requests)
-        self.zk.ChildrenWatch(layout.NODES, self._on_requests)    # a node gone: re-place soon
-        self.peers = PeerDirectory(self.zk)
+        # no watch on the request queue: requests come by hand-off, and the
+        # queue is only for those left over after a grace period (checked on
+        # every leader round); waking every leader on each request would
+        # only make them all read ZooKeeper at the busiest moment
+        self.peers = PeerDirectory(self.zk, on_change=self._on_nodes)   # a node gone: re-place soon
         threading.Thread(target=self._readiness_loop, name="readiness", daemon=True).start()
 
     def _on_tree_event(self, event) -> None:
@@ -87,7 +89,7 @@ class ComputeAgent(NodeAgent):
                                 TreeEvent.INITIALIZED):
             self.wake.set()
 
-    def _on_requests(self, children) -> None:
+    def _on_nodes(self, children) -> None:
         if children and hasattr(self, "leader_wake"):
             self.leader_wake.set()
 
