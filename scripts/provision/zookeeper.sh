@@ -47,7 +47,7 @@ ZOO_CFG=$ETC/zookeeper/zoo.cfg
 ZOO_LOG4J=$ETC/zookeeper/log4j.properties
 JAVA_HEAP=${COWFLEET_ZK_HEAP:-256m}
 EOF
-write_run zookeeper 'exec java -Xmx$JAVA_HEAP -XX:+UseSerialGC -Dlog4j.configuration=file:$ZOO_LOG4J \
+write_run zookeeper 'exec java -Xmx$JAVA_HEAP -XX:+UseSerialGC -Djava.net.preferIPv4Stack=true -Dlog4j.configuration=file:$ZOO_LOG4J \
   -Dzookeeper.jmx.log4j.disable=true -cp "/usr/share/java/zookeeper.jar:/usr/share/java/*" \
   org.apache.zookeeper.server.quorum.QuorumPeerMain "$ZOO_CFG"'
 start_role zookeeper
