@@ -7,9 +7,9 @@ Topology (``cowfleet lab up --racks 2 --nodes-per-rack 2 --zk 3``)::
     namespace cf-<lab>-fabric:   bridge br0  (the "switch"; nothing else)
         veth -> cf-<lab>-zk1     10.77.0.11/16   ZooKeeper member 1 (…zk2 .12, zk3 .13)
         veth -> cf-<lab>-svc     10.77.0.2/16    the control service (gunicorn :8080)
-        veth -> cf-<lab>-r1-s1   10.77.1.1/16    storage agent, rack-1
+        veth -> cf-<lab>-r1-s1   10.77.1.5/16    storage agent, rack-1
         veth -> cf-<lab>-r1-c1   10.77.1.11/16   compute agent, rack-1 (…c2 .12)
-        veth -> cf-<lab>-r2-s1   10.77.2.1/16    …rack-2
+        veth -> cf-<lab>-r2-s1   10.77.2.5/16    …rack-2
     host: 127.0.0.1:PORT -> 10.77.0.2:8080, a forwarder process (cowfleet.lab.netns)
 
 The host's own network namespace gets no interface, address or route: the
@@ -110,7 +110,7 @@ def plan(lab_id: str, root: Path, racks: int, nodes_per_rack: int, zk: int) -> l
     nodes = [node(f"zk{i}", "zookeeper", f"10.77.0.{10 + i}") for i in range(1, zk + 1)]
     nodes.append(node("svc", "service", "10.77.0.2"))
     for r in range(1, racks + 1):
-        nodes.append(node(f"r{r}-s1", "storage", f"10.77.{r}.1", f"rack-{r}"))
+        nodes.append(node(f"r{r}-s1", "storage", f"10.77.{r}.5", f"rack-{r}"))
         for i in range(1, nodes_per_rack + 1):
             nodes.append(node(f"r{r}-c{i}", "compute", f"10.77.{r}.{10 + i}", f"rack-{r}"))
     return nodes
