@@ -107,3 +107,22 @@ def test_vagrantfile_validates(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     proc = vagrant(tmp_path, "validate", COWFLEET_ZK_COUNT="2")
     assert proc.returncode != 0 and "must be 1, 3 or 5" in proc.stdout + proc.stderr
+
+
+def test_racks_lab_plan_matches_the_vagrantfile():
+    """Same node names and addresses in both labs (and so in testinfra's view)."""
+    from cowfleet.lab.racks import plan
+    nodes = plan("lab0000", Path("/x"), racks=2, nodes_per_rack=2, zk=3)
+    got = {n.short: (n.role, n.addr, n.rack) for n in nodes}
+    assert got == {
+        "zk1": ("zookeeper", "10.77.0.11", ""), "zk2": ("zookeeper", "10.77.0.12", ""),
+        "zk3": ("zookeeper", "10.77.0.13", ""), "svc": ("service", "10.77.0.2", ""),
+        "r1-s1": ("storage", "10.77.1.5", "rack-1"), "r1-c1": ("compute", "10.77.1.11", "rack-1"),
+        "r1-c2": ("compute", "10.77.1.12", "rack-1"), "r2-s1": ("storage", "10.77.2.5", "rack-2"),
+        "r2-c1": ("compute", "10.77.2.11", "rack-2"), "r2-c2": ("compute", "10.77.2.12", "rack-2")}
+    assert {n.netns for n in nodes} == {f"cf-lab0000-{s}" for s in got}
+    assert next(n for n in nodes if n.short == "r2-c1").name == "lab0000-r2-c1"
+    vagrantfile = (REPO / "Vagrantfile").read_text()
+    for pattern in ('"10.77.0.#{10 + i}"', '"10.77.0.2"', '"10.77.#{r}.5"', '"10.77.#{r}.#{10 + i}"',
+                    '"r#{r}-s1"', '"r#{r}-c#{i}"', '"zk#{i}"', '"svc"'):
+        assert pattern in vagrantfile, pattern
