@@ -97,10 +97,21 @@ def racks_lab():
         pytest.skip("iproute2 is not installed")
     d = _workdir("cowfleet-racks-")
     lab = RacksLab(d / "lab", racks=RACKS, nodes_per_rack=NODES_PER_RACK, zk=ZK, fake=True)
-    lab.up(progress=print)
-    yield lab
-    lab.down()
-    shutil.rmtree(d, ignore_errors=True)
+    # the agents' test hook (agents/placement.py fault_point): while this file
+    # exists, a coordinator waits just before its commit; the nodes inherit it
+    lab.pause_file = d / "pause"
+    saved = os.environ.get("COWFLEET_FAULT_PAUSE")
+    os.environ["COWFLEET_FAULT_PAUSE"] = str(lab.pause_file)
+    try:
+        lab.up(progress=print)
+        yield lab
+    finally:
+        if saved is None:
+            os.environ.pop("COWFLEET_FAULT_PAUSE", None)
+        else:
+            os.environ["COWFLEET_FAULT_PAUSE"] = saved
+        lab.down()
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -58,10 +58,17 @@ def test_group_spreads_over_racks_while_a_zookeeper_member_dies(racks_lab, api, 
     before = sessions(lab)
     assert agents <= set(before)
     victim = zk_leader(lab)           # the worst one: the ensemble must elect anew
+    pause = lab.pause_file
     with Load(lab.state.endpoint, lab.state.token) as load:
         wait_until(lambda: load.ok >= 10, 30, "load running")
-        api.put_group("g6", image=tiny_image, flavor="small", size=6)
-        lab.stop_node(victim.short)   # SIGKILL while the deploy is under way
+        pause.touch()                 # the coordinator stops just before its commit
+        try:
+            api.put_group("g6", image=tiny_image, flavor="small", size=6)
+            wait_until(lambda: list(pause.parent.glob("pause.before-commit.*")), 30,
+                       "the coordinator at its commit")
+            lab.stop_node(victim.short)   # SIGKILL mid-deploy: offers gathered, nothing committed
+        finally:
+            pause.unlink(missing_ok=True)
         wait_until(lambda: (api.get_group("g6") or {}).get("status", {}).get("ready") == 6, 90,
                    "6 instances ready")
         ok = load.ok
