@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN     = $(VENV)/bin
 
-.PHONY: setup system venv demo test unit lab-up lab-down lab-status clean provider provider-proto
+.PHONY: setup system venv demo test unit lab-up lab-racks lab-down lab-status test-lab clean provider provider-proto
 
 setup: system venv
 
@@ -31,6 +31,14 @@ unit: venv
 
 lab-up: setup
 	$(BIN)/cowfleet lab up
+
+# the racks lab: every node in its own network namespace (fake hypervisor)
+lab-racks: setup
+	$(BIN)/cowfleet lab up --racks 2 --nodes-per-rack 2 --zk 3 --fake
+
+# testinfra on every node of a racks lab of its own, and the racks scenarios
+test-lab: setup
+	$(BIN)/pytest -m lab tests/lab
 
 lab-down:
 	$(BIN)/cowfleet lab down

@@ -21,9 +21,20 @@ def _err(msg: str, code: int = 1) -> int:
 # -- lab ----------------------------------------------------------------------
 
 def cmd_lab_up(args) -> int:
-    from cowfleet.lab.lab import Lab
-    lab = Lab(args.dir)
-    print(f"starting the one-node lab in {lab.dir}")
+    from cowfleet.lab.lab import open_lab
+    existing = open_lab(args.dir)
+    if existing.state is not None and (type(existing).__name__ == "RacksLab") != bool(args.racks):
+        return _err(f"another kind of lab is up in {existing.dir}: 'cowfleet lab down' first")
+    if args.racks:
+        from cowfleet.lab.racks import RacksLab
+        lab = RacksLab(args.dir, racks=args.racks, nodes_per_rack=args.nodes_per_rack, zk=args.zk,
+                       fake=args.fake)
+        print(f"starting the racks lab in {lab.dir}: {args.zk} ZooKeeper, 1 service, {args.racks} rack(s) "
+              f"x (1 storage + {args.nodes_per_rack} compute), each node in its own network namespace")
+    else:
+        from cowfleet.lab.lab import Lab
+        lab = Lab(args.dir)
+        print(f"starting the one-node lab in {lab.dir}")
     st = lab.up(progress=print)
     print(f"COWFLEET_ENDPOINT={st.endpoint}")
     print(f"COWFLEET_TOKEN={st.token}")
@@ -32,8 +43,8 @@ def cmd_lab_up(args) -> int:
 
 
 def cmd_lab_down(args) -> int:
-    from cowfleet.lab.lab import Lab
-    lab = Lab(args.dir)
+    from cowfleet.lab.lab import open_lab
+    lab = open_lab(args.dir)
     if lab.state is None:
         print(f"no lab in {lab.dir}")
         return 0
@@ -43,8 +54,8 @@ def cmd_lab_down(args) -> int:
 
 
 def cmd_lab_status(args) -> int:
-    from cowfleet.lab.lab import Lab
-    lab = Lab(args.dir)
+    from cowfleet.lab.lab import open_lab
+    lab = open_lab(args.dir)
     rows = lab.status()
     if not rows:
         print(f"no lab in {lab.dir}")
@@ -356,13 +367,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cowfleet", description="Fleets of ephemeral copy-on-write VMs.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    lab = sub.add_parser("lab", help="the embedded one-node lab").add_subparsers(dest="lab", required=True)
+    lab = sub.add_parser("lab", help="the embedded lab: one node, or racks of network namespaces").add_subparsers(dest="lab", required=True)
     for name, fn, text in (("up", cmd_lab_up, "start the lab; returns when every component is healthy"),
                            ("down", cmd_lab_down, "stop the lab and remove everything it made"),
                            ("status", cmd_lab_status, "show the lab's components and their health")):
         sp = lab.add_parser(name, help=text)
         sp.add_argument("--dir", help="lab folder (default: $COWFLEET_LAB_DIR or /var/lib/cowfleet/lab)")
         sp.set_defaults(fn=fn)
+        if name == "up":
+            sp.add_argument("--racks", type=int, default=0,
+                            help="the racks lab: this many racks, every node in its own network namespace "
+                                 "(default: the one-node lab on loopback)")
+            sp.add_argument("--nodes-per-rack", type=int, default=2, help="compute nodes per rack (racks lab)")
+            sp.add_argument("--zk", type=int, default=3, choices=[1, 3, 5],
+                            help="ZooKeeper ensemble members (racks lab)")
+            sp.add_argument("--fake", action="store_true",
+                            help="racks lab: compute agents use the fake hypervisor (no VMs)")
 
     img = sub.add_parser("image", help="guest images").add_subparsers(dest="image", required=True)
     sp = img.add_parser("build-demo", help="build the tiny demo guest image from Debian packages")

@@ -48,15 +48,12 @@ def _say(progress: Callable[[str], None] | None, text: str) -> None:
         progress(text)
 
 
-class Lab:
-    def __init__(self, directory: str | os.PathLike | None = None, service_workers: int = 4,
-                 rack: str = "rack-1"):
-        self.dir = Path(directory) if directory else default_dir()
-        self.service_workers = service_workers
-        self.rack = rack
-        self.state: LabState | None = self._load()
+class LabFiles:
+    """What every kind of lab keeps in its folder: ``lab.json`` (its state,
+    ``self.state``, a dataclass) and ``env`` (endpoint and token for the CLI)."""
+    dir: Path
+    state: object
 
-    # -- state file -----------------------------------------------------------
     @property
     def state_file(self) -> Path:
         return self.dir / "lab.json"
@@ -65,16 +62,45 @@ class Lab:
     def env_file(self) -> Path:
         return self.dir / "env"
 
+    def _save(self) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self.state), indent=2))
+        os.replace(tmp, self.state_file)
+
+    def _step(self, progress, name: str, fn: Callable[[], object]) -> None:
+        t0 = time.monotonic()
+        fn()
+        _say(progress, f"  {name:<18} ok  ({time.monotonic() - t0:.1f}s)")
+
+
+def open_lab(directory: str | os.PathLike | None = None):
+    """The lab in ``directory``, whichever kind ``lab.json`` says it is
+    (a one-node :class:`Lab` when there is none)."""
+    d = Path(directory) if directory else default_dir()
+    try:
+        kind = json.loads((d / "lab.json").read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    if kind == "racks":
+        from cowfleet.lab.racks import RacksLab
+        return RacksLab(d)
+    return Lab(d)
+
+
+class Lab(LabFiles):
+    def __init__(self, directory: str | os.PathLike | None = None, service_workers: int = 4,
+                 rack: str = "rack-1"):
+        self.dir = Path(directory) if directory else default_dir()
+        self.service_workers = service_workers
+        self.rack = rack
+        self.state: LabState | None = self._load()
+
+    # -- state file -----------------------------------------------------------
     def _load(self) -> LabState | None:
         try:
             return LabState(**json.loads(self.state_file.read_text()))
         except (OSError, ValueError, TypeError):
             return None
-
-    def _save(self) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self.state), indent=2))
-        os.replace(tmp, self.state_file)
 
     # -- up -------------------------------------------------------------------
     def up(self, progress: Callable[[str], None] | None = None, timeout: float = 120) -> LabState:
@@ -105,11 +131,6 @@ class Lab:
                                  f"COWFLEET_ZK={self.state.zk}\n")
         os.chmod(self.env_file, 0o600)
         return self.state
-
-    def _step(self, progress, name: str, fn: Callable[[], object]) -> None:
-        t0 = time.monotonic()
-        fn()
-        _say(progress, f"  {name:<18} ok  ({time.monotonic() - t0:.1f}s)")
 
     def _start_all(self, progress, port: int, tokens: Path, timeout: float) -> None:
         st = self.state
