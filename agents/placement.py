@@ -153,6 +153,7 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
 
     live = []
     dropped = 0
+    moved: dict[str, int] = {}      # node that left -> its instances, re-placed now
     for inst, version in instances:
         if inst.state == InstanceState.TERMINATING:
             if inst.node not in members:
@@ -164,6 +165,8 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
         if inst.node not in members:
             _drop(zk, tx, name, inst, version)    # re-placed below
             dropped += 1
+            moved.setdefault(inst.node, 0)
+            moved[inst.node] += 1
             continue
         live.append((inst, version))
 
@@ -227,6 +230,9 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
                            f"'{flavor.name}' ({flavor.vcpus} vCPU, {flavor.memory_mib} MiB)"
                            + (f" within max_per_node={limit}" if limit else "")
                            + "; placed when capacity appears")
+    if moved and not message:
+        message = "moving " + ", ".join(f"{n} instance(s) off {node} (left the cluster)"
+                                        for node, n in sorted(moved.items()))
     status = GroupStatus(observed_generation=group.generation, unplaced=result.unplaced, message=message)
     if (not request_path and not result.created and not result.terminated and not dropped
             and old is not None and old[0] == status):
@@ -246,7 +252,7 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
         log.debug("group %s: transaction failed (%s); retrying", name, real)
         trace.outcome = f"retried after {type(real[0]).__name__ if real else 'a conflict'}"
         return None
-    trace.outcome = "committed"
+    trace.outcome = "committed" + (f"; {message}" if moved else "")
     if group.deleting:
         finish_delete_if_empty(zk, name)
     if result.created or result.terminated:

@@ -237,3 +237,5 @@ def test_lost_agent_instances_are_replaced(fresh):
     wait_until(lambda: ready(cl, "moving", 6)
                and victim not in {i["node"] for i in cl.get_group("moving")["instances"]},
                60, "instances re-placed off the dead node")
+    trace = cl.request("GET", "/v1/instance-groups/moving/placement").json()
+    assert f"off {victim} (left the cluster)" in trace["outcome"] and trace["via"] == "sweep"

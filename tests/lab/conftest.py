@@ -27,7 +27,8 @@ from testinfra.backend.local import LocalBackend
 from tests.conftest import _workdir
 
 SSH_CONFIG = os.environ.get("COWFLEET_LAB_SSH_CONFIG")
-RACKS, NODES_PER_RACK, ZK = 2, 2, 3
+# three racks: the hand-shake crosses namespaces between three rack leaders
+RACKS, NODES_PER_RACK, ZK = 3, 2, 3
 
 
 class NetnsBackend(LocalBackend):

@@ -1,4 +1,4 @@
-"""The racks lab end to end: a group of 6 spreads over both racks while a
+"""The racks lab end to end: a group of 6 spreads over the three racks while a
 ZooKeeper member dies mid-deploy (no failed request, no agent loses its
 membership); two members down -> 503, and everything recovers by itself;
 ``down`` leaves no namespace, process or file. Runs after test_nodes.py
@@ -75,8 +75,15 @@ def test_group_spreads_over_racks_while_a_zookeeper_member_dies(racks_lab, api, 
         wait_until(lambda: load.ok >= ok + 20, 60, "requests served after the member died")
     assert load.failed == [], load.failed[:5]
     group = api.get_group("g6")
-    assert Counter(i["rack"] for i in group["instances"]) == {"rack-1": 3, "rack-2": 3}
-    assert len({i["node"] for i in group["instances"]}) == 4, "spread over every compute node"
+    assert Counter(i["rack"] for i in group["instances"]) == {"rack-1": 2, "rack-2": 2, "rack-3": 2}
+    assert len({i["node"] for i in group["instances"]}) == 6, "spread over every compute node"
+    # the hand-shake crossed hosts: a leader per rack answered with its agents' offers
+    trace = api.request("GET", "/v1/instance-groups/g6/placement").json()
+    assert set(trace["racks"]) == {"rack-1", "rack-2", "rack-3"}
+    leaders = {n["name"]: n["address"] for n in api.nodes() if n["leader"] and n["role"] == "compute"}
+    for rack, entry in trace["racks"].items():
+        assert entry["leader"] in leaders and len(entry["offers"]) == 2, (rack, entry)
+    assert len({leaders[e["leader"]].split("//")[1].rsplit(":", 1)[0] for e in trace["racks"].values()}) == 3
     after = sessions(lab)
     assert {n: after.get(n) for n in agents} == {n: before[n] for n in agents}, "an agent lost its session"
     lab.start_node(victim.short)
