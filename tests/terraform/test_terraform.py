@@ -9,6 +9,7 @@ endpoint or token.
 """
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -251,3 +252,38 @@ def test_unreachable_endpoint_and_refused_token(make_tf, lab):
     code, text = tf.plan_exitcode()
     assert code == 1
     assert f"Error: the cowfleet service at {lab.state.endpoint} refused the token" in text, text
+
+
+UPLOAD = """
+terraform {
+  required_providers {
+    cowfleet = { source = "cowfleet.local/cowfleet/cowfleet" }
+  }
+}
+provider "cowfleet" {}
+resource "cowfleet_image" "up" {
+  name         = "tfupload"
+  path         = "%(path)s"
+  min_replicas = 1
+}
+output "sha256" { value = cowfleet_image.up.sha256 }
+output "status" { value = cowfleet_image.up.status }
+"""
+
+
+def test_image_uploaded_from_a_local_path(make_tf, client, lab):
+    """`path` streams the file through PUT /v1/images/{name}/data."""
+    import hashlib
+    tf = make_tf()
+    disk = tf.dir / "disk.raw"
+    disk.write_bytes(os.urandom(2 << 20))
+    tf.write(UPLOAD % {"path": disk})
+    tf.init()
+    tf.apply()
+    img = client.get_image("tfupload")
+    assert img["status"] == "available" and img["sha256"] == hashlib.sha256(disk.read_bytes()).hexdigest()
+    assert tf.output() == {"sha256": img["sha256"], "status": "available"}
+    code, text = tf.plan_exitcode()
+    assert code == 0, text
+    tf.run("destroy", "-auto-approve", "-input=false", "-no-color")
+    assert client.get_image("tfupload") is None
