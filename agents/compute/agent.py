@@ -301,11 +301,11 @@ class ComputeAgent(NodeAgent):
         inst = got[0]
         if inst.state in (InstanceState.TERMINATING, InstanceState.FAILED):
             return        # failed stays failed (visible); the group shows it as degraded
-        where = self._locate(inst.image)
-        if not where or not where.get("replicas") or not where.get("sha256"):
-            self._set_state(group, iid, InstanceState.PENDING,
-                            f"waiting for a replica of image '{inst.image}' reachable from {self.name}")
+        got = read(self.zk, layout.image(inst.image), Image)
+        if got is None or not got[0].sha256:
+            self._set_state(group, iid, InstanceState.PENDING, f"waiting for image '{inst.image}' to hold data")
             return
+        image = got[0]
         flavor = flavor_named(self.zk, inst.flavor)
         if flavor is None:
             self._set_state(group, iid, InstanceState.FAILED, f"flavor '{inst.flavor}' does not exist")
@@ -313,18 +313,32 @@ class ComputeAgent(NodeAgent):
         g = read(self.zk, layout.group(group), Group)
         persistent = bool(g and g[0].persistent)
         self._set_state(group, iid, InstanceState.STARTING)
-        key = session_key(inst.image, where["sha256"])
+        key = session_key(image.name, image.sha256)
         with self.sessions.lock(key):     # attach + overlay, atomic w.r.t. the last user's detach
-            try:
-                session = self.sessions.attach(inst.image, where["sha256"], where["format"], where["replicas"])
-            except SessionError as exc:
-                self._set_state(group, iid, InstanceState.PENDING, f"cannot attach image: {exc}"[:500])
-                return
+            session = self.sessions.get(key)       # the host's session of this image, if it runs
+            if session is not None and session.node and \
+                    not self.zk.exists(layout.image_replica(image.name, session.node)) and \
+                    key not in self._session_users(key):
+                self.log.info("session %s reads from %s, which holds no replica now: re-attaching",
+                              key, session.node)
+                self.sessions.stop(key)
+                session = None
+            if session is None:
+                where = self._locate(image.name)
+                if not where or where.get("sha256") != image.sha256 or not where.get("replicas"):
+                    self._set_state(group, iid, InstanceState.PENDING,
+                                    f"waiting for a replica of image '{image.name}' reachable from {self.name}")
+                    return
+                try:
+                    session = self.sessions.attach(image.name, image.sha256, image.format, where["replicas"])
+                except SessionError as exc:
+                    self._set_state(group, iid, InstanceState.PENDING, f"cannot attach image: {exc}"[:500])
+                    return
             overlay = self.overlays.path(group, iid)
             if overlay.exists() and not (persistent and self.sessions.key_of_overlay(overlay) == key):
                 self.overlays.remove(group, iid)     # ephemeral: a restart starts from the master
             if not overlay.exists():
-                overlay = self.overlays.create(group, iid, session.url, where["format"])
+                overlay = self.overlays.create(group, iid, session.url, image.format)
         console = self.consoles / f"{iid}.log"
         console.unlink(missing_ok=True)
         spec = DomainSpec(name=domain_name(self.name, iid), instance_id=iid, group=group,
