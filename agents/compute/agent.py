@@ -313,6 +313,7 @@ class ComputeAgent(NodeAgent):
         g = read(self.zk, layout.group(group), Group)
         persistent = bool(g and g[0].persistent)
         self._set_state(group, iid, InstanceState.STARTING)
+        t0 = time.monotonic()
         key = session_key(image.name, image.sha256)
         with self.sessions.lock(key):     # attach + overlay, atomic w.r.t. the last user's detach
             session = self.sessions.get(key)       # the host's session of this image, if it runs
@@ -337,8 +338,10 @@ class ComputeAgent(NodeAgent):
             overlay = self.overlays.path(group, iid)
             if overlay.exists() and not (persistent and self.sessions.key_of_overlay(overlay) == key):
                 self.overlays.remove(group, iid)     # ephemeral: a restart starts from the master
+            t_attached = time.monotonic()
             if not overlay.exists():
                 overlay = self.overlays.create(group, iid, session.url, image.format)
+        t_overlay = time.monotonic()
         console = self.consoles / f"{iid}.log"
         console.unlink(missing_ok=True)
         spec = DomainSpec(name=domain_name(self.name, iid), instance_id=iid, group=group,
@@ -351,7 +354,10 @@ class ComputeAgent(NodeAgent):
         except Exception as exc:
             self._set_state(group, iid, InstanceState.FAILED, f"domain start failed: {exc}")
             raise
+        t_domain = time.monotonic()
         self._set_state(group, iid, InstanceState.RUNNING, running_at=now(), ready_at=None)
+        self.log.info("%s running: session %.0f ms, overlay %.0f ms, domain %.0f ms", iid,
+                      (t_attached - t0) * 1000, (t_overlay - t_attached) * 1000, (t_domain - t_overlay) * 1000)
         with self.awaiting_lock:
             self.awaiting[iid] = (group, time.monotonic() + READY_TIMEOUT)
 

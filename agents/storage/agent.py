@@ -182,8 +182,9 @@ class StorageAgent(NodeAgent):
         return iqn
 
     def _unexport_image(self, name: str) -> None:
+        path = str(self.master_path(name))
         with self.export_lock:
-            for iqn in [i for i in self.exports if i.startswith(tgt.node_prefix(self.name) + name + "-")]:
+            for iqn in [i for i, p in self.exports.items() if p == path]:
                 tgt.unexport(iqn)
                 self.exports.pop(iqn, None)
 
@@ -250,9 +251,13 @@ class StorageAgent(NodeAgent):
         try:
             with open(tmp, "wb") as out:
                 for chunk in chunks:
-                    out.write(chunk)
                     digest.update(chunk)
                     size += len(chunk)
+                    if chunk == bytes(len(chunk)):
+                        out.seek(len(chunk), os.SEEK_CUR)   # zeros: a hole (sparse masters stay sparse)
+                    else:
+                        out.write(chunk)
+                out.truncate(size)
                 out.flush()
                 os.fsync(out.fileno())
             sha = digest.hexdigest()
