@@ -27,6 +27,7 @@ from cowfleet.agents.compute.domain import DomainSpec
 from cowfleet.agents.compute.hypervisor import Hypervisor, domain_name
 from cowfleet.agents.compute.overlays import FakeOverlayStore, OverlayStore
 from cowfleet.agents.compute.sessions import FakeSessionManager, SessionError, SessionManager, session_key
+from cowfleet.agents.compute.sessions import kill as kill_daemon
 from cowfleet.agents.node import NodeAgent
 from cowfleet.agents.handshake import HandshakeGatherer, Reservations, compute_nodes, node_offer, post
 from cowfleet.agents.placement import DESIRED_RUN, Placer, flavor_named, parse_assignment_data
@@ -51,7 +52,6 @@ class ComputeAgent(NodeAgent):
         fake = hypervisor.virt_type == "fake"
         self.overlays = (FakeOverlayStore if fake else OverlayStore)(Path(self.state_dir) / "overlays")
         self.sessions = (FakeSessionManager if fake else SessionManager)(Path(self.state_dir) / "sessions")
-        self.last_locate: dict | None = None     # the last storage answer (operators, tests)
         self.consoles = Path(self.state_dir) / "consoles"
         self.consoles.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o755)
@@ -232,8 +232,7 @@ class ComputeAgent(NodeAgent):
                 lock.release()
         for pid in self.sessions.orphans():
             self.log.info("killing orphan qemu-storage-daemon %d", pid)
-            from cowfleet.agents.compute.sessions import kill
-            kill(pid)
+            kill_daemon(pid)
 
     def _session_users(self, key: str) -> set[str]:
         """The keys used by overlays on disk, read now (call under lock(key))."""
@@ -283,7 +282,6 @@ class ComputeAgent(NodeAgent):
             except Exception as exc:
                 self.log.warning("storage leader %s did not answer: %s", leader.name, exc)
                 continue
-            self.last_locate = answer
             return answer
         got = read(self.zk, layout.image(image), Image)
         if got is None:

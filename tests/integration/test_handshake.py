@@ -225,6 +225,10 @@ def test_concurrent_groups_over_capacity_never_overcommit(fresh):
     finally:
         zk.stop()
         zk.close()
+    # pending = unplaced + placed but not yet started by their agent (a start
+    # now first looks the image up through the storage leader): let it settle
+    wait_until(lambda: sum(cl.get_group(n)["status"]["pending"] for n in ("big-1", "big-2")) == 32 - capacity,
+               30, "only the unplaced instances pending")
     statuses = [cl.get_group(n)["status"] for n in ("big-1", "big-2")]
     assert sum(s["pending"] for s in statuses) == 32 - capacity
     assert any("not placed" in s["message"] for s in statuses)

@@ -224,3 +224,33 @@ def test_replicas_in_distinct_racks_survive_a_storage_node_loss(lab, client, zk,
             client.delete_image("rep")
         except ApiError:
             pass
+
+
+def test_unused_and_orphan_sessions_are_stopped(lab):
+    """A session no overlay uses (left by a crash) and a daemon no pid file
+    accounts for are both stopped by the compute agent's reconcile."""
+    sessions = node_dir(lab, "compute") / "sessions"
+    procs = []
+    try:
+        for key, pidfile in (("ghost-000000000000", True), ("orphan-000000000000", False)):
+            d = sessions / key
+            d.mkdir()
+            cmd = ["qemu-storage-daemon", "--blockdev", "driver=null-co,node-name=base,size=1048576",
+                   "--nbd-server", f"addr.type=unix,addr.path={d / 'nbd.sock'}",
+                   "--export", "type=nbd,id=exp0,node-name=base,name=img,writable=off", "--daemonize"]
+            if pidfile:
+                cmd += ["--pidfile", str(d / "qsd.pid")]
+                (d / "session.json").write_text(json.dumps({
+                    "key": key, "image": "ghost", "sha256": "0" * 64, "format": "raw", "node": "",
+                    "portal": "", "target": "", "socket": str(d / "nbd.sock")}))
+            subprocess.run(cmd, check=True)
+        procs = list(daemons_under(sessions))
+        assert len(procs) == 2
+        wait_until(lambda: not daemons_under(sessions), 30, "stray daemons stopped")
+        wait_until(lambda: not (sessions / "ghost-000000000000").exists(), 10, "stray session folder removed")
+    finally:
+        for pid in procs:
+            if c.pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(sessions / "orphan-000000000000", ignore_errors=True)
+        shutil.rmtree(sessions / "ghost-000000000000", ignore_errors=True)
