@@ -18,6 +18,8 @@ def parse_args(argv=None):
     p.add_argument("--state-dir", help="where overlays, consoles or masters live "
                    "(default: /var/lib/cowfleet/NAME)")
     p.add_argument("--listen", default="127.0.0.1:0", help="P2P endpoint HOST:PORT (port 0: any free)")
+    p.add_argument("--iscsi-portal", help="storage: the HOST:PORT at which compute nodes reach this "
+                   "machine's tgtd (default: the --listen host, port 3260)")
     p.add_argument("--libvirt-uri", default="qemu:///system")
     p.add_argument("--virt-type", choices=["auto", "kvm", "qemu"], default="auto",
                    help="libvirt domain type; auto boots a probe guest to see if KVM really works")
@@ -56,7 +58,10 @@ def main(argv=None) -> int:
                              memory_mib=args.memory_mib, network=args.network, **common)
     else:
         from cowfleet.agents.storage.agent import StorageAgent
-        agent = StorageAgent(**common)
+        host = args.listen.rpartition(":")[0]
+        if host in ("", "0.0.0.0", "::", "[::]"):
+            host = "127.0.0.1"
+        agent = StorageAgent(portal=args.iscsi_portal or f"{host}:3260", **common)
     agent.install_signal_handlers()
     agent.run()
     return 0

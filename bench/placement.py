@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cowfleet.agents.storage import tgt  # noqa: E402
 from cowfleet.client import Client  # noqa: E402
 from cowfleet.lab import components as c  # noqa: E402
 from cowfleet.zk import layout  # noqa: E402
@@ -55,6 +56,7 @@ def main(argv=None) -> int:
     zk_server = c.ZooKeeperServer(d / "zk")
     procs: list[int] = []
     rows = []
+    storage = f"storage-{secrets.token_hex(3)}"     # its own name: this machine's tgtd is shared
     try:
         zk_server.start()
         hosts = zk_server.hosts + "/bench"
@@ -66,8 +68,8 @@ def main(argv=None) -> int:
         master = d / "tiny.raw"
         master.write_bytes(b"\0" * 4096)
         procs.append(c.spawn(c.python_cmd("cowfleet.agents.main", "--role", "storage", "--rack", "r00",
-                                          "--zk", hosts, "--name", "storage-1", "--state-dir",
-                                          str(d / "storage-1")), d / "storage.log").pid)
+                                          "--zk", hosts, "--name", storage, "--state-dir",
+                                          str(d / storage)), d / "storage.log").pid)
         client.put_image("tiny", source_url=f"file://{master}", format="raw", min_replicas=1)
         c.wait_for(lambda: client.get_image("tiny")["status"] == "available", 60, "image available")
         zk = connect(hosts)
@@ -83,6 +85,7 @@ def main(argv=None) -> int:
     finally:
         for pid in reversed(procs):
             c.stop_pid(pid, timeout=20)
+        tgt.remove_node_targets(storage)
         zk_server.stop()
         shutil.rmtree(d, ignore_errors=True)
     last = rows[-1]

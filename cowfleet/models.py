@@ -66,13 +66,16 @@ class Image(Record):
 
 @dataclass
 class Replica(Record):
-    """One storage copy of an image, written by the storage agent holding it."""
+    """One storage copy of an image, written by the storage agent holding it
+    once the copy is verified and exported read-only over iSCSI."""
     node: str
     rack: str
     path: str
     sha256: str
     size_bytes: int
     created_at: float = field(default_factory=now)
+    portal: str | None = None     # iSCSI portal HOST:PORT of the storage node's tgtd
+    target: str | None = None     # the target's IQN (LUN 1 is the master, read-only)
 
 
 @dataclass
@@ -109,12 +112,13 @@ class Group(Record):
     user_data: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     update_policy: dict[str, Any] = field(default_factory=lambda: {"max_unavailable": 1, "max_surge": 1})
+    persistent: bool = False      # overlays survive instance restarts (the exception to ephemeral)
     generation: int = 1
     deleting: bool = False
     created_at: float = field(default_factory=now)
 
     SPEC_FIELDS: ClassVar[tuple[str, ...]] = (
-        "image", "flavor", "size", "placement", "user_data", "labels", "update_policy")
+        "image", "flavor", "size", "placement", "user_data", "labels", "update_policy", "persistent")
 
     def spec(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.SPEC_FIELDS}

@@ -1,7 +1,11 @@
 """The compute agent: runs the instances assigned to its node.
 
-It watches its own assignment folder (kazoo TreeCache) and reconciles three
-things against it: libvirt domains, qcow2 overlays and instance records.
+It watches its own assignment folder (kazoo TreeCache) and reconciles four
+things against it: libvirt domains, qcow2 overlays, image sessions and
+instance records. To start an instance it asks a storage rack leader where
+the image is (``_locate``), attaches the image once per host
+(``sessions.py``: qemu-storage-daemon, iSCSI in, NBD out) and backs the
+instance's overlay by that session.
 An assignment exists exactly while the instance belongs on this node; its
 data says ``run`` or ``terminate``. Only this agent removes it, after the
 domain and overlay are gone, so a crash at any point is finished by the next
@@ -10,6 +14,7 @@ reconcile (at start, on every event, and periodically).
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,14 +26,17 @@ from kazoo.recipe.cache import TreeCache, TreeEvent
 from cowfleet.agents.compute.domain import DomainSpec
 from cowfleet.agents.compute.hypervisor import Hypervisor, domain_name
 from cowfleet.agents.compute.overlays import FakeOverlayStore, OverlayStore
+from cowfleet.agents.compute.sessions import FakeSessionManager, SessionError, SessionManager, session_key
+from cowfleet.agents.compute.sessions import kill as kill_daemon
 from cowfleet.agents.node import NodeAgent
 from cowfleet.agents.handshake import HandshakeGatherer, PeerDirectory, Reservations, node_offer, post
 from cowfleet.agents.placement import DESIRED_RUN, Placer, flavor_named, parse_assignment_data
 from cowfleet.guest.builder import READY_MARKER
-from cowfleet.models import Flavor, Image, Instance, InstanceState, Replica, now
+from cowfleet.models import Flavor, Group, Image, Instance, InstanceState, Replica, now
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read, read_children, update
 from cowfleet.zk.groups import finish_delete_if_empty
+from cowfleet.zk.leaders import rack_leaders
 
 READY_TIMEOUT = 900.0
 READY_POLL = 0.25
@@ -41,8 +49,9 @@ class ComputeAgent(NodeAgent):
                  memory_mib: int | None = None, network: str = "user", workers: int = 8, **kw):
         super().__init__(*args, **kw)
         self.hyper = hypervisor
-        overlays = FakeOverlayStore if hypervisor.virt_type == "fake" else OverlayStore
-        self.overlays = overlays(Path(self.state_dir) / "overlays")
+        fake = hypervisor.virt_type == "fake"
+        self.overlays = (FakeOverlayStore if fake else OverlayStore)(Path(self.state_dir) / "overlays")
+        self.sessions = (FakeSessionManager if fake else SessionManager)(Path(self.state_dir) / "sessions")
         self.consoles = Path(self.state_dir) / "consoles"
         self.consoles.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o755)
@@ -210,6 +219,32 @@ class ComputeAgent(NodeAgent):
         for iid, (group, _path) in overlays.items():
             if iid not in desired and iid not in domains:
                 self._submit(iid, self._terminate, group, iid)
+        self._reconcile_sessions(overlays)
+
+    def _reconcile_sessions(self, overlays: dict) -> None:
+        """Sessions no overlay on disk uses are stopped; daemons under our
+        folder that no session accounts for (a lost pid file) are killed.
+        Used sessions whose daemon died are restarted by the next start."""
+        used = {self.sessions.key_of_overlay(path) for _group, path in overlays.values()}
+        for key in self.sessions.list():
+            if key in used:
+                continue
+            lock = self.sessions.lock(key)
+            if not lock.acquire(blocking=False):
+                continue                  # being attached right now
+            try:
+                if key not in self._session_users(key):
+                    self.log.info("stopping unused image session %s", key)
+                    self.sessions.stop(key)
+            finally:
+                lock.release()
+        for pid in self.sessions.orphans():
+            self.log.info("killing orphan qemu-storage-daemon %d", pid)
+            kill_daemon(pid)
+
+    def _session_users(self, key: str) -> set[str]:
+        """The keys used by overlays on disk, read now (call under lock(key))."""
+        return {self.sessions.key_of_overlay(path) for _g, path in self.overlays.list().values()}
 
     def _submit(self, iid: str, fn, *args) -> None:
         with self.inflight_lock:
@@ -240,16 +275,30 @@ class ComputeAgent(NodeAgent):
             return inst
         update(self.zk, layout.group_instance(group, iid), Instance, change)
 
-    def _replica_for(self, image: str) -> tuple[Replica, Image] | None:
+    def _locate(self, image: str) -> dict | None:
+        """Where the image is (seed 001 steps 6-8): ask a storage rack leader
+        (this rack's first), who asks the other leaders, who ask their
+        agents. If no leader answers, the replica records in ZooKeeper."""
+        leaders = rack_leaders(self.zk, "storage")
+        order = [leaders.pop(self.rack)] if self.rack in leaders else []
+        rest = list(leaders.values())
+        random.shuffle(rest)
+        body = {"image": image, "rack": self.rack, "node": self.name}
+        for leader in order + rest:
+            try:
+                answer = post(f"{leader.address}/v1/locate", body, timeout=10)
+            except Exception as exc:
+                self.log.warning("storage leader %s did not answer: %s", leader.name, exc)
+                continue
+            return answer
         got = read(self.zk, layout.image(image), Image)
         if got is None:
             return None
-        for replica, _ in read_children(self.zk, layout.image_replicas(image), Replica):
-            # Walking skeleton: the master is a local file (storage and compute
-            # share a host in the one-node lab). iSCSI streaming replaces this.
-            if os.path.exists(replica.path):
-                return replica, got[0]
-        return None
+        replicas = [r.to_dict() for r, _ in read_children(self.zk, layout.image_replicas(image), Replica)
+                    if r.target and r.sha256 == got[0].sha256]
+        replicas.sort(key=lambda r: r["rack"] != self.rack)
+        return {"image": image, "format": got[0].format, "sha256": got[0].sha256,
+                "min_replicas": got[0].min_replicas, "replicas": replicas, "answered_by": "zookeeper"}
 
     def _start(self, group: str, iid: str) -> None:
         got = read(self.zk, layout.group_instance(group, iid), Instance)
@@ -258,20 +307,47 @@ class ComputeAgent(NodeAgent):
         inst = got[0]
         if inst.state in (InstanceState.TERMINATING, InstanceState.FAILED):
             return        # failed stays failed (visible); the group shows it as degraded
-        found = self._replica_for(inst.image)
-        if found is None:
-            self._set_state(group, iid, InstanceState.PENDING,
-                            f"waiting for a replica of image '{inst.image}' reachable from {self.name}")
+        got = read(self.zk, layout.image(inst.image), Image)
+        if got is None or not got[0].sha256:
+            self._set_state(group, iid, InstanceState.PENDING, f"waiting for image '{inst.image}' to hold data")
             return
-        replica, image = found
+        image = got[0]
         flavor = flavor_named(self.zk, inst.flavor)
         if flavor is None:
             self._set_state(group, iid, InstanceState.FAILED, f"flavor '{inst.flavor}' does not exist")
             return
+        g = read(self.zk, layout.group(group), Group)
+        persistent = bool(g and g[0].persistent)
         self._set_state(group, iid, InstanceState.STARTING)
-        overlay = self.overlays.path(group, iid)
-        if not overlay.exists():
-            overlay = self.overlays.create(group, iid, replica.path, image.format)
+        t0 = time.monotonic()
+        key = session_key(image.name, image.sha256)
+        with self.sessions.lock(key):     # attach + overlay, atomic w.r.t. the last user's detach
+            session = self.sessions.get(key)       # the host's session of this image, if it runs
+            if session is not None and session.node and \
+                    not self.zk.exists(layout.image_replica(image.name, session.node)) and \
+                    key not in self._session_users(key):
+                self.log.info("session %s reads from %s, which holds no replica now: re-attaching",
+                              key, session.node)
+                self.sessions.stop(key)
+                session = None
+            if session is None:
+                where = self._locate(image.name)
+                if not where or where.get("sha256") != image.sha256 or not where.get("replicas"):
+                    self._set_state(group, iid, InstanceState.PENDING,
+                                    f"waiting for a replica of image '{image.name}' reachable from {self.name}")
+                    return
+                try:
+                    session = self.sessions.attach(image.name, image.sha256, image.format, where["replicas"])
+                except SessionError as exc:
+                    self._set_state(group, iid, InstanceState.PENDING, f"cannot attach image: {exc}"[:500])
+                    return
+            overlay = self.overlays.path(group, iid)
+            if overlay.exists() and not (persistent and self.sessions.key_of_overlay(overlay) == key):
+                self.overlays.remove(group, iid)     # ephemeral: a restart starts from the master
+            t_attached = time.monotonic()
+            if not overlay.exists():
+                overlay = self.overlays.create(group, iid, session.url, image.format)
+        t_overlay = time.monotonic()
         console = self.consoles / f"{iid}.log"
         console.unlink(missing_ok=True)
         spec = DomainSpec(name=domain_name(self.name, iid), instance_id=iid, group=group,
@@ -284,7 +360,10 @@ class ComputeAgent(NodeAgent):
         except Exception as exc:
             self._set_state(group, iid, InstanceState.FAILED, f"domain start failed: {exc}")
             raise
+        t_domain = time.monotonic()
         self._set_state(group, iid, InstanceState.RUNNING, running_at=now(), ready_at=None)
+        self.log.info("%s running: session %.0f ms, overlay %.0f ms, domain %.0f ms", iid,
+                      (t_attached - t0) * 1000, (t_overlay - t_attached) * 1000, (t_domain - t_overlay) * 1000)
         with self.awaiting_lock:
             self.awaiting[iid] = (group, time.monotonic() + READY_TIMEOUT)
 
@@ -306,7 +385,10 @@ class ComputeAgent(NodeAgent):
 
     def _terminate(self, group: str, iid: str) -> None:
         self.hyper.destroy(domain_name(self.name, iid))
-        self.overlays.remove(group, iid)
+        key = self.sessions.key_of_overlay(self.overlays.path(group, iid))
+        self.overlays.remove(group, iid)       # ephemeral: nothing of the instance survives
+        if key is not None:
+            self._release_session(key)
         (self.consoles / f"{iid}.log").unlink(missing_ok=True)
         with self.awaiting_lock:
             self.awaiting.pop(iid, None)
@@ -319,6 +401,13 @@ class ComputeAgent(NodeAgent):
         if tx.operations:
             tx.commit()
         finish_delete_if_empty(self.zk, group)
+
+    def _release_session(self, key: str) -> None:
+        """Stop the image session when no overlay on this host uses it any more."""
+        with self.sessions.lock(key):
+            if key not in self._session_users(key):
+                self.log.info("last instance of session %s gone: stopping it", key)
+                self.sessions.stop(key)
 
     # -- readiness ------------------------------------------------------------
     def _readiness_loop(self) -> None:

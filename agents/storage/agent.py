@@ -1,14 +1,22 @@
-"""The storage agent: holds read-only master images and says so in ZooKeeper.
+"""The storage agent: holds read-only master images, exports each through
+the machine's tgtd as a read-only iSCSI LUN, and says so in ZooKeeper.
 
 For each image it fetches a copy while the image has fewer replicas than it
 asks for -- from the image's ``source_url``, or, for uploaded images, from a
-peer storage agent that holds one -- verifies the checksum, and publishes an
-EPHEMERAL replica record (gone with the agent, so the image's status is always
-the truth). Copies whose image was deleted are discarded. At start it
-re-publishes what is on disk.
+peer storage agent that holds one -- verifies the checksum, exports it
+(``tgt.py``) and publishes an EPHEMERAL replica record with the portal and
+target (gone with the agent, so the image's status is always the truth).
+Which agents copy is decided the same way by all of them (``copiers``): the
+nodes in racks without a copy first, so replicas land in distinct racks.
+Copies whose image was deleted are discarded and unexported. At start, and on
+every round, its targets are reconciled against what it holds: each copy
+exported once, no target left over.
 
 Its P2P endpoint takes uploads (``PUT /v1/images/NAME/data``, streamed by the
-service) and serves its copies to peers (``GET /v1/images/NAME/data``).
+service), serves its copies to peers (``GET /v1/images/NAME/data``), and
+answers where an image is (``POST /v1/locate`` to a storage rack leader, which
+asks the other leaders ``POST /v1/rack-locate``, who ask their agents
+``POST /v1/holds``).
 """
 from __future__ import annotations
 
@@ -23,16 +31,24 @@ import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import time
+import zlib
+
 import requests
 from kazoo.exceptions import NodeExistsError, NoNodeError
 from werkzeug.wrappers import Request, Response
 
+from cowfleet.agents.handshake import post
 from cowfleet.agents.node import NodeAgent
+from cowfleet.agents.storage import tgt
 from cowfleet.models import Image, NodeInfo, Replica
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read, read_children, update
+from cowfleet.zk.leaders import rack_leaders
 
 CHUNK = 1 << 20
+DEFER_SECONDS = 30.0      # how long a non-preferred agent leaves a missing copy to the preferred ones
+LOCATE_TIMEOUT = 3.0
 DATA_PATH = re.compile(r"^/v1/images/([a-z0-9][a-z0-9-]{0,62})/data$")
 
 
@@ -49,15 +65,20 @@ class UploadRefused(Exception):
 class StorageAgent(NodeAgent):
     role = "storage"
 
-    def __init__(self, *args, **kw):
+    def __init__(self, *args, portal: str | None = None, **kw):
         super().__init__(*args, **kw)
         self.store = Path(self.state_dir) / "images"
         self.store.mkdir(parents=True, exist_ok=True)
         for d in (self.state_dir, self.store):
-            os.chmod(d, 0o755)   # qemu (an unprivileged user) reads masters as backing files
+            os.chmod(d, 0o755)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fetch")
         self.fetching: set[str] = set()
         self.fetch_lock = threading.Lock()
+        self.portal = portal or f"127.0.0.1:{tgt.DEFAULT_PORT}"
+        self.exports: dict[str, str] = {}          # iqn -> master path, what tgtd exports for us
+        self.export_lock = threading.Lock()
+        self.short_since: dict[str, float] = {}    # image -> when this agent first saw it short
+        self.locate_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="locate")
 
     def capacity(self):
         st = os.statvfs(self.store)
@@ -78,6 +99,7 @@ class StorageAgent(NodeAgent):
 
     def reconcile(self) -> None:
         names = set(self.zk.get_children(layout.IMAGES))
+        storage = None
         for name in names:
             got = read(self.zk, layout.image(name), Image)
             if got is None:
@@ -86,12 +108,20 @@ class StorageAgent(NodeAgent):
             mine = self.zk.exists(layout.image_replica(name, self.name))
             path = self.master_path(name)
             if mine:
+                if not path.exists():    # the copy vanished from disk: stop advertising it
+                    self.zk.delete(layout.image_replica(name, self.name))
                 continue
             if path.exists():
                 self._publish(image, path)
                 continue
             replicas = [r for r, _ in read_children(self.zk, layout.image_replicas(name), Replica)]
             if len(replicas) >= image.min_replicas:
+                self.short_since.pop(name, None)
+                continue
+            if storage is None:
+                storage = [n for n, _ in read_children(self.zk, layout.NODES, NodeInfo)
+                           if n.role == "storage" and n.healthy]
+            if not self._should_copy(image, replicas, storage):
                 continue
             if image.source_url and not image.error:
                 self._fetch_async(image)
@@ -101,11 +131,62 @@ class StorageAgent(NodeAgent):
         for path in self.store.glob("*.img"):
             if path.stem not in names:
                 self.log.info("discarding master of deleted image %s", path.stem)
+                self._unexport_image(path.stem)
                 path.unlink(missing_ok=True)
                 path.with_suffix(".sha256").unlink(missing_ok=True)
         for path in self.store.glob("*.partial"):
             if path.name.split(".")[0] not in names:
                 path.unlink(missing_ok=True)
+        self._reconcile_targets()
+
+    def _should_copy(self, image: Image, replicas: list[Replica], storage: list[NodeInfo]) -> bool:
+        """Every agent computes the same ``copiers``; the chosen ones copy at
+        once, the others only if the image stays short for DEFER_SECONDS
+        (a chosen agent may be unable to)."""
+        chosen = copiers(image.name, image.min_replicas, replicas, storage)
+        if self.name in chosen:
+            return True
+        since = self.short_since.setdefault(image.name, time.monotonic())
+        return time.monotonic() - since > DEFER_SECONDS
+
+    # -- iSCSI exports ----------------------------------------------------------
+    def _wanted_targets(self) -> dict[str, str]:
+        """iqn -> master path for every verified copy on disk."""
+        out = {}
+        for path in self.store.glob("*.img"):
+            sidecar = path.with_suffix(".sha256")
+            if sidecar.exists():
+                out[tgt.iqn_for(self.name, path.stem, sidecar.read_text().strip())] = str(path)
+        return out
+
+    def _reconcile_targets(self) -> None:
+        """Targets of this node in tgtd == the copies it holds: each exported
+        once, nothing left over (e.g. after a crash or a restart)."""
+        with self.export_lock:
+            have = {t.iqn: t for t in tgt.list_targets(tgt.node_prefix(self.name))}
+            wanted = self._wanted_targets()
+            for iqn, t in have.items():
+                if iqn not in wanted:
+                    self.log.info("removing leftover target %s", iqn)
+                    tgt.unexport(iqn)
+            for iqn, path in wanted.items():
+                if iqn not in have or have[iqn].backing != [path]:
+                    tgt.export(iqn, path)
+            self.exports = wanted
+
+    def _export(self, name: str, sha: str, path: Path) -> str:
+        iqn = tgt.iqn_for(self.name, name, sha)
+        with self.export_lock:
+            tgt.export(iqn, str(path))
+            self.exports[iqn] = str(path)
+        return iqn
+
+    def _unexport_image(self, name: str) -> None:
+        path = str(self.master_path(name))
+        with self.export_lock:
+            for iqn in [i for i, p in self.exports.items() if p == path]:
+                tgt.unexport(iqn)
+                self.exports.pop(iqn, None)
 
     def _fetch_async(self, image: Image, peers: list[Replica] | None = None) -> None:
         with self.fetch_lock:
@@ -170,9 +251,13 @@ class StorageAgent(NodeAgent):
         try:
             with open(tmp, "wb") as out:
                 for chunk in chunks:
-                    out.write(chunk)
                     digest.update(chunk)
                     size += len(chunk)
+                    if chunk == bytes(len(chunk)):
+                        out.seek(len(chunk), os.SEEK_CUR)   # zeros: a hole (sparse masters stay sparse)
+                    else:
+                        out.write(chunk)
+                out.truncate(size)
                 out.flush()
                 os.fsync(out.fileno())
             sha = digest.hexdigest()
@@ -248,7 +333,9 @@ class StorageAgent(NodeAgent):
     def _publish(self, image: Image, path: Path) -> bool:
         """Record the copy; False if it does not match the image's checksum."""
         sidecar = path.with_suffix(".sha256")
-        sha = sidecar.read_text().strip() if sidecar.exists() else _sha256(path)
+        if not sidecar.exists():
+            sidecar.write_text(_sha256(path))
+        sha = sidecar.read_text().strip()
         size = path.stat().st_size
 
         def record(img: Image):
@@ -264,10 +351,13 @@ class StorageAgent(NodeAgent):
             return False
         if got[0].sha256 != sha:
             self.log.warning("copy of %s does not match its checksum; discarding", image.name)
+            self._unexport_image(image.name)
             path.unlink(missing_ok=True)
             path.with_suffix(".sha256").unlink(missing_ok=True)
             return False
-        replica = Replica(node=self.name, rack=self.rack, path=str(path), sha256=sha, size_bytes=size)
+        iqn = self._export(image.name, sha, path)
+        replica = Replica(node=self.name, rack=self.rack, path=str(path), sha256=sha, size_bytes=size,
+                          portal=self.portal, target=iqn)
         try:
             self.zk.create(layout.image_replica(image.name, self.name), replica.to_bytes(), ephemeral=True)
             self.log.info("serving a replica of %s", image.name)
@@ -275,11 +365,121 @@ class StorageAgent(NodeAgent):
             pass
         return True
 
+    # -- P2P: where is an image? (seed 001 steps 6-8) ---------------------------
+    def p2p_routes(self):
+        return {("POST", "/v1/holds"): self.holds,
+                ("POST", "/v1/rack-locate"): self.rack_locate_p2p,
+                ("POST", "/v1/locate"): self.locate}
+
+    def holds(self, body: dict) -> tuple[int, dict]:
+        """This agent's exported, verified copy of the image, if it has one."""
+        name = str(body["image"])
+        path = self.master_path(name)
+        sidecar = path.with_suffix(".sha256")
+        answer = {"node": self.name, "rack": self.rack, "holds": False}
+        if not path.exists() or not sidecar.exists():
+            return 200, answer
+        sha = sidecar.read_text().strip()
+        iqn = tgt.iqn_for(self.name, name, sha)
+        if self.exports.get(iqn) != str(path):
+            return 200, answer            # not exported (yet): nobody could attach it
+        answer.update(holds=True, portal=self.portal, target=iqn, sha256=sha,
+                      size_bytes=path.stat().st_size)
+        return 200, answer
+
+    def rack_locate(self, body: dict) -> dict:
+        """As storage rack leader: ask every storage agent of the rack, in parallel."""
+        nodes = [n for n, _ in read_children(self.zk, layout.NODES, NodeInfo)
+                 if n.role == "storage" and n.rack == self.rack and n.healthy and n.address]
+
+        def ask(node: NodeInfo) -> dict:
+            if node.name == self.name:
+                return self.holds(body)[1]
+            return post(f"{node.address}/v1/holds", {"image": body["image"]}, LOCATE_TIMEOUT)
+        holders, errors = [], {}
+        futures = {n.name: self.locate_pool.submit(ask, n) for n in nodes}
+        for name, fut in futures.items():
+            try:
+                answer = fut.result()
+                if answer.get("holds"):
+                    holders.append(answer)
+            except Exception as exc:      # an agent that cannot answer holds nothing reachable
+                errors[name] = type(exc).__name__
+        return {"rack": self.rack, "leader": self.name, "holders": holders, "errors": errors}
+
+    def rack_locate_p2p(self, body: dict) -> tuple[int, dict]:
+        if not self.leading.is_set():
+            return 409, {"detail": f"{self.name} does not lead storage rack {self.rack}"}
+        return 200, self.rack_locate(body)
+
+    def locate(self, body: dict) -> tuple[int, dict]:
+        """Asked by a compute agent: every storage rack leader in parallel
+        (this rack answered in-process); replicas whose checksum is not the
+        image's are left out. The asker's rack comes first."""
+        if not self.leading.is_set():
+            return 409, {"detail": f"{self.name} does not lead storage rack {self.rack}"}
+        name = str(body["image"])
+        got = read(self.zk, layout.image(name), Image)
+        if got is None:
+            return 404, {"detail": f"image '{name}' does not exist"}
+        image = got[0]
+        leaders = rack_leaders(self.zk, "storage")
+        leaders.setdefault(self.rack, self.node_info())
+        ask_body = {"image": name}
+
+        def ask(rack: str, leader: NodeInfo) -> dict:
+            t0 = time.monotonic()
+            try:
+                if leader.name == self.name:
+                    answer = self.rack_locate(ask_body)
+                else:
+                    answer = post(f"{leader.address}/v1/rack-locate", ask_body, LOCATE_TIMEOUT)
+            except Exception as exc:
+                answer = {"rack": rack, "leader": leader.name, "holders": [],
+                          "error": f"{type(exc).__name__}: {exc}"[:200]}
+            answer["ms"] = round((time.monotonic() - t0) * 1000, 1)
+            return answer
+        answers = list(self.locate_pool.map(lambda kv: ask(*kv), leaders.items()))
+        holders = [h for a in answers for h in a.get("holders", []) if h.get("sha256") == image.sha256]
+        near = str(body.get("rack") or "")
+        spread = str(body.get("node") or "")
+        holders.sort(key=lambda h: (h["rack"] != near, zlib.crc32(f"{spread}/{h['node']}".encode())))
+        replicas = [{k: h[k] for k in ("node", "rack", "portal", "target", "sha256", "size_bytes")}
+                    for h in holders]
+        racks = {a["rack"]: {k: a[k] for k in ("leader", "ms", "error", "errors") if k in a} for a in answers}
+        return 200, {"image": name, "format": image.format, "sha256": image.sha256,
+                     "min_replicas": image.min_replicas, "replicas": replicas, "racks": racks,
+                     "answered_by": self.name}
+
     def _record_error(self, name: str, message: str) -> None:
         def change(img: Image):
             img.error = message
             return img
         update(self.zk, layout.image(name), Image, change)
+
+
+def copiers(image: str, min_replicas: int, replicas: list[Replica], storage: list[NodeInfo]) -> list[str]:
+    """The storage nodes that should make the missing copies of ``image``:
+    nodes without a copy, those in racks without one first (distinct racks
+    when there are several), then a stable per-image order (spreads images
+    over nodes), as many as are missing."""
+    holders = {r.node for r in replicas}
+    racks_with = {r.rack for r in replicas}
+    candidates = [n for n in storage if n.name not in holders]
+    candidates.sort(key=lambda n: (n.rack in racks_with, zlib.crc32(f"{image}/{n.name}".encode())))
+    chosen, racks = [], set(racks_with)
+    for n in candidates:       # one per new rack first, then the rest
+        if len(chosen) >= min_replicas - len(replicas):
+            break
+        if n.rack not in racks:
+            chosen.append(n.name)
+            racks.add(n.rack)
+    for n in candidates:
+        if len(chosen) >= min_replicas - len(replicas):
+            break
+        if n.name not in chosen:
+            chosen.append(n.name)
+    return chosen
 
 
 def _sha256(path: Path) -> str:

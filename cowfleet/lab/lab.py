@@ -239,6 +239,14 @@ class Lab(LabFiles):
         destroyed = destroy_domains(f"cf-{st.lab_id}-")
         if destroyed:
             _say(progress, f"  destroyed {destroyed} domain(s)")
+        from cowfleet.agents.compute.sessions import kill_all_under
+        from cowfleet.agents.storage import tgt
+        sessions = kill_all_under(self.dir)
+        if sessions:
+            _say(progress, f"  stopped {sessions} image session(s)")
+        targets = sum(tgt.remove_node_targets(n) for n in st.nodes) if c.tgtd_running() else 0
+        if targets:
+            _say(progress, f"  removed {targets} iSCSI target(s)")
         if st.pids.get("zookeeper"):
             c.stop_pid(st.pids["zookeeper"])
             _say(progress, "  stopped zookeeper")

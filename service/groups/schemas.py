@@ -26,6 +26,10 @@ class GroupSpecSchema(StrictSchema):
     user_data = fields.Str(load_default=None, allow_none=True, validate=validate.Length(max=65536))
     labels = Labels(load_default=dict)
     update_policy = fields.Nested(UpdatePolicySchema, load_default=lambda: UpdatePolicySchema().load({}))
+    persistent = fields.Bool(load_default=False, metadata={
+        "description": "keep each instance's overlay across restarts of its domain and of the agent "
+                       "(the exception: instances are ephemeral by default, a restart starts from the "
+                       "master again); an overlay is removed when its instance is deleted"})
 
 
 class InstanceSchema(Schema):
@@ -60,6 +64,7 @@ class GroupSchema(Schema):
     user_data = fields.Str(allow_none=True)
     labels = fields.Dict()
     update_policy = fields.Dict()
+    persistent = fields.Bool()
     generation = fields.Int()
     created_at = Timestamp()
     status = fields.Nested(GroupStatusSchema)

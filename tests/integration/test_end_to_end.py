@@ -72,16 +72,18 @@ def test_group_of_three_boots_on_overlays_and_deletes_clean(lab, client, zk, ima
         assert inst["node"].endswith("-compute-1")
         assert inst["running_at"] and inst["ready_at"] and inst["created_at"]
 
-    # one overlay per instance, each backed by the master (no copy)
+    # one overlay per instance, each backed by the host's one NBD export of
+    # the master's iSCSI LUN (streamed, never copied)
     overlays = sorted((compute_dir(lab) / "overlays" / "web").glob("*.qcow2"))
     assert {p.stem for p in overlays} == {i["id"] for i in group["instances"]}
+    sock = compute_dir(lab) / "sessions" / f"demo-{master_sha[:12]}" / "nbd.sock"
     for overlay in overlays:
         info = json.loads(subprocess.run(
             ["qemu-img", "info", "-U", "--output=json", "--backing-chain", str(overlay)],
             check=True, capture_output=True, text=True).stdout)
         assert info[0]["format"] == "qcow2"
-        assert info[0]["backing-filename"] == str(master)
-        assert info[1]["filename"] == str(master)
+        assert info[0]["backing-filename"] == f"nbd+unix:///img?socket={sock}"
+        assert info[1]["filename"] == f"nbd+unix:///img?socket={sock}"
         assert len(info) == 2
     assert len(lab_domains(lab)) == 3
 
@@ -99,6 +101,7 @@ def test_group_of_three_boots_on_overlays_and_deletes_clean(lab, client, zk, ima
     wait_until(lambda: client.get_group("web") is None, 120, "group web gone")
     assert lab_domains(lab) == []
     assert not list((compute_dir(lab) / "overlays").glob("web/*"))
+    wait_until(lambda: not list((compute_dir(lab) / "sessions").iterdir()), 30, "image session stopped")
     assert not zk.exists(layout.group("web"))
     node_assignments = [c for n in zk.get_children(layout.ASSIGNMENTS)
                         for c in zk.get_children(layout.assignments(n))]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from cowfleet.agents.storage import tgt
 from cowfleet.client import Client
 from cowfleet.lab import components as c
 from cowfleet.zk import layout
@@ -47,7 +48,9 @@ class Cluster:
         port = c.free_port()
         self.service = c.start_service(self.dir, port, self.hosts, self.dir / "tokens", workers=2)
         self.client = Client(f"http://127.0.0.1:{port}", token)
-        self.start_agent("storage-1", "storage", RACKS[0])
+        # a name of its own: storage agents export through this machine's shared tgtd
+        self.storage = f"storage-{secrets.token_hex(3)}"
+        self.start_agent(self.storage, "storage", RACKS[0])
         for rack in RACKS:
             for i in range(1, NODES_PER_RACK + 1):
                 self.start_agent(f"{rack}-c{i}", "compute", rack)
@@ -72,6 +75,8 @@ class Cluster:
     def stop(self):
         for pid in self.procs.values():
             c.stop_pid(pid)
+        if hasattr(self, "storage"):
+            tgt.remove_node_targets(self.storage)
         if self.service:
             c.stop_pid(self.service.pid)
         self.zk_server.stop()
@@ -221,6 +226,10 @@ def test_concurrent_groups_over_capacity_never_overcommit(fresh):
     finally:
         zk.stop()
         zk.close()
+    # pending = unplaced + placed but not yet started by their agent (a start
+    # now first looks the image up through the storage leader): let it settle
+    wait_until(lambda: sum(cl.get_group(n)["status"]["pending"] for n in ("big-1", "big-2")) == 32 - capacity,
+               30, "only the unplaced instances pending")
     statuses = [cl.get_group(n)["status"] for n in ("big-1", "big-2")]
     assert sum(s["pending"] for s in statuses) == 32 - capacity
     assert any("not placed" in s["message"] for s in statuses)

@@ -10,6 +10,7 @@ import sys
 import pytest
 import requests
 
+from cowfleet.agents.storage import tgt
 from cowfleet.client import ApiError
 from cowfleet.lab import components as c
 from tests.conftest import _workdir
@@ -161,6 +162,7 @@ def test_uploaded_image_replicates_to_a_second_storage_node(client, lab, payload
     finally:
         _cleanup(client, "up-two")
         c.stop_pid(proc.pid)
+        tgt.remove_node_targets(name)
         subprocess.run(["rm", "-rf", str(d)])
     with pytest.raises(ApiError):
         client.upload_image("up-two", payload, retries=0)   # deleted: 404

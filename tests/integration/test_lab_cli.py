@@ -60,6 +60,11 @@ def test_lab_up_demo_status_down_leaves_nothing(libvirtd, demo_image, tmp_path_f
         assert not [d.name() for d in conn.listAllDomains() if d.name().startswith(f"cf-{state['lab_id']}-")]
     finally:
         conn.close()
+    # the data path leaves nothing either: no image session, no iSCSI target of the lab's nodes
+    from cowfleet.agents.compute.sessions import daemons_under
+    from cowfleet.agents.storage import tgt
+    assert daemons_under(labdir) == {}
+    assert not [t.iqn for t in tgt.list_targets(f"{tgt.IQN_PREFIX}:{state['lab_id']}-")]
     again = cli("lab", "status", env=env)
     assert again.returncode != 0 and "no lab" in again.stdout
 

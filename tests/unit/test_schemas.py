@@ -40,6 +40,7 @@ def test_group_minimal_spec_gets_all_defaults():
         "user_data": None,
         "labels": {},
         "update_policy": {"max_unavailable": 1, "max_surge": 1},
+        "persistent": False,
     }
 
 
@@ -62,7 +63,7 @@ def test_group_partial_placement_fills_missing_defaults():
 def test_group_full_spec_is_kept():
     spec = group(size=0, placement={"strategy": "pack", "max_per_node": 5},
                  user_data="#!/bin/sh\necho hi\n", labels={"team": "web", "env": ""},
-                 update_policy={"max_unavailable": 0, "max_surge": 3})
+                 update_policy={"max_unavailable": 0, "max_surge": 3}, persistent=True)
     assert load_group(spec) == spec
 
 

@@ -1,0 +1,305 @@
+"""Image sessions: one ``qemu-storage-daemon`` per image per compute host.
+
+The daemon opens the image's read-only iSCSI LUN with qemu's user-space
+initiator (no kernel module) and exports it read-only on a local NBD unix
+socket; every instance's qcow2 overlay on this host is backed by that export
+(``nbd+unix:///img?socket=SOCK``). Nothing of the master is copied: blocks
+stream over iSCSI as guests read them.
+
+State lives on disk, so it survives agent restarts: ``ROOT/<image>-<sha12>/``
+holds ``qsd.pid``, ``nbd.sock`` and ``session.json``. The daemon runs in its
+own session (``--daemonize``): a restarted agent adopts it by its pid file.
+Who uses a session is read from the overlays on disk (their qcow2 header
+names the socket), never only from memory; callers serialise "attach +
+create overlay" and "no overlay left -> stop" per session with ``lock(key)``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pwd
+import shutil
+import signal
+import struct
+import subprocess
+import threading
+import time
+import urllib.parse
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+QEMU_USER = "libvirt-qemu"        # libvirt's qemu runs as this user: it must reach the socket
+EXPORT_NAME = "img"
+ATTACH_TIMEOUT = 20.0
+
+
+class SessionError(RuntimeError):
+    pass
+
+
+@dataclass
+class Session:
+    key: str
+    image: str
+    sha256: str
+    format: str
+    node: str                # the storage node whose LUN is open
+    portal: str
+    target: str
+    socket: str
+    pid: int = 0
+
+    @property
+    def url(self) -> str:
+        """The overlays' backing file."""
+        return nbd_url(self.socket)
+
+
+def nbd_url(socket: str) -> str:
+    return f"nbd+unix:///{EXPORT_NAME}?socket={socket}"
+
+
+def session_key(image: str, sha256: str) -> str:
+    return f"{image}-{sha256[:12]}"
+
+
+def qcow2_backing(path: str | os.PathLike) -> str | None:
+    """The backing file named in a qcow2 header (no qemu-img: read per
+    overlay on every reconcile)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(20)
+            if len(head) < 20 or head[:4] != b"QFI\xfb":
+                return None
+            offset, size = struct.unpack(">QI", head[8:20])
+            if not offset or not size or size > 4096:
+                return None
+            fh.seek(offset)
+            return fh.read(size).decode(errors="replace")
+    except OSError:
+        return None
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def _is_qsd(pid: int, needle: str) -> bool:
+    args = _cmdline(pid)
+    return bool(args) and os.path.basename(args[0]) == "qemu-storage-daemon" and any(needle in a for a in args)
+
+
+def daemons_under(root: str | os.PathLike) -> dict[int, list[str]]:
+    """pid -> cmdline of every qemu-storage-daemon whose socket lies under ``root``."""
+    needle = f"addr.path={Path(root)}/"
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and _is_qsd(int(entry), needle):
+            out[int(entry)] = _cmdline(int(entry))
+    return out
+
+
+def kill(pid: int, timeout: float = 5.0) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not os.path.exists(f"/proc/{pid}") or _zombie(pid):
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def kill_all_under(root: str | os.PathLike) -> int:
+    """Stop every session daemon under ``root`` (lab tear-down, tests)."""
+    pids = daemons_under(root)
+    for pid in pids:
+        kill(pid)
+    return len(pids)
+
+
+class SessionManager:
+    def __init__(self, root: str | os.PathLike, qemu_user: str = QEMU_USER):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o755)
+        try:
+            self.qemu_uid = pwd.getpwnam(qemu_user).pw_uid
+        except KeyError:
+            self.qemu_uid = None
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+
+    # -- paths and locks --------------------------------------------------------
+    def lock(self, key: str) -> threading.Lock:
+        with self._locks_lock:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def dir(self, key: str) -> Path:
+        return self.root / key
+
+    def socket(self, key: str) -> Path:
+        return self.dir(key) / "nbd.sock"
+
+    def key_of_backing(self, backing: str | None) -> str | None:
+        """The session an overlay's backing file points at, if one of ours."""
+        if not backing or not backing.startswith("nbd+unix://"):
+            return None
+        query = urllib.parse.parse_qs(urllib.parse.urlparse(backing).query)
+        sock = Path(query.get("socket", [""])[0])
+        if sock.parent.parent != self.root:
+            return None
+        return sock.parent.name
+
+    def key_of_overlay(self, path: str | os.PathLike) -> str | None:
+        return self.key_of_backing(qcow2_backing(path))
+
+    # -- state on disk ----------------------------------------------------------
+    def get(self, key: str) -> Session | None:
+        """The session if its daemon runs and its socket exists."""
+        meta = self.dir(key) / "session.json"
+        pidfile = self.dir(key) / "qsd.pid"
+        try:
+            session = Session(**json.loads(meta.read_text()))
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError, TypeError):
+            return None
+        if not _is_qsd(pid, f"addr.path={self.socket(key)}") or not self.socket(key).exists():
+            return None
+        session.pid = pid
+        return session
+
+    def list(self) -> dict[str, Session | None]:
+        """key -> live session (None: a folder whose daemon is gone)."""
+        return {d.name: self.get(d.name) for d in self.root.iterdir() if d.is_dir()}
+
+    # -- attach / stop ------------------------------------------------------------
+    def attach(self, image: str, sha256: str, fmt: str, replicas: list[dict]) -> Session:
+        """The live session of this image, or a new one on the first replica
+        that can be opened. The caller holds ``lock(key)``."""
+        key = session_key(image, sha256)
+        live = self.get(key)
+        if live is not None:
+            return live
+        self._clear(key)
+        errors = []
+        for r in replicas:
+            if not r.get("portal") or not r.get("target"):
+                continue
+            try:
+                return self._spawn(key, image, sha256, fmt, r)
+            except SessionError as exc:
+                errors.append(f"{r.get('node')}: {exc}")
+                log.warning("attaching %s from %s failed: %s", image, r.get("node"), exc)
+                self._clear(key)
+        raise SessionError("; ".join(errors) or f"no replica of '{image}' names an iSCSI target")
+
+    def _spawn(self, key: str, image: str, sha256: str, fmt: str, r: dict) -> Session:
+        d = self.dir(key)
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o755)
+        sock, pidfile = self.socket(key), d / "qsd.pid"
+        portal, target = r["portal"], r["target"]
+        cmd = ["qemu-storage-daemon",
+               "--blockdev", f"driver=iscsi,transport=tcp,portal={portal},target={target},lun=1,"
+                             "node-name=base,read-only=on",
+               "--nbd-server", f"addr.type=unix,addr.path={sock}",
+               "--export", f"type=nbd,id=exp0,node-name=base,name={EXPORT_NAME},writable=off",
+               "--pidfile", str(pidfile), "--daemonize"]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=ATTACH_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise SessionError(f"qemu-storage-daemon did not open {target} at {portal} "
+                               f"within {ATTACH_TIMEOUT:.0f}s")
+        if proc.returncode != 0:
+            raise SessionError(f"qemu-storage-daemon: {(proc.stderr or proc.stdout).strip()[-300:]}")
+        if self.qemu_uid is not None:
+            os.chown(sock, self.qemu_uid, -1)
+            os.chmod(sock, 0o600)
+        else:
+            os.chmod(sock, 0o666)
+        session = Session(key=key, image=image, sha256=sha256, format=fmt, node=r.get("node", ""),
+                          portal=portal, target=target, socket=str(sock))
+        (d / "session.json").write_text(json.dumps(asdict(session)))
+        live = self.get(key)
+        if live is None:
+            raise SessionError("qemu-storage-daemon exited right after starting")
+        log.info("session %s: %s from %s (%s), pid %d", key, target, r.get("node"), portal, live.pid)
+        return live
+
+    def stop(self, key: str) -> None:
+        """Stop the daemon and remove the session's folder. Caller holds ``lock(key)``."""
+        session = self.get(key)
+        if session is not None:
+            kill(session.pid)
+            log.info("session %s stopped (pid %d)", key, session.pid)
+        self._clear(key)
+
+    def _clear(self, key: str) -> None:
+        for pid in daemons_under(self.dir(key)):      # a daemon whose pid file is lost
+            kill(pid)
+        shutil.rmtree(self.dir(key), ignore_errors=True)
+
+    def orphans(self) -> list[int]:
+        """Daemons under our root that no session folder accounts for."""
+        known = {s.pid for s in self.list().values() if s is not None}
+        return [pid for pid in daemons_under(self.root) if pid not in known]
+
+
+class FakeSessionManager(SessionManager):
+    """For the fake hypervisor (scale tests): the same life-cycle in memory,
+    no daemon; the backing URL names the iSCSI LUN directly."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self._fake: dict[str, Session] = {}
+
+    def get(self, key):
+        return self._fake.get(key)
+
+    def list(self):
+        return dict(self._fake)
+
+    def key_of_overlay(self, path):
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            return None
+        _, found, rest = text.partition("socket=fake-")
+        return rest.split()[0] if found and rest.split() else None
+
+    def attach(self, image, sha256, fmt, replicas):
+        key = session_key(image, sha256)
+        if key not in self._fake:
+            r = next((r for r in replicas if r.get("portal") and r.get("target")), None)
+            if r is None:
+                raise SessionError(f"no replica of '{image}' names an iSCSI target")
+            self._fake[key] = Session(key=key, image=image, sha256=sha256, format=fmt, node=r["node"],
+                                      portal=r["portal"], target=r["target"], socket=f"fake-{key}")
+        return self._fake[key]
+
+    def stop(self, key):
+        self._fake.pop(key, None)
+
+    def orphans(self):
+        return []
