@@ -276,6 +276,8 @@ class InstanceGroup(Resource):
                 "labels": state.get("labels") or {}}
         if state.get("user_data") is not None:
             spec["user_data"] = state["user_data"]
+        if state.get("persistent") is not None:
+            spec["persistent"] = state["persistent"]
         if state.get("placement") is not None:
             spec["placement"] = {k: v for k, v in state["placement"].items() if v is not None}
         if state.get("update_policy") is not None:
@@ -293,6 +295,7 @@ class InstanceGroup(Resource):
         return {
             "id": obj["name"], "name": obj["name"], "image": obj.get("image"), "flavor": obj.get("flavor"),
             "size": obj.get("size"), "user_data": obj.get("user_data"),
+            "persistent": bool(obj.get("persistent", False)),
             "labels": _labels(obj.get("labels"), prior),
             "wait_for_ready": _keep(prior, "wait_for_ready", True),
             "placement": block("placement", PLACEMENT_DEFAULT),

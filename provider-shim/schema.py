@@ -121,6 +121,7 @@ GROUP = Block({
     "size": required(NUM, "number of instances; changes scale in place"),
     "user_data": optional(STR),
     "labels": optional(LABELS),
+    "persistent": optional_computed(BOOL, "keep instances' disks across restarts (default false: ephemeral)"),
     "wait_for_ready": optional_computed(BOOL, "wait until status.ready == size (default true)"),
     "instances": computed(["list", INSTANCE]),
     "status": computed(GROUP_STATUS),

@@ -186,3 +186,14 @@ def test_stop_ends_a_wait_at_once_keeping_the_state():
         resources.STOP.clear()
     assert "interrupted" in err.value.diags[0].summary
     assert err.value.state["status"]["phase"] == "provisioning"
+
+
+def test_group_persistent_travels_to_the_api_and_back():
+    group = RESOURCES["cowfleet_instance_group"]
+    state = {"image": "img", "flavor": "small", "size": 2, "labels": None, "user_data": None,
+             "persistent": True, "placement": None, "update_policy": None}
+    assert group.spec(state)["persistent"] is True
+    assert "persistent" not in group.spec(dict(state, persistent=None))     # left to the API's default
+    obj = {"name": "g", "image": "img", "flavor": "small", "size": 2, "persistent": True, "status": {}}
+    assert group.to_state(obj, None)["persistent"] is True
+    assert group.to_state(dict(obj, persistent=False), None)["persistent"] is False
