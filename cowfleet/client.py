@@ -137,8 +137,19 @@ class Client:
     def delete_image(self, name: str) -> None:
         self.request("DELETE", f"/v1/images/{name}", ok_404=True)
 
+    def list_all(self, path: str, page_size: int | None = None) -> list[dict]:
+        """Every item of a paginated list, following ``Link: rel="next"``."""
+        url = f"{path}?limit={page_size}" if page_size else path
+        items: list[dict] = []
+        while url:
+            resp = self.request("GET", url)
+            items.extend(resp.json())
+            nxt = resp.links.get("next", {}).get("url")
+            url = nxt[len(self.endpoint):] if nxt and nxt.startswith(self.endpoint) else nxt
+        return items
+
     def list_images(self) -> list[dict]:
-        return self.request("GET", "/v1/images").json()
+        return self.list_all("/v1/images")
 
     def upload_image(self, name: str, path: str | os.PathLike, sha256: str | None = None,
                      progress: Callable[[int, int], None] | None = None, retries: int = 3) -> dict:
@@ -188,10 +199,10 @@ class Client:
         return self.get_or_none(f"/v1/instance-groups/{name}")
 
     def list_groups(self) -> list[dict]:
-        return self.request("GET", "/v1/instance-groups").json()
+        return self.list_all("/v1/instance-groups")
 
     def delete_group(self, name: str) -> None:
         self.request("DELETE", f"/v1/instance-groups/{name}", ok_404=True)
 
     def nodes(self) -> list[dict]:
-        return self.request("GET", "/v1/nodes").json()
+        return self.list_all("/v1/nodes")

@@ -214,3 +214,9 @@ def test_metrics_open_and_counting(lab, client, image_demo):
     assert "cowfleet_instance_groups" in text
     assert 'cowfleet_instances{state="ready"}' in text
     assert requests.get(f"{lab.state.endpoint}/healthz", timeout=5).json()["status"] == "ok"
+
+
+def test_client_follows_pages(client):
+    one_by_one = client.list_all("/v1/flavors", page_size=1)
+    assert [f["name"] for f in one_by_one] == [f["name"] for f in client.list_all("/v1/flavors")]
+    assert {"small", "medium", "large"} <= {f["name"] for f in one_by_one}
