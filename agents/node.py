@@ -125,10 +125,17 @@ class NodeAgent:
 
         def leading() -> None:
             self.log.info("leading rack %s (%s)", self.rack, self.role)
-            self.leading.set()
             try:
-                while not self.stopping.is_set() and self.connected.is_set() \
-                        and not self.session_lost.is_set():
+                while not self.stopping.is_set() and not self.session_lost.is_set():
+                    if not self.connected.is_set():
+                        # SUSPENDED: act as no leader, but keep the candidacy. If the
+                        # session survives (its ZooKeeper server died and the client
+                        # moved to another member) the lock znode is still ours and
+                        # leadership stays put; only LOST gives it up.
+                        self.leading.clear()
+                        self.connected.wait(1)
+                        continue
+                    self.leading.set()
                     try:
                         self.lead_once()
                     except Exception:
@@ -140,7 +147,9 @@ class NodeAgent:
             self.log.info("stopped leading rack %s", self.rack)
 
         while not self.stopping.is_set():
-            if not self.connected.wait(1):
+            # after LOST, stand again only once the membership znode is back
+            if not self.connected.wait(1) or self.session_lost.is_set():
+                self.stopping.wait(0.2)
                 continue
             try:
                 election.run(leading)
@@ -199,7 +208,8 @@ class NodeAgent:
         threading.Thread(target=self._election_loop, name="election", daemon=True).start()
         last_beat = 0.0
         while not self.stopping.is_set():
-            if time.monotonic() - last_beat >= HEARTBEAT_SECONDS and self.connected.is_set():
+            due = time.monotonic() - last_beat >= HEARTBEAT_SECONDS or self.session_lost.is_set()
+            if due and self.connected.is_set():
                 try:
                     self.heartbeat()
                     last_beat = time.monotonic()

@@ -11,6 +11,12 @@ targets:
   so two agents creating targets at once cannot pick the same one.
 
 All of it drives ``tgtadm`` (tgt's own tool), nothing else.
+
+Where one machine plays several storage hosts (the racks lab: one network
+namespace per node), each node runs a tgtd of its own in its namespace, so
+its portal is the node's own address; ``COWFLEET_TGT_CONTROL_PORT`` names
+that tgtd's management channel (``tgtd -C N``, socket ``/run/tgtd/socket.N``).
+Unset, the machine's tgtd (channel 0) is meant.
 """
 from __future__ import annotations
 
@@ -54,8 +60,15 @@ def iqn_for(node: str, image: str, sha256: str) -> str:
     return f"{node_prefix(node)}{image}-{sha256[:12]}"
 
 
+def control_args() -> list[str]:
+    """tgtadm's arguments naming the tgtd to manage (see the module's doc)."""
+    port = os.environ.get("COWFLEET_TGT_CONTROL_PORT", "")
+    return ["-C", port] if port else []
+
+
 def _tgtadm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["tgtadm", "--lld", "iscsi", *args], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(["tgtadm", *control_args(), "--lld", "iscsi", *args], capture_output=True,
+                          text=True, timeout=30)
     if check and proc.returncode != 0:
         raise TgtError(f"tgtadm {' '.join(args)}: {(proc.stderr or proc.stdout).strip()}")
     return proc

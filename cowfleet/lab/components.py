@@ -291,29 +291,51 @@ def stop_libvirtd() -> None:
             stop_pid(pid, group=False)
 
 
-def tgtd_running() -> bool:
-    return subprocess.run(["tgtadm", "--lld", "iscsi", "--op", "show", "--mode", "sys"],
-                          capture_output=True).returncode == 0
+TGTD_RUN = Path("/run/tgtd")
 
 
-def ensure_tgtd(log: Path, timeout: float = 20) -> int | None:
-    """Start tgtd unless running; returns its pid if this call started it."""
+def _tgtadm(control_port: int, *args: str) -> subprocess.CompletedProcess:
+    control = ["-C", str(control_port)] if control_port else []
+    return subprocess.run(["tgtadm", *control, "--lld", "iscsi", *args], capture_output=True)
+
+
+def tgtd_running(control_port: int = 0) -> bool:
+    return _tgtadm(control_port, "--op", "show", "--mode", "sys").returncode == 0
+
+
+def free_tgt_control_port(start: int = 100) -> int:
+    """A tgtd management channel no tgtd on this machine uses (its socket
+    file is /run/tgtd/socket.N)."""
+    port = start
+    while (TGTD_RUN / f"socket.{port}").exists() or tgtd_running(port):
+        port += 1
+    return port
+
+
+def ensure_tgtd(log: Path, timeout: float = 20, control_port: int = 0,
+                netns: str | None = None) -> int | None:
+    """Start tgtd (management channel ``control_port``, inside network
+    namespace ``netns`` if given) unless it runs; returns its pid if this
+    call started it."""
     if not shutil.which("tgtd"):
         raise LabError("tgtd is not installed: apt-get install tgt")
-    if tgtd_running():
+    if tgtd_running(control_port):
         return None
-    proc = spawn(["tgtd", "-f"], log)
-    wait_for(tgtd_running, timeout, "tgtd", proc=proc, log=log)
+    cmd = ["tgtd", "-f"] + (["-C", str(control_port)] if control_port else [])
+    proc = spawn((["ip", "netns", "exec", netns] if netns else []) + cmd, log)
+    wait_for(lambda: tgtd_running(control_port), timeout, "tgtd", proc=proc, log=log)
     return proc.pid
 
 
-def stop_tgtd(pid: int, timeout: float = 10.0) -> None:
+def stop_tgtd(pid: int, timeout: float = 10.0, control_port: int = 0) -> None:
     """tgtd ignores SIGTERM; its own shutdown request stops it at once.
     Signals remain the fallback (SIGKILL if it lingers)."""
-    subprocess.run(["tgtadm", "--lld", "iscsi", "--op", "delete", "--mode", "system"],
-                   capture_output=True)
+    _tgtadm(control_port, "--op", "delete", "--mode", "system")
     if not wait_gone(pid, timeout):
         stop_pid(pid, timeout=2)
+    if control_port:                  # tgtd leaves its socket files behind
+        for f in TGTD_RUN.glob(f"socket.{control_port}*"):
+            f.unlink(missing_ok=True)
 
 
 def python_cmd(module: str, *args: str) -> list[str]:

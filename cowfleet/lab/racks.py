@@ -7,7 +7,7 @@ Topology (``cowfleet lab up --racks 2 --nodes-per-rack 2 --zk 3``)::
     namespace cf-<lab>-fabric:   bridge br0  (the "switch"; nothing else)
         veth -> cf-<lab>-zk1     10.77.0.11/16   ZooKeeper member 1 (…zk2 .12, zk3 .13)
         veth -> cf-<lab>-svc     10.77.0.2/16    the control service (gunicorn :8080)
-        veth -> cf-<lab>-r1-s1   10.77.1.5/16    storage agent, rack-1
+        veth -> cf-<lab>-r1-s1   10.77.1.5/16    storage agent + its own tgtd (iSCSI :3260), rack-1
         veth -> cf-<lab>-r1-c1   10.77.1.11/16   compute agent, rack-1 (…c2 .12)
         veth -> cf-<lab>-r2-s1   10.77.2.5/16    …rack-2
     host: 127.0.0.1:PORT -> 10.77.0.2:8080, a forwarder process (cowfleet.lab.netns)
@@ -64,6 +64,8 @@ class Node:
     rack: str = ""
     name: str = ""        # cluster name (agents): <lab>-<short>
     pid: int | None = None
+    tgt_control_port: int = 0      # storage: its own tgtd's management channel
+    tgtd_pid: int | None = None
 
     @property
     def run_file(self) -> Path:
@@ -71,7 +73,10 @@ class Node:
 
     @property
     def log(self) -> Path:
-        return Path(self.root) / "var" / "log" / "cowfleet" / f"{self.role}.log"
+        return self.log_of(self.role)
+
+    def log_of(self, daemon: str) -> Path:
+        return Path(self.root) / "var" / "log" / "cowfleet" / f"{daemon}.log"
 
 
 @dataclass
@@ -164,6 +169,11 @@ class RacksLab(LabFiles):
             lab_id = "lab" + secrets.token_hex(2)
         token, reader = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
         nodes = plan(lab_id, self.dir, self.racks, self.nodes_per_rack, self.zk_count)
+        port = 100
+        for n in nodes:
+            if n.role == "storage":
+                n.tgt_control_port = port = c.free_tgt_control_port(port)
+                port += 1
         zk = ",".join(f"{n.addr}:{ZK_PORT}" for n in nodes if n.role == "zookeeper") + "/cowfleet"
         self.state = RacksState(lab_id=lab_id, endpoint=f"http://127.0.0.1:{c.free_port()}", token=token,
                                 reader_token=reader, zk=zk, racks=self.racks,
@@ -176,6 +186,7 @@ class RacksLab(LabFiles):
             self._step(progress, "provision", lambda: self._provision(provision, token, reader))
             if not self.fake:
                 self._step(progress, "libvirtd", self._libvirtd)
+            self._step(progress, "tgtd", self._start_tgtds)
             self._step(progress, "zookeeper", lambda: self._start_zookeeper(timeout))
             self._step(progress, "service", lambda: self._start_service(timeout))
             self._step(progress, "agents", lambda: self._start_agents(timeout))
@@ -215,6 +226,8 @@ class RacksLab(LabFiles):
                        COWFLEET_SERVICE_PORT=str(SERVICE_PORT), COWFLEET_AGENT_PORT=str(AGENT_PORT),
                        COWFLEET_SERVICE_WORKERS=str(self.service_workers),
                        COWFLEET_AGENT_ARGS=FAKE_ARGS if (self.fake and n.role == "compute") else "")
+            if n.tgt_control_port:
+                env["COWFLEET_TGT_CONTROL_PORT"] = str(n.tgt_control_port)
             if n.role == "service":
                 tokens = Path(n.root) / "etc" / "cowfleet" / "tokens"
                 tokens.parent.mkdir(parents=True, exist_ok=True)
@@ -224,6 +237,13 @@ class RacksLab(LabFiles):
             if proc.returncode != 0:
                 raise c.LabError(f"provisioning {n.short} failed:\n{proc.stdout}{proc.stderr}")
         os.chmod(self.dir / "nodes", 0o755)
+
+    def _start_tgtds(self) -> None:
+        """Each storage node its own tgtd, inside its namespace: its iSCSI
+        portal is the node's address, as on a real storage host."""
+        for n in self.nodes("storage"):
+            n.tgtd_pid = c.ensure_tgtd(n.log_of("tgtd"), control_port=n.tgt_control_port, netns=n.netns)
+            self._save()
 
     def _libvirtd(self) -> None:
         self.state.started_libvirtd = c.ensure_libvirtd()
@@ -311,6 +331,7 @@ class RacksLab(LabFiles):
     def running(self) -> bool:
         st = self.state
         return bool(st) and all(n.pid and c.pid_alive(n.pid) for n in st.nodes) \
+            and all(c.pid_alive(n.tgtd_pid) for n in st.nodes if n.tgtd_pid) \
             and bool(st.proxy_pid and c.pid_alive(st.proxy_pid))
 
     def status(self) -> list[tuple[str, str, str]]:
@@ -323,6 +344,8 @@ class RacksLab(LabFiles):
             detail = f"{n.role} {n.addr} netns {n.netns}" + (f" pid {n.pid}" if alive else "")
             if n.role == "zookeeper" and alive:
                 detail += f" mode={self.zk_mode(n)}"
+            if n.tgtd_pid:
+                detail += f"; tgtd -C {n.tgt_control_port} " + ("running" if c.pid_alive(n.tgtd_pid) else "DEAD")
             rows.append((n.short, "running" if alive else "DEAD", detail))
         rows.append(("proxy", "running" if st.proxy_pid and c.pid_alive(st.proxy_pid) else "DEAD",
                      f"{st.endpoint} -> service"))
@@ -352,6 +375,11 @@ class RacksLab(LabFiles):
         for roles in (("compute", "storage"), ("service",), ("zookeeper",)):
             stop_all([n.pid for n in st.nodes if n.pid and n.role in roles])
         _say(progress, f"  stopped {sum(1 for n in st.nodes if n.pid)} node process(es)")
+        tgtds = [n for n in st.nodes if n.tgtd_pid]
+        for n in tgtds:
+            c.stop_tgtd(n.tgtd_pid, timeout=5, control_port=n.tgt_control_port)
+        if tgtds:
+            _say(progress, f"  stopped {len(tgtds)} tgtd(s)")
         if st.proxy_pid:
             c.stop_pid(st.proxy_pid, timeout=5)
         destroyed = destroy_domains(f"cf-{st.lab_id}-")

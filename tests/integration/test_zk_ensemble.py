@@ -10,6 +10,7 @@ import time
 import pytest
 import requests
 
+from cowfleet.agents.node import NodeAgent
 from cowfleet.lab import components as c
 from tests.conftest import _workdir
 from tests.helpers import wait_until
@@ -96,6 +97,60 @@ def test_one_member_down_fails_no_request(ensemble_service):
     assert load.failed == [], load.failed[:5]
     victim.start()                   # back for the next test
     wait_until(lambda: all(m.serving() for m in ens.members), 60, "member rejoined")
+
+
+class _Candidate(NodeAgent):
+    """A bare agent: membership and the election, nothing else; records
+    every leader round it runs."""
+    role = "compute"
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.rounds = 0
+
+    def lead_once(self):
+        self.rounds += 1
+        self.stopping.wait(0.02)      # a busy leader: a new round at once
+        self.leader_wake.set()
+
+    def reconcile(self):
+        pass
+
+
+def test_rack_leader_keeps_leading_when_the_zookeeper_leader_dies(ensemble_service, tmp_path):
+    """SUSPENDED pauses the leader's work but keeps its candidacy: when the
+    session survives on another member, leadership does not move."""
+    ens, _, _ = ensemble_service
+    agents = [_Candidate(f"cand-{i}", "rack-x", ens.hosts + "/leader-test", str(tmp_path / str(i)))
+              for i in (1, 2)]
+    threads = [threading.Thread(target=a.run, daemon=True) for a in agents]
+    for t in threads:
+        t.start()
+    victim = None
+    try:
+        wait_until(lambda: sum(a.leading.is_set() for a in agents) == 1, 30, "one leader")
+        leader, other = sorted(agents, key=lambda a: not a.leading.is_set())
+        session = leader.zk.client_id
+        states = []
+        leader.zk.add_listener(lambda state: states.append(state) and None)
+        victim = _leader(ens)       # every client is suspended while the ensemble elects anew
+        victim.stop()
+        wait_until(lambda: "SUSPENDED" in states, 30, "the leader suspended")
+        wait_until(lambda: states[-1] == "CONNECTED" and leader.leading.is_set(), 30,
+                   "the leader back on another member")
+        assert "LOST" not in states
+        rounds = leader.rounds
+        wait_until(lambda: leader.rounds > rounds, 30, "the leader working again")
+        assert leader.zk.client_id == session, "the session should have survived"
+        assert other.rounds == 0 and not other.leading.is_set(), "leadership moved"
+    finally:
+        for a in agents:
+            a.request_stop()
+        for t in threads:
+            t.join(30)
+        if victim is not None:
+            victim.start()
+            wait_until(lambda: all(m.serving() for m in ens.members), 60, "member rejoined")
 
 
 def test_quorum_lost_gives_503_then_recovers(ensemble_service):

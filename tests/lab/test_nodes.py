@@ -92,16 +92,21 @@ def test_p2p_reaches_every_other_agent(lab_node, api):
 
 
 @pytest.mark.roles("storage")
-def test_storage_targets(lab_node, api):
-    """tgtd's targets on a storage node belong to known images (none yet: the
-    iSCSI data path is issue 5); its masters folder holds only known images."""
+def test_storage_tgtd_serves_the_nodes_own_portal(lab_node, api):
+    """The node's tgtd answers (in the racks lab: a tgtd of its own, on the
+    management channel its storage.env names), listens for iSCSI on the
+    node's address, and every target of this node belongs to a known image."""
+    control = lab_node.env("storage.env").get("COWFLEET_TGT_CONTROL_PORT")
+    show = lab_node.host.run(f"tgtadm {'-C ' + control if control else ''} --lld iscsi --op show --mode target")
+    assert show.rc == 0, show.stderr
+    sockets = lab_node.host.run("ss -Hltn 'sport = :3260'").stdout
+    assert "0.0.0.0:3260" in sockets or f"{lab_node.env()['COWFLEET_ADDR']}:3260" in sockets, sockets
     images = {i["name"] for i in api.list_images()}
-    show = lab_node.host.run("tgtadm --lld iscsi --op show --mode target")
-    if show.rc == 0:
-        node = lab_node.env()["COWFLEET_NODE"]
-        for line in show.stdout.splitlines():
-            if line.startswith("Target ") and node in line:
-                assert any(img in line for img in images), line
+    node = lab_node.env()["COWFLEET_NODE"]
+    for line in show.stdout.splitlines():
+        if line.startswith("Target "):
+            assert f":{node}:" in line, f"another node's target in this node's tgtd: {line}"
+            assert any(f":{node}:{img}-" in line for img in images), line
 
 
 @pytest.mark.roles("compute")

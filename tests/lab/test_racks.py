@@ -118,7 +118,9 @@ def test_quorum_lost_gives_503_then_recovers(racks_lab, api):
 def test_down_leaves_nothing(racks_lab):
     lab = racks_lab
     st = lab.state
-    pids = [n.pid for n in st.nodes if n.pid] + [st.proxy_pid]
+    pids = [n.pid for n in st.nodes if n.pid] + [n.tgtd_pid for n in st.nodes if n.tgtd_pid] + [st.proxy_pid]
+    channels = [n.tgt_control_port for n in st.nodes if n.role == "storage"]
+    assert len(channels) == st.racks and all(channels), "a tgtd per storage node"
     port = int(st.endpoint.rsplit(":", 1)[1])
     t0 = time.monotonic()
     lab.down()
@@ -127,5 +129,6 @@ def test_down_leaves_nothing(racks_lab):
     assert [p for p in pids if c.pid_alive(p)] == []
     assert not lab.dir.exists()
     assert not c.port_open("127.0.0.1", port)
+    assert not [ch for ch in channels if c.tgtd_running(ch) or list(c.TGTD_RUN.glob(f"socket.{ch}*"))]
     ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(lab.dir) not in ps and f"cf-{st.lab_id}-" not in ps
