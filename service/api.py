@@ -90,6 +90,12 @@ def zk():
     return current_app.extensions["cowfleet.zk"].usable()
 
 
+def zk_for_lists():
+    """What list views read through: the worker's mirror of the collections
+    (``service/mirror.py``), falling back to ZooKeeper where it must."""
+    return current_app.extensions["cowfleet.mirror"].reader(zk())
+
+
 def zk_unavailable() -> Problem:
     return Problem(503, "Service Unavailable", "ZooKeeper is unavailable; retry",
                    headers={"Retry-After": "2"})

@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 from cowfleet.models import DEFAULT_FLAVORS
 from cowfleet.service import auth
 from cowfleet.service.api import ZooKeeperHolder, zk_unavailable
+from cowfleet.service.mirror import Mirror
 from cowfleet.service.problems import Problem, from_http_exception
 from cowfleet.zk import layout
 from cowfleet.zk.connection import create_quietly
@@ -41,6 +42,7 @@ def create_app(zk_hosts: str | None = None, tokens_file: str | None = None) -> F
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     hosts = zk_hosts or os.environ.get("COWFLEET_ZK", "127.0.0.1:2181")
     app.extensions["cowfleet.zk"] = _Holder(hosts)
+    app.extensions["cowfleet.mirror"] = Mirror()
     # where tokens are looked up, in order: the file, then ZooKeeper
     app.extensions["cowfleet.tokens"] = [
         auth.TokenStore(tokens_file or os.environ.get("COWFLEET_TOKENS_FILE")),
@@ -54,7 +56,9 @@ def create_app(zk_hosts: str | None = None, tokens_file: str | None = None) -> F
         app.register_blueprint(bp)
 
     from cowfleet.service import metrics, openapi
-    metrics.install(app, lambda: app.extensions["cowfleet.zk"].usable(timeout=2))
+    # the scrape counts groups and instances by state: from the mirror, like lists
+    metrics.install(app, lambda: app.extensions["cowfleet.mirror"].reader(
+        app.extensions["cowfleet.zk"].usable(timeout=2)))
 
     @app.get("/v1/openapi.json")
     def openapi_document():

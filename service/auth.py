@@ -14,10 +14,10 @@ import threading
 from typing import Callable
 
 from kazoo.exceptions import NoNodeError
-from kazoo.recipe.cache import TreeCache, TreeEvent
 
 from cowfleet import tokens as zk_tokens
 from cowfleet.models import ApiToken
+from cowfleet.service.mirror import FolderCache
 from cowfleet.zk import layout
 
 ROLES = zk_tokens.ROLES
@@ -74,26 +74,13 @@ class ZooKeeperTokens:
 
     def __init__(self, get_zk: Callable):
         self._get_zk = get_zk
-        self._lock = threading.Lock()
-        self._zk = None
-        self._cache: TreeCache | None = None
-        self._ready = threading.Event()
-
-    def _cache_for(self, zk) -> TreeCache:
-        with self._lock:
-            if self._zk is not zk:       # first use, or a new session after a fork
-                ready = self._ready = threading.Event()
-                cache = TreeCache(zk, layout.TOKENS)
-                cache.listen(lambda ev: ev.event_type == TreeEvent.INITIALIZED and ready.set())
-                cache.start()
-                self._zk, self._cache = zk, cache
-            return self._cache
+        self._folder = FolderCache(layout.TOKENS)
 
     def role_of(self, token: str) -> str | None:
         zk = self._get_zk()
-        cache = self._cache_for(zk)
+        cache = self._folder.loaded(zk)
         path = layout.token(zk_tokens.digest(token))
-        if self._ready.is_set():
+        if cache is not None:
             node = cache.get_data(path)
             data = node.data if node is not None else None
         else:

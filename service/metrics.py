@@ -27,7 +27,7 @@ LATENCY = Histogram("cowfleet_http_request_duration_seconds", "HTTP request late
 
 
 class ClusterCollector:
-    """Group count, desired instances and instances by state, read from ZooKeeper."""
+    """Group count, desired instances and instances by state, from the worker's mirror of ZooKeeper."""
 
     def __init__(self, zk_getter):
         self.zk_getter = zk_getter

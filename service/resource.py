@@ -11,7 +11,7 @@ from types import ModuleType
 from flask import Blueprint, request
 from marshmallow import Schema
 
-from cowfleet.service.api import Result, check_name, endpoint, if_match, zk
+from cowfleet.service.api import Result, check_name, endpoint, if_match, zk, zk_for_lists
 from cowfleet.service.paging import list_query
 
 
@@ -22,7 +22,7 @@ def crud_blueprint(name: str, prefix: str, service: ModuleType, spec: type[Schem
     @endpoint(out=out, many=True)
     def list_all():
         q = list_query(request.args)      # validated before ZooKeeper is touched
-        return service.list_(zk(), q)
+        return service.list_(zk_for_lists(), q)
     list_all.__doc__ = f"List {kind}s (paginated, filter by label)."
 
     @endpoint(out=out)
