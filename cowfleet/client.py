@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -98,6 +99,12 @@ def load_config(endpoint: str | None = None, token: str | None = None) -> tuple[
     return endpoint.rstrip("/"), token
 
 
+def seg(name: str) -> str:
+    """A name as one URL path segment: escaped, so that "../flavors/x" or
+    "a/b" reach the API as the (invalid) name they are, not as another path."""
+    return quote(str(name), safe="").replace(".", "%2E")
+
+
 class Client:
     def __init__(self, endpoint: str | None = None, token: str | None = None, timeout: float = 30,
                  retries: int = 4):
@@ -129,13 +136,13 @@ class Client:
 
     # -- resources --------------------------------------------------------------
     def put_image(self, name: str, **spec) -> dict:
-        return self.request("PUT", f"/v1/images/{name}", spec).json()
+        return self.request("PUT", f"/v1/images/{seg(name)}", spec).json()
 
     def get_image(self, name: str) -> dict | None:
-        return self.get_or_none(f"/v1/images/{name}")
+        return self.get_or_none(f"/v1/images/{seg(name)}")
 
     def delete_image(self, name: str) -> None:
-        self.request("DELETE", f"/v1/images/{name}", ok_404=True)
+        self.request("DELETE", f"/v1/images/{seg(name)}", ok_404=True)
 
     def list_all(self, path: str, page_size: int | None = None) -> list[dict]:
         """Every item of a paginated list, following ``Link: rel="next"``."""
@@ -164,7 +171,7 @@ class Client:
         size = path.stat().st_size
         headers = {"Content-Type": "application/octet-stream", "X-Checksum-Sha256": sha256,
                    "Authorization": f"Bearer {self.token}"}
-        url = f"{self.endpoint}/v1/images/{name}/data"
+        url = f"{self.endpoint}/v1/images/{seg(name)}/data"
         for attempt in range(retries + 1):
             with open(path, "rb") as fh:
                 body = _ProgressReader(fh, size, progress)
@@ -184,25 +191,25 @@ class Client:
         raise AssertionError("unreachable")
 
     def put_flavor(self, name: str, **spec) -> dict:
-        return self.request("PUT", f"/v1/flavors/{name}", spec).json()
+        return self.request("PUT", f"/v1/flavors/{seg(name)}", spec).json()
 
     def get_flavor(self, name: str) -> dict | None:
-        return self.get_or_none(f"/v1/flavors/{name}")
+        return self.get_or_none(f"/v1/flavors/{seg(name)}")
 
     def delete_flavor(self, name: str) -> None:
-        self.request("DELETE", f"/v1/flavors/{name}", ok_404=True)
+        self.request("DELETE", f"/v1/flavors/{seg(name)}", ok_404=True)
 
     def put_group(self, name: str, **spec) -> dict:
-        return self.request("PUT", f"/v1/instance-groups/{name}", spec).json()
+        return self.request("PUT", f"/v1/instance-groups/{seg(name)}", spec).json()
 
     def get_group(self, name: str) -> dict | None:
-        return self.get_or_none(f"/v1/instance-groups/{name}")
+        return self.get_or_none(f"/v1/instance-groups/{seg(name)}")
 
     def list_groups(self) -> list[dict]:
         return self.list_all("/v1/instance-groups")
 
     def delete_group(self, name: str) -> None:
-        self.request("DELETE", f"/v1/instance-groups/{name}", ok_404=True)
+        self.request("DELETE", f"/v1/instance-groups/{seg(name)}", ok_404=True)
 
     def nodes(self) -> list[dict]:
         return self.list_all("/v1/nodes")

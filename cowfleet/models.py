@@ -99,6 +99,7 @@ class GroupPhase:
     READY = "ready"
     DEGRADED = "degraded"
     DELETING = "deleting"
+    ALL = (PENDING, PROVISIONING, READY, DEGRADED, DELETING)
 
 
 @dataclass

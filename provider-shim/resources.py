@@ -7,6 +7,7 @@ returns is read back from the REST API (``cowfleet.client``).
 """
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -92,14 +93,21 @@ class Resource:
     volatile: tuple[str, ...] = ()        # computed attributes an update may change
 
     # -- plan ---------------------------------------------------------------
-    def plan(self, prior: dict | None, proposed: dict | None) -> tuple[dict | None, list[list[str]]]:
+    def plan(self, prior: dict | None, proposed: dict | None,
+             config: dict | None = None) -> tuple[dict | None, list[list[str]]]:
         if proposed is None:                       # destroy
             return None, []
+        if config is not None:
+            # Terraform proposes a block the configuration no longer has from the
+            # prior state (its attributes are optional+computed); the plan must
+            # follow the configuration: no block, the API's defaults
+            proposed = dict(proposed, **{name: None for name in self.block.blocks
+                                         if config.get(name) is None})
         planned = _fill_defaults(proposed, self.block, self.defaults)
         if prior is None:                          # create
             for name, attr in self.block.attrs.items():
-                if attr.computed and not attr.optional:
-                    planned[name] = UNKNOWN
+                if attr.computed and (not attr.optional or planned.get(name) is None):
+                    planned[name] = UNKNOWN        # known once the API answers
             planned["id"] = planned["name"]
             return planned, []
         if planned == prior:
@@ -194,34 +202,73 @@ class Image(Resource):
         diags = super().validate(config)
         if config.get("source_url") and config.get("path"):
             diags.append(Diag("Conflicting image sources", "give source_url or path, not both", ["path"]))
+        sha = config.get("sha256")
+        if isinstance(sha, str) and not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
+            diags.append(Diag("Invalid sha256", "64 hexadecimal digits, e.g. filesha256(path)", ["sha256"]))
         return diags
 
     def fetch(self, client, name):
         return client.get_image(name)
 
     def to_state(self, obj, prior):
+        sha = obj.get("sha256")
+        given = (prior or {}).get("sha256")
+        if isinstance(given, str) and sha and given.lower() == sha:
+            sha = given                    # as the configuration spells it (upper case or lower)
         return {
             "id": obj["name"], "name": obj["name"], "source_url": obj.get("source_url"),
             "path": (prior or {}).get("path"), "format": obj.get("format"),
             "min_replicas": obj.get("min_replicas"), "labels": _labels(obj.get("labels"), prior),
             "wait_for_available": _keep(prior, "wait_for_available", True),
-            "sha256": obj.get("sha256"), "size_bytes": obj.get("size_bytes"), "status": obj.get("status"),
+            "sha256": sha, "size_bytes": obj.get("size_bytes"), "status": obj.get("status"),
             "replicas": [{"node": r.get("node"), "rack": r.get("rack")} for r in obj.get("replicas") or []],
             "timeouts": (prior or {}).get("timeouts"),
         }
 
     def write(self, client, state, prior):
+        path = state.get("path") if prior is None else None
+        if path and not os.path.isfile(path):
+            raise ProviderError([Diag("Image file not found", f"no file at '{path}' to upload", ["path"])])
         client.put_image(state["name"], source_url=state.get("source_url"), format=state["format"],
                          min_replicas=state["min_replicas"], labels=state.get("labels") or {})
-        if prior is None and state.get("path"):
+        if path:
             # Streamed upload, PUT /v1/images/{name}/data (the REST contract);
-            # the service checks the bytes against X-Checksum-Sha256
-            client.upload_image(state["name"], state["path"])
+            # the service checks the bytes against X-Checksum-Sha256. If it
+            # fails, the image just made goes again: nothing is left untracked.
+            sha = state.get("sha256")
+            try:
+                client.upload_image(state["name"], path, sha256=sha if isinstance(sha, str) else None)
+            except BaseException:
+                try:
+                    client.delete_image(state["name"])
+                except Exception:
+                    pass
+                raise
+
+    def apply(self, client, prior, planned):
+        new = super().apply(client, prior, planned)
+        want = (planned or {}).get("sha256")
+        if new is not None and isinstance(want, str) and new.get("sha256") not in (None, want.lower()):
+            # a source_url's data that is not what the configuration says
+            raise ProviderError([Diag("Image data does not match sha256",
+                                      f"the data's SHA-256 is {new['sha256']}, not {want}", ["sha256"])],
+                                dict(new, sha256=new["sha256"]))
+        return new
 
     def remove(self, client, name):
         client.delete_image(name)
 
     def wait(self, client, state, op):
+        obj = self._wait_available(client, state, op)
+        want, got = state.get("sha256"), (obj or {}).get("sha256")
+        if isinstance(want, str) and got and got != want.lower():
+            # e.g. a source_url whose data is not what the configuration says
+            raise ProviderError([Diag("Image data does not match sha256",
+                                      f"the data's SHA-256 is {got}, not {want}", ["sha256"])],
+                                dict(merge_known(state, self.to_state(obj, state)), sha256=got))
+        return obj
+
+    def _wait_available(self, client, state, op):
         obj = _api(lambda: client.get_image(state["name"]), self.block, "reading image")
         if not state.get("wait_for_available"):
             return obj
@@ -264,7 +311,7 @@ UPDATE_POLICY_DEFAULT = {"max_unavailable": 1, "max_surge": 1}
 class InstanceGroup(Resource):
     block = S.GROUP
     kind = "instance group"
-    defaults = {"wait_for_ready": True, "placement": {"strategy": "spread"},
+    defaults = {"wait_for_ready": True, "persistent": False, "placement": {"strategy": "spread"},
                 "update_policy": {"max_unavailable": 1, "max_surge": 1}}
     volatile = ("instances", "status")
 
@@ -306,8 +353,25 @@ class InstanceGroup(Resource):
             "status": {k: st.get(k) for k in S.GROUP_STATUS[1]},
         }
 
+    def read(self, client, state):
+        # a group being deleted (behind Terraform's back) is as good as gone:
+        # the plan re-creates it, and create waits for the deletion to finish
+        new = super().read(client, state)
+        return None if new is not None and (new.get("status") or {}).get("phase") == "deleting" else new
+
     def write(self, client, state, prior):
-        client.put_group(state["name"], **self.spec(state))
+        from cowfleet.client import ApiError
+        name = state["name"]
+        deadline = time.monotonic() + timeout_of(state, "create" if prior is None else "update")
+        while True:
+            try:
+                client.put_group(name, **self.spec(state))
+                return
+            except ApiError as exc:
+                deleting = exc.status == 409 and "being deleted" in str((exc.problem or {}).get("detail"))
+                if not deleting or time.monotonic() > deadline:
+                    raise
+            pause(None, f"instance group '{name}' to finish its deletion")
 
     def remove(self, client, name):
         client.delete_group(name)
@@ -330,8 +394,11 @@ class InstanceGroup(Resource):
 
 
 def is_ready(group: dict) -> bool:
+    """ready == size for the current generation, and nothing still terminating
+    (so the instances Terraform records are the ones that stay)."""
     st = group.get("status") or {}
     return (st.get("ready") == group.get("size")
+            and len(group.get("instances") or []) == group.get("size")
             and (st.get("observed_generation") or 0) >= (group.get("generation") or 0)
             and st.get("phase") == "ready")
 

@@ -93,13 +93,15 @@ IMAGE = Block({
     "name": required(STR, force_new=True),
     "source_url": optional(STR, "file:// (on the storage node) or http(s):// URL the storage agents pull",
                            force_new=True),
-    "path": optional(STR, "a local file to upload instead of source_url (PUT /v1/images/{name}/data)",
-                     force_new=True),
+    "path": optional(STR, "a local file to upload instead of source_url (PUT /v1/images/{name}/data); "
+                          "set sha256 = filesha256(path) too, so that new content replaces the image"),
     "format": optional_computed(STR, "raw or qcow2 (default raw)", force_new=True),
     "min_replicas": optional_computed(NUM, "storage copies to keep (default 2)"),
     "labels": optional(LABELS),
     "wait_for_available": optional_computed(BOOL, "wait until status is available (default true)"),
-    "sha256": computed(STR),
+    "sha256": optional_computed(STR, "the SHA-256 of the data (computed); give it, e.g. filesha256(path), "
+                                     "and the data is checked against it, and a change replaces the image",
+                                force_new=True),
     "size_bytes": computed(NUM),
     "status": computed(STR),
     "replicas": computed(["list", REPLICA]),

@@ -131,8 +131,9 @@ class Provider:
         block = S.RESOURCES[request.type_name]
         prior = decode_dynamic(request.prior_state)
         proposed = decode_dynamic(request.proposed_new_state)
+        config = decode_dynamic(request.config)
         try:
-            planned, replace = self.resources[request.type_name].plan(prior, proposed)
+            planned, replace = self.resources[request.type_name].plan(prior, proposed, config)
         except ProviderError as exc:
             return pb.PlanResourceChange.Response(diagnostics=[diag_proto(d) for d in exc.diags])
         except Exception as exc:  # noqa: BLE001
@@ -188,6 +189,11 @@ def configure(config: dict):
         raise ProviderError([Diag("cowfleet provider: no endpoint or token",
                                   f"{exc}; or set endpoint and token in the provider block",
                                   ["endpoint" if "endpoint" in str(exc) else "token"])])
+    from urllib.parse import urlsplit
+    url = urlsplit(client.endpoint)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        raise ProviderError([Diag("cowfleet provider: endpoint is not a URL",
+                                  f"'{client.endpoint}': give http(s)://HOST:PORT of the service", ["endpoint"])])
     try:
         resp = requests.get(f"{client.endpoint}/v1/flavors", params={"limit": 1}, timeout=10,
                             headers={"Authorization": f"Bearer {client.token}"})

@@ -124,18 +124,10 @@ def check_name(name: str, field_name: str = "name") -> str:
     return name
 
 
-def if_match() -> int | None:
-    """The version a write is conditional on (``If-Match: "7"``), or None."""
-    raw = request.headers.get("If-Match")
-    if raw is None or raw.strip() == "*":
-        return None
-    tag = raw.split(",")[0].strip()
-    if tag.startswith("W/"):
-        tag = tag[2:]
-    tag = tag.strip('"')
-    if not (tag.isascii() and tag.isdigit()):
-        raise Problem(412, "Precondition Failed", f"If-Match '{raw}' matches no version")
-    return int(tag)
+def if_match():
+    """The write's precondition: ``If-Match`` / ``If-None-Match`` (service/preconditions.py)."""
+    from cowfleet.service.preconditions import Precondition
+    return Precondition.from_headers(request.headers.get("If-Match"), request.headers.get("If-None-Match"))
 
 
 def json_body() -> Any:
@@ -143,7 +135,16 @@ def json_body() -> Any:
             and not request.mimetype.endswith("+json"):
         raise Problem(415, "Unsupported Media Type",
                       f"send Content-Type: application/json (got '{request.mimetype or 'none'}')")
-    raw = request.get_data(cache=False)
+    if request.content_encoding not in (None, "", "identity"):
+        raise Problem(415, "Unsupported Media Type",
+                      f"Content-Encoding '{request.content_encoding}' is not supported: send the JSON as is")
+    # read one byte past the limit: a chunked body (no Content-Length) over it
+    # is 413 too, not cut at the limit and parsed (the app's stream limit is
+    # MAX_BODY + 1 so that this read can see the extra byte)
+    limit = current_app.config["MAX_BODY"]
+    raw = request.stream.read(limit + 1)
+    if len(raw) > limit:
+        raise Problem(413, "Request Entity Too Large", f"a JSON body is at most {limit} bytes")
     if not raw.strip():
         raise Problem(400, "Bad Request", "the request body is empty; send a JSON object")
     try:
@@ -194,6 +195,7 @@ def endpoint(body: type[Schema] | None = None, out: type[Schema] | None = None, 
                 result = Result(result)
             if result.body is None:
                 resp = Response(status=result.status)
+                del resp.headers["Content-Type"]       # no body, no media type
             else:
                 payload = _schema(out, many).dump(result.body) if out is not None else result.body
                 resp = Response(json.dumps(payload), status=result.status, mimetype="application/json")

@@ -39,7 +39,8 @@ class _Holder(ZooKeeperHolder):
 
 def create_app(zk_hosts: str | None = None, tokens_file: str | None = None) -> Flask:
     app = Flask("cowfleet")
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.config["MAX_BODY"] = MAX_BODY
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY + 1      # see api.json_body
     hosts = zk_hosts or os.environ.get("COWFLEET_ZK", "127.0.0.1:2181")
     app.extensions["cowfleet.zk"] = _Holder(hosts)
     app.extensions["cowfleet.mirror"] = Mirror()

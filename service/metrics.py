@@ -82,4 +82,4 @@ def install(app, zk_getter) -> None:
         extra = CollectorRegistry()
         extra.register(cluster)
         text += generate_latest(extra)
-        return Response(text, mimetype=CONTENT_TYPE_LATEST)
+        return Response(text, content_type=CONTENT_TYPE_LATEST)   # it names its charset already

@@ -10,6 +10,7 @@ from marshmallow import Schema, fields
 
 import cowfleet
 from cowfleet.service.api import NAME_RE
+from cowfleet.service.preconditions import TAGS_PATTERN
 
 PROBLEM = "application/problem+json"
 
@@ -51,11 +52,18 @@ def ecma(pattern: str) -> str:
 
 # a name in a path: what api.existing_name / check_name accept (others: 404 or 422)
 NAME_PARAM = {"type": "string", "pattern": ecma(NAME_RE.pattern), "minLength": 1, "maxLength": 63}
-# what api.if_match() accepts: '*', or a version, quoted or bare, optionally weak (W/)
+# what api.if_match() accepts (service/preconditions.py): *, or entity tags
 IF_MATCH = {"name": "If-Match", "in": "header", "required": False,
-            "description": 'The etag the write is conditional on: "7", 7, W/"7" or *; '
-                           "a stale one gets 412",
-            "schema": {"type": "string", "pattern": '^(\\*|(W/)?("[0-9]+"|[0-9]+))$'}}
+            "description": 'The etag(s) the write is conditional on: "7" (also 7 or W/"7"), a list '
+                           '"6", "7", or * (the object must exist); no match gets 412, nothing written',
+            "schema": {"type": "string", "pattern": TAGS_PATTERN}}
+ETAG_HEADER = {"description": 'the object\'s version, "7": send it back in If-Match to write on it',
+               "schema": {"type": "string"}}
+LINK_HEADER = {"description": '<...?limit=&after=...>; rel="next" while more items remain',
+               "schema": {"type": "string"}}
+IF_NONE_MATCH = {"name": "If-None-Match", "in": "header", "required": False,
+                 "description": "* : create only (412 if the object exists); or etags it must not be at",
+                 "schema": {"type": "string", "pattern": TAGS_PATTERN}}
 
 
 def merge_patch_schema(schema: dict, components: dict) -> dict:
@@ -124,8 +132,10 @@ def build(app) -> dict:
             params = [{"name": a, "in": "path", "required": True,
                        "schema": NAME_PARAM if a == "name" else {"type": "string"}}
                       for a in sorted(rule.arguments)]
-            if method in ("PUT", "PATCH", "DELETE") and rule.arguments and not api.get("raw_body"):
+            if method in ("PUT", "PATCH", "DELETE") and rule.arguments:
                 params.append(IF_MATCH)
+            if method == "PUT" and rule.arguments and not api.get("raw_body"):
+                params.append(IF_NONE_MATCH)
             if api["many"]:
                 params += LIST_PARAMS
             if api.get("raw_body"):
@@ -148,6 +158,7 @@ def build(app) -> dict:
                     ref = {"$ref": f"#/components/schemas/{_name(api['out'])}"}
                     schema = {"type": "array", "items": ref} if api["many"] else ref
                     resp["content"] = {"application/json": {"schema": schema}}
+                    resp["headers"] = {"Link": LINK_HEADER} if api["many"] else {"ETag": ETAG_HEADER}
                 op["responses"][str(code)] = resp
             for code in sorted(set(ERRORS[method]) | set(api.get("errors", ()))):
                 op["responses"][str(code)] = {
@@ -159,4 +170,12 @@ def build(app) -> dict:
     spec.path(path="/healthz", operations={"get": {"operationId": "healthz", "security": [],
               "responses": {"200": {"description": "ZooKeeper reachable"},
                             "503": {"description": "ZooKeeper unreachable"}}}})
+    spec.path(path="/metrics", operations={"get": {
+        "operationId": "metrics", "security": [], "summary": "Prometheus metrics (text exposition format)",
+        "responses": {"200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}}}})
+    spec.path(path="/v1/openapi.json", operations={"get": {
+        "operationId": "openapi", "security": [{"bearer": []}], "summary": "This document",
+        "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}},
+                      "401": {"description": REASONS[401],
+                              "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}}}}})
     return _ecma_patterns(spec.to_dict())

@@ -29,8 +29,19 @@ def not_found(kind: str, name: str) -> Problem:
     return Problem(404, "Not Found", f"{kind} '{name}' does not exist")
 
 
+def _tidy(errors):
+    """marshmallow's error tree, with a map entry's ``{"key": [...], "value": [...]}``
+    level folded into the entry: ``{"labels": {"a b": ["..."]}}``. Nested objects
+    stay nested (``{"placement": {"strategy": [...]}}``)."""
+    if not isinstance(errors, dict):
+        return errors
+    if errors and set(errors) <= {"key", "value"} and all(isinstance(v, list) for v in errors.values()):
+        return [m for part in ("key", "value") for m in errors.get(part, [])]
+    return {k: _tidy(v) for k, v in errors.items()}
+
+
 def invalid(errors: dict, detail: str = "the request body is not valid") -> Problem:
-    return Problem(422, "Unprocessable Entity", detail, errors=errors)
+    return Problem(422, "Unprocessable Entity", detail, errors=_tidy(errors))
 
 
 def conflict(detail: str, errors: dict | None = None) -> Problem:

@@ -3,7 +3,8 @@
 Without ``If-Match`` a lost race (the znode appeared, or changed, between
 our read and our write) is not the client's problem: the record is read
 again and the write retried, up to ``ATTEMPTS`` times. With ``If-Match`` the
-client asked for exactly one version, so a lost race is 412.
+client asked for given versions, so a lost race is 412
+(``service/preconditions.py``).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Callable, TypeVar
 
 from kazoo.exceptions import BadVersionError, NodeExistsError
 
+from cowfleet.service.preconditions import Precondition, precondition_failed
 from cowfleet.service.problems import Problem
 from cowfleet.zk.connection import read
 
@@ -18,11 +20,7 @@ R = TypeVar("R")
 ATTEMPTS = 10
 
 
-def precondition_failed(detail: str) -> Problem:
-    return Problem(412, "Precondition Failed", detail)
-
-
-def create_or_update(zk, path: str, cls: type[R], label: str, expected: int | None,
+def create_or_update(zk, path: str, cls: type[R], label: str, pre: Precondition,
                      create: Callable[[], R], update: Callable[[R], R | None]) -> tuple[R, int, bool]:
     """Create the record at ``path`` or update it; returns (record, version, created).
 
@@ -35,22 +33,20 @@ def create_or_update(zk, path: str, cls: type[R], label: str, expected: int | No
     for _ in range(ATTEMPTS):
         got = read(zk, path, cls)
         if got is None:
-            if expected is not None:
-                raise precondition_failed(f"{label} does not exist")
+            pre.check_missing(label)
             try:
                 return create(), 0, True
             except NodeExistsError:
                 continue
         current, version = got
-        if expected is not None and expected != version:
-            raise precondition_failed(f"{label} is at version {version}, not {expected}")
+        pre.check(version, label)
         new = update(current)
         if new is None:
             return current, version, False
         try:
             stat = zk.set(path, new.to_bytes(), version=version)
         except BadVersionError:
-            if expected is not None:
+            if pre.pinned:
                 raise precondition_failed(f"{label} changed meanwhile")
             continue
         return new, stat.version, False

@@ -40,6 +40,7 @@ from cowfleet.zk.leaders import rack_leaders
 
 READY_TIMEOUT = 900.0
 READY_POLL = 0.25
+OVERLAY_TRIES = 5          # overlay creations failing in a row before an instance is failed
 
 
 class ComputeAgent(NodeAgent):
@@ -63,6 +64,7 @@ class ComputeAgent(NodeAgent):
         self.inflight_lock = threading.Lock()
         self.awaiting: dict[str, tuple[str, float]] = {}   # id -> (group, deadline)
         self.awaiting_lock = threading.Lock()
+        self.overlay_failures: dict[str, int] = {}         # id -> failed overlay creations in a row
         self.reservations = Reservations()
         self.placer = Placer(self.zk, self.name, HandshakeGatherer(self.name, self.rack_offers))
         self.coordinating = ThreadPoolExecutor(max_workers=4, thread_name_prefix="coordinate")
@@ -346,7 +348,17 @@ class ComputeAgent(NodeAgent):
                 self.overlays.remove(group, iid)     # ephemeral: a restart starts from the master
             t_attached = time.monotonic()
             if not overlay.exists():
-                overlay = self.overlays.create(group, iid, session.url, image.format)
+                try:
+                    overlay = self.overlays.create(group, iid, session.url, image.format)
+                except Exception as exc:
+                    # often passing (the session's export just restarted): retried by the
+                    # next rounds, and shown; a few in a row mean it will not work
+                    tries = self.overlay_failures[iid] = self.overlay_failures.get(iid, 0) + 1
+                    state = InstanceState.FAILED if tries >= OVERLAY_TRIES else InstanceState.PENDING
+                    self._set_state(group, iid, state, f"creating the overlay failed ({tries} of "
+                                    f"{OVERLAY_TRIES} tries): {exc}"[:500])
+                    raise
+                self.overlay_failures.pop(iid, None)
         t_overlay = time.monotonic()
         console = self.consoles / f"{iid}.log"
         console.unlink(missing_ok=True)

@@ -25,6 +25,7 @@ import itertools
 import json
 import os
 import re
+import subprocess
 import uuid
 import threading
 import urllib.parse
@@ -54,6 +55,28 @@ DATA_PATH = re.compile(r"^/v1/images/([a-z0-9][a-z0-9-]{0,62})/data$")
 
 class ChecksumMismatch(ValueError):
     pass
+
+
+class FormatMismatch(ValueError):
+    pass
+
+
+def check_format(path: Path, declared: str) -> None:
+    """The data must be what the image says it is: qemu-img's probe of a
+    qcow2 master says qcow2 (and names no backing file: a master stands
+    alone), of a raw one says raw -- else instances would fail to boot, or
+    boot a qcow2 container as a raw disk."""
+    proc = subprocess.run(["qemu-img", "info", "--output=json", str(path)], capture_output=True,
+                          text=True, timeout=60)
+    if proc.returncode != 0:
+        raise FormatMismatch(f"qemu-img cannot read the data: {proc.stderr.strip()[:300]}")
+    info = json.loads(proc.stdout)
+    found = info.get("format")
+    if found != declared:
+        raise FormatMismatch(f"the data is {found}, not the declared {declared}")
+    if info.get("backing-filename"):
+        raise FormatMismatch(f"a qcow2 master must stand alone; this one has backing file "
+                             f"'{info['backing-filename']}'")
 
 
 class UploadRefused(Exception):
@@ -263,6 +286,7 @@ class StorageAgent(NodeAgent):
             sha = digest.hexdigest()
             if expected_sha and expected_sha != sha:
                 raise ChecksumMismatch(f"checksum mismatch: expected {expected_sha}, got {sha}")
+            check_format(tmp, image.format)
             os.chmod(tmp, 0o444)                        # masters are read-only
             path.with_suffix(".sha256").write_text(sha)
             os.replace(tmp, path)
@@ -320,6 +344,8 @@ class StorageAgent(NodeAgent):
         try:
             sha, size = self._store(image, itertools.chain([first], iter(lambda: stream.read(CHUNK), b"")),
                                     expected)
+        except FormatMismatch as exc:
+            raise UploadRefused(422, "Format Mismatch", f"{exc}; nothing was stored")
         except ChecksumMismatch as exc:
             if given:   # the bytes are not what the client said it sent
                 raise UploadRefused(422, "Checksum Mismatch", f"{exc}; nothing was stored")

@@ -31,7 +31,12 @@ resource "cowfleet_image" "demo" {
   format       = "raw"
   min_replicas = var.min_replicas
   labels       = { purpose = "demo" }
-  # or upload a local file instead of source_url:  path = "./disk.raw"
+  # or upload a local file instead of source_url, replaced when its content changes:
+  #   path = "./disk.raw"   sha256 = filesha256("./disk.raw")
+
+  # images are immutable and one in use cannot be deleted: a new image (a new
+  # name) is made first, the group rolls onto it, then the old one goes
+  lifecycle { create_before_destroy = true }
 }
 
 resource "cowfleet_instance_group" "web" {

@@ -8,7 +8,7 @@
 . "$(dirname "$0")/common.sh"
 ROLE=storage
 TGT_CONTROL=${COWFLEET_TGT_CONTROL_PORT:-}
-install_packages tgt
+install_packages tgt qemu-utils       # qemu-img checks each master's format
 AGENT_ENV_EXTRA=${TGT_CONTROL:+COWFLEET_TGT_CONTROL_PORT=$TGT_CONTROL}
 . "$PROVISION_DIR/agent.sh"
 if [ "$COWFLEET_START" = 1 ] && ! tgtadm ${TGT_CONTROL:+-C $TGT_CONTROL} --lld iscsi --op show --mode sys >/dev/null 2>&1; then

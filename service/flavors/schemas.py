@@ -10,8 +10,8 @@ class FlavorSpecSchema(StrictSchema):
 
 
 class FlavorSchema(Schema):
-    name = fields.Str()
-    vcpus = fields.Int()
-    memory_mib = fields.Int()
-    disk_gib = fields.Int()
-    etag = fields.Str()
+    name = fields.Str(required=True)
+    vcpus = fields.Int(required=True)
+    memory_mib = fields.Int(required=True)
+    disk_gib = fields.Int(required=True)
+    etag = fields.Str(required=True)

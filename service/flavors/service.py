@@ -3,13 +3,17 @@ default (created by the service on its first connection). Changing a flavor
 affects instances placed afterwards, not running ones."""
 from __future__ import annotations
 
-from cowfleet.models import Flavor, Group
+from cowfleet.models import DEFAULT_FLAVORS, Flavor, Group
 from cowfleet.service.api import Result, fetch
 from cowfleet.service.paging import ListQuery, page
-from cowfleet.service.problems import Problem, conflict
+from cowfleet.service.preconditions import ANY, Precondition
+from cowfleet.service.problems import conflict
 from cowfleet.service.upsert import create_or_update
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read_children
+
+
+BUILT_IN = frozenset(f.name for f in DEFAULT_FLAVORS)
 
 
 def view(zk, flavor: Flavor, version: int) -> dict:
@@ -24,7 +28,7 @@ def list_(zk, q: ListQuery) -> Result:
     return page(zk, layout.FLAVORS, layout.flavor, Flavor, view, q)
 
 
-def put(zk, name: str, spec: dict, expected: int | None) -> tuple[dict, bool]:
+def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]:
     """Create, confirm or update a flavor; returns (view, created)."""
     new = Flavor(name=name, **spec)
 
@@ -32,17 +36,33 @@ def put(zk, name: str, spec: dict, expected: int | None) -> tuple[dict, bool]:
         zk.create(layout.flavor(name), new.to_bytes())
         return new
 
+    def update(current: Flavor) -> Flavor | None:
+        if current == new:
+            return None
+        # running instances keep the size they were made with, so a flavor in
+        # use is immutable; a new flavor and a change of the groups' flavor
+        # (a rolling replacement) resizes them
+        in_use = _users(zk, name)
+        if in_use:
+            raise conflict(f"flavor '{name}' is used by instance group(s) {', '.join(in_use)}: create a "
+                           "new flavor and change the groups' flavor to it (a rolling replacement)")
+        return new
+
     flavor, version, created = create_or_update(zk, layout.flavor(name), Flavor, f"flavor '{name}'",
-                                                expected, create,
-                                                lambda current: None if current == new else new)
+                                                pre, create, update)
     return view(zk, flavor, version), created
 
 
-def delete(zk, name: str, expected: int | None) -> None:
+def _users(zk, name: str) -> list[str]:
+    return [g.name for g, _ in read_children(zk, layout.GROUPS, Group) if g.flavor == name]
+
+
+def delete(zk, name: str, pre: Precondition = ANY) -> None:
     got = fetch(zk, layout.flavor(name), Flavor, "flavor", name)
-    if expected is not None and expected != got[1]:
-        raise Problem(412, "Precondition Failed", f"flavor '{name}' is at version {got[1]}")
-    users = [g.name for g, _ in read_children(zk, layout.GROUPS, Group) if g.flavor == name]
+    pre.check(got[1], f"flavor '{name}'")
+    if name in BUILT_IN:
+        raise conflict(f"flavor '{name}' is built in (small, medium and large always exist)")
+    users = _users(zk, name)
     if users:
         raise conflict(f"flavor '{name}' is used by instance group(s): {', '.join(users)}")
     zk.delete(layout.flavor(name), version=got[1])

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from cowfleet.service.fields import Labels, Name, StrictSchema, Timestamp
+from cowfleet.models import GroupPhase, InstanceState
+from cowfleet.service.fields import Labels, Name, StrictBool, StrictSchema, Timestamp
 
 MAX_GROUP_SIZE = 10_000
 
@@ -17,6 +18,12 @@ class UpdatePolicySchema(StrictSchema):
     max_unavailable = fields.Int(load_default=1, strict=True, validate=validate.Range(0, MAX_GROUP_SIZE))
     max_surge = fields.Int(load_default=1, strict=True, validate=validate.Range(0, MAX_GROUP_SIZE))
 
+    @validates_schema
+    def _can_progress(self, data, **kw):
+        if data.get("max_unavailable") == 0 and data.get("max_surge") == 0:
+            raise ValidationError("max_unavailable and max_surge cannot both be 0: "
+                                  "a rolling update could never replace an instance", "max_unavailable")
+
 
 class GroupSpecSchema(StrictSchema):
     image = Name(required=True)
@@ -26,50 +33,50 @@ class GroupSpecSchema(StrictSchema):
     user_data = fields.Str(load_default=None, allow_none=True, validate=validate.Length(max=65536))
     labels = Labels(load_default=dict)
     update_policy = fields.Nested(UpdatePolicySchema, load_default=lambda: UpdatePolicySchema().load({}))
-    persistent = fields.Bool(load_default=False, metadata={
+    persistent = StrictBool(load_default=False, metadata={
         "description": "keep each instance's overlay across restarts of its domain and of the agent "
                        "(the exception: instances are ephemeral by default, a restart starts from the "
                        "master again); an overlay is removed when its instance is deleted"})
 
 
 class InstanceSchema(Schema):
-    id = fields.Str()
-    node = fields.Str(allow_none=True)
-    rack = fields.Str(allow_none=True)
-    state = fields.Str()
-    address = fields.Str(allow_none=True)
-    image = fields.Str()
-    message = fields.Str()
-    created_at = Timestamp()
-    running_at = Timestamp()
-    ready_at = Timestamp()
+    id = fields.Str(required=True)
+    node = fields.Str(required=True, allow_none=True)
+    rack = fields.Str(required=True, allow_none=True)
+    state = fields.Str(required=True, validate=validate.OneOf(InstanceState.ALL))
+    address = fields.Str(required=True, allow_none=True)
+    image = fields.Str(required=True)
+    message = fields.Str(required=True)
+    created_at = Timestamp(required=True)
+    running_at = Timestamp(required=True, allow_none=True)
+    ready_at = Timestamp(required=True, allow_none=True)
 
 
 class GroupStatusSchema(Schema):
-    phase = fields.Str()
-    ready = fields.Int()
-    running = fields.Int()
-    pending = fields.Int()
-    failed = fields.Int()
-    observed_generation = fields.Int()
-    message = fields.Str()
+    phase = fields.Str(required=True, validate=validate.OneOf(GroupPhase.ALL))
+    ready = fields.Int(required=True)
+    running = fields.Int(required=True)
+    pending = fields.Int(required=True)
+    failed = fields.Int(required=True)
+    observed_generation = fields.Int(required=True)
+    message = fields.Str(required=True)
 
 
 class GroupSchema(Schema):
-    name = fields.Str()
-    image = fields.Str()
-    flavor = fields.Str()
-    size = fields.Int()
-    placement = fields.Dict()
-    user_data = fields.Str(allow_none=True)
-    labels = fields.Dict()
-    update_policy = fields.Dict()
-    persistent = fields.Bool()
-    generation = fields.Int()
-    created_at = Timestamp()
-    status = fields.Nested(GroupStatusSchema)
-    instances = fields.List(fields.Nested(InstanceSchema))
-    etag = fields.Str()
+    name = fields.Str(required=True)
+    image = fields.Str(required=True)
+    flavor = fields.Str(required=True)
+    size = fields.Int(required=True)
+    placement = fields.Dict(required=True)
+    user_data = fields.Str(required=True, allow_none=True)
+    labels = fields.Dict(required=True)
+    update_policy = fields.Dict(required=True)
+    persistent = fields.Bool(required=True)
+    generation = fields.Int(required=True)
+    created_at = Timestamp(required=True)
+    status = fields.Nested(GroupStatusSchema, required=True)
+    instances = fields.List(fields.Nested(InstanceSchema), required=True)
+    etag = fields.Str(required=True)
 
 
 class RackOffersSchema(Schema):

@@ -11,6 +11,7 @@ from cowfleet.models import (DeployRequest, Flavor, Group, GroupPhase, GroupStat
 from cowfleet.service.api import Result, fetch
 from cowfleet.service.groups.handoff import hand_off
 from cowfleet.service.paging import ListQuery, page
+from cowfleet.service.preconditions import ANY, Precondition, precondition_failed
 from cowfleet.service.problems import Problem, conflict, invalid
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read, read_children
@@ -86,14 +87,14 @@ def _commit(tx) -> str | None:
     return results[-1] if results and isinstance(results[-1], str) else None
 
 
-def put(zk, name: str, spec: dict, expected: int | None) -> tuple[dict, bool]:
+def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]:
     _check_references(zk, spec)
     path = layout.group(name)
+    label = f"instance group '{name}'"
     for _ in range(10):
         got = read(zk, path, Group)
         if got is None:
-            if expected is not None:
-                raise Problem(412, "Precondition Failed", f"instance group '{name}' does not exist")
+            pre.check_missing(label)
             group = Group(name=name, generation=1, **spec)
             tx = zk.transaction()
             tx.create(path, group.to_bytes())
@@ -106,9 +107,7 @@ def put(zk, name: str, spec: dict, expected: int | None) -> tuple[dict, bool]:
                 continue
             return get(zk, name), True
         group, version = got
-        if expected is not None and expected != version:
-            raise Problem(412, "Precondition Failed",
-                          f"instance group '{name}' is at version {version}, not {expected}")
+        pre.check(version, label)
         if group.deleting:
             raise conflict(f"instance group '{name}' is being deleted")
         if group.spec() == spec:
@@ -122,19 +121,18 @@ def put(zk, name: str, spec: dict, expected: int | None) -> tuple[dict, bool]:
         try:
             hand_off(zk, _commit(tx))
         except BadVersionError:
-            if expected is not None:
-                raise Problem(412, "Precondition Failed", f"instance group '{name}' changed meanwhile")
+            if pre.pinned:
+                raise precondition_failed(f"{label} changed meanwhile")
             continue
         return get(zk, name), False
     raise Problem(503, "Service Unavailable", "too many concurrent writers; retry")
 
 
-def delete(zk, name: str, expected: int | None) -> None:
+def delete(zk, name: str, pre: Precondition = ANY) -> None:
     path = layout.group(name)
     for _ in range(10):
         group, version = fetch(zk, path, Group, "instance group", name)
-        if expected is not None and expected != version:
-            raise Problem(412, "Precondition Failed", f"instance group '{name}' is at version {version}")
+        pre.check(version, f"instance group '{name}'")
         if group.deleting:
             return
         group.deleting = True
@@ -144,6 +142,8 @@ def delete(zk, name: str, expected: int | None) -> None:
         try:
             hand_off(zk, _commit(tx))
         except BadVersionError:
+            if pre.pinned:
+                raise precondition_failed(f"instance group '{name}' changed meanwhile")
             continue
         finish_delete_if_empty(zk, name)
         return
@@ -163,7 +163,7 @@ def merge_patch(target, patch):
     return out
 
 
-def patch(zk, name: str, changes: dict, expected: int | None) -> dict:
+def patch(zk, name: str, changes: dict, pre: Precondition = ANY) -> dict:
     """Apply a merge patch to the spec; without If-Match, concurrent writers
     are handled by re-reading and re-applying (never a lost update)."""
     from marshmallow import ValidationError
@@ -171,9 +171,7 @@ def patch(zk, name: str, changes: dict, expected: int | None) -> dict:
     from cowfleet.service.groups.schemas import GroupSpecSchema
     for _ in range(10):
         group, version = fetch(zk, layout.group(name), Group, "instance group", name)
-        if expected is not None and expected != version:
-            raise Problem(412, "Precondition Failed",
-                          f"instance group '{name}' is at version {version}, not {expected}")
+        pre.check(version, f"instance group '{name}'")
         try:
             spec = GroupSpecSchema().load(merge_patch(group.spec(), changes))
         except ValidationError as exc:
@@ -181,9 +179,9 @@ def patch(zk, name: str, changes: dict, expected: int | None) -> dict:
         except RecursionError:
             raise Problem(400, "Bad Request", "the patch is nested too deeply")
         try:
-            return put(zk, name, spec, version)[0]
+            return put(zk, name, spec, Precondition.at(version))[0]
         except Problem as exc:
-            if exc.status == 412 and expected is None:
+            if exc.status == 412 and not pre.pinned:
                 continue
             raise
     raise Problem(503, "Service Unavailable", "too many concurrent writers; retry")

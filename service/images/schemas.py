@@ -4,13 +4,20 @@ from urllib.parse import urlparse
 
 from marshmallow import Schema, ValidationError, fields, validate
 
+from cowfleet.models import ImageStatus
 from cowfleet.service.fields import Labels, StrictSchema, Timestamp
 
 SOURCE_SCHEMES = ("file", "http", "https")
 
 
 def _valid_source(url: str) -> None:
-    parsed = urlparse(url)
+    if not url.isprintable():
+        raise ValidationError("must hold printable characters only")
+    try:
+        parsed = urlparse(url)
+        parsed.port                    # raises on a port that is not a number
+    except ValueError as exc:          # e.g. "Invalid IPv6 URL"
+        raise ValidationError(f"not a valid URL: {exc}") from None
     if parsed.scheme not in SOURCE_SCHEMES:
         raise ValidationError(f"scheme must be one of {', '.join(SOURCE_SCHEMES)}")
     if parsed.scheme == "file" and (parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/")):
@@ -28,20 +35,20 @@ class ImageSpecSchema(StrictSchema):
 
 
 class ReplicaSchema(Schema):
-    node = fields.Str()
-    rack = fields.Str()
+    node = fields.Str(required=True)
+    rack = fields.Str(required=True)
 
 
 class ImageSchema(Schema):
-    name = fields.Str()
-    format = fields.Str()
-    source_url = fields.Str(allow_none=True)
-    size_bytes = fields.Int(allow_none=True)
-    sha256 = fields.Str(allow_none=True)
-    min_replicas = fields.Int()
-    labels = fields.Dict()
-    status = fields.Str()
-    message = fields.Str()
-    replicas = fields.List(fields.Nested(ReplicaSchema))
-    created_at = Timestamp()
-    etag = fields.Str()
+    name = fields.Str(required=True)
+    format = fields.Str(required=True)
+    source_url = fields.Str(required=True, allow_none=True)
+    size_bytes = fields.Int(required=True, allow_none=True)
+    sha256 = fields.Str(required=True, allow_none=True)
+    min_replicas = fields.Int(required=True)
+    labels = fields.Dict(required=True)
+    status = fields.Str(required=True, validate=validate.OneOf(ImageStatus.ALL))
+    message = fields.Str(required=True)
+    replicas = fields.List(fields.Nested(ReplicaSchema), required=True)
+    created_at = Timestamp(required=True)
+    etag = fields.Str(required=True)

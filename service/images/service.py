@@ -9,6 +9,7 @@ from kazoo.exceptions import NodeExistsError, NoNodeError
 from cowfleet.models import Group, Image, ImageStatus, NodeInfo, Replica
 from cowfleet.service.api import Result, fetch
 from cowfleet.service.paging import ListQuery, page
+from cowfleet.service.preconditions import ANY, Precondition
 from cowfleet.service.problems import Problem, conflict, invalid
 from cowfleet.service.upsert import create_or_update
 from cowfleet.zk import layout
@@ -48,7 +49,7 @@ def list_(zk, q: ListQuery) -> Result:
     return page(zk, layout.IMAGES, layout.image, Image, view, q)
 
 
-def put(zk, name: str, spec: dict, expected: int | None) -> tuple[dict, bool]:
+def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]:
     """Create, confirm or update an image; returns (view, created)."""
     def create() -> Image:
         image = Image(name=name, **spec)
@@ -69,7 +70,7 @@ def put(zk, name: str, spec: dict, expected: int | None) -> tuple[dict, bool]:
         return image
 
     image, version, created = create_or_update(zk, layout.image(name), Image, f"image '{name}'",
-                                               expected, create, update)
+                                               pre, create, update)
     return view(zk, image, version), created
 
 
@@ -91,10 +92,9 @@ def users(zk, name: str) -> list[str]:
     return out
 
 
-def delete(zk, name: str, expected: int | None) -> None:
+def delete(zk, name: str, pre: Precondition = ANY) -> None:
     _image, version = fetch(zk, layout.image(name), Image, "image", name)
-    if expected is not None and expected != version:
-        raise Problem(412, "Precondition Failed", f"image '{name}' is at version {version}")
+    pre.check(version, f"image '{name}'")
     in_use = users(zk, name)
     if in_use:
         raise conflict(f"image '{name}' is used by instance group(s): {', '.join(in_use)}")
@@ -121,10 +121,13 @@ def _storage_targets(zk, holders: set[str]) -> list[NodeInfo]:
     return sorted(nodes, key=lambda n: (n.name in holders, -free(n), n.name))
 
 
-def upload(zk, name: str, stream, length: int | None, checksum: str | None) -> dict:
+def upload(zk, name: str, stream, length: int | None, checksum: str | None,
+           pre: Precondition = ANY) -> dict:
     """Stream an image's bytes through to one storage node, chunk by chunk
-    (never the whole body in memory); peers replicate it from there."""
-    image, _version = fetch(zk, layout.image(name), Image, "image", name)
+    (never the whole body in memory); peers replicate it from there.
+    ``If-Match`` is checked against the image record before any byte moves."""
+    image, version = fetch(zk, layout.image(name), Image, "image", name)
+    pre.check(version, f"image '{name}'")
     if image.source_url:
         raise conflict(f"image '{name}' is fetched from its source_url; it takes no upload")
     if checksum is not None:
@@ -165,6 +168,7 @@ def upload(zk, name: str, stream, length: int | None, checksum: str | None) -> d
             problem = {}
         status = resp.status_code if resp.status_code in (400, 404, 409, 422) else 502
         detail = problem.get("detail") or resp.text[:200]
-        errors = {"X-Checksum-Sha256": [detail]} if status == 422 else None
+        field = "format" if problem.get("title") == "Format Mismatch" else "X-Checksum-Sha256"
+        errors = {field: [detail]} if status == 422 else None
         raise Problem(status, problem.get("title") or "Bad Gateway", detail, errors=errors)
     return get(zk, name)

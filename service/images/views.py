@@ -2,7 +2,7 @@ import sys
 
 from flask import request
 
-from cowfleet.service.api import endpoint, zk
+from cowfleet.service.api import endpoint, if_match, zk
 from cowfleet.service.images import service
 from cowfleet.service.images.schemas import ImageSchema, ImageSpecSchema
 from cowfleet.service.problems import Problem
@@ -24,4 +24,4 @@ def put_data(name):
     # limit), and they are never buffered
     request.max_content_length = sys.maxsize
     return service.upload(zk(), name, request.stream, request.content_length,
-                          request.headers.get("X-Checksum-Sha256"))
+                          request.headers.get("X-Checksum-Sha256"), if_match())

@@ -1,16 +1,16 @@
-from marshmallow import Schema, fields
+from marshmallow import Schema, fields, validate
 
 from cowfleet.service.fields import Timestamp
 
 
 class NodeSchema(Schema):
-    name = fields.Str()
-    role = fields.Str()
-    rack = fields.Str()
-    leader = fields.Bool()
-    address = fields.Str(allow_none=True)
-    capacity = fields.Dict()
-    allocated = fields.Dict()
-    healthy = fields.Bool()
-    last_seen = Timestamp()
-    virt_type = fields.Str(allow_none=True)
+    name = fields.Str(required=True)
+    role = fields.Str(required=True, validate=validate.OneOf(["compute", "storage"]))
+    rack = fields.Str(required=True)
+    leader = fields.Bool(required=True)
+    address = fields.Str(required=True, allow_none=True)
+    capacity = fields.Dict(required=True)
+    allocated = fields.Dict(required=True)
+    healthy = fields.Bool(required=True)
+    last_seen = Timestamp(required=True)
+    virt_type = fields.Str(required=True, allow_none=True)

@@ -18,6 +18,16 @@ from tests.helpers import wait_until
 from tests.integration.test_end_to_end import lab_domains
 from tests.terraform.conftest import EXAMPLE
 
+# what every configuration here starts with
+HEAD = """
+terraform {
+  required_providers {
+    cowfleet = { source = "cowfleet.local/cowfleet/cowfleet" }
+  }
+}
+provider "cowfleet" {}
+"""
+
 pytestmark = pytest.mark.integration
 
 
@@ -96,14 +106,7 @@ def test_example_group_lifecycle(make_tf, client, lab, demo_image):
           f"scale 3->5 {t_scale:.1f}s, destroy {t_destroy:.1f}s")
 
 
-EMPTY_GROUP = """
-terraform {
-  required_providers {
-    cowfleet = { source = "cowfleet.local/cowfleet/cowfleet" }
-  }
-}
-provider "cowfleet" {}
-resource "cowfleet_instance_group" "drift" {
+EMPTY_GROUP = HEAD + """resource "cowfleet_instance_group" "drift" {
   name           = "tfdrift"
   image          = "demo"
   flavor         = "small"
@@ -133,14 +136,7 @@ def test_group_deleted_behind_terraforms_back_is_planned_again(make_tf, client, 
     assert client.get_group("tfdrift") is None
 
 
-BAD_GROUP = """
-terraform {
-  required_providers {
-    cowfleet = { source = "cowfleet.local/cowfleet/cowfleet" }
-  }
-}
-provider "cowfleet" {}
-variable "size" {}
+BAD_GROUP = HEAD + """variable "size" {}
 resource "cowfleet_instance_group" "bad" {
   name   = "tfbad"
   image  = "demo"
@@ -168,14 +164,7 @@ def test_invalid_size_is_a_diagnostic_on_the_attribute(make_tf, client, size):
     assert "cowfleet_instance_group.bad" not in tf.run("state", "list", ok=(0, 1)).stdout
 
 
-OBJECTS = """
-terraform {
-  required_providers {
-    cowfleet = { source = "cowfleet.local/cowfleet/cowfleet" }
-  }
-}
-provider "cowfleet" {}
-resource "cowfleet_image" "img" {
+OBJECTS = HEAD + """resource "cowfleet_image" "img" {
   name         = "tfimg"
   source_url   = "file://%(image)s"
   min_replicas = 1
@@ -253,15 +242,14 @@ def test_unreachable_endpoint_and_refused_token(make_tf, lab):
     assert code == 1
     assert f"Error: the cowfleet service at {lab.state.endpoint} refused the token" in text, text
 
+    tf = make_tf(endpoint="notaurl")
+    tf.write(config)
+    tf.init()
+    code, text = tf.plan_exitcode()
+    assert code == 1 and "Error: cowfleet provider: endpoint is not a URL" in text, text
 
-UPLOAD = """
-terraform {
-  required_providers {
-    cowfleet = { source = "cowfleet.local/cowfleet/cowfleet" }
-  }
-}
-provider "cowfleet" {}
-resource "cowfleet_image" "up" {
+
+UPLOAD = HEAD + """resource "cowfleet_image" "up" {
   name         = "tfupload"
   path         = "%(path)s"
   min_replicas = 1
@@ -287,3 +275,78 @@ def test_image_uploaded_from_a_local_path(make_tf, client, lab):
     assert code == 0, text
     tf.run("destroy", "-auto-approve", "-input=false", "-no-color")
     assert client.get_image("tfupload") is None
+
+
+BLOCKS = HEAD + """resource "cowfleet_instance_group" "blocks" {
+  name           = "tfblocks"
+  image          = "demo"
+  flavor         = "small"
+  size           = 0
+  wait_for_ready = false
+  %(blocks)s
+}
+"""
+
+
+def test_removing_optional_blocks_and_a_group_caught_deleting(make_tf, client, image_demo):
+    """Blocks taken out of the configuration go back to the API's defaults (in
+    place); a group being deleted behind Terraform's back is re-created by one
+    apply (which waits for the deletion to finish)."""
+    tf = make_tf()
+    tf.write(BLOCKS % {"blocks": 'placement {\n strategy = "pack"\n }\n'
+                                 "update_policy {\n max_unavailable = 0\n max_surge = 2\n }"})
+    tf.init()
+    tf.apply()
+    assert client.get_group("tfblocks")["placement"]["strategy"] == "pack"
+    tf.write(BLOCKS % {"blocks": ""})
+    assert tf.planned_actions() == {"cowfleet_instance_group.blocks": ["update"]}
+    tf.apply()
+    got = client.get_group("tfblocks")
+    assert got["placement"]["strategy"] == "spread" and got["update_policy"] == {"max_unavailable": 1,
+                                                                                  "max_surge": 1}
+    assert tf.plan_exitcode()[0] == 0
+    # caught in phase deleting: gone for Terraform, and created anew in one apply
+    client.put_group("tfblocks", image="demo", flavor="small", size=1)      # an instance to take its time
+    wait_until(lambda: client.get_group("tfblocks")["instances"], 60, "an instance placed")
+    client.delete_group("tfblocks")
+    assert client.get_group("tfblocks")["status"]["phase"] == "deleting"
+    tf.apply()
+    got = client.get_group("tfblocks")
+    assert got["status"]["phase"] != "deleting" and got["size"] == 0
+    assert tf.plan_exitcode()[0] == 0
+    tf.run("destroy", "-auto-approve", "-input=false", "-no-color")
+    assert client.get_group("tfblocks") is None
+
+
+BY_CONTENT = HEAD + """resource "cowfleet_image" "up" {
+  name         = "tfcontent"
+  path         = "%(path)s"
+  sha256       = filesha256("%(path)s")
+  min_replicas = 1
+}
+"""
+
+
+def test_new_content_behind_path_replaces_the_image_and_a_missing_file_leaves_nothing(make_tf, client):
+    import hashlib
+    tf = make_tf()
+    disk = tf.dir / "disk.raw"
+    disk.write_bytes(os.urandom(1 << 20))
+    tf.write(BY_CONTENT % {"path": disk})
+    tf.init()
+    tf.apply()
+    assert client.get_image("tfcontent")["sha256"] == hashlib.sha256(disk.read_bytes()).hexdigest()
+    assert tf.plan_exitcode()[0] == 0
+    disk.write_bytes(os.urandom(1 << 20))            # new bytes, same path
+    assert tf.planned_actions() == {"cowfleet_image.up": ["delete", "create"]}
+    tf.apply()
+    assert client.get_image("tfcontent")["sha256"] == hashlib.sha256(disk.read_bytes()).hexdigest()
+    tf.run("destroy", "-auto-approve", "-input=false", "-no-color")
+    assert client.get_image("tfcontent") is None
+    # a path with no file: a diagnostic on path, and no image left behind
+    tf2 = make_tf()
+    tf2.write(BY_CONTENT.replace('filesha256("%(path)s")', '"' + "0" * 64 + '"') % {"path": tf.dir / "none.raw"})
+    tf2.init()
+    proc = tf2.apply(ok=(1,))
+    assert "Image file not found" in proc.stderr and "path" in proc.stderr, proc.stderr
+    assert client.get_image("tfcontent") is None

@@ -6,6 +6,7 @@ import pytest
 
 from cowfleet.models import Flavor
 from cowfleet.service.flavors import service as flavors
+from cowfleet.service.preconditions import Precondition
 from cowfleet.service.problems import Problem
 from cowfleet.zk import layout
 from tests.unit.fake_zk import FakeZK
@@ -26,18 +27,18 @@ def concurrent_writer(zk, memory_mib: int):
 
 def test_create_then_confirm_then_update():
     zk = FakeZK()
-    body, created = flavors.put(zk, "f", SPEC, None)
+    body, created = flavors.put(zk, "f", SPEC)
     assert created and body["etag"] == "0" and body["memory_mib"] == 128
-    body, created = flavors.put(zk, "f", SPEC, None)
+    body, created = flavors.put(zk, "f", SPEC)
     assert not created and body["etag"] == "0" and zk.sets == 0
-    body, created = flavors.put(zk, "f", dict(SPEC, memory_mib=256), 0)
+    body, created = flavors.put(zk, "f", dict(SPEC, memory_mib=256), Precondition.at(0))
     assert not created and body["etag"] == "1" and stored(zk)[0].memory_mib == 256
 
 
 def test_lost_race_without_if_match_is_retried():
     zk = FakeZK({layout.flavor("f"): Flavor(name="f", **SPEC).to_bytes()})
     zk.before_set = concurrent_writer(zk, 192)
-    body, created = flavors.put(zk, "f", dict(SPEC, memory_mib=256), None)
+    body, created = flavors.put(zk, "f", dict(SPEC, memory_mib=256))
     assert not created and body["memory_mib"] == 256 and body["etag"] == "2"
     assert stored(zk) == (Flavor(name="f", vcpus=1, memory_mib=256, disk_gib=1), 2)
 
@@ -46,7 +47,7 @@ def test_lost_race_with_if_match_is_precondition_failed():
     zk = FakeZK({layout.flavor("f"): Flavor(name="f", **SPEC).to_bytes()})
     zk.before_set = concurrent_writer(zk, 192)
     with pytest.raises(Problem) as err:
-        flavors.put(zk, "f", dict(SPEC, memory_mib=256), 0)
+        flavors.put(zk, "f", dict(SPEC, memory_mib=256), Precondition.at(0))
     assert (err.value.status, err.value.title) == (412, "Precondition Failed")
     assert stored(zk)[0].memory_mib == 192
 
@@ -55,7 +56,7 @@ def test_lost_race_with_if_match_is_precondition_failed():
 def test_stale_or_missing_if_match(expected, exists):
     zk = FakeZK({layout.flavor("f"): Flavor(name="f", **SPEC).to_bytes()} if exists else {})
     with pytest.raises(Problem) as err:
-        flavors.put(zk, "f", dict(SPEC, memory_mib=256), expected)
+        flavors.put(zk, "f", dict(SPEC, memory_mib=256), Precondition.at(expected))
     assert (err.value.status, err.value.title) == (412, "Precondition Failed")
 
 
@@ -68,5 +69,5 @@ def test_endless_races_end_in_503():
         return real_set(path, value, version)
     zk.set = always_lose
     with pytest.raises(Problem) as err:
-        flavors.put(zk, "f", dict(SPEC, memory_mib=256), None)
+        flavors.put(zk, "f", dict(SPEC, memory_mib=256))
     assert err.value.status == 503

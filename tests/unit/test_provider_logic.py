@@ -60,7 +60,8 @@ GROUP = InstanceGroup()
 
 def _state(**over):
     state = conform({"id": "web", "name": "web", "image": "demo", "flavor": "small", "size": 3,
-                     "wait_for_ready": True, "instances": [], "status": {"ready": 3}}, S.GROUP.type())
+                     "wait_for_ready": True, "persistent": False, "instances": [], "status": {"ready": 3}},
+                    S.GROUP.type())
     state.update(over)
     return state
 
@@ -102,15 +103,19 @@ def test_read_keeps_absent_blocks_absent_when_the_api_has_defaults():
            "placement": {"strategy": "spread", "max_per_node": None},
            "update_policy": {"max_unavailable": 1, "max_surge": 1}, "generation": 1,
            "status": {"phase": "ready", "ready": 3, "observed_generation": 1},
-           "instances": [{"id": "web-1", "node": "n1", "rack": "r1", "state": "ready", "image": "demo"}]}
+           "instances": [{"id": f"web-{i}", "node": "n1", "rack": "r1", "state": "ready", "image": "demo"}
+                         for i in (1, 2, 3)]}
     state = GROUP.to_state(api, GROUP.import_state("web"))
     assert state["placement"] is None and state["update_policy"] is None and state["labels"] is None
     assert state["wait_for_ready"] is True
-    assert state["instances"] == [{"id": "web-1", "node": "n1", "rack": "r1", "state": "ready", "address": None}]
+    assert state["instances"][0] == {"id": "web-1", "node": "n1", "rack": "r1", "state": "ready", "address": None}
     api["placement"] = {"strategy": "pack", "max_per_node": None}
     assert GROUP.to_state(api, None)["placement"] == {"strategy": "pack", "max_per_node": None}
     assert is_ready(api)
     assert not is_ready(dict(api, generation=2))
+    # scaled in: not done while an instance is still terminating
+    leaving = {"id": "web-4", "node": "n1", "rack": "r1", "state": "terminating", "image": "demo"}
+    assert not is_ready(dict(api, instances=api["instances"] + [leaving]))
 
 
 def test_apply_result_keeps_planned_values_and_fills_unknowns():
@@ -122,7 +127,8 @@ def test_apply_result_keeps_planned_values_and_fills_unknowns():
 
 def test_every_resource_names_its_force_new_attributes():
     assert RESOURCES["cowfleet_instance_group"].block.force_new() == ["name"]
-    assert set(RESOURCES["cowfleet_image"].block.force_new()) == {"name", "source_url", "path", "format"}
+    # path is where the bytes came from; the bytes themselves are sha256
+    assert set(RESOURCES["cowfleet_image"].block.force_new()) == {"name", "source_url", "sha256", "format"}
 
 
 # -- timeouts ------------------------------------------------------------------------
@@ -197,3 +203,51 @@ def test_group_persistent_travels_to_the_api_and_back():
     obj = {"name": "g", "image": "img", "flavor": "small", "size": 2, "persistent": True, "status": {}}
     assert group.to_state(obj, None)["persistent"] is True
     assert group.to_state(dict(obj, persistent=False), None)["persistent"] is False
+
+
+# -- plans follow the configuration; images by content ------------------------------
+
+def test_a_block_removed_from_the_configuration_is_planned_absent():
+    prior = _state(placement={"strategy": "pack", "max_per_node": None})
+    # Terraform proposes the prior block (its attributes are optional+computed) ...
+    proposed = dict(prior)
+    config = dict(prior, placement=None, instances=None, status=None, id=None)
+    planned, replace = GROUP.plan(prior, proposed, config)
+    # ... the plan follows the configuration: no block (the API then applies its defaults)
+    assert planned["placement"] is None and replace == []
+    assert GROUP.spec(planned).get("placement") is None
+
+
+def test_create_plan_leaves_unset_optional_computed_unknown():
+    IMAGE = RESOURCES["cowfleet_image"]
+    proposed = conform({"name": "img", "path": "/x.raw"}, S.IMAGE.type())
+    planned, _ = IMAGE.plan(None, proposed, proposed)
+    assert planned["sha256"] is UNKNOWN and planned["format"] == "raw"
+    planned, _ = GROUP.plan(None, conform({"name": "g", "image": "i", "flavor": "small", "size": 1},
+                                          S.GROUP.type()))
+    assert planned["persistent"] is False      # the API's default, not a null that drifts
+
+
+def test_image_content_not_path_decides_replacement():
+    IMAGE = RESOURCES["cowfleet_image"]
+    prior = conform({"id": "img", "name": "img", "path": "/a.raw", "format": "raw", "min_replicas": 1,
+                     "wait_for_available": True, "sha256": "a" * 64, "status": "available"}, S.IMAGE.type())
+    _, replace = IMAGE.plan(prior, dict(prior, path="/elsewhere/a.raw"), dict(prior, path="/elsewhere/a.raw"))
+    assert replace == []
+    _, replace = IMAGE.plan(prior, dict(prior, sha256="b" * 64), dict(prior, sha256="b" * 64))
+    assert replace == [["sha256"]]
+    assert [d.path for d in IMAGE.validate({"sha256": "xyz"})] == [["sha256"]]
+
+
+def test_upload_of_a_missing_file_is_a_diagnostic_on_path_and_writes_nothing():
+    from cowfleet.provider.diagnostics import ProviderError
+
+    class NoCalls:
+        def __getattr__(self, name):
+            raise AssertionError(f"the API was called: {name}")
+    IMAGE = RESOURCES["cowfleet_image"]
+    state = conform({"name": "img", "path": "/no/such/file.raw", "format": "raw", "min_replicas": 1},
+                    S.IMAGE.type())
+    with pytest.raises(ProviderError) as err:
+        IMAGE.write(NoCalls(), state, None)
+    assert err.value.diags[0].path == ["path"]

@@ -1,0 +1,189 @@
+"""What a careful user tries that the happy path does not: malformed URLs,
+chunked bodies over the limit, every If-Match / If-None-Match form, loose
+booleans, odd label keys, a rolling policy that cannot progress, flavors in
+use, image data that is not its declared format; over real gunicorn."""
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+from cowfleet.zk import layout
+from tests.conftest import _workdir
+from tests.helpers import wait_until
+from tests.integration.test_bad_input import assert_problem, put
+
+pytestmark = pytest.mark.integration
+
+
+def auth(lab, **more):
+    return dict({"Authorization": f"Bearer {lab.state.token}"}, **more)
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://[zz]/x", "http://]/x", "http://h:port/x",
+                                 "file:///a\u0000b", "file:///a\nb"])
+def test_malformed_source_url_is_422_not_500(lab, zk, url):
+    assert_problem(put(lab, "/v1/images/bad-url", {"source_url": url}), 422, "source_url")
+    assert not zk.exists(layout.image("bad-url"))
+
+
+def test_chunked_body_over_the_limit_is_413(lab, zk):
+    body = json.dumps({"format": "raw", "min_replicas": 1}).encode() + b" " * (2 << 20)
+    ep = urlsplit(lab.state.endpoint)
+    conn = http.client.HTTPConnection(ep.hostname, ep.port, timeout=30)
+    conn.request("PUT", "/v1/images/chunky", body=(body[i:i + 65536] for i in range(0, len(body), 65536)),
+                 headers=auth(lab, **{"Content-Type": "application/json"}), encode_chunked=True)
+    resp = conn.getresponse()
+    assert resp.status == 413, resp.read()[:300]
+    assert resp.getheader("Content-Type") == "application/problem+json"
+    assert not zk.exists(layout.image("chunky"))
+    # under the limit, chunked is fine
+    small = json.dumps({"format": "raw", "min_replicas": 1}).encode()
+    conn = http.client.HTTPConnection(ep.hostname, ep.port, timeout=30)
+    conn.request("PUT", "/v1/images/chunky", body=iter([small]), encode_chunked=True,
+                 headers=auth(lab, **{"Content-Type": "application/json"}))
+    assert conn.getresponse().status == 201
+    requests.delete(f"{lab.state.endpoint}/v1/images/chunky", headers=auth(lab), timeout=10)
+
+
+def test_compressed_body_is_415(lab, zk):
+    resp = requests.put(f"{lab.state.endpoint}/v1/flavors/zipped", data=b"\x1f\x8b...", timeout=10,
+                        headers=auth(lab, **{"Content-Type": "application/json", "Content-Encoding": "gzip"}))
+    assert_problem(resp, 415)
+
+
+def test_every_precondition_form(lab, client):
+    url = f"{lab.state.endpoint}/v1/flavors/pre"
+    spec = {"vcpus": 1, "memory_mib": 64}
+    h = auth(lab)
+    # If-Match: * on something absent: 412, nothing made; If-None-Match: * creates
+    assert_problem(requests.put(url, json=spec, headers=dict(h, **{"If-Match": "*"}), timeout=10), 412)
+    assert client.request("GET", "/v1/flavors/pre", ok_404=True).status_code == 404
+    made = requests.put(url, json=spec, headers=dict(h, **{"If-None-Match": "*"}), timeout=10)
+    assert made.status_code == 201 and made.headers["ETag"] == '"0"'
+    # create-only again: 412, unchanged
+    assert_problem(requests.put(url, json=dict(spec, vcpus=2), headers=dict(h, **{"If-None-Match": "*"}),
+                                timeout=10), 412)
+    # a list of tags: any may match
+    ok = requests.put(url, json=dict(spec, vcpus=2), headers=dict(h, **{"If-Match": '"5", "0"'}), timeout=10)
+    assert ok.status_code == 200 and ok.json()["vcpus"] == 2 and ok.headers["ETag"] == '"1"'
+    assert_problem(requests.put(url, json=dict(spec, vcpus=3), headers=dict(h, **{"If-Match": '"0", "7"'}),
+                                timeout=10), 412)
+    assert_problem(requests.put(url, json=dict(spec, vcpus=3), headers=dict(h, **{"If-Match": "7a"}),
+                                timeout=10), 412)
+    assert client.request("GET", "/v1/flavors/pre").json()["vcpus"] == 2
+    # DELETE honours them too
+    assert_problem(requests.delete(url, headers=dict(h, **{"If-Match": '"0"'}), timeout=10), 412)
+    gone = requests.delete(url, headers=dict(h, **{"If-Match": 'W/"1"'}), timeout=10)
+    assert gone.status_code == 204 and "Content-Type" not in gone.headers and gone.content == b""
+
+
+def test_data_upload_honours_if_match(lab, client):
+    client.put_image("pre-data", format="raw", min_replicas=1)
+    try:
+        url = f"{lab.state.endpoint}/v1/images/pre-data/data"
+        h = auth(lab, **{"Content-Type": "application/octet-stream"})
+        assert_problem(requests.put(url, data=b"x" * 4096, headers=dict(h, **{"If-Match": '"99"'}),
+                                    timeout=30), 412)
+        assert client.get_image("pre-data")["sha256"] is None
+        assert requests.put(url, data=b"x" * 4096, headers=dict(h, **{"If-Match": '"0"'}),
+                            timeout=30).status_code == 200
+    finally:
+        client.delete_image("pre-data")
+
+
+@pytest.mark.parametrize("value", ["yes", 1, "off", 0, None])
+def test_booleans_are_json_booleans(lab, zk, image_demo, value):
+    body = {"image": "demo", "flavor": "small", "size": 0, "persistent": value}
+    assert_problem(put(lab, "/v1/instance-groups/boolish", body), 422, "persistent")
+    assert not zk.exists(layout.group("boolish"))
+
+
+@pytest.mark.parametrize("labels", [{"a=b": "v"}, {"a b": "v"}, {"": "v"}, {"-a": "v"}, {"a\u0000": "v"},
+                                    {"ok": "tab\there"}, {f"k{i}": "v" for i in range(65)}])
+def test_label_keys_and_values_are_checked(lab, zk, image_demo, labels):
+    body = {"image": "demo", "flavor": "small", "size": 0, "labels": labels}
+    resp = put(lab, "/v1/instance-groups/labelled", body)
+    assert_problem(resp, 422, "labels")
+    # a map entry's error is on the entry itself: {"labels": {"a b": [...]}}
+    errors = resp.json()["errors"]["labels"]
+    assert all(isinstance(v, list) and all(isinstance(m, str) for m in v)
+               for v in (errors.values() if isinstance(errors, dict) else [errors]))
+    assert not zk.exists(layout.group("labelled"))
+
+
+def test_good_label_keys_pass(client, image_demo):
+    labels = {"app.kubernetes.io/name": "web", "tier": "", "a_b-c.d": "x y"}
+    try:
+        assert client.put_group("labels-ok", image="demo", flavor="small", size=0, labels=labels)["labels"] == labels
+    finally:
+        client.delete_group("labels-ok")
+
+
+def test_update_policy_that_cannot_progress(lab, zk, image_demo):
+    body = {"image": "demo", "flavor": "small", "size": 1, "update_policy": {"max_unavailable": 0, "max_surge": 0}}
+    assert_problem(put(lab, "/v1/instance-groups/stuck", body), 422, "update_policy")
+    assert not zk.exists(layout.group("stuck"))
+
+
+def test_flavor_in_use_is_immutable_and_built_ins_stay(lab, client, image_demo):
+    client.request("PUT", "/v1/flavors/used", {"vcpus": 1, "memory_mib": 128})
+    client.put_group("uses-flavor", image="demo", flavor="used", size=0)
+    try:
+        resp = put(lab, "/v1/flavors/used", {"vcpus": 1, "memory_mib": 160})
+        assert_problem(resp, 409)
+        assert "uses-flavor" in resp.json()["detail"]
+        assert put(lab, "/v1/flavors/used", {"vcpus": 1, "memory_mib": 128}).status_code == 200   # same: fine
+        assert client.request("GET", "/v1/flavors/used").json()["memory_mib"] == 128
+    finally:
+        client.delete_group("uses-flavor")
+        wait_until(lambda: client.get_group("uses-flavor") is None, 30, "group gone")
+        client.request("DELETE", "/v1/flavors/used")
+    for name in ("small", "medium", "large"):
+        assert_problem(requests.delete(f"{lab.state.endpoint}/v1/flavors/{name}", headers=auth(lab), timeout=10),
+                       409)
+
+
+def test_metrics_content_type(lab):
+    resp = requests.get(f"{lab.state.endpoint}/metrics", timeout=10)
+    assert resp.headers["Content-Type"].count("charset") == 1, resp.headers["Content-Type"]
+
+
+@pytest.fixture
+def qcow2_master():
+    d = _workdir("cowfleet-fmt-")
+    path = d / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "16M"], check=True)
+    raw = d / "zeros.raw"
+    raw.write_bytes(b"\0" * (1 << 20))
+    yield path, raw
+    path.unlink()
+    raw.unlink()
+    d.rmdir()
+
+
+def test_image_data_must_be_its_declared_format(lab, client, qcow2_master):
+    qcow2, raw = qcow2_master
+    # fetched: the storage agent refuses it, the image says why, no replica counts
+    client.put_image("says-qcow2", source_url=f"file://{raw}", format="qcow2", min_replicas=1)
+    client.put_image("says-raw", source_url=f"file://{qcow2}", format="raw", min_replicas=1)
+    client.put_image("is-qcow2", source_url=f"file://{qcow2}", format="qcow2", min_replicas=1)
+    try:
+        for name, found in (("says-qcow2", "raw"), ("says-raw", "qcow2")):
+            img = wait_until(lambda: (client.get_image(name) or {}).get("status") == "error" and client.get_image(name),
+                             60, f"image {name} in error")
+            assert f"the data is {found}" in img["message"] and img["replicas"] == []
+        assert wait_until(lambda: client.get_image("is-qcow2")["status"] == "available", 60, "qcow2 available")
+        # uploaded: 422 on format, nothing stored
+        client.put_image("up-qcow2", format="qcow2", min_replicas=1)
+        resp = requests.put(f"{lab.state.endpoint}/v1/images/up-qcow2/data", data=raw.read_bytes(), timeout=60,
+                            headers=auth(lab, **{"Content-Type": "application/octet-stream"}))
+        assert_problem(resp, 422, "format")
+        assert client.get_image("up-qcow2")["sha256"] is None
+    finally:
+        for name in ("says-qcow2", "says-raw", "is-qcow2", "up-qcow2"):
+            client.delete_image(name)

@@ -1,0 +1,38 @@
+"""If-Match / If-None-Match as RFC 9110 §13.1 has them, against znode versions."""
+from __future__ import annotations
+
+import pytest
+
+from cowfleet.service.preconditions import Precondition
+from cowfleet.service.problems import Problem
+
+
+def verdict(if_match, if_none_match, version):
+    """'ok' or 412, for an object at ``version`` (None: it does not exist)."""
+    try:
+        pre = Precondition.from_headers(if_match, if_none_match)
+        pre.check_missing("x") if version is None else pre.check(version, "x")
+    except Problem as exc:
+        return exc.status
+    return "ok"
+
+
+@pytest.mark.parametrize("if_match, if_none_match, version, want", [
+    (None, None, None, "ok"), (None, None, 4, "ok"),
+    ('"4"', None, 4, "ok"), ("4", None, 4, "ok"), ('W/"4"', None, 4, "ok"),
+    ('"3"', None, 4, 412), ('"4"', None, None, 412),
+    ('"1", "4"', None, 4, "ok"), ('"1", W/"2"', None, 4, 412),      # a list: any tag may match
+    ("*", None, 4, "ok"), ("*", None, None, 412),                      # * : it must exist
+    ('"²"', None, 4, 412), ('"abc"', None, None, 412),                 # tags that are no version
+    (None, "*", None, "ok"), (None, "*", 0, 412),                      # create only
+    (None, '"4"', 4, 412), (None, '"4"', 5, "ok"), (None, '"4"', None, "ok"),
+])
+def test_verdicts(if_match, if_none_match, version, want):
+    assert verdict(if_match, if_none_match, version) == want
+
+
+def test_only_version_tags_pin_a_write():
+    assert Precondition.from_headers('"3"', None).pinned
+    assert not Precondition.from_headers("*", None).pinned
+    assert not Precondition.from_headers(None, "*").pinned
+    assert Precondition.at(7) == Precondition(versions=frozenset({7}))
