@@ -294,9 +294,10 @@ class HandshakeGatherer(Gatherer):
     """The coordinator's side: every compute rack leader in parallel (its own
     rack answered in-process by ``local_rack``)."""
 
-    def __init__(self, me: str, local_rack=None, pool_size: int = 32):
+    def __init__(self, me: str, local_rack=None, pool_size: int = 32, local_release=None):
         self.me = me
         self.local_rack = local_rack    # callable(body) -> rack answer, for the coordinator's rack
+        self.local_release = local_release   # callable(request): the same for releases
         self.pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="handshake")
 
     def offers(self, zk, request, group, flavor, want, trace):
@@ -329,9 +330,10 @@ class HandshakeGatherer(Gatherer):
         def tell():
             for rack, leader in rack_leaders(zk, "compute").items():
                 try:
-                    if leader.name == self.me and self.local_rack is not None:
-                        continue       # released in-process by the caller
-                    post(f"{leader.address}/v1/release", {"request": request}, timeout=1)
+                    if leader.name == self.me and self.local_release is not None:
+                        self.local_release(request)      # in-process, like its offers
+                    else:
+                        post(f"{leader.address}/v1/release", {"request": request}, timeout=1)
                 except Exception:
                     pass               # reservations expire anyway
         self.pool.submit(tell)

@@ -57,7 +57,9 @@ def main(argv=None) -> int:
     procs: list[int] = []
     rows = []
     storage = f"storage-{secrets.token_hex(3)}"     # its own name: this machine's tgtd is shared
+    started_tgtd = None
     try:
+        started_tgtd = c.ensure_tgtd(d / "tgtd.log")   # the storage agent exports through it
         zk_server.start()
         hosts = zk_server.hosts + "/bench"
         token = secrets.token_urlsafe(16)
@@ -85,7 +87,10 @@ def main(argv=None) -> int:
     finally:
         for pid in reversed(procs):
             c.stop_pid(pid, timeout=20)
-        tgt.remove_node_targets(storage)
+        if tgt.available():
+            tgt.remove_node_targets(storage)
+        if started_tgtd:
+            c.stop_tgtd(started_tgtd)
         zk_server.stop()
         shutil.rmtree(d, ignore_errors=True)
     last = rows[-1]

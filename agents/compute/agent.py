@@ -47,7 +47,7 @@ class ComputeAgent(NodeAgent):
     role = "compute"
 
     def __init__(self, *args, hypervisor: Hypervisor, vcpus: int | None = None,
-                 memory_mib: int | None = None, network: str = "user", workers: int = 8, **kw):
+                 memory_mib: int | None = None, network: str = "user", workers: int = 16, **kw):
         super().__init__(*args, **kw)
         self.hyper = hypervisor
         fake = hypervisor.virt_type == "fake"
@@ -59,14 +59,18 @@ class ComputeAgent(NodeAgent):
         self.network = network
         self._vcpus = vcpus or (os.cpu_count() or 1) * 8          # vCPUs overcommit 8:1
         self._memory = memory_mib or max(512, _host_memory_mib() - 1024)
+        # libvirt starts and destroys run in parallel well (one connection a thread),
+        # and a destroy of a TCG guest blocks ~2 s: a burst of them should not queue
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="instance")
         self.inflight: set[str] = set()
+        self.asked_meanwhile: set[str] = set()             # ids _submit skipped while busy
         self.inflight_lock = threading.Lock()
         self.awaiting: dict[str, tuple[str, float]] = {}   # id -> (group, deadline)
         self.awaiting_lock = threading.Lock()
         self.overlay_failures: dict[str, int] = {}         # id -> failed overlay creations in a row
         self.reservations = Reservations()
-        self.placer = Placer(self.zk, self.name, HandshakeGatherer(self.name, self.rack_offers))
+        self.placer = Placer(self.zk, self.name, HandshakeGatherer(
+            self.name, self.rack_offers, local_release=lambda request: self.release({"request": request})))
         self.coordinating = ThreadPoolExecutor(max_workers=4, thread_name_prefix="coordinate")
         self.handshake_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="offers")
         self._allocated = {"vcpus": 0, "memory_mib": 0, "instances": 0}
@@ -249,8 +253,12 @@ class ComputeAgent(NodeAgent):
         return {self.sessions.key_of_overlay(path) for _g, path in self.overlays.list().values()}
 
     def _submit(self, iid: str, fn, *args) -> None:
+        """Run ``fn`` for the instance unless something runs for it already;
+        then, once that ends, reconcile again at once (it may have been an
+        adopt, and a terminate asked meanwhile must not wait a whole round)."""
         with self.inflight_lock:
             if iid in self.inflight:
+                self.asked_meanwhile.add(iid)
                 return
             self.inflight.add(iid)
 
@@ -262,6 +270,10 @@ class ComputeAgent(NodeAgent):
             finally:
                 with self.inflight_lock:
                     self.inflight.discard(iid)
+                    again = iid in self.asked_meanwhile
+                    self.asked_meanwhile.discard(iid)
+                if again:
+                    self.wake.set()
         self.pool.submit(run)
 
     # -- instance life-cycle --------------------------------------------------

@@ -55,6 +55,7 @@ class LibvirtHypervisor(Hypervisor):
         self.uri = uri
         self.virt_type = virt_type
         self._local = threading.local()
+        self._identity: dict[str, tuple[str, str, str]] = {}   # domain UUID -> (node, id, group)
         libvirt.registerErrorHandler(lambda ctx, err: None, None)  # errors come as exceptions
 
     def _conn(self):
@@ -95,24 +96,34 @@ class LibvirtHypervisor(Hypervisor):
         self._conn().lookupByName(name).resume()
 
     def list(self, node: str) -> dict[str, DomainInfo]:
+        # one RPC for every domain's state (getAllDomainStats) instead of three
+        # a domain: the agent lists on every round, and on a host busy booting
+        # guests each libvirt call is slow. A domain's identity (its metadata)
+        # never changes, so it is read once per domain (by UUID).
         lv = self._libvirt
         prefix = domain_name(node, "")
-        out = {}
-        for dom in self._conn().listAllDomains():
+        out, seen = {}, set()
+        for dom, stats in self._conn().getAllDomainStats(lv.VIR_DOMAIN_STATS_STATE):
             name = dom.name()
             if not name.startswith(prefix):
                 continue
-            try:
-                meta = dom.metadata(lv.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS)
-            except lv.libvirtError:
+            uuid = dom.UUIDString()
+            seen.add(uuid)
+            ident = self._identity.get(uuid)
+            if ident is None:
+                try:
+                    el = ET.fromstring(dom.metadata(lv.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS))
+                except lv.libvirtError:
+                    continue        # not ours, or destroyed while we looked
+                ident = self._identity[uuid] = (el.get("node"), el.get("id"), el.get("group"))
+            if ident[0] != node:
                 continue
-            el = ET.fromstring(meta)
-            if el.get("node") != node:
-                continue
-            state = dom.state()[0]
-            out[el.get("id")] = DomainInfo(name=name, instance_id=el.get("id"), group=el.get("group"),
-                                           running=dom.isActive() == 1,
-                                           paused=state == lv.VIR_DOMAIN_PAUSED)
+            state = stats.get("state.state", lv.VIR_DOMAIN_NOSTATE)
+            out[ident[1]] = DomainInfo(name=name, instance_id=ident[1], group=ident[2],
+                                       running=state != lv.VIR_DOMAIN_SHUTOFF,
+                                       paused=state == lv.VIR_DOMAIN_PAUSED)
+        for uuid in set(self._identity) - seen:
+            self._identity.pop(uuid, None)
         return out
 
 
