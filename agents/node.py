@@ -52,6 +52,7 @@ class NodeAgent:
         self._listen = listen
         self._http = None
         self.leading = threading.Event()
+        self.losses = 0                  # sessions lost so far (LOST events)
         self.address: str | None = None
         # a short session: a dead agent's membership and leadership go within seconds
         self.zk = connect(zk_hosts, timeout=SESSION_SECONDS, listener=self._on_connection_state)
@@ -63,9 +64,16 @@ class NodeAgent:
             self.connected.set()
             self.wake.set()
         else:
-            self.connected.clear()       # SUSPENDED: stop acting as leader
+            self.connected.clear()
+            self.leading.clear()         # SUSPENDED: stop acting as leader at once
             if state == KazooState.LOST:
-                self.session_lost.set()  # ephemeral nodes are gone: re-register
+                # ephemeral nodes are gone (the election's lock znode too):
+                # re-register, and whoever was leading stops -- for good, by
+                # the count, which the re-registration never resets
+                self.losses += 1
+                self.session_lost.set()
+            if hasattr(self, "leader_wake"):
+                self.leader_wake.set()
 
     # -- membership ---------------------------------------------------------
     def capacity(self) -> dict[str, int]:
@@ -108,8 +116,8 @@ class NodeAgent:
 
     def heartbeat(self) -> None:
         if self.session_lost.is_set() and self.connected.is_set():
-            self.session_lost.clear()
             self.register()
+            self.session_lost.clear()      # only once registered again
             return
         try:
             self.zk.set(layout.node(self.name), self.node_info().to_bytes())
@@ -125,8 +133,9 @@ class NodeAgent:
 
         def leading() -> None:
             self.log.info("leading rack %s (%s)", self.rack, self.role)
+            losses = self.losses
             try:
-                while not self.stopping.is_set() and not self.session_lost.is_set():
+                while not self.stopping.is_set() and self.losses == losses:
                     if not self.connected.is_set():
                         # SUSPENDED: act as no leader, but keep the candidacy. If the
                         # session survives (its ZooKeeper server died and the client
@@ -136,6 +145,8 @@ class NodeAgent:
                         self.connected.wait(1)
                         continue
                     self.leading.set()
+                    if not self.connected.is_set() or self.losses != losses:
+                        continue           # suspended or lost just now: checked again above
                     try:
                         self.lead_once()
                     except Exception:

@@ -213,8 +213,11 @@ class Image(Resource):
     def to_state(self, obj, prior):
         sha = obj.get("sha256")
         given = (prior or {}).get("sha256")
-        if isinstance(given, str) and sha and given.lower() == sha:
-            sha = given                    # as the configuration spells it (upper case or lower)
+        if isinstance(given, str) and (sha is None or given.lower() == sha):
+            # as the configuration spells it (upper case or lower); and while the
+            # API knows no checksum yet (a source still being fetched), the
+            # configured one stands, so that no plan replaces the image for it
+            sha = given
         return {
             "id": obj["name"], "name": obj["name"], "source_url": obj.get("source_url"),
             "path": (prior or {}).get("path"), "format": obj.get("format"),
@@ -229,31 +232,24 @@ class Image(Resource):
         path = state.get("path") if prior is None else None
         if path and not os.path.isfile(path):
             raise ProviderError([Diag("Image file not found", f"no file at '{path}' to upload", ["path"])])
+        existed = path and client.get_image(state["name"]) is not None
         client.put_image(state["name"], source_url=state.get("source_url"), format=state["format"],
                          min_replicas=state["min_replicas"], labels=state.get("labels") or {})
         if path:
             # Streamed upload, PUT /v1/images/{name}/data (the REST contract);
             # the service checks the bytes against X-Checksum-Sha256. If it
-            # fails, the image just made goes again: nothing is left untracked.
+            # fails, an image this call made goes again (nothing is left
+            # untracked); one that was there before stays as it was.
             sha = state.get("sha256")
             try:
                 client.upload_image(state["name"], path, sha256=sha if isinstance(sha, str) else None)
             except BaseException:
-                try:
-                    client.delete_image(state["name"])
-                except Exception:
-                    pass
+                if not existed:
+                    try:
+                        client.delete_image(state["name"])
+                    except Exception:
+                        pass
                 raise
-
-    def apply(self, client, prior, planned):
-        new = super().apply(client, prior, planned)
-        want = (planned or {}).get("sha256")
-        if new is not None and isinstance(want, str) and new.get("sha256") not in (None, want.lower()):
-            # a source_url's data that is not what the configuration says
-            raise ProviderError([Diag("Image data does not match sha256",
-                                      f"the data's SHA-256 is {new['sha256']}, not {want}", ["sha256"])],
-                                dict(new, sha256=new["sha256"]))
-        return new
 
     def remove(self, client, name):
         client.delete_image(name)

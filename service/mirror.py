@@ -51,7 +51,11 @@ class FolderCache:
                     elif ev.event_type == TreeEvent.CONNECTION_LOST:
                         ready.clear()          # it re-syncs, then says INITIALIZED again
                 cache.listen(on_event)
-                cache.start()
+                try:
+                    cache.start()
+                except Exception:
+                    cache.close()          # it had started its thread and listener already
+                    raise
                 if self._cache is not None:
                     try:
                         self._cache.close()
@@ -106,9 +110,11 @@ class MirrorReader:
         return list(names)
 
     def get_async(self, path: str, watch=None):
-        if watch is not None:
+        cache = self._cache(path) if watch is None else None
+        node = cache.get_data(path) if cache is not None else None
+        if node is None or node.stat is None:      # a miss: still in flight with the others
             return self.zk.get_async(path, watch=watch)
-        return _Done(lambda: self.get(path))
+        return _Done(lambda: (node.data, node.stat))
 
     def __getattr__(self, name):
         # anything else a view might do (exists, a write) goes to ZooKeeper

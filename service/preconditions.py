@@ -34,10 +34,10 @@ def _versions(raw: str) -> frozenset[int]:
     if not _TAGS_RE.match(raw.strip()):
         raise precondition_failed(f"'{raw}' is not an entity tag (\"7\"), a list of them, or *")
     out = set()
-    for tag in raw.split(","):
-        tag = tag.strip()
-        tag = tag[2:] if tag.startswith("W/") else tag
-        tag = tag.strip('"')
+    # tokenised by the grammar, not split on commas ("1,2" is one opaque tag);
+    # W/ is accepted and compared like a strong tag: our versions are exact
+    for m in re.finditer(_TAG, raw):
+        tag = m.group(2).strip('"')
         if tag.isascii() and tag.isdigit():
             out.add(int(tag))
     return frozenset(out)       # tags that are no version of ours can never match

@@ -62,8 +62,8 @@ class ComputeAgent(NodeAgent):
         # libvirt starts and destroys run in parallel well (one connection a thread),
         # and a destroy of a TCG guest blocks ~2 s: a burst of them should not queue
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="instance")
-        self.inflight: set[str] = set()
-        self.asked_meanwhile: set[str] = set()             # ids _submit skipped while busy
+        self.inflight: dict[str, str] = {}                 # id -> what runs for it (_start, ...)
+        self.asked_meanwhile: set[str] = set()             # ids asked something else meanwhile
         self.inflight_lock = threading.Lock()
         self.awaiting: dict[str, tuple[str, float]] = {}   # id -> (group, deadline)
         self.awaiting_lock = threading.Lock()
@@ -254,13 +254,14 @@ class ComputeAgent(NodeAgent):
 
     def _submit(self, iid: str, fn, *args) -> None:
         """Run ``fn`` for the instance unless something runs for it already;
-        then, once that ends, reconcile again at once (it may have been an
-        adopt, and a terminate asked meanwhile must not wait a whole round)."""
+        if that is something else (an adopt or a start, and now a terminate),
+        reconcile again as soon as it ends rather than a whole round later."""
         with self.inflight_lock:
             if iid in self.inflight:
-                self.asked_meanwhile.add(iid)
+                if self.inflight[iid] != fn.__name__:       # e.g. a terminate during a start
+                    self.asked_meanwhile.add(iid)
                 return
-            self.inflight.add(iid)
+            self.inflight[iid] = fn.__name__
 
         def run():
             try:
@@ -269,7 +270,7 @@ class ComputeAgent(NodeAgent):
                 self.log.exception("%s of %s failed", fn.__name__.strip("_"), iid)
             finally:
                 with self.inflight_lock:
-                    self.inflight.discard(iid)
+                    self.inflight.pop(iid, None)
                     again = iid in self.asked_meanwhile
                     self.asked_meanwhile.discard(iid)
                 if again:

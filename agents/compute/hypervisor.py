@@ -56,6 +56,7 @@ class LibvirtHypervisor(Hypervisor):
         self.virt_type = virt_type
         self._local = threading.local()
         self._identity: dict[str, tuple[str, str, str]] = {}   # domain UUID -> (node, id, group)
+        self._identity_lock = threading.Lock()
         libvirt.registerErrorHandler(lambda ctx, err: None, None)  # errors come as exceptions
 
     def _conn(self):
@@ -109,21 +110,26 @@ class LibvirtHypervisor(Hypervisor):
                 continue
             uuid = dom.UUIDString()
             seen.add(uuid)
-            ident = self._identity.get(uuid)
+            with self._identity_lock:
+                ident = self._identity.get(uuid)
             if ident is None:
                 try:
                     el = ET.fromstring(dom.metadata(lv.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS))
                 except lv.libvirtError:
                     continue        # not ours, or destroyed while we looked
-                ident = self._identity[uuid] = (el.get("node"), el.get("id"), el.get("group"))
+                ident = (el.get("node"), el.get("id"), el.get("group"))
+                with self._identity_lock:
+                    self._identity[uuid] = ident
             if ident[0] != node:
                 continue
             state = stats.get("state.state", lv.VIR_DOMAIN_NOSTATE)
             out[ident[1]] = DomainInfo(name=name, instance_id=ident[1], group=ident[2],
                                        running=state != lv.VIR_DOMAIN_SHUTOFF,
                                        paused=state == lv.VIR_DOMAIN_PAUSED)
-        for uuid in set(self._identity) - seen:
-            self._identity.pop(uuid, None)
+        with self._identity_lock:      # forget domains gone from the host (only this node's are kept)
+            for uuid, ident in list(self._identity.items()):
+                if ident[0] == node and uuid not in seen:
+                    del self._identity[uuid]
         return out
 
 

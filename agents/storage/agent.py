@@ -66,17 +66,23 @@ def check_format(path: Path, declared: str) -> None:
     qcow2 master says qcow2 (and names no backing file: a master stands
     alone), of a raw one says raw -- else instances would fail to boot, or
     boot a qcow2 container as a raw disk."""
-    proc = subprocess.run(["qemu-img", "info", "--output=json", str(path)], capture_output=True,
-                          text=True, timeout=60)
-    if proc.returncode != 0:
+    try:
+        proc = subprocess.run(["qemu-img", "info", "--output=json", str(path)], capture_output=True,
+                              text=True, timeout=120)
+        info = json.loads(proc.stdout) if proc.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, ValueError) as exc:     # no qemu-img, or it hung
+        raise FormatMismatch(f"the data's format could not be checked: {type(exc).__name__}: {exc}")
+    if info is None:
         raise FormatMismatch(f"qemu-img cannot read the data: {proc.stderr.strip()[:300]}")
-    info = json.loads(proc.stdout)
     found = info.get("format")
     if found != declared:
         raise FormatMismatch(f"the data is {found}, not the declared {declared}")
-    if info.get("backing-filename"):
-        raise FormatMismatch(f"a qcow2 master must stand alone; this one has backing file "
-                             f"'{info['backing-filename']}'")
+    # a master stands alone: no backing file, no external data file (either
+    # would make a compute host's qemu open a path of that host)
+    external = info.get("backing-filename") or \
+        ((info.get("format-specific") or {}).get("data") or {}).get("data-file")
+    if external:
+        raise FormatMismatch(f"a qcow2 master must stand alone; this one refers to '{external}'")
 
 
 class UploadRefused(Exception):

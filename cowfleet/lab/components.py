@@ -323,7 +323,11 @@ def ensure_tgtd(log: Path, timeout: float = 20, control_port: int = 0,
         return None
     cmd = ["tgtd", "-f"] + (["-C", str(control_port)] if control_port else [])
     proc = spawn((["ip", "netns", "exec", netns] if netns else []) + cmd, log)
-    wait_for(lambda: tgtd_running(control_port), timeout, "tgtd", proc=proc, log=log)
+    try:
+        wait_for(lambda: tgtd_running(control_port), timeout, "tgtd", proc=proc, log=log)
+    except LabError:
+        stop_tgtd(proc.pid, timeout=2, control_port=control_port)
+        raise
     return proc.pid
 
 
@@ -334,7 +338,7 @@ def stop_tgtd(pid: int, timeout: float = 10.0, control_port: int = 0) -> None:
     if not wait_gone(pid, timeout):
         stop_pid(pid, timeout=2)
     if control_port:                  # tgtd leaves its socket files behind
-        for f in TGTD_RUN.glob(f"socket.{control_port}*"):
+        for f in (TGTD_RUN / f"socket.{control_port}", TGTD_RUN / f"socket.{control_port}.lock"):
             f.unlink(missing_ok=True)
 
 

@@ -244,6 +244,8 @@ class RacksLab(LabFiles):
         for n in self.nodes("storage"):
             n.tgtd_pid = c.ensure_tgtd(n.log_of("tgtd"), control_port=n.tgt_control_port, netns=n.netns)
             self._save()
+            if n.tgtd_pid is None:      # another lab took the channel meanwhile: not ours to use
+                raise c.LabError(f"tgtd management channel {n.tgt_control_port} is in use already")
 
     def _libvirtd(self) -> None:
         self.state.started_libvirtd = c.ensure_libvirtd()

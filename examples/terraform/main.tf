@@ -31,8 +31,11 @@ resource "cowfleet_image" "demo" {
   format       = "raw"
   min_replicas = var.min_replicas
   labels       = { purpose = "demo" }
-  # or upload a local file instead of source_url, replaced when its content changes:
-  #   path = "./disk.raw"   sha256 = filesha256("./disk.raw")
+  # or upload a local file instead of source_url; new content is a new image,
+  # so let the name follow the content:
+  #   name   = "disk-${substr(filesha256("./disk.raw"), 0, 12)}"
+  #   path   = "./disk.raw"
+  #   sha256 = filesha256("./disk.raw")
 
   # images are immutable and one in use cannot be deleted: a new image (a new
   # name) is made first, the group rolls onto it, then the old one goes

@@ -1,6 +1,8 @@
 """Flavors: named instance sizes. ``small``, ``medium`` and ``large`` exist by
-default (created by the service on its first connection). Changing a flavor
-affects instances placed afterwards, not running ones."""
+default (created by the service on its first connection) and cannot be
+deleted. A flavor in use by a group cannot change either (409): running
+instances keep the size they were made with, so resizing is a new flavor and
+a change of the group's flavor, which replaces the instances rolling."""
 from __future__ import annotations
 
 from cowfleet.models import DEFAULT_FLAVORS, Flavor, Group

@@ -153,6 +153,34 @@ def test_rack_leader_keeps_leading_when_the_zookeeper_leader_dies(ensemble_servi
             wait_until(lambda: all(m.serving() for m in ens.members), 60, "member rejoined")
 
 
+def test_a_leader_whose_session_was_lost_stops_leading_for_good(ensemble_service, tmp_path):
+    """LOST ends the leadership even once the agent has re-registered (which
+    clears its 'session lost' flag): the leader that lost its session must
+    not go on leading beside the one elected meanwhile."""
+    from kazoo.client import KazooState
+    ens, _, _ = ensemble_service
+    agents = [_Candidate(f"lost-{i}", "rack-y", ens.hosts + "/lost-test", str(tmp_path / str(i))) for i in (1, 2)]
+    threads = [threading.Thread(target=a.run, daemon=True) for a in agents]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: sum(a.leading.is_set() for a in agents) == 1, 30, "one leader")
+        leader, other = sorted(agents, key=lambda a: not a.leading.is_set())
+        leader._on_connection_state(KazooState.LOST)      # as kazoo reports an expired session
+        assert not leader.leading.is_set()
+        leader._on_connection_state(KazooState.CONNECTED)  # ... and the new session that follows
+        wait_until(lambda: other.leading.is_set(), 30, "the other agent elected")
+        wait_until(lambda: not leader.session_lost.is_set(), 30, "the old leader registered again")
+        rounds = other.rounds
+        wait_until(lambda: other.rounds > rounds + 3, 30, "the new leader working")
+        assert not leader.leading.is_set(), "two leaders in one rack"
+    finally:
+        for a in agents:
+            a.request_stop()
+        for t in threads:
+            t.join(30)
+
+
 def test_quorum_lost_gives_503_then_recovers(ensemble_service):
     ens, endpoint, token = ensemble_service
     auth = {"Authorization": f"Bearer {token}"}

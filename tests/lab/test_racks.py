@@ -129,6 +129,7 @@ def test_down_leaves_nothing(racks_lab):
     assert [p for p in pids if c.pid_alive(p)] == []
     assert not lab.dir.exists()
     assert not c.port_open("127.0.0.1", port)
-    assert not [ch for ch in channels if c.tgtd_running(ch) or list(c.TGTD_RUN.glob(f"socket.{ch}*"))]
+    assert not [ch for ch in channels if c.tgtd_running(ch) or (c.TGTD_RUN / f"socket.{ch}").exists()
+                or (c.TGTD_RUN / f"socket.{ch}.lock").exists()]
     ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(lab.dir) not in ps and f"cf-{st.lab_id}-" not in ps

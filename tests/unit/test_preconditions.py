@@ -24,6 +24,7 @@ def verdict(if_match, if_none_match, version):
     ('"1", "4"', None, 4, "ok"), ('"1", W/"2"', None, 4, 412),      # a list: any tag may match
     ("*", None, 4, "ok"), ("*", None, None, 412),                      # * : it must exist
     ('"²"', None, 4, 412), ('"abc"', None, None, 412),                 # tags that are no version
+    ('"1,2"', None, 1, 412), ('"1,2", "3"', None, 3, "ok"),            # a comma inside a tag is the tag's
     (None, "*", None, "ok"), (None, "*", 0, 412),                      # create only
     (None, '"4"', 4, 412), (None, '"4"', 5, "ok"), (None, '"4"', None, "ok"),
 ])

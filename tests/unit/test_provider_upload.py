@@ -16,6 +16,7 @@ from cowfleet.provider.resources import RESOURCES
 
 class Recorder(BaseHTTPRequestHandler):
     seen: list = []
+    exists = False                    # what GET /v1/images/up answers: 200 or 404
 
     def do_PUT(self):
         length = int(self.headers.get("Content-Length") or 0)
@@ -25,6 +26,15 @@ class Recorder(BaseHTTPRequestHandler):
             return self._send(422, {"title": "Unprocessable Entity", "status": 422, "detail": "checksum",
                                     "errors": {"X-Checksum-Sha256": ["does not match the body"]}})
         self._send(200, {"name": "up", "status": "pending"})
+
+    def do_GET(self):                 # the provider asks first whether the image exists
+        if self.exists:
+            return self._send(200, {"name": "up", "status": "available"})
+        self._send(404, {"title": "Not Found", "status": 404, "detail": "no such image"})
+
+    def do_DELETE(self):
+        self.seen.append((f"DELETE {self.path}", dict(self.headers), b""))
+        self._send(404, {"title": "Not Found", "status": 404, "detail": "no such image"})
 
     def _send(self, status, obj):
         data = json.dumps(obj).encode()
@@ -40,7 +50,7 @@ class Recorder(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def stand_in():
-    Recorder.seen = []
+    Recorder.seen, Recorder.exists = [], False
     server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield Client(f"http://127.0.0.1:{server.server_address[1]}", "t0k")
@@ -69,3 +79,17 @@ def test_upload_errors_are_api_errors(stand_in, tmp_path):
     with pytest.raises(ApiError) as err:
         stand_in.upload_image("up", disk, sha256="0" * 64)
     assert err.value.status == 422 and "X-Checksum-Sha256" in err.value.problem["errors"]
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_failed_upload_removes_only_an_image_it_made(stand_in, tmp_path, existed):
+    from cowfleet.provider.diagnostics import ProviderError
+    Recorder.exists = existed
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(b"bytes")
+    state = {"name": "up", "source_url": None, "path": str(disk), "format": "raw", "min_replicas": 1,
+             "labels": None, "sha256": "0" * 64}      # not the file's: the upload is refused
+    with pytest.raises((ApiError, ProviderError)):
+        RESOURCES["cowfleet_image"].write(stand_in, state, None)
+    deletes = [p for p, _, _ in Recorder.seen if p.startswith("DELETE")]
+    assert deletes == ([] if existed else ["DELETE /v1/images/up"])
