@@ -5,7 +5,7 @@ PACKAGES="python3 python3-venv python3-dev gcc pkg-config libvirt-dev
   zookeeper default-jre-headless libvirt-daemon-system libvirt-clients
   qemu-system-x86 qemu-utils qemu-block-extra tgt
   linux-image-cloud-amd64 busybox-static e2fsprogs
-  syslinux syslinux-common mtools dosfstools fdisk iproute2 procps file
+  syslinux syslinux-common mtools dosfstools fdisk iproute2 procps file cpio
   vagrant vagrant-libvirt rsync"   # vagrant: the tests run `vagrant validate` on the Vagrantfile
 missing=""
 for p in $PACKAGES; do

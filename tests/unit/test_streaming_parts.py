@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 
-import pytest
 
 from cowfleet.agents.compute.sessions import SessionManager, nbd_url, qcow2_backing, session_key
 from cowfleet.agents.storage import tgt
@@ -77,8 +76,6 @@ def test_copiers_prefer_racks_without_a_copy():
     assert copiers("img", 2, [], storage) == copiers("img", 2, [], list(reversed(storage)))
 
 
-@pytest.mark.skipif(subprocess.run(["which", "qemu-img"], capture_output=True).returncode != 0,
-                    reason="qemu-img missing")
 def test_session_key_from_an_overlay_header(tmp_path):
     mgr = SessionManager(tmp_path / "sessions")
     key = session_key("demo", "f" * 64)
