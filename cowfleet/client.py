@@ -100,8 +100,8 @@ def load_config(endpoint: str | None = None, token: str | None = None) -> tuple[
 
 
 def seg(name: str) -> str:
-    """A name as one URL path segment: escaped, so that "../flavors/x" or
-    "a/b" reach the API as the (invalid) name they are, not as another path."""
+    """A name as one URL path segment, escaped ("." too), so that "../flavors/x"
+    or "a/b" never address another object (the service answers 404 or 422)."""
     return quote(str(name), safe="").replace(".", "%2E")
 
 

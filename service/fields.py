@@ -38,8 +38,6 @@ def Labels(**kw):
 
 class StrictBool(fields.Boolean):
     """JSON true or false, nothing else (marshmallow also takes "yes", 1, "off")."""
-    truthy = {True}
-    falsy = {False}
 
     def _deserialize(self, value, attr, data, **kw):
         if not isinstance(value, bool):

@@ -60,10 +60,13 @@ def iqn_for(node: str, image: str, sha256: str) -> str:
     return f"{node_prefix(node)}{image}-{sha256[:12]}"
 
 
-def control_args() -> list[str]:
-    """tgtadm's arguments naming the tgtd to manage (see the module's doc)."""
-    port = os.environ.get("COWFLEET_TGT_CONTROL_PORT", "")
-    return ["-C", port] if port else []
+def control_args(port: int | str | None = None) -> list[str]:
+    """The arguments naming a tgtd's management channel, for tgtadm and for
+    tgtd itself: ``port``, else $COWFLEET_TGT_CONTROL_PORT (see the module's
+    doc); none for the machine's tgtd (channel 0)."""
+    if port is None:
+        port = os.environ.get("COWFLEET_TGT_CONTROL_PORT", "")
+    return ["-C", str(port)] if port else []
 
 
 def _tgtadm(*args: str, check: bool = True) -> subprocess.CompletedProcess:

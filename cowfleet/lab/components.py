@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from cowfleet.agents.storage.tgt import control_args
+
 LIBVIRT_SOCK = "/run/libvirt/libvirt-sock"
 NET_AUTOSTART = "/etc/libvirt/qemu/networks/autostart"
 
@@ -295,8 +297,7 @@ TGTD_RUN = Path("/run/tgtd")
 
 
 def _tgtadm(control_port: int, *args: str) -> subprocess.CompletedProcess:
-    control = ["-C", str(control_port)] if control_port else []
-    return subprocess.run(["tgtadm", *control, "--lld", "iscsi", *args], capture_output=True)
+    return subprocess.run(["tgtadm", *control_args(control_port), "--lld", "iscsi", *args], capture_output=True)
 
 
 def tgtd_running(control_port: int = 0) -> bool:
@@ -321,7 +322,7 @@ def ensure_tgtd(log: Path, timeout: float = 20, control_port: int = 0,
         raise LabError("tgtd is not installed: apt-get install tgt")
     if tgtd_running(control_port):
         return None
-    cmd = ["tgtd", "-f"] + (["-C", str(control_port)] if control_port else [])
+    cmd = ["tgtd", "-f", *control_args(control_port)]
     proc = spawn((["ip", "netns", "exec", netns] if netns else []) + cmd, log)
     try:
         wait_for(lambda: tgtd_running(control_port), timeout, "tgtd", proc=proc, log=log)

@@ -6,7 +6,12 @@ from kazoo.exceptions import BadVersionError, NoNodeError, NotEmptyError
 
 from cowfleet.models import Group
 from cowfleet.zk import layout
-from cowfleet.zk.connection import read
+from cowfleet.zk.connection import read, read_children
+
+
+def groups_using(zk: KazooClient, field: str, name: str) -> list[str]:
+    """Groups whose spec names ``name`` as its ``field`` ("image" or "flavor")."""
+    return [g.name for g, _ in read_children(zk, layout.GROUPS, Group) if getattr(g, field) == name]
 
 
 def finish_delete_if_empty(zk: KazooClient, name: str) -> bool:

@@ -5,14 +5,14 @@ instances keep the size they were made with, so resizing is a new flavor and
 a change of the group's flavor, which replaces the instances rolling."""
 from __future__ import annotations
 
-from cowfleet.models import DEFAULT_FLAVORS, Flavor, Group
+from cowfleet.models import DEFAULT_FLAVORS, Flavor
 from cowfleet.service.api import Result, fetch
 from cowfleet.service.paging import ListQuery, page
 from cowfleet.service.preconditions import ANY, Precondition
 from cowfleet.service.problems import conflict
 from cowfleet.service.upsert import create_or_update
 from cowfleet.zk import layout
-from cowfleet.zk.connection import read_children
+from cowfleet.zk.groups import groups_using
 
 
 BUILT_IN = frozenset(f.name for f in DEFAULT_FLAVORS)
@@ -44,7 +44,7 @@ def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]
         # running instances keep the size they were made with, so a flavor in
         # use is immutable; a new flavor and a change of the groups' flavor
         # (a rolling replacement) resizes them
-        in_use = _users(zk, name)
+        in_use = groups_using(zk, "flavor", name)
         if in_use:
             raise conflict(f"flavor '{name}' is used by instance group(s) {', '.join(in_use)}: create a "
                            "new flavor and change the groups' flavor to it (a rolling replacement)")
@@ -55,16 +55,12 @@ def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]
     return view(zk, flavor, version), created
 
 
-def _users(zk, name: str) -> list[str]:
-    return [g.name for g, _ in read_children(zk, layout.GROUPS, Group) if g.flavor == name]
-
-
 def delete(zk, name: str, pre: Precondition = ANY) -> None:
     got = fetch(zk, layout.flavor(name), Flavor, "flavor", name)
     pre.check(got[1], f"flavor '{name}'")
     if name in BUILT_IN:
         raise conflict(f"flavor '{name}' is built in (small, medium and large always exist)")
-    users = _users(zk, name)
+    users = groups_using(zk, "flavor", name)
     if users:
         raise conflict(f"flavor '{name}' is used by instance group(s): {', '.join(users)}")
     zk.delete(layout.flavor(name), version=got[1])

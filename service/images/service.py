@@ -6,7 +6,7 @@ import re
 import requests
 from kazoo.exceptions import NodeExistsError, NoNodeError
 
-from cowfleet.models import Group, Image, ImageStatus, NodeInfo, Replica
+from cowfleet.models import Image, ImageStatus, NodeInfo, Replica
 from cowfleet.service.api import Result, fetch
 from cowfleet.service.paging import ListQuery, page
 from cowfleet.service.preconditions import ANY, Precondition
@@ -14,6 +14,7 @@ from cowfleet.service.problems import Problem, conflict, invalid
 from cowfleet.service.upsert import create_or_update
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read_children
+from cowfleet.zk.groups import groups_using
 
 
 def _status(image: Image, replicas: list[Replica], storage_nodes: int) -> tuple[str, str]:
@@ -83,19 +84,10 @@ def _commit(tx) -> None:
             raise r
 
 
-def users(zk, name: str) -> list[str]:
-    """Groups whose spec names this image."""
-    out = []
-    for g, _ in read_children(zk, layout.GROUPS, Group):
-        if g.image == name:
-            out.append(g.name)
-    return out
-
-
 def delete(zk, name: str, pre: Precondition = ANY) -> None:
     _image, version = fetch(zk, layout.image(name), Image, "image", name)
     pre.check(version, f"image '{name}'")
-    in_use = users(zk, name)
+    in_use = groups_using(zk, "image", name)
     if in_use:
         raise conflict(f"image '{name}' is used by instance group(s): {', '.join(in_use)}")
     # Storage agents notice the image is gone and discard their copies.
