@@ -85,9 +85,14 @@ class NodeAgent:
     def extra_info(self) -> dict[str, Any]:
         return {}
 
+    def is_healthy(self) -> bool:
+        """Whether this node can do its part now (a storage node whose tgtd
+        does not answer cannot); published with its membership."""
+        return True
+
     def node_info(self) -> NodeInfo:
         return NodeInfo(name=self.name, role=self.role, rack=self.rack, address=self.address,
-                        capacity=self.capacity(), allocated=self.allocated(), healthy=True,
+                        capacity=self.capacity(), allocated=self.allocated(), healthy=self.is_healthy(),
                         last_seen=now(), **self.extra_info())
 
     def register(self) -> None:

@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         if tgt.available():
             tgt.remove_node_targets(storage)
         if started_tgtd:
-            c.stop_tgtd(started_tgtd)
+            c.release_tgtd(started_tgtd)
         zk_server.stop()
         shutil.rmtree(d, ignore_errors=True)
     last = rows[-1]

@@ -26,7 +26,8 @@ from kazoo.recipe.cache import TreeCache, TreeEvent
 from cowfleet.agents.compute.domain import DomainSpec
 from cowfleet.agents.compute.hypervisor import Hypervisor, domain_name
 from cowfleet.agents.compute.overlays import FakeOverlayStore, OverlayStore
-from cowfleet.agents.compute.sessions import FakeSessionManager, SessionError, SessionManager, session_key
+from cowfleet.agents.compute.sessions import (FakeSessionManager, SessionError, SessionManager, base_of,
+                                              session_key)
 from cowfleet.agents.compute.sessions import kill as kill_daemon
 from cowfleet.agents.node import NodeAgent
 from cowfleet.agents.handshake import HandshakeGatherer, PeerDirectory, Reservations, node_offer, post
@@ -235,7 +236,7 @@ class ComputeAgent(NodeAgent):
         for key in self.sessions.list():
             if key in used:
                 continue
-            lock = self.sessions.lock(key)
+            lock = self.sessions.lock(base_of(key))
             if not lock.acquire(blocking=False):
                 continue                  # being attached right now
             try:
@@ -335,15 +336,22 @@ class ComputeAgent(NodeAgent):
         persistent = bool(g and g[0].persistent)
         self._set_state(group, iid, InstanceState.STARTING)
         t0 = time.monotonic()
-        key = session_key(image.name, image.sha256)
-        with self.sessions.lock(key):     # attach + overlay, atomic w.r.t. the last user's detach
-            session = self.sessions.get(key)       # the host's session of this image, if it runs
+        base = session_key(image.name, image.sha256)
+        with self.sessions.lock(base):     # attach + overlay, atomic w.r.t. the last user's detach
+            session = self.sessions.current(base)    # the host's session of this image, if one runs
+            key = session.key if session is not None else base
             if session is not None and session.node and \
-                    not self.zk.exists(layout.image_replica(image.name, session.node)) and \
-                    key not in self._session_users(key):
-                self.log.info("session %s reads from %s, which holds no replica now: re-attaching",
-                              key, session.node)
-                self.sessions.stop(key)
+                    not self.zk.exists(layout.image_replica(image.name, session.node)):
+                # its storage node serves the image no more (gone, or its tgtd died):
+                # new instances read from another replica; running ones keep theirs
+                if key in self._session_users(key):
+                    key = self.sessions.next_key(base)
+                    self.log.info("session %s reads from %s, which holds no replica now: new instances "
+                                  "get session %s", session.key, session.node, key)
+                else:
+                    self.log.info("session %s reads from %s, which holds no replica now: re-attaching",
+                                  key, session.node)
+                    self.sessions.stop(key)
                 session = None
             if session is None:
                 where = self._locate(image.name)
@@ -352,13 +360,19 @@ class ComputeAgent(NodeAgent):
                                     f"waiting for a replica of image '{image.name}' reachable from {self.name}")
                     return
                 try:
-                    session = self.sessions.attach(image.name, image.sha256, image.format, where["replicas"])
+                    session = self.sessions.attach(image.name, image.sha256, image.format, where["replicas"],
+                                                   key=key)
                 except SessionError as exc:
                     self._set_state(group, iid, InstanceState.PENDING, f"cannot attach image: {exc}"[:500])
                     return
             overlay = self.overlays.path(group, iid)
-            if overlay.exists() and not (persistent and self.sessions.key_of_overlay(overlay) == key):
+            backed_by = self.sessions.key_of_overlay(overlay) if overlay.exists() else None
+            if overlay.exists() and not (persistent and backed_by and base_of(backed_by) == base):
                 self.overlays.remove(group, iid)     # ephemeral: a restart starts from the master
+            elif overlay.exists() and backed_by != session.key:
+                # persistent, on an older session of the same image (its storage
+                # node serves it no more): the same bytes through the current one
+                self.overlays.rebase(overlay, session.url, image.format)
             t_attached = time.monotonic()
             if not overlay.exists():
                 try:
@@ -429,7 +443,7 @@ class ComputeAgent(NodeAgent):
 
     def _release_session(self, key: str) -> None:
         """Stop the image session when no overlay on this host uses it any more."""
-        with self.sessions.lock(key):
+        with self.sessions.lock(base_of(key)):
             if key not in self._session_users(key):
                 self.log.info("last instance of session %s gone: stopping it", key)
                 self.sessions.stop(key)

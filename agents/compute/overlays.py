@@ -39,6 +39,15 @@ class OverlayStore:
         os.replace(tmp, path)   # an overlay exists whole or not at all
         return path
 
+    def rebase(self, path: Path, backing: str, backing_format: str) -> None:
+        """Point a (persistent) overlay at another export of the same master:
+        only the name in its header changes (``-u``: the content is the same,
+        so nothing is read or copied)."""
+        proc = subprocess.run(["qemu-img", "rebase", "-q", "-u", "-f", "qcow2", "-F", backing_format,
+                               "-b", backing, str(path)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise OverlayError(f"qemu-img rebase failed: {proc.stderr.strip()}")
+
     def remove(self, group: str, instance_id: str) -> bool:
         path = self.path(group, instance_id)
         existed = path.exists()
@@ -72,3 +81,6 @@ class FakeOverlayStore(OverlayStore):
         path.parent.mkdir(exist_ok=True)
         path.write_text(f"fake overlay backed by {backing} ({backing_format})\n")
         return path
+
+    def rebase(self, path: Path, backing: str, backing_format: str) -> None:
+        path.write_text(f"fake overlay backed by {backing} ({backing_format})\n")

@@ -62,8 +62,21 @@ def nbd_url(socket: str) -> str:
     return f"nbd+unix:///{EXPORT_NAME}?socket={socket}"
 
 
+GENERATION = "~"        # <base>~N: a later session of the same image (see SessionManager.next_key)
+
+
 def session_key(image: str, sha256: str) -> str:
+    """The base key of an image's sessions on a host; the first session has it."""
     return f"{image}-{sha256[:12]}"
+
+
+def base_of(key: str) -> str:
+    return key.split(GENERATION)[0]
+
+
+def _generation(key: str) -> int:
+    _, _, n = key.partition(GENERATION)
+    return int(n) if n.isdigit() else 0
 
 
 def qcow2_backing(path: str | os.PathLike) -> str | None:
@@ -193,11 +206,25 @@ class SessionManager:
         """key -> live session (None: a folder whose daemon is gone)."""
         return {d.name: self.get(d.name) for d in self.root.iterdir() if d.is_dir()}
 
+    def current(self, base: str) -> Session | None:
+        """The image's newest live session: the one new instances use. An
+        older one lives on while instances of it run (it reads from a
+        storage node that no longer serves the image; its own are not moved)."""
+        live = [s for k, s in self.list().items() if s is not None and base_of(k) == base]
+        return max(live, key=lambda s: _generation(s.key), default=None)
+
+    def next_key(self, base: str) -> str:
+        """A key for a new session of the image beside the ones on disk."""
+        used = [_generation(k) for k in self.list() if base_of(k) == base]
+        return f"{base}{GENERATION}{max(used) + 1}" if used else base
+
     # -- attach / stop ------------------------------------------------------------
-    def attach(self, image: str, sha256: str, fmt: str, replicas: list[dict]) -> Session:
-        """The live session of this image, or a new one on the first replica
-        that can be opened. The caller holds ``lock(key)``."""
-        key = session_key(image, sha256)
+    def attach(self, image: str, sha256: str, fmt: str, replicas: list[dict],
+               key: str | None = None) -> Session:
+        """The live session ``key`` (default: the image's base key), or a new
+        one on the first replica that can be opened. The caller holds
+        ``lock(base_of(key))``."""
+        key = key or session_key(image, sha256)
         live = self.get(key)
         if live is not None:
             return live
@@ -288,8 +315,12 @@ class FakeSessionManager(SessionManager):
         _, found, rest = text.partition("socket=fake-")
         return rest.split()[0] if found and rest.split() else None
 
-    def attach(self, image, sha256, fmt, replicas):
-        key = session_key(image, sha256)
+    def current(self, base):
+        live = [s for k, s in self._fake.items() if base_of(k) == base]
+        return max(live, key=lambda s: _generation(s.key), default=None)
+
+    def attach(self, image, sha256, fmt, replicas, key=None):
+        key = key or session_key(image, sha256)
         if key not in self._fake:
             r = next((r for r in replicas if r.get("portal") and r.get("target")), None)
             if r is None:

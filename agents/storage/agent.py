@@ -48,6 +48,7 @@ from cowfleet.zk.connection import read, read_children, update
 from cowfleet.zk.leaders import rack_leaders
 
 CHUNK = 1 << 20
+RETRY_MIN, RETRY_MAX = 10.0, 300.0   # backoff of a failed copy (doubling)
 DEFER_SECONDS = 30.0      # how long a non-preferred agent leaves a missing copy to the preferred ones
 LOCATE_TIMEOUT = 3.0
 DATA_PATH = re.compile(r"^/v1/images/([a-z0-9][a-z0-9-]{0,62})/data$")
@@ -107,7 +108,14 @@ class StorageAgent(NodeAgent):
         self.exports: dict[str, str] = {}          # iqn -> master path, what tgtd exports for us
         self.export_lock = threading.Lock()
         self.short_since: dict[str, float] = {}    # image -> when this agent first saw it short
+        self.retry_at: dict[str, tuple[float, float]] = {}   # image -> (next try, backoff) after a failed copy
+        self._image_locks: dict[str, threading.Lock] = {}
+        self._image_locks_lock = threading.Lock()
+        self.tgtd_down = False                     # our tgtd did not answer: replicas withdrawn
         self.locate_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="locate")
+
+    def is_healthy(self) -> bool:
+        return not self.tgtd_down
 
     def capacity(self):
         st = os.statvfs(self.store)
@@ -126,8 +134,33 @@ class StorageAgent(NodeAgent):
     def master_path(self, name: str) -> Path:
         return self.store / f"{name}.img"
 
+    def image_lock(self, name: str) -> threading.Lock:
+        """Serialises "check, replace the copy, publish it" per image (two
+        uploads of one image at once must not overwrite each other's copy)."""
+        with self._image_locks_lock:
+            return self._image_locks.setdefault(name, threading.Lock())
+
+    def _copy_info(self, path: Path) -> tuple[str | None, str | None]:
+        """(sha256, origin) of a copy, from its sidecar: the origin is the
+        image record's ``created_at`` when the copy was made, so a copy of an
+        image deleted and created anew under the same name is never taken for
+        the new one's. Sidecars of older versions hold only the sha256."""
+        try:
+            words = path.with_suffix(".sha256").read_text().split()
+        except OSError:
+            return None, None
+        return (words[0] if words else None), (words[1] if len(words) > 1 else None)
+
+    def _discard_copy(self, name: str) -> None:
+        self._unexport_image(name)
+        path = self.master_path(name)
+        path.unlink(missing_ok=True)
+        path.with_suffix(".sha256").unlink(missing_ok=True)
+
     def reconcile(self) -> None:
         names = set(self.zk.get_children(layout.IMAGES))
+        if not self._tgtd_answers(names):
+            return
         storage = None
         for name in names:
             got = read(self.zk, layout.image(name), Image)
@@ -141,8 +174,13 @@ class StorageAgent(NodeAgent):
                     self.zk.delete(layout.image_replica(name, self.name))
                 continue
             if path.exists():
-                self._publish(image, path)
-                continue
+                if self._copy_info(path)[1] not in (None, _origin(image)):
+                    self.log.info("discarding the copy of an earlier image named %s", name)
+                    self._discard_copy(name)
+                else:
+                    with self.image_lock(name):    # not while an upload replaces it
+                        self._publish(image, path)
+                    continue
             replicas = [r for r, _ in read_children(self.zk, layout.image_replicas(name), Replica)]
             if len(replicas) >= image.min_replicas:
                 self.short_since.pop(name, None)
@@ -152,17 +190,17 @@ class StorageAgent(NodeAgent):
                            if n.role == "storage" and n.healthy]
             if not self._should_copy(image, replicas, storage):
                 continue
-            if image.source_url and not image.error:
-                self._fetch_async(image)
+            if time.monotonic() < self.retry_at.get(name, (0.0, 0.0))[0]:
+                continue        # the last copy failed: wait out its backoff
+            if image.source_url:
+                self._fetch_async(image)      # after an error too (backed off): it may pass now
             elif not image.source_url and image.sha256 and replicas:
                 self._fetch_async(image, peers=replicas)   # an uploaded image: copy a peer's
         # copies whose image is gone
         for path in self.store.glob("*.img"):
             if path.stem not in names:
                 self.log.info("discarding master of deleted image %s", path.stem)
-                self._unexport_image(path.stem)
-                path.unlink(missing_ok=True)
-                path.with_suffix(".sha256").unlink(missing_ok=True)
+                self._discard_copy(path.stem)
         for path in self.store.glob("*.partial"):
             if path.name.split(".")[0] not in names:
                 path.unlink(missing_ok=True)
@@ -179,13 +217,39 @@ class StorageAgent(NodeAgent):
         return time.monotonic() - since > DEFER_SECONDS
 
     # -- iSCSI exports ----------------------------------------------------------
+    def _tgtd_answers(self, names: set[str]) -> bool:
+        """Whether our tgtd answers. While it does not, nothing this node
+        holds can be attached: its replica records are withdrawn (the images
+        show fewer copies, and other nodes make new ones), and come back
+        with the exports once it answers again."""
+        try:
+            tgt.list_targets(tgt.node_prefix(self.name))
+        except (tgt.TgtError, OSError, subprocess.TimeoutExpired) as exc:
+            if not self.tgtd_down:
+                self.log.warning("tgtd does not answer (%s): withdrawing this node's replicas", exc)
+                self.tgtd_down = True
+                self.heartbeat()          # unhealthy at once: peers copy what it held elsewhere
+            with self.export_lock:
+                self.exports = {}
+            for name in names:
+                try:
+                    self.zk.delete(layout.image_replica(name, self.name))
+                except NoNodeError:
+                    pass
+            return False
+        if self.tgtd_down:
+            self.log.info("tgtd answers again: exporting and publishing this node's copies")
+            self.tgtd_down = False
+            self.heartbeat()
+        return True
+
     def _wanted_targets(self) -> dict[str, str]:
         """iqn -> master path for every verified copy on disk."""
         out = {}
         for path in self.store.glob("*.img"):
-            sidecar = path.with_suffix(".sha256")
-            if sidecar.exists():
-                out[tgt.iqn_for(self.name, path.stem, sidecar.read_text().strip())] = str(path)
+            sha, _origin_ = self._copy_info(path)
+            if sha:
+                out[tgt.iqn_for(self.name, path.stem, sha)] = str(path)
         return out
 
     def _reconcile_targets(self) -> None:
@@ -229,12 +293,18 @@ class StorageAgent(NodeAgent):
                     self._fetch_from_peer(image, peers)
                 else:
                     self._fetch(image)
+                self.retry_at.pop(image.name, None)
             except Exception as exc:
-                if peers:   # a peer may come back or another appear: retried next round
-                    self.log.warning("copying image %s from a peer failed: %s", image.name, exc)
+                # retried later, backed off (10 s doubling to 5 min): a peer may come
+                # back, a source reappear; never in a loop against one that fails
+                backoff = min(RETRY_MAX, self.retry_at.get(image.name, (0.0, RETRY_MIN / 2))[1] * 2)
+                self.retry_at[image.name] = (time.monotonic() + backoff, backoff)
+                if peers:
+                    self.log.warning("copying image %s from a peer failed (next try in %.0f s): %s",
+                                     image.name, backoff, exc)
                     return
-                self.log.exception("fetching image %s failed", image.name)
-                self._record_error(image.name, f"fetch from {image.source_url} failed: {exc}")
+                self.log.warning("fetching image %s failed (next try in %.0f s): %s", image.name, backoff, exc)
+                self._record_error(image, f"fetch from {image.source_url} failed: {exc}"[:500])
             finally:
                 with self.fetch_lock:
                     self.fetching.discard(image.name)
@@ -294,13 +364,27 @@ class StorageAgent(NodeAgent):
                 raise ChecksumMismatch(f"checksum mismatch: expected {expected_sha}, got {sha}")
             check_format(tmp, image.format)
             os.chmod(tmp, 0o444)                        # masters are read-only
-            path.with_suffix(".sha256").write_text(sha)
-            os.replace(tmp, path)
+            with self.image_lock(image.name):
+                # the record decides, read now: another copy (an upload at the same
+                # time) may have been recorded meanwhile; then only ours goes
+                got = read(self.zk, layout.image(image.name), Image)
+                if got is None or got[0].created_at != image.created_at:
+                    raise ValueError(f"image {image.name} was deleted meanwhile")
+                if got[0].sha256 and got[0].sha256 != sha:
+                    raise ValueError(f"image {image.name} was recorded with other data meanwhile "
+                                     f"(sha256 {got[0].sha256})")
+                sidecar = path.with_suffix(".sha256")
+                sidecar.unlink(missing_ok=True)      # no sidecar: _publish hashes the file itself
+                os.replace(tmp, path)
+                side_tmp = tmp.with_name(tmp.name.replace(".partial", ".sidecar.partial"))
+                side_tmp.write_text(f"{sha} {_origin(got[0])}\n")
+                os.replace(side_tmp, sidecar)
+                self.log.info("stored image %s (%d bytes, sha256 %s)", image.name, size, sha[:12])
+                if not self._publish(got[0], path):
+                    raise ValueError(f"image {image.name} was recorded with other data meanwhile")
         finally:
             tmp.unlink(missing_ok=True)
-        self.log.info("stored image %s (%d bytes, sha256 %s)", image.name, size, sha[:12])
-        if not self._publish(image, path):
-            raise ValueError(f"image {image.name} was recorded with other data meanwhile")
+            tmp.with_name(tmp.name.replace(".partial", ".sidecar.partial")).unlink(missing_ok=True)
         return sha, size
 
     # -- P2P: uploads from the service, copies for peers ----------------------
@@ -366,8 +450,8 @@ class StorageAgent(NodeAgent):
         """Record the copy; False if it does not match the image's checksum."""
         sidecar = path.with_suffix(".sha256")
         if not sidecar.exists():
-            sidecar.write_text(_sha256(path))
-        sha = sidecar.read_text().strip()
+            sidecar.write_text(f"{_sha256(path)} {_origin(image)}\n")
+        sha = self._copy_info(path)[0]
         size = path.stat().st_size
 
         def record(img: Image):
@@ -383,11 +467,13 @@ class StorageAgent(NodeAgent):
             return False
         if got[0].sha256 != sha:
             self.log.warning("copy of %s does not match its checksum; discarding", image.name)
-            self._unexport_image(image.name)
-            path.unlink(missing_ok=True)
-            path.with_suffix(".sha256").unlink(missing_ok=True)
+            self._discard_copy(image.name)
             return False
-        iqn = self._export(image.name, sha, path)
+        try:
+            iqn = self._export(image.name, sha, path)
+        except tgt.TgtError as exc:     # the copy is good; exported and published once tgtd answers
+            self.log.warning("cannot export %s yet: %s", image.name, exc)
+            return True
         replica = Replica(node=self.name, rack=self.rack, path=str(path), sha256=sha, size_bytes=size,
                           portal=self.portal, target=iqn)
         try:
@@ -407,11 +493,10 @@ class StorageAgent(NodeAgent):
         """This agent's exported, verified copy of the image, if it has one."""
         name = str(body["image"])
         path = self.master_path(name)
-        sidecar = path.with_suffix(".sha256")
         answer = {"node": self.name, "rack": self.rack, "holds": False}
-        if not path.exists() or not sidecar.exists():
+        sha = self._copy_info(path)[0]
+        if not path.exists() or not sha:
             return 200, answer
-        sha = sidecar.read_text().strip()
         iqn = tgt.iqn_for(self.name, name, sha)
         if self.exports.get(iqn) != str(path):
             return 200, answer            # not exported (yet): nobody could attach it
@@ -483,11 +568,13 @@ class StorageAgent(NodeAgent):
                      "min_replicas": image.min_replicas, "replicas": replicas, "racks": racks,
                      "answered_by": self.name}
 
-    def _record_error(self, name: str, message: str) -> None:
+    def _record_error(self, image: Image, message: str) -> None:
         def change(img: Image):
+            if img.created_at != image.created_at or img.error == message:
+                return None         # an image of the same name made since, or said already
             img.error = message
             return img
-        update(self.zk, layout.image(name), Image, change)
+        update(self.zk, layout.image(image.name), Image, change)
 
 
 def copiers(image: str, min_replicas: int, replicas: list[Replica], storage: list[NodeInfo]) -> list[str]:
@@ -512,6 +599,11 @@ def copiers(image: str, min_replicas: int, replicas: list[Replica], storage: lis
         if n.name not in chosen:
             chosen.append(n.name)
     return chosen
+
+
+def _origin(image: Image) -> str:
+    """Which image record a copy was made for (see ``_copy_info``)."""
+    return repr(float(image.created_at))
 
 
 def _sha256(path: Path) -> str:

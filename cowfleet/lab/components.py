@@ -314,15 +314,16 @@ def free_tgt_control_port(start: int = 100) -> int:
 
 
 def ensure_tgtd(log: Path, timeout: float = 20, control_port: int = 0,
-                netns: str | None = None) -> int | None:
+                netns: str | None = None, portal: str | None = None) -> int | None:
     """Start tgtd (management channel ``control_port``, inside network
-    namespace ``netns`` if given) unless it runs; returns its pid if this
+    namespace ``netns`` if given, listening on ``portal`` HOST:PORT if given,
+    else on every address at 3260) unless it runs; returns its pid if this
     call started it."""
     if not shutil.which("tgtd"):
         raise LabError("tgtd is not installed: apt-get install tgt")
     if tgtd_running(control_port):
         return None
-    cmd = ["tgtd", "-f", *control_args(control_port)]
+    cmd = ["tgtd", "-f", *control_args(control_port), *(["--iscsi", f"portal={portal}"] if portal else [])]
     proc = spawn((["ip", "netns", "exec", netns] if netns else []) + cmd, log)
     try:
         wait_for(lambda: tgtd_running(control_port), timeout, "tgtd", proc=proc, log=log)
@@ -341,6 +342,26 @@ def stop_tgtd(pid: int, timeout: float = 10.0, control_port: int = 0) -> None:
     if control_port:                  # tgtd leaves its socket files behind
         for f in (TGTD_RUN / f"socket.{control_port}", TGTD_RUN / f"socket.{control_port}.lock"):
             f.unlink(missing_ok=True)
+
+
+def release_tgtd(pid: int, control_port: int = 0) -> str:
+    """Stop a tgtd this lab (or bench) started -- unless it is not that tgtd
+    any more, or it serves targets of others meanwhile (the machine's tgtd is
+    shared: another lab or bench may have come to use it). Says what it did."""
+    from cowfleet.agents.storage.tgt import parse_targets
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            ours = os.path.basename(fh.read().split(b"\0")[0].decode(errors="replace")) == "tgtd"
+    except OSError:
+        ours = False
+    if not ours or not pid_alive(pid):
+        return "tgtd it started is gone already"
+    shown = _tgtadm(control_port, "--op", "show", "--mode", "target")
+    others = parse_targets(shown.stdout.decode(errors="replace")) if shown.returncode == 0 else []
+    if others:
+        return f"left tgtd running: it serves {len(others)} target(s) of others"
+    stop_tgtd(pid, control_port=control_port)
+    return "stopped tgtd"
 
 
 def python_cmd(module: str, *args: str) -> list[str]:

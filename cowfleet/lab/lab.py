@@ -251,8 +251,7 @@ class Lab(LabFiles):
             c.stop_pid(st.pids["zookeeper"])
             _say(progress, "  stopped zookeeper")
         if st.started_tgtd:
-            c.stop_tgtd(st.started_tgtd)
-            _say(progress, "  stopped tgtd")
+            _say(progress, "  " + c.release_tgtd(st.started_tgtd))
         if st.started_libvirtd:
             c.stop_libvirtd()
             _say(progress, "  stopped libvirtd")

@@ -23,6 +23,8 @@ def _status(image: Image, replicas: list[Replica], storage_nodes: int) -> tuple[
         return ImageStatus.AVAILABLE, f"{n} of {image.min_replicas} replicas"
     if image.error and n == 0:
         return ImageStatus.ERROR, image.error
+    if image.error:         # some copies, but making the others fails (retried, backed off)
+        return ImageStatus.DEGRADED, f"{n} of {image.min_replicas} replicas; the last copy failed: {image.error}"
     if storage_nodes > n and (image.source_url or n):   # a source, or a peer to copy
         state = ImageStatus.REPLICATING if n else ImageStatus.PENDING
         return state, f"{n} of {image.min_replicas} replicas"
@@ -34,7 +36,7 @@ def _status(image: Image, replicas: list[Replica], storage_nodes: int) -> tuple[
 
 def view(zk, image: Image, version: int) -> dict:
     replicas = [r for r, _ in read_children(zk, layout.image_replicas(image.name), Replica)]
-    storage = [n for n, _ in read_children(zk, layout.NODES, NodeInfo) if n.role == "storage"]
+    storage = [n for n, _ in read_children(zk, layout.NODES, NodeInfo) if n.role == "storage" and n.healthy]
     status, message = _status(image, replicas, len(storage))
     out = image.to_dict()
     out.update(status=status, message=message, etag=str(version),
@@ -159,7 +161,7 @@ def upload(zk, name: str, stream, length: int | None, checksum: str | None,
         except ValueError:
             problem = {}
         status = resp.status_code if resp.status_code in (400, 404, 409, 422) else 502
-        detail = problem.get("detail") or resp.text[:200]
+        detail = problem.get("detail") or f"storage node {node.name} failed the upload (HTTP {resp.status_code})"
         field = "format" if problem.get("title") == "Format Mismatch" else "X-Checksum-Sha256"
         errors = {field: [detail]} if status == 422 else None
         raise Problem(status, problem.get("title") or "Bad Gateway", detail, errors=errors)

@@ -1,0 +1,246 @@
+"""Storage agents under faults a new user runs into: two uploads of one
+image at once, an image deleted and created anew while its storage node was
+down, a copy that fails its checksum, a tgtd that dies under a serving
+node. Real tgtd (a second one on its own channel and portal for the node
+whose tgtd dies), ZooKeeper, agents and service."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+import requests
+
+from cowfleet.agents.storage import tgt
+from cowfleet.lab import components as c
+from tests.conftest import _workdir
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.integration
+
+OCTET = {"Content-Type": "application/octet-stream"}
+
+
+def _put_data(lab, name, data):
+    h = dict(OCTET, Authorization=f"Bearer {lab.state.token}")
+    return requests.put(f"{lab.state.endpoint}/v1/images/{name}/data", data=data, headers=h, timeout=60)
+
+
+def _storage_copy(lab, name: str) -> Path:
+    return lab.dir / "nodes" / f"{lab.state.lab_id}-storage-1" / "images" / f"{name}.img"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def workdir():
+    d = _workdir("cowfleet-faults-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def second_storage(lab, client, workdir):
+    """A second storage agent (rack-b) with a tgtd of its own (own channel
+    and portal), so that tgtd can die without touching the lab's."""
+    name = f"{lab.state.lab_id}-storage-9"
+    channel = c.free_tgt_control_port(190)
+    portal = f"127.0.0.1:{_free_port()}"
+    tgtd = {"pid": c.ensure_tgtd(workdir / "tgtd.log", control_port=channel, portal=portal)}
+    env = dict(os.environ, COWFLEET_TGT_CONTROL_PORT=str(channel))
+    agent = c.spawn(c.python_cmd("cowfleet.agents.main", "--role", "storage", "--rack", "rack-b",
+                                 "--zk", lab.state.zk, "--name", name, "--iscsi-portal", portal,
+                                 "--state-dir", str(workdir / name)), workdir / "agent.log", env=env)
+
+    def restart_tgtd():
+        tgtd["pid"] = c.ensure_tgtd(workdir / "tgtd.log", control_port=channel, portal=portal)
+    try:
+        wait_until(lambda: any(n["name"] == name for n in client.nodes()), 30, "second storage agent")
+        yield {"name": name, "channel": channel, "tgtd": tgtd, "restart_tgtd": restart_tgtd,
+               "dir": workdir / name, "log": workdir / "agent.log"}
+    finally:
+        c.stop_pid(agent.pid)
+        if tgtd["pid"]:
+            c.stop_tgtd(tgtd["pid"], control_port=channel)
+
+
+def test_two_uploads_at_once_keep_one_copy_whole(client, lab):
+    """Both go to the same node: one wins (200), the other gets 409, and the
+    winner's verified copy stays (the loser used to overwrite it, then
+    discard the shared file: the image lost its only copy)."""
+    for name in ("twice-a", "twice-b"):
+        client.put_image(name, format="raw", min_replicas=1)
+        try:
+            blobs = [os.urandom(4 << 20) for _ in range(2)]
+            results = [None, None]
+
+            def send(i):
+                results[i] = _put_data(lab, name, blobs[i])
+            threads = [threading.Thread(target=send, args=(i,)) for i in range(2)]
+            [t.start() for t in threads]
+            [t.join() for t in threads]
+            codes = sorted(r.status_code for r in results)
+            assert codes == [200, 409], [r.text for r in results]
+            won = blobs[[r.status_code for r in results].index(200)]
+            sha = hashlib.sha256(won).hexdigest()
+            img = wait_until(lambda: (i := client.get_image(name))["status"] == "available" and i, 30,
+                             f"{name} available")
+            assert img["sha256"] == sha
+            assert hashlib.sha256(_storage_copy(lab, name).read_bytes()).hexdigest() == sha
+        finally:
+            client.delete_image(name)
+
+
+def test_an_image_made_anew_while_its_node_was_down_gets_the_new_bytes(client, lab, workdir):
+    old, new = workdir / "old.raw", workdir / "new.raw"
+    old.write_bytes(os.urandom(2 << 20))
+    new.write_bytes(os.urandom(3 << 20))
+    client.put_image("anew", source_url=f"file://{old}", format="raw", min_replicas=1)
+    try:
+        wait_until(lambda: client.get_image("anew")["status"] == "available", 60, "first image available")
+        c.stop_pid(lab.state.pids["agent-storage"])
+        client.delete_image("anew")
+        client.put_image("anew", source_url=f"file://{new}", format="raw", min_replicas=1)
+        lab.restart("agent-storage")
+        img = wait_until(lambda: (i := client.get_image("anew"))["status"] == "available" and i, 60,
+                         "new image available")
+        assert img["sha256"] == hashlib.sha256(new.read_bytes()).hexdigest()
+        assert img["size_bytes"] == new.stat().st_size
+        assert _storage_copy(lab, "anew").read_bytes() == new.read_bytes()
+    finally:
+        client.delete_image("anew")
+
+
+def test_a_copy_failing_its_checksum_is_shown_retried_backed_off_and_recovers(client, lab, workdir,
+                                                                               second_storage):
+    src = workdir / "src.raw"
+    data = os.urandom(2 << 20)
+    src.write_bytes(data)
+    client.put_image("drift", source_url=f"file://{src}", format="raw", min_replicas=1)
+    try:
+        wait_until(lambda: client.get_image("drift")["status"] == "available", 60, "one copy")
+        src.write_bytes(data[:-7] + b"changed")          # the source changes under the image
+        client.put_image("drift", source_url=f"file://{src}", format="raw", min_replicas=2)
+        img = wait_until(lambda: (i := client.get_image("drift"))["status"] == "degraded" and i, 60,
+                         "the failed copy shown")
+        assert "1 of 2 replicas" in img["message"] and "checksum mismatch" in img["message"]
+        tries = lambda: second_storage["log"].read_text().count("fetching image drift failed")  # noqa: E731
+        wait_until(lambda: tries() >= 1, 30, "a first try")
+        first = tries()
+        src.write_bytes(data)                              # the source is whole again
+        img = wait_until(lambda: (i := client.get_image("drift"))["status"] == "available" and i, 60,
+                         "the copy made on a later try")
+        assert len(img["replicas"]) == 2 and img.get("error") is None
+        assert tries() - first <= 1                        # backed off: not a loop of tries
+    finally:
+        client.delete_image("drift")
+
+
+def test_a_node_whose_tgtd_dies_withdraws_its_replicas_until_it_answers(client, lab, workdir,
+                                                                         second_storage):
+    blob = workdir / "blob.raw"
+    blob.write_bytes(os.urandom(2 << 20))
+    node = second_storage["name"]
+    client.put_image("withdrawn", format="raw", min_replicas=2)
+    try:
+        client.upload_image("withdrawn", blob)
+        wait_until(lambda: client.get_image("withdrawn")["status"] == "available", 60, "two copies")
+        os.kill(second_storage["tgtd"]["pid"], signal.SIGKILL)     # its iSCSI targets are gone
+        c.wait_gone(second_storage["tgtd"]["pid"], 10)
+        img = wait_until(lambda: (i := client.get_image("withdrawn"))
+                         and node not in {r["node"] for r in i["replicas"]} and i, 30, "replica withdrawn")
+        assert img["status"] != "available"
+        healthy = lambda: next(n for n in client.nodes() if n["name"] == node)["healthy"]  # noqa: E731
+        assert healthy() is False                     # said with its membership at once
+        second_storage["restart_tgtd"]()
+        img = wait_until(lambda: (i := client.get_image("withdrawn"))["status"] == "available" and i, 60,
+                         "re-exported once tgtd answers")
+        assert node in {r["node"] for r in img["replicas"]} and healthy() is True
+        iqns = [t.iqn for t in tgt.parse_targets(c._tgtadm(second_storage["channel"], "--op", "show",
+                                                            "--mode", "target").stdout.decode())]
+        assert len(iqns) == 1 and iqns[0].startswith(tgt.node_prefix(node))    # once, nothing else
+    finally:
+        client.delete_image("withdrawn")
+
+
+def test_a_lab_leaves_a_tgtd_that_serves_others_running(workdir, monkeypatch):
+    """The machine's tgtd is shared: a lab (or bench) that started it stops
+    it only when no one else's targets are in it (a second lab, started
+    meanwhile, used to lose its exports when the first went down)."""
+    channel = c.free_tgt_control_port(180)
+    pid = c.ensure_tgtd(workdir / "tgtd.log", control_port=channel, portal=f"127.0.0.1:{_free_port()}")
+    others = "iqn.2026-11.org.cowfleet:someone-else:img-000000000000"
+    blob = workdir / "lun.raw"
+    blob.write_bytes(bytes(1 << 20))
+    monkeypatch.setenv("COWFLEET_TGT_CONTROL_PORT", str(channel))     # tgt.* talk to that tgtd
+    try:
+        tgt.export(others, str(blob))
+        assert c.release_tgtd(pid, control_port=channel).startswith("left tgtd running")
+        assert c.tgtd_running(channel)
+        tgt.unexport(others)
+        assert c.release_tgtd(pid, control_port=channel) == "stopped tgtd"
+        assert c.wait_gone(pid, 10) and not c.tgtd_running(channel)
+        assert c.release_tgtd(pid, control_port=channel) == "tgtd it started is gone already"
+    finally:
+        if c.tgtd_running(channel):
+            c.stop_tgtd(pid, control_port=channel)
+
+
+def test_new_instances_leave_a_session_whose_storage_node_stopped_serving(client, lab, workdir,
+                                                                          second_storage):
+    """A host's session reads from a node whose tgtd then dies: instances
+    running on it keep it, new ones of the image get a session of their own
+    from the copy made elsewhere (they used to hang on the dead one), and
+    each session stops with its last instance."""
+    from types import SimpleNamespace
+
+    from cowfleet.agents.compute.sessions import daemons_under
+    from cowfleet.agents.storage.agent import copiers
+    node = second_storage["name"]
+    storage = [SimpleNamespace(name=f"{lab.state.lab_id}-storage-1", rack=lab.rack),
+               SimpleNamespace(name=node, rack="rack-b")]
+    # a name whose first copy the second node makes (the choice is a stable hash)
+    name = next(n for n in (f"moved-{i}" for i in range(100)) if copiers(n, 1, [], storage) == [node])
+    src = workdir / "src.raw"
+    src.write_bytes(os.urandom(2 << 20))
+    sessions = lab.dir / "nodes" / f"{lab.state.lab_id}-compute-1" / "sessions"
+
+    def running(group):
+        g = client.get_group(group)
+        return g is not None and len(g["instances"]) == 1 and g["instances"][0]["state"] in ("running", "ready")
+    client.put_image(name, source_url=f"file://{src}", format="raw", min_replicas=1)
+    try:
+        img = wait_until(lambda: (i := client.get_image(name))["status"] == "available" and i, 60, "a copy")
+        assert [r["node"] for r in img["replicas"]] == [node]
+        client.put_group("old-path", image=name, flavor="small", size=1)
+        wait_until(lambda: running("old-path"), 120, "old-path running")
+        (first,) = daemons_under(sessions).values()
+        os.kill(second_storage["tgtd"]["pid"], signal.SIGKILL)
+        wait_until(lambda: [r["node"] for r in client.get_image(name)["replicas"]] ==
+                   [f"{lab.state.lab_id}-storage-1"], 60, "the copy made anew on the lab's storage node")
+        client.put_group("new-path", image=name, flavor="small", size=1)
+        wait_until(lambda: running("new-path"), 120, "new-path running")
+        daemons = daemons_under(sessions)
+        assert len(daemons) == 2 and first in daemons.values()
+        client.delete_group("old-path")
+        wait_until(lambda: client.get_group("old-path") is None, 120, "old-path gone")
+        wait_until(lambda: first not in daemons_under(sessions).values(), 30, "the old session stopped")
+        assert len(daemons_under(sessions)) == 1 and running("new-path")
+        client.delete_group("new-path")
+        wait_until(lambda: client.get_group("new-path") is None, 120, "new-path gone")
+        wait_until(lambda: not daemons_under(sessions), 30, "no session left")
+    finally:
+        for g in ("old-path", "new-path"):
+            client.delete_group(g)
+        wait_until(lambda: client.get_group("old-path") is None and client.get_group("new-path") is None,
+                   120, "groups gone")
+        client.delete_image(name)
