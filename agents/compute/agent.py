@@ -250,7 +250,7 @@ class ComputeAgent(NodeAgent):
             kill_daemon(pid)
 
     def _session_users(self, key: str) -> set[str]:
-        """The keys used by overlays on disk, read now (call under lock(key))."""
+        """The keys used by overlays on disk, read now (call under lock(base_of(key)))."""
         return {self.sessions.key_of_overlay(path) for _g, path in self.overlays.list().values()}
 
     def _submit(self, iid: str, fn, *args) -> None:
@@ -340,11 +340,18 @@ class ComputeAgent(NodeAgent):
         with self.sessions.lock(base):     # attach + overlay, atomic w.r.t. the last user's detach
             session = self.sessions.current(base)    # the host's session of this image, if one runs
             key = session.key if session is not None else base
+            where = None
             if session is not None and session.node and \
                     not self.zk.exists(layout.image_replica(image.name, session.node)):
-                # its storage node serves the image no more (gone, or its tgtd died):
-                # new instances read from another replica; running ones keep theirs
-                if key in self._session_users(key):
+                # no record of its storage node: ask where the image is (a record may
+                # be missing for a round, e.g. that agent restarting, while it serves)
+                where = self._locate(image.name)
+                served = session.node in {r.get("node") for r in (where or {}).get("replicas", [])}
+                if served:
+                    pass                         # still served there: keep the session
+                elif key in self._session_users(key):
+                    # it serves the image no more (gone, or its tgtd died): new
+                    # instances read from another replica; running ones keep theirs
                     key = self.sessions.next_key(base)
                     self.log.info("session %s reads from %s, which holds no replica now: new instances "
                                   "get session %s", session.key, session.node, key)
@@ -352,9 +359,10 @@ class ComputeAgent(NodeAgent):
                     self.log.info("session %s reads from %s, which holds no replica now: re-attaching",
                                   key, session.node)
                     self.sessions.stop(key)
-                session = None
+                if not served:
+                    session = None
             if session is None:
-                where = self._locate(image.name)
+                where = where or self._locate(image.name)
                 if not where or where.get("sha256") != image.sha256 or not where.get("replicas"):
                     self._set_state(group, iid, InstanceState.PENDING,
                                     f"waiting for a replica of image '{image.name}' reachable from {self.name}")
@@ -372,7 +380,12 @@ class ComputeAgent(NodeAgent):
             elif overlay.exists() and backed_by != session.key:
                 # persistent, on an older session of the same image (its storage
                 # node serves it no more): the same bytes through the current one
-                self.overlays.rebase(overlay, session.url, image.format)
+                try:
+                    self.overlays.rebase(overlay, session.url, image.format)
+                except Exception as exc:
+                    self._set_state(group, iid, InstanceState.PENDING,
+                                    f"moving the persistent overlay to session {session.key} failed: {exc}"[:500])
+                    raise
             t_attached = time.monotonic()
             if not overlay.exists():
                 try:

@@ -7,11 +7,13 @@ socket; every instance's qcow2 overlay on this host is backed by that export
 stream over iSCSI as guests read them.
 
 State lives on disk, so it survives agent restarts: ``ROOT/<image>-<sha12>/``
-holds ``qsd.pid``, ``nbd.sock`` and ``session.json``. The daemon runs in its
+holds ``qsd.pid``, ``nbd.sock`` and ``session.json`` (``<image>-<sha12>~N/``:
+a later generation, made while instances still use one whose storage node
+serves the image no more). The daemon runs in its
 own session (``--daemonize``): a restarted agent adopts it by its pid file.
 Who uses a session is read from the overlays on disk (their qcow2 header
 names the socket), never only from memory; callers serialise "attach +
-create overlay" and "no overlay left -> stop" per session with ``lock(key)``.
+create overlay" and "no overlay left -> stop" per image with ``lock(base_of(key))``.
 """
 from __future__ import annotations
 
@@ -275,7 +277,7 @@ class SessionManager:
         return live
 
     def stop(self, key: str) -> None:
-        """Stop the daemon and remove the session's folder. Caller holds ``lock(key)``."""
+        """Stop the daemon and remove the session's folder. Caller holds ``lock(base_of(key))``."""
         session = self.get(key)
         if session is not None:
             kill(session.pid)

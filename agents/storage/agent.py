@@ -49,6 +49,9 @@ from cowfleet.zk.leaders import rack_leaders
 
 CHUNK = 1 << 20
 RETRY_MIN, RETRY_MAX = 10.0, 300.0   # backoff of a failed copy (doubling)
+TGTD_FAILURES_DOWN = 2                # rounds in a row without an answer before tgtd counts as down
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+TGT_FAILURES = (tgt.TgtError, OSError, subprocess.TimeoutExpired)
 DEFER_SECONDS = 30.0      # how long a non-preferred agent leaves a missing copy to the preferred ones
 LOCATE_TIMEOUT = 3.0
 DATA_PATH = re.compile(r"^/v1/images/([a-z0-9][a-z0-9-]{0,62})/data$")
@@ -112,6 +115,7 @@ class StorageAgent(NodeAgent):
         self._image_locks: dict[str, threading.Lock] = {}
         self._image_locks_lock = threading.Lock()
         self.tgtd_down = False                     # our tgtd did not answer: replicas withdrawn
+        self.tgtd_failures = 0                     # rounds in a row it did not answer
         self.locate_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="locate")
 
     def is_healthy(self) -> bool:
@@ -149,7 +153,9 @@ class StorageAgent(NodeAgent):
             words = path.with_suffix(".sha256").read_text().split()
         except OSError:
             return None, None
-        return (words[0] if words else None), (words[1] if len(words) > 1 else None)
+        if not words or not SHA256_HEX.match(words[0]):
+            return None, None          # torn or foreign: as if there were none
+        return words[0], (words[1] if len(words) > 1 else None)
 
     def _discard_copy(self, name: str) -> None:
         self._unexport_image(name)
@@ -174,13 +180,9 @@ class StorageAgent(NodeAgent):
                     self.zk.delete(layout.image_replica(name, self.name))
                 continue
             if path.exists():
-                if self._copy_info(path)[1] not in (None, _origin(image)):
-                    self.log.info("discarding the copy of an earlier image named %s", name)
-                    self._discard_copy(name)
-                else:
-                    with self.image_lock(name):    # not while an upload replaces it
-                        self._publish(image, path)
-                    continue
+                with self.image_lock(name):    # not while an upload replaces it
+                    if self._publish_or_discard(name):
+                        continue
             replicas = [r for r, _ in read_children(self.zk, layout.image_replicas(name), Replica)]
             if len(replicas) >= image.min_replicas:
                 self.short_since.pop(name, None)
@@ -190,21 +192,58 @@ class StorageAgent(NodeAgent):
                            if n.role == "storage" and n.healthy]
             if not self._should_copy(image, replicas, storage):
                 continue
-            if time.monotonic() < self.retry_at.get(name, (0.0, 0.0))[0]:
+            if time.monotonic() < self.retry_at.get(_retry_key(image), (0.0, 0.0))[0]:
                 continue        # the last copy failed: wait out its backoff
             if image.source_url:
                 self._fetch_async(image)      # after an error too (backed off): it may pass now
-            elif not image.source_url and image.sha256 and replicas:
-                self._fetch_async(image, peers=replicas)   # an uploaded image: copy a peer's
-        # copies whose image is gone
+            elif image.sha256:
+                # an uploaded image: copy a peer's -- a replica's holder, else any
+                # storage node (one whose tgtd is down still serves its copy over P2P)
+                peers = [r.node for r in replicas] or [n.name for n in self._storage_members()]
+                self._fetch_async(image, peers=peers)
+        # copies whose image is gone (checked again under its lock: it may be new)
         for path in self.store.glob("*.img"):
             if path.stem not in names:
-                self.log.info("discarding master of deleted image %s", path.stem)
-                self._discard_copy(path.stem)
+                with self.image_lock(path.stem):
+                    if not self.zk.exists(layout.image(path.stem)):
+                        self.log.info("discarding master of deleted image %s", path.stem)
+                        self._discard_copy(path.stem)
         for path in self.store.glob("*.partial"):
-            if path.name.split(".")[0] not in names:
+            stem = path.name.split(".")[0]
+            if stem not in names and not self.zk.exists(layout.image(stem)):
                 path.unlink(missing_ok=True)
+        for key in [k for k in self.retry_at if k.split("@")[0] not in names]:
+            self.retry_at.pop(key, None)
         self._reconcile_targets()
+
+    def _storage_members(self) -> list[NodeInfo]:
+        return [n for n, _ in read_children(self.zk, layout.NODES, NodeInfo) if n.role == "storage"]
+
+    def _publish_or_discard(self, name: str) -> bool:
+        """A copy on disk that no replica record of ours names (agent start,
+        tgtd back, a record lost): publish it if it is the current image's,
+        else discard it. Under ``image_lock(name)``, the record read now.
+        True if published (or kept for a later round)."""
+        path = self.master_path(name)
+        got = read(self.zk, layout.image(name), Image)
+        if got is None or not path.exists():
+            return False
+        image = got[0]
+        sha, origin = self._copy_info(path)
+        if origin is None and sha is None:
+            sha = _sha256(path)        # no sidecar (a crash right after the copy landed)
+        if origin is None and image.sha256 != sha:
+            # made for an unknown record: only a copy of the bytes the record names counts
+            self.log.info("discarding a copy of %s whose image record it was not made for", name)
+            self._discard_copy(name)
+            return False
+        if origin is not None and origin != _origin(image):
+            self.log.info("discarding the copy of an earlier image named %s", name)
+            self._discard_copy(name)
+            return False
+        if origin is None:
+            _write_sidecar(path, sha, _origin(image))   # older sidecars learn their origin
+        return self._publish(image, path)
 
     def _should_copy(self, image: Image, replicas: list[Replica], storage: list[NodeInfo]) -> bool:
         """Every agent computes the same ``copiers``; the chosen ones copy at
@@ -224,19 +263,25 @@ class StorageAgent(NodeAgent):
         with the exports once it answers again."""
         try:
             tgt.list_targets(tgt.node_prefix(self.name))
-        except (tgt.TgtError, OSError, subprocess.TimeoutExpired) as exc:
+        except TGT_FAILURES as exc:
+            self.tgtd_failures += 1
+            if self.tgtd_failures < TGTD_FAILURES_DOWN:
+                self.log.warning("tgtd did not answer (%s); %d in a row", exc, self.tgtd_failures)
+                return False         # one slow answer is not a dead tgtd: decide nothing this round
             if not self.tgtd_down:
                 self.log.warning("tgtd does not answer (%s): withdrawing this node's replicas", exc)
                 self.tgtd_down = True
                 self.heartbeat()          # unhealthy at once: peers copy what it held elsewhere
             with self.export_lock:
                 self.exports = {}
-            for name in names:
-                try:
-                    self.zk.delete(layout.image_replica(name, self.name))
-                except NoNodeError:
-                    pass
+            for path in self.store.glob("*.img"):
+                if path.stem in names:
+                    try:
+                        self.zk.delete(layout.image_replica(path.stem, self.name))
+                    except NoNodeError:
+                        pass
             return False
+        self.tgtd_failures = 0
         if self.tgtd_down:
             self.log.info("tgtd answers again: exporting and publishing this node's copies")
             self.tgtd_down = False
@@ -293,15 +338,17 @@ class StorageAgent(NodeAgent):
                     self._fetch_from_peer(image, peers)
                 else:
                     self._fetch(image)
-                self.retry_at.pop(image.name, None)
+                self.retry_at.pop(_retry_key(image), None)
             except Exception as exc:
                 # retried later, backed off (10 s doubling to 5 min): a peer may come
                 # back, a source reappear; never in a loop against one that fails
-                backoff = min(RETRY_MAX, self.retry_at.get(image.name, (0.0, RETRY_MIN / 2))[1] * 2)
-                self.retry_at[image.name] = (time.monotonic() + backoff, backoff)
+                key = _retry_key(image)
+                backoff = min(RETRY_MAX, self.retry_at.get(key, (0.0, RETRY_MIN / 2))[1] * 2)
+                self.retry_at[key] = (time.monotonic() + backoff, backoff)
                 if peers:
                     self.log.warning("copying image %s from a peer failed (next try in %.0f s): %s",
                                      image.name, backoff, exc)
+                    self._record_error(image, f"copying from a peer failed: {exc}"[:500])
                     return
                 self.log.warning("fetching image %s failed (next try in %.0f s): %s", image.name, backoff, exc)
                 self._record_error(image, f"fetch from {image.source_url} failed: {exc}"[:500])
@@ -321,23 +368,23 @@ class StorageAgent(NodeAgent):
                 resp.raise_for_status()
                 self._store(image, resp.iter_content(CHUNK), image.sha256)
 
-    def _fetch_from_peer(self, image: Image, peers: list[Replica]) -> None:
+    def _fetch_from_peer(self, image: Image, peers: list[str]) -> None:
         """Copy an uploaded image from a storage agent that holds it (its
         checksum, recorded at upload, is what the copy must match)."""
         errors = []
-        for replica in peers:
-            got = read(self.zk, layout.node(replica.node), NodeInfo)
-            if got is None or not got[0].address or replica.node == self.name:
+        for peer in peers:
+            got = read(self.zk, layout.node(peer), NodeInfo)
+            if got is None or not got[0].address or peer == self.name:
                 continue
             url = f"{got[0].address}/v1/images/{image.name}/data"
             try:
                 with requests.get(url, stream=True, timeout=30) as resp:
                     resp.raise_for_status()
                     self._store(image, resp.iter_content(CHUNK), image.sha256)
-                self.log.info("replicated %s from %s", image.name, replica.node)
+                self.log.info("replicated %s from %s", image.name, peer)
                 return
             except (requests.RequestException, ValueError) as exc:
-                errors.append(f"{replica.node}: {exc}")
+                errors.append(f"{peer}: {exc}")
         raise RuntimeError("; ".join(errors) or "no reachable peer holds a copy")
 
     def _store(self, image: Image, chunks, expected_sha: str | None) -> tuple[str, int]:
@@ -373,18 +420,19 @@ class StorageAgent(NodeAgent):
                 if got[0].sha256 and got[0].sha256 != sha:
                     raise ValueError(f"image {image.name} was recorded with other data meanwhile "
                                      f"(sha256 {got[0].sha256})")
-                sidecar = path.with_suffix(".sha256")
-                sidecar.unlink(missing_ok=True)      # no sidecar: _publish hashes the file itself
-                os.replace(tmp, path)
-                side_tmp = tmp.with_name(tmp.name.replace(".partial", ".sidecar.partial"))
-                side_tmp.write_text(f"{sha} {_origin(got[0])}\n")
-                os.replace(side_tmp, sidecar)
+                if path.exists() and self._copy_info(path) == (sha, _origin(got[0])):
+                    pass          # these very bytes are here already (and maybe exported): keep them
+                else:
+                    # no sidecar while the file changes: a crash here leaves a copy
+                    # _publish_or_discard hashes and checks against the record
+                    path.with_suffix(".sha256").unlink(missing_ok=True)
+                    os.replace(tmp, path)
+                    _write_sidecar(path, sha, _origin(got[0]))
                 self.log.info("stored image %s (%d bytes, sha256 %s)", image.name, size, sha[:12])
                 if not self._publish(got[0], path):
                     raise ValueError(f"image {image.name} was recorded with other data meanwhile")
         finally:
             tmp.unlink(missing_ok=True)
-            tmp.with_name(tmp.name.replace(".partial", ".sidecar.partial")).unlink(missing_ok=True)
         return sha, size
 
     # -- P2P: uploads from the service, copies for peers ----------------------
@@ -448,13 +496,15 @@ class StorageAgent(NodeAgent):
 
     def _publish(self, image: Image, path: Path) -> bool:
         """Record the copy; False if it does not match the image's checksum."""
-        sidecar = path.with_suffix(".sha256")
-        if not sidecar.exists():
-            sidecar.write_text(f"{_sha256(path)} {_origin(image)}\n")
         sha = self._copy_info(path)[0]
+        if sha is None:
+            sha = _sha256(path)
+            _write_sidecar(path, sha, _origin(image))
         size = path.stat().st_size
 
         def record(img: Image):
+            if img.created_at != image.created_at:
+                return None        # an image of the same name made since: not this copy's
             if img.sha256 and img.sha256 != sha:
                 return None
             if img.sha256 == sha and img.size_bytes == size and img.error is None:
@@ -463,7 +513,7 @@ class StorageAgent(NodeAgent):
             return img
         update(self.zk, layout.image(image.name), Image, record)
         got = read(self.zk, layout.image(image.name), Image)
-        if got is None:
+        if got is None or got[0].created_at != image.created_at:
             return False
         if got[0].sha256 != sha:
             self.log.warning("copy of %s does not match its checksum; discarding", image.name)
@@ -471,7 +521,7 @@ class StorageAgent(NodeAgent):
             return False
         try:
             iqn = self._export(image.name, sha, path)
-        except tgt.TgtError as exc:     # the copy is good; exported and published once tgtd answers
+        except TGT_FAILURES as exc:     # the copy is good; exported and published once tgtd answers
             self.log.warning("cannot export %s yet: %s", image.name, exc)
             return True
         replica = Replica(node=self.name, rack=self.rack, path=str(path), sha256=sha, size_bytes=size,
@@ -572,6 +622,11 @@ class StorageAgent(NodeAgent):
         def change(img: Image):
             if img.created_at != image.created_at or img.error == message:
                 return None         # an image of the same name made since, or said already
+            try:
+                if len(self.zk.get_children(layout.image_replicas(image.name))) >= img.min_replicas:
+                    return None     # another node made the copy meanwhile: nothing is wrong
+            except NoNodeError:
+                return None
             img.error = message
             return img
         update(self.zk, layout.image(image.name), Image, change)
@@ -599,6 +654,25 @@ def copiers(image: str, min_replicas: int, replicas: list[Replica], storage: lis
         if n.name not in chosen:
             chosen.append(n.name)
     return chosen
+
+
+def _retry_key(image: Image) -> str:
+    """Backoff belongs to one image record, not to its name (one made anew starts afresh)."""
+    return f"{image.name}@{_origin(image)}"
+
+
+def _write_sidecar(path: Path, sha: str, origin: str) -> None:
+    """``NAME.sha256`` beside the copy: "<sha256> <origin>", written whole or not at all."""
+    sidecar = path.with_suffix(".sha256")
+    tmp = sidecar.with_name(f"{path.stem}.{uuid.uuid4().hex[:8]}.sidecar.partial")
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(f"{sha} {origin}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, sidecar)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _origin(image: Image) -> str:
