@@ -13,12 +13,13 @@ import socket
 import threading
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import requests
 
 from cowfleet.agents.storage import tgt
-from cowfleet.agents.storage.agent import RETRY_MIN
+from cowfleet.agents.storage.agent import RETRY_MIN, copiers
 from cowfleet.lab import components as c
 from tests.conftest import _workdir
 from tests.helpers import wait_until
@@ -41,6 +42,15 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _first_copied_by(client, node: str, prefix: str) -> str:
+    """An image name whose first copy ``node`` makes: the storage agents pick
+    the copier by a stable hash of the image's and their names, among the
+    healthy storage members (which differ from run to run: the lab's id)."""
+    storage = [SimpleNamespace(name=n["name"], rack=n["rack"]) for n in client.nodes()
+               if n["role"] == "storage" and n["healthy"]]
+    return next(n for n in (f"{prefix}-{i}" for i in range(100)) if copiers(n, 1, [], storage) == [node])
 
 
 @pytest.fixture
@@ -127,26 +137,29 @@ def test_a_copy_failing_its_checksum_is_shown_retried_backed_off_and_recovers(cl
     src = workdir / "src.raw"
     data = os.urandom(2 << 20)
     src.write_bytes(data)
-    client.put_image("drift", source_url=f"file://{src}", format="raw", min_replicas=1)
+    # the lab's node makes the first copy, so the second node's tries are the failing ones
+    name = _first_copied_by(client, f"{lab.state.lab_id}-storage-1", "drift")
+    client.put_image(name, source_url=f"file://{src}", format="raw", min_replicas=1)
     try:
-        wait_until(lambda: client.get_image("drift")["status"] == "available", 60, "one copy")
+        wait_until(lambda: client.get_image(name)["status"] == "available", 60, "one copy")
         src.write_bytes(data[:-7] + b"changed")          # the source changes under the image
-        client.put_image("drift", source_url=f"file://{src}", format="raw", min_replicas=2)
-        img = wait_until(lambda: (i := client.get_image("drift"))["status"] == "degraded" and i, 60,
+        client.put_image(name, source_url=f"file://{src}", format="raw", min_replicas=2)
+        img = wait_until(lambda: (i := client.get_image(name))["status"] == "degraded" and i, 60,
                          "the failed copy shown")
         assert "1 of 2 replicas" in img["message"] and "checksum mismatch" in img["message"]
+
         def tries():      # when the second node's tries failed, from its log
             return [datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
                     for line in second_storage["log"].read_text().splitlines()
-                    if "fetching image drift failed" in line]
+                    if f"fetching image {name} failed" in line]
         first, second = wait_until(lambda: len(t := tries()) >= 2 and t[:2], 60, "a second try")
         assert second - first >= RETRY_MIN - 1            # backed off, not tried again every round
         src.write_bytes(data)                              # the source is whole again
-        img = wait_until(lambda: (i := client.get_image("drift"))["status"] == "available" and i, 90,
+        img = wait_until(lambda: (i := client.get_image(name))["status"] == "available" and i, 90,
                          "the copy made on a later try")
         assert len(img["replicas"]) == 2 and img.get("error") is None
     finally:
-        client.delete_image("drift")
+        client.delete_image(name)
 
 
 def test_a_node_whose_tgtd_dies_withdraws_its_replicas_until_it_answers(client, lab, workdir,
@@ -205,15 +218,9 @@ def test_new_instances_leave_a_session_whose_storage_node_stopped_serving(client
     running on it keep it, new ones of the image get a session of their own
     from the copy made elsewhere (they used to hang on the dead one), and
     each session stops with its last instance."""
-    from types import SimpleNamespace
-
     from cowfleet.agents.compute.sessions import daemons_under
-    from cowfleet.agents.storage.agent import copiers
     node = second_storage["name"]
-    storage = [SimpleNamespace(name=n["name"], rack=n["rack"]) for n in client.nodes()
-               if n["role"] == "storage" and n["healthy"]]
-    # a name whose first copy the second node makes (the choice is a stable hash)
-    name = next(n for n in (f"moved-{i}" for i in range(100)) if copiers(n, 1, [], storage) == [node])
+    name = _first_copied_by(client, node, "moved")
     src = workdir / "src.raw"
     src.write_bytes(os.urandom(2 << 20))
     sessions = lab.dir / "nodes" / f"{lab.state.lab_id}-compute-1" / "sessions"
