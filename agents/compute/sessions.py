@@ -98,8 +98,7 @@ def qcow2_backing(path: str | os.PathLike) -> str | None:
         return None
 
 
-def cmdline(pid: int) -> list[str]:
-    """A process's arguments ([] if it is gone)."""
+def _cmdline(pid: int) -> list[str]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             return [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
@@ -108,7 +107,7 @@ def cmdline(pid: int) -> list[str]:
 
 
 def _is_qsd(pid: int, needle: str) -> bool:
-    args = cmdline(pid)
+    args = _cmdline(pid)
     return bool(args) and os.path.basename(args[0]) == "qemu-storage-daemon" and any(needle in a for a in args)
 
 
@@ -118,7 +117,7 @@ def daemons_under(root: str | os.PathLike) -> dict[int, list[str]]:
     out = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit() and _is_qsd(int(entry), needle):
-            out[int(entry)] = cmdline(int(entry))
+            out[int(entry)] = _cmdline(int(entry))
     return out
 
 
@@ -317,6 +316,10 @@ class FakeSessionManager(SessionManager):
             return None
         _, found, rest = text.partition("socket=fake-")
         return rest.split()[0] if found and rest.split() else None
+
+    def current(self, base):
+        live = [s for k, s in self._fake.items() if base_of(k) == base]
+        return max(live, key=lambda s: _generation(s.key), default=None)
 
     def attach(self, image, sha256, fmt, replicas, key=None):
         key = key or session_key(image, sha256)

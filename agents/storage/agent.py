@@ -188,7 +188,8 @@ class StorageAgent(NodeAgent):
                 self.short_since.pop(name, None)
                 continue
             if storage is None:
-                storage = [n for n in self._storage_members() if n.healthy]
+                storage = [n for n, _ in read_children(self.zk, layout.NODES, NodeInfo)
+                           if n.role == "storage" and n.healthy]
             if not self._should_copy(image, replicas, storage):
                 continue
             if time.monotonic() < self.retry_at.get(_retry_key(image), (0.0, 0.0))[0]:
@@ -242,7 +243,7 @@ class StorageAgent(NodeAgent):
             return False
         if origin is None:
             _write_sidecar(path, sha, _origin(image))   # older sidecars learn their origin
-        return self._publish(image, path, sha)
+        return self._publish(image, path)
 
     def _should_copy(self, image: Image, replicas: list[Replica], storage: list[NodeInfo]) -> bool:
         """Every agent computes the same ``copiers``; the chosen ones copy at
@@ -428,7 +429,7 @@ class StorageAgent(NodeAgent):
                     os.replace(tmp, path)
                     _write_sidecar(path, sha, _origin(got[0]))
                 self.log.info("stored image %s (%d bytes, sha256 %s)", image.name, size, sha[:12])
-                if not self._publish(got[0], path, sha):
+                if not self._publish(got[0], path):
                     raise ValueError(f"image {image.name} was recorded with other data meanwhile")
         finally:
             tmp.unlink(missing_ok=True)
@@ -493,9 +494,12 @@ class StorageAgent(NodeAgent):
         self.wake.set()      # peers replicate once the replica record appears
         return {"node": self.name, "sha256": sha, "size_bytes": size}
 
-    def _publish(self, image: Image, path: Path, sha: str) -> bool:
-        """Record the copy (its sidecar written: it says ``sha``); False if it
-        does not match the image's checksum."""
+    def _publish(self, image: Image, path: Path) -> bool:
+        """Record the copy; False if it does not match the image's checksum."""
+        sha = self._copy_info(path)[0]
+        if sha is None:
+            sha = _sha256(path)
+            _write_sidecar(path, sha, _origin(image))
         size = path.stat().st_size
 
         def record(img: Image):
@@ -552,7 +556,8 @@ class StorageAgent(NodeAgent):
 
     def rack_locate(self, body: dict) -> dict:
         """As storage rack leader: ask every storage agent of the rack, in parallel."""
-        nodes = [n for n in self._storage_members() if n.rack == self.rack and n.healthy and n.address]
+        nodes = [n for n, _ in read_children(self.zk, layout.NODES, NodeInfo)
+                 if n.role == "storage" and n.rack == self.rack and n.healthy and n.address]
 
         def ask(node: NodeInfo) -> dict:
             if node.name == self.name:

@@ -348,10 +348,13 @@ def release_tgtd(pid: int, control_port: int = 0) -> str:
     """Stop a tgtd this lab (or bench) started -- unless it is not that tgtd
     any more, or it serves targets of others meanwhile (the machine's tgtd is
     shared: another lab or bench may have come to use it). Says what it did."""
-    from cowfleet.agents.compute.sessions import cmdline
     from cowfleet.agents.storage.tgt import parse_targets
-    args = cmdline(pid)
-    if not args or os.path.basename(args[0]) != "tgtd" or not pid_alive(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            ours = os.path.basename(fh.read().split(b"\0")[0].decode(errors="replace")) == "tgtd"
+    except OSError:
+        ours = False
+    if not ours or not pid_alive(pid):
         return "tgtd it started is gone already"
     shown = _tgtadm(control_port, "--op", "show", "--mode", "target")
     others = parse_targets(shown.stdout.decode(errors="replace")) if shown.returncode == 0 else []
