@@ -25,8 +25,17 @@ def parse_args(argv=None):
                    help="libvirt domain type; auto boots a probe guest to see if KVM really works")
     p.add_argument("--hypervisor", choices=["libvirt", "fake"], default="libvirt",
                    help="fake: in-memory domains, for scale tests of the control plane")
-    p.add_argument("--network", choices=["user", "none"], default="user",
-                   help="guest networking: qemu user-mode, or none")
+    p.add_argument("--network", choices=["routed", "user", "none"], default="routed",
+                   help="guest networking: routed (an address on the node's instance subnet, on its "
+                   "bridge; the default), qemu user-mode, or none")
+    p.add_argument("--node-network", choices=["linux", "fake"],
+                   help="routed: who keeps the bridge and routes (default: linux, fake with --hypervisor fake)")
+    p.add_argument("--bridge", help="routed: the instance bridge's name (default: cfbr-<hash of the node name>)")
+    p.add_argument("--node-address", help="routed: this node's address, the next hop peers use for its "
+                   "instance subnet (default: the --listen host)")
+    p.add_argument("--instance-cidr", default=None,
+                   help="routed: the instance network to configure if the cluster has none yet "
+                   "(default 10.78.0.0/16; an operator sets it with PUT /v1/network)")
     p.add_argument("--vcpus", type=int, help="vCPUs this node offers (default: 8 per core)")
     p.add_argument("--memory-mib", type=int, help="memory this node offers (default: host memory - 1 GiB)")
     p.add_argument("--log-level", default=os.environ.get("COWFLEET_LOG_LEVEL", "INFO"))
@@ -54,8 +63,11 @@ def main(argv=None) -> int:
         else:
             vt = virt_type.detect(state_dir) if args.virt_type == "auto" else args.virt_type
             hyper = LibvirtHypervisor(args.libvirt_uri, vt)
-        agent = ComputeAgent(hypervisor=hyper, vcpus=args.vcpus,
-                             memory_mib=args.memory_mib, network=args.network, **common)
+        from cowfleet.network import LAB_INSTANCE_CIDR
+        agent = ComputeAgent(hypervisor=hyper, vcpus=args.vcpus, memory_mib=args.memory_mib,
+                             network=args.network, node_network=args.node_network, bridge=args.bridge,
+                             node_ip=args.node_address, instance_cidr=args.instance_cidr or LAB_INSTANCE_CIDR,
+                             **common)
     else:
         from cowfleet.agents.storage.agent import StorageAgent
         host = args.listen.rpartition(":")[0]

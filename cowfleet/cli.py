@@ -254,8 +254,9 @@ def cmd_group_wait(args) -> int:
 def cmd_demo(args) -> int:
     from cowfleet.client import Client
     from cowfleet.guest.builder import build_demo_image
+    from cowfleet.guest.builder import is_current
     image = Path(args.image or DEMO_CACHE)
-    if not image.exists():
+    if not is_current(image):
         print(f"building the demo guest image {image} from Debian packages")
         t0 = time.monotonic()
         build_demo_image(image)

@@ -114,12 +114,14 @@ class Group(Record):
     labels: dict[str, str] = field(default_factory=dict)
     update_policy: dict[str, Any] = field(default_factory=lambda: {"max_unavailable": 1, "max_surge": 1})
     persistent: bool = False      # overlays survive instance restarts (the exception to ephemeral)
+    ssh_authorized_keys: list[str] = field(default_factory=list)
     generation: int = 1
     deleting: bool = False
     created_at: float = field(default_factory=now)
 
     SPEC_FIELDS: ClassVar[tuple[str, ...]] = (
-        "image", "flavor", "size", "placement", "user_data", "labels", "update_policy", "persistent")
+        "image", "flavor", "size", "placement", "user_data", "labels", "update_policy", "persistent",
+        "ssh_authorized_keys")
 
     def spec(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.SPEC_FIELDS}
@@ -159,7 +161,8 @@ class Instance(Record):
     flavor: str
     generation: int
     state: str = InstanceState.PENDING
-    address: str | None = None
+    address: str | None = None   # on the node's instance subnet, fixed before the domain starts
+    mac: str | None = None       # locally administered, derived from the id (network.mac_for)
     message: str = ""
     created_at: float = field(default_factory=now)
     running_at: float | None = None
@@ -178,6 +181,27 @@ class NodeInfo(Record):
     healthy: bool = True
     last_seen: float = field(default_factory=now)
     virt_type: str | None = None
+    subnet: str | None = None    # compute: the instance subnet it claimed (peers route it via this node)
+    node_ip: str | None = None   # the node's own address, the next hop for its instance subnet
+
+
+@dataclass
+class NetworkConfig(Record):
+    """The cluster's instance network (one znode, written by the operator):
+    every compute node claims one subnet of ``instance_cidr`` of length
+    ``subnet_prefix`` and allocates its instances' addresses from it."""
+    instance_cidr: str
+    subnet_prefix: int = 24
+
+
+@dataclass
+class SubnetClaim(Record):
+    """One compute node's claim on a subnet of the instance CIDR. Persistent
+    (not ephemeral): it outlives agent restarts and session blips, and goes
+    only when an operator removes the node."""
+    node: str
+    subnet: str
+    created_at: float = field(default_factory=now)
 
 
 @dataclass

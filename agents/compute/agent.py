@@ -25,13 +25,17 @@ from kazoo.recipe.cache import TreeCache, TreeEvent
 
 from cowfleet.agents.compute.domain import DomainSpec
 from cowfleet.agents.compute.hypervisor import Hypervisor, domain_name
+from cowfleet.agents.compute.instance_network import InstanceNetwork
+from cowfleet.agents.compute.network import AddressesExhausted, FakeNodeNetwork, LinuxBridgeNetwork, bridge_name
 from cowfleet.agents.compute.overlays import FakeOverlayStore, OverlayStore
 from cowfleet.agents.compute.sessions import (FakeSessionManager, SessionError, SessionManager, base_of,
                                               session_key)
 from cowfleet.agents.compute.sessions import kill as kill_daemon
+from cowfleet.agents.compute.seed import SeedData, SeedStore
 from cowfleet.agents.node import NodeAgent
 from cowfleet.agents.handshake import HandshakeGatherer, PeerDirectory, Reservations, node_offer, post
 from cowfleet.agents.placement import DESIRED_RUN, Placer, flavor_named, parse_assignment_data
+from cowfleet import network as netdef
 from cowfleet.guest.builder import READY_MARKER
 from cowfleet.models import Flavor, Group, Image, Instance, InstanceState, Replica, now
 from cowfleet.zk import layout
@@ -39,6 +43,7 @@ from cowfleet.zk.connection import read, read_children, update
 from cowfleet.zk.groups import finish_delete_if_empty
 from cowfleet.zk.leaders import rack_leaders
 
+CONSOLE_TAIL_MAX = 1 << 20  # the most of a console one call returns
 READY_TIMEOUT = 900.0
 READY_POLL = 0.25
 OVERLAY_TRIES = 5          # overlay creations failing in a row before an instance is failed
@@ -48,16 +53,28 @@ class ComputeAgent(NodeAgent):
     role = "compute"
 
     def __init__(self, *args, hypervisor: Hypervisor, vcpus: int | None = None,
-                 memory_mib: int | None = None, network: str = "user", workers: int = 16, **kw):
+                 memory_mib: int | None = None, network: str = "routed", workers: int = 16,
+                 node_network: str | None = None, bridge: str | None = None, node_ip: str | None = None,
+                 instance_cidr: str | None = netdef.LAB_INSTANCE_CIDR, **kw):
         super().__init__(*args, **kw)
         self.hyper = hypervisor
         fake = hypervisor.virt_type == "fake"
         self.overlays = (FakeOverlayStore if fake else OverlayStore)(Path(self.state_dir) / "overlays")
         self.sessions = (FakeSessionManager if fake else SessionManager)(Path(self.state_dir) / "sessions")
+        self.seeds = SeedStore(Path(self.state_dir) / "seeds")
         self.consoles = Path(self.state_dir) / "consoles"
         self.consoles.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o755)
+        if network not in ("routed", "user", "none"):
+            raise ValueError(f"network must be routed, user or none, not {network!r}")
         self.network = network
+        self.instnet: InstanceNetwork | None = None
+        if network == "routed":
+            # the node's address, next hop for its instance subnet: the P2P host
+            self.node_ip = node_ip or self._listen.rpartition(":")[0].strip("[]") or None
+            kind = node_network or ("fake" if fake else "linux")
+            net = (FakeNodeNetwork if kind == "fake" else LinuxBridgeNetwork)(bridge or bridge_name(self.name))
+            self.instnet = InstanceNetwork(self.zk, self.name, self.node_ip, net, instance_cidr)
         self._vcpus = vcpus or (os.cpu_count() or 1) * 8          # vCPUs overcommit 8:1
         self._memory = memory_mib or max(512, _host_memory_mib() - 1024)
         # libvirt starts and destroys run in parallel well (one connection a thread),
@@ -84,7 +101,10 @@ class ComputeAgent(NodeAgent):
         return dict(self._allocated)
 
     def extra_info(self):
-        return {"virt_type": self.hyper.virt_type}
+        info = {"virt_type": self.hyper.virt_type}
+        if self.instnet is not None and self.instnet.ready:
+            info.update(subnet=self.instnet.subnet, node_ip=self.node_ip)
+        return info
 
     # -- set-up ---------------------------------------------------------------
     def start(self) -> None:
@@ -98,6 +118,8 @@ class ComputeAgent(NodeAgent):
         # every leader round); waking every leader on each request would
         # only make them all read ZooKeeper at the busiest moment
         self.peers = PeerDirectory(self.zk, on_change=self._on_nodes)   # a node gone: re-place soon
+        if self.instnet is not None:
+            self.instnet.setup()          # before registering: peers learn the subnet with the node
         threading.Thread(target=self._readiness_loop, name="readiness", daemon=True).start()
 
     def _on_tree_event(self, event) -> None:
@@ -108,6 +130,8 @@ class ComputeAgent(NodeAgent):
     def _on_nodes(self, children) -> None:
         if children and hasattr(self, "leader_wake"):
             self.leader_wake.set()
+        if self.instnet is not None:
+            self.wake.set()               # routes to a new or departed peer
 
     # -- leader work ----------------------------------------------------------
     def lead_once(self) -> None:
@@ -119,7 +143,27 @@ class ComputeAgent(NodeAgent):
         return {("POST", "/v1/offer"): self.offer,
                 ("POST", "/v1/rack-offers"): self.rack_offers_p2p,
                 ("POST", "/v1/release"): self.release,
-                ("POST", "/v1/deploy"): self.deploy}
+                ("POST", "/v1/deploy"): self.deploy,
+                ("POST", "/v1/console"): self.console}
+
+    def console(self, body: dict) -> tuple[int, dict]:
+        """The tail of an instance's serial console (GET .../console)."""
+        iid = str(body.get("id", ""))
+        if not NAME_OK(iid):
+            return 400, {"detail": "id must name an instance"}
+        try:
+            tail = max(0, min(int(body.get("tail_bytes", 65536)), CONSOLE_TAIL_MAX))
+        except (TypeError, ValueError):
+            return 400, {"detail": "tail_bytes must be an integer"}
+        path = self.consoles / f"{iid}.log"
+        try:
+            with open(path, "rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, size - tail))
+                data = fh.read(tail)
+        except FileNotFoundError:
+            return 404, {"detail": f"no console of instance {iid} on {self.name}"}
+        return 200, {"id": iid, "node": self.name, "size": size, "text": data.decode(errors="replace")}
 
     def offer(self, body: dict) -> tuple[int, dict]:
         """How many instances of the flavor this node takes; held for a while."""
@@ -204,6 +248,8 @@ class ComputeAgent(NodeAgent):
         desired = self.desired()
         if desired is None:
             return
+        if self.instnet is not None:
+            self._reconcile_network(desired)
         domains = self.hyper.list(self.name)
         overlays = self.overlays.list()
         use = {"vcpus": 0, "memory_mib": 0, "instances": 0}
@@ -226,7 +272,31 @@ class ComputeAgent(NodeAgent):
         for iid, (group, _path) in overlays.items():
             if iid not in desired and iid not in domains:
                 self._submit(iid, self._terminate, group, iid)
+        for iid, (group, _path) in self.seeds.list().items():
+            if iid not in desired and iid not in domains and iid not in overlays:
+                self._submit(iid, self._terminate, group, iid)
         self._reconcile_sessions(overlays)
+
+    def _reconcile_network(self, desired: dict) -> None:
+        """The subnet claimed and the bridge up; the allocations read back
+        once (before any start hands out an address); peers' routes kept."""
+        net = self.instnet
+        if not net.ready and not net.setup():
+            return
+        if not net.loaded:
+            net.load(self.zk, [(g, iid) for iid, (g, _c, _d) in desired.items()])
+        with self.inflight_lock:
+            busy = set(self.inflight)
+        for iid in net.pool.in_use():
+            if iid not in desired and iid not in busy:
+                net.release(iid)         # its terminate ran in an earlier life of the agent
+        peers = self.peers.nodes("compute")
+        for p in peers:
+            if not p.subnet:
+                self.peers.forget(p.name)    # read again next round: it may have claimed one since
+        errors = net.sync_routes(peers)
+        for e in errors:
+            self.log.warning("instance network: %s", e)
 
     def _reconcile_sessions(self, overlays: dict) -> None:
         """Sessions no overlay on disk uses are stopped; daemons under our
@@ -333,8 +403,14 @@ class ComputeAgent(NodeAgent):
             self._set_state(group, iid, InstanceState.FAILED, f"flavor '{inst.flavor}' does not exist")
             return
         g = read(self.zk, layout.group(group), Group)
-        persistent = bool(g and g[0].persistent)
-        self._set_state(group, iid, InstanceState.STARTING)
+        spec_group = g[0] if g else None
+        persistent = bool(spec_group and spec_group.persistent)
+        addressing = self._address(inst)
+        if addressing is None:
+            return
+        address, mac = addressing
+        # the address is on the record before the domain starts
+        self._set_state(group, iid, InstanceState.STARTING, address=address, mac=mac)
         t0 = time.monotonic()
         base = session_key(image.name, image.sha256)
         with self.sessions.lock(base):     # attach + overlay, atomic w.r.t. the last user's detach
@@ -400,12 +476,17 @@ class ComputeAgent(NodeAgent):
                     raise
                 self.overlay_failures.pop(iid, None)
         t_overlay = time.monotonic()
+        seed = self.seeds.create(group, iid, self._seed_data(inst, spec_group, address, mac))
+        t_seed = time.monotonic()
         console = self.consoles / f"{iid}.log"
         console.unlink(missing_ok=True)
         spec = DomainSpec(name=domain_name(self.name, iid), instance_id=iid, group=group,
                           node=self.name, vcpus=flavor.vcpus, memory_mib=flavor.memory_mib,
                           disk_path=str(overlay), console_log=str(console),
-                          virt_type=self.hyper.virt_type, network=self.network)
+                          virt_type=self.hyper.virt_type,
+                          network="bridge" if self.instnet is not None else self.network,
+                          bridge=self.instnet.net.bridge if self.instnet is not None else None,
+                          mac=mac, seed_path=str(seed))
         self.hyper.destroy(spec.name)        # a stopped leftover of the same name
         try:
             self.hyper.start(spec)
@@ -414,10 +495,36 @@ class ComputeAgent(NodeAgent):
             raise
         t_domain = time.monotonic()
         self._set_state(group, iid, InstanceState.RUNNING, running_at=now(), ready_at=None)
-        self.log.info("%s running: session %.0f ms, overlay %.0f ms, domain %.0f ms", iid,
-                      (t_attached - t0) * 1000, (t_overlay - t_attached) * 1000, (t_domain - t_overlay) * 1000)
+        self.log.info("%s running: session %.0f ms, overlay %.0f ms, seed %.1f ms, domain %.0f ms", iid,
+                      (t_attached - t0) * 1000, (t_overlay - t_attached) * 1000, (t_seed - t_overlay) * 1000,
+                      (t_domain - t_seed) * 1000)
         with self.awaiting_lock:
             self.awaiting[iid] = (group, time.monotonic() + READY_TIMEOUT)
+
+    def _address(self, inst: Instance) -> tuple[str | None, str] | None:
+        """(address, MAC) for the instance; None when it must wait (shown)."""
+        mac = netdef.mac_for(inst.id)
+        if self.instnet is None:
+            return None, mac
+        net = self.instnet
+        if not net.ready or not net.loaded:
+            self._set_state(inst.group, inst.id, InstanceState.PENDING,
+                            f"waiting for {self.name}'s instance network: {net.error or 'starting'}")
+            return None
+        try:
+            address, mac = net.allocate(inst)
+        except AddressesExhausted as exc:
+            self._set_state(inst.group, inst.id, InstanceState.PENDING, f"{self.name}: {exc}")
+            return None
+        return address, mac
+
+    def _seed_data(self, inst: Instance, group: Group | None, address: str | None, mac: str) -> SeedData:
+        net = self.instnet
+        return SeedData(instance_id=inst.id, hostname=netdef.instance_hostname(inst.id), mac=mac,
+                        address=f"{address}/{net.prefixlen()}" if address else None,
+                        gateway=net.gateway() if address else None,
+                        user_data=group.user_data if group else None,
+                        ssh_authorized_keys=tuple(group.ssh_authorized_keys) if group else ())
 
     def _adopt(self, group: str, iid: str, dom) -> None:
         """A running domain with an assignment: make sure someone watches it."""
@@ -439,6 +546,7 @@ class ComputeAgent(NodeAgent):
         self.hyper.destroy(domain_name(self.name, iid))
         key = self.sessions.key_of_overlay(self.overlays.path(group, iid))
         self.overlays.remove(group, iid)       # ephemeral: nothing of the instance survives
+        self.seeds.remove(group, iid)
         if key is not None:
             self._release_session(key)
         (self.consoles / f"{iid}.log").unlink(missing_ok=True)
@@ -452,6 +560,8 @@ class ComputeAgent(NodeAgent):
             tx.delete(layout.assignment(self.name, group, iid))
         if tx.operations:
             tx.commit()
+        if self.instnet is not None:
+            self.instnet.release(iid)          # only once the record naming it is gone
         finish_delete_if_empty(self.zk, group)
 
     def _release_session(self, key: str) -> None:
@@ -492,6 +602,10 @@ class ComputeAgent(NodeAgent):
             pass
         self.pool.shutdown(wait=False, cancel_futures=True)
         super().shutdown()
+
+
+def NAME_OK(text: str) -> bool:
+    return 0 < len(text) <= 128 and all(ch.isalnum() or ch == "-" for ch in text) and text.isascii()
 
 
 def _host_memory_mib() -> int:

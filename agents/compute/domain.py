@@ -19,17 +19,33 @@ class DomainSpec:
     disk_path: str            # the instance's qcow2 overlay
     console_log: str          # serial console, where the guest says it is ready
     virt_type: str = "qemu"   # kvm only where KVM really runs guests
-    network: str = "user"     # user-mode networking or none (never a host bridge in tests)
+    network: str = "user"     # bridge (the node's instance bridge), user (qemu's slirp) or none
+    bridge: str | None = None  # with network=bridge: the node's bridge
+    mac: str | None = None     # the NIC's MAC (network-config matches on it)
+    seed_path: str | None = None  # the NoCloud seed, attached read-only as the second disk
 
 
 def domain_xml(spec: DomainSpec) -> str:
     if spec.virt_type not in ("kvm", "qemu"):
         raise ValueError(f"virt_type must be kvm or qemu, not {spec.virt_type!r}")
-    if spec.network not in ("user", "none"):
-        raise ValueError(f"network must be user or none, not {spec.network!r}")
+    if spec.network not in ("bridge", "user", "none"):
+        raise ValueError(f"network must be bridge, user or none, not {spec.network!r}")
+    if spec.network == "bridge" and not spec.bridge:
+        raise ValueError("network=bridge needs the bridge's name")
     cpu = "<cpu mode='host-passthrough'/>" if spec.virt_type == "kvm" else ""
-    net = ("<interface type='user'><model type='virtio'/><rom enabled='no'/></interface>"
-           if spec.network == "user" else "")
+    mac = f"<mac address={quoteattr(spec.mac)}/>" if spec.mac else ""
+    if spec.network == "bridge":
+        net = (f"<interface type='bridge'>{mac}<source bridge={quoteattr(spec.bridge)}/>"
+               "<model type='virtio'/><rom enabled='no'/></interface>")
+    elif spec.network == "user":
+        net = f"<interface type='user'>{mac}<model type='virtio'/><rom enabled='no'/></interface>"
+    else:
+        net = ""
+    seed = ""
+    if spec.seed_path:
+        seed = ("<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+                f"<source file={quoteattr(spec.seed_path)}/><target dev='vdb' bus='virtio'/>"
+                "<readonly/></disk>")
     return f"""<domain type='{spec.virt_type}'>
   <name>{escape(spec.name)}</name>
   <metadata>
@@ -61,6 +77,7 @@ def domain_xml(spec: DomainSpec) -> str:
       <source file={quoteattr(spec.disk_path)}/>
       <target dev='vda' bus='virtio'/>
     </disk>
+    {seed}
     {net}
     <serial type='file'>
       <source path={quoteattr(spec.console_log)}/>

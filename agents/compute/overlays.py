@@ -10,25 +10,19 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from cowfleet.agents.compute.files import InstanceFileStore
+
 
 class OverlayError(RuntimeError):
     pass
 
 
-class OverlayStore:
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        # libvirt's qemu runs as an unprivileged user: it must traverse to the files
-        os.chmod(self.root, 0o755)
-
-    def path(self, group: str, instance_id: str) -> Path:
-        return self.root / group / f"{instance_id}.qcow2"
+class OverlayStore(InstanceFileStore):
+    suffix = ".qcow2"
 
     def create(self, group: str, instance_id: str, backing: str, backing_format: str) -> Path:
+        self._folder(group)
         path = self.path(group, instance_id)
-        path.parent.mkdir(exist_ok=True)
-        os.chmod(path.parent, 0o755)
         tmp = path.with_suffix(".partial")
         proc = subprocess.run(
             ["qemu-img", "create", "-q", "-f", "qcow2", "-F", backing_format, "-b", backing, str(tmp)],
@@ -48,26 +42,6 @@ class OverlayStore:
         if proc.returncode != 0:
             raise OverlayError(f"qemu-img rebase failed: {proc.stderr.strip()}")
 
-    def remove(self, group: str, instance_id: str) -> bool:
-        path = self.path(group, instance_id)
-        existed = path.exists()
-        path.unlink(missing_ok=True)
-        path.with_suffix(".partial").unlink(missing_ok=True)
-        try:
-            path.parent.rmdir()
-        except OSError:
-            pass
-        return existed
-
-    def list(self) -> dict[str, tuple[str, Path]]:
-        """instance id -> (group, path) for every overlay on disk."""
-        out = {}
-        for path in self.root.glob("*/*.qcow2"):
-            out[path.stem] = (path.parent.name, path)
-        for path in self.root.glob("*/*.partial"):
-            out.setdefault(path.stem, (path.parent.name, path))
-        return out
-
     def destroy_all(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -77,8 +51,8 @@ class FakeOverlayStore(OverlayStore):
     nothing reads them): same layout and life-cycle, no qemu-img."""
 
     def create(self, group: str, instance_id: str, backing: str, backing_format: str) -> Path:
+        self._folder(group)
         path = self.path(group, instance_id)
-        path.parent.mkdir(exist_ok=True)
         path.write_text(f"fake overlay backed by {backing} ({backing_format})\n")
         return path
 

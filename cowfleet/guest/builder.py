@@ -7,8 +7,10 @@ like any user image (no special direct-kernel-boot path in the agents):
     partition 1     FAT16, active: syslinux, the Debian cloud kernel, a small
                     initramfs that loads the virtio modules and switch_roots
     partition 2     ext4 root made with ``mkfs.ext4 -d``: busybox-static and an
-                    init that writes a boot record to its own disk and prints
-                    a readiness line on the serial console
+                    init that implements the NoCloud contract the way
+                    cloud-init would (see GUEST_INIT), writes a boot record
+                    to its own disk and prints a readiness line on the
+                    serial console once its address is up
 
 Nothing needs loop devices or mounts: the file systems are built as files
 (mkfs.ext4 -d, mkfs.vfat + mtools) and written into the disk at their offsets.
@@ -28,10 +30,13 @@ from pathlib import Path
 # The guest prints this on ttyS0 when its userland is up; agents wait for it.
 READY_MARKER = "COWFLEET-READY"
 
-# Order matters: each module depends on the ones before it (measured order).
+# Order matters: each module depends on the ones before it (measured order;
+# modules.dep of the Debian 12 cloud kernel for the last five: the seed is
+# iso9660, which needs cdrom; virtio_net needs net_failover, which needs failover).
 VIRTIO_MODULES = [
     "virtio_ring", "virtio", "virtio_pci_modern_dev",
     "virtio_pci_legacy_dev", "virtio_pci", "virtio_blk",
+    "cdrom", "isofs", "failover", "net_failover", "virtio_net",
 ]
 
 SECTOR = 512
@@ -56,12 +61,17 @@ while [ ! -b "$root" ] && [ $i -lt 200 ]; do /bin/busybox usleep 50000; i=$((i+1
 exec /bin/busybox switch_root /newroot /sbin/init
 """
 
-GUEST_INIT = """#!/bin/busybox sh
-# cowfleet demo guest: record the boot on the guest's own disk, then say so.
+GUEST_INIT = r"""#!/bin/busybox sh
+# cowfleet demo guest: the NoCloud contract in busybox, as cloud-init would
+# do it -- read the seed (label cidata), take the host name from meta-data,
+# configure the NIC whose MAC network-config names, run user-data when it is
+# a #! script -- then serve a page on TCP 80 and say it is ready.
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
-mountpoint -q /dev || mount -t devtmpfs dev /dev
+grep -q ' /dev ' /proc/mounts || mount -t devtmpfs dev /dev
+mkdir -p /run /tmp /www
+say() { echo "cowfleet-guest: $*" > /dev/ttyS0; }
 hostname cowfleet-guest
 id=$(cat /sys/class/dmi/id/product_serial 2>/dev/null)
 mkdir -p /var/lib/cowfleet
@@ -72,7 +82,52 @@ echo "boot $n instance=$id uptime=$(cut -d' ' -f1 /proc/uptime)" >> /var/lib/cow
 # scratch data so every instance really writes to its overlay
 dd if=/dev/urandom of=/var/lib/cowfleet/scratch bs=64k count=16 2>/dev/null
 sync
-echo "{marker} instance=$id boots=$n uptime=$(cut -d' ' -f1 /proc/uptime)" > /dev/ttyS0
+# the seed
+seed=/run/seed
+mkdir -p $seed
+dev=$(findfs LABEL=cidata 2>/dev/null)
+[ -n "$dev" ] || dev=/dev/vdb
+addr=""
+if [ -b "$dev" ] && mount -t iso9660 -o ro "$dev" $seed 2>/dev/null; then
+  say "seed on $dev: $(ls $seed | tr '\n' ' ')"
+  iid=$(sed -n 's/^instance-id: "\(.*\)"$/\1/p' $seed/meta-data)
+  host=$(sed -n 's/^local-hostname: "\(.*\)"$/\1/p' $seed/meta-data)
+  [ -n "$host" ] && hostname "$host"
+  mac=$(sed -n 's/.*macaddress: "\(.*\)"$/\1/p' $seed/network-config)
+  addr=$(sed -n '/addresses:/{n;s/.*- "\(.*\)"$/\1/p}' $seed/network-config)
+  gw=$(sed -n 's/.*via: "\(.*\)"$/\1/p' $seed/network-config)
+  nic=""
+  for d in /sys/class/net/*; do
+    [ "$(cat $d/address 2>/dev/null)" = "$mac" ] && nic=${d##*/}
+  done
+  ip link set lo up
+  if [ -n "$nic" ] && [ -n "$addr" ]; then
+    ip link set "$nic" up
+    ip addr add "$addr" dev "$nic"
+    [ -n "$gw" ] && ip route add default via "$gw"
+    say "network $nic mac=$mac address=$addr gateway=$gw"
+  else
+    say "network: no NIC with mac=$mac or no address in network-config"
+  fi
+  if head -c 2 $seed/user-data | grep -q '^#!'; then
+    cp $seed/user-data /run/user-data
+    chmod 755 /run/user-data
+    /run/user-data > /run/user-data.out 2>&1
+    say "user-data exited $?"
+  fi
+else
+  say "no NoCloud seed (label cidata)"
+fi
+{
+  echo "instance-id: $iid"
+  echo "hostname: $(hostname)"
+  echo "address: $addr"
+  echo "serial: $id"
+  echo "user-data-output:"
+  cat /run/user-data.out 2>/dev/null
+} > /www/index.html
+httpd -p 80 -h /www
+echo "{marker} instance=$id boots=$n address=$addr uptime=$(cut -d' ' -f1 /proc/uptime)" > /dev/ttyS0
 while :; do sleep 3600; done
 """
 
@@ -87,6 +142,31 @@ LABEL cowfleet
 
 class BuildError(RuntimeError):
     pass
+
+
+def recipe_key() -> str:
+    """What a built image depends on (scripts, modules, kernel): caches of
+    the demo image are named by it, so a changed recipe is built anew."""
+    import hashlib
+    try:
+        kernel = find_kernel()[0].name
+    except BuildError:
+        kernel = "none"
+    text = "\0".join([INITRAMFS_INIT, GUEST_INIT, SYSLINUX_CFG, " ".join(VIRTIO_MODULES), kernel])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _recipe_file(image: Path) -> Path:
+    return image.with_name(image.name + ".recipe")
+
+
+def is_current(image: str | os.PathLike) -> bool:
+    """Whether a cached image was built by this recipe (its sidecar says)."""
+    image = Path(image)
+    try:
+        return image.exists() and _recipe_file(image).read_text().strip() == recipe_key()
+    except OSError:
+        return False
 
 
 def find_kernel() -> tuple[Path, Path]:
@@ -166,7 +246,7 @@ def _root_tree(root: Path) -> None:
         (root / sub).mkdir(parents=True, exist_ok=True)
     shutil.copy2(_busybox(), root / "bin" / "busybox")
     init = root / "sbin" / "init"
-    init.write_text(GUEST_INIT.format(marker=READY_MARKER))
+    init.write_text(GUEST_INIT.replace("{marker}", READY_MARKER))
     init.chmod(0o755)
     (root / "bin" / "sh").symlink_to("busybox")
     (root / "etc" / "hostname").write_text("cowfleet-guest\n")
@@ -220,4 +300,5 @@ def build_demo_image(out: str | os.PathLike) -> Path:
         shutil.move(str(disk), tmp_out)
         os.chmod(tmp_out, 0o644)
         os.replace(tmp_out, out)
+    _recipe_file(out).write_text(recipe_key() + "\n")
     return out

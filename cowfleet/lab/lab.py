@@ -247,6 +247,12 @@ class Lab(LabFiles):
         targets = sum(tgt.remove_node_targets(n) for n in st.nodes) if c.tgtd_running() else 0
         if targets:
             _say(progress, f"  removed {targets} iSCSI target(s)")
+        from cowfleet.agents.compute.network import LinuxBridgeNetwork, bridge_name
+        bridges = 0
+        for n in st.nodes:      # the compute agents' instance bridges (a storage node has none)
+            bridges += LinuxBridgeNetwork(bridge_name(n)).remove_bridge()
+        if bridges:
+            _say(progress, f"  removed {bridges} instance bridge(s)")
         if st.pids.get("zookeeper"):
             c.stop_pid(st.pids["zookeeper"])
             _say(progress, "  stopped zookeeper")

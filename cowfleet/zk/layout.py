@@ -16,8 +16,11 @@ LOCKS = f"{ROOT}/locks"
 ASSIGNMENTS = f"{ROOT}/assignments"
 CONFIG = f"{ROOT}/config"
 TOKENS = f"{CONFIG}/tokens"
+NETWORK_CONFIG = f"{CONFIG}/network"
+SUBNETS = f"{ROOT}/subnets"              # one claim per subnet, named by the subnet
+SUBNET_CLAIMS = f"{ROOT}/subnet-claims"  # the same claim indexed by node (one read at start)
 
-TOP_LEVEL = (IMAGES, FLAVORS, GROUPS, NODES, RACKS, REQUESTS, LOCKS, ASSIGNMENTS, TOKENS)
+TOP_LEVEL = (IMAGES, FLAVORS, GROUPS, NODES, RACKS, REQUESTS, LOCKS, ASSIGNMENTS, TOKENS, SUBNETS, SUBNET_CLAIMS)
 
 
 def group_lock(name: str) -> str:
@@ -98,3 +101,12 @@ def assignment(node_name: str, group_name: str, instance_id: str) -> str:
 def parse_assignment(child: str) -> tuple[str, str]:
     group_name, _, instance_id = child.partition(":")
     return group_name, instance_id
+
+
+def subnet(cidr: str) -> str:
+    """A claimed instance subnet, e.g. ``10.78.3.0/24`` -> ``.../subnets/10.78.3.0-24``."""
+    return f"{SUBNETS}/{cidr.replace('/', '-')}"
+
+
+def subnet_claim(node_name: str) -> str:
+    return f"{SUBNET_CLAIMS}/{node_name}"

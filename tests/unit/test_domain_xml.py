@@ -45,7 +45,7 @@ def test_invalid_virt_type(virt_type):
         domain_xml(spec(virt_type=virt_type))
 
 
-@pytest.mark.parametrize("network", ["bridge", "default", "", "User", "network"])
+@pytest.mark.parametrize("network", ["routed", "default", "", "User", "network"])
 def test_invalid_network(network):
     with pytest.raises(ValueError, match="network"):
         domain_xml(spec(network=network))
@@ -143,3 +143,31 @@ def test_injection_through_a_path_is_not_possible():
 def test_pure_and_deterministic():
     s = spec()
     assert domain_xml(s) == domain_xml(dataclasses.replace(s))
+
+
+def test_bridge_interface_with_mac_on_the_nodes_bridge():
+    root = parse(spec(network="bridge", bridge="cfbr-1234abcd", mac="02:aa:bb:cc:dd:ee"))
+    ifaces = root.findall("devices/interface")
+    assert len(ifaces) == 1 and ifaces[0].get("type") == "bridge"
+    assert ifaces[0].find("source").get("bridge") == "cfbr-1234abcd"
+    assert ifaces[0].find("mac").get("address") == "02:aa:bb:cc:dd:ee"
+    assert ifaces[0].find("model").get("type") == "virtio"
+
+
+def test_bridge_network_needs_a_bridge():
+    with pytest.raises(ValueError, match="bridge"):
+        domain_xml(spec(network="bridge"))
+
+
+def test_seed_is_a_second_read_only_disk():
+    root = parse(spec(seed_path="/var/lib/cowfleet/seeds/web/web-0a1b2c.iso"))
+    disks = root.findall("devices/disk")
+    assert [d.find("target").get("dev") for d in disks] == ["vda", "vdb"]
+    seed = disks[1]
+    assert seed.find("source").get("file").endswith("web-0a1b2c.iso")
+    assert seed.find("readonly") is not None and disks[0].find("readonly") is None
+    assert seed.find("driver").get("type") == "raw"
+
+
+def test_no_seed_no_second_disk():
+    assert len(parse(spec()).findall("devices/disk")) == 1

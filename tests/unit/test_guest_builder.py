@@ -130,5 +130,11 @@ def test_templates_format():
     init = INITRAMFS_INIT.format(modules=" ".join(VIRTIO_MODULES))
     assert "for m in virtio_ring virtio " in init
     assert "${arg#root=}" in init
-    guest = GUEST_INIT.format(marker=READY_MARKER)
+    guest = GUEST_INIT.replace("{marker}", READY_MARKER)
     assert f"echo \"{READY_MARKER} instance=$id" in guest
+    # the NoCloud contract: the seed by label, the NIC by MAC, user-data run, a page on :80,
+    # and the readiness line only after all of that
+    for step in ("findfs LABEL=cidata", "macaddress:", "ip addr add", "/run/user-data", "httpd -p 80"):
+        assert step in guest
+        assert guest.index(step) < guest.index(READY_MARKER)
+    assert "\\1/p" in guest and "\x01" not in guest

@@ -1,0 +1,262 @@
+"""A compute node's side of the instance network: the addresses it hands
+out (``AddressPool``) and the bridge and routes it keeps (``NodeNetwork``:
+the Linux implementation, and a fake one for scale tests behind the same
+calls, both run through the same contract tests).
+
+The node is its instances' gateway: its bridge holds the subnet's first
+address, and each instance's tap (made by libvirt) joins the bridge. Peers'
+subnets are routed via the peers' node addresses. Nothing here adds NAT,
+forwarding rules or a link to another interface: a bridge is reachable from
+its own host and, where the operator enables forwarding, from peers.
+"""
+from __future__ import annotations
+
+import abc
+import hashlib
+import heapq
+import ipaddress
+import subprocess
+import threading
+
+from cowfleet import network
+
+# Routes this agent adds carry their own protocol number, so it (and the
+# labs' teardown) can list and remove exactly its own and never anyone else's.
+ROUTE_PROTO = "207"
+
+
+class AddressesExhausted(RuntimeError):
+    pass
+
+
+class AddressPool:
+    """The addresses of one node's subnet, handed out lowest first.
+
+    Allocation is local (no ZooKeeper round trip): the address is written
+    on the instance record, which is also where a restarted agent reads the
+    allocations back from (``load``) before it hands out any new one.
+    """
+
+    def __init__(self, subnet: str):
+        self.subnet = subnet
+        self._net = ipaddress.ip_network(subnet)
+        hosts = network.host_addresses(subnet)
+        self._free = [int(ipaddress.ip_address(a)) for a in hosts]
+        heapq.heapify(self._free)
+        self._by_id: dict[str, str] = {}
+        self._owner: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def load(self, instance_id: str, address: str | None) -> bool:
+        """Take note of an allocation made earlier (an instance record's
+        address). False when it is outside this subnet or another id has it."""
+        if not address:
+            return False
+        with self._lock:
+            if self._by_id.get(instance_id) == address:
+                return True
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                return False
+            if ip not in self._net or self._owner.get(address, instance_id) != instance_id \
+                    or str(ip) == str(network.gateway(self.subnet)):
+                return False
+            if instance_id in self._by_id:
+                self._release_locked(instance_id)
+            self._by_id[instance_id] = address
+            self._owner[address] = instance_id
+            try:
+                self._free.remove(int(ip))
+                heapq.heapify(self._free)
+            except ValueError:
+                pass
+            return True
+
+    def allocate(self, instance_id: str) -> str:
+        with self._lock:
+            if instance_id in self._by_id:
+                return self._by_id[instance_id]
+            while self._free:
+                address = str(ipaddress.ip_address(heapq.heappop(self._free)))
+                if address not in self._owner:
+                    self._by_id[instance_id] = address
+                    self._owner[address] = instance_id
+                    return address
+            raise AddressesExhausted(f"no free address left in {self.subnet} "
+                                     f"({len(self._by_id)} in use)")
+
+    def release(self, instance_id: str) -> str | None:
+        with self._lock:
+            return self._release_locked(instance_id)
+
+    def _release_locked(self, instance_id: str) -> str | None:
+        address = self._by_id.pop(instance_id, None)
+        if address is not None:
+            self._owner.pop(address, None)
+            heapq.heappush(self._free, int(ipaddress.ip_address(address)))
+        return address
+
+    def in_use(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._by_id)
+
+    def address_of(self, instance_id: str) -> str | None:
+        with self._lock:
+            return self._by_id.get(instance_id)
+
+
+class NodeNetwork(abc.ABC):
+    """The node's bridge and its routes to peers' instance subnets."""
+    bridge: str
+
+    @abc.abstractmethod
+    def setup(self, subnet: str) -> None:
+        """The bridge exists, is up and holds the subnet's gateway address
+        (and no other); idempotent."""
+
+    @abc.abstractmethod
+    def bridge_addresses(self) -> list[str]:
+        """The bridge's IPv4 addresses as ADDR/PREFIX ([] if it does not exist)."""
+
+    @abc.abstractmethod
+    def routes(self) -> dict[str, str]:
+        """Our routes: subnet -> next hop."""
+
+    @abc.abstractmethod
+    def sync_routes(self, want: dict[str, str]) -> list[str]:
+        """Make our routes exactly ``want`` (subnet -> next hop); returns the
+        errors of routes that could not be added (one bad peer never stops
+        the others)."""
+
+    @abc.abstractmethod
+    def teardown(self) -> None:
+        """Remove the bridge and our routes."""
+
+
+def _run_ip(prefix: list[str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["ip", *prefix, *args], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
+    return proc
+
+
+class LinuxBridgeNetwork(NodeNetwork):
+    """iproute2, as the labs and provisioning scripts use it (a netlink
+    library would add a dependency for the five commands this needs).
+    ``netns`` runs every command in a named network namespace (tests)."""
+
+    def __init__(self, bridge: str, netns: str | None = None):
+        if not 1 <= len(bridge) <= 15:
+            raise ValueError("a Linux interface name has 1 to 15 characters")
+        self.bridge = bridge
+        self._prefix = ["-n", netns] if netns else []
+
+    def _ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return _run_ip(self._prefix, *args, check=check)
+
+    def setup(self, subnet: str) -> None:
+        want = f"{network.gateway(subnet)}/{ipaddress.ip_network(subnet).prefixlen}"
+        if not self.exists():
+            # no STP: a guest's port forwards at once (STP would hold it 30 s)
+            self._ip("link", "add", self.bridge, "type", "bridge", "stp_state", "0")
+        for addr in self.bridge_addresses():
+            if addr != want:
+                self._ip("addr", "del", addr, "dev", self.bridge, check=False)
+        if want not in self.bridge_addresses():
+            self._ip("addr", "add", want, "dev", self.bridge)
+        self._ip("link", "set", self.bridge, "up")
+
+    def exists(self) -> bool:
+        return self._ip("link", "show", "dev", self.bridge, check=False).returncode == 0
+
+    def bridge_addresses(self) -> list[str]:
+        proc = self._ip("-4", "-o", "addr", "show", "dev", self.bridge, check=False)
+        if proc.returncode != 0:
+            return []
+        out = []
+        for line in proc.stdout.splitlines():
+            words = line.split()
+            if "inet" in words:
+                out.append(words[words.index("inet") + 1])
+        return out
+
+    def routes(self) -> dict[str, str]:
+        proc = self._ip("-4", "route", "show", "proto", ROUTE_PROTO, check=False)
+        out = {}
+        for line in proc.stdout.splitlines():
+            words = line.split()
+            if words and "via" in words:
+                dest = words[0] if "/" in words[0] else f"{words[0]}/32"
+                out[dest] = words[words.index("via") + 1]
+        return out
+
+    def sync_routes(self, want: dict[str, str]) -> list[str]:
+        have = self.routes()
+        errors = []
+        for dest in have.keys() - want.keys():
+            self._ip("route", "del", dest, "proto", ROUTE_PROTO, check=False)
+        for dest, via in want.items():
+            if have.get(dest) != via:
+                proc = self._ip("route", "replace", dest, "via", via, "proto", ROUTE_PROTO, check=False)
+                if proc.returncode != 0:
+                    errors.append(f"route {dest} via {via}: {proc.stderr.strip()}")
+        return errors
+
+    def teardown(self) -> None:
+        self.sync_routes({})
+        self.remove_bridge()
+
+    def remove_bridge(self) -> bool:
+        """Delete the bridge (libvirt removes its guests' taps with them)."""
+        return self._ip("link", "del", self.bridge, check=False).returncode == 0
+
+
+class FakeNodeNetwork(NodeNetwork):
+    """The same bookkeeping in memory, for hundreds of agents on one machine."""
+
+    def __init__(self, bridge: str):
+        self.bridge = bridge
+        self._addresses: list[str] = []
+        self._routes: dict[str, str] = {}
+        self._exists = False
+
+    def setup(self, subnet: str) -> None:
+        self._exists = True
+        self._addresses = [f"{network.gateway(subnet)}/{ipaddress.ip_network(subnet).prefixlen}"]
+
+    def bridge_addresses(self) -> list[str]:
+        return list(self._addresses) if self._exists else []
+
+    def routes(self) -> dict[str, str]:
+        return dict(self._routes)
+
+    def sync_routes(self, want: dict[str, str]) -> list[str]:
+        errors = []
+        self._routes = {}
+        for dest, via in want.items():
+            try:
+                ipaddress.ip_network(dest)
+                ipaddress.ip_address(via)
+            except ValueError as exc:
+                errors.append(f"route {dest} via {via}: {exc}")
+                continue
+            self._routes[dest] = via
+        return errors
+
+    def teardown(self) -> None:
+        self._exists, self._addresses, self._routes = False, [], {}
+
+
+def bridge_name(node: str) -> str:
+    """A bridge name unique per node on one host (labs run several nodes on
+    one machine) and within Linux's 15 characters."""
+    return "cfbr-" + hashlib.sha256(node.encode()).hexdigest()[:8]
+
+
+def remove_routes(netns: str | None = None) -> int:
+    """Every route any cowfleet agent added (labs' teardown); returns how many."""
+    net = LinuxBridgeNetwork("cfbr-teardown", netns)
+    n = len(net.routes())
+    net.sync_routes({})
+    return n
