@@ -36,6 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--instance-cidr", default=None,
                    help="routed: the instance network to configure if the cluster has none yet "
                    "(default 10.78.0.0/16; an operator sets it with PUT /v1/network)")
+    p.add_argument("--no-seed", action="store_true",
+                   help="attach no NoCloud seed (identity, network-config, user-data) to instances")
     p.add_argument("--vcpus", type=int, help="vCPUs this node offers (default: 8 per core)")
     p.add_argument("--memory-mib", type=int, help="memory this node offers (default: host memory - 1 GiB)")
     p.add_argument("--log-level", default=os.environ.get("COWFLEET_LOG_LEVEL", "INFO"))
@@ -67,6 +69,7 @@ def main(argv=None) -> int:
         agent = ComputeAgent(hypervisor=hyper, vcpus=args.vcpus, memory_mib=args.memory_mib,
                              network=args.network, node_network=args.node_network, bridge=args.bridge,
                              node_ip=args.node_address, instance_cidr=args.instance_cidr or LAB_INSTANCE_CIDR,
+                             seeds=not args.no_seed,
                              **common)
     else:
         from cowfleet.agents.storage.agent import StorageAgent

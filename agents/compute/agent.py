@@ -55,13 +55,14 @@ class ComputeAgent(NodeAgent):
     def __init__(self, *args, hypervisor: Hypervisor, vcpus: int | None = None,
                  memory_mib: int | None = None, network: str = "routed", workers: int = 16,
                  node_network: str | None = None, bridge: str | None = None, node_ip: str | None = None,
-                 instance_cidr: str | None = netdef.LAB_INSTANCE_CIDR, **kw):
+                 instance_cidr: str | None = netdef.LAB_INSTANCE_CIDR, seeds: bool = True, **kw):
         super().__init__(*args, **kw)
         self.hyper = hypervisor
         fake = hypervisor.virt_type == "fake"
         self.overlays = (FakeOverlayStore if fake else OverlayStore)(Path(self.state_dir) / "overlays")
         self.sessions = (FakeSessionManager if fake else SessionManager)(Path(self.state_dir) / "sessions")
         self.seeds = SeedStore(Path(self.state_dir) / "seeds")
+        self.make_seeds = seeds       # False: no NoCloud seed (benchmarks compare against it)
         self.consoles = Path(self.state_dir) / "consoles"
         self.consoles.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o755)
@@ -476,7 +477,8 @@ class ComputeAgent(NodeAgent):
                     raise
                 self.overlay_failures.pop(iid, None)
         t_overlay = time.monotonic()
-        seed = self.seeds.create(group, iid, self._seed_data(inst, spec_group, address, mac))
+        seed = self.seeds.create(group, iid, self._seed_data(inst, spec_group, address, mac)) \
+            if self.make_seeds else None
         t_seed = time.monotonic()
         console = self.consoles / f"{iid}.log"
         console.unlink(missing_ok=True)
@@ -486,7 +488,7 @@ class ComputeAgent(NodeAgent):
                           virt_type=self.hyper.virt_type,
                           network="bridge" if self.instnet is not None else self.network,
                           bridge=self.instnet.net.bridge if self.instnet is not None else None,
-                          mac=mac, seed_path=str(seed))
+                          mac=mac, seed_path=str(seed) if seed else None)
         self.hyper.destroy(spec.name)        # a stopped leftover of the same name
         try:
             self.hyper.start(spec)
@@ -521,8 +523,8 @@ class ComputeAgent(NodeAgent):
     def _seed_data(self, inst: Instance, group: Group | None, address: str | None, mac: str) -> SeedData:
         net = self.instnet
         return SeedData(instance_id=inst.id, hostname=netdef.instance_hostname(inst.id), mac=mac,
-                        address=f"{address}/{net.prefixlen()}" if address else None,
-                        gateway=net.gateway() if address else None,
+                        address=f"{address}/{net.prefixlen()}" if address and net else None,
+                        gateway=net.gateway() if address and net else None,
                         user_data=group.user_data if group else None,
                         ssh_authorized_keys=tuple(group.ssh_authorized_keys) if group else ())
 
