@@ -151,10 +151,14 @@ def _bar(done: int, total: int, width: int = 20) -> str:
 
 
 def _instances_table(group: dict) -> str:
-    lines = [f"{'INSTANCE':<18} {'NODE':<22} {'RACK':<8} {'STATE':<11} {'RUNNING':>8} {'READY':>8}"]
-    for inst in group["instances"]:
-        lines.append(f"{inst['id']:<18} {inst['node'] or '-':<22} {inst['rack'] or '-':<8} "
-                     f"{inst['state']:<11} {_since(inst, 'running_at'):>8} {_since(inst, 'ready_at'):>8}")
+    insts = group["instances"]
+    wid = max([18] + [len(i["id"]) for i in insts])
+    lines = [f"{'INSTANCE':<{wid}} {'ADDRESS':<15} {'NODE':<22} {'RACK':<8} {'STATE':<11} {'RUNNING':>8} "
+             f"{'READY':>8}  MESSAGE"]
+    for inst in insts:
+        lines.append(f"{inst['id']:<{wid}} {inst.get('address') or '-':<15} {inst['node'] or '-':<22} "
+                     f"{inst['rack'] or '-':<8} {inst['state']:<11} {_since(inst, 'running_at'):>8} "
+                     f"{_since(inst, 'ready_at'):>8}  {inst.get('message') or ''}".rstrip())
     return "\n".join(lines)
 
 
@@ -247,6 +251,83 @@ def cmd_group_delete(args) -> int:
 def cmd_group_wait(args) -> int:
     g = watch_group(_client(args), args.name, args.timeout)
     return 0 if g["status"]["phase"] == "ready" else 1
+
+
+# -- instances ----------------------------------------------------------------
+
+def _group_of(instance_id: str, given: str | None) -> str:
+    """An instance id is ``<group>-<6 hex>`` (placement names them so)."""
+    if given:
+        return given
+    group, _, suffix = instance_id.rpartition("-")
+    if not group or len(suffix) != 6:
+        raise ValueError(f"cannot tell the group of '{instance_id}' from its id: give --group")
+    return group
+
+
+def cmd_instance_get(args) -> int:
+    group = _group_of(args.id, args.group)
+    g = _client(args).get_group(group)
+    inst = next((i for i in (g or {}).get("instances", []) if i["id"] == args.id), None)
+    if inst is None:
+        return _err(f"instance '{args.id}' of group '{group}' does not exist")
+    width = max(len(k) for k in inst)
+    for k, v in inst.items():
+        print(f"{k:<{width}}  {'-' if v in (None, '') else v}")
+    return 0
+
+
+def cmd_instance_console(args) -> int:
+    """Print the tail of the serial console; --follow keeps printing what comes."""
+    client = _client(args)
+    group = _group_of(args.id, args.group)
+    text, size = client.console(group, args.id, args.tail_bytes)
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    while args.follow:
+        time.sleep(args.interval)
+        text, new_size = client.console(group, args.id, 65536)
+        if new_size < size:                      # restarted: a new console
+            sys.stdout.write(f"\n--- console restarted ---\n{text}")
+        elif new_size > size:
+            sys.stdout.write(text[-(new_size - size):] if new_size - size < len(text) else text)
+        sys.stdout.flush()
+        size = new_size
+    return 0
+
+
+# -- network and nodes ------------------------------------------------------------
+
+def cmd_network_get(args) -> int:
+    n = _client(args).network()
+    print(f"instance network {n['instance_cidr'] or '(not configured)'}, a /{n['subnet_prefix']} per compute node"
+          if n["instance_cidr"] else "instance network: not configured (cowfleet network set CIDR)")
+    if n["subnets"]:
+        print(f"{'SUBNET':<18} {'GATEWAY':<15} {'NODE':<28} MEMBER")
+        for c in n["subnets"]:
+            print(f"{c['subnet']:<18} {c['gateway']:<15} {c['node']:<28} {'yes' if c['member'] else 'no'}")
+    return 0
+
+
+def cmd_network_set(args) -> int:
+    n = _client(args).put_network(instance_cidr=args.cidr, subnet_prefix=args.subnet_prefix)
+    print(f"instance network {n['instance_cidr']}, a /{n['subnet_prefix']} per compute node")
+    return 0
+
+
+def cmd_node_list(args) -> int:
+    nodes = _client(args).nodes()
+    print(f"{'NAME':<28} {'ROLE':<8} {'RACK':<10} {'LEADER':<6} {'HEALTHY':<7} {'SUBNET':<18} ADDRESS")
+    for n in nodes:
+        print(f"{n['name']:<28} {n['role']:<8} {n['rack']:<10} {'yes' if n['leader'] else '':<6} "
+              f"{'yes' if n['healthy'] else 'NO':<7} {n.get('subnet') or '-':<18} {n['address'] or '-'}")
+    return 0
+
+
+def cmd_node_remove(args) -> int:
+    _client(args).remove_node(args.name)
+    print(f"removed node {args.name}: its instance subnet is free again")
+    return 0
 
 
 # -- demo ---------------------------------------------------------------------
@@ -420,6 +501,34 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--timeout", type=float, default=300)
     sp.set_defaults(fn=cmd_group_delete)
 
+    ins = sub.add_parser("instance", help="instances of groups").add_subparsers(dest="instance", required=True)
+    sp = ins.add_parser("get", help="show one instance (address, node, state, message)")
+    sp.add_argument("id", help="instance id, e.g. web-0a1b2c")
+    sp.add_argument("--group", help="its group (default: the id without its last '-xxxxxx')")
+    sp.set_defaults(fn=cmd_instance_get)
+    sp = ins.add_parser("console", help="the tail of an instance's serial console")
+    sp.add_argument("id", help="instance id, e.g. web-0a1b2c")
+    sp.add_argument("--group", help="its group (default: the id without its last '-xxxxxx')")
+    sp.add_argument("--tail-bytes", type=int, default=None, help="how much of the end (default 64 KiB)")
+    sp.add_argument("-f", "--follow", action="store_true", help="keep printing what the guest prints")
+    sp.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    sp.set_defaults(fn=cmd_instance_console)
+
+    net = sub.add_parser("network", help="the instance network").add_subparsers(dest="network", required=True)
+    sp = net.add_parser("get", help="the instance CIDR and every compute node's subnet")
+    sp.set_defaults(fn=cmd_network_get)
+    sp = net.add_parser("set", help="configure the instance network (before nodes claim subnets)")
+    sp.add_argument("cidr", help="e.g. 10.78.0.0/16")
+    sp.add_argument("--subnet-prefix", type=int, default=24, help="each compute node's subnet length")
+    sp.set_defaults(fn=cmd_network_set)
+
+    nod = sub.add_parser("node", help="the agents' nodes").add_subparsers(dest="node", required=True)
+    sp = nod.add_parser("list", help="list nodes (role, rack, leader, health, instance subnet)")
+    sp.set_defaults(fn=cmd_node_list)
+    sp = nod.add_parser("remove", help="remove a departed node for good (releases its instance subnet)")
+    sp.add_argument("name")
+    sp.set_defaults(fn=cmd_node_remove)
+
     sp = sub.add_parser("demo", help="register the demo image and run group 'demo' on the lab")
     sp.add_argument("--size", type=int, default=3)
     sp.add_argument("--image", help=f"demo image path (built if missing; default {DEMO_CACHE})")
@@ -469,7 +578,7 @@ def main(argv=None) -> int:
         return args.fn(args)
     except KeyboardInterrupt:
         return 130
-    except (ApiError, ConfigError, LabError, BuildError, TimeoutError, RuntimeError) as exc:
+    except (ApiError, ConfigError, LabError, BuildError, TimeoutError, RuntimeError, ValueError) as exc:
         return _err(str(exc).splitlines()[0] if not isinstance(exc, LabError) else str(exc))
     except KazooTimeoutError:
         return _err("cannot reach ZooKeeper (check --zk / COWFLEET_ZK)")

@@ -213,3 +213,18 @@ class Client:
 
     def nodes(self) -> list[dict]:
         return self.list_all("/v1/nodes")
+
+    def console(self, group: str, instance_id: str, tail_bytes: int | None = None) -> tuple[str, int]:
+        """(the tail of the instance's serial console, the console's whole size)."""
+        query = f"?tail_bytes={int(tail_bytes)}" if tail_bytes is not None else ""
+        resp = self.request("GET", f"/v1/instance-groups/{seg(group)}/instances/{seg(instance_id)}/console{query}")
+        return resp.text, int(resp.headers.get("X-Console-Size", len(resp.content)))
+
+    def network(self) -> dict:
+        return self.request("GET", "/v1/network").json()
+
+    def put_network(self, **spec) -> dict:
+        return self.request("PUT", "/v1/network", spec).json()
+
+    def remove_node(self, name: str) -> None:
+        self.request("DELETE", f"/v1/nodes/{seg(name)}")

@@ -169,6 +169,12 @@ class Instance(Record):
     ready_at: float | None = None
 
 
+def valid_instance_id(text: str) -> bool:
+    """An instance id as placement makes them (``<group>-<hex>``): letters,
+    digits and '-' only, so it never names a path of its own."""
+    return 0 < len(text) <= 128 and text.isascii() and all(ch.isalnum() or ch == "-" for ch in text)
+
+
 @dataclass
 class NodeInfo(Record):
     """An agent's ephemeral membership record."""

@@ -168,11 +168,13 @@ def _schema(cls: type[Schema], many: bool = False) -> Schema:
 
 def endpoint(body: type[Schema] | None = None, out: type[Schema] | None = None, many: bool = False,
              codes: tuple[int, ...] = (200,), patch: bool = False, raw_body: str | None = None,
-             errors: tuple[int, ...] = ()):
+             errors: tuple[int, ...] = (), raw_out: str | None = None, query: tuple[dict, ...] = ()):
     """``codes``: the success statuses (documented in the OpenAPI document);
     ``patch``: the body is a JSON merge patch of ``body``'s schema;
     ``raw_body``: the media type of a body the view streams itself;
-    ``errors``: error statuses beyond the usual ones of its method."""
+    ``errors``: error statuses beyond the usual ones of its method;
+    ``raw_out``: the media type of a body the view returns itself (a Response);
+    ``query``: the query parameters it takes, as OpenAPI parameter objects."""
     def deco(view):
         @wraps(view)
         def wrapper(*args, **kwargs):
@@ -204,7 +206,7 @@ def endpoint(body: type[Schema] | None = None, out: type[Schema] | None = None, 
             resp.headers.update(result.headers)
             return resp
         wrapper.api = {"body": body, "out": out, "many": many, "codes": codes, "patch": patch,
-                       "raw_body": raw_body, "errors": errors,
+                       "raw_body": raw_body, "errors": errors, "raw_out": raw_out, "query": query,
                        "doc": (view.__doc__ or "").strip()}
         return wrapper
     return deco

@@ -52,8 +52,9 @@ def create_app(zk_hosts: str | None = None, tokens_file: str | None = None) -> F
     from cowfleet.service.flavors.views import bp as flavors
     from cowfleet.service.groups.views import bp as groups
     from cowfleet.service.images.views import bp as images
+    from cowfleet.service.network.views import bp as network
     from cowfleet.service.nodes.views import bp as nodes
-    for bp in (images, flavors, groups, nodes):
+    for bp in (images, flavors, groups, nodes, network):
         app.register_blueprint(bp)
 
     from cowfleet.service import metrics, openapi

@@ -63,3 +63,42 @@ class StrictSchema(Schema):
 def require_positive_or_none(value):
     if value is not None and value < 1:
         raise ValidationError("must be at least 1")
+
+
+# OpenSSH public key types cloud-init installs (ssh-keygen -t ...; FIDO keys too)
+SSH_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+                 "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com", "ssh-dss")
+MAX_SSH_KEYS = 32
+MAX_SSH_KEY_LENGTH = 16384
+
+
+def _ssh_public_key(value: str) -> None:
+    """One line of authorized_keys without options: TYPE BASE64 [COMMENT],
+    where the base64 blob really is a key of that type (its first field
+    names the type again), so a pasted private key or a typo is refused."""
+    import base64
+    import binascii
+    import struct
+    if len(value) > MAX_SSH_KEY_LENGTH:
+        raise ValidationError(f"an SSH public key is at most {MAX_SSH_KEY_LENGTH} characters")
+    if not value.isprintable() or "\n" in value:
+        raise ValidationError("an SSH public key is one line of printable characters")
+    parts = value.split(None, 2)
+    if len(parts) < 2 or parts[0] not in SSH_KEY_TYPES:
+        raise ValidationError("not an OpenSSH public key: expected 'TYPE BASE64 [COMMENT]' with TYPE one of "
+                              + ", ".join(SSH_KEY_TYPES))
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+        (n,) = struct.unpack(">I", blob[:4])
+        embedded = blob[4:4 + n].decode()
+    except (binascii.Error, struct.error, UnicodeDecodeError, ValueError):
+        raise ValidationError("not an OpenSSH public key: the key data is not valid base64 of a key") from None
+    if embedded != parts[0]:
+        raise ValidationError(f"not an OpenSSH public key: the key data is a '{embedded[:40]}' key, "
+                              f"not '{parts[0]}'")
+
+
+def SshKeys(**kw):
+    return fields.List(fields.Str(validate=_ssh_public_key),
+                       validate=validate.Length(max=MAX_SSH_KEYS,
+                                                error=f"at most {MAX_SSH_KEYS} keys"), **kw)

@@ -33,7 +33,7 @@ REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "
            401: "Missing or invalid bearer token", 403: "The token's role may not do this",
            404: "Not found", 409: "Conflict with the current state", 412: "If-Match does not match",
            413: "Body too large", 415: "Not JSON", 422: "Invalid input (errors name the fields)",
-           502: "A storage node failed the transfer", 503: "ZooKeeper unavailable; retry"}
+           502: "A node's agent failed or did not answer", 503: "ZooKeeper unavailable; retry"}
 LIST_PARAMS = [
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
     {"name": "after", "in": "query", "schema": {"type": "string"}},
@@ -138,6 +138,7 @@ def build(app) -> dict:
                 params.append(IF_NONE_MATCH)
             if api["many"]:
                 params += LIST_PARAMS
+            params += list(api.get("query", ()))
             if api.get("raw_body"):
                 params.append({"name": "X-Checksum-Sha256", "in": "header", "required": False,
                                "description": "SHA-256 of the body; a mismatch stores nothing (422)",
@@ -159,6 +160,8 @@ def build(app) -> dict:
                     schema = {"type": "array", "items": ref} if api["many"] else ref
                     resp["content"] = {"application/json": {"schema": schema}}
                     resp["headers"] = {"Link": LINK_HEADER} if api["many"] else {"ETag": ETAG_HEADER}
+                elif api.get("raw_out") and code != 204:
+                    resp["content"] = {api["raw_out"]: {"schema": {"type": "string"}}}
                 op["responses"][str(code)] = resp
             for code in sorted(set(ERRORS[method]) | set(api.get("errors", ()))):
                 op["responses"][str(code)] = {

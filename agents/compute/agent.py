@@ -37,7 +37,7 @@ from cowfleet.agents.handshake import HandshakeGatherer, PeerDirectory, Reservat
 from cowfleet.agents.placement import DESIRED_RUN, Placer, flavor_named, parse_assignment_data
 from cowfleet import network as netdef
 from cowfleet.guest.builder import READY_MARKER
-from cowfleet.models import Flavor, Group, Image, Instance, InstanceState, Replica, now
+from cowfleet.models import Flavor, Group, Image, Instance, InstanceState, Replica, now, valid_instance_id
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read, read_children, update
 from cowfleet.zk.groups import finish_delete_if_empty
@@ -150,7 +150,7 @@ class ComputeAgent(NodeAgent):
     def console(self, body: dict) -> tuple[int, dict]:
         """The tail of an instance's serial console (GET .../console)."""
         iid = str(body.get("id", ""))
-        if not NAME_OK(iid):
+        if not valid_instance_id(iid):
             return 400, {"detail": "id must name an instance"}
         try:
             tail = max(0, min(int(body.get("tail_bytes", 65536)), CONSOLE_TAIL_MAX))
@@ -604,10 +604,6 @@ class ComputeAgent(NodeAgent):
             pass
         self.pool.shutdown(wait=False, cancel_futures=True)
         super().shutdown()
-
-
-def NAME_OK(text: str) -> bool:
-    return 0 < len(text) <= 128 and all(ch.isalnum() or ch == "-" for ch in text) and text.isascii()
 
 
 def _host_memory_mib() -> int:

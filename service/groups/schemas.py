@@ -3,7 +3,7 @@ from __future__ import annotations
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from cowfleet.models import GroupPhase, InstanceState
-from cowfleet.service.fields import Labels, Name, StrictBool, StrictSchema, Timestamp
+from cowfleet.service.fields import Labels, Name, SshKeys, StrictBool, StrictSchema, Timestamp
 
 MAX_GROUP_SIZE = 10_000
 
@@ -30,7 +30,13 @@ class GroupSpecSchema(StrictSchema):
     flavor = Name(required=True)
     size = fields.Int(required=True, strict=True, validate=validate.Range(0, MAX_GROUP_SIZE))
     placement = fields.Nested(PlacementSchema, load_default=lambda: PlacementSchema().load({}))
-    user_data = fields.Str(load_default=None, allow_none=True, validate=validate.Length(max=65536))
+    user_data = fields.Str(load_default=None, allow_none=True, validate=validate.Length(max=65536), metadata={
+        "description": "handed to every instance verbatim as the NoCloud seed's user-data (a #cloud-config "
+                       "document, a #! script, a MIME multipart); at most 65536 characters"})
+    ssh_authorized_keys = SshKeys(load_default=list, metadata={
+        "description": "OpenSSH public keys ('TYPE BASE64 [COMMENT]', at most 32): in the seed's meta-data "
+                       "as public-keys, which cloud-init installs for the image's default user; with no "
+                       "user_data, user-data is a #cloud-config holding them as ssh_authorized_keys"})
     labels = Labels(load_default=dict)
     update_policy = fields.Nested(UpdatePolicySchema, load_default=lambda: UpdatePolicySchema().load({}))
     persistent = StrictBool(load_default=False, metadata={
@@ -44,7 +50,10 @@ class InstanceSchema(Schema):
     node = fields.Str(required=True, allow_none=True)
     rack = fields.Str(required=True, allow_none=True)
     state = fields.Str(required=True, validate=validate.OneOf(InstanceState.ALL))
-    address = fields.Str(required=True, allow_none=True)
+    address = fields.Str(required=True, allow_none=True, metadata={
+        "description": "the instance's address on its node's instance subnet (routed across racks); "
+                       "set when the node's agent takes the instance, before its domain starts"})
+    mac = fields.Str(required=True, allow_none=True, metadata={"description": "the NIC's MAC (stable per id)"})
     image = fields.Str(required=True)
     message = fields.Str(required=True)
     created_at = Timestamp(required=True)
@@ -69,6 +78,7 @@ class GroupSchema(Schema):
     size = fields.Int(required=True)
     placement = fields.Dict(required=True)
     user_data = fields.Str(required=True, allow_none=True)
+    ssh_authorized_keys = fields.List(fields.Str(), required=True)
     labels = fields.Dict(required=True)
     update_policy = fields.Dict(required=True)
     persistent = fields.Bool(required=True)

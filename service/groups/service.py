@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import requests
+from flask import Response
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
-from cowfleet.models import (DeployRequest, Flavor, Group, GroupPhase, GroupStatus, Instance,
-                             InstanceState)
+from cowfleet.models import (DeployRequest, Flavor, Group, GroupPhase, GroupStatus, Instance, InstanceState,
+                             NodeInfo, valid_instance_id)
 from cowfleet.service.api import Result, fetch
 from cowfleet.service.groups.handoff import hand_off
 from cowfleet.service.paging import ListQuery, page
@@ -194,3 +196,43 @@ def placement(zk, name: str) -> dict:
     except NoNodeError:
         raise Problem(404, "Not Found", f"instance group '{name}' has not been placed yet")
     return json.loads(data.decode())
+
+
+CONSOLE_DEFAULT = 65536
+CONSOLE_MAX = 1 << 20       # the compute agent caps a read at the same size
+
+
+def console(zk, name: str, iid: str, tail_bytes: str | None):
+    """The tail of the instance's serial console, read from its compute node
+    over P2P (consoles live on the node's disk, never in ZooKeeper)."""
+    try:
+        tail = CONSOLE_DEFAULT if tail_bytes in (None, "") else int(tail_bytes)
+        if tail < 0:
+            raise ValueError
+    except ValueError:
+        raise invalid({"tail_bytes": ["must be a whole number of bytes, 0 or more"]},
+                      "invalid query parameter") from None
+    tail = min(tail, CONSOLE_MAX)
+    fetch(zk, layout.group(name), Group, "instance group", name)
+    got = read(zk, layout.group_instance(name, iid), Instance) if valid_instance_id(iid) else None
+    if got is None:
+        raise Problem(404, "Not Found", f"instance '{iid}' of group '{name}' does not exist")
+    inst = got[0]
+    member = read(zk, layout.node(inst.node), NodeInfo) if inst.node else None
+    if member is None or not member[0].address:
+        raise Problem(502, "Bad Gateway", f"node '{inst.node}' of instance '{iid}' is not in the cluster now")
+    try:
+        resp = requests.post(f"{member[0].address}/v1/console", json={"id": iid, "tail_bytes": tail}, timeout=5)
+    except requests.RequestException as exc:
+        raise Problem(502, "Bad Gateway", f"node '{inst.node}' did not answer: {type(exc).__name__}") from None
+    if resp.status_code == 404:          # not started yet: nothing printed
+        text, size = "", 0
+    elif resp.ok:
+        answer = resp.json()
+        text, size = answer["text"], answer["size"]
+    else:
+        raise Problem(502, "Bad Gateway", f"node '{inst.node}' answered {resp.status_code}")
+    out = Response(text, mimetype="text/plain")
+    out.headers["X-Console-Size"] = str(size)
+    return out
+

@@ -1,3 +1,5 @@
+from flask import request
+
 from cowfleet.service.api import endpoint, if_match, json_body, zk
 from cowfleet.service.groups import service
 from cowfleet.service.groups.schemas import GroupSchema, GroupSpecSchema, PlacementTraceSchema
@@ -20,3 +22,14 @@ def patch(name):
 def placement(name):
     """The group's last placement hand-shake: coordinator, offers per rack, split, timings."""
     return service.placement(zk(), name)
+
+
+@bp.get("/<name>/instances/<iid>/console")
+@endpoint(raw_out="text/plain", errors=(502,), query=({
+    "name": "tail_bytes", "in": "query", "required": False,
+    "description": f"how much of the end of the console to return (default {service.CONSOLE_DEFAULT}, "
+                   f"at most {service.CONSOLE_MAX}: larger values are capped)",
+    "schema": {"type": "integer", "minimum": 0}},))
+def console(name, iid):
+    """The tail of an instance's serial console (text/plain; X-Console-Size: its whole size)."""
+    return service.console(zk(), name, iid, request.args.get("tail_bytes"))

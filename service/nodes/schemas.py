@@ -14,3 +14,7 @@ class NodeSchema(Schema):
     healthy = fields.Bool(required=True)
     last_seen = Timestamp(required=True)
     virt_type = fields.Str(required=True, allow_none=True)
+    subnet = fields.Str(required=True, allow_none=True, metadata={
+        "description": "compute: the instance subnet the node claimed (its instances' addresses)"})
+    node_ip = fields.Str(required=True, allow_none=True, metadata={
+        "description": "compute: the node's address, the next hop of its instance subnet"})

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from cowfleet.models import NodeInfo
 from cowfleet.service.api import Result
+from cowfleet.service.problems import conflict, not_found
 from cowfleet.service.paging import ListQuery, page
-from cowfleet.zk import layout
+from cowfleet.zk import layout, subnets
 
 
 def leaders(zk) -> set[str]:
@@ -39,3 +40,13 @@ def list_(zk, q: ListQuery) -> Result:
     def view(zk, node: NodeInfo, _version: int) -> dict:
         return dict(node.to_dict(), leader=node.name in lead)
     return page(zk, layout.NODES, layout.node, NodeInfo, view, q, labels_of=node_labels)
+
+
+def remove(zk, name: str) -> None:
+    """An operator removes a node for good: its subnet claim (kept across
+    agent restarts and session blips) goes back to the pool."""
+    if zk.exists(layout.node(name)):
+        raise conflict(f"node '{name}' is in the cluster: stop its agent first (its instances are then "
+                       "placed elsewhere)")
+    if subnets.release(zk, name) is None:
+        raise not_found("node", name)

@@ -41,6 +41,7 @@ def test_group_minimal_spec_gets_all_defaults():
         "labels": {},
         "update_policy": {"max_unavailable": 1, "max_surge": 1},
         "persistent": False,
+        "ssh_authorized_keys": [],
     }
 
 
@@ -63,7 +64,8 @@ def test_group_partial_placement_fills_missing_defaults():
 def test_group_full_spec_is_kept():
     spec = group(size=0, placement={"strategy": "pack", "max_per_node": 5},
                  user_data="#!/bin/sh\necho hi\n", labels={"team": "web", "env": ""},
-                 update_policy={"max_unavailable": 0, "max_surge": 3}, persistent=True)
+                 update_policy={"max_unavailable": 0, "max_surge": 3}, persistent=True,
+                 ssh_authorized_keys=[KEY_ED25519, KEY_RSA + " ops@example"])
     assert load_group(spec) == spec
 
 
@@ -237,3 +239,33 @@ def test_image_unknown_field():
 def test_image_label_values_must_be_strings():
     errors = image_errors({"labels": {"os": 7}})
     assert list(errors) == ["labels"]
+
+
+# --- ssh_authorized_keys -------------------------------------------------------------
+
+def _key(kind: str, body: bytes = b"\x00" * 32) -> str:
+    import base64
+    import struct
+    blob = struct.pack(">I", len(kind)) + kind.encode() + body
+    return f"{kind} {base64.b64encode(blob).decode()}"
+
+
+KEY_ED25519 = _key("ssh-ed25519") + " alice@laptop"
+KEY_RSA = _key("ssh-rsa", b"\x00\x00\x00\x03\x01\x00\x01" + b"\x00" * 64)
+
+
+@pytest.mark.parametrize("keys,words", [
+    (["ssh-ed25519"], "TYPE BASE64"),
+    (["ssh-foo AAAA"], "TYPE BASE64"),
+    (["ssh-ed25519 !!!notbase64"], "base64"),
+    ([_key("ssh-rsa").replace("ssh-rsa", "ssh-ed25519", 1)], "is a 'ssh-rsa' key"),
+    (["-----BEGIN OPENSSH PRIVATE KEY-----"], "TYPE BASE64"),
+    ([KEY_ED25519 + "\nssh-rsa AAAA"], "one line"),
+    ([KEY_ED25519] * 33, "at most 32"),
+    ("ssh-ed25519 AAAA", "list"),
+])
+def test_group_bad_ssh_keys_are_refused_on_the_field(keys, words):
+    with pytest.raises(ValidationError) as err:
+        load_group(group(ssh_authorized_keys=keys))
+    assert "ssh_authorized_keys" in err.value.messages
+    assert words.lower() in str(err.value.messages["ssh_authorized_keys"]).lower()
