@@ -91,6 +91,7 @@ class Resource:
     kind = "object"
     defaults: dict = {}
     volatile: tuple[str, ...] = ()        # computed attributes an update may change
+    empty_when_unset: dict = {}           # name -> empty(): unset in the configuration means empty
 
     # -- plan ---------------------------------------------------------------
     def plan(self, prior: dict | None, proposed: dict | None,
@@ -103,6 +104,11 @@ class Resource:
             # follow the configuration: no block, the API's defaults
             proposed = dict(proposed, **{name: None for name in self.block.blocks
                                          if config.get(name) is None})
+            # collections where unset means empty (optional+computed, so the
+            # plan may say so): null and [] never differ, and removing the
+            # attribute from the configuration empties it
+            proposed.update({name: empty() for name, empty in self.empty_when_unset.items()
+                             if config.get(name) is None})
         planned = _fill_defaults(proposed, self.block, self.defaults)
         if prior is None:                          # create
             for name, attr in self.block.attrs.items():
@@ -310,6 +316,7 @@ class InstanceGroup(Resource):
     defaults = {"wait_for_ready": True, "persistent": False, "placement": {"strategy": "spread"},
                 "update_policy": {"max_unavailable": 1, "max_surge": 1}}
     volatile = ("instances", "status")
+    empty_when_unset = {"ssh_authorized_keys": list}
 
     def fetch(self, client, name):
         return client.get_group(name)
@@ -319,6 +326,7 @@ class InstanceGroup(Resource):
                 "labels": state.get("labels") or {}}
         if state.get("user_data") is not None:
             spec["user_data"] = state["user_data"]
+        spec["ssh_authorized_keys"] = list(state.get("ssh_authorized_keys") or [])
         if state.get("persistent") is not None:
             spec["persistent"] = state["persistent"]
         if state.get("placement") is not None:
@@ -340,11 +348,12 @@ class InstanceGroup(Resource):
             "size": obj.get("size"), "user_data": obj.get("user_data"),
             "persistent": bool(obj.get("persistent", False)),
             "labels": _labels(obj.get("labels"), prior),
+            "ssh_authorized_keys": list(obj.get("ssh_authorized_keys") or []),
             "wait_for_ready": _keep(prior, "wait_for_ready", True),
             "placement": block("placement", PLACEMENT_DEFAULT),
             "update_policy": block("update_policy", UPDATE_POLICY_DEFAULT),
             "timeouts": prior.get("timeouts"),
-            "instances": [{k: i.get(k) for k in ("id", "node", "rack", "state", "address")}
+            "instances": [{k: i.get(k) for k in S.INSTANCE[1]}
                           for i in obj.get("instances") or []],
             "status": {k: st.get(k) for k in S.GROUP_STATUS[1]},
         }

@@ -71,7 +71,7 @@ def computed(t, desc="") -> Attr:
 STR, NUM, BOOL = "string", "number", "bool"
 LABELS = ["map", STR]
 REPLICA = ["object", {"node": STR, "rack": STR}]
-INSTANCE = ["object", {"id": STR, "node": STR, "rack": STR, "state": STR, "address": STR}]
+INSTANCE = ["object", {"id": STR, "node": STR, "rack": STR, "state": STR, "address": STR, "mac": STR}]
 GROUP_STATUS = ["object", {"phase": STR, "ready": NUM, "running": NUM, "pending": NUM,
                            "failed": NUM, "observed_generation": NUM, "message": STR}]
 NODE = ["object", {"name": STR, "role": STR, "rack": STR, "leader": BOOL, "address": STR,
@@ -121,11 +121,15 @@ GROUP = Block({
     "image": required(STR, "image name; a change replaces instances rolling, within update_policy"),
     "flavor": required(STR, "flavor name"),
     "size": required(NUM, "number of instances; changes scale in place"),
-    "user_data": optional(STR),
+    "user_data": optional(STR, "handed to every instance verbatim as its NoCloud seed's user-data "
+                               "(#cloud-config, a #! script, ...); at most 65536 characters"),
+    "ssh_authorized_keys": optional_computed(["list", STR], "OpenSSH public keys for the image's default user "
+                                                   "(the seed's meta-data public-keys); at most 32"),
     "labels": optional(LABELS),
     "persistent": optional_computed(BOOL, "keep instances' disks across restarts (default false: ephemeral)"),
     "wait_for_ready": optional_computed(BOOL, "wait until status.ready == size (default true)"),
-    "instances": computed(["list", INSTANCE]),
+    "instances": computed(["list", INSTANCE], "every instance: id, node, rack, state, address (on its "
+                                              "node's instance subnet, routed across racks) and mac"),
     "status": computed(GROUP_STATUS),
 }, blocks={
     "placement": Nested(Block({

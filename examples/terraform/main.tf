@@ -24,6 +24,11 @@ variable "image_name" { default = "tf-demo" }
 variable "group_name" { default = "web" }
 variable "size" { default = 5 }
 variable "min_replicas" { default = 1 } # the one-node lab has one storage node
+variable "ssh_authorized_keys" {
+  description = "OpenSSH public keys for the image's default user (cloud-init)"
+  type        = list(string)
+  default     = []
+}
 
 resource "cowfleet_image" "demo" {
   name         = var.image_name
@@ -49,6 +54,11 @@ resource "cowfleet_instance_group" "web" {
   size   = var.size # changes scale in place
   labels = { app = "web" }
 
+  # every instance gets it verbatim in its NoCloud seed (cloud-init runs it;
+  # the demo guest runs a #! script and shows its output on http://ADDRESS/)
+  user_data           = "#!/bin/sh\necho hello from $(hostname)\n"
+  ssh_authorized_keys = var.ssh_authorized_keys
+
   placement {
     strategy = "pack" # default: spread
   }
@@ -66,8 +76,13 @@ data "cowfleet_nodes" "compute" {
 }
 
 output "instances" {
-  description = "id, node, rack, state and address of every instance"
+  description = "id, node, rack, state, address and mac of every instance"
   value       = cowfleet_instance_group.web.instances
+}
+
+output "addresses" {
+  description = "each instance's address on the routed instance network (curl http://ADDRESS/)"
+  value       = { for i in cowfleet_instance_group.web.instances : i.id => i.address }
 }
 
 output "status" {

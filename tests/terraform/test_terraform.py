@@ -13,6 +13,7 @@ import os
 import shutil
 
 import pytest
+import requests
 
 from tests.helpers import wait_until
 from tests.integration.test_end_to_end import lab_domains
@@ -51,6 +52,11 @@ def test_example_group_lifecycle(make_tf, client, lab, demo_image):
     assert sorted(i["id"] for i in out["instances"]) == sorted(i["id"] for i in group["instances"])
     assert all(i["state"] == "ready" and i["node"] for i in out["instances"])
     assert out["status"]["ready"] == 3
+    # each instance answers on the address Terraform outputs, with the example's user data run
+    assert out["addresses"] == {i["id"]: i["address"] for i in group["instances"]}
+    for iid, address in out["addresses"].items():
+        page = requests.get(f"http://{address}/", timeout=10).text
+        assert f"instance-id: {iid}" in page and f"hello from {iid}" in page
     assert any(n.endswith("-compute-1 (rack-1)") or "-compute-1" in n for n in out["compute_nodes"])
     assert client.get_image("tfdemo")["status"] == "available"
     t_apply = tf.last("apply")

@@ -45,7 +45,10 @@ def test_schema_types_are_cty_json_and_proto_builds():
     proto = S.to_proto(pb, S.GROUP)
     attrs = {a.name: a for a in proto.block.attributes}
     assert json.loads(attrs["instances"].type) == ["list", ["object", {
-        "id": "string", "node": "string", "rack": "string", "state": "string", "address": "string"}]]
+        "id": "string", "node": "string", "rack": "string", "state": "string", "address": "string",
+        "mac": "string"}]]
+    assert json.loads(attrs["ssh_authorized_keys"].type) == ["list", "string"]
+    assert attrs["ssh_authorized_keys"].optional and attrs["ssh_authorized_keys"].computed
     assert attrs["size"].required and attrs["wait_for_ready"].optional and attrs["wait_for_ready"].computed
     blocks = {b.type_name: b for b in proto.block.block_types}
     assert set(blocks) == {"placement", "update_policy", "timeouts"}
@@ -107,8 +110,13 @@ def test_read_keeps_absent_blocks_absent_when_the_api_has_defaults():
                          for i in (1, 2, 3)]}
     state = GROUP.to_state(api, GROUP.import_state("web"))
     assert state["placement"] is None and state["update_policy"] is None and state["labels"] is None
+    assert state["ssh_authorized_keys"] == []
     assert state["wait_for_ready"] is True
-    assert state["instances"][0] == {"id": "web-1", "node": "n1", "rack": "r1", "state": "ready", "address": None}
+    assert state["instances"][0] == {"id": "web-1", "node": "n1", "rack": "r1", "state": "ready", "address": None,
+                                     "mac": None}
+    keys = dict(api, ssh_authorized_keys=["ssh-ed25519 AAAA k"])
+    assert GROUP.to_state(keys, None)["ssh_authorized_keys"] == ["ssh-ed25519 AAAA k"]
+    assert GROUP.spec(GROUP.to_state(keys, None))["ssh_authorized_keys"] == ["ssh-ed25519 AAAA k"]
     api["placement"] = {"strategy": "pack", "max_per_node": None}
     assert GROUP.to_state(api, None)["placement"] == {"strategy": "pack", "max_per_node": None}
     assert is_ready(api)
@@ -251,3 +259,14 @@ def test_upload_of_a_missing_file_is_a_diagnostic_on_path_and_writes_nothing():
     with pytest.raises(ProviderError) as err:
         IMAGE.write(NoCalls(), state, None)
     assert err.value.diags[0].path == ["path"]
+
+
+def test_ssh_keys_unset_means_empty_and_null_never_differs_from_empty():
+    prior = dict(_state(), ssh_authorized_keys=[])
+    for config_keys in (None, []):
+        config = dict(prior, ssh_authorized_keys=config_keys)
+        planned, _ = GROUP.plan(prior, dict(prior, ssh_authorized_keys=config_keys or []), config)
+        assert planned == prior                          # no change either way
+    with_keys = dict(prior, ssh_authorized_keys=["ssh-ed25519 AAAA k"])
+    planned, _ = GROUP.plan(with_keys, dict(with_keys), dict(with_keys, ssh_authorized_keys=None))
+    assert planned["ssh_authorized_keys"] == []          # removed from the configuration: emptied
