@@ -26,7 +26,8 @@ from kazoo.recipe.cache import TreeCache, TreeEvent
 from cowfleet.agents.compute.domain import DomainSpec
 from cowfleet.agents.compute.hypervisor import Hypervisor, domain_name
 from cowfleet.agents.compute.instance_network import InstanceNetwork
-from cowfleet.agents.compute.network import AddressesExhausted, FakeNodeNetwork, LinuxBridgeNetwork, bridge_name
+from cowfleet.agents.compute.network import (AddressesExhausted, FakeNodeNetwork, LinuxBridgeNetwork, bridge_name,
+                                             tap_name)
 from cowfleet.agents.compute.overlays import FakeOverlayStore, OverlayStore
 from cowfleet.agents.compute.sessions import (FakeSessionManager, SessionError, SessionManager, base_of,
                                               session_key)
@@ -482,16 +483,18 @@ class ComputeAgent(NodeAgent):
         t_seed = time.monotonic()
         console = self.consoles / f"{iid}.log"
         console.unlink(missing_ok=True)
+        # agent and libvirtd in different network namespaces: a tap the agent puts on its bridge
+        tap = tap_name(iid) if self.instnet is not None and self.hyper.foreign_taps else None
         spec = DomainSpec(name=domain_name(self.name, iid), instance_id=iid, group=group,
                           node=self.name, vcpus=flavor.vcpus, memory_mib=flavor.memory_mib,
                           disk_path=str(overlay), console_log=str(console),
                           virt_type=self.hyper.virt_type,
-                          network="bridge" if self.instnet is not None else self.network,
-                          bridge=self.instnet.net.bridge if self.instnet is not None else None,
+                          network=("tap" if tap else "bridge") if self.instnet is not None else self.network,
+                          bridge=self.instnet.net.bridge if self.instnet is not None else None, tap=tap,
                           mac=mac, seed_path=str(seed) if seed else None)
         self.hyper.destroy(spec.name)        # a stopped leftover of the same name
         try:
-            self.hyper.start(spec)
+            self.hyper.start(spec, attach=self.instnet.net.attach if tap else None)
         except Exception as exc:
             self._set_state(group, iid, InstanceState.FAILED, f"domain start failed: {exc}")
             raise
@@ -536,7 +539,7 @@ class ComputeAgent(NodeAgent):
         inst = got[0]
         if dom.paused:
             self.log.info("resuming %s (left paused by an interrupted start)", iid)
-            self.hyper.resume(dom.name)
+            self.hyper.resume(dom.name, attach=self.instnet.net.attach if self.instnet is not None else None)
         if inst.state in (InstanceState.PENDING, InstanceState.STARTING):
             self._set_state(group, iid, InstanceState.RUNNING, running_at=inst.running_at or now())
             inst.state = InstanceState.RUNNING

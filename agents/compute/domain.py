@@ -19,8 +19,10 @@ class DomainSpec:
     disk_path: str            # the instance's qcow2 overlay
     console_log: str          # serial console, where the guest says it is ready
     virt_type: str = "qemu"   # kvm only where KVM really runs guests
-    network: str = "user"     # bridge (the node's instance bridge), user (qemu's slirp) or none
+    network: str = "user"     # bridge (the node's instance bridge), tap, user (qemu's slirp) or none
     bridge: str | None = None  # with network=bridge: the node's bridge
+    tap: str | None = None     # with network=tap: the tap's name (libvirt makes it; the agent puts it
+                               # on its bridge while the domain is paused: its namespace is not libvirtd's)
     mac: str | None = None     # the NIC's MAC (network-config matches on it)
     seed_path: str | None = None  # the NoCloud seed, attached read-only as the second disk
 
@@ -28,14 +30,21 @@ class DomainSpec:
 def domain_xml(spec: DomainSpec) -> str:
     if spec.virt_type not in ("kvm", "qemu"):
         raise ValueError(f"virt_type must be kvm or qemu, not {spec.virt_type!r}")
-    if spec.network not in ("bridge", "user", "none"):
-        raise ValueError(f"network must be bridge, user or none, not {spec.network!r}")
+    if spec.network not in ("bridge", "tap", "user", "none"):
+        raise ValueError(f"network must be bridge, tap, user or none, not {spec.network!r}")
     if spec.network == "bridge" and not spec.bridge:
         raise ValueError("network=bridge needs the bridge's name")
+    if spec.network == "tap" and not (spec.tap and 1 <= len(spec.tap) <= 15 and spec.tap.isascii()
+                                      and all(ch.isalnum() or ch in "-_" for ch in spec.tap)):
+        raise ValueError("network=tap needs the tap's name (a Linux interface name: 1 to 15 of a-z0-9-_)")
     cpu = "<cpu mode='host-passthrough'/>" if spec.virt_type == "kvm" else ""
     mac = f"<mac address={quoteattr(spec.mac)}/>" if spec.mac else ""
     if spec.network == "bridge":
         net = (f"<interface type='bridge'>{mac}<source bridge={quoteattr(spec.bridge)}/>"
+               "<model type='virtio'/><rom enabled='no'/></interface>")
+    elif spec.network == "tap":
+        # type ethernet: a tap libvirt makes and leaves alone (no bridge of its own to join)
+        net = (f"<interface type='ethernet'>{mac}<target dev={quoteattr(spec.tap)}/>"
                "<model type='virtio'/><rom enabled='no'/></interface>")
     elif spec.network == "user":
         net = f"<interface type='user'>{mac}<model type='virtio'/><rom enabled='no'/></interface>"

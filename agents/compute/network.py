@@ -8,6 +8,13 @@ address, and each instance's tap (made by libvirt) joins the bridge. Peers'
 subnets are routed via the peers' node addresses. Nothing here adds NAT,
 forwarding rules or a link to another interface: a bridge is reachable from
 its own host and, where the operator enables forwarding, from peers.
+
+Where the agent runs in another network namespace than libvirtd (the racks
+lab: every node a namespace, libvirtd in the host's own), libvirt cannot put
+a tap on the agent's bridge: the domain gets a tap NIC of a name the agent
+chooses (``tap_name``), libvirt makes it in its own namespace, and the agent
+moves it into its own and onto the bridge (``attach``) while the domain is
+still paused; qemu's file descriptor follows the device.
 """
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ import abc
 import hashlib
 import heapq
 import ipaddress
+import os
 import subprocess
 import threading
 
@@ -23,6 +31,38 @@ from cowfleet import network
 # Routes this agent adds carry their own protocol number, so it (and the
 # labs' teardown) can list and remove exactly its own and never anyone else's.
 ROUTE_PROTO = "207"
+LIBVIRT_DAEMONS = ("libvirtd", "virtqemud")
+
+
+def libvirtd_netns() -> str:
+    """libvirtd's network namespace (a /proc path): a running libvirtd's (or
+    modular virtqemud's), else the init process's, where a service manager
+    would start it. (Not /proc/1 first: a sandbox may deny reading it.)"""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as fh:
+                    if fh.read().strip() in LIBVIRT_DAEMONS:
+                        return f"/proc/{entry}/ns/net"
+            except OSError:
+                continue
+    return "/proc/1/ns/net"
+
+
+def apart_from_libvirtd() -> bool:
+    """True when this process runs in another network namespace than libvirtd,
+    so the taps libvirt makes appear there and not here."""
+    try:
+        mine, theirs = os.stat("/proc/self/ns/net"), os.stat(libvirtd_netns())
+    except OSError:
+        return False
+    return (mine.st_dev, mine.st_ino) != (theirs.st_dev, theirs.st_ino)
+
+
+def tap_name(instance_id: str) -> str:
+    """The tap of an instance whose NIC the agent attaches itself: unique per
+    instance id on a host, within Linux's 15 characters."""
+    return "cft-" + hashlib.sha256(instance_id.encode()).hexdigest()[:10]
 
 
 class AddressesExhausted(RuntimeError):
@@ -130,6 +170,11 @@ class NodeNetwork(abc.ABC):
         the others)."""
 
     @abc.abstractmethod
+    def attach(self, tap: str) -> None:
+        """Put an instance's tap on the bridge, up; a tap still in libvirtd's
+        namespace is moved into this node's first. Idempotent."""
+
+    @abc.abstractmethod
     def teardown(self) -> None:
         """Remove the bridge and our routes."""
 
@@ -150,6 +195,7 @@ class LinuxBridgeNetwork(NodeNetwork):
         if not 1 <= len(bridge) <= 15:
             raise ValueError("a Linux interface name has 1 to 15 characters")
         self.bridge = bridge
+        self._netns = netns
         self._prefix = ["-n", netns] if netns else []
 
     def _ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -203,6 +249,16 @@ class LinuxBridgeNetwork(NodeNetwork):
                     errors.append(f"route {dest} via {via}: {proc.stderr.strip()}")
         return errors
 
+    def attach(self, tap: str) -> None:
+        if self._ip("link", "show", "dev", tap, check=False).returncode != 0:
+            # still where libvirt made it: into this namespace (a named one, or this process's)
+            where = self._netns or str(os.getpid())
+            proc = subprocess.run(["nsenter", f"--net={libvirtd_netns()}", "ip", "link", "set", "dev", tap,
+                                   "netns", where], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"moving tap {tap} from libvirtd's network namespace: {proc.stderr.strip()}")
+        self._ip("link", "set", "dev", tap, "master", self.bridge, "up")
+
     def teardown(self) -> None:
         self.sync_routes({})
         self.remove_bridge()
@@ -220,6 +276,7 @@ class FakeNodeNetwork(NodeNetwork):
         self._addresses: list[str] = []
         self._routes: dict[str, str] = {}
         self._exists = False
+        self.ports: set[str] = set()      # the taps attached
 
     def setup(self, subnet: str) -> None:
         self._exists = True
@@ -244,8 +301,14 @@ class FakeNodeNetwork(NodeNetwork):
             self._routes[dest] = via
         return errors
 
+    def attach(self, tap: str) -> None:
+        if not self._exists:
+            raise RuntimeError(f"bridge {self.bridge} does not exist")
+        self.ports.add(tap)
+
     def teardown(self) -> None:
         self._exists, self._addresses, self._routes = False, [], {}
+        self.ports = set()
 
 
 def bridge_name(node: str) -> str:

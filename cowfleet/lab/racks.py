@@ -19,6 +19,18 @@ Vagrant VM (``scripts/provision/ROLE.sh``, with ``COWFLEET_ROOT`` = the node's
 folder and ``COWFLEET_START=0``), and its daemon is the ``ROLE.run`` file they
 wrote, started with ``ip netns exec``. ``down`` removes every namespace (and
 so every veth and the bridge), process and file the lab made.
+
+Instance network: each compute agent keeps its bridge (the gateway of the
+subnet it claimed in 10.78.0.0/16) and its routes to its peers' subnets (via
+their 10.77.x.y) inside its own namespace, and the lab turns forwarding on in
+the compute namespaces only (the host's ``net.ipv4.ip_forward`` is never
+touched): an instance in rack 1 reaches one in rack 2 through the two
+compute nodes. With ``--fake`` the bridges and routes are real all the same
+(``--node-network linux``); only the VMs are missing. With real VMs libvirtd
+runs in the host's namespace, so a guest's tap appears there for a moment:
+the agent moves it into its own namespace, onto its bridge, before the
+guest runs (agents/compute/network.py). Bridges, routes and taps go with
+the namespaces and domains on ``down``.
 """
 from __future__ import annotations
 
@@ -43,7 +55,8 @@ from cowfleet.lab.lab import LabFiles, _say, default_dir
 SERVICE_PORT = 8080
 AGENT_PORT = 7070
 ZK_PORT = 2181
-FAKE_ARGS = "--hypervisor fake --vcpus 8 --memory-mib 8192"
+# no VMs, but real bridges and routes in the compute namespaces
+FAKE_ARGS = "--hypervisor fake --node-network linux --vcpus 8 --memory-mib 8192"
 
 
 def provision_dir() -> Path:
@@ -215,6 +228,10 @@ class RacksLab(LabFiles):
             netns.ip("-n", fab, "link", "set", port, "master", "br0", "up")
             netns.ip("-n", n.netns, "addr", "add", f"{n.addr}/16", "dev", "eth0")
             netns.ip("-n", n.netns, "link", "set", "eth0", "up")
+            if n.role == "compute":
+                # a compute node routes between its instance bridge and eth0; the
+                # setting is the namespace's own (never the host's)
+                netns.ip("netns", "exec", n.netns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
 
     def _provision(self, scripts: Path, token: str, reader: str) -> None:
         st = self.state

@@ -129,6 +129,28 @@ $2
 EOF
 }
 
+# real_host: this run configures the machine itself (a VM, a server), not a
+# folder of it: no COWFLEET_ROOT prefix, and it installs or starts for real.
+# The racks lab (COWFLEET_ROOT, COWFLEET_INSTALL=0, COWFLEET_START=0) runs
+# these scripts on its own host: no host-wide setting may come from them there.
+real_host() {
+  [ -z "$COWFLEET_ROOT" ] && { [ "$COWFLEET_INSTALL" = 1 ] || [ "$COWFLEET_START" = 1 ]; }
+}
+
+# host_sysctl NAME VALUE FILE: a kernel setting kept in /etc/sysctl.d/FILE
+# (so it survives a reboot) and applied now; on a real host only (real_host)
+host_sysctl() {
+  real_host || return 0
+  changed=$CHANGED
+  put_file "/etc/sysctl.d/$3" 0644 <<EOF
+# written by scripts/provision: $1
+$1 = $2
+EOF
+  CHANGED=$changed        # a kernel setting: no reason to restart the daemon
+  sysctl -q -p "/etc/sysctl.d/$3" >/dev/null
+  say "$1 = $(sysctl -n "$1")"
+}
+
 # start_role ROLE: under systemd a unit; without it a pid file; restarts only on change
 start_role() {
   [ "$COWFLEET_START" = 1 ] || { say "configured $1 (not started: COWFLEET_START=0)"; return 0; }

@@ -3,6 +3,7 @@ guest on an empty qcow2 disk) and the fake one the scale tests use must
 answer start / list / resume / destroy alike."""
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import shutil
 import subprocess
@@ -11,6 +12,8 @@ import pytest
 
 from cowfleet.agents.compute.domain import DomainSpec
 from cowfleet.agents.compute.hypervisor import FakeHypervisor, LibvirtHypervisor, domain_name
+from cowfleet.agents.compute.network import FakeNodeNetwork, LinuxBridgeNetwork, tap_name
+from cowfleet.lab import netns
 from tests.conftest import _workdir
 
 pytestmark = pytest.mark.integration
@@ -84,3 +87,96 @@ def test_list_shows_only_the_nodes_own_domains(hyper, spec_for):
     finally:
         hyper.destroy(mine.name)
         hyper.destroy(other.name)
+
+
+# -- a tap NIC (the agent in another network namespace than libvirtd) -----------
+
+@pytest.fixture
+def node_net(hyper):
+    """The node's bridge: for libvirt in a network namespace of this test's
+    own (a racks-lab node's position: libvirtd is in this machine's namespace),
+    for the fake one in memory."""
+    if isinstance(hyper, FakeHypervisor):
+        net = FakeNodeNetwork("cfbr-hvtest")
+        net.setup("10.78.254.0/24")
+        yield net
+        return
+    name = f"cf-hvtest{secrets.token_hex(3)}"
+    netns.ip("netns", "add", name)
+    try:
+        net = LinuxBridgeNetwork("cfbr-hvtest", netns=name)
+        net.setup("10.78.254.0/24")
+        net.netns = name
+        yield net
+    finally:
+        netns.ip("netns", "del", name, check=False)
+
+
+def tap_spec(spec: DomainSpec) -> DomainSpec:
+    return dataclasses.replace(spec, network="tap", tap=tap_name(spec.instance_id), bridge="cfbr-hvtest",
+                               mac="02:00:00:00:00:01")
+
+
+def links(ns: str | None = None) -> str:
+    return netns.ip(*(["-n", ns] if ns else []), "-o", "link", "show")
+
+
+def test_a_tap_is_attached_while_the_domain_is_paused(hyper, spec_for, node_net):
+    spec = tap_spec(spec_for())
+    seen = []
+
+    def attach(tap):
+        seen.append((tap, hyper.list(NODE)[spec.instance_id].paused))
+        node_net.attach(tap)
+    hyper.start(spec, attach=attach)
+    try:
+        assert seen == [(spec.tap, True)]
+        info = hyper.list(NODE)[spec.instance_id]
+        assert info.running and not info.paused
+        if isinstance(hyper, LibvirtHypervisor):
+            # moved out of libvirtd's namespace into the node's, onto its bridge, up
+            line = next(x for x in links(node_net.netns).splitlines() if f" {spec.tap}:" in x)
+            assert "master cfbr-hvtest" in line and ",UP" in line, line
+            assert f" {spec.tap}:" not in links()
+        else:
+            assert node_net.ports == {spec.tap}
+    finally:
+        hyper.destroy(spec.name)
+    if isinstance(hyper, LibvirtHypervisor):
+        assert f" {spec.tap}:" not in links(node_net.netns), "the tap goes with its qemu"
+
+
+def test_a_tap_nic_needs_attach_and_a_failed_attach_leaves_no_domain(hyper, spec_for):
+    spec = tap_spec(spec_for())
+    with pytest.raises(ValueError, match="attach"):
+        hyper.start(spec)
+
+    def attach(tap):
+        raise RuntimeError(f"cannot attach {tap}")
+    with pytest.raises(RuntimeError, match="cannot attach"):
+        hyper.start(spec, attach=attach)
+    assert hyper.list(NODE) == {}
+
+
+def test_resume_attaches_the_taps_of_a_domain_left_paused(hyper, spec_for, node_net):
+    """An agent that died between creating a domain and attaching its tap:
+    the next one resumes it (agent._adopt), attaching first."""
+    spec = tap_spec(spec_for())
+    if isinstance(hyper, LibvirtHypervisor):
+        import libvirt
+        from cowfleet.agents.compute.domain import domain_xml
+        hyper._conn().createXML(domain_xml(spec), libvirt.VIR_DOMAIN_START_PAUSED)
+    else:
+        hyper._domains[spec.name] = (spec, True)
+    try:
+        assert hyper.list(NODE)[spec.instance_id].paused
+        hyper.resume(spec.name, attach=node_net.attach)
+        assert not hyper.list(NODE)[spec.instance_id].paused
+        if isinstance(hyper, LibvirtHypervisor):
+            assert "master cfbr-hvtest" in next(x for x in links(node_net.netns).splitlines()
+                                                if f" {spec.tap}:" in x)
+        else:
+            assert node_net.ports == {spec.tap}
+        node_net.attach(spec.tap)          # again: nothing to do
+    finally:
+        hyper.destroy(spec.name)

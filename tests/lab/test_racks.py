@@ -1,7 +1,7 @@
 """The racks lab end to end: a group of 6 spreads over the three racks while a
 ZooKeeper member dies mid-deploy (no failed request, no agent loses its
 membership); two members down -> 503, and everything recovers by itself;
-``down`` leaves no namespace, process or file. Runs after test_nodes.py
+``down`` leaves no namespace, process, file, bridge or route. Runs after test_nodes.py
 (file order), on the same session lab; not against Vagrant."""
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from cowfleet.agents.compute.network import ROUTE_PROTO, bridge_name
 from cowfleet.lab import components as c
 from cowfleet.lab import netns
 from tests.helpers import wait_until
@@ -122,6 +123,9 @@ def test_down_leaves_nothing(racks_lab):
     channels = [n.tgt_control_port for n in st.nodes if n.role == "storage"]
     assert len(channels) == st.racks and all(channels), "a tgtd per storage node"
     port = int(st.endpoint.rsplit(":", 1)[1])
+    bridges = {bridge_name(n.name) for n in st.nodes if n.role == "compute"}
+    assert all(netns.ip("-n", n.netns, "link", "show", "dev", bridge_name(n.name))
+               for n in st.nodes if n.role == "compute"), "each compute node's bridge, in its namespace"
     t0 = time.monotonic()
     lab.down()
     print(f"racks lab down in {time.monotonic() - t0:.1f}s")
@@ -133,3 +137,11 @@ def test_down_leaves_nothing(racks_lab):
                 or (c.TGTD_RUN / f"socket.{ch}.lock").exists()]
     ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(lab.dir) not in ps and f"cf-{st.lab_id}-" not in ps
+    # the instance network lived in the namespaces only: nothing of it in this machine's
+    # (a one-node lab running meanwhile may have a cfbr- bridge here: only ours must be gone)
+    links = netns.ip("-br", "link")
+    names = [line.split()[0].split("@")[0] for line in links.splitlines() if line.strip()]
+    assert not [n for n in names if n in bridges], links
+    assert not [n for n in names if n.startswith("cft-")], "a tap left behind"
+    assert not [r for r in netns.ip("-4", "route", "show", "proto", ROUTE_PROTO).splitlines()
+                if " via 10.77." in r or r.startswith("10.77.")], "a route of the lab in this namespace"

@@ -159,6 +159,33 @@ def test_bridge_network_needs_a_bridge():
         domain_xml(spec(network="bridge"))
 
 
+def test_tap_interface_is_an_ethernet_nic_on_the_named_tap():
+    """An agent in another network namespace than libvirtd: libvirt makes the
+    tap (of the agent's name), joins no bridge, and the agent attaches it."""
+    root = parse(spec(network="tap", tap="cft-0123456789", bridge="cfbr-1234abcd", mac="02:aa:bb:cc:dd:ee"))
+    ifaces = root.findall("devices/interface")
+    assert len(ifaces) == 1 and ifaces[0].get("type") == "ethernet"
+    assert ifaces[0].find("target").get("dev") == "cft-0123456789"
+    assert ifaces[0].find("source") is None, "libvirt must not look for a bridge"
+    assert ifaces[0].find("mac").get("address") == "02:aa:bb:cc:dd:ee"
+    assert ifaces[0].find("model").get("type") == "virtio"
+
+
+@pytest.mark.parametrize("tap", [None, "", "cft-0123456789ab", "cft 1", "cft'/>", "täp"])
+def test_tap_network_needs_a_valid_tap_name(tap):
+    with pytest.raises(ValueError, match="tap"):
+        domain_xml(spec(network="tap", tap=tap))
+
+
+def test_tap_names_fit_linux_and_differ_per_instance():
+    from cowfleet.agents.compute.network import tap_name
+    names = {tap_name(f"web-{i:06x}") for i in range(1000)}
+    assert len(names) == 1000
+    assert all(n.startswith("cft-") and len(n) == 14 for n in names)
+    assert tap_name("web-0a1b2c") == tap_name("web-0a1b2c")
+    domain_xml(spec(network="tap", tap=tap_name("web-0a1b2c")))
+
+
 def test_seed_is_a_second_read_only_disk():
     root = parse(spec(seed_path="/var/lib/cowfleet/seeds/web/web-0a1b2c.iso"))
     disks = root.findall("devices/disk")

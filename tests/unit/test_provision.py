@@ -88,6 +88,58 @@ def test_bad_parameters_are_refused(tmp_path):
     assert proc.returncode == 2
 
 
+def test_the_lab_run_sets_nothing_on_the_host(tmp_path):
+    """Configure-only under a prefix (the racks lab): no sysctl file, not even
+    under the prefix, and no kernel setting applied (the lab sets forwarding
+    inside each compute namespace itself)."""
+    forward = Path("/proc/sys/net/ipv4/ip_forward").read_text()
+    out = provision("compute", tmp_path, **NODES["compute"]).stdout
+    assert not (tmp_path / "etc/sysctl.d").exists()
+    assert "ip_forward" not in out
+    assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == forward
+    assert "host_sysctl net.ipv4.ip_forward 1 " in (SCRIPTS / "compute.sh").read_text()
+
+
+def on_a_pretend_host(commands: str, **env) -> subprocess.CompletedProcess:
+    """sh sourcing common.sh, then COMMANDS, in a network namespace and a
+    mount namespace of their own with a tmpfs over /etc/sysctl.d: a real
+    host's path of the scripts, touching nothing of this machine."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (unshare --net --mount)")
+    assert shutil.which("unshare"), "util-linux's unshare is missing"
+    full = {k: v for k, v in os.environ.items() if not k.startswith("COWFLEET_")}
+    full.update(COWFLEET_INSTALL="0", COWFLEET_START="1", COWFLEET_NODE="r1-c1", COWFLEET_ADDR="10.77.1.11",
+                COWFLEET_ZK_SERVERS=SERVERS)
+    full.update(env)
+    script = f"mount -t tmpfs cf-test /etc/sysctl.d && . ./common.sh && {commands}"
+    proc = subprocess.run(["unshare", "--net", "--mount", "sh", "-c", script], cwd=SCRIPTS, env=full,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_a_real_compute_host_forwards_and_keeps_it(tmp_path):
+    forward = Path("/proc/sys/net/ipv4/ip_forward").read_text()
+    conf = "/etc/sysctl.d/60-cowfleet-forwarding.conf"
+    step = "host_sysctl net.ipv4.ip_forward 1 60-cowfleet-forwarding.conf"
+    out = on_a_pretend_host(f"sysctl -n net.ipv4.ip_forward; {step}; {step}; "
+                            f"cat {conf}; echo CHANGED=$CHANGED").stdout
+    before, rest = out.split("\n", 1)
+    assert before == "0", "a new namespace starts without forwarding"
+    assert rest.count(f"wrote {conf}") == 1, "written once, then left alone"
+    assert rest.count("net.ipv4.ip_forward = 1") == 3, rest     # applied twice, and in the file
+    assert "CHANGED=0" in rest, "a kernel setting restarts no daemon"
+    # the racks lab's way (a prefix, nothing installed or started): nothing
+    out = on_a_pretend_host(f"{step}; ls /etc/sysctl.d; sysctl -n net.ipv4.ip_forward",
+                            COWFLEET_ROOT=str(tmp_path), COWFLEET_START="0").stdout
+    assert out.split() == ["0"]
+    # a prefix alone is enough to keep off the host (test_provision_start starts under one)
+    out = on_a_pretend_host(f"{step}; ls /etc/sysctl.d; sysctl -n net.ipv4.ip_forward",
+                            COWFLEET_ROOT=str(tmp_path)).stdout
+    assert out.split() == ["0"]
+    assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == forward, "this machine's setting is untouched"
+
+
 def vagrant(tmp_path, *args, **env):
     assert shutil.which("vagrant"), "vagrant is not installed (scripts/install-system-deps.sh installs it)"
     shutil.copy(REPO / "Vagrantfile", tmp_path / "Vagrantfile")
