@@ -1,0 +1,149 @@
+"""What the routed network and the NoCloud seed cost: PUT -> all ready for a
+group of ``--size`` (10) demo guests, with both (the default: an address on
+the node's bridge, a seed per instance, the guest configuring itself from
+it) against the same group with neither (the compute agent restarted with
+``--network none --no-seed``: no NIC, no seed), in the same run, alternated
+``--repeat`` (3) times; medians compared. Target: with / without <= 1.05.
+
+Also read from the compute agent's log: how long building each seed took
+(the ``seed N ms`` of every ``running:`` line), and from ZooKeeper how long
+after the PUT each instance had its address.
+
+    .venv/bin/python bench/instance_network.py [--size 10] [--repeat 3] [--json out.json]
+
+One real one-node lab in a folder under /var/tmp, removed at the end (on
+Ctrl-C or SIGTERM too). The guests boot under TCG on this machine, so each
+group takes tens of seconds; the whole run a few minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+from cowfleet.client import Client
+from cowfleet.guest.builder import build_demo_image
+from cowfleet.lab.lab import Lab
+
+TARGET = 1.05
+
+
+def ts(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def ready_after_put(client: Client, group: str, size: int, timeout: float = 600) -> dict:
+    """Seconds from the PUT until every instance is ready (from the records'
+    ready_at), and until every one had its address (polled)."""
+    t0 = time.time()
+    client.put_group(group, image="demo", flavor="small", size=size)
+    addressed = None
+    while True:
+        g = client.get_group(group)
+        insts = g["instances"] if g else []
+        if addressed is None and len(insts) == size and all(i.get("address") for i in insts):
+            addressed = time.time() - t0
+        if len(insts) == size and all(i["state"] == "ready" for i in insts):
+            break
+        if time.time() - t0 > timeout:
+            raise TimeoutError(f"group {group} not ready after {timeout:.0f}s: {g['status'] if g else None}")
+        time.sleep(0.1)
+    ready = max(ts(i["ready_at"]) for i in insts) - t0
+    client.delete_group(group)
+    while client.get_group(group) is not None:
+        time.sleep(0.2)
+    return {"ready_s": ready, "addressed_s": addressed}
+
+
+def set_mode(lab: Lab, with_network: bool) -> None:
+    """Restart the lab's compute agent with or without the network and seed."""
+    cmd = [a for a in lab.state.commands["agent-compute"] if a not in ("--no-seed",)]
+    if "--network" in cmd:
+        i = cmd.index("--network")
+        del cmd[i:i + 2]
+    if not with_network:
+        cmd += ["--network", "none", "--no-seed"]
+    lab.state.commands["agent-compute"] = cmd
+    lab._save()
+    lab.restart("agent-compute")
+    # the old agent's membership lingers for its session's timeout: wait for the new one's
+    client = Client(lab.state.endpoint, lab.state.token)
+    deadline = time.time() + 60
+    while not any(n["role"] == "compute" and bool(n.get("subnet")) == with_network for n in client.nodes()):
+        if time.time() > deadline:
+            raise TimeoutError("the restarted compute agent did not register")
+        time.sleep(0.2)
+
+
+def seed_times(log: Path) -> list[float]:
+    return [float(m.group(1)) for m in re.finditer(r"seed ([0-9.]+) ms", log.read_text(errors="replace"))]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=10)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--json", help="write the figures here")
+    args = p.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="cowfleet-bench-net-", dir="/var/tmp"))
+    work.chmod(0o755)
+    lab = Lab(work / "lab")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    results: dict[str, list[dict]] = {"with": [], "without": []}
+    try:
+        print(f"building the demo image and starting a one-node lab in {work}", flush=True)
+        image = build_demo_image(work / "demo.raw")
+        lab.up()
+        client = Client(lab.state.endpoint, lab.state.token)
+        client.put_image("demo", source_url=f"file://{image}", format="raw", min_replicas=1)
+        while client.get_image("demo")["status"] != "available":
+            time.sleep(0.2)
+        # a warm-up group, so neither mode pays the first session attach
+        ready_after_put(client, "warmup", 1)
+        for r in range(args.repeat):
+            for mode in (("with", "without") if r % 2 == 0 else ("without", "with")):
+                set_mode(lab, mode == "with")
+                got = ready_after_put(client, f"net-{mode}-{r}", args.size)
+                results[mode].append(got)
+                print(f"  round {r + 1} {mode:<8} network and seed: all {args.size} ready "
+                      f"{got['ready_s']:6.2f} s after the PUT"
+                      + (f", addressed {got['addressed_s']:.2f} s" if got["addressed_s"] else ""), flush=True)
+        seeds = seed_times(lab.dir / "agent-compute.log")
+    finally:
+        lab.down()
+        for f in work.glob("*"):
+            if f.is_file():
+                f.unlink()
+        try:
+            work.rmdir()
+        except OSError:
+            pass
+    med = {m: statistics.median(r["ready_s"] for r in rs) for m, rs in results.items()}
+    ratio = med["with"] / med["without"]
+    addressed = [r["addressed_s"] for r in results["with"] if r["addressed_s"]]
+    print()
+    print(f"{'group of ' + str(args.size):<24} {'median ready (s)':>17} {'runs (s)':>28}")
+    for mode in ("without", "with"):
+        runs = ", ".join(f"{r['ready_s']:.2f}" for r in results[mode])
+        print(f"{mode + ' network+seed':<24} {med[mode]:>17.2f} {runs:>28}")
+    print(f"\nratio with / without: {ratio:.3f}  (target <= {TARGET}: {'PASS' if ratio <= TARGET else 'FAIL'})")
+    if seeds:
+        print(f"seed build per instance: median {statistics.median(seeds):.1f} ms, max {max(seeds):.1f} ms "
+              f"({len(seeds)} seeds, from the agent's timing log)")
+    if addressed:
+        print(f"every instance had its address {statistics.median(addressed):.2f} s after the PUT (median)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": results, "median": med, "ratio": ratio,
+                                               "seed_ms": seeds, "target": TARGET}, indent=2))
+    return 0 if ratio <= TARGET else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
