@@ -11,12 +11,14 @@ after it, the request is gone: exactly once.
 """
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import os
 import secrets
 import time
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 
 from kazoo.exceptions import LockTimeout, NoNodeError, NodeExistsError, NotEmptyError
@@ -53,12 +55,52 @@ def flavor_named(zk, name: str) -> Flavor | None:
     return next((f for f in DEFAULT_FLAVORS if f.name == name), None)
 
 
-def _victims(live: list[Instance], excess: int) -> list[Instance]:
+def _victims(live: list[Instance], excess: int, strategy: str = "spread") -> list[Instance]:
     """Which instances go on scale-in: failed first, then the least far
-    along, then the newest."""
+    along; among equals, for ``spread`` one from the rack (then the node)
+    holding the most of the group's instances at that moment, so racks stay
+    balanced; for ``pack`` the emptiest nodes first, so the rest stay packed;
+    then the newest."""
     rank = {InstanceState.FAILED: 0, InstanceState.PENDING: 1, InstanceState.STARTING: 2,
             InstanceState.RUNNING: 3, InstanceState.READY: 4}
-    return sorted(live, key=lambda i: (rank.get(i.state, 0), -i.created_at))[:excess]
+    per_rack = Counter(i.rack for i in live)
+    per_node = Counter(i.node for i in live)
+    if strategy == "pack":
+        return sorted(live, key=lambda i: (rank.get(i.state, 0), per_node[i.node], per_rack[i.rack],
+                                           -i.created_at))[:excess]
+
+    out: list[Instance] = []
+    for tier in sorted({rank.get(i.state, 0) for i in live}):
+        if len(out) >= excess:
+            break
+        # this tier's candidates by rack and node, oldest first (the newest is popped)
+        by_rack: dict[str, dict[str, list[Instance]]] = {}
+        for i in sorted((i for i in live if rank.get(i.state, 0) == tier), key=lambda i: (i.created_at, i.id)):
+            by_rack.setdefault(i.rack, {}).setdefault(i.node, []).append(i)
+        # the rack with the most of the group's instances, then its fullest node:
+        # heaps of (-count, name); a count only drops, so a stale entry is skipped
+        racks = [(-per_rack[r], r) for r in by_rack]
+        heapq.heapify(racks)
+        nodes = {r: [(-per_node[n], n) for n in ns] for r, ns in by_rack.items()}
+        for h in nodes.values():
+            heapq.heapify(h)
+        while racks and len(out) < excess:
+            count, rack = heapq.heappop(racks)
+            if -count != per_rack[rack] or not nodes[rack]:
+                continue
+            while True:
+                ncount, node = heapq.heappop(nodes[rack])
+                if -ncount == per_node[node] and by_rack[rack].get(node):
+                    break
+            inst = by_rack[rack][node].pop()
+            out.append(inst)
+            per_rack[rack] -= 1
+            per_node[node] -= 1
+            if by_rack[rack][node]:
+                heapq.heappush(nodes[rack], (-per_node[node], node))
+            if nodes[rack]:
+                heapq.heappush(racks, (-per_rack[rack], rack))
+    return out
 
 
 @dataclass
@@ -195,7 +237,7 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
             excess = len(live) - group.size
         if excess > 0:
             versions = {i.id: v for i, v in live}
-            for inst in _victims([i for i, _ in live], excess):
+            for inst in _victims([i for i, _ in live], excess, group.placement.get("strategy", "spread")):
                 terminate(inst, versions[inst.id])
         elif excess < 0:
             missing = -excess

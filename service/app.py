@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 def _bootstrap(zk) -> None:
     for flavor in DEFAULT_FLAVORS:
         create_quietly(zk, layout.flavor(flavor.name), flavor.to_bytes())
+        create_quietly(zk, layout.users_guard(layout.flavor(flavor.name)), b"")   # zk/groups.py
 
 
 class _Holder(ZooKeeperHolder):

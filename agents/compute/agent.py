@@ -31,7 +31,6 @@ from cowfleet.agents.compute.network import (AddressesExhausted, FakeNodeNetwork
 from cowfleet.agents.compute.overlays import FakeOverlayStore, OverlayStore
 from cowfleet.agents.compute.sessions import (FakeSessionManager, SessionError, SessionManager, base_of,
                                               session_key)
-from cowfleet.agents.compute.sessions import kill as kill_daemon
 from cowfleet.agents.compute.seed import SeedData, SeedStore
 from cowfleet.agents.node import NodeAgent
 from cowfleet.agents.handshake import HandshakeGatherer, PeerDirectory, Reservations, node_offer, post
@@ -317,9 +316,8 @@ class ComputeAgent(NodeAgent):
                     self.sessions.stop(key)
             finally:
                 lock.release()
-        for pid in self.sessions.orphans():
-            self.log.info("killing orphan qemu-storage-daemon %d", pid)
-            kill_daemon(pid)
+        for pid, key in self.sessions.kill_orphans():
+            self.log.info("killed orphan qemu-storage-daemon %d (session %s)", pid, key)
 
     def _session_users(self, key: str) -> set[str]:
         """The keys used by overlays on disk, read now (call under lock(base_of(key)))."""

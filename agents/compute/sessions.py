@@ -17,6 +17,7 @@ create overlay" and "no overlay left -> stop" per image with ``lock(base_of(key)
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -36,6 +37,11 @@ log = logging.getLogger(__name__)
 QEMU_USER = "libvirt-qemu"        # libvirt's qemu runs as this user: it must reach the socket
 EXPORT_NAME = "img"
 ATTACH_TIMEOUT = 20.0
+# A UNIX socket's path has at most 107 bytes, which <state dir>/sessions/
+# <image>-<sha12>~N/nbd.sock exceeds easily (a racks-lab node's state dir
+# alone is ~80). Each session's folder is therefore also reached by a short
+# symlink named by a hash of its real path, and the socket is named through it.
+RUN_DIR = Path("/run/cowfleet/sessions")
 
 
 class SessionError(RuntimeError):
@@ -57,11 +63,14 @@ class Session:
     @property
     def url(self) -> str:
         """The overlays' backing file."""
-        return nbd_url(self.socket)
+        return nbd_url(self.socket, self.key)
 
 
-def nbd_url(socket: str) -> str:
-    return f"nbd+unix:///{EXPORT_NAME}?socket={socket}"
+def nbd_url(socket: str, export: str = EXPORT_NAME) -> str:
+    """An NBD export over a UNIX socket as qemu names it; a session's export
+    is named by its key, so an overlay's header says which session backs it
+    even when the socket's short link is gone (after a reboot)."""
+    return f"nbd+unix:///{export}?socket={socket}"
 
 
 GENERATION = "~"        # <base>~N: a later session of the same image (see SessionManager.next_key)
@@ -111,13 +120,34 @@ def _is_qsd(pid: int, needle: str) -> bool:
     return bool(args) and os.path.basename(args[0]) == "qemu-storage-daemon" and any(needle in a for a in args)
 
 
+def short_link(session_dir: str | os.PathLike) -> Path:
+    """The short path of a session's folder (a symlink under RUN_DIR)."""
+    return RUN_DIR / hashlib.sha256(str(Path(session_dir)).encode()).hexdigest()[:16]
+
+
+def session_dir_of(cmdline: list[str]) -> Path | None:
+    """The real folder of the session a daemon serves (its socket's folder,
+    through the short link)."""
+    for arg in cmdline:
+        _, found, rest = arg.partition("addr.path=")
+        if found:
+            return Path(os.path.realpath(Path(rest.split(",")[0]).parent))
+    return None
+
+
 def daemons_under(root: str | os.PathLike) -> dict[int, list[str]]:
-    """pid -> cmdline of every qemu-storage-daemon whose socket lies under ``root``."""
-    needle = f"addr.path={Path(root)}/"
+    """pid -> cmdline of every qemu-storage-daemon serving a session under ``root``."""
+    real = os.path.realpath(root) + "/"
     out = {}
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and _is_qsd(int(entry), needle):
-            out[int(entry)] = _cmdline(int(entry))
+        if not entry.isdigit():
+            continue
+        args = _cmdline(int(entry))
+        if not args or os.path.basename(args[0]) != "qemu-storage-daemon":
+            continue
+        where = session_dir_of(args)
+        if where is not None and (str(where) + "/").startswith(real):
+            out[int(entry)] = args
     return out
 
 
@@ -146,10 +176,15 @@ def _zombie(pid: int) -> bool:
 
 
 def kill_all_under(root: str | os.PathLike) -> int:
-    """Stop every session daemon under ``root`` (lab tear-down, tests)."""
+    """Stop every session daemon under ``root`` and remove their short links
+    (lab tear-down, tests)."""
     pids = daemons_under(root)
     for pid in pids:
         kill(pid)
+    real = os.path.realpath(root) + "/"
+    for link in RUN_DIR.glob("*") if RUN_DIR.is_dir() else ():
+        if link.is_symlink() and (os.path.realpath(link) + "/").startswith(real):
+            link.unlink(missing_ok=True)
     return len(pids)
 
 
@@ -174,17 +209,32 @@ class SessionManager:
         return self.root / key
 
     def socket(self, key: str) -> Path:
-        return self.dir(key) / "nbd.sock"
+        """The session's NBD socket, named through its short link (RUN_DIR)."""
+        return short_link(self.dir(key)) / "nbd.sock"
+
+    def link(self, key: str) -> Path:
+        """Make the short link to the session's folder (its socket is named through it)."""
+        link, d = short_link(self.dir(key)), self.dir(key)
+        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        os.chmod(RUN_DIR.parent, 0o755)       # qemu (another user) reaches the socket through it
+        os.chmod(RUN_DIR, 0o755)
+        if os.path.realpath(link) != os.path.realpath(d):
+            link.unlink(missing_ok=True)
+            link.symlink_to(d)
+        return link
 
     def key_of_backing(self, backing: str | None) -> str | None:
         """The session an overlay's backing file points at, if one of ours."""
         if not backing or not backing.startswith("nbd+unix://"):
             return None
-        query = urllib.parse.parse_qs(urllib.parse.urlparse(backing).query)
-        sock = Path(query.get("socket", [""])[0])
-        if sock.parent.parent != self.root:
-            return None
-        return sock.parent.name
+        url = urllib.parse.urlparse(backing)
+        sock = Path(urllib.parse.parse_qs(url.query).get("socket", [""])[0])
+        if sock.parent.parent == self.root:          # a socket named by its real folder (before links)
+            return sock.parent.name
+        key = url.path.lstrip("/")                   # the export is named by the session's key,
+        if key and short_link(self.dir(key)) == sock.parent:     # and the link by our folder of it
+            return key
+        return None
 
     def key_of_overlay(self, path: str | os.PathLike) -> str | None:
         return self.key_of_backing(qcow2_backing(path))
@@ -247,13 +297,14 @@ class SessionManager:
         d = self.dir(key)
         d.mkdir(parents=True, exist_ok=True)
         os.chmod(d, 0o755)
+        self.link(key)
         sock, pidfile = self.socket(key), d / "qsd.pid"
         portal, target = r["portal"], r["target"]
         cmd = ["qemu-storage-daemon",
                "--blockdev", f"driver=iscsi,transport=tcp,portal={portal},target={target},lun=1,"
                              "node-name=base,read-only=on",
                "--nbd-server", f"addr.type=unix,addr.path={sock}",
-               "--export", f"type=nbd,id=exp0,node-name=base,name={EXPORT_NAME},writable=off",
+               "--export", f"type=nbd,id=exp0,node-name=base,name={key},writable=off",
                "--pidfile", str(pidfile), "--daemonize"]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=ATTACH_TIMEOUT)
@@ -288,11 +339,32 @@ class SessionManager:
         for pid in daemons_under(self.dir(key)):      # a daemon whose pid file is lost
             kill(pid)
         shutil.rmtree(self.dir(key), ignore_errors=True)
+        short_link(self.dir(key)).unlink(missing_ok=True)
 
-    def orphans(self) -> list[int]:
-        """Daemons under our root that no session folder accounts for."""
+    def orphans(self) -> dict[int, str]:
+        """pid -> session key of daemons under our root that no session folder
+        accounts for (the key read from the daemon's socket path)."""
         known = {s.pid for s in self.list().values() if s is not None}
-        return [pid for pid in daemons_under(self.root) if pid not in known]
+        return {pid: session_dir_of(cmdline).name for pid, cmdline in daemons_under(self.root).items()
+                if pid not in known}
+
+    def kill_orphans(self) -> list[tuple[int, str]]:
+        """Kill the orphan daemons, each under its session's lock: a daemon
+        being attached right now has no session.json yet and looks like an
+        orphan until the attach (which holds the lock) ends. Returns (pid, key)
+        of those killed."""
+        killed = []
+        for pid, key in self.orphans().items():
+            lock = self.lock(base_of(key))
+            if not lock.acquire(blocking=False):
+                continue                     # being attached: not an orphan
+            try:
+                if pid in self.orphans():    # still one, now that no attach runs
+                    kill(pid)
+                    killed.append((pid, key))
+            finally:
+                lock.release()
+        return killed
 
 
 class FakeSessionManager(SessionManager):
@@ -335,4 +407,7 @@ class FakeSessionManager(SessionManager):
         self._fake.pop(key, None)
 
     def orphans(self):
+        return {}
+
+    def kill_orphans(self):
         return []

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import BadVersionError, NoNodeError, NotEmptyError
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
 
 from cowfleet.models import Group
 from cowfleet.zk import layout
@@ -43,3 +43,58 @@ def finish_delete_if_empty(zk: KazooClient, name: str) -> bool:
     if not ok and any(isinstance(r, (BadVersionError, NotEmptyError)) for r in results):
         return False
     return ok
+
+
+# -- references from groups to images and flavors ------------------------------------
+#
+# A group names an image and a flavor; neither may be deleted while a group
+# names it. Checking "no group uses it" and then deleting is a race (a group
+# created in between names an object that is gone), and so is checking "it
+# exists" and then creating the group. Each image and flavor therefore has a
+# guard znode, ``<object>/users``: every group write bumps the guards of what
+# it names in its own transaction (failing if they are gone), and a delete
+# commits only if the guard's version is still the one it read before its
+# in-use check. Whichever commits second sees the other.
+
+def guard_version(zk: KazooClient, obj_path: str) -> int | None:
+    """The version of the object's guard, made if the object predates guards;
+    None if the object is gone."""
+    for _ in range(3):
+        try:
+            return zk.get(layout.users_guard(obj_path))[1].version
+        except NoNodeError:
+            if not zk.exists(obj_path):
+                return None
+            try:
+                zk.create(layout.users_guard(obj_path), b"")
+            except (NodeExistsError, NoNodeError):
+                pass
+    return None
+
+
+def touch_guards(tx, *obj_paths: str) -> None:
+    """In a group's transaction: bump the guards of the objects it names (the
+    transaction fails with NoNodeError if one of them is gone)."""
+    for path in obj_paths:
+        tx.set_data(layout.users_guard(path), b"")
+
+
+def delete_guarded(zk: KazooClient, obj_path: str, version: int, guard: int,
+                   children: tuple[str, ...] = ()) -> bool:
+    """Delete an object (and the listed child folders with their children)
+    if neither it nor its guard changed since they were read; False when
+    something did (the caller reads again)."""
+    tx = zk.transaction()
+    tx.check(obj_path, version)
+    tx.check(layout.users_guard(obj_path), guard)
+    for child in children:
+        folder = f"{obj_path}/{child}"
+        try:
+            for leaf in zk.get_children(folder):
+                tx.delete(f"{folder}/{leaf}")
+            tx.delete(folder)
+        except NoNodeError:
+            pass
+    tx.delete(layout.users_guard(obj_path))
+    tx.delete(obj_path)
+    return not any(isinstance(r, Exception) for r in tx.commit())

@@ -110,3 +110,9 @@ def subnet(cidr: str) -> str:
 
 def subnet_claim(node_name: str) -> str:
     return f"{SUBNET_CLAIMS}/{node_name}"
+
+
+def users_guard(obj_path: str) -> str:
+    """The guard of an image or flavor against deletion while a group names
+    it (cowfleet/zk/groups.py): every group write bumps it."""
+    return f"{obj_path}/users"

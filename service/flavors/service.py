@@ -5,14 +5,17 @@ instances keep the size they were made with, so resizing is a new flavor and
 a change of the group's flavor, which replaces the instances rolling."""
 from __future__ import annotations
 
+from kazoo.exceptions import NodeExistsError
+
 from cowfleet.models import DEFAULT_FLAVORS, Flavor
 from cowfleet.service.api import Result, fetch
 from cowfleet.service.paging import ListQuery, page
-from cowfleet.service.preconditions import ANY, Precondition
-from cowfleet.service.problems import conflict
-from cowfleet.service.upsert import create_or_update
+from cowfleet.service.preconditions import ANY, Precondition, precondition_failed
+from cowfleet.service.problems import Problem, conflict
+from cowfleet.service.upsert import ATTEMPTS, create_or_update
 from cowfleet.zk import layout
-from cowfleet.zk.groups import groups_using
+from cowfleet.zk.connection import read
+from cowfleet.zk.groups import delete_guarded, groups_using, guard_version
 
 
 BUILT_IN = frozenset(f.name for f in DEFAULT_FLAVORS)
@@ -35,7 +38,12 @@ def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]
     new = Flavor(name=name, **spec)
 
     def create() -> Flavor:
-        zk.create(layout.flavor(name), new.to_bytes())
+        tx = zk.transaction()
+        tx.create(layout.flavor(name), new.to_bytes())
+        tx.create(layout.users_guard(layout.flavor(name)), b"")
+        errors = [r for r in tx.commit() if isinstance(r, Exception)]
+        if errors:
+            raise next((e for e in errors if isinstance(e, NodeExistsError)), errors[0])
         return new
 
     def update(current: Flavor) -> Flavor | None:
@@ -56,11 +64,20 @@ def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]
 
 
 def delete(zk, name: str, pre: Precondition = ANY) -> None:
-    got = fetch(zk, layout.flavor(name), Flavor, "flavor", name)
-    pre.check(got[1], f"flavor '{name}'")
-    if name in BUILT_IN:
-        raise conflict(f"flavor '{name}' is built in (small, medium and large always exist)")
-    users = groups_using(zk, "flavor", name)
-    if users:
-        raise conflict(f"flavor '{name}' is used by instance group(s): {', '.join(users)}")
-    zk.delete(layout.flavor(name), version=got[1])
+    label = f"flavor '{name}'"
+    for _ in range(ATTEMPTS):
+        _flavor, version = fetch(zk, layout.flavor(name), Flavor, "flavor", name)
+        pre.check(version, label)
+        if name in BUILT_IN:
+            raise conflict(f"flavor '{name}' is built in (small, medium and large always exist)")
+        guard = guard_version(zk, layout.flavor(name))     # read before the in-use check
+        users = groups_using(zk, "flavor", name)
+        if users:
+            raise conflict(f"flavor '{name}' is used by instance group(s): {', '.join(users)}")
+        if guard is not None and delete_guarded(zk, layout.flavor(name), version, guard):
+            return
+        if pre.pinned:
+            got = read(zk, layout.flavor(name), Flavor)
+            if got is not None and got[1] != version:
+                raise precondition_failed(f"{label} changed meanwhile")
+    raise Problem(503, "Service Unavailable", "too many concurrent writers; retry")

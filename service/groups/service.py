@@ -6,7 +6,7 @@ import json
 
 import requests
 from flask import Response
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, RolledBackError
 
 from cowfleet.models import (DeployRequest, Flavor, Group, GroupPhase, GroupStatus, Instance, InstanceState,
                              NodeInfo, valid_instance_id)
@@ -17,7 +17,7 @@ from cowfleet.service.preconditions import ANY, Precondition, precondition_faile
 from cowfleet.service.problems import Problem, conflict, invalid
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read, read_children
-from cowfleet.zk.groups import finish_delete_if_empty
+from cowfleet.zk.groups import finish_delete_if_empty, guard_version, touch_guards
 
 
 def status_of(group: Group, instances: list[Instance], placed: GroupStatus) -> dict:
@@ -81,12 +81,26 @@ def _request(tx, name: str, generation: int) -> None:
 
 
 def _commit(tx) -> str | None:
-    """Commit; returns the path of the request znode it created (the last op)."""
+    """Commit; returns the path of the request znode it created (the last op).
+    A failed transaction raises the error of the operation that failed (the
+    others only say they were rolled back)."""
     results = tx.commit()
-    for r in results:
-        if isinstance(r, Exception):
-            raise r
+    errors = [r for r in results if isinstance(r, Exception)]
+    if errors:
+        raise next((e for e in errors if not isinstance(e, RolledBackError)), errors[0])
     return results[-1] if results and isinstance(results[-1], str) else None
+
+
+def _referenced(spec: dict) -> tuple[str, str]:
+    return layout.image(spec["image"]), layout.flavor(spec["flavor"])
+
+
+def _reference_gone(zk, spec: dict) -> None:
+    """A group transaction failed on a guard: 422 if what it names is gone
+    (deleted since the check), else the guard predates guards: make it."""
+    _check_references(zk, spec)
+    for path in _referenced(spec):
+        guard_version(zk, path)
 
 
 def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]:
@@ -102,10 +116,14 @@ def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]
             tx.create(path, group.to_bytes())
             tx.create(layout.group_instances(name), b"")
             tx.create(layout.group_status(name), GroupStatus().to_bytes())
+            touch_guards(tx, *_referenced(spec))
             _request(tx, name, group.generation)
             try:
                 hand_off(zk, _commit(tx))
             except NodeExistsError:
+                continue
+            except NoNodeError:
+                _reference_gone(zk, spec)
                 continue
             return get(zk, name), True
         group, version = got
@@ -119,12 +137,16 @@ def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]
         group.generation += 1
         tx = zk.transaction()
         tx.set_data(path, group.to_bytes(), version=version)
+        touch_guards(tx, *_referenced(spec))
         _request(tx, name, group.generation)
         try:
             hand_off(zk, _commit(tx))
         except BadVersionError:
             if pre.pinned:
                 raise precondition_failed(f"{label} changed meanwhile")
+            continue
+        except NoNodeError:
+            _reference_gone(zk, spec)
             continue
         return get(zk, name), False
     raise Problem(503, "Service Unavailable", "too many concurrent writers; retry")

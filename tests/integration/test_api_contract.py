@@ -87,8 +87,10 @@ def test_if_match_race_one_wins(client, image_demo):
     try:
         etag = client.request("GET", "/v1/instance-groups/duel").headers["ETag"]
         results = []
+        barrier = threading.Barrier(6)      # all six writes leave together: a real race
 
         def write(team):
+            barrier.wait()
             try:
                 client.request("PUT", "/v1/instance-groups/duel",
                                {"image": "demo", "flavor": "small", "size": 0, "labels": {"team": team}},

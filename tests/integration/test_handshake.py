@@ -144,6 +144,7 @@ def test_spread_across_racks_through_the_handshake(fresh):
     # scale-in goes through the same path and keeps the racks balanced
     cl.put_group("web", image="tiny", flavor="small", size=3, placement={"strategy": "spread"})
     wait_until(lambda: len(cl.get_group("web")["instances"]) == 3, 30, "scaled in to 3")
+    assert per(cl.get_group("web")["instances"], "rack") == {r: 1 for r in RACKS}
 
 
 def test_pack_fills_nodes_first(fresh):

@@ -75,13 +75,15 @@ def test_instances_of_an_image_share_one_session_on_the_iscsi_lun(lab, client, z
         args = " ".join(cmd)
         assert f"target={replica.target}" in args and "portal=127.0.0.1:3260" in args
         assert "read-only=on" in args and "writable=off" in args
-        sock = sessions / f"demo-{image_demo['sha256'][:12]}" / "nbd.sock"
+        key = f"demo-{image_demo['sha256'][:12]}"
+        sock = SessionManager(sessions).socket(key)
+        assert sock.resolve().parent == (sessions / key).resolve()      # a short link to its folder
         overlays = sorted((compute / "overlays" / "stream").glob("*.qcow2"))
         assert len(overlays) == 2
         for overlay in overlays:
             chain = backing_chain(overlay)
             assert [layer["format"] for layer in chain] == ["qcow2", "raw"]
-            assert chain[0]["backing-filename"] == nbd_url(str(sock)) == chain[1]["filename"]
+            assert chain[0]["backing-filename"] == nbd_url(str(sock), key) == chain[1]["filename"]
         # tgtd sees the daemon's iSCSI session on the target
         t = next(t for t in tgt.list_targets(tgt.node_prefix(storage.name)) if t.iqn == replica.target)
         assert t.sessions >= 1

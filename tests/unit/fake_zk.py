@@ -42,3 +42,54 @@ class FakeZK:
             raise BadVersionError(path)
         self.data[path] = (value, self.data[path][1] + 1)
         return SimpleNamespace(version=self.data[path][1])
+
+    def exists(self, path):
+        return SimpleNamespace(version=self.data[path][1]) if path in self.data else None
+
+    def transaction(self):
+        return FakeTransaction(self)
+
+
+class FakeTransaction:
+    """All or nothing, like ZooKeeper's multi: the results list holds each
+    operation's outcome, an exception (and RolledBackError for the rest) on failure."""
+
+    def __init__(self, zk: FakeZK):
+        self.zk, self.ops = zk, []
+
+    def create(self, path, value=b""):
+        self.ops.append(("create", path, value, -1))
+
+    def set_data(self, path, value, version=-1):
+        self.ops.append(("set", path, value, version))
+
+    def check(self, path, version):
+        self.ops.append(("check", path, None, version))
+
+    def delete(self, path, version=-1):
+        self.ops.append(("delete", path, None, version))
+
+    def commit(self):
+        from kazoo.exceptions import RolledBackError
+        saved = dict(self.zk.data)
+        results = []
+        for op, path, value, version in self.ops:
+            try:
+                if op == "create":
+                    results.append(self.zk.create(path, value))
+                elif op == "set":
+                    self.zk.set(path, value, version)
+                    results.append(True)
+                else:
+                    if path not in self.zk.data:
+                        raise NoNodeError(path)
+                    if version != -1 and version != self.zk.data[path][1]:
+                        raise BadVersionError(path)
+                    if op == "delete":
+                        del self.zk.data[path]
+                    results.append(True)
+            except Exception as exc:
+                self.zk.data = saved
+                return [RolledBackError()] * len(results) + [exc] + \
+                    [RolledBackError()] * (len(self.ops) - len(results) - 1)
+        return results

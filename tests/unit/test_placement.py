@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from collections import Counter
+
 import pytest
 
 from cowfleet.agents.handshake import NodeOffer, Reservations, offer_count, split
@@ -196,3 +198,52 @@ def test_victims_does_not_modify_the_input():
     live = [inst("a", InstanceState.READY, 1), inst("b", InstanceState.FAILED, 2)]
     _victims(live, 1)
     assert [i.id for i in live] == ["a", "b"]
+
+
+def placed(iid, rack, node, created_at=1.0, state=InstanceState.READY):
+    return Instance(id=iid, group="g", node=node, rack=rack, image="i", flavor="small",
+                    generation=1, state=state, created_at=created_at)
+
+
+def test_spread_scale_in_keeps_racks_and_nodes_balanced():
+    # 3 racks x 2 nodes x 1 instance, plus 3 more on rack r1 (created last): 9 live
+    live = [placed(f"{r}{n}", r, f"{r}-n{n}", created_at=k) for k, (r, n) in
+            enumerate((r, n) for r in ("r1", "r2", "r3") for n in (1, 2))]
+    live += [placed(f"x{k}", "r1", "r1-n1", created_at=10 + k) for k in range(3)]
+    for keep in range(9, -1, -1):
+        gone = {i.id for i in _victims(live, 9 - keep)}
+        left = Counter(i.rack for i in live if i.id not in gone)
+        assert sum(left.values()) == keep
+        if keep <= 6:           # from there on the racks can be level: they must be
+            assert max(left.values(), default=0) - min(left.get(r, 0) for r in ("r1", "r2", "r3")) <= 1, left
+        else:                   # the extra three on r1 go first
+            assert left["r1"] == keep - 4
+
+
+def test_spread_scale_in_from_six_to_three_leaves_one_per_rack():
+    live = [placed(f"{r}-{n}", r, f"{r}-n{n}", created_at=k)
+            for k, (r, n) in enumerate((r, n) for r in ("a", "b", "c") for n in (1, 2))]
+    gone = {i.id for i in _victims(live, 3)}
+    assert Counter(i.rack for i in live if i.id not in gone) == {"a": 1, "b": 1, "c": 1}
+    assert Counter(i.node for i in live if i.id not in gone).most_common(1)[0][1] == 1
+
+
+def test_state_still_beats_balance():
+    live = [placed("a1", "a", "a-n1"), placed("a2", "a", "a-n1"), placed("a3", "a", "a-n2"),
+            placed("b1", "b", "b-n1", state=InstanceState.FAILED)]
+    assert [i.id for i in _victims(live, 2)][0] == "b1"
+
+
+def test_pack_scale_in_empties_the_emptiest_node_first():
+    live = [placed(f"p{k}", "r1", "full", created_at=k) for k in range(4)] + [placed("lone", "r1", "few", 9)]
+    assert [i.id for i in _victims(live, 1, "pack")] == ["lone"]
+
+
+def test_victims_of_a_large_group_stay_balanced():
+    live = [placed(f"i{k}", f"r{k % 50}", f"n{k % 1000}", created_at=k) for k in range(10_000)]
+    live += [placed(f"extra{k}", "r0", "n0", created_at=20_000 + k) for k in range(500)]
+    gone = {i.id for i in _victims(live, 9_500)}
+    assert len(gone) == 9_500
+    left = Counter(i.rack for i in live if i.id not in gone)
+    nodes = Counter(i.node for i in live if i.id not in gone)
+    assert max(left.values()) - min(left.values()) <= 1 and max(nodes.values()) == 1

@@ -79,13 +79,14 @@ def test_copiers_prefer_racks_without_a_copy():
 def test_session_key_from_an_overlay_header(tmp_path):
     mgr = SessionManager(tmp_path / "sessions")
     key = session_key("demo", "f" * 64)
-    url = nbd_url(str(mgr.socket(key)))
+    url = nbd_url(str(mgr.socket(key)), key)     # no link made: the header alone names the session
     overlay = tmp_path / "o.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "raw", "-b", url, str(overlay),
                     "64M"], check=True)
     assert qcow2_backing(overlay) == url
     assert mgr.key_of_overlay(overlay) == key == "demo-ffffffffffff"
     assert mgr.key_of_backing("nbd+unix:///img?socket=/elsewhere/k/nbd.sock") is None
+    assert mgr.key_of_backing(f"nbd+unix:///{key}?socket=/run/cowfleet/sessions/0123456789abcdef/nbd.sock") is None
     assert mgr.key_of_backing("/var/lib/master.img") is None
     plain = tmp_path / "p.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(plain), "1M"], check=True)

@@ -1,0 +1,132 @@
+"""Races between writers, reproduced deterministically: the service's own
+functions against a real ZooKeeper (a chroot of the session lab's server),
+with the second writer slipped in at the exact point between the first
+one's check and its commit."""
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+from cowfleet.service.app import _bootstrap
+from cowfleet.service.flavors import service as flavors
+from cowfleet.service.groups import service as groups
+from cowfleet.service.groups.schemas import GroupSpecSchema
+from cowfleet.service.images import service as images
+from cowfleet.service.images.schemas import ImageSpecSchema
+from cowfleet.service.preconditions import Precondition
+from cowfleet.service.problems import Problem
+from cowfleet.zk import layout
+from cowfleet.zk.connection import connect
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def zk(lab):
+    hosts = lab.state.zk.split("/")[0] + f"/races-{secrets.token_hex(3)}"
+    client = connect(hosts)
+    _bootstrap(client)                       # the built-in flavors, as the service makes them
+    yield client
+    for child in client.get_children("/"):
+        client.delete(f"/{child}", recursive=True)
+    client.stop()
+    client.close()
+
+
+def image(zk, name="img"):
+    images.put(zk, name, ImageSpecSchema().load({"source_url": "file:///nonexistent", "format": "raw",
+                                                 "min_replicas": 1}))
+
+
+def group_spec(**over):
+    return GroupSpecSchema().load(dict({"image": "img", "flavor": "small", "size": 0}, **over))
+
+
+def outcome(fn, *args, **kw):
+    try:
+        fn(*args, **kw)
+        return "ok"
+    except Problem as exc:
+        return exc.status
+
+
+def test_group_created_while_its_image_is_deleted_after_the_in_use_check(zk, monkeypatch):
+    image(zk)
+    real = images.groups_using
+    created = []
+
+    def check_then_group_arrives(zk_, field, name):
+        users = real(zk_, field, name)
+        if not created:        # the other writer commits right after this check
+            created.append(outcome(groups.put, zk, "g", group_spec()))
+        return users
+    monkeypatch.setattr(images, "groups_using", check_then_group_arrives)
+    deleted = outcome(images.delete, zk, "img")
+    # never both: a group naming an image that is gone
+    assert not (created == ["ok"] and deleted == "ok"), "the image was deleted under a group that uses it"
+    assert (created, deleted) == (["ok"], 409)
+    assert zk.exists(layout.image("img")) and zk.exists(layout.group("g"))
+
+
+def test_image_deleted_after_the_group_checked_it_exists(zk, monkeypatch):
+    image(zk)
+    real = groups._check_references
+    deleted = []
+
+    def check_then_image_goes(zk_, spec):
+        real(zk_, spec)
+        if not deleted:
+            deleted.append(outcome(images.delete, zk, "img"))
+    monkeypatch.setattr(groups, "_check_references", check_then_image_goes)
+    created = outcome(groups.put, zk, "g", group_spec())
+    assert not (created == "ok" and deleted == ["ok"]), "a group was created for an image deleted meanwhile"
+    assert deleted == ["ok"] and created == 422
+    assert not zk.exists(layout.group("g")) and not zk.exists(layout.image("img"))
+
+
+def test_flavor_deleted_after_the_group_checked_it_exists(zk, monkeypatch):
+    image(zk)
+    flavors.put(zk, "tiny", {"vcpus": 1, "memory_mib": 64, "disk_gib": 1})
+    real = groups._check_references
+    deleted = []
+
+    def check_then_flavor_goes(zk_, spec):
+        real(zk_, spec)
+        if not deleted:
+            deleted.append(outcome(flavors.delete, zk, "tiny"))
+    monkeypatch.setattr(groups, "_check_references", check_then_flavor_goes)
+    created = outcome(groups.put, zk, "g", group_spec(flavor="tiny"))
+    assert not (created == "ok" and deleted == ["ok"]), "a group was created for a flavor deleted meanwhile"
+    assert deleted == ["ok"] and created == 422
+
+
+def test_flavor_deleted_while_a_group_arrives_after_the_in_use_check(zk, monkeypatch):
+    image(zk)
+    flavors.put(zk, "tiny", {"vcpus": 1, "memory_mib": 64, "disk_gib": 1})
+    real = flavors.groups_using
+    created = []
+
+    def check_then_group_arrives(zk_, field, name):
+        users = real(zk_, field, name)
+        if not created:
+            created.append(outcome(groups.put, zk, "g", group_spec(flavor="tiny")))
+        return users
+    monkeypatch.setattr(flavors, "groups_using", check_then_group_arrives)
+    deleted = outcome(flavors.delete, zk, "tiny")
+    assert (created, deleted) == (["ok"], 409)
+
+
+def test_image_delete_with_if_match_loses_to_a_change_after_its_check(zk, monkeypatch):
+    image(zk)
+    version = zk.get(layout.image("img"))[1].version
+    real = images.groups_using
+
+    def check_then_image_changes(zk_, field, name):
+        users = real(zk_, field, name)
+        images.put(zk, "img", ImageSpecSchema().load({"source_url": "file:///nonexistent", "format": "raw",
+                                                      "min_replicas": 1, "labels": {"changed": "yes"}}))
+        return users
+    monkeypatch.setattr(images, "groups_using", check_then_image_changes)
+    assert outcome(images.delete, zk, "img", Precondition.at(version)) == 412
+    assert zk.exists(layout.image("img"))

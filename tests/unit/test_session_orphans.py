@@ -1,0 +1,68 @@
+"""Orphan image-session daemons are killed only under their session's lock:
+a daemon being attached has no session.json yet and must survive."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cowfleet.agents.compute.sessions import SessionManager, base_of, kill_all_under, nbd_url, short_link
+from tests.helpers import wait_until
+
+
+@pytest.fixture
+def fake_daemon(tmp_path):
+    """A process that looks like a qemu-storage-daemon serving session KEY
+    under the manager's root (argv[0] and the --nbd-server socket path)."""
+    procs = []
+
+    def start(mgr: SessionManager, key: str) -> subprocess.Popen:
+        mgr.dir(key).mkdir(parents=True, exist_ok=True)
+        mgr.link(key)
+        sock = mgr.socket(key)
+        proc = subprocess.Popen(["bash", "-c", f'exec -a qemu-storage-daemon {sys.executable} '
+                                 f'-c "import time; time.sleep(300)" --nbd-server addr.type=unix,addr.path={sock}'])
+        procs.append(proc)
+        wait_until(lambda: proc.pid in mgr.orphans(), 10, "the daemon visible")
+        return proc
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()
+    kill_all_under(tmp_path)
+
+
+def test_orphans_name_their_session(tmp_path, fake_daemon):
+    mgr = SessionManager(tmp_path / "sessions")
+    proc = fake_daemon(mgr, "img-0123456789ab~2")
+    assert mgr.orphans() == {proc.pid: "img-0123456789ab~2"}
+
+
+def test_a_daemon_being_attached_is_not_killed(tmp_path, fake_daemon):
+    mgr = SessionManager(tmp_path / "sessions")
+    key = "img-0123456789ab"
+    proc = fake_daemon(mgr, key)
+    with mgr.lock(base_of(key)):          # an attach of this image runs right now
+        assert mgr.kill_orphans() == []
+        assert proc.poll() is None
+    # once the attach is over and it still has no session.json, it is an orphan
+    assert mgr.kill_orphans() == [(proc.pid, key)]
+    assert proc.wait(10) is not None
+    assert not os.path.exists(f"/proc/{proc.pid}") or proc.returncode is not None
+
+
+def test_socket_paths_stay_short_whatever_the_state_dir(tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    mgr = SessionManager(deep / "sessions")
+    key = "an-image-name-of-sixty-three-characters-long-enough-to-hurt-xyz-0123456789ab~12"
+    mgr.dir(key).mkdir(parents=True)
+    link = mgr.link(key)
+    assert len(str(mgr.socket(key))) < 108
+    assert link.resolve() == mgr.dir(key).resolve()
+    backing = nbd_url(str(mgr.socket(key)), key)
+    assert mgr.key_of_backing(backing) == key
+    assert SessionManager(tmp_path / "other").key_of_backing(backing) is None
+    mgr._clear(key)
+    assert not link.is_symlink() and not short_link(mgr.dir(key)).exists()
