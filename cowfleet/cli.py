@@ -77,6 +77,16 @@ def cmd_image_build_demo(args) -> int:
     return 0
 
 
+def cmd_image_build_debian(args) -> int:
+    from cowfleet.guest.debian import build_debian_image
+    t0 = time.monotonic()
+    out = build_debian_image(args.out, progress=lambda line: print(line, file=sys.stderr, flush=True),
+                             rebuild=args.rebuild)
+    print(f"built {out} ({out.stat().st_size // (1 << 20)} MiB, raw; upload it with "
+          f"'cowfleet image upload NAME {out}') in {time.monotonic() - t0:.1f}s")
+    return 0
+
+
 def _image_line(i: dict) -> str:
     size = f"{i['size_bytes'] / (1 << 20):.1f} MiB" if i.get("size_bytes") is not None else "-"
     replicas = ",".join(r["node"] for r in i.get("replicas", [])) or "-"
@@ -470,6 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = img.add_parser("build-demo", help="build the tiny demo guest image from Debian packages")
     sp.add_argument("out", help="where to write the raw disk image")
     sp.set_defaults(fn=cmd_image_build_demo)
+    sp = img.add_parser("build-debian", help="build a minimal Debian 12 cloud image with cloud-init "
+                        "(from Debian packages; cached by recipe)")
+    sp.add_argument("out", help="where to write the raw disk image")
+    sp.add_argument("--rebuild", action="store_true", help="build again even if the recipe's image is cached")
+    sp.set_defaults(fn=cmd_image_build_debian)
     sp = img.add_parser("upload", help="create an image and stream a local file into it")
     sp.add_argument("name")
     sp.add_argument("file")

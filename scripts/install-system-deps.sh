@@ -6,7 +6,9 @@ PACKAGES="python3 python3-venv python3-dev gcc pkg-config libvirt-dev
   qemu-system-x86 qemu-utils qemu-block-extra tgt
   linux-image-cloud-amd64 busybox-static e2fsprogs
   syslinux syslinux-common mtools dosfstools fdisk iproute2 procps file cpio
+  mmdebstrap gpg
   vagrant vagrant-libvirt rsync"   # vagrant: the tests run `vagrant validate` on the Vagrantfile
+# mmdebstrap (+ gpg for its signed-by check): the Debian 12 cloud image (cowfleet/guest/debian.py)
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

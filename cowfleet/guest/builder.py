@@ -131,13 +131,16 @@ echo "{marker} instance=$id boots=$n address=$addr uptime=$(cut -d' ' -f1 /proc/
 while :; do sleep 3600; done
 """
 
-SYSLINUX_CFG = """DEFAULT cowfleet
-PROMPT 0
-TIMEOUT 0
-LABEL cowfleet
-  KERNEL vmlinuz
-  APPEND initrd=initrd.img root=/dev/vda2 console=ttyS0 quiet panic=-1 tsc=reliable
-"""
+
+
+def syslinux_cfg(append: str) -> str:
+    """syslinux.cfg booting ``vmlinuz`` with ``initrd.img`` from the boot
+    partition at once (no prompt), with ``append`` after the initrd."""
+    return ("DEFAULT cowfleet\nPROMPT 0\nTIMEOUT 0\nLABEL cowfleet\n  KERNEL vmlinuz\n"
+            f"  APPEND initrd=initrd.img {append}\n")
+
+
+SYSLINUX_CFG = syslinux_cfg("root=/dev/vda2 console=ttyS0 quiet panic=-1 tsc=reliable")
 
 
 class BuildError(RuntimeError):
@@ -253,30 +256,46 @@ def _root_tree(root: Path) -> None:
     (root / "etc" / "cowfleet-release").write_text("cowfleet demo guest 1\n")
 
 
-def build_demo_image(out: str | os.PathLike) -> Path:
-    """Write a bootable raw disk image to ``out`` and return its path."""
+def _copy_into(fh, src: Path, offset: int, chunk: int = 1 << 20) -> None:
+    """Copy ``src`` into ``fh`` at ``offset``, leaving all-zero chunks as
+    holes (``fh`` was truncated to size: they read as zeros), so the disk
+    stays as sparse as its file systems."""
+    zero = bytes(chunk)
+    with open(src, "rb") as s:
+        pos = offset
+        while data := s.read(chunk):
+            if data != zero[:len(data)]:
+                fh.seek(pos)
+                fh.write(data)
+            pos += len(data)
+
+
+def write_disk(out: str | os.PathLike, kernel: Path, initrd: bytes, cfg: str, root_tree: Path,
+               root_mib: int, root_label: str = "cowroot", boot_mib: int = BOOT_MIB,
+               workdir: str | os.PathLike | None = None) -> Path:
+    """Write a bootable raw disk to ``out`` (a temporary file renamed):
+    syslinux MBR, FAT16 boot partition (``kernel`` as vmlinuz, ``initrd``
+    as initrd.img, ``cfg`` as syslinux.cfg) and an ext4 root partition of
+    ``root_mib`` MiB made from ``root_tree`` -- no loop devices, no mounts."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    kernel, modules = find_kernel()
-    with tempfile.TemporaryDirectory(prefix="cowfleet-build-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="cowfleet-disk-", dir=workdir) as tmp:
         tmp = Path(tmp)
         # root file system
-        tree = tmp / "root"
-        _root_tree(tree)
         root_img = tmp / "root.ext4"
-        _run("mkfs.ext4", "-q", "-F", "-L", "cowroot", "-d", str(tree), str(root_img), f"{ROOT_MIB}M")
+        _run("mkfs.ext4", "-q", "-F", "-L", root_label, "-d", str(root_tree), str(root_img), f"{root_mib}M")
         # boot file system
-        (tmp / "initrd.img").write_bytes(build_initramfs(modules))
-        (tmp / "syslinux.cfg").write_text(SYSLINUX_CFG)
+        (tmp / "initrd.img").write_bytes(initrd)
+        (tmp / "syslinux.cfg").write_text(cfg)
         boot_img = tmp / "boot.fat"
-        _run("mkfs.vfat", "-n", "COWBOOT", "-h", str(BOOT_START), "-C", str(boot_img), str(BOOT_MIB * 1024))
+        _run("mkfs.vfat", "-n", "COWBOOT", "-h", str(BOOT_START), "-C", str(boot_img), str(boot_mib * 1024))
         for name, src in (("vmlinuz", kernel), ("initrd.img", tmp / "initrd.img"),
                           ("syslinux.cfg", tmp / "syslinux.cfg")):
             _run("mcopy", "-i", str(boot_img), str(src), f"::{name}")
         # whole disk: MBR + partition table + the two file systems
-        boot_sectors = BOOT_MIB * 1024 * 1024 // SECTOR
+        boot_sectors = boot_mib * 1024 * 1024 // SECTOR
         root_start = BOOT_START + boot_sectors
-        root_sectors = ROOT_MIB * 1024 * 1024 // SECTOR
+        root_sectors = root_mib * 1024 * 1024 // SECTOR
         disk = tmp / "disk.raw"
         with open(disk, "wb") as fh:
             fh.truncate((root_start + root_sectors) * SECTOR)
@@ -287,9 +306,7 @@ def build_demo_image(out: str | os.PathLike) -> Path:
             raise BuildError(f"sfdisk failed: {proc.stderr.strip()}")
         with open(disk, "r+b") as fh:
             for img, start in ((boot_img, BOOT_START), (root_img, root_start)):
-                fh.seek(start * SECTOR)
-                with open(img, "rb") as src:
-                    shutil.copyfileobj(src, fh, 1 << 20)
+                _copy_into(fh, img, start * SECTOR)
             mbr = Path("/usr/lib/syslinux/mbr/mbr.bin")
             if not mbr.exists():
                 raise BuildError("syslinux MBR missing: apt-get install syslinux-common")
@@ -300,5 +317,16 @@ def build_demo_image(out: str | os.PathLike) -> Path:
         shutil.move(str(disk), tmp_out)
         os.chmod(tmp_out, 0o644)
         os.replace(tmp_out, out)
+    return out
+
+
+def build_demo_image(out: str | os.PathLike) -> Path:
+    """Write a bootable raw disk image to ``out`` and return its path."""
+    out = Path(out)
+    kernel, modules = find_kernel()
+    with tempfile.TemporaryDirectory(prefix="cowfleet-build-") as tmp:
+        tree = Path(tmp) / "root"
+        _root_tree(tree)
+        write_disk(out, kernel, build_initramfs(modules), SYSLINUX_CFG, tree, ROOT_MIB)
     _recipe_file(out).write_text(recipe_key() + "\n")
     return out
