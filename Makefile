@@ -23,7 +23,7 @@ demo: setup
 	$(BIN)/cowfleet demo
 
 test: setup
-	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(BIN)/pytest --durations=25 $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc = 5 ]; then echo "pytest collected no tests: that is a failure here"; fi; exit $$rc
 
 unit: venv

@@ -107,12 +107,15 @@ def seg(name: str) -> str:
 
 class Client:
     def __init__(self, endpoint: str | None = None, token: str | None = None, timeout: float = 30,
-                 retries: int = 4):
+                 retries: int = 4, retry_status: bool = True):
+        """``retries``: connection failures (and, with ``retry_status``, 502/503/504
+        answers) are retried that many times, backed off; tests turn the
+        status retries off, so a 503 a user would see fails them."""
         self.endpoint, self.token = load_config(endpoint, token)
         self.timeout = timeout
         self.session = requests.Session()
         retry = Retry(total=retries, connect=retries, read=retries, backoff_factor=0.2,
-                      status_forcelist=(502, 503, 504),
+                      status_forcelist=(502, 503, 504) if retry_status else (),
                       allowed_methods=frozenset({"GET", "PUT", "DELETE", "HEAD", "PATCH"}),
                       raise_on_status=False)
         self.session.mount("http://", HTTPAdapter(max_retries=retry, pool_maxsize=32))

@@ -4,6 +4,10 @@ import os
 worker_class = "gthread"
 threads = 4
 timeout = 60
+# idle keep-alive connections stay open 75 s (gunicorn's default is 2 s): a
+# client polling every second or two would otherwise often reuse a connection
+# the server is closing at that moment and see it dropped
+keepalive = 75
 
 
 def child_exit(server, worker):

@@ -12,6 +12,42 @@ from cowfleet.lab import components as c
 from tests.helpers import wait_until
 
 
+# Each layer's own time limit (pytest-timeout), well above its slowest test
+# here and below the next layer's: a hang fails its test with the tail of the
+# logs (below) instead of stalling the run.
+LAYER_TIMEOUTS = {"unit": 60, "integration": 420, "lab": 480, "terraform": 600}
+LOG_TAIL_LINES = 40
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        layer = Path(str(item.fspath)).parent.name
+        if layer in LAYER_TIMEOUTS and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(LAYER_TIMEOUTS[layer]))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test that used a lab gets the tail of that lab's logs (agents,
+    service, ZooKeeper) in its report: the failure explains itself."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    for name, value in getattr(item, "funcargs", {}).items():
+        folder = getattr(value, "dir", None)
+        if not isinstance(folder, Path) or not folder.is_dir():
+            continue
+        logs = sorted((p for p in folder.rglob("*.log") if p.is_file()), key=lambda p: p.stat().st_mtime)[-8:]
+        for log in logs:
+            try:
+                tail = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+            except OSError:
+                continue
+            report.sections.append((f"{name}: {log.relative_to(folder)} (last {len(tail)} lines)",
+                                    "\n".join(tail)))
+
+
 def _workdir(prefix: str) -> Path:
     # /tmp, not pytest's tmp_path under /root: qemu runs as an unprivileged
     # user and must reach overlays and masters
@@ -51,7 +87,8 @@ def lab(libvirtd):
 @pytest.fixture(scope="session")
 def client(lab):
     from cowfleet.client import Client
-    return Client(lab.state.endpoint, lab.state.token)
+    # no retry of a 502/503/504: an error a user would see fails the test
+    return Client(lab.state.endpoint, lab.state.token, retries=1, retry_status=False)
 
 
 @pytest.fixture

@@ -21,6 +21,11 @@ import pytest
 
 BIN = Path(sys.executable).parent
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "terraform" / "main.tf"
+# every wait of the provider ends before a Terraform run is given up, which
+# ends before pytest's limit for the layer (tests/conftest.py): a hang says
+# what Terraform and the agents said instead of a bare timeout
+PROVIDER_WAIT = "4m"
+RUN_TIMEOUT = 300.0
 
 
 @dataclass
@@ -30,10 +35,16 @@ class Terraform:
     env: dict
     timings: list = field(default_factory=list)
 
-    def run(self, *args: str, ok: tuple[int, ...] = (0,), timeout: float = 900) -> subprocess.CompletedProcess:
+    def run(self, *args: str, ok: tuple[int, ...] = (0,), timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
         t0 = time.monotonic()
-        proc = subprocess.run([str(BIN / "terraform"), *args], cwd=self.dir, env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+        try:
+            proc = subprocess.run([str(BIN / "terraform"), *args], cwd=self.dir, env=self.env,
+                                  capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:     # say what Terraform said so far
+            out = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout
+            err = (exc.stderr or b"").decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr
+            raise AssertionError(f"terraform {' '.join(args)} still ran after {timeout:.0f}s\n"
+                                 f"--- stdout\n{(out or '')[-4000:]}\n--- stderr\n{(err or '')[-4000:]}") from None
         self.timings.append((args[0], time.monotonic() - t0))
         if proc.returncode not in ok:
             raise AssertionError(f"terraform {' '.join(args)} exited {proc.returncode}\n"
@@ -95,6 +106,7 @@ def tf_rc_mirror():
 def tf_env(rc: Path, endpoint: str, token: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "COWFLEET_"))}
     env.update(TF_CLI_CONFIG_FILE=str(rc), TF_IN_AUTOMATION="1", CHECKPOINT_DISABLE="1",
+               COWFLEET_DEFAULT_TIMEOUT=PROVIDER_WAIT,
                COWFLEET_ENDPOINT=endpoint, COWFLEET_TOKEN=token,
                PATH=f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}")
     return env

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-from collections import Counter
-
 import pytest
 
 from cowfleet.agents.handshake import NodeOffer, Reservations, offer_count, split
