@@ -14,7 +14,6 @@ from __future__ import annotations
 import heapq
 import json
 import logging
-import os
 import secrets
 import time
 import zlib
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from kazoo.exceptions import LockTimeout, NoNodeError, NodeExistsError, NotEmptyError
 
 from cowfleet.agents.handshake import Gatherer, LocalGatherer, Trace, split
+from cowfleet.faults import fault_point
 from cowfleet.models import DEFAULT_FLAVORS, DeployRequest, Flavor, Group, GroupStatus, Instance, InstanceState
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read, read_children
@@ -301,20 +301,6 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
         log.info("group %s gen %d: +%d -%d unplaced %d", name, group.generation,
                  len(result.created), len(result.terminated), result.unplaced)
     return result
-
-
-def fault_point(name: str, who: str) -> None:
-    """Test hook: with COWFLEET_FAULT_PAUSE=/path set and that file present,
-    the coordinator says so in /path.<name>.<who> and waits here until the
-    file is removed -- so a test can kill it at exactly this point."""
-    pause = os.environ.get("COWFLEET_FAULT_PAUSE")
-    if not pause or not os.path.exists(pause):
-        return
-    marker = f"{pause}.{name}.{who}"
-    with open(marker, "w") as fh:
-        fh.write(str(os.getpid()))
-    while os.path.exists(pause):
-        time.sleep(0.05)
 
 
 def _rolling_step(group: Group, current: list, outdated: list) -> tuple[list, int]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cowfleet import faults
 from cowfleet.lab import components as c
 from tests.helpers import wait_until
 
@@ -78,8 +79,18 @@ def lab(libvirtd):
     from cowfleet.lab.lab import Lab
     d = _workdir("cowfleet-lab-")
     the_lab = Lab(d / "lab")
+    # the agents' fault points (cowfleet/faults.py) answer to this file; crash
+    # tests write it to stop an agent at one step (absent: no effect)
+    the_lab.fault_pause = d / "fault-pause"
+    # (set for the whole session: agents the tests restart inherit it)
+    saved = os.environ.get(faults.PAUSE)
+    os.environ[faults.PAUSE] = str(the_lab.fault_pause)
     the_lab.up()
     yield the_lab
+    if saved is None:
+        os.environ.pop(faults.PAUSE, None)
+    else:
+        os.environ[faults.PAUSE] = saved
     the_lab.down()
     shutil.rmtree(d, ignore_errors=True)
 

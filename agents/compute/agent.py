@@ -36,6 +36,7 @@ from cowfleet.agents.node import NodeAgent
 from cowfleet.agents.handshake import HandshakeGatherer, PeerDirectory, Reservations, node_offer, post
 from cowfleet.agents.placement import DESIRED_RUN, Placer, flavor_named, parse_assignment_data
 from cowfleet import network as netdef
+from cowfleet.faults import fault_point
 from cowfleet.guest.builder import READY_MARKER
 from cowfleet.models import Flavor, Group, Image, Instance, InstanceState, Replica, now, valid_instance_id
 from cowfleet.zk import layout
@@ -411,6 +412,7 @@ class ComputeAgent(NodeAgent):
         address, mac = addressing
         # the address is on the record before the domain starts
         self._set_state(group, iid, InstanceState.STARTING, address=address, mac=mac)
+        fault_point("start.addressed", self.name)
         t0 = time.monotonic()
         base = session_key(image.name, image.sha256)
         with self.sessions.lock(base):     # attach + overlay, atomic w.r.t. the last user's detach
@@ -463,6 +465,7 @@ class ComputeAgent(NodeAgent):
                                     f"moving the persistent overlay to session {session.key} failed: {exc}"[:500])
                     raise
             t_attached = time.monotonic()
+            fault_point("start.attached", self.name)
             if not overlay.exists():
                 try:
                     overlay = self.overlays.create(group, iid, session.url, image.format)
@@ -476,9 +479,11 @@ class ComputeAgent(NodeAgent):
                     raise
                 self.overlay_failures.pop(iid, None)
         t_overlay = time.monotonic()
+        fault_point("start.overlay", self.name)
         seed = self.seeds.create(group, iid, self._seed_data(inst, spec_group, address, mac)) \
             if self.make_seeds else None
         t_seed = time.monotonic()
+        fault_point("start.seeded", self.name)
         console = self.consoles / f"{iid}.log"
         console.unlink(missing_ok=True)
         # agent and libvirtd in different network namespaces: a tap the agent puts on its bridge
@@ -497,6 +502,7 @@ class ComputeAgent(NodeAgent):
             self._set_state(group, iid, InstanceState.FAILED, f"domain start failed: {exc}")
             raise
         t_domain = time.monotonic()
+        fault_point("start.domain", self.name)
         self._set_state(group, iid, InstanceState.RUNNING, running_at=now(), ready_at=None)
         self.log.info("%s running: session %.0f ms, overlay %.0f ms, seed %.1f ms, domain %.0f ms", iid,
                       (t_attached - t0) * 1000, (t_overlay - t_attached) * 1000, (t_seed - t_overlay) * 1000,
@@ -547,12 +553,14 @@ class ComputeAgent(NodeAgent):
 
     def _terminate(self, group: str, iid: str) -> None:
         self.hyper.destroy(domain_name(self.name, iid))
+        fault_point("terminate.destroyed", self.name)
         key = self.sessions.key_of_overlay(self.overlays.path(group, iid))
         self.overlays.remove(group, iid)       # ephemeral: nothing of the instance survives
         self.seeds.remove(group, iid)
         if key is not None:
             self._release_session(key)
         (self.consoles / f"{iid}.log").unlink(missing_ok=True)
+        fault_point("terminate.files", self.name)
         with self.awaiting_lock:
             self.awaiting.pop(iid, None)
         tx = self.zk.transaction()
@@ -572,6 +580,7 @@ class ComputeAgent(NodeAgent):
         with self.sessions.lock(base_of(key)):
             if key not in self._session_users(key):
                 self.log.info("last instance of session %s gone: stopping it", key)
+                fault_point("session.stop", self.name)
                 self.sessions.stop(key)
 
     # -- readiness ------------------------------------------------------------

@@ -171,7 +171,7 @@ def test_leadership_moves_when_a_leader_dies(fresh):
 
 def test_coordinator_killed_mid_handshake_places_exactly_once(fresh):
     cl = fresh.client
-    fresh.pause.write_text("pause")
+    fresh.pause.write_text("before-commit")      # stop there only (cowfleet/faults.py)
     cl.put_group("once", image="tiny", flavor="small", size=5)
     markers = lambda: list(fresh.dir.glob("pause.before-commit.*"))   # noqa: E731
     wait_until(markers, 30, "a coordinator paused before its commit")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
+import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -136,6 +137,7 @@ def harness(zk_chroot):
     yield make
     for h in made:
         h.stop()
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def _running_with_addresses(h, n):

@@ -62,7 +62,7 @@ def test_group_spreads_over_racks_while_a_zookeeper_member_dies(racks_lab, api, 
     pause = lab.pause_file
     with Load(lab.state.endpoint, lab.state.token) as load:
         wait_until(lambda: load.ok >= 10, 30, "load running")
-        pause.touch()                 # the coordinator stops just before its commit
+        pause.write_text("before-commit")    # the coordinator stops just before its commit (only there)
         try:
             api.put_group("g6", image=tiny_image, flavor="small", size=6)
             wait_until(lambda: list(pause.parent.glob("pause.before-commit.*")), 30,

@@ -1,0 +1,47 @@
+"""Fault points: places in the agents where a test can stop a process to
+kill it at exactly that step (crash tests), and nothing otherwise.
+
+With ``COWFLEET_FAULT_PAUSE=/path`` set and that file present, a process
+reaching a point says so in ``/path.<point>.<who>`` (its pid) and waits there
+until the file is removed. The file may name the points to stop at
+(``start.paused,terminate.files``); empty, it stops at every point. So a test
+arms a running agent by writing the file, with no restart. Unset, or with no
+file, a point costs an environment lookup and a stat.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+PAUSE = "COWFLEET_FAULT_PAUSE"
+
+# every point there is, in the order a start or a terminate passes them
+POINTS = (
+    "before-commit",            # a coordinator, before its placement transaction
+    "start.addressed",          # the instance's address and MAC are on its record
+    "start.attached",           # its image session is up
+    "start.overlay",            # its overlay exists
+    "start.seeded",             # its NoCloud seed exists
+    "start.paused",             # its domain exists, created paused (not yet resumed)
+    "start.domain",             # its domain runs; its record does not say so yet
+    "terminate.destroyed",      # its domain is gone
+    "terminate.files",          # its overlay, seed and console are gone; records not yet
+    "session.stop",             # the last user of an image session is gone, the session not yet
+)
+
+
+def fault_point(name: str, who: str = "") -> None:
+    pause = os.environ.get(PAUSE)
+    if not pause or not os.path.exists(pause):
+        return
+    try:
+        with open(pause) as fh:
+            only = fh.read().strip()
+    except OSError:
+        return
+    if only and name not in only.split(","):
+        return
+    with open(f"{pause}.{name}.{who}", "w") as fh:
+        fh.write(str(os.getpid()))
+    while os.path.exists(pause):
+        time.sleep(0.05)
