@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 import requests
-from kazoo.exceptions import NodeExistsError, NoNodeError
+from kazoo.exceptions import NodeExistsError
 
 from cowfleet.models import Image, ImageStatus, NodeInfo, Replica
 from cowfleet.service.api import Result, fetch
