@@ -117,3 +117,20 @@ def image_demo(client, demo_image):
     client.put_image("demo", source_url=f"file://{demo_image}", format="raw", min_replicas=1)
     wait_until(lambda: client.get_image("demo")["status"] == "available", 60, "image demo available")
     return client.get_image("demo")
+
+
+@pytest.fixture
+def own_groups(client):
+    """Names of groups a test makes: whatever becomes of the test, they are
+    deleted afterwards (and waited for), so one failure leaks nothing into
+    the tests after it."""
+    from cowfleet.client import ApiError
+    names: list[str] = []
+    yield names
+    for name in names:
+        try:
+            client.delete_group(name)
+        except ApiError:
+            continue
+    for name in names:
+        wait_until(lambda: client.get_group(name) is None, 180, f"group {name} deleted after the test")

@@ -14,6 +14,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from cowfleet.agents.compute.sessions import SessionManager, nbd_url
 from cowfleet.zk import layout
 from tests.helpers import wait_until
 
@@ -45,7 +46,8 @@ def master_path(lab) -> Path:
     return storage / "images" / "demo.img"
 
 
-def test_group_of_three_boots_on_overlays_and_deletes_clean(lab, client, zk, image_demo):
+def test_group_of_three_boots_on_overlays_and_deletes_clean(lab, client, zk, image_demo, own_groups):
+    own_groups.append("web")
     master = master_path(lab)
     master_sha = image_demo["sha256"]
     assert sha256(master) == master_sha
@@ -76,14 +78,17 @@ def test_group_of_three_boots_on_overlays_and_deletes_clean(lab, client, zk, ima
     # the master's iSCSI LUN (streamed, never copied)
     overlays = sorted((compute_dir(lab) / "overlays" / "web").glob("*.qcow2"))
     assert {p.stem for p in overlays} == {i["id"] for i in group["instances"]}
-    sock = compute_dir(lab) / "sessions" / f"demo-{master_sha[:12]}" / "nbd.sock"
+    key = f"demo-{master_sha[:12]}"
+    sessions = SessionManager(compute_dir(lab) / "sessions")
+    url = nbd_url(str(sessions.socket(key)), key)       # the export named by the session, the socket
+    assert sessions.socket(key).resolve().parent == (compute_dir(lab) / "sessions" / key).resolve()
     for overlay in overlays:
         info = json.loads(subprocess.run(
             ["qemu-img", "info", "-U", "--output=json", "--backing-chain", str(overlay)],
             check=True, capture_output=True, text=True).stdout)
         assert info[0]["format"] == "qcow2"
-        assert info[0]["backing-filename"] == f"nbd+unix:///img?socket={sock}"
-        assert info[1]["filename"] == f"nbd+unix:///img?socket={sock}"
+        assert info[0]["backing-filename"] == url
+        assert info[1]["filename"] == url
         assert len(info) == 2
     assert len(lab_domains(lab)) == 3
 
@@ -99,12 +104,14 @@ def test_group_of_three_boots_on_overlays_and_deletes_clean(lab, client, zk, ima
     again = client.request("DELETE", "/v1/instance-groups/web", ok_404=True)
     assert again.status_code in (202, 404)
     wait_until(lambda: client.get_group("web") is None, 120, "group web gone")
-    assert lab_domains(lab) == []
+    # nothing of this test's group is left (other tests' objects are theirs)
+    assert not [d for d in lab_domains(lab) if "--web-" in d]
     assert not list((compute_dir(lab) / "overlays").glob("web/*"))
-    wait_until(lambda: not list((compute_dir(lab) / "sessions").iterdir()), 30, "image session stopped")
+    assert not list((compute_dir(lab) / "seeds").glob("web/*"))
     assert not zk.exists(layout.group("web"))
     node_assignments = [c for n in zk.get_children(layout.ASSIGNMENTS)
-                        for c in zk.get_children(layout.assignments(n))]
+                        for c in zk.get_children(layout.assignments(n)) if c.startswith("web:")]
     assert node_assignments == []
-    assert zk.get_children(layout.REQUESTS) == []
+    queued = [zk.get(f"{layout.REQUESTS}/{r}")[0] for r in zk.get_children(layout.REQUESTS)]
+    assert not [q for q in queued if b'"group":"web"' in q]
     assert sha256(master) == master_sha
