@@ -12,9 +12,11 @@ from typing import Callable, TypeVar
 
 from kazoo.exceptions import BadVersionError, NodeExistsError
 
+from cowfleet.service.api import fetch
 from cowfleet.service.preconditions import Precondition, precondition_failed
-from cowfleet.service.problems import Problem
+from cowfleet.service.problems import Problem, conflict
 from cowfleet.zk.connection import read
+from cowfleet.zk.groups import delete_guarded, groups_using, guard_version
 
 R = TypeVar("R")
 ATTEMPTS = 10
@@ -50,4 +52,29 @@ def create_or_update(zk, path: str, cls: type[R], label: str, pre: Precondition,
                 raise precondition_failed(f"{label} changed meanwhile")
             continue
         return new, stat.version, False
+    raise Problem(503, "Service Unavailable", "too many concurrent writers; retry")
+
+
+def delete_unless_used(zk, path: str, cls: type[R], kind: str, name: str, pre: Precondition,
+                       children: tuple[str, ...] = (), refuse: Callable[[], None] | None = None) -> None:
+    """Delete an image or flavor (``kind``) that no group names, in one
+    transaction guarded by the versions read before the in-use check (the
+    object's and its users guard's: cowfleet/zk/groups.py), so a group made
+    meanwhile wins: 409. ``refuse()`` raises for objects that never go."""
+    label = f"{kind} '{name}'"
+    for _ in range(ATTEMPTS):
+        _obj, version = fetch(zk, path, cls, kind, name)
+        pre.check(version, label)
+        if refuse is not None:
+            refuse()
+        guard = guard_version(zk, path)        # read before the in-use check
+        users = groups_using(zk, kind, name)
+        if users:
+            raise conflict(f"{label} is used by instance group(s): {', '.join(users)}")
+        if guard is not None and delete_guarded(zk, path, version, guard, children):
+            return
+        if pre.pinned:
+            got = read(zk, path, cls)
+            if got is not None and got[1] != version:
+                raise precondition_failed(f"{label} changed meanwhile")
     raise Problem(503, "Service Unavailable", "too many concurrent writers; retry")

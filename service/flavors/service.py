@@ -10,12 +10,11 @@ from kazoo.exceptions import NodeExistsError
 from cowfleet.models import DEFAULT_FLAVORS, Flavor
 from cowfleet.service.api import Result, fetch
 from cowfleet.service.paging import ListQuery, page
-from cowfleet.service.preconditions import ANY, Precondition, precondition_failed
-from cowfleet.service.problems import Problem, conflict
-from cowfleet.service.upsert import ATTEMPTS, create_or_update
+from cowfleet.service.preconditions import ANY, Precondition
+from cowfleet.service.problems import conflict
+from cowfleet.service.upsert import create_or_update, delete_unless_used
 from cowfleet.zk import layout
-from cowfleet.zk.connection import read
-from cowfleet.zk.groups import delete_guarded, groups_using, guard_version
+from cowfleet.zk.groups import groups_using
 
 
 BUILT_IN = frozenset(f.name for f in DEFAULT_FLAVORS)
@@ -64,20 +63,7 @@ def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]
 
 
 def delete(zk, name: str, pre: Precondition = ANY) -> None:
-    label = f"flavor '{name}'"
-    for _ in range(ATTEMPTS):
-        _flavor, version = fetch(zk, layout.flavor(name), Flavor, "flavor", name)
-        pre.check(version, label)
+    def built_in() -> None:
         if name in BUILT_IN:
             raise conflict(f"flavor '{name}' is built in (small, medium and large always exist)")
-        guard = guard_version(zk, layout.flavor(name))     # read before the in-use check
-        users = groups_using(zk, "flavor", name)
-        if users:
-            raise conflict(f"flavor '{name}' is used by instance group(s): {', '.join(users)}")
-        if guard is not None and delete_guarded(zk, layout.flavor(name), version, guard):
-            return
-        if pre.pinned:
-            got = read(zk, layout.flavor(name), Flavor)
-            if got is not None and got[1] != version:
-                raise precondition_failed(f"{label} changed meanwhile")
-    raise Problem(503, "Service Unavailable", "too many concurrent writers; retry")
+    delete_unless_used(zk, layout.flavor(name), Flavor, "flavor", name, pre, refuse=built_in)

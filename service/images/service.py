@@ -9,12 +9,11 @@ from kazoo.exceptions import NodeExistsError
 from cowfleet.models import Image, ImageStatus, NodeInfo, Replica
 from cowfleet.service.api import Result, fetch
 from cowfleet.service.paging import ListQuery, page
-from cowfleet.service.preconditions import ANY, Precondition, precondition_failed
+from cowfleet.service.preconditions import ANY, Precondition
 from cowfleet.service.problems import Problem, conflict, invalid
-from cowfleet.service.upsert import ATTEMPTS, create_or_update
+from cowfleet.service.upsert import create_or_update, delete_unless_used
 from cowfleet.zk import layout
-from cowfleet.zk.connection import read, read_children
-from cowfleet.zk.groups import delete_guarded, groups_using, guard_version
+from cowfleet.zk.connection import read_children
 
 
 def _status(image: Image, replicas: list[Replica], storage_nodes: int) -> tuple[str, str]:
@@ -88,23 +87,8 @@ def _commit(tx) -> None:
 
 
 def delete(zk, name: str, pre: Precondition = ANY) -> None:
-    label = f"image '{name}'"
-    for _ in range(ATTEMPTS):
-        _image, version = fetch(zk, layout.image(name), Image, "image", name)
-        pre.check(version, label)
-        guard = guard_version(zk, layout.image(name))     # read before the in-use check
-        in_use = groups_using(zk, "image", name)
-        if in_use:
-            raise conflict(f"image '{name}' is used by instance group(s): {', '.join(in_use)}")
-        # committed only if no group named it and nobody changed it since the
-        # reads above; storage agents notice it is gone and discard their copies
-        if guard is not None and delete_guarded(zk, layout.image(name), version, guard, ("replicas",)):
-            return
-        if pre.pinned:
-            got = read(zk, layout.image(name), Image)
-            if got is not None and got[1] != version:
-                raise precondition_failed(f"{label} changed meanwhile")
-    raise Problem(503, "Service Unavailable", "too many concurrent writers; retry")
+    # storage agents notice it is gone and discard their copies
+    delete_unless_used(zk, layout.image(name), Image, "image", name, pre, children=("replicas",))
 
 
 # -- image bytes ------------------------------------------------------------------

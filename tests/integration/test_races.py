@@ -12,6 +12,7 @@ from cowfleet.service.app import _bootstrap
 from cowfleet.service.flavors import service as flavors
 from cowfleet.service.groups import service as groups
 from cowfleet.service.groups.schemas import GroupSpecSchema
+from cowfleet.service import upsert
 from cowfleet.service.images import service as images
 from cowfleet.service.images.schemas import ImageSpecSchema
 from cowfleet.service.preconditions import Precondition
@@ -53,7 +54,7 @@ def outcome(fn, *args, **kw):
 
 def test_group_created_while_its_image_is_deleted_after_the_in_use_check(zk, monkeypatch):
     image(zk)
-    real = images.groups_using
+    real = upsert.groups_using
     created = []
 
     def check_then_group_arrives(zk_, field, name):
@@ -61,7 +62,7 @@ def test_group_created_while_its_image_is_deleted_after_the_in_use_check(zk, mon
         if not created:        # the other writer commits right after this check
             created.append(outcome(groups.put, zk, "g", group_spec()))
         return users
-    monkeypatch.setattr(images, "groups_using", check_then_group_arrives)
+    monkeypatch.setattr(upsert, "groups_using", check_then_group_arrives)
     deleted = outcome(images.delete, zk, "img")
     # never both: a group naming an image that is gone
     assert not (created == ["ok"] and deleted == "ok"), "the image was deleted under a group that uses it"
@@ -104,7 +105,7 @@ def test_flavor_deleted_after_the_group_checked_it_exists(zk, monkeypatch):
 def test_flavor_deleted_while_a_group_arrives_after_the_in_use_check(zk, monkeypatch):
     image(zk)
     flavors.put(zk, "tiny", {"vcpus": 1, "memory_mib": 64, "disk_gib": 1})
-    real = flavors.groups_using
+    real = upsert.groups_using
     created = []
 
     def check_then_group_arrives(zk_, field, name):
@@ -112,7 +113,7 @@ def test_flavor_deleted_while_a_group_arrives_after_the_in_use_check(zk, monkeyp
         if not created:
             created.append(outcome(groups.put, zk, "g", group_spec(flavor="tiny")))
         return users
-    monkeypatch.setattr(flavors, "groups_using", check_then_group_arrives)
+    monkeypatch.setattr(upsert, "groups_using", check_then_group_arrives)
     deleted = outcome(flavors.delete, zk, "tiny")
     assert (created, deleted) == (["ok"], 409)
 
@@ -120,13 +121,13 @@ def test_flavor_deleted_while_a_group_arrives_after_the_in_use_check(zk, monkeyp
 def test_image_delete_with_if_match_loses_to_a_change_after_its_check(zk, monkeypatch):
     image(zk)
     version = zk.get(layout.image("img"))[1].version
-    real = images.groups_using
+    real = upsert.groups_using
 
     def check_then_image_changes(zk_, field, name):
         users = real(zk_, field, name)
         images.put(zk, "img", ImageSpecSchema().load({"source_url": "file:///nonexistent", "format": "raw",
                                                       "min_replicas": 1, "labels": {"changed": "yes"}}))
         return users
-    monkeypatch.setattr(images, "groups_using", check_then_image_changes)
+    monkeypatch.setattr(upsert, "groups_using", check_then_image_changes)
     assert outcome(images.delete, zk, "img", Precondition.at(version)) == 412
     assert zk.exists(layout.image("img"))
