@@ -125,4 +125,20 @@ def make_tf(tf_rc, tf_rc_mirror, lab):
 
     yield make
     for d in made:
+        _destroy_leftovers(d, tf_env(tf_rc, lab.state.endpoint, lab.state.token))
         shutil.rmtree(d, ignore_errors=True)
+
+
+def _destroy_leftovers(d: Path, env: dict) -> None:
+    """A test that failed half-way leaves what its state names (groups, so
+    VMs): destroy it, so the tests after it start clean. Nothing to do (and
+    no Terraform run) when the state is empty."""
+    state = d / "terraform.tfstate"
+    try:
+        resources = json.loads(state.read_text()).get("resources") or []
+    except (OSError, ValueError):
+        return
+    if not [r for r in resources if r.get("mode") == "managed" and r.get("instances")]:
+        return
+    subprocess.run([str(BIN / "terraform"), "destroy", "-auto-approve", "-input=false", "-no-color"],
+                   cwd=d, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
