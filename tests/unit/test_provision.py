@@ -104,8 +104,8 @@ def on_a_pretend_host(commands: str, **env) -> subprocess.CompletedProcess:
     """sh sourcing common.sh, then COMMANDS, in a network namespace and a
     mount namespace of their own with a tmpfs over /etc/sysctl.d: a real
     host's path of the scripts, touching nothing of this machine."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root (unshare --net --mount)")
+    # root, as the whole suite runs (make test): a failure, never a skip
+    assert os.geteuid() == 0, "needs root (unshare --net --mount): run the suite as root"
     assert shutil.which("unshare"), "util-linux's unshare is missing"
     full = {k: v for k, v in os.environ.items() if not k.startswith("COWFLEET_")}
     full.update(COWFLEET_INSTALL="0", COWFLEET_START="1", COWFLEET_NODE="r1-c1", COWFLEET_ADDR="10.77.1.11",
