@@ -80,8 +80,8 @@ def host_addresses(subnet: str) -> list[str]:
 def mac_for(instance_id: str) -> str:
     """A unique, stable MAC per instance: locally administered (bit 1 of the
     first octet set), unicast, 40 bits of the id's SHA-256. Distinct ids
-    collide with probability ~n^2/2^41 (10,000 instances: 5e-5); the agent
-    refuses a MAC already in use on its node."""
+    collide with probability ~n^2/2^41 (10,000 instances: 5e-5); only two
+    instances on one bridge colliding would matter, and nothing checks for it."""
     digest = hashlib.sha256(instance_id.encode()).digest()
     return "02:" + ":".join(f"{b:02x}" for b in digest[:5])
 

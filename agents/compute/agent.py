@@ -38,13 +38,13 @@ from cowfleet.agents.placement import DESIRED_RUN, Placer, flavor_named, parse_a
 from cowfleet import network as netdef
 from cowfleet.faults import fault_point
 from cowfleet.guest.builder import READY_MARKER
-from cowfleet.models import Flavor, Group, Image, Instance, InstanceState, Replica, now, valid_instance_id
+from cowfleet.models import (CONSOLE_TAIL_MAX, Flavor, Group, Image, Instance, InstanceState, Replica, now,
+                             valid_instance_id)
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read, read_children, update
 from cowfleet.zk.groups import finish_delete_if_empty
 from cowfleet.zk.leaders import rack_leaders
 
-CONSOLE_TAIL_MAX = 1 << 20  # the most of a console one call returns
 READY_TIMEOUT = 900.0
 READY_POLL = 0.25
 OVERLAY_TRIES = 5          # overlay creations failing in a row before an instance is failed
@@ -286,7 +286,7 @@ class ComputeAgent(NodeAgent):
         if not net.ready and not net.setup():
             return
         if not net.loaded:
-            net.load(self.zk, [(g, iid) for iid, (g, _c, _d) in desired.items()])
+            net.load([(g, iid) for iid, (g, _c, _d) in desired.items()])
         with self.inflight_lock:
             busy = set(self.inflight)
         for iid in net.pool.in_use():
@@ -521,11 +521,10 @@ class ComputeAgent(NodeAgent):
                             f"waiting for {self.name}'s instance network: {net.error or 'starting'}")
             return None
         try:
-            address, mac = net.allocate(inst)
+            return net.allocate(inst), mac
         except AddressesExhausted as exc:
             self._set_state(inst.group, inst.id, InstanceState.PENDING, f"{self.name}: {exc}")
             return None
-        return address, mac
 
     def _seed_data(self, inst: Instance, group: Group | None, address: str | None, mac: str) -> SeedData:
         net = self.instnet

@@ -61,10 +61,10 @@ class InstanceNetwork:
         self.error = ""
         return True
 
-    def load(self, zk, ids_by_group: list[tuple[str, str]]) -> None:
+    def load(self, ids_by_group: list[tuple[str, str]]) -> None:
         """Read back the addresses of the node's instances (after a restart)
         before any new one is handed out."""
-        pending = [(iid, zk.get_async(layout.group_instance(g, iid))) for g, iid in ids_by_group]
+        pending = [(iid, self.zk.get_async(layout.group_instance(g, iid))) for g, iid in ids_by_group]
         for iid, res in pending:
             try:
                 inst = Instance.from_bytes(res.get()[0])
@@ -74,12 +74,12 @@ class InstanceNetwork:
                 self.pool.load(iid, inst.address)
         self.loaded = True
 
-    def allocate(self, inst: Instance) -> tuple[str, str]:
-        """The instance's address and MAC: the one on its record if it is
-        still its own, else a new one."""
-        if not (inst.address and self.pool.load(inst.id, inst.address)):
-            self.pool.allocate(inst.id)
-        return self.pool.address_of(inst.id), network.mac_for(inst.id)
+    def allocate(self, inst: Instance) -> str:
+        """The instance's address: the one on its record if it is still its
+        own, else a new one."""
+        if inst.address and self.pool.load(inst.id, inst.address):
+            return inst.address
+        return self.pool.allocate(inst.id)
 
     def release(self, instance_id: str) -> None:
         if self.pool is not None:

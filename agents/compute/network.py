@@ -28,8 +28,8 @@ import threading
 
 from cowfleet import network
 
-# Routes this agent adds carry their own protocol number, so it (and the
-# labs' teardown) can list and remove exactly its own and never anyone else's.
+# Routes this agent adds carry their own protocol number, so it can list and
+# remove exactly its own and never anyone else's.
 ROUTE_PROTO = "207"
 LIBVIRT_DAEMONS = ("libvirtd", "virtqemud")
 
@@ -80,7 +80,10 @@ class AddressPool:
     def __init__(self, subnet: str):
         self.subnet = subnet
         self._net = ipaddress.ip_network(subnet)
+        self._gateway = str(network.gateway(subnet))
         hosts = network.host_addresses(subnet)
+        # free addresses, lowest first; one taken by ``load`` stays in the heap
+        # (allocate skips owned ones): no O(n) removal per address read back
         self._free = [int(ipaddress.ip_address(a)) for a in hosts]
         heapq.heapify(self._free)
         self._by_id: dict[str, str] = {}
@@ -100,17 +103,12 @@ class AddressPool:
             except ValueError:
                 return False
             if ip not in self._net or self._owner.get(address, instance_id) != instance_id \
-                    or str(ip) == str(network.gateway(self.subnet)):
+                    or str(ip) == self._gateway:
                 return False
             if instance_id in self._by_id:
                 self._release_locked(instance_id)
             self._by_id[instance_id] = address
             self._owner[address] = instance_id
-            try:
-                self._free.remove(int(ip))
-                heapq.heapify(self._free)
-            except ValueError:
-                pass
             return True
 
     def allocate(self, instance_id: str) -> str:
@@ -141,10 +139,6 @@ class AddressPool:
         with self._lock:
             return dict(self._by_id)
 
-    def address_of(self, instance_id: str) -> str | None:
-        with self._lock:
-            return self._by_id.get(instance_id)
-
 
 class NodeNetwork(abc.ABC):
     """The node's bridge and its routes to peers' instance subnets."""
@@ -174,9 +168,6 @@ class NodeNetwork(abc.ABC):
         """Put an instance's tap on the bridge, up; a tap still in libvirtd's
         namespace is moved into this node's first. Idempotent."""
 
-    @abc.abstractmethod
-    def teardown(self) -> None:
-        """Remove the bridge and our routes."""
 
 
 def _run_ip(prefix: list[str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -259,10 +250,6 @@ class LinuxBridgeNetwork(NodeNetwork):
                 raise RuntimeError(f"moving tap {tap} from libvirtd's network namespace: {proc.stderr.strip()}")
         self._ip("link", "set", "dev", tap, "master", self.bridge, "up")
 
-    def teardown(self) -> None:
-        self.sync_routes({})
-        self.remove_bridge()
-
     def remove_bridge(self) -> bool:
         """Delete the bridge (libvirt removes its guests' taps with them)."""
         return self._ip("link", "del", self.bridge, check=False).returncode == 0
@@ -306,20 +293,9 @@ class FakeNodeNetwork(NodeNetwork):
             raise RuntimeError(f"bridge {self.bridge} does not exist")
         self.ports.add(tap)
 
-    def teardown(self) -> None:
-        self._exists, self._addresses, self._routes = False, [], {}
-        self.ports = set()
-
 
 def bridge_name(node: str) -> str:
     """A bridge name unique per node on one host (labs run several nodes on
     one machine) and within Linux's 15 characters."""
     return "cfbr-" + hashlib.sha256(node.encode()).hexdigest()[:8]
 
-
-def remove_routes(netns: str | None = None) -> int:
-    """Every route any cowfleet agent added (labs' teardown); returns how many."""
-    net = LinuxBridgeNetwork("cfbr-teardown", netns)
-    n = len(net.routes())
-    net.sync_routes({})
-    return n
