@@ -115,9 +115,14 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
-def _is_qsd(pid: int, needle: str) -> bool:
+def _qsd_cmdline(pid: int) -> list[str]:
+    """The process's arguments if it is a qemu-storage-daemon, else []."""
     args = _cmdline(pid)
-    return bool(args) and os.path.basename(args[0]) == "qemu-storage-daemon" and any(needle in a for a in args)
+    return args if args and os.path.basename(args[0]) == "qemu-storage-daemon" else []
+
+
+def _is_qsd(pid: int, needle: str) -> bool:
+    return any(needle in a for a in _qsd_cmdline(pid))
 
 
 def short_link(session_dir: str | os.PathLike) -> Path:
@@ -142,9 +147,7 @@ def daemons_under(root: str | os.PathLike) -> dict[int, list[str]]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        args = _cmdline(int(entry))
-        if not args or os.path.basename(args[0]) != "qemu-storage-daemon":
-            continue
+        args = _qsd_cmdline(int(entry))
         where = session_dir_of(args)
         if where is not None and (str(where) + "/").startswith(real):
             out[int(entry)] = args
