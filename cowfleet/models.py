@@ -169,6 +169,11 @@ class Instance(Record):
     ready_at: float | None = None
 
 
+# the most of an instance's serial console one read returns (the compute
+# agent's P2P read and GET .../console alike)
+CONSOLE_TAIL_MAX = 1 << 20
+
+
 def valid_instance_id(text: str) -> bool:
     """An instance id as placement makes them (``<group>-<hex>``): letters,
     digits and '-' only, so it never names a path of its own."""

@@ -11,7 +11,7 @@ import logging
 from typing import Callable, TypeVar
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import BadVersionError, NoNodeError, NodeExistsError
+from kazoo.exceptions import BadVersionError, NoNodeError, NodeExistsError, RolledBackError
 from kazoo.retry import KazooRetry
 
 from cowfleet.models import Record
@@ -105,6 +105,16 @@ def update(zk: KazooClient, path: str, cls: type[R], change: Callable[[R], R | N
         except NoNodeError:
             return None
     raise RuntimeError(f"too many concurrent updates of {path}")
+
+
+def commit(tx) -> list:
+    """Commit a transaction; if it failed, raise the error of the operation
+    that failed (kazoo reports the others as RolledBackError)."""
+    results = tx.commit()
+    errors = [r for r in results if isinstance(r, Exception)]
+    if errors:
+        raise next((e for e in errors if not isinstance(e, RolledBackError)), errors[0])
+    return results
 
 
 def delete_quietly(zk: KazooClient, path: str, recursive: bool = False) -> bool:

@@ -5,8 +5,6 @@ instances keep the size they were made with, so resizing is a new flavor and
 a change of the group's flavor, which replaces the instances rolling."""
 from __future__ import annotations
 
-from kazoo.exceptions import NodeExistsError
-
 from cowfleet.models import DEFAULT_FLAVORS, Flavor
 from cowfleet.service.api import Result, fetch
 from cowfleet.service.paging import ListQuery, page
@@ -14,6 +12,7 @@ from cowfleet.service.preconditions import ANY, Precondition
 from cowfleet.service.problems import conflict
 from cowfleet.service.upsert import create_or_update, delete_unless_used
 from cowfleet.zk import layout
+from cowfleet.zk.connection import commit
 from cowfleet.zk.groups import groups_using
 
 
@@ -40,9 +39,7 @@ def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]
         tx = zk.transaction()
         tx.create(layout.flavor(name), new.to_bytes())
         tx.create(layout.users_guard(layout.flavor(name)), b"")
-        errors = [r for r in tx.commit() if isinstance(r, Exception)]
-        if errors:
-            raise next((e for e in errors if isinstance(e, NodeExistsError)), errors[0])
+        commit(tx)
         return new
 
     def update(current: Flavor) -> Flavor | None:

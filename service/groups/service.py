@@ -6,17 +6,17 @@ import json
 
 import requests
 from flask import Response
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, RolledBackError
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
-from cowfleet.models import (DeployRequest, Flavor, Group, GroupPhase, GroupStatus, Instance, InstanceState,
-                             NodeInfo, valid_instance_id)
+from cowfleet.models import (CONSOLE_TAIL_MAX, DeployRequest, Flavor, Group, GroupPhase, GroupStatus, Instance,
+                             InstanceState, NodeInfo, valid_instance_id)
 from cowfleet.service.api import Result, fetch
 from cowfleet.service.groups.handoff import hand_off
 from cowfleet.service.paging import ListQuery, page
 from cowfleet.service.preconditions import ANY, Precondition, precondition_failed
 from cowfleet.service.problems import Problem, conflict, invalid
 from cowfleet.zk import layout
-from cowfleet.zk.connection import read, read_children
+from cowfleet.zk.connection import commit, read, read_children
 from cowfleet.zk.groups import finish_delete_if_empty, guard_version, touch_guards
 
 
@@ -81,13 +81,8 @@ def _request(tx, name: str, generation: int) -> None:
 
 
 def _commit(tx) -> str | None:
-    """Commit; returns the path of the request znode it created (the last op).
-    A failed transaction raises the error of the operation that failed (the
-    others only say they were rolled back)."""
-    results = tx.commit()
-    errors = [r for r in results if isinstance(r, Exception)]
-    if errors:
-        raise next((e for e in errors if not isinstance(e, RolledBackError)), errors[0])
+    """Commit; returns the path of the request znode it created (the last op)."""
+    results = commit(tx)
     return results[-1] if results and isinstance(results[-1], str) else None
 
 
@@ -221,7 +216,6 @@ def placement(zk, name: str) -> dict:
 
 
 CONSOLE_DEFAULT = 65536
-CONSOLE_MAX = 1 << 20       # the compute agent caps a read at the same size
 
 
 def console(zk, name: str, iid: str, tail_bytes: str | None):
@@ -234,7 +228,7 @@ def console(zk, name: str, iid: str, tail_bytes: str | None):
     except ValueError:
         raise invalid({"tail_bytes": ["must be a whole number of bytes, 0 or more"]},
                       "invalid query parameter") from None
-    tail = min(tail, CONSOLE_MAX)
+    tail = min(tail, CONSOLE_TAIL_MAX)
     fetch(zk, layout.group(name), Group, "instance group", name)
     got = read(zk, layout.group_instance(name, iid), Instance) if valid_instance_id(iid) else None
     if got is None:

@@ -28,7 +28,7 @@ def placement(name):
 @endpoint(raw_out="text/plain", errors=(502,), query=({
     "name": "tail_bytes", "in": "query", "required": False,
     "description": f"how much of the end of the console to return (default {service.CONSOLE_DEFAULT}, "
-                   f"at most {service.CONSOLE_MAX}: larger values are capped)",
+                   f"at most {service.CONSOLE_TAIL_MAX}: larger values are capped)",
     "schema": {"type": "integer", "minimum": 0}},))
 def console(name, iid):
     """The tail of an instance's serial console (text/plain; X-Console-Size: its whole size)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 
 import requests
-from kazoo.exceptions import NodeExistsError
 
 from cowfleet.models import Image, ImageStatus, NodeInfo, Replica
 from cowfleet.service.api import Result, fetch
@@ -13,7 +12,7 @@ from cowfleet.service.preconditions import ANY, Precondition
 from cowfleet.service.problems import Problem, conflict, invalid
 from cowfleet.service.upsert import create_or_update, delete_unless_used
 from cowfleet.zk import layout
-from cowfleet.zk.connection import read_children
+from cowfleet.zk.connection import commit, read_children
 
 
 def _status(image: Image, replicas: list[Replica], storage_nodes: int) -> tuple[str, str]:
@@ -59,7 +58,7 @@ def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]
         tx.create(layout.image(name), image.to_bytes())
         tx.create(layout.image_replicas(name), b"")
         tx.create(layout.users_guard(layout.image(name)), b"")
-        _commit(tx)
+        commit(tx)
         return image
 
     def update(image: Image) -> Image | None:
@@ -75,15 +74,6 @@ def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]
     image, version, created = create_or_update(zk, layout.image(name), Image, f"image '{name}'",
                                                pre, create, update)
     return view(zk, image, version), created
-
-
-def _commit(tx) -> None:
-    results = tx.commit()
-    for r in results:
-        if isinstance(r, NodeExistsError):
-            raise r
-        if isinstance(r, Exception):
-            raise r
 
 
 def delete(zk, name: str, pre: Precondition = ANY) -> None:
