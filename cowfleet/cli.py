@@ -310,7 +310,7 @@ def cmd_instance_console(args) -> int:
 
 def cmd_network_get(args) -> int:
     n = _client(args).network()
-    print(f"instance network {n['instance_cidr'] or '(not configured)'}, a /{n['subnet_prefix']} per compute node"
+    print(f"instance network {n['instance_cidr']}, a /{n['subnet_prefix']} per compute node"
           if n["instance_cidr"] else "instance network: not configured (cowfleet network set CIDR)")
     if n["subnets"]:
         print(f"{'SUBNET':<18} {'GATEWAY':<15} {'NODE':<28} MEMBER")

@@ -2,6 +2,8 @@
 compute nodes' subnet claims (cowfleet/zk/subnets.py)."""
 from __future__ import annotations
 
+from urllib.parse import urlparse
+
 from cowfleet import network
 from cowfleet.models import NetworkConfig, NodeInfo
 from cowfleet.service.preconditions import ANY, Precondition
@@ -17,7 +19,7 @@ def node_ips(zk) -> list[str]:
     for node, _ in read_children(zk, layout.NODES, NodeInfo):
         if node.node_ip:
             out.append(node.node_ip)
-        host = (node.address or "").split("://")[-1].rsplit(":", 1)[0].strip("[]")
+        host = urlparse(node.address or "").hostname      # the P2P endpoint's host
         if host:
             out.append(host)
     return out
