@@ -1,6 +1,10 @@
 """Schema pieces shared by every resource."""
 from __future__ import annotations
 
+import base64
+import binascii
+import struct
+
 from marshmallow import Schema, ValidationError, fields, validate
 from marshmallow import RAISE
 
@@ -76,9 +80,6 @@ def _ssh_public_key(value: str) -> None:
     """One line of authorized_keys without options: TYPE BASE64 [COMMENT],
     where the base64 blob really is a key of that type (its first field
     names the type again), so a pasted private key or a typo is refused."""
-    import base64
-    import binascii
-    import struct
     if len(value) > MAX_SSH_KEY_LENGTH:
         raise ValidationError(f"an SSH public key is at most {MAX_SSH_KEY_LENGTH} characters")
     if not value.isprintable() or "\n" in value:
