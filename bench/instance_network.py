@@ -28,15 +28,41 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import libvirt
+
 from cowfleet.client import Client
 from cowfleet.guest.builder import build_demo_image
 from cowfleet.lab.lab import Lab
 
 TARGET = 1.05
 
+# what the demo guest prints on its console, each line with its uptime: where
+# a guest's own boot time goes (the kernel's share ends when its userland starts)
+GUEST_STAGES = {
+    "userland": r"cowfleet-guest: \[([0-9.]+)\] userland",
+    "seed read": r"cowfleet-guest: \[([0-9.]+)\] (?:seed on|no NoCloud seed)",
+    "network up": r"cowfleet-guest: \[([0-9.]+)\] network",
+    "ready": r"COWFLEET-READY .*uptime=([0-9.]+)",
+}
+
 
 def ts(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def guests_cpu_s(instance_ids: list[str]) -> float:
+    """CPU seconds the group's qemu processes used so far (libvirt's
+    cpu_time): the guests' work, which other load on the machine does not
+    inflate the way it does the wall-clock time to ready."""
+    conn = libvirt.open("qemu:///system")
+    try:
+        total = 0
+        for dom in conn.listAllDomains():
+            if any(dom.name().endswith("--" + i) for i in instance_ids):
+                total += dom.getCPUStats(True)[0]["cpu_time"]
+        return total / 1e9
+    finally:
+        conn.close()
 
 
 def ready_after_put(client: Client, group: str, size: int, timeout: float = 600) -> dict:
@@ -51,6 +77,7 @@ def ready_after_put(client: Client, group: str, size: int, timeout: float = 600)
         if addressed is None and len(insts) == size and all(i.get("address") for i in insts):
             addressed = time.time() - t0
         if len(insts) == size and all(i["state"] == "ready" for i in insts):
+            cpu = guests_cpu_s([i["id"] for i in insts])
             break
         if time.time() - t0 > timeout:
             raise TimeoutError(f"group {group} not ready after {timeout:.0f}s: {g['status'] if g else None}")
@@ -59,16 +86,23 @@ def ready_after_put(client: Client, group: str, size: int, timeout: float = 600)
     # the guest's own uptime when it said it was ready (its READY line): what
     # the guest's work costs, apart from the host's
     uptimes = []
+    stages: dict[str, list[float]] = {s: [] for s in GUEST_STAGES}
     for i in insts:
         text, _ = client.console(group, i["id"])
         m = re.search(r"COWFLEET-READY .*uptime=([0-9.]+)", text)
         if m:
             uptimes.append(float(m.group(1)))
+        for stage, pattern in GUEST_STAGES.items():
+            m = re.search(pattern, text)
+            if m:
+                stages[stage].append(float(m.group(1)))
     client.delete_group(group)
     while client.get_group(group) is not None:
         time.sleep(0.2)
     return {"ready_s": ready, "addressed_s": addressed,
-            "guest_uptime_s": statistics.median(uptimes) if uptimes else None}
+            "guest_uptime_s": statistics.median(uptimes) if uptimes else None,
+            "guest_cpu_s": cpu,
+            "guest_stages_s": {s: statistics.median(v) for s, v in stages.items() if v}}
 
 
 def set_mode(lab: Lab, with_network: bool) -> None:
@@ -123,6 +157,7 @@ def main(argv=None) -> int:
                 results[mode].append(got)
                 print(f"  round {r + 1} {mode:<8} network and seed: all {args.size} ready "
                       f"{got['ready_s']:6.2f} s after the PUT"
+                      + f", qemu CPU {got['guest_cpu_s']:.1f} s"
                       + (f", addressed {got['addressed_s']:.2f} s" if got["addressed_s"] else "")
                       + (f", guest uptime at ready (median) {got['guest_uptime_s']:.1f} s"
                          if got["guest_uptime_s"] else ""), flush=True)
@@ -149,6 +184,15 @@ def main(argv=None) -> int:
     if len(up) == 2:
         print(f"guest uptime at its READY line (median): without {up['without']:.1f} s, with {up['with']:.1f} s "
               f"(ratio {up['with'] / up['without']:.3f}: the guest's own share)")
+    cpu = {m: statistics.median(r["guest_cpu_s"] for r in rs) for m, rs in results.items()}
+    print(f"qemu CPU seconds until all ready (median): without {cpu['without']:.1f} s, with {cpu['with']:.1f} s "
+          f"(ratio {cpu['with'] / cpu['without']:.3f}: the guests' work, whatever else the machine runs)")
+    print(f"\n{'guest uptime (median s)':<24}" + "".join(f"{s:>12}" for s in GUEST_STAGES))
+    for mode in ("without", "with"):
+        row = [statistics.median(r["guest_stages_s"][s] for r in results[mode] if s in r["guest_stages_s"])
+               if any(s in r["guest_stages_s"] for r in results[mode]) else None for s in GUEST_STAGES]
+        print(f"{mode + ' network+seed':<24}" + "".join(f"{v:>12.2f}" if v is not None else f"{'-':>12}"
+                                                          for v in row))
     print(f"\nratio with / without: {ratio:.3f}  (target <= {TARGET}: {'PASS' if ratio <= TARGET else 'FAIL'})")
     if seeds:
         print(f"seed build per instance: median {statistics.median(seeds):.1f} ms, max {max(seeds):.1f} ms "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import stat
+import shutil
 import subprocess
 
 import pytest
@@ -137,4 +138,10 @@ def test_templates_format():
     for step in ("findfs LABEL=cidata", "macaddress:", "ip addr add", "/run/user-data", "httpd -p 80"):
         assert step in guest
         assert guest.index(step) < guest.index(READY_MARKER)
-    assert "\\1/p" in guest and "\x01" not in guest
+    # a raw string: the shell's escapes reach the guest as written
+    assert '${v#\\"}' in guest and "\x01" not in guest
+    # and busybox's shell parses it (the guest's own shell: an error there is a guest that never boots)
+    busybox = shutil.which("busybox")
+    assert busybox, "busybox-static is a build dependency of the demo image"
+    proc = subprocess.run([busybox, "sh", "-n", "-c", guest], capture_output=True, text=True, timeout=10)
+    assert proc.returncode == 0, proc.stderr
