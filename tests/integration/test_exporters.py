@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import signal
 import socket
 from dataclasses import dataclass
@@ -16,7 +15,6 @@ import pytest
 from cowfleet.agents.storage.exporter import ExportError, Exporter, FakeExporter, FakeMachine, iqn_for
 from cowfleet.agents.storage.tgt import TgtExporter
 from cowfleet.lab import components as c
-from tests.conftest import _workdir
 
 pytestmark = pytest.mark.integration
 
@@ -33,20 +31,13 @@ class Backend:
 
 
 @pytest.fixture(scope="module")
-def workdir():
-    d = _workdir("cowfleet-exporters-")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def tgtd(workdir):
+def tgtd(module_dir):
     """A tgtd of this module's own (channel, portal), so the machine's is never touched."""
     channel = c.free_tgt_control_port(170)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         portal = f"127.0.0.1:{s.getsockname()[1]}"
-    state = {"pid": c.ensure_tgtd(workdir / "tgtd.log", control_port=channel, portal=portal)}
+    state = {"pid": c.ensure_tgtd(module_dir / "tgtd.log", control_port=channel, portal=portal)}
     saved = os.environ.get("COWFLEET_TGT_CONTROL_PORT")
     os.environ["COWFLEET_TGT_CONTROL_PORT"] = str(channel)     # what tgtadm talks to
 
@@ -55,7 +46,7 @@ def tgtd(workdir):
         c.wait_gone(state["pid"], 10)
 
     def revive():
-        state["pid"] = c.ensure_tgtd(workdir / "tgtd.log", control_port=channel, portal=portal)
+        state["pid"] = c.ensure_tgtd(module_dir / "tgtd.log", control_port=channel, portal=portal)
     try:
         yield kill, revive
     finally:
@@ -68,7 +59,7 @@ def tgtd(workdir):
 
 
 @pytest.fixture(params=["tgt", "fake"])
-def backend(request, workdir):
+def backend(request, module_dir):
     if request.param == "fake":
         machine = FakeMachine()
         b = Backend(FakeExporter(NODE, machine), FakeExporter(NODE + "-n", machine), machine.stop, machine.start)
@@ -85,11 +76,11 @@ def backend(request, workdir):
 
 
 @pytest.fixture
-def masters(workdir):
+def masters(module_dir):
     made = []
 
     def make(name: str) -> str:
-        path = workdir / f"{name}-{secrets.token_hex(3)}.img"
+        path = module_dir / f"{name}-{secrets.token_hex(3)}.img"
         path.write_bytes(bytes(1 << 20))
         os.chmod(path, 0o444)
         made.append(path)
@@ -132,15 +123,15 @@ def test_a_node_sees_only_its_own_targets(backend, masters):
     assert theirs.unexport(their_iqn)
 
 
-def test_a_missing_master_is_refused_and_leaves_no_target(backend, masters, workdir):
+def test_a_missing_master_is_refused_and_leaves_no_target(backend, masters, module_dir):
     ex = backend.exporter
     iqn = ex.target_name("gone", SHA)
     with pytest.raises(ExportError):
-        ex.export(iqn, str(workdir / "no-such-master.img"))
+        ex.export(iqn, str(module_dir / "no-such-master.img"))
     assert ex.list() == {}
     ex.export(iqn, masters("gone"))
     with pytest.raises(ExportError):           # replacing it by a missing file: none left either
-        ex.export(iqn, str(workdir / "no-such-master.img"))
+        ex.export(iqn, str(module_dir / "no-such-master.img"))
     assert ex.list() == {}
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import shutil
 import threading
 
 import pytest
@@ -20,7 +19,6 @@ from cowfleet.lab import components as c
 from cowfleet.models import Image, NodeInfo, Replica
 from cowfleet.zk import layout
 from cowfleet.zk.connection import connect, read
-from tests.conftest import _workdir
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
@@ -29,15 +27,8 @@ PORTAL = "192.0.2.1:3260"       # nothing attaches: any portal is recorded as gi
 
 
 @pytest.fixture(scope="module")
-def workdir():
-    d = _workdir("cowfleet-fake-exporter-")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def zk_hosts(workdir):
-    server = c.ZooKeeperServer(workdir / "zk")
+def zk_hosts(module_dir):
+    server = c.ZooKeeperServer(module_dir / "zk")
     server.start()
     try:
         yield server.hosts + "/fake-exporter"
@@ -54,9 +45,9 @@ def zk(zk_hosts):
 
 
 @pytest.fixture
-def agent(zk_hosts, workdir):
+def agent(zk_hosts, module_dir):
     name = f"fakest-{secrets.token_hex(3)}"
-    a = StorageAgent(name=name, rack="rack-a", zk_hosts=zk_hosts, state_dir=str(workdir / name),
+    a = StorageAgent(name=name, rack="rack-a", zk_hosts=zk_hosts, state_dir=str(module_dir / name),
                      portal=PORTAL, exporter=FakeExporter(name))
     thread = threading.Thread(target=a.run, name=f"agent-{name}", daemon=True)
     thread.start()
@@ -84,10 +75,10 @@ def _member(zk, agent) -> NodeInfo:
     return read(zk, layout.node(agent.name), NodeInfo)[0]
 
 
-def test_a_copy_is_exported_published_and_served(zk, agent, workdir):
+def test_a_copy_is_exported_published_and_served(zk, agent, module_dir):
     data = os.urandom(1 << 20) + bytes(1 << 20)
     sha = hashlib.sha256(data).hexdigest()
-    src = workdir / "src.raw"
+    src = module_dir / "src.raw"
     src.write_bytes(data)
     _image(zk, "fk", source_url=f"file://{src}")
     try:
@@ -132,8 +123,8 @@ def test_an_upload_lands_and_a_mismatch_is_refused(zk, agent):
         _delete_image(zk, "up")
 
 
-def test_a_dead_exporter_withdraws_the_replicas_until_it_answers(zk, agent, workdir):
-    src = workdir / "w.raw"
+def test_a_dead_exporter_withdraws_the_replicas_until_it_answers(zk, agent, module_dir):
+    src = module_dir / "w.raw"
     src.write_bytes(os.urandom(1 << 20))
     _image(zk, "wd", source_url=f"file://{src}")
     try:
