@@ -20,6 +20,9 @@ def parse_args(argv=None):
     p.add_argument("--listen", default="127.0.0.1:0", help="P2P endpoint HOST:PORT (port 0: any free)")
     p.add_argument("--iscsi-portal", help="storage: the HOST:PORT at which compute nodes reach this "
                    "machine's tgtd (default: the --listen host, port 3260)")
+    p.add_argument("--exporter", choices=["tgt", "fake"], default="tgt",
+                   help="storage: who exports the masters over iSCSI: the machine's tgtd, or fake "
+                   "(targets in memory, nothing can attach them: for control-plane labs without VMs)")
     p.add_argument("--libvirt-uri", default="qemu:///system")
     p.add_argument("--virt-type", choices=["auto", "kvm", "qemu"], default="auto",
                    help="libvirt domain type; auto boots a probe guest to see if KVM really works")
@@ -73,10 +76,13 @@ def main(argv=None) -> int:
                              **common)
     else:
         from cowfleet.agents.storage.agent import StorageAgent
+        from cowfleet.agents.storage.exporter import FakeExporter
+        from cowfleet.agents.storage.tgt import TgtExporter
         host = args.listen.rpartition(":")[0]
         if host in ("", "0.0.0.0", "::", "[::]"):
             host = "127.0.0.1"
-        agent = StorageAgent(portal=args.iscsi_portal or f"{host}:3260", **common)
+        exporter = (FakeExporter if args.exporter == "fake" else TgtExporter)(name)
+        agent = StorageAgent(portal=args.iscsi_portal or f"{host}:3260", exporter=exporter, **common)
     agent.install_signal_handlers()
     agent.run()
     return 0

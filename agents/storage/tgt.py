@@ -11,6 +11,7 @@ targets:
   so two agents creating targets at once cannot pick the same one.
 
 All of it drives ``tgtadm`` (tgt's own tool), nothing else.
+``TgtExporter`` is the storage agent's exporter (``exporter.py``) on it.
 
 Where one machine plays several storage hosts (the racks lab: one network
 namespace per node), each node runs a tgtd of its own in its namespace, so
@@ -28,9 +29,13 @@ import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from cowfleet.agents.storage.exporter import IQN_PREFIX, ExportError, Exporter, iqn_for, node_prefix
+
+__all__ = ["IQN_PREFIX", "iqn_for", "node_prefix", "TgtError", "Target", "TgtExporter", "available",
+           "control_args", "export", "list_targets", "parse_targets", "remove_node_targets", "unexport"]
+
 log = logging.getLogger(__name__)
 
-IQN_PREFIX = "iqn.2026-11.org.cowfleet"
 LOCK_FILE = os.environ.get("COWFLEET_TGT_LOCK", "/run/lock/cowfleet-tgt.lock")
 DEFAULT_PORT = 3260
 
@@ -39,7 +44,7 @@ _BACKING = re.compile(r"^\s+Backing store path: (.+?)\s*$")
 _NEXUS = re.compile(r"^\s+I_T nexus: \d+")
 
 
-class TgtError(RuntimeError):
+class TgtError(ExportError):
     pass
 
 
@@ -49,15 +54,6 @@ class Target:
     iqn: str
     backing: list[str] = field(default_factory=list)   # LUN backing files (LUN 0 has none)
     sessions: int = 0                                  # connected initiators
-
-
-def node_prefix(node: str) -> str:
-    return f"{IQN_PREFIX}:{node}:"
-
-
-def iqn_for(node: str, image: str, sha256: str) -> str:
-    """Stable for (node, image, content); names its owner."""
-    return f"{node_prefix(node)}{image}-{sha256[:12]}"
 
 
 def control_args(port: int | str | None = None) -> list[str]:
@@ -166,3 +162,29 @@ def remove_node_targets(node: str) -> int:
     for t in list_targets(node_prefix(node)):
         n += unexport(t.iqn)
     return n
+
+
+class TgtExporter(Exporter):
+    """The node's targets in the machine's tgtd (the functions above, so the
+    same tgtadm commands); tgtd not answering (no tgtadm, a timeout) is an
+    ExportError like a refusal."""
+
+    def export(self, iqn: str, path: str) -> None:
+        with _answering():
+            export(iqn, path)
+
+    def unexport(self, iqn: str) -> bool:
+        with _answering():
+            return unexport(iqn)
+
+    def list(self) -> dict[str, list[str]]:
+        with _answering():
+            return {t.iqn: t.backing for t in list_targets(node_prefix(self.node))}
+
+
+@contextmanager
+def _answering():
+    try:
+        yield
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ExportError(str(exc)) from exc

@@ -26,10 +26,12 @@ their 10.77.x.y) inside its own namespace, and the lab turns forwarding on in
 the compute namespaces only (the host's ``net.ipv4.ip_forward`` is never
 touched): an instance in rack 1 reaches one in rack 2 through the two
 compute nodes. With ``--fake`` the bridges and routes are real all the same
-(``--node-network linux``); only the VMs are missing. With real VMs libvirtd
-runs in the host's namespace, so a guest's tap appears there for a moment:
-the agent moves it into its own namespace, onto its bridge, before the
-guest runs (agents/compute/network.py). Bridges, routes and taps go with
+(``--node-network linux``); only the VMs are missing -- and so the storage
+nodes' tgtds: nothing would attach their targets, so storage agents run
+the fake exporter (``--exporter fake``) and no tgtd is started. With real
+VMs libvirtd runs in the host's namespace, so a guest's tap appears there
+for a moment: the agent moves it into its own namespace, onto its bridge,
+before the guest runs (agents/compute/network.py). Bridges, routes and taps go with
 the namespaces and domains on ``down``.
 """
 from __future__ import annotations
@@ -57,6 +59,7 @@ AGENT_PORT = 7070
 ZK_PORT = 2181
 # no VMs, but real bridges and routes in the compute namespaces
 FAKE_ARGS = "--hypervisor fake --node-network linux --vcpus 8 --memory-mib 8192"
+FAKE_STORAGE_ARGS = "--exporter fake"     # no VMs: no iSCSI initiator, so no tgtd either
 
 
 def provision_dir() -> Path:
@@ -184,7 +187,7 @@ class RacksLab(LabFiles):
         nodes = plan(lab_id, self.dir, self.racks, self.nodes_per_rack, self.zk_count)
         port = 100
         for n in nodes:
-            if n.role == "storage":
+            if n.role == "storage" and not self.fake:
                 n.tgt_control_port = port = c.free_tgt_control_port(port)
                 port += 1
         zk = ",".join(f"{n.addr}:{ZK_PORT}" for n in nodes if n.role == "zookeeper") + "/cowfleet"
@@ -199,7 +202,8 @@ class RacksLab(LabFiles):
             self._step(progress, "provision", lambda: self._provision(provision, token, reader))
             if not self.fake:
                 self._step(progress, "libvirtd", self._libvirtd)
-            self._step(progress, "tgtd", self._start_tgtds)
+            if not self.fake:
+                self._step(progress, "tgtd", self._start_tgtds)
             self._step(progress, "zookeeper", lambda: self._start_zookeeper(timeout))
             self._step(progress, "service", lambda: self._start_service(timeout))
             self._step(progress, "agents", lambda: self._start_agents(timeout))
@@ -242,7 +246,8 @@ class RacksLab(LabFiles):
                        COWFLEET_INSTALL="0", COWFLEET_START="0", COWFLEET_PYTHON=sys.executable,
                        COWFLEET_SERVICE_PORT=str(SERVICE_PORT), COWFLEET_AGENT_PORT=str(AGENT_PORT),
                        COWFLEET_SERVICE_WORKERS=str(self.service_workers),
-                       COWFLEET_AGENT_ARGS=FAKE_ARGS if (self.fake and n.role == "compute") else "")
+                       COWFLEET_AGENT_ARGS={"compute": FAKE_ARGS, "storage": FAKE_STORAGE_ARGS}.get(n.role, "")
+                       if self.fake else "")
             if n.tgt_control_port:
                 env["COWFLEET_TGT_CONTROL_PORT"] = str(n.tgt_control_port)
             if n.role == "service":

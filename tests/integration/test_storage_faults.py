@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from cowfleet.agents.storage import tgt
-from cowfleet.agents.storage.agent import RETRY_MIN, copiers
+from cowfleet.agents.storage.replication import RETRY_MIN, copiers
 from cowfleet.lab import components as c
 from tests.conftest import _workdir
 from tests.helpers import wait_until

@@ -7,7 +7,7 @@ import subprocess
 
 from cowfleet.agents.compute.sessions import SessionManager, nbd_url, qcow2_backing, session_key
 from cowfleet.agents.storage import tgt
-from cowfleet.agents.storage.agent import copiers
+from cowfleet.agents.storage.replication import copiers
 from cowfleet.models import NodeInfo, Replica
 
 SHOW = """Target 1: iqn.2026-11.org.cowfleet:lab1-storage-1:demo-0123456789ab

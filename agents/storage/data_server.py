@@ -1,0 +1,105 @@
+"""The storage agent's P2P data routes: ``PUT /v1/images/NAME/data`` takes an
+upload (streamed by the service), ``GET /v1/images/NAME/data`` serves a copy
+to a peer. Errors are problem+json.
+
+Routed by a werkzeug routing ``Map`` (what Flask routes with) -- the image
+name a converter of the storage agent's name rule -- rather than a hand
+regex; the JSON routes (holds, locate) stay in NodeAgent's route table.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Callable
+
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import BaseConverter, Map, Rule
+from werkzeug.wrappers import Request, Response
+
+from cowfleet.agents.storage.copy_store import CHUNK, ChecksumMismatch, CopyStore, FormatMismatch
+from cowfleet.models import Image
+
+
+class _ImageName(BaseConverter):
+    regex = r"[a-z0-9][a-z0-9-]{0,62}"     # the storage agent's name rule, as before the split
+
+
+DATA = "/v1/images/<image:name>/data"
+ROUTES = Map([Rule(DATA, endpoint="serve_copy", methods=["GET"]),
+              Rule(DATA, endpoint="receive_upload", methods=["PUT"])],
+             converters={"image": _ImageName}, merge_slashes=False)
+
+
+class UploadRefused(Exception):
+    def __init__(self, status: int, title: str, detail: str):
+        super().__init__(detail)
+        self.status, self.title, self.detail = status, title, detail
+
+
+def _problem(exc: UploadRefused) -> Response:
+    return Response(json.dumps({"title": exc.title, "status": exc.status, "detail": exc.detail}),
+                    status=exc.status, mimetype="application/problem+json")
+
+
+class DataServer:
+    """``store(image, chunks, expected_sha) -> (sha256, size)`` makes and
+    publishes a copy; ``image(name)`` reads a record; ``stored()`` is called
+    after an upload landed (peers replicate once its record appears)."""
+
+    def __init__(self, node: str, copies: CopyStore, image: Callable[[str], Image | None],
+                 store: Callable, stored: Callable[[], None]):
+        self.node, self.copies, self.image, self.store, self.stored = node, copies, image, store, stored
+
+    def respond(self, request: Request) -> Response | None:
+        """The answer to a data route; None if ``request`` is not one."""
+        adapter = ROUTES.bind_to_environ(request.environ)
+        try:
+            try:
+                endpoint, args = adapter.match()
+            except MethodNotAllowed:
+                raise UploadRefused(405, "Method Not Allowed", "use GET or PUT")
+            except HTTPException:       # not a data path (no match, or a redirect to one)
+                return None
+            if request.method not in ("GET", "PUT"):   # HEAD, which werkzeug adds to a GET rule
+                raise UploadRefused(405, "Method Not Allowed", "use GET or PUT")
+            return getattr(self, endpoint)(request, **args)
+        except UploadRefused as exc:
+            return _problem(exc)
+
+    def serve_copy(self, request: Request, name: str) -> Response:
+        if not self.copies.path(name).exists():
+            raise UploadRefused(404, "Not Found", f"{self.node} holds no copy of image '{name}'")
+        return Response(self.copies.chunks(name), mimetype="application/octet-stream",
+                        headers={"Content-Length": str(self.copies.size(name))},
+                        direct_passthrough=True)
+
+    def receive_upload(self, request: Request, name: str) -> Response:
+        image = self.image(name)
+        if image is None:
+            raise UploadRefused(404, "Not Found", f"image '{name}' does not exist")
+        if image.source_url:
+            raise UploadRefused(409, "Conflict", f"image '{name}' is fetched from its source_url")
+        given = (request.headers.get("X-Checksum-Sha256") or "").strip().lower() or None
+        if given and image.sha256 and given != image.sha256:
+            raise UploadRefused(409, "Conflict", f"image '{name}' already holds other data "
+                                f"(sha256 {image.sha256}); image data is immutable")
+        expected = given or image.sha256
+        stream = request.stream
+        first = stream.read(CHUNK)
+        if not first:
+            raise UploadRefused(400, "Bad Request", "the body is empty; send the image bytes")
+        try:
+            sha, size = self.store(image, itertools.chain([first], iter(lambda: stream.read(CHUNK), b"")),
+                                   expected)
+        except FormatMismatch as exc:
+            raise UploadRefused(422, "Format Mismatch", f"{exc}; nothing was stored")
+        except ChecksumMismatch as exc:
+            if given:   # the bytes are not what the client said it sent
+                raise UploadRefused(422, "Checksum Mismatch", f"{exc}; nothing was stored")
+            raise UploadRefused(409, "Conflict", f"image '{name}' already holds other data: {exc}; "
+                                "image data is immutable")
+        except ValueError as exc:
+            raise UploadRefused(409, "Conflict", str(exc))
+        self.stored()
+        return Response(json.dumps({"node": self.node, "sha256": sha, "size_bytes": size}),
+                        mimetype="application/json")
