@@ -407,7 +407,7 @@ def _with_zk(args, fn):
 def cmd_token_add(args) -> int:
     from cowfleet import tokens
     try:
-        token = _with_zk(args, lambda zk: tokens.create(zk, args.name, args.role))
+        token, _ = _with_zk(args, lambda zk: tokens.create(zk, args.name, args.role))
     except ValueError as exc:
         return _err(str(exc))
     print(token)
@@ -421,7 +421,7 @@ def cmd_token_list(args) -> int:
     from cowfleet.models import iso
     rows = _with_zk(args, tokens.list_)
     print(f"{'NAME':<24} {'ROLE':<7} {'CREATED':<25} SHA256")
-    for t, digest in rows:
+    for t, _, digest in rows:
         print(f"{t.name:<24} {t.role:<7} {iso(t.created_at):<25} {digest[:16]}…")
     return 0
 
