@@ -11,6 +11,7 @@ from cowfleet import tokens
 from cowfleet.models import ApiToken, now
 from cowfleet.service.api import Result, existing_name
 from cowfleet.service.paging import ListQuery
+from cowfleet.service.preconditions import ANY, Precondition
 from cowfleet.service.problems import conflict, invalid, not_found
 
 
@@ -42,9 +43,16 @@ def list_(zk, q: ListQuery) -> Result:
     return Result(items, headers=headers)
 
 
-def create(zk, name: str, spec: dict) -> dict:
+def create(zk, name: str, spec: dict, pre: Precondition = ANY) -> dict:
     """A new token named ``name``; 409 if one has that name (delete it first:
-    a secret cannot be confirmed or changed, only replaced)."""
+    a secret cannot be confirmed or changed, only replaced). ``If-Match``
+    fails (412): there is never a version to match; ``If-None-Match: *``
+    makes the 409 a 412, as on every create-only PUT."""
+    found = tokens.find(zk, name)
+    if found is not None:
+        pre.check(found[1], f"token '{name}'")
+    else:
+        pre.check_missing(f"token '{name}'")
     expires_at = spec.get("expires_at")
     expires = expires_at.timestamp() if expires_at is not None else None
     if spec.get("ttl") is not None:
@@ -58,7 +66,10 @@ def create(zk, name: str, spec: dict) -> dict:
     return dict(view(record, 0), token=secret)     # a new znode's version is 0
 
 
-def delete(zk, name: str) -> None:
-    existing_name(name, "token")
+def delete(zk, name: str, pre: Precondition = ANY) -> None:
+    found = tokens.find(zk, existing_name(name, "token"))
+    if found is None:
+        raise not_found("token", name)
+    pre.check(found[1], f"token '{name}'")
     if not tokens.revoke(zk, name):
         raise not_found("token", name)

@@ -1,6 +1,6 @@
 from flask import Blueprint, request
 
-from cowfleet.service.api import Result, check_name, endpoint, zk
+from cowfleet.service.api import Result, check_name, endpoint, if_match, zk
 from cowfleet.service.paging import list_query
 from cowfleet.service.tokens import service
 from cowfleet.service.tokens.schemas import TokenCreatedSchema, TokenCreateSchema, TokenSchema, TokenSpecSchema
@@ -36,12 +36,12 @@ def get_token(name):
 def put_token(name, data):
     """Create a token; the answer holds the secret, shown this once (409 if the name is taken)."""
     check_name(name)
-    return Result(service.create(zk(), name, data), 201)
+    return Result(service.create(zk(), name, data, if_match()), 201)
 
 
 @bp.delete("/<name>")
 @endpoint(codes=(204,))
 def delete_token(name):
     """Revoke a token: every worker refuses it within moments."""
-    service.delete(zk(), name)
+    service.delete(zk(), name, if_match())
     return Result(None, 204)

@@ -264,10 +264,11 @@ def test_group_lifecycle(cli, client, image_demo, own_groups, tmp_path):
 
 # -- tokens through the API --------------------------------------------------------------------
 
-def _status(lab, method, path, token, **kw):
+def _status(lab, method, path, token, headers_extra=None, **kw):
     with requests.Session() as s:
         return s.request(method, f"{lab.state.endpoint}{path}", timeout=10,
-                         headers={"Authorization": f"Bearer {token}", "Connection": "close"}, **kw)
+                         headers={"Authorization": f"Bearer {token}", "Connection": "close", **(headers_extra or {})},
+                         **kw)
 
 
 def test_tokens_through_the_cli(cli, lab):
@@ -350,6 +351,12 @@ def test_tokens_api(lab):
         assert body["name"] == "api-a" and body["expires_at"].startswith("2099-01-01") and body["token"]
         assert body["last_used"] is None and body["expired"] is False
         assert _status(lab, "POST", "/v1/tokens", admin, json={"name": "api-a"}).status_code == 409
+        # preconditions as on every PUT: create-only is 412 when it exists, If-Match on a create 412
+        assert _status(lab, "PUT", "/v1/tokens/api-a", admin, json={},
+                       headers_extra={"If-None-Match": "*"}).status_code == 412
+        assert _status(lab, "PUT", "/v1/tokens/api-c", admin, json={},
+                       headers_extra={"If-Match": '"0"'}).status_code == 412
+        assert _status(lab, "DELETE", "/v1/tokens/api-a", admin, headers_extra={"If-Match": '"99"'}).status_code == 412
         put = _status(lab, "PUT", "/v1/tokens/api-b", admin, json={})
         assert put.status_code == 201 and put.json()["role"] == "reader"
         listed = _status(lab, "GET", "/v1/tokens?limit=1", admin)
@@ -366,7 +373,7 @@ def test_tokens_api(lab):
         assert _status(lab, "DELETE", "/v1/tokens/api-a", admin).status_code == 404
         assert _status(lab, "GET", "/v1/tokens/api-a", admin).status_code == 404
     finally:
-        for name in ("api-a", "api-b", "api-e", "api-r"):
+        for name in ("api-a", "api-b", "api-c", "api-e", "api-r"):
             _status(lab, "DELETE", f"/v1/tokens/{name}", admin)
 
 
