@@ -216,6 +216,20 @@ def wait_until(check: Callable[[], object], timeout: float, what: str, show: Cal
         progress.done()
 
 
+def name_argument(list_of: Callable | None = None):
+    """The NAME argument; with ``list_of(client)``, the shell completes it
+    from the objects that exist (asked of the API, quickly; nothing on error)."""
+    def complete(ctx, param, incomplete):
+        try:
+            from cowfleet.client import Client
+            root = ctx.find_root().params
+            cl = Client(root.get("endpoint"), root.get("token"), timeout=3, retries=0)
+            return [o["name"] for o in list_of(cl) if o["name"].startswith(incomplete)]
+        except Exception:            # a completion never fails aloud: it offers nothing
+            return []
+    return click.argument("name", shell_complete=complete if list_of else None)
+
+
 def must_exist(obj, what: str):
     """``obj``, or the one-line error that ``what`` does not exist."""
     if obj is None:
@@ -225,10 +239,11 @@ def must_exist(obj, what: str):
 
 def read_commands(grp: click.Group, kind: str, list_of: Callable | None, get_of: Callable,
                   list_table: Callable[[object, bool], str] | None, one_table: Callable[[object, bool], str],
-                  list_help: str = "", get_help: str = "") -> None:
+                  list_help: str = "", get_help: str = "", names_of: Callable | None = None) -> None:
     """``list`` (unless ``list_of`` is None) and ``get NAME``: the read
     commands every kind has, -o included. ``list_of(client)``,
-    ``get_of(client, name)`` (None: it does not exist)."""
+    ``get_of(client, name)`` (None: it does not exist); the shell completes
+    NAME from ``names_of(client)`` (default ``list_of``)."""
     if list_of is not None:
         @grp.command("list", help=list_help or f"List {kind}s.")
         @output_option
@@ -236,7 +251,7 @@ def read_commands(grp: click.Group, kind: str, list_of: Callable | None, get_of:
             emit(list_of(client()), list_table)
 
     @grp.command("get", help=get_help or f"Show one {kind}.")
-    @click.argument("name")
+    @name_argument(names_of or list_of)
     @output_option
     def get(name, output):
         emit(must_exist(get_of(client(), name), f"{kind} '{name}'"), one_table)

@@ -3,8 +3,14 @@ from __future__ import annotations
 
 import click
 
-from cowfleet.cli.common import client, done, fields_table, must_exist, output_option, read_commands, table, wait_options
+from cowfleet.cli.common import (client, done, fields_table, must_exist, name_argument, output_option,
+                                 read_commands, table, wait_options)
 from cowfleet.client import ApiError, seg
+
+
+def existing_names(cl) -> list[dict]:
+    """What the shell completes NAME from."""
+    return cl.list_flavors()
 
 
 def flavors_table(flavors: list[dict], wide: bool) -> str:
@@ -18,7 +24,7 @@ def flavor():
     """Flavors: instance sizes (small, medium and large are built in)."""
 
 
-read_commands(flavor, "flavor", lambda cl: cl.list_flavors(), lambda cl, name: cl.get_flavor(name),
+read_commands(flavor, "flavor", existing_names, lambda cl, name: cl.get_flavor(name),
               flavors_table, fields_table)
 
 
@@ -43,7 +49,7 @@ def create(name, vcpus, memory_mib, disk_gib, wait, timeout, output):
 
 
 @flavor.command("delete")
-@click.argument("name")
+@name_argument(existing_names)
 @wait_options("", immediate=True)
 @output_option
 def delete(name, wait, timeout, output):

@@ -8,13 +8,18 @@ import time
 import click
 import yaml
 
-from cowfleet.cli.common import (Progress, client, delete_and_wait, done, labels_arg, output_option, read_arg,
-                                 read_commands, since, table, wait_options)
+from cowfleet.cli.common import (client, delete_and_wait, done, labels_arg, name_argument, output_option,
+                                 Progress, read_arg, read_commands, since, table, wait_options)
 from cowfleet.client import ApiError, seg
 
 # what `group get -o yaml` shows that is not spec: dropped by `group apply -f`,
 # so that a file saved from get applies as it is
 READ_ONLY = ("name", "etag", "generation", "status", "instances", "created_at")
+
+
+def existing_names(cl) -> list[dict]:
+    """What the shell completes NAME from."""
+    return cl.list_groups()
 
 
 # -- tables -------------------------------------------------------------------------
@@ -206,7 +211,7 @@ def group():
     """Instance groups: N instances of an image and a flavor."""
 
 
-read_commands(group, "instance group", lambda cl: cl.list_groups(), lambda cl, name: cl.get_group(name),
+read_commands(group, "instance group", existing_names, lambda cl, name: cl.get_group(name),
               groups_table, group_table, get_help="Show a group, its status and its instances.")
 
 
@@ -289,7 +294,7 @@ def apply(path, name, wait, timeout, output):
 
 
 @group.command("scale")
-@click.argument("name")
+@name_argument(existing_names)
 @click.argument("size", type=click.IntRange(min=0))
 @wait_options("every instance is ready")
 @output_option
@@ -300,7 +305,7 @@ def scale(name, size, wait, timeout, output):
 
 
 @group.command("update")
-@click.argument("name")
+@name_argument(existing_names)
 @spec_options(create=False)
 @wait_options("every instance is ready (a rolling update when the image or flavor changes)")
 @output_option
@@ -314,7 +319,7 @@ def update(name, wait, timeout, output, **opts):
 
 
 @group.command("delete")
-@click.argument("name")
+@name_argument(existing_names)
 @wait_options("every instance is gone", default_timeout=300)
 @output_option
 def delete(name, wait, timeout, output):
@@ -329,7 +334,7 @@ def delete(name, wait, timeout, output):
 
 
 @group.command("wait")
-@click.argument("name")
+@name_argument(existing_names)
 @click.option("--timeout", type=click.FloatRange(min=0), default=600, show_default=True)
 @output_option
 def wait_(name, timeout, output):

@@ -8,10 +8,15 @@ from pathlib import Path
 
 import click
 
-from cowfleet.cli.common import (Progress, client, delete_and_wait, done, key_values, labels_arg, note,
-                                 output_option, read_commands, table, wait_options, wait_until)
+from cowfleet.cli.common import (client, delete_and_wait, done, key_values, labels_arg, name_argument, note,
+                                 output_option, Progress, read_commands, table, wait_options, wait_until)
 
 DEFAULT_MIN_REPLICAS = 2
+
+
+def existing_names(cl) -> list[dict]:
+    """What the shell completes NAME from."""
+    return cl.list_images()
 
 
 def images_table(images: list[dict], wide: bool) -> str:
@@ -66,7 +71,7 @@ def image():
     """Guest images: register, upload, list; build the demo images."""
 
 
-read_commands(image, "image", lambda cl: cl.list_images(), lambda cl, name: cl.get_image(name),
+read_commands(image, "image", existing_names, lambda cl, name: cl.get_image(name),
               images_table, image_table)
 
 
@@ -93,7 +98,7 @@ def create(name, source_url, format_, min_replicas, labels, wait, timeout, outpu
 
 
 @image.command("upload")
-@click.argument("name")
+@name_argument(existing_names)
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=True))
 @click.option("--format", "format_", type=click.Choice(["raw", "qcow2"]),
               help="the file's format (default raw; an existing image keeps its own)")
@@ -165,7 +170,7 @@ def upload(name, file, format_, min_replicas, labels, wait, timeout, output):
 
 
 @image.command("delete")
-@click.argument("name")
+@name_argument(existing_names)
 @wait_options("it is gone", default_timeout=120)
 @output_option
 def delete(name, wait, timeout, output):

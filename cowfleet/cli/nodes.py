@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import click
 
-from cowfleet.cli.common import client, done, emit, fields_table, output_option, read_commands, table, wait_options
+from cowfleet.cli.common import (client, done, emit, fields_table, name_argument, output_option,
+                                 read_commands, table, wait_options)
+
+
+def existing_names(cl) -> list[dict]:
+    """What the shell completes NAME from."""
+    return cl.nodes()
 
 
 def nodes_table(nodes: list[dict], wide: bool) -> str:
@@ -26,13 +32,13 @@ def node():
 
 
 # the API has no GET /v1/nodes/{name}: one node is found in the list
-read_commands(node, "node", lambda cl: cl.nodes(),
+read_commands(node, "node", existing_names,
               lambda cl, name: next((n for n in cl.nodes() if n["name"] == name), None), nodes_table, fields_table,
               list_help="List nodes (role, rack, leader, health, instance subnet).")
 
 
 @node.command("remove")
-@click.argument("name")
+@name_argument(existing_names)
 @wait_options("", immediate=True)
 @output_option
 def remove(name, wait, timeout, output):

@@ -12,14 +12,19 @@ from datetime import datetime, timezone
 
 import click
 
-from cowfleet.cli.common import (client, done, emit, fields_table, must_exist, note, output_option, read_commands,
-                                 table, wait_options)
+from cowfleet.cli.common import (client, done, emit, fields_table, must_exist, name_argument, note,
+                                 output_option, read_commands, table, wait_options)
 
 ROLES = ("admin", "reader")
 ZK_HELP = ("bootstrap: write ZooKeeper (HOST:PORT[,...]) directly instead of calling the API, e.g. for a "
            "cluster's first admin token; needs network access to ZooKeeper")
 DURATION_RE = re.compile(r"^(\d+)([smhdw]?)\Z")
 UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def existing_names(cl) -> list[dict]:
+    """What the shell completes NAME from."""
+    return cl.list_tokens()
 
 
 class AliasGroup(click.Group):
@@ -87,7 +92,7 @@ def list_(zk_hosts, output):
 
 
 read_commands(token, "token", None, lambda cl, name: cl.get_token(name), None, fields_table,
-              get_help="Show one token (never its secret).")
+              get_help="Show one token (never its secret).", names_of=existing_names)
 
 
 @token.command("create")
@@ -143,7 +148,7 @@ def _bootstrap(name: str, role: str, seconds: int | None, expires_at: str | None
 
 
 @token.command("delete")
-@click.argument("name")
+@name_argument(existing_names)
 @click.option("--zk", "zk_hosts", metavar="HOSTS", help=ZK_HELP)
 @wait_options("", immediate=True)
 @output_option

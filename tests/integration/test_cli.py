@@ -152,6 +152,15 @@ def test_tables_are_sized_to_their_data(cli, client):
         client.delete_flavor(long)
 
 
+def test_completion_offers_existing_names(cli):
+    def complete(*words):
+        line = ["cowfleet", *words]
+        return cli(*words, env_extra={"_COWFLEET_COMPLETE": "bash_complete", "COMP_WORDS": " ".join(line),
+                                      "COMP_CWORD": str(len(line) - 1)}).stdout
+    assert "small" in complete("flavor", "get", "sm") and "medium" not in complete("flavor", "get", "sm")
+    assert "delete" in complete("flavor", "de")
+
+
 def test_nodes_network_and_instances(cli, client):
     nodes = client.nodes()
     formats(cli, "node", "list", expect=nodes)
