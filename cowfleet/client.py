@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -54,16 +54,33 @@ class _ProgressReader:
         return data
 
 
+def _field_errors(errors, prefix: str = "") -> list[tuple[str, str]]:
+    """problem+json ``errors`` as (dotted field, message) pairs, nested
+    objects flattened (``{"placement": {"strategy": [...]}}`` is
+    ``placement.strategy``)."""
+    if isinstance(errors, dict):
+        return [pair for k, v in errors.items() for pair in _field_errors(v, f"{prefix}{k}.")]
+    if isinstance(errors, list) and all(isinstance(m, str) for m in errors):
+        return [(prefix.rstrip("."), m) for m in errors]
+    if isinstance(errors, list):
+        return [pair for i, v in enumerate(errors) for pair in _field_errors(v, f"{prefix}{i}.")]
+    return [(prefix.rstrip("."), str(errors))]
+
+
 class ApiError(Exception):
+    """An error answer: its status, its problem+json body; as a string, one
+    line: the status, the detail and each field's errors (a message that
+    repeats the detail is not said twice)."""
+
     def __init__(self, status: int, problem: dict):
         self.status = status
         self.problem = problem
         detail = problem.get("detail") or problem.get("title") or f"HTTP {status}"
-        errors = problem.get("errors")
-        if errors:
-            detail += ": " + "; ".join(f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else v}"
-                                       for k, v in errors.items())
-        super().__init__(f"{status} {detail}")
+        fields = [f"{k}: {m}" if k else m for k, m in _field_errors(problem.get("errors") or {})
+                  if m != detail]
+        if fields:
+            detail += " (" + "; ".join(fields) + ")"
+        super().__init__(f"{status} {' '.join(detail.split())}")
 
 
 class ConfigError(Exception):
@@ -96,6 +113,10 @@ def load_config(endpoint: str | None = None, token: str | None = None) -> tuple[
         raise ConfigError("no endpoint: set COWFLEET_ENDPOINT or run 'cowfleet lab up'")
     if not token:
         raise ConfigError("no token: set COWFLEET_TOKEN or run 'cowfleet lab up'")
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"endpoint '{endpoint}' is not an http:// or https:// URL "
+                          "(e.g. http://127.0.0.1:8080)")
     return endpoint.rstrip("/"), token
 
 
@@ -213,6 +234,27 @@ class Client:
 
     def delete_group(self, name: str) -> None:
         self.request("DELETE", f"/v1/instance-groups/{seg(name)}", ok_404=True)
+
+    def patch_group(self, name: str, patch: dict) -> dict:
+        """JSON merge patch of a group's spec (``{"size": 5}``)."""
+        return self.request("PATCH", f"/v1/instance-groups/{seg(name)}", patch,
+                            headers={"Content-Type": "application/merge-patch+json"}).json()
+
+    def list_flavors(self) -> list[dict]:
+        return self.list_all("/v1/flavors")
+
+    def list_tokens(self) -> list[dict]:
+        return self.list_all("/v1/tokens")
+
+    def get_token(self, name: str) -> dict | None:
+        return self.get_or_none(f"/v1/tokens/{seg(name)}")
+
+    def create_token(self, name: str, **spec) -> dict:
+        """A new token: the answer's ``token`` is the secret, shown this once."""
+        return self.request("PUT", f"/v1/tokens/{seg(name)}", spec).json()
+
+    def delete_token(self, name: str) -> None:
+        self.request("DELETE", f"/v1/tokens/{seg(name)}")
 
     def nodes(self) -> list[dict]:
         return self.list_all("/v1/nodes")

@@ -222,6 +222,11 @@ class ApiToken(Record):
     name: str
     role: str                    # admin | reader
     created_at: float = field(default_factory=now)
+    expires_at: float | None = None   # refused from then on (None: never expires)
+    last_used: float | None = None    # written at most once a minute (service/auth.py)
+
+    def expired(self, at: float | None = None) -> bool:
+        return self.expires_at is not None and (now() if at is None else at) >= self.expires_at
 
 
 @dataclass

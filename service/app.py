@@ -17,7 +17,8 @@ from cowfleet.service.problems import Problem, from_http_exception
 from cowfleet.zk import layout
 from cowfleet.zk.connection import create_quietly
 
-OPEN_PATHS = ("/healthz", "/metrics")
+# open without a token: health, metrics, and the API's description (it holds no data)
+OPEN_PATHS = ("/healthz", "/metrics", "/v1/openapi.json")
 MAX_BODY = 1 << 20  # JSON bodies; image bytes go through a streamed endpoint
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ def create_app(zk_hosts: str | None = None, tokens_file: str | None = None) -> F
     from cowfleet.service.images.views import bp as images
     from cowfleet.service.network.views import bp as network
     from cowfleet.service.nodes.views import bp as nodes
-    for bp in (images, flavors, groups, nodes, network):
+    from cowfleet.service.tokens.views import bp as tokens
+    for bp in (images, flavors, groups, nodes, network, tokens):
         app.register_blueprint(bp)
 
     from cowfleet.service import metrics, openapi
@@ -83,7 +85,7 @@ def create_app(zk_hosts: str | None = None, tokens_file: str | None = None) -> F
         if role is None:
             raise Problem(401, "Unauthorized", "the bearer token is not valid",
                           headers={"WWW-Authenticate": 'Bearer realm="cowfleet", error="invalid_token"'})
-        if not auth.allowed(role, request.method):
+        if not auth.allowed(role, request.method, request.path):
             raise Problem(403, "Forbidden", f"role '{role}' may not {request.method} {request.path}")
         g.role = role
         return None

@@ -1,9 +1,10 @@
-"""Bearer-token authentication with two roles: ``admin`` (all) and ``reader`` (GET).
+"""Bearer-token authentication with two roles: ``admin`` (all) and ``reader``
+(GET, except ``ADMIN_ONLY`` paths).
 
 Tokens come from two places, both optional:
 - a file, one ``TOKEN ROLE`` pair a line (``#`` comments), re-read when it
   changes, so tokens rotate without a restart;
-- ZooKeeper (``cowfleet token add``): shared by every worker and replica,
+- ZooKeeper (``/v1/tokens``, ``cowfleet token create``): shared by every worker and replica,
   stored as SHA-256 digests only, mirrored in each worker by a TreeCache.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Callable
 from kazoo.exceptions import NoNodeError
 
 from cowfleet import tokens as zk_tokens
-from cowfleet.models import ApiToken
+from cowfleet.models import ApiToken, now
 from cowfleet.service.mirror import FolderCache
 from cowfleet.zk import layout
 
@@ -70,7 +71,14 @@ class ZooKeeperTokens:
     """Tokens under /cowfleet/config/tokens. Looked up by the token's digest
     in a TreeCache (no ZooKeeper round trip per request); until the cache has
     loaded -- just after a worker starts -- ZooKeeper is read directly, so a
-    valid token is never refused for being early."""
+    valid token is never refused for being early.
+
+    An expired token is not valid. ``last_used`` is written at most once every
+    ``LAST_USED_EVERY`` seconds a token (per worker), asynchronously and
+    version-guarded: a request never waits for it, and a token revoked
+    meanwhile is not written back."""
+
+    LAST_USED_EVERY = 60.0
 
     def __init__(self, get_zk: Callable):
         self._get_zk = get_zk
@@ -82,17 +90,30 @@ class ZooKeeperTokens:
         path = layout.token(zk_tokens.digest(token))
         if cache is not None:
             node = cache.get_data(path)
-            data = node.data if node is not None else None
+            data, stat = (node.data, node.stat) if node is not None else (None, None)
         else:
             try:
-                data, _ = zk.get(path)
+                data, stat = zk.get(path)
             except NoNodeError:
-                data = None
+                data, stat = None, None
         if not data:
             return None
-        role = ApiToken.from_bytes(data).role
-        return role if role in ROLES else None
+        record = ApiToken.from_bytes(data)
+        at = now()
+        if record.role not in ROLES or record.expired(at):
+            return None
+        if record.last_used is None or at - record.last_used >= self.LAST_USED_EVERY:
+            record.last_used = at
+            zk.set_async(path, record.to_bytes(), version=stat.version)   # a lost race is no matter
+        return record.role
 
 
-def allowed(role: str, method: str) -> bool:
-    return role == "admin" or (role == "reader" and method in READ_METHODS)
+# paths only the admin role may use, reads too: the token list says who may do what
+ADMIN_ONLY = ("/v1/tokens",)
+
+
+def allowed(role: str, method: str, path: str = "") -> bool:
+    if role == "admin":
+        return True
+    admin_only = any(path == p or path.startswith(p + "/") for p in ADMIN_ONLY)
+    return role == "reader" and method in READ_METHODS and not admin_only

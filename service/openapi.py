@@ -28,7 +28,16 @@ ERRORS = {
     "PUT": (400, 401, 403, 409, 412, 413, 415, 422, 503),
     "PATCH": (400, 401, 403, 404, 409, 412, 413, 415, 422, 503),
     "DELETE": (401, 403, 404, 409, 412, 503),
+    "POST": (400, 401, 403, 409, 413, 415, 422, 503),
 }
+# one tag per blueprint (resource), in the order a reader meets them
+TAGS = [("images", "images", "Guest images: their spec, their bytes, their replicas"),
+        ("flavors", "flavors", "Instance sizes"),
+        ("groups", "instance-groups", "Instance groups, their instances and consoles"),
+        ("nodes", "nodes", "The agents' compute and storage nodes"),
+        ("network", "network", "The instance network"),
+        ("tokens", "tokens", "API tokens (admin role only)")]
+META_TAG = ("meta", "Health, metrics and this document (no token needed)")
 REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "Malformed JSON",
            401: "Missing or invalid bearer token", 403: "The token's role may not do this",
            404: "Not found", 409: "Conflict with the current state", 412: "If-Match does not match",
@@ -117,6 +126,9 @@ def build(app) -> dict:
                    info={"description": "Fleets of ephemeral copy-on-write VMs."})
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     spec.components.schema("Problem", schema=ProblemSchema)
+    tag_of = {bp: tag for bp, tag, _ in TAGS}
+    for tag, description in [t[1:] for t in TAGS] + [META_TAG]:
+        spec.tag({"name": tag, "description": description})
     paths: dict[str, dict] = {}
     for rule in app.url_map.iter_rules():
         view = app.view_functions.get(rule.endpoint)
@@ -126,9 +138,11 @@ def build(app) -> dict:
         path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             op: dict = {"operationId": rule.endpoint.replace(".", "_"), "security": [{"bearer": []}],
-                        "responses": {}}
-            if api["doc"]:
-                op["summary"] = api["doc"].splitlines()[0]
+                        "tags": [tag_of[rule.endpoint.partition(".")[0]]], "responses": {}}
+            # resource.crud_blueprint sets its views' docs after @endpoint saw them
+            doc = api["doc"] or (view.__doc__ or "").strip()
+            if doc:
+                op["summary"] = doc.splitlines()[0]
             params = [{"name": a, "in": "path", "required": True,
                        "schema": NAME_PARAM if a == "name" else {"type": "string"}}
                       for a in sorted(rule.arguments)]
@@ -170,15 +184,16 @@ def build(app) -> dict:
             paths.setdefault(path, {})[method.lower()] = op
     for path, ops in sorted(paths.items()):
         spec.path(path=path, operations=ops)
-    spec.path(path="/healthz", operations={"get": {"operationId": "healthz", "security": [],
-              "responses": {"200": {"description": "ZooKeeper reachable"},
-                            "503": {"description": "ZooKeeper unreachable"}}}})
-    spec.path(path="/metrics", operations={"get": {
-        "operationId": "metrics", "security": [], "summary": "Prometheus metrics (text exposition format)",
-        "responses": {"200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}}}})
-    spec.path(path="/v1/openapi.json", operations={"get": {
-        "operationId": "openapi", "security": [{"bearer": []}], "summary": "This document",
-        "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}},
-                      "401": {"description": REASONS[401],
-                              "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}}}}})
+    meta = {"security": [], "tags": [META_TAG[0]]}
+    spec.path(path="/healthz", operations={"get": dict(meta, operationId="healthz",
+              summary="Health: 200 while ZooKeeper is reachable",
+              responses={"200": {"description": "ZooKeeper reachable"},
+                         "503": {"description": "ZooKeeper unreachable"}})})
+    spec.path(path="/metrics", operations={"get": dict(meta, operationId="metrics",
+              summary="Prometheus metrics (text exposition format)",
+              responses={"200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}})})
+    spec.path(path="/v1/openapi.json", operations={"get": dict(meta, operationId="openapi",
+              summary="This document (open: it describes the API, it holds no data)",
+              responses={"200": {"description": "OK",
+                                 "content": {"application/json": {"schema": {"type": "object"}}}}})})
     return _ecma_patterns(spec.to_dict())

@@ -18,6 +18,7 @@ from cowfleet.service.paging import list_query
 def crud_blueprint(name: str, prefix: str, service: ModuleType, spec: type[Schema], out: type[Schema],
                    kind: str, delete_status: int = 204) -> Blueprint:
     bp = Blueprint(name, __name__, url_prefix=prefix)
+    a_kind = ("an " if kind[0] in "aeiou" else "a ") + kind
 
     @endpoint(out=out, many=True)
     def list_all():
@@ -35,13 +36,13 @@ def crud_blueprint(name: str, prefix: str, service: ModuleType, spec: type[Schem
         check_name(name)
         obj, created = service.put(zk(), name, data, if_match())
         return Result(obj, 201 if created else 200)
-    put_one.__doc__ = f"Create a {kind}, or update it (the same spec again changes nothing)."
+    put_one.__doc__ = f"Create {a_kind}, or update it (the same spec again changes nothing)."
 
     @endpoint(codes=(delete_status,))
     def delete_one(name):
         service.delete(zk(), name, if_match())
         return Result(None, delete_status)
-    delete_one.__doc__ = f"Delete a {kind}."
+    delete_one.__doc__ = f"Delete {a_kind}."
 
     bp.add_url_rule("", "list", list_all, methods=["GET"])
     bp.add_url_rule("/<name>", "get", get_one, methods=["GET"])

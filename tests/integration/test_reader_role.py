@@ -1,4 +1,4 @@
-"""The reader role may read everything and write nothing: every write route
+"""The reader role may read everything but tokens and write nothing: every write route
 of the OpenAPI document answers 403 (problem+json) to a reader token, and
 nothing changes."""
 from __future__ import annotations
@@ -36,6 +36,10 @@ def test_every_write_route_refuses_the_reader(lab, client, image_demo):
                 assert resp.status_code == 403, (method, url, resp.status_code, resp.text)
                 assert resp.headers["Content-Type"] == "application/problem+json"
         assert len(tried) >= 9, tried       # images, data, flavors, groups (put/patch/delete), network, nodes
+        # and the token list is the admin's alone: a reader may not read it either
+        for url in ("/v1/tokens", "/v1/tokens/x"):
+            resp = requests.get(f"{lab.state.endpoint}{url}", headers=reader, timeout=10)
+            assert resp.status_code == 403 and resp.headers["Content-Type"] == "application/problem+json"
         assert client.get_group("reader-probe")["etag"] == before
         assert client.get_image("demo")["status"] == "available"
     finally:

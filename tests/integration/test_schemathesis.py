@@ -7,7 +7,8 @@ kept from changing what they rely on:
   * PUT /v1/images/{name} is not fuzzed: it registers images and makes the
     storage agent fetch arbitrary http(s) URLs (off this machine);
   * writes (PUT/PATCH/DELETE) never touch an object that existed before the
-    test (such a name is prefixed), and flavors it creates are removed after;
+    test (such a name is prefixed), and flavors and tokens it creates are
+    removed after;
   * a group body never names an existing image, so no group is created and
     no VM boots (PUT answers 422: unknown image).
 """
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.integration
 MAX_EXAMPLES = 8  # per operation and generation mode (positive, negative)
 SKIP = {"PUT /v1/images/{name}"}
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
-COLLECTIONS = ("flavors", "images", "instance-groups")
+COLLECTIONS = ("flavors", "images", "instance-groups", "tokens")
 PROTECT_PREFIX = "st-"
 
 
@@ -46,11 +47,12 @@ def _names(lab, collection: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def existing(lab):
-    """Names present before fuzzing; flavors the fuzzer creates are deleted after."""
+    """Names present before fuzzing; flavors and tokens the fuzzer creates are deleted after."""
     before = {c: _names(lab, c) for c in COLLECTIONS}
     yield before
-    for name in _names(lab, "flavors") - before["flavors"]:
-        requests.delete(f"{lab.state.endpoint}/v1/flavors/{name}", headers=_auth(lab), timeout=10)
+    for collection in ("flavors", "tokens"):
+        for name in _names(lab, collection) - before[collection]:
+            requests.delete(f"{lab.state.endpoint}/v1/{collection}/{name}", headers=_auth(lab), timeout=10)
 
 
 def _keep_away_from_shared_state(case, existing: dict[str, set[str]]) -> None:

@@ -1,5 +1,6 @@
-"""Tokens kept in ZooKeeper (`cowfleet token add/list/revoke`), honoured by
-every gunicorn worker; only their digests are stored."""
+"""Tokens kept in ZooKeeper, written directly (`cowfleet token add/list/revoke
+--zk`: the bootstrap path; the API's /v1/tokens is tested in test_cli.py),
+honoured by every gunicorn worker; only their digests are stored."""
 from __future__ import annotations
 
 import os
@@ -16,9 +17,8 @@ pytestmark = pytest.mark.integration
 
 
 def _cli(lab, *args):
-    env = dict(os.environ, COWFLEET_ZK=lab.state.zk)
-    return subprocess.run([sys.executable, "-m", "cowfleet.cli", "token", *args], capture_output=True,
-                          text=True, env=env, timeout=60)
+    return subprocess.run([sys.executable, "-m", "cowfleet.cli", "token", *args, "--zk", lab.state.zk],
+                          capture_output=True, text=True, env=dict(os.environ), timeout=60)
 
 
 def _status(lab, method, token, path="/v1/flavors/tok-test", **kw):

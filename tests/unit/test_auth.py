@@ -139,3 +139,12 @@ def test_admin_may_do_all(method):
 @pytest.mark.parametrize("role", [None, "", "Admin", "root"])
 def test_no_role_nothing_allowed(role):
     assert not allowed(role, "GET")
+
+
+def test_tokens_are_admin_only_reads_included():
+    for method in ("GET", "PUT", "POST", "DELETE"):
+        assert allowed("admin", method, "/v1/tokens")
+        assert not allowed("reader", method, "/v1/tokens")
+        assert not allowed("reader", method, "/v1/tokens/ci")
+    assert allowed("reader", "GET", "/v1/tokensx")          # a prefix of a segment is not the path
+    assert allowed("reader", "GET", "/v1/images")

@@ -139,7 +139,7 @@ def test_every_list_documents_the_list_parameters(doc):
         content = op["responses"]["200"].get("content", {})
         return content.get("application/json", {}).get("schema", {}).get("type") == "array"
     lists = {path: op for path, method, op in operations(doc) if method == "get" and returns_array(op)}
-    assert set(lists) == {"/v1/images", "/v1/flavors", "/v1/instance-groups", "/v1/nodes"}
+    assert set(lists) == {"/v1/images", "/v1/flavors", "/v1/instance-groups", "/v1/nodes", "/v1/tokens"}
     for path, op in lists.items():
         assert {p["name"] for p in op["parameters"]} == {"limit", "after", "label"}, path
 
@@ -186,3 +186,17 @@ def test_nodes_reject_bad_list_parameters_before_zookeeper(tmp_path, query):
     app.extensions["cowfleet.zk"] = None     # any use of ZooKeeper would be a 500
     resp = app.test_client().get(f"/v1/nodes?{query}", headers={"Authorization": "Bearer t0ken"})
     assert resp.status_code == 422, resp.get_data(as_text=True)
+
+
+def test_every_operation_has_a_summary_and_a_known_tag(doc):
+    tags = {t["name"] for t in doc["tags"]}
+    for path, method, op in operations(doc):
+        assert op.get("summary"), (path, method)
+        assert op.get("tags") and set(op["tags"]) <= tags, (path, method)
+
+
+def test_the_document_itself_needs_no_token(app, doc):
+    assert doc["paths"]["/v1/openapi.json"]["get"]["security"] == []
+    # the service answers it without Authorization (no ZooKeeper needed)
+    resp = app.test_client().get("/v1/openapi.json")
+    assert resp.status_code == 200 and resp.json["info"]["title"] == "cowfleet"

@@ -1,0 +1,5 @@
+import sys
+
+from cowfleet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,83 @@
+"""The command line's pieces without a service: tables, flags to a spec,
+one-line errors (the end-to-end runs are tests/integration/test_cli.py)."""
+from __future__ import annotations
+
+import click
+import pytest
+
+from cowfleet.cli import main
+from cowfleet.cli.common import labels_arg, table
+from cowfleet.cli.groups import spec_from
+from cowfleet.cli.tokens import _duration
+from cowfleet.client import ApiError, ConfigError, load_config
+
+pytestmark = pytest.mark.timeout(20, func_only=True)
+
+
+def test_table_columns_fit_their_data():
+    out = table(["NAME", "SIZE", "NOTE"], [["a-very-long-name", 5, "x"], ["b", 12345, None]], right=("SIZE",))
+    lines = out.splitlines()
+    assert lines == ["NAME               SIZE  NOTE",
+                     "a-very-long-name      5  x",
+                     "b                 12345  -"]
+
+
+def test_labels_and_removals():
+    assert labels_arg(["a=1", "b=x=y", "c="]) == {"a": "1", "b": "x=y", "c": ""}
+    assert labels_arg(["a-", "b=2"], allow_removal=True) == {"a": None, "b": "2"}
+    for bad in (["nokey"], ["=v"], ["a-"]):
+        with pytest.raises(click.BadParameter):
+            labels_arg(bad)
+
+
+def test_flags_make_a_spec_or_a_merge_patch(tmp_path):
+    ud = tmp_path / "ud"
+    ud.write_text("#cloud-config\n")
+    keys = tmp_path / "keys"
+    keys.write_text("ssh-ed25519 AAAA one\n# comment\n\nssh-ed25519 BBBB two\n")
+    opts = dict(image="demo", flavor="small", size=3, strategy="pack", max_per_node=None,
+                user_data=f"@{ud}", ssh_keys=(f"@{keys}", "ssh-rsa CCCC three"), labels=("tier=web",),
+                max_unavailable=0, max_surge=None, persistent=None)
+    assert spec_from(opts, patch=False) == {
+        "image": "demo", "flavor": "small", "size": 3, "placement": {"strategy": "pack"},
+        "update_policy": {"max_unavailable": 0}, "user_data": "#cloud-config\n",
+        "ssh_authorized_keys": ["ssh-ed25519 AAAA one", "ssh-ed25519 BBBB two", "ssh-rsa CCCC three"],
+        "labels": {"tier": "web"}}
+    only = {k: None for k in opts} | {"labels": ("tier-",), "ssh_keys": ()}
+    assert spec_from(only, patch=True) == {"labels": {"tier": None}}
+
+
+def test_durations():
+    assert [_duration(v) for v in ("90", "90s", "15m", "12h", "30d", "2w")] == \
+        [90, 90, 900, 43200, 2592000, 1209600]
+    for bad in ("0", "soon", "-5", "1y", "1.5h"):
+        with pytest.raises(click.BadParameter):
+            _duration(bad)
+
+
+def test_api_errors_are_one_line_with_the_fields_said_once():
+    err = ApiError(422, {"detail": "the request body is not valid",
+                         "errors": {"placement": {"strategy": ["Must be one of: spread, pack."]}, "size": ["bad"]}})
+    assert str(err) == ("422 the request body is not valid "
+                        "(placement.strategy: Must be one of: spread, pack.; size: bad)")
+    same = ApiError(422, {"detail": "the data is raw,\nnot qcow2", "errors": {"format": ["the data is raw,\nnot qcow2"]}})
+    assert str(same) == "422 the data is raw, not qcow2"
+
+
+@pytest.mark.parametrize("endpoint", ["127.0.0.1:8080", "ftp://x", "http://", "localhost"])
+def test_an_endpoint_must_be_an_http_url(endpoint):
+    with pytest.raises(ConfigError, match="http://"):
+        load_config(endpoint, "token")
+
+
+def test_main_never_raises_and_says_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("COWFLEET_ENDPOINT", "nohttp:8080")
+    monkeypatch.setenv("COWFLEET_TOKEN", "x")
+    assert main(["group", "list"]) == 1
+    assert main(["group", "frobnicate"]) == 2
+    assert main(["--version"]) == 0
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("cowfleet: ") for line in lines)
+    assert "nohttp:8080" in lines[0] and "frobnicate" in lines[1]
+    assert out.startswith("cowfleet ")
