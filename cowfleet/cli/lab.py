@@ -31,7 +31,7 @@ def lab():
               help="compute nodes per rack (racks lab)")
 @click.option("--zk", type=click.Choice(["1", "3", "5"]), default="3", show_default=True,
               help="ZooKeeper ensemble members (racks lab)")
-@click.option("--fake", is_flag=True, help="racks lab: compute agents use the fake hypervisor (no VMs)")
+@click.option("--fake", is_flag=True, help="racks lab: compute agents use the fake hypervisor (no VMs), storage agents the fake exporter (no tgtd)")
 def up(directory, racks, nodes_per_rack, zk, fake):
     """Start the lab; returns when every component is healthy. Prints
     COWFLEET_ENDPOINT and COWFLEET_TOKEN on stdout (progress on stderr)."""
