@@ -270,3 +270,73 @@ def test_ssh_keys_unset_means_empty_and_null_never_differs_from_empty():
     with_keys = dict(prior, ssh_authorized_keys=["ssh-ed25519 AAAA k"])
     planned, _ = GROUP.plan(with_keys, dict(with_keys), dict(with_keys, ssh_authorized_keys=None))
     assert planned["ssh_authorized_keys"] == []          # removed from the configuration: emptied
+
+
+# -- no takeovers ---------------------------------------------------------------------
+
+class _Existing:
+    """The service's side of If-None-Match: * (service/preconditions.py): a
+    create-only PUT of a name that exists is 412; every PUT is recorded."""
+
+    def __init__(self, group_phase="ready"):
+        self.puts, self.group_phase = [], group_phase
+
+    def _put(self, kind, name, create_only=False, **spec):
+        self.puts.append((kind, name, create_only))
+        if create_only:
+            raise ApiError(412, {"title": "Precondition Failed", "status": 412,
+                                 "detail": f"{kind} '{name}' already exists (If-None-Match: *)"})
+        return {"name": name, **spec}
+
+    def put_flavor(self, name, **kw): return self._put("flavor", name, **kw)
+    def put_image(self, name, **kw): return self._put("image", name, **kw)
+    def put_group(self, name, **kw): return self._put("instance group", name, **kw)
+
+    def get_group(self, name):
+        return {"name": name, "status": {"phase": self.group_phase}}
+
+
+@pytest.mark.parametrize("type_name", ["cowfleet_flavor", "cowfleet_image", "cowfleet_instance_group"])
+def test_a_create_never_takes_over_an_existing_object(type_name):
+    from cowfleet.provider.diagnostics import ProviderError
+    res = RESOURCES[type_name]
+    state = conform({"name": "taken", "vcpus": 1, "memory_mib": 64, "disk_gib": 1, "format": "raw",
+                     "min_replicas": 1, "image": "i", "flavor": "small", "size": 0}, res.block.type())
+    client = _Existing()
+    with pytest.raises(ProviderError) as err:
+        res.write(client, state, None)
+    assert [p[2] for p in client.puts] == [True]              # one create-only PUT, nothing updated
+    (diag,) = err.value.diags
+    assert diag.path == ["name"] and "already exists" in diag.summary
+    assert f"terraform import {type_name}.<NAME> taken" in diag.detail
+    assert err.value.state is None                            # nothing goes into the state
+    # an update of an object in the state is a plain PUT
+    res.write(client, state, dict(state))
+    assert client.puts[-1][2] is False
+
+
+def test_a_group_being_deleted_is_waited_for_then_created():
+    from cowfleet.provider import resources
+
+    class Deleting(_Existing):
+        def _put(self, kind, name, create_only=False, **spec):
+            if len(self.puts) >= 2:                           # the deletion has ended
+                self.puts.append((kind, name, create_only))
+                return {"name": name}
+            return super()._put(kind, name, create_only, **spec)
+
+    client = Deleting(group_phase="deleting")
+    old, resources.POLL = resources.POLL, 0.01
+    try:
+        GROUP.write(client, _state(size=0), None)
+    finally:
+        resources.POLL = old
+    assert [p[2] for p in client.puts] == [True, True, True]   # create-only every time
+
+
+@pytest.mark.parametrize("name", ["small", "medium", "large"])
+def test_built_in_flavor_names_are_refused_at_plan(name):
+    diags = RESOURCES["cowfleet_flavor"].validate({"name": name, "vcpus": 1, "memory_mib": 64})
+    assert [d.path for d in diags] == [["name"]] and "built in" in diags[0].summary
+    assert RESOURCES["cowfleet_flavor"].validate({"name": "tiny", "vcpus": 1, "memory_mib": 64}) == []
+    assert RESOURCES["cowfleet_flavor"].validate({"name": UNKNOWN, "vcpus": 1, "memory_mib": 64}) == []

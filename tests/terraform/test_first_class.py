@@ -1,0 +1,76 @@
+"""The provider behaves like a first-class one (issue 14), with the real
+Terraform binary against the session lab: no takeovers of objects made
+elsewhere, built-in flavors refused at plan, defaults that follow the
+configuration. Flavors and groups of size 0 only: no VM boots here.
+"""
+from __future__ import annotations
+
+import pytest
+
+from tests.terraform.test_terraform import HEAD
+
+pytestmark = pytest.mark.integration
+
+TAKEN = HEAD + """resource "cowfleet_flavor" "mine" {
+  name       = "tftaken"
+  vcpus      = 2
+  memory_mib = 256
+}
+resource "cowfleet_instance_group" "mine" {
+  name   = "tftakengrp"
+  image  = "demo"
+  flavor = "small"
+  size   = 0
+}
+"""
+
+
+def test_a_create_refuses_an_object_made_elsewhere_and_says_how_to_import_it(make_tf, client, image_demo):
+    client.put_flavor("tftaken", vcpus=1, memory_mib=64)
+    client.put_group("tftakengrp", image="demo", flavor="small", size=0, labels={"owner": "other"})
+    try:
+        tf = make_tf()
+        tf.write(TAKEN)
+        tf.init()
+        err = tf.apply(ok=(1,)).stderr
+        assert "Error: flavor 'tftaken' already exists" in err, err
+        assert "terraform import cowfleet_flavor.<NAME> tftaken" in err
+        assert "Error: instance group 'tftakengrp' already exists" in err
+        assert "terraform import cowfleet_instance_group.<NAME> tftakengrp" in err
+        assert 'name       = "tftaken"' in err                       # the line at fault
+        # nothing taken over: both as their owner left them, neither in this state
+        flavor = client.get_flavor("tftaken")
+        assert (flavor["vcpus"], flavor["memory_mib"]) == (1, 64)
+        assert client.get_group("tftakengrp")["labels"] == {"owner": "other"}
+        assert tf.run("state", "list", ok=(0, 1)).stdout.strip() == ""
+        # the hint works: imported, the flavor is then updated in place
+        tf.run("import", "-input=false", "-no-color", "cowfleet_flavor.mine", "tftaken")
+        tf.run("state", "list")
+        code, text = tf.plan_exitcode("-target=cowfleet_flavor.mine")
+        assert code == 2 and "1 to change" in text, text
+        tf.apply("-target=cowfleet_flavor.mine")
+        assert client.get_flavor("tftaken")["vcpus"] == 2
+        tf.run("state", "rm", "cowfleet_flavor.mine")
+    finally:
+        client.delete_group("tftakengrp")
+        client.delete_flavor("tftaken")
+
+
+BUILT_IN = HEAD + """resource "cowfleet_flavor" "small" {
+  name       = "small"
+  vcpus      = 8
+  memory_mib = 8192
+}
+"""
+
+
+def test_a_built_in_flavor_name_is_refused_at_plan(make_tf, client):
+    before = client.get_flavor("small")
+    tf = make_tf()
+    tf.write(BUILT_IN)
+    tf.init()
+    code, text = tf.plan_exitcode()
+    assert code == 1, text
+    assert "Error: flavor 'small' is built in" in text
+    assert 'resource "cowfleet_flavor" "small"' in text and 'name       = "small"' in text
+    assert client.get_flavor("small") == before
