@@ -89,6 +89,23 @@ def _fill_defaults(value: dict | None, block: S.Block, defaults: dict) -> dict |
     return out
 
 
+def _unset_defaults(proposed: dict, config: dict, defaults: dict) -> dict:
+    """Attributes with a documented default that the configuration leaves out
+    planned null (``_fill_defaults`` then plans the default). Terraform
+    proposes the prior value for an optional+computed attribute the
+    configuration leaves null, so without this, removing ``persistent = true``
+    would plan no change and the group would stay persistent."""
+    out = dict(proposed)
+    for name, default in defaults.items():
+        given = config.get(name)
+        if isinstance(default, dict):               # a block: its settings, if it is there
+            if isinstance(given, dict) and isinstance(out.get(name), dict):
+                out[name] = _unset_defaults(out[name], given, default)
+        elif given is None:
+            out[name] = None
+    return out
+
+
 def merge_known(planned: Any, actual: Any) -> Any:
     """The new state after apply: what was planned, with unknowns taken from the API."""
     if planned is UNKNOWN:
@@ -122,6 +139,8 @@ class Resource:
             # attribute from the configuration empties it
             proposed.update({name: empty() for name, empty in self.empty_when_unset.items()
                              if config.get(name) is None})
+            # and an attribute left out has its default, whatever the prior state says
+            proposed = _unset_defaults(proposed, config, self.defaults)
         planned = _fill_defaults(proposed, self.block, self.defaults)
         if prior is None:                          # create
             for name, attr in self.block.attrs.items():

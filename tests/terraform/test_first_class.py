@@ -74,3 +74,54 @@ def test_a_built_in_flavor_name_is_refused_at_plan(make_tf, client):
     assert "Error: flavor 'small' is built in" in text
     assert 'resource "cowfleet_flavor" "small"' in text and 'name       = "small"' in text
     assert client.get_flavor("small") == before
+
+
+DEFAULTS = HEAD + """resource "cowfleet_flavor" "f" {
+  name       = "tfdefaults"
+  vcpus      = 1
+  memory_mib = 64
+%(flavor)s}
+resource "cowfleet_instance_group" "g" {
+  name   = "tfdefaults"
+  image  = "demo"
+  flavor = "small"
+  size   = 0
+%(group)s}
+"""
+SET = {"flavor": "  disk_gib = 3\n",
+       "group": '  persistent     = true\n  wait_for_ready = false\n'
+                '  placement {\n    strategy     = "pack"\n    max_per_node = 2\n  }\n'
+                '  update_policy {\n    max_unavailable = 0\n  }\n'}
+LEFT_OUT = {"flavor": "",
+            "group": '  placement {\n    max_per_node = 2\n  }\n  update_policy {\n    max_unavailable = 0\n  }\n'}
+
+
+def test_removing_a_line_plans_the_documented_default(make_tf, client, image_demo):
+    tf = make_tf()
+    tf.write(DEFAULTS % SET)
+    tf.init()
+    try:
+        tf.apply()
+        group = client.get_group("tfdefaults")
+        assert group["persistent"] is True and group["placement"]["strategy"] == "pack"
+        assert client.get_flavor("tfdefaults")["disk_gib"] == 3
+        assert tf.plan_exitcode()[0] == 0
+        # the lines taken out: each planned back to its default, in place
+        tf.write(DEFAULTS % LEFT_OUT)
+        code, text = tf.plan_exitcode()
+        assert code == 2 and "2 to change" in text, text
+        flat = " ".join(text.split())
+        for change in ("persistent = true -> false", "disk_gib = 3 -> 1", 'strategy = "pack" -> "spread"',
+                       "wait_for_ready = false -> true"):
+            assert f"~ {change}" in flat, (change, text)
+        tf.apply()
+        group = client.get_group("tfdefaults")
+        assert group["persistent"] is False
+        assert group["placement"] == {"strategy": "spread", "max_per_node": 2}
+        assert group["update_policy"] == {"max_unavailable": 0, "max_surge": 1}
+        assert client.get_flavor("tfdefaults")["disk_gib"] == 1
+        code, text = tf.plan_exitcode()
+        assert code == 0, text
+    finally:
+        tf.run("destroy", "-auto-approve", "-input=false", "-no-color")
+    assert client.get_group("tfdefaults") is None and client.get_flavor("tfdefaults") is None

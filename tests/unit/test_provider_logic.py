@@ -340,3 +340,41 @@ def test_built_in_flavor_names_are_refused_at_plan(name):
     assert [d.path for d in diags] == [["name"]] and "built in" in diags[0].summary
     assert RESOURCES["cowfleet_flavor"].validate({"name": "tiny", "vcpus": 1, "memory_mib": 64}) == []
     assert RESOURCES["cowfleet_flavor"].validate({"name": UNKNOWN, "vcpus": 1, "memory_mib": 64}) == []
+
+
+# -- defaults follow the configuration ---------------------------------------------------
+
+def test_a_line_removed_from_the_configuration_plans_its_default():
+    prior = _state(persistent=True, wait_for_ready=False, ssh_authorized_keys=[],
+                   placement={"strategy": "pack", "max_per_node": 2},
+                   update_policy={"max_unavailable": 0, "max_surge": 3})
+    # Terraform proposes the prior values of optional+computed attributes the configuration leaves null
+    config = dict(prior, persistent=None, wait_for_ready=None, id=None, instances=None, status=None,
+                  placement={"strategy": None, "max_per_node": 2},
+                  update_policy={"max_unavailable": 0, "max_surge": None})
+    planned, replace = GROUP.plan(prior, dict(prior), config)
+    assert replace == []
+    assert planned["persistent"] is False and planned["wait_for_ready"] is True
+    assert planned["placement"] == {"strategy": "spread", "max_per_node": 2}
+    assert planned["update_policy"] == {"max_unavailable": 0, "max_surge": 1}
+    # given in the configuration, a value stays as it is
+    same, _ = GROUP.plan(prior, dict(prior), dict(prior, id=None, instances=None, status=None))
+    assert same == prior
+
+
+@pytest.mark.parametrize("type_name,attr,prior_value,default,replaces", [
+    ("cowfleet_flavor", "disk_gib", 5, 1, False),
+    ("cowfleet_image", "min_replicas", 3, 2, False),
+    ("cowfleet_image", "wait_for_available", False, True, False),
+    ("cowfleet_image", "format", "qcow2", "raw", True),
+])
+def test_image_and_flavor_defaults_follow_the_configuration(type_name, attr, prior_value, default, replaces):
+    res = RESOURCES[type_name]
+    prior = conform({"id": "x", "name": "x", "vcpus": 1, "memory_mib": 64, "disk_gib": 1, "format": "raw",
+                     "min_replicas": 2, "wait_for_available": True, "source_url": "file:///x.raw",
+                     "sha256": "a" * 64, "status": "available"}, res.block.type())
+    prior[attr] = prior_value
+    config = dict(prior, **{attr: None})
+    planned, replace = res.plan(prior, dict(prior), config)
+    assert planned[attr] == default
+    assert replace == ([[attr]] if replaces else [])
