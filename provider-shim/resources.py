@@ -121,6 +121,11 @@ class Resource:
     type_name = "cowfleet_object"
     defaults: dict = {}
     volatile: tuple[str, ...] = ()        # computed attributes an update may change
+    # computed attribute -> the attributes whose change may change it (absent: any API change)
+    volatile_when: dict[str, tuple[str, ...]] = {}
+    # what only Terraform uses (how long, whether to wait, where bytes came from):
+    # a change of these alone calls nothing and keeps every computed value
+    cosmetic: tuple[str, ...] = ("timeouts",)
     empty_when_unset: dict = {}           # name -> empty(): unset in the configuration means empty
 
     # -- plan ---------------------------------------------------------------
@@ -152,14 +157,36 @@ class Resource:
             return planned, []
         replace = [[name] for name in self.block.force_new()
                    if planned.get(name) != prior.get(name) or planned.get(name) is UNKNOWN]
-        for name in self.volatile:
-            planned[name] = UNKNOWN
+        changed = {name for name in planned if planned.get(name) != prior.get(name)}
+        if changed == {"timeouts"}:
+            # SDKv2's rule: timeouts alone never make a diff. Planned as the
+            # prior state (no change), so a configuration with a timeouts block
+            # plans no change after an import (which cannot know the block);
+            # the state takes the configured timeouts with the next real change.
+            # Terraform checks that a plan matches the configuration, so the
+            # server flags this plan as SDKv2's are (keeps_prior_timeouts).
+            return prior, []
+        if changed - set(self.cosmetic) or replace:
+            for name in self.volatile:
+                when = self.volatile_when.get(name)
+                if replace or when is None or changed & set(when):
+                    planned[name] = UNKNOWN
         if replace:
             for name, attr in self.block.attrs.items():
                 if attr.computed and not attr.optional:
                     planned[name] = UNKNOWN
             planned["id"] = planned["name"]
         return planned, replace
+
+    def keeps_prior_timeouts(self, planned: dict | None, config: dict | None) -> bool:
+        """A plan whose timeouts are the state's, not the configuration's (see ``plan``)."""
+        return (planned is not None and config is not None and "timeouts" in self.block.blocks
+                and planned.get("timeouts") != config.get("timeouts"))
+
+    def only_cosmetic(self, prior: dict, planned: dict) -> bool:
+        """An update that changes only what Terraform alone uses (``cosmetic``)."""
+        return not has_unknown(planned) and all(
+            planned.get(name) == prior.get(name) for name in planned if name not in self.cosmetic)
 
     def validate(self, config: dict) -> list[Diag]:
         diags = []
@@ -210,6 +237,8 @@ class Resource:
             _api(lambda: self.remove(client, name), self.block, f"deleting {self.kind} '{name}'", prior)
             self._wait_gone(client, name, timeout_of(prior, "delete"), prior)
             return None
+        if prior is not None and self.only_cosmetic(prior, planned):
+            return planned                     # nothing for the service: no PUT, no wait
         op = "create" if prior is None else "update"
         what = f"{'creating' if op == 'create' else 'updating'} {self.kind} '{planned['name']}'"
         _api(lambda: self.write(client, planned, prior), self.block, what, prior)
@@ -255,6 +284,7 @@ class Image(Resource):
     type_name = "cowfleet_image"
     defaults = {"format": "raw", "min_replicas": 2, "wait_for_available": True}
     volatile = ("status", "replicas")
+    cosmetic = ("timeouts", "wait_for_available", "path")
 
     def validate(self, config: dict) -> list[Diag]:
         diags = super().validate(config)
@@ -377,6 +407,10 @@ class InstanceGroup(Resource):
     defaults = {"wait_for_ready": True, "persistent": False, "placement": {"strategy": "spread"},
                 "update_policy": {"max_unavailable": 1, "max_surge": 1}}
     volatile = ("instances", "status")
+    # the instances (ids, nodes, addresses) change only when these do; labels,
+    # user_data, keys or the update policy leave them as they are
+    volatile_when = {"instances": ("size", "image", "flavor", "placement", "persistent")}
+    cosmetic = ("timeouts", "wait_for_ready")
     empty_when_unset = {"ssh_authorized_keys": list}
 
     def fetch(self, client, name):

@@ -5,6 +5,8 @@ configuration. Flavors and groups of size 0 only: no VM boots here.
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.terraform.test_terraform import HEAD
@@ -125,3 +127,59 @@ def test_removing_a_line_plans_the_documented_default(make_tf, client, image_dem
     finally:
         tf.run("destroy", "-auto-approve", "-input=false", "-no-color")
     assert client.get_group("tfdefaults") is None and client.get_flavor("tfdefaults") is None
+
+
+COSMETIC = HEAD + """resource "cowfleet_instance_group" "g" {
+  name   = "tfcosmetic"
+  image  = "demo"
+  flavor = "small"
+  size   = 0
+%s}
+"""
+TIMEOUTS = '  timeouts {\n    create = "3m"\n    update = "3m"\n  }\n'
+
+
+def _plan_json(tf) -> tuple[list, set]:
+    """The planned change of the one group: its actions and the attributes
+    unknown until apply (after_unknown mirrors known values as []/{}/false)."""
+    tf.run("plan", "-input=false", "-no-color", "-out=tfplan")
+    (rc,) = json.loads(tf.run("show", "-json", "tfplan").stdout)["resource_changes"]
+    return rc["change"]["actions"], {k for k, v in rc["change"]["after_unknown"].items() if v is True}
+
+
+def test_terraform_only_changes_call_nothing_and_labels_keep_instances_known(make_tf, client, image_demo):
+    tf = make_tf()
+    tf.write(COSMETIC % '  labels = { v = "1" }\n')
+    tf.init()
+    try:
+        tf.apply()
+        # labels only: the instances stay known (outputs built on them too); status is read again
+        tf.write(COSMETIC % '  labels = { v = "2" }\n')
+        assert _plan_json(tf) == (["update"], {"status"})
+        tf.apply()
+        generation = client.get_group("tfcosmetic")["generation"]
+        # a timeouts block alone: no change at all (as SDKv2 providers plan it)
+        tf.write(COSMETIC % ('  labels = { v = "2" }\n' + TIMEOUTS))
+        code, text = tf.plan_exitcode()
+        assert code == 0 and "No changes" in text, text
+        # wait_for_ready: an update of Terraform's own value, nothing unknown, nothing sent
+        tf.write(COSMETIC % ('  labels = { v = "2" }\n  wait_for_ready = false\n' + TIMEOUTS))
+        assert _plan_json(tf) == (["update"], set())
+        tf.apply()
+        assert client.get_group("tfcosmetic")["generation"] == generation
+        assert tf.plan_exitcode()[0] == 0
+
+        # imported into a configuration with a timeouts block: the next plan is clean
+        other = make_tf()
+        other.write(COSMETIC % ('  labels = { v = "2" }\n  wait_for_ready = false\n' + TIMEOUTS))
+        other.init()
+        other.run("import", "-input=false", "-no-color", "cowfleet_instance_group.g", "tfcosmetic")
+        code, text = other.plan_exitcode()
+        assert code == 2 and "wait_for_ready" in text, text        # import cannot know wait_for_ready
+        other.write(COSMETIC % ('  labels = { v = "2" }\n' + TIMEOUTS))
+        code, text = other.plan_exitcode()
+        assert code == 0 and "No changes" in text, text
+        other.run("state", "rm", "cowfleet_instance_group.g")
+    finally:
+        tf.run("destroy", "-auto-approve", "-input=false", "-no-color")
+    assert client.get_group("tfcosmetic") is None

@@ -378,3 +378,61 @@ def test_image_and_flavor_defaults_follow_the_configuration(type_name, attr, pri
     planned, replace = res.plan(prior, dict(prior), config)
     assert planned[attr] == default
     assert replace == ([[attr]] if replaces else [])
+
+
+# -- Terraform-only changes are cosmetic ----------------------------------------------------
+
+class _NoCalls:
+    def __getattr__(self, name):
+        raise AssertionError(f"the API was called: {name}")
+
+
+def _ready_state(**over):
+    return _state(instances=[{"id": "web-1", "node": "n1", "rack": "r1", "state": "ready",
+                              "address": "10.0.0.2", "mac": "52:54:00:00:00:01"}],
+                  ssh_authorized_keys=[], **over)
+
+
+def test_wait_changes_keep_computed_values_and_call_nothing():
+    prior = _ready_state()
+    change = {"wait_for_ready": False, "timeouts": {"create": "20m", "update": None, "delete": None}}
+    planned, replace = GROUP.plan(prior, dict(prior, **change), dict(prior, **change))
+    assert replace == [] and planned == dict(prior, **change)       # nothing unknown
+    assert GROUP.apply(_NoCalls(), prior, planned) == planned
+    assert not GROUP.keeps_prior_timeouts(planned, dict(prior, **change))
+
+
+def test_timeouts_alone_plan_no_change_as_sdkv2_does():
+    prior = _ready_state()                                  # e.g. just imported: no timeouts
+    config = dict(prior, timeouts={"create": "20m", "update": None, "delete": None})
+    planned, replace = GROUP.plan(prior, dict(config), config)
+    assert planned == prior and replace == []               # no change: Terraform plans a no-op
+    assert GROUP.keeps_prior_timeouts(planned, config)      # the server flags it (legacy_type_system)
+    # with a real change, the configured timeouts come along
+    planned, _ = GROUP.plan(prior, dict(config, size=4), dict(config, size=4))
+    assert planned["timeouts"] == config["timeouts"] and not GROUP.keeps_prior_timeouts(planned, config)
+
+
+def test_image_path_timeouts_and_wait_are_cosmetic():
+    image = RESOURCES["cowfleet_image"]
+    prior = conform({"id": "img", "name": "img", "path": "/a.raw", "format": "raw", "min_replicas": 1,
+                     "wait_for_available": True, "sha256": "a" * 64, "status": "available",
+                     "replicas": [{"node": "s1", "rack": "r1"}]}, S.IMAGE.type())
+    new = dict(prior, path="/b.raw", wait_for_available=False, timeouts={"create": "1m", "update": None,
+                                                                        "delete": None})
+    planned, replace = image.plan(prior, dict(new), dict(new))
+    assert replace == [] and planned == new
+    assert image.apply(_NoCalls(), prior, planned) == planned
+
+
+@pytest.mark.parametrize("change,instances_unknown", [
+    ({"labels": {"app": "web"}}, False), ({"user_data": "#!/bin/sh\n"}, False),
+    ({"update_policy": {"max_unavailable": 0, "max_surge": 1}}, False),
+    ({"size": 4}, True), ({"image": "other"}, True), ({"flavor": "large"}, True), ({"persistent": True}, True),
+    ({"placement": {"strategy": "pack", "max_per_node": None}}, True), ({"image": UNKNOWN}, True),
+])
+def test_instances_are_unknown_only_when_what_makes_them_changes(change, instances_unknown):
+    prior = _state(ssh_authorized_keys=[])
+    planned, _ = GROUP.plan(prior, dict(prior, **change), dict(prior, **change))
+    assert (planned["instances"] is UNKNOWN) is instances_unknown
+    assert planned["status"] is UNKNOWN                  # the generation moves: status is read again
