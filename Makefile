@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN     = $(VENV)/bin
 
-.PHONY: setup system venv demo test unit lab-up lab-racks lab-down lab-status test-lab clean provider provider-proto
+.PHONY: setup system venv demo test unit lab-up lab-racks lab-down lab-status test-lab clean provider provider-proto provider-docs
 
 setup: system venv
 
@@ -54,6 +54,11 @@ provider: venv
 provider-proto: venv
 	$(BIN)/pip install -q -e '.[dev]'
 	cd provider-shim && ../$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. proto/tfplugin5.proto
+
+# regenerate the provider's registry-style docs (provider-shim/docs) from its
+# schema and provider-shim/examples (tests/unit/test_provider_docs.py fails when stale)
+provider-docs: venv
+	$(BIN)/python -m cowfleet.provider.gen_docs
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -120,6 +120,12 @@ def load_config(endpoint: str | None = None, token: str | None = None) -> tuple[
     return endpoint.rstrip("/"), token
 
 
+def _create_only(yes: bool) -> dict | None:
+    """``If-None-Match: *``: the PUT creates or fails with 412, never updates
+    an object that is already there (Terraform's create must not take one over)."""
+    return {"If-None-Match": "*"} if yes else None
+
+
 def seg(name: str) -> str:
     """A name as one URL path segment, escaped ("." too), so that "../flavors/x"
     or "a/b" never address another object (the service answers 404 or 422)."""
@@ -159,8 +165,8 @@ class Client:
         return None if resp.status_code == 404 else resp.json()
 
     # -- resources --------------------------------------------------------------
-    def put_image(self, name: str, **spec) -> dict:
-        return self.request("PUT", f"/v1/images/{seg(name)}", spec).json()
+    def put_image(self, name: str, *, create_only: bool = False, **spec) -> dict:
+        return self.request("PUT", f"/v1/images/{seg(name)}", spec, headers=_create_only(create_only)).json()
 
     def get_image(self, name: str) -> dict | None:
         return self.get_or_none(f"/v1/images/{seg(name)}")
@@ -214,8 +220,8 @@ class Client:
             return resp.json()
         raise AssertionError("unreachable")
 
-    def put_flavor(self, name: str, **spec) -> dict:
-        return self.request("PUT", f"/v1/flavors/{seg(name)}", spec).json()
+    def put_flavor(self, name: str, *, create_only: bool = False, **spec) -> dict:
+        return self.request("PUT", f"/v1/flavors/{seg(name)}", spec, headers=_create_only(create_only)).json()
 
     def get_flavor(self, name: str) -> dict | None:
         return self.get_or_none(f"/v1/flavors/{seg(name)}")
@@ -223,8 +229,8 @@ class Client:
     def delete_flavor(self, name: str) -> None:
         self.request("DELETE", f"/v1/flavors/{seg(name)}", ok_404=True)
 
-    def put_group(self, name: str, **spec) -> dict:
-        return self.request("PUT", f"/v1/instance-groups/{seg(name)}", spec).json()
+    def put_group(self, name: str, *, create_only: bool = False, **spec) -> dict:
+        return self.request("PUT", f"/v1/instance-groups/{seg(name)}", spec, headers=_create_only(create_only)).json()
 
     def get_group(self, name: str) -> dict | None:
         return self.get_or_none(f"/v1/instance-groups/{seg(name)}")

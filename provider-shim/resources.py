@@ -13,11 +13,13 @@ import threading
 import time
 from typing import Any
 
+from cowfleet.models import DEFAULT_FLAVORS
 from cowfleet.provider import schema as S
 from cowfleet.provider.diagnostics import Diag, ProviderError, from_api_error
 from cowfleet.provider.values import UNKNOWN, has_unknown
 
 DEFAULT_TIMEOUT = 600.0
+BUILT_IN_FLAVORS = frozenset(f.name for f in DEFAULT_FLAVORS)
 POLL = 1.0
 # set by the Stop RPC (Terraform was interrupted): waits end at once
 STOP = threading.Event()
@@ -87,6 +89,23 @@ def _fill_defaults(value: dict | None, block: S.Block, defaults: dict) -> dict |
     return out
 
 
+def _unset_defaults(proposed: dict, config: dict, defaults: dict) -> dict:
+    """Attributes with a documented default that the configuration leaves out
+    planned null (``_fill_defaults`` then plans the default). Terraform
+    proposes the prior value for an optional+computed attribute the
+    configuration leaves null, so without this, removing ``persistent = true``
+    would plan no change and the group would stay persistent."""
+    out = dict(proposed)
+    for name, default in defaults.items():
+        given = config.get(name)
+        if isinstance(default, dict):               # a block: its settings, if it is there
+            if isinstance(given, dict) and isinstance(out.get(name), dict):
+                out[name] = _unset_defaults(out[name], given, default)
+        elif given is None:
+            out[name] = None
+    return out
+
+
 def merge_known(planned: Any, actual: Any) -> Any:
     """The new state after apply: what was planned, with unknowns taken from the API."""
     if planned is UNKNOWN:
@@ -99,8 +118,14 @@ def merge_known(planned: Any, actual: Any) -> Any:
 class Resource:
     block: S.Block
     kind = "object"
+    type_name = "cowfleet_object"
     defaults: dict = {}
     volatile: tuple[str, ...] = ()        # computed attributes an update may change
+    # computed attribute -> the attributes whose change may change it (absent: any API change)
+    volatile_when: dict[str, tuple[str, ...]] = {}
+    # what only Terraform uses (how long, whether to wait, where bytes came from):
+    # a change of these alone calls nothing and keeps every computed value
+    cosmetic: tuple[str, ...] = ("timeouts",)
     empty_when_unset: dict = {}           # name -> empty(): unset in the configuration means empty
 
     # -- plan ---------------------------------------------------------------
@@ -119,6 +144,8 @@ class Resource:
             # attribute from the configuration empties it
             proposed.update({name: empty() for name, empty in self.empty_when_unset.items()
                              if config.get(name) is None})
+            # and an attribute left out has its default, whatever the prior state says
+            proposed = _unset_defaults(proposed, config, self.defaults)
         planned = _fill_defaults(proposed, self.block, self.defaults)
         if prior is None:                          # create
             for name, attr in self.block.attrs.items():
@@ -130,14 +157,36 @@ class Resource:
             return planned, []
         replace = [[name] for name in self.block.force_new()
                    if planned.get(name) != prior.get(name) or planned.get(name) is UNKNOWN]
-        for name in self.volatile:
-            planned[name] = UNKNOWN
+        changed = {name for name in planned if planned.get(name) != prior.get(name)}
+        if changed == {"timeouts"}:
+            # SDKv2's rule: timeouts alone never make a diff. Planned as the
+            # prior state (no change), so a configuration with a timeouts block
+            # plans no change after an import (which cannot know the block);
+            # the state takes the configured timeouts with the next real change.
+            # Terraform checks that a plan matches the configuration, so the
+            # server flags this plan as SDKv2's are (keeps_prior_timeouts).
+            return prior, []
+        if changed - set(self.cosmetic) or replace:
+            for name in self.volatile:
+                when = self.volatile_when.get(name)
+                if replace or when is None or changed & set(when):
+                    planned[name] = UNKNOWN
         if replace:
             for name, attr in self.block.attrs.items():
                 if attr.computed and not attr.optional:
                     planned[name] = UNKNOWN
             planned["id"] = planned["name"]
         return planned, replace
+
+    def keeps_prior_timeouts(self, planned: dict | None, config: dict | None) -> bool:
+        """A plan whose timeouts are the state's, not the configuration's (see ``plan``)."""
+        return (planned is not None and config is not None and "timeouts" in self.block.blocks
+                and planned.get("timeouts") != config.get("timeouts"))
+
+    def only_cosmetic(self, prior: dict, planned: dict) -> bool:
+        """An update that changes only what Terraform alone uses (``cosmetic``)."""
+        return not has_unknown(planned) and all(
+            planned.get(name) == prior.get(name) for name in planned if name not in self.cosmetic)
 
     def validate(self, config: dict) -> list[Diag]:
         diags = []
@@ -156,6 +205,25 @@ class Resource:
     def remove(self, client, name: str) -> None: ...
     def wait(self, client, state: dict, op: str) -> dict: return self.fetch(client, state["name"])
 
+    def put(self, put, state: dict, prior: dict | None, **spec) -> None:
+        """``put(name, create_only=..., **spec)``; a create sends ``If-None-Match: *``,
+        so an object of that name made elsewhere (another workspace, by hand,
+        a built-in flavor) is refused, never resized, relabelled or later deleted."""
+        from cowfleet.client import ApiError
+        try:
+            put(state["name"], create_only=prior is None, **spec)
+        except ApiError as exc:
+            if prior is None and exc.status == 412:
+                raise ProviderError([self.already_exists(state["name"])]) from None
+            raise
+
+    def already_exists(self, name: str) -> Diag:
+        return Diag(f"{self.kind} '{name}' already exists",
+                    f"cowfleet already has a {self.kind} named '{name}' that this Terraform state "
+                    f"does not manage, and a create never takes one over. To manage it with this "
+                    f"configuration, import it:\n  terraform import {self.type_name}.<NAME> {name}\n"
+                    f"(<NAME> as in the resource block), or choose another name.", ["name"])
+
     def read(self, client, state: dict) -> dict | None:
         obj = _api(lambda: self.fetch(client, state["name"]), self.block, f"reading {self.kind}")
         return None if obj is None else self.to_state(obj, state)
@@ -169,6 +237,8 @@ class Resource:
             _api(lambda: self.remove(client, name), self.block, f"deleting {self.kind} '{name}'", prior)
             self._wait_gone(client, name, timeout_of(prior, "delete"), prior)
             return None
+        if prior is not None and self.only_cosmetic(prior, planned):
+            return planned                     # nothing for the service: no PUT, no wait
         op = "create" if prior is None else "update"
         what = f"{'creating' if op == 'create' else 'updating'} {self.kind} '{planned['name']}'"
         _api(lambda: self.write(client, planned, prior), self.block, what, prior)
@@ -211,8 +281,10 @@ def _keep(prior: dict | None, name: str, default):
 class Image(Resource):
     block = S.IMAGE
     kind = "image"
+    type_name = "cowfleet_image"
     defaults = {"format": "raw", "min_replicas": 2, "wait_for_available": True}
     volatile = ("status", "replicas")
+    cosmetic = ("timeouts", "wait_for_available", "path")
 
     def validate(self, config: dict) -> list[Diag]:
         diags = super().validate(config)
@@ -248,23 +320,21 @@ class Image(Resource):
         path = state.get("path") if prior is None else None
         if path and not os.path.isfile(path):
             raise ProviderError([Diag("Image file not found", f"no file at '{path}' to upload", ["path"])])
-        existed = path and client.get_image(state["name"]) is not None
-        client.put_image(state["name"], source_url=state.get("source_url"), format=state["format"],
-                         min_replicas=state["min_replicas"], labels=state.get("labels") or {})
+        self.put(client.put_image, state, prior, source_url=state.get("source_url"), format=state["format"],
+                 min_replicas=state["min_replicas"], labels=state.get("labels") or {})
         if path:
             # Streamed upload, PUT /v1/images/{name}/data (the REST contract);
             # the service checks the bytes against X-Checksum-Sha256. If it
-            # fails, an image this call made goes again (nothing is left
-            # untracked); one that was there before stays as it was.
+            # fails, the image this create made (If-None-Match: *, so it is
+            # ours) goes again: nothing is left untracked.
             sha = state.get("sha256")
             try:
                 client.upload_image(state["name"], path, sha256=sha if isinstance(sha, str) else None)
             except BaseException:
-                if not existed:
-                    try:
-                        client.delete_image(state["name"])
-                    except Exception:
-                        pass
+                try:
+                    client.delete_image(state["name"])
+                except Exception:
+                    pass
                 raise
 
     def remove(self, client, name):
@@ -299,7 +369,17 @@ class Image(Resource):
 class Flavor(Resource):
     block = S.FLAVOR
     kind = "flavor"
+    type_name = "cowfleet_flavor"
     defaults = {"disk_gib": 1}
+
+    def validate(self, config: dict) -> list[Diag]:
+        diags = super().validate(config)
+        if config.get("name") in BUILT_IN_FLAVORS:
+            diags.append(Diag(f"flavor '{config['name']}' is built in",
+                              f"{', '.join(sorted(BUILT_IN_FLAVORS))} always exist and cannot be changed: "
+                              f"use it by name (flavor = \"{config['name']}\") without a cowfleet_flavor "
+                              "resource, or give this flavor a name of its own", ["name"]))
+        return diags
 
     def fetch(self, client, name):
         return client.get_flavor(name)
@@ -309,8 +389,8 @@ class Flavor(Resource):
                 "memory_mib": obj.get("memory_mib"), "disk_gib": obj.get("disk_gib")}
 
     def write(self, client, state, prior):
-        client.put_flavor(state["name"], vcpus=state["vcpus"], memory_mib=state["memory_mib"],
-                          disk_gib=state["disk_gib"])
+        self.put(client.put_flavor, state, prior, vcpus=state["vcpus"], memory_mib=state["memory_mib"],
+                 disk_gib=state["disk_gib"])
 
     def remove(self, client, name):
         client.delete_flavor(name)
@@ -323,9 +403,14 @@ UPDATE_POLICY_DEFAULT = {"max_unavailable": 1, "max_surge": 1}
 class InstanceGroup(Resource):
     block = S.GROUP
     kind = "instance group"
+    type_name = "cowfleet_instance_group"
     defaults = {"wait_for_ready": True, "persistent": False, "placement": {"strategy": "spread"},
                 "update_policy": {"max_unavailable": 1, "max_surge": 1}}
     volatile = ("instances", "status")
+    # the instances (ids, nodes, addresses) change only when these do; labels,
+    # user_data, keys or the update policy leave them as they are
+    volatile_when = {"instances": ("size", "image", "flavor", "placement", "persistent")}
+    cosmetic = ("timeouts", "wait_for_ready")
     empty_when_unset = {"ssh_authorized_keys": list}
 
     def fetch(self, client, name):
@@ -380,10 +465,17 @@ class InstanceGroup(Resource):
         deadline = time.monotonic() + timeout_of(state, "create" if prior is None else "update")
         while True:
             try:
-                client.put_group(name, **self.spec(state))
+                client.put_group(name, create_only=prior is None, **self.spec(state))
                 return
             except ApiError as exc:
                 deleting = exc.status == 409 and "being deleted" in str((exc.problem or {}).get("detail"))
+                if exc.status == 412 and prior is None:
+                    # there is one of that name: ours to create once a deletion
+                    # ends (drift: deleted behind Terraform's back), else not ours
+                    got = client.get_group(name)
+                    deleting = got is None or (got.get("status") or {}).get("phase") == "deleting"
+                    if not deleting:
+                        raise ProviderError([self.already_exists(name)]) from None
                 if not deleting or time.monotonic() > deadline:
                     raise
             pause(None, f"instance group '{name}' to finish its deletion")

@@ -15,7 +15,7 @@ import sys
 from cowfleet.provider import schema as S
 from cowfleet.provider import tfplugin5_pb2 as pb
 from cowfleet.provider.diagnostics import Diag, ProviderError
-from cowfleet.provider.values import UNKNOWN, conform, decode, decode_dynamic, encode
+from cowfleet.provider.values import UNKNOWN, decode_dynamic, encode
 
 log = logging.getLogger("cowfleet.provider")
 
@@ -132,15 +132,20 @@ class Provider:
         prior = decode_dynamic(request.prior_state)
         proposed = decode_dynamic(request.proposed_new_state)
         config = decode_dynamic(request.config)
+        resource = self.resources[request.type_name]
         try:
-            planned, replace = self.resources[request.type_name].plan(prior, proposed, config)
+            planned, replace = resource.plan(prior, proposed, config)
         except ProviderError as exc:
             return pb.PlanResourceChange.Response(diagnostics=[diag_proto(d) for d in exc.diags])
         except Exception as exc:  # noqa: BLE001
             return pb.PlanResourceChange.Response(diagnostics=_unexpected(exc))
+        # a timeouts-only difference is planned as no change, as SDKv2 plans it; that
+        # plan does not match the configuration's timeouts, which Terraform accepts
+        # (with a log line) only from a provider flagged as the legacy SDK
         return pb.PlanResourceChange.Response(planned_state=_dv(planned, block),
                                               requires_replace=[attribute_path(p) for p in replace],
-                                              planned_private=request.prior_private)
+                                              planned_private=request.prior_private,
+                                              legacy_type_system=resource.keeps_prior_timeouts(planned, config))
 
     def ApplyResourceChange(self, request, context):
         block = S.RESOURCES[request.type_name]

@@ -82,6 +82,31 @@ def test_every_precondition_form(lab, client):
     assert gone.status_code == 204 and "Content-Type" not in gone.headers and gone.content == b""
 
 
+def test_create_only_puts_of_images_and_groups(lab, client, image_demo):
+    """If-None-Match: * on the PUT of an image and of a group (what the Terraform
+    provider's creates send): 412 for a name that exists, even one being
+    deleted, and nothing changed; a name that does not exist is created."""
+    h = auth(lab, **{"If-None-Match": "*"})
+    img = f"{lab.state.endpoint}/v1/images/demo"
+    assert_problem(requests.put(img, json={"source_url": "file:///elsewhere.raw", "min_replicas": 2},
+                                headers=h, timeout=10), 412)
+    assert client.get_image("demo")["min_replicas"] == image_demo["min_replicas"]
+    grp = f"{lab.state.endpoint}/v1/instance-groups/create-only"
+    spec = {"image": "demo", "flavor": "small", "size": 0}
+    try:
+        assert requests.put(grp, json=spec, headers=h, timeout=10).status_code == 201
+        assert_problem(requests.put(grp, json=dict(spec, labels={"a": "b"}), headers=h, timeout=10), 412)
+        assert client.get_group("create-only")["labels"] == {}
+        client.put_group("create-only", **dict(spec, size=1))   # an instance: the deletion takes a while
+        wait_until(lambda: client.get_group("create-only")["instances"], 60, "an instance placed")
+        client.delete_group("create-only")
+        assert client.get_group("create-only")["status"]["phase"] == "deleting"
+        assert_problem(requests.put(grp, json=spec, headers=h, timeout=10), 412)
+    finally:
+        client.delete_group("create-only")
+        wait_until(lambda: client.get_group("create-only") is None, 120, "group create-only gone")
+
+
 def test_data_upload_honours_if_match(lab, client):
     client.put_image("pre-data", format="raw", min_replicas=1)
     try:

@@ -20,3 +20,28 @@ def test_example_is_formatted_and_valid(tf_rc_mirror):
         assert "The configuration is valid" in out
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_docs_schema_is_what_terraform_sees_and_doc_examples_are_valid(tf_rc_mirror):
+    """provider-shim/docs is generated from schema.schema_json() (the staleness
+    test is tests/unit/test_provider_docs.py): Terraform prints exactly that
+    schema; every example file the pages show is formatted and valid."""
+    import json
+
+    from cowfleet.provider import gen_docs
+    from cowfleet.provider.schema import schema_json
+    d = Path(tempfile.mkdtemp(prefix="cowfleet-tf-", dir="/var/tmp"))
+    try:
+        examples = sorted(gen_docs.EXAMPLES.rglob("*.tf"))
+        assert len(examples) == 6
+        for i, f in enumerate(examples):          # one configuration: the examples refer to each other
+            shutil.copy(f, d / f"{i}-{f.parent.name}-{f.name}")
+        (d / "disk.raw").write_bytes(b"\0" * 512)   # the upload example's file (validate hashes it)
+        tf = Terraform(d, tf_env(tf_rc_mirror, "http://127.0.0.1:9", "unused"))
+        tf.run("fmt", "-check", "-diff")
+        tf.init()
+        assert "The configuration is valid" in tf.run("validate", "-no-color").stdout
+        seen = json.loads(tf.run("providers", "schema", "-json").stdout)
+        assert seen == json.loads(json.dumps(schema_json()))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

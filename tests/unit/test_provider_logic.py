@@ -270,3 +270,169 @@ def test_ssh_keys_unset_means_empty_and_null_never_differs_from_empty():
     with_keys = dict(prior, ssh_authorized_keys=["ssh-ed25519 AAAA k"])
     planned, _ = GROUP.plan(with_keys, dict(with_keys), dict(with_keys, ssh_authorized_keys=None))
     assert planned["ssh_authorized_keys"] == []          # removed from the configuration: emptied
+
+
+# -- no takeovers ---------------------------------------------------------------------
+
+class _Existing:
+    """The service's side of If-None-Match: * (service/preconditions.py): a
+    create-only PUT of a name that exists is 412; every PUT is recorded."""
+
+    def __init__(self, group_phase="ready"):
+        self.puts, self.group_phase = [], group_phase
+
+    def _put(self, kind, name, create_only=False, **spec):
+        self.puts.append((kind, name, create_only))
+        if create_only:
+            raise ApiError(412, {"title": "Precondition Failed", "status": 412,
+                                 "detail": f"{kind} '{name}' already exists (If-None-Match: *)"})
+        return {"name": name, **spec}
+
+    def put_flavor(self, name, **kw): return self._put("flavor", name, **kw)
+    def put_image(self, name, **kw): return self._put("image", name, **kw)
+    def put_group(self, name, **kw): return self._put("instance group", name, **kw)
+
+    def get_group(self, name):
+        return {"name": name, "status": {"phase": self.group_phase}}
+
+
+@pytest.mark.parametrize("type_name", ["cowfleet_flavor", "cowfleet_image", "cowfleet_instance_group"])
+def test_a_create_never_takes_over_an_existing_object(type_name):
+    from cowfleet.provider.diagnostics import ProviderError
+    res = RESOURCES[type_name]
+    state = conform({"name": "taken", "vcpus": 1, "memory_mib": 64, "disk_gib": 1, "format": "raw",
+                     "min_replicas": 1, "image": "i", "flavor": "small", "size": 0}, res.block.type())
+    client = _Existing()
+    with pytest.raises(ProviderError) as err:
+        res.write(client, state, None)
+    assert [p[2] for p in client.puts] == [True]              # one create-only PUT, nothing updated
+    (diag,) = err.value.diags
+    assert diag.path == ["name"] and "already exists" in diag.summary
+    assert f"terraform import {type_name}.<NAME> taken" in diag.detail
+    assert err.value.state is None                            # nothing goes into the state
+    # an update of an object in the state is a plain PUT
+    res.write(client, state, dict(state))
+    assert client.puts[-1][2] is False
+
+
+def test_a_group_being_deleted_is_waited_for_then_created():
+    from cowfleet.provider import resources
+
+    class Deleting(_Existing):
+        def _put(self, kind, name, create_only=False, **spec):
+            if len(self.puts) >= 2:                           # the deletion has ended
+                self.puts.append((kind, name, create_only))
+                return {"name": name}
+            return super()._put(kind, name, create_only, **spec)
+
+    client = Deleting(group_phase="deleting")
+    old, resources.POLL = resources.POLL, 0.01
+    try:
+        GROUP.write(client, _state(size=0), None)
+    finally:
+        resources.POLL = old
+    assert [p[2] for p in client.puts] == [True, True, True]   # create-only every time
+
+
+@pytest.mark.parametrize("name", ["small", "medium", "large"])
+def test_built_in_flavor_names_are_refused_at_plan(name):
+    diags = RESOURCES["cowfleet_flavor"].validate({"name": name, "vcpus": 1, "memory_mib": 64})
+    assert [d.path for d in diags] == [["name"]] and "built in" in diags[0].summary
+    assert RESOURCES["cowfleet_flavor"].validate({"name": "tiny", "vcpus": 1, "memory_mib": 64}) == []
+    assert RESOURCES["cowfleet_flavor"].validate({"name": UNKNOWN, "vcpus": 1, "memory_mib": 64}) == []
+
+
+# -- defaults follow the configuration ---------------------------------------------------
+
+def test_a_line_removed_from_the_configuration_plans_its_default():
+    prior = _state(persistent=True, wait_for_ready=False, ssh_authorized_keys=[],
+                   placement={"strategy": "pack", "max_per_node": 2},
+                   update_policy={"max_unavailable": 0, "max_surge": 3})
+    # Terraform proposes the prior values of optional+computed attributes the configuration leaves null
+    config = dict(prior, persistent=None, wait_for_ready=None, id=None, instances=None, status=None,
+                  placement={"strategy": None, "max_per_node": 2},
+                  update_policy={"max_unavailable": 0, "max_surge": None})
+    planned, replace = GROUP.plan(prior, dict(prior), config)
+    assert replace == []
+    assert planned["persistent"] is False and planned["wait_for_ready"] is True
+    assert planned["placement"] == {"strategy": "spread", "max_per_node": 2}
+    assert planned["update_policy"] == {"max_unavailable": 0, "max_surge": 1}
+    # given in the configuration, a value stays as it is
+    same, _ = GROUP.plan(prior, dict(prior), dict(prior, id=None, instances=None, status=None))
+    assert same == prior
+
+
+@pytest.mark.parametrize("type_name,attr,prior_value,default,replaces", [
+    ("cowfleet_flavor", "disk_gib", 5, 1, False),
+    ("cowfleet_image", "min_replicas", 3, 2, False),
+    ("cowfleet_image", "wait_for_available", False, True, False),
+    ("cowfleet_image", "format", "qcow2", "raw", True),
+])
+def test_image_and_flavor_defaults_follow_the_configuration(type_name, attr, prior_value, default, replaces):
+    res = RESOURCES[type_name]
+    prior = conform({"id": "x", "name": "x", "vcpus": 1, "memory_mib": 64, "disk_gib": 1, "format": "raw",
+                     "min_replicas": 2, "wait_for_available": True, "source_url": "file:///x.raw",
+                     "sha256": "a" * 64, "status": "available"}, res.block.type())
+    prior[attr] = prior_value
+    config = dict(prior, **{attr: None})
+    planned, replace = res.plan(prior, dict(prior), config)
+    assert planned[attr] == default
+    assert replace == ([[attr]] if replaces else [])
+
+
+# -- Terraform-only changes are cosmetic ----------------------------------------------------
+
+class _NoCalls:
+    def __getattr__(self, name):
+        raise AssertionError(f"the API was called: {name}")
+
+
+def _ready_state(**over):
+    return _state(instances=[{"id": "web-1", "node": "n1", "rack": "r1", "state": "ready",
+                              "address": "10.0.0.2", "mac": "52:54:00:00:00:01"}],
+                  ssh_authorized_keys=[], **over)
+
+
+def test_wait_changes_keep_computed_values_and_call_nothing():
+    prior = _ready_state()
+    change = {"wait_for_ready": False, "timeouts": {"create": "20m", "update": None, "delete": None}}
+    planned, replace = GROUP.plan(prior, dict(prior, **change), dict(prior, **change))
+    assert replace == [] and planned == dict(prior, **change)       # nothing unknown
+    assert GROUP.apply(_NoCalls(), prior, planned) == planned
+    assert not GROUP.keeps_prior_timeouts(planned, dict(prior, **change))
+
+
+def test_timeouts_alone_plan_no_change_as_sdkv2_does():
+    prior = _ready_state()                                  # e.g. just imported: no timeouts
+    config = dict(prior, timeouts={"create": "20m", "update": None, "delete": None})
+    planned, replace = GROUP.plan(prior, dict(config), config)
+    assert planned == prior and replace == []               # no change: Terraform plans a no-op
+    assert GROUP.keeps_prior_timeouts(planned, config)      # the server flags it (legacy_type_system)
+    # with a real change, the configured timeouts come along
+    planned, _ = GROUP.plan(prior, dict(config, size=4), dict(config, size=4))
+    assert planned["timeouts"] == config["timeouts"] and not GROUP.keeps_prior_timeouts(planned, config)
+
+
+def test_image_path_timeouts_and_wait_are_cosmetic():
+    image = RESOURCES["cowfleet_image"]
+    prior = conform({"id": "img", "name": "img", "path": "/a.raw", "format": "raw", "min_replicas": 1,
+                     "wait_for_available": True, "sha256": "a" * 64, "status": "available",
+                     "replicas": [{"node": "s1", "rack": "r1"}]}, S.IMAGE.type())
+    new = dict(prior, path="/b.raw", wait_for_available=False, timeouts={"create": "1m", "update": None,
+                                                                        "delete": None})
+    planned, replace = image.plan(prior, dict(new), dict(new))
+    assert replace == [] and planned == new
+    assert image.apply(_NoCalls(), prior, planned) == planned
+
+
+@pytest.mark.parametrize("change,instances_unknown", [
+    ({"labels": {"app": "web"}}, False), ({"user_data": "#!/bin/sh\n"}, False),
+    ({"update_policy": {"max_unavailable": 0, "max_surge": 1}}, False),
+    ({"size": 4}, True), ({"image": "other"}, True), ({"flavor": "large"}, True), ({"persistent": True}, True),
+    ({"placement": {"strategy": "pack", "max_per_node": None}}, True), ({"image": UNKNOWN}, True),
+])
+def test_instances_are_unknown_only_when_what_makes_them_changes(change, instances_unknown):
+    prior = _state(ssh_authorized_keys=[])
+    planned, _ = GROUP.plan(prior, dict(prior, **change), dict(prior, **change))
+    assert (planned["instances"] is UNKNOWN) is instances_unknown
+    assert planned["status"] is UNKNOWN                  # the generation moves: status is read again

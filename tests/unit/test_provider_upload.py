@@ -22,12 +22,15 @@ class Recorder(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
         self.seen.append((self.path, dict(self.headers), body))
+        if self.exists and self.headers.get("If-None-Match") == "*":     # as the service does
+            return self._send(412, {"title": "Precondition Failed", "status": 412,
+                                    "detail": "image 'up' already exists (If-None-Match: *)"})
         if self.path.endswith("/data") and self.headers.get("X-Checksum-Sha256") != hashlib.sha256(body).hexdigest():
             return self._send(422, {"title": "Unprocessable Entity", "status": 422, "detail": "checksum",
                                     "errors": {"X-Checksum-Sha256": ["does not match the body"]}})
         self._send(200, {"name": "up", "status": "pending"})
 
-    def do_GET(self):                 # the provider asks first whether the image exists
+    def do_GET(self):
         if self.exists:
             return self._send(200, {"name": "up", "status": "available"})
         self._send(404, {"title": "Not Found", "status": 404, "detail": "no such image"})
@@ -64,8 +67,9 @@ def test_image_with_a_path_puts_the_spec_then_streams_the_bytes(stand_in, tmp_pa
     state = {"name": "up", "source_url": None, "path": str(disk), "format": "raw", "min_replicas": 1,
              "labels": None}
     RESOURCES["cowfleet_image"].write(stand_in, state, None)
-    (spec_path, _, spec), (data_path, headers, body) = Recorder.seen
+    (spec_path, spec_headers, spec), (data_path, headers, body) = Recorder.seen
     assert spec_path == "/v1/images/up" and json.loads(spec)["source_url"] is None
+    assert spec_headers["If-None-Match"] == "*"                # a create: never onto an image already there
     assert data_path == "/v1/images/up/data"
     assert headers["Content-Type"] == "application/octet-stream"
     assert headers["Authorization"] == "Bearer t0k"
@@ -93,3 +97,5 @@ def test_a_failed_upload_removes_only_an_image_it_made(stand_in, tmp_path, exist
         RESOURCES["cowfleet_image"].write(stand_in, state, None)
     deletes = [p for p, _, _ in Recorder.seen if p.startswith("DELETE")]
     assert deletes == ([] if existed else ["DELETE /v1/images/up"])
+    # an image that was there already is refused by the create-only PUT: no upload at all
+    assert [p for p, _, _ in Recorder.seen if p.endswith("/data")] == ([] if existed else ["/v1/images/up/data"])

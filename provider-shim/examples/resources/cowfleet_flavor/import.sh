@@ -1,0 +1,1 @@
+terraform import cowfleet_flavor.tiny tiny

@@ -1,0 +1,1 @@
+terraform import cowfleet_instance_group.web web

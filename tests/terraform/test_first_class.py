@@ -1,0 +1,185 @@
+"""The provider behaves like a first-class one (issue 14), with the real
+Terraform binary against the session lab: no takeovers of objects made
+elsewhere, built-in flavors refused at plan, defaults that follow the
+configuration. Flavors and groups of size 0 only: no VM boots here.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.terraform.test_terraform import HEAD
+
+pytestmark = pytest.mark.integration
+
+TAKEN = HEAD + """resource "cowfleet_flavor" "mine" {
+  name       = "tftaken"
+  vcpus      = 2
+  memory_mib = 256
+}
+resource "cowfleet_instance_group" "mine" {
+  name   = "tftakengrp"
+  image  = "demo"
+  flavor = "small"
+  size   = 0
+}
+"""
+
+
+def test_a_create_refuses_an_object_made_elsewhere_and_says_how_to_import_it(make_tf, client, image_demo):
+    client.put_flavor("tftaken", vcpus=1, memory_mib=64)
+    client.put_group("tftakengrp", image="demo", flavor="small", size=0, labels={"owner": "other"})
+    try:
+        tf = make_tf()
+        tf.write(TAKEN)
+        tf.init()
+        err = tf.apply(ok=(1,)).stderr
+        assert "Error: flavor 'tftaken' already exists" in err, err
+        assert "terraform import cowfleet_flavor.<NAME> tftaken" in err
+        assert "Error: instance group 'tftakengrp' already exists" in err
+        assert "terraform import cowfleet_instance_group.<NAME> tftakengrp" in err
+        assert 'name       = "tftaken"' in err                       # the line at fault
+        # nothing taken over: both as their owner left them, neither in this state
+        flavor = client.get_flavor("tftaken")
+        assert (flavor["vcpus"], flavor["memory_mib"]) == (1, 64)
+        assert client.get_group("tftakengrp")["labels"] == {"owner": "other"}
+        assert tf.run("state", "list", ok=(0, 1)).stdout.strip() == ""
+        # the hint works: imported, the flavor is then updated in place
+        tf.run("import", "-input=false", "-no-color", "cowfleet_flavor.mine", "tftaken")
+        tf.run("state", "list")
+        code, text = tf.plan_exitcode("-target=cowfleet_flavor.mine")
+        assert code == 2 and "1 to change" in text, text
+        tf.apply("-target=cowfleet_flavor.mine")
+        assert client.get_flavor("tftaken")["vcpus"] == 2
+        tf.run("state", "rm", "cowfleet_flavor.mine")
+    finally:
+        client.delete_group("tftakengrp")
+        client.delete_flavor("tftaken")
+
+
+BUILT_IN = HEAD + """resource "cowfleet_flavor" "small" {
+  name       = "small"
+  vcpus      = 8
+  memory_mib = 8192
+}
+"""
+
+
+def test_a_built_in_flavor_name_is_refused_at_plan(make_tf, client):
+    before = client.get_flavor("small")
+    tf = make_tf()
+    tf.write(BUILT_IN)
+    tf.init()
+    code, text = tf.plan_exitcode()
+    assert code == 1, text
+    assert "Error: flavor 'small' is built in" in text
+    assert 'resource "cowfleet_flavor" "small"' in text and 'name       = "small"' in text
+    assert client.get_flavor("small") == before
+
+
+DEFAULTS = HEAD + """resource "cowfleet_flavor" "f" {
+  name       = "tfdefaults"
+  vcpus      = 1
+  memory_mib = 64
+%(flavor)s}
+resource "cowfleet_instance_group" "g" {
+  name   = "tfdefaults"
+  image  = "demo"
+  flavor = "small"
+  size   = 0
+%(group)s}
+"""
+SET = {"flavor": "  disk_gib = 3\n",
+       "group": '  persistent     = true\n  wait_for_ready = false\n'
+                '  placement {\n    strategy     = "pack"\n    max_per_node = 2\n  }\n'
+                '  update_policy {\n    max_unavailable = 0\n  }\n'}
+LEFT_OUT = {"flavor": "",
+            "group": '  placement {\n    max_per_node = 2\n  }\n  update_policy {\n    max_unavailable = 0\n  }\n'}
+
+
+def test_removing_a_line_plans_the_documented_default(make_tf, client, image_demo):
+    tf = make_tf()
+    tf.write(DEFAULTS % SET)
+    tf.init()
+    try:
+        tf.apply()
+        group = client.get_group("tfdefaults")
+        assert group["persistent"] is True and group["placement"]["strategy"] == "pack"
+        assert client.get_flavor("tfdefaults")["disk_gib"] == 3
+        assert tf.plan_exitcode()[0] == 0
+        # the lines taken out: each planned back to its default, in place
+        tf.write(DEFAULTS % LEFT_OUT)
+        code, text = tf.plan_exitcode()
+        assert code == 2 and "2 to change" in text, text
+        flat = " ".join(text.split())
+        for change in ("persistent = true -> false", "disk_gib = 3 -> 1", 'strategy = "pack" -> "spread"',
+                       "wait_for_ready = false -> true"):
+            assert f"~ {change}" in flat, (change, text)
+        tf.apply()
+        group = client.get_group("tfdefaults")
+        assert group["persistent"] is False
+        assert group["placement"] == {"strategy": "spread", "max_per_node": 2}
+        assert group["update_policy"] == {"max_unavailable": 0, "max_surge": 1}
+        assert client.get_flavor("tfdefaults")["disk_gib"] == 1
+        code, text = tf.plan_exitcode()
+        assert code == 0, text
+    finally:
+        tf.run("destroy", "-auto-approve", "-input=false", "-no-color")
+    assert client.get_group("tfdefaults") is None and client.get_flavor("tfdefaults") is None
+
+
+COSMETIC = HEAD + """resource "cowfleet_instance_group" "g" {
+  name   = "tfcosmetic"
+  image  = "demo"
+  flavor = "small"
+  size   = 0
+%s}
+"""
+TIMEOUTS = '  timeouts {\n    create = "3m"\n    update = "3m"\n  }\n'
+
+
+def _plan_json(tf) -> tuple[list, set]:
+    """The planned change of the one group: its actions and the attributes
+    unknown until apply (after_unknown mirrors known values as []/{}/false)."""
+    tf.run("plan", "-input=false", "-no-color", "-out=tfplan")
+    (rc,) = json.loads(tf.run("show", "-json", "tfplan").stdout)["resource_changes"]
+    return rc["change"]["actions"], {k for k, v in rc["change"]["after_unknown"].items() if v is True}
+
+
+def test_terraform_only_changes_call_nothing_and_labels_keep_instances_known(make_tf, client, image_demo):
+    tf = make_tf()
+    tf.write(COSMETIC % '  labels = { v = "1" }\n')
+    tf.init()
+    try:
+        tf.apply()
+        # labels only: the instances stay known (outputs built on them too); status is read again
+        tf.write(COSMETIC % '  labels = { v = "2" }\n')
+        assert _plan_json(tf) == (["update"], {"status"})
+        tf.apply()
+        generation = client.get_group("tfcosmetic")["generation"]
+        # a timeouts block alone: no change at all (as SDKv2 providers plan it)
+        tf.write(COSMETIC % ('  labels = { v = "2" }\n' + TIMEOUTS))
+        code, text = tf.plan_exitcode()
+        assert code == 0 and "No changes" in text, text
+        # wait_for_ready: an update of Terraform's own value, nothing unknown, nothing sent
+        tf.write(COSMETIC % ('  labels = { v = "2" }\n  wait_for_ready = false\n' + TIMEOUTS))
+        assert _plan_json(tf) == (["update"], set())
+        tf.apply()
+        assert client.get_group("tfcosmetic")["generation"] == generation
+        assert tf.plan_exitcode()[0] == 0
+
+        # imported into a configuration with a timeouts block: the next plan is clean
+        other = make_tf()
+        other.write(COSMETIC % ('  labels = { v = "2" }\n  wait_for_ready = false\n' + TIMEOUTS))
+        other.init()
+        other.run("import", "-input=false", "-no-color", "cowfleet_instance_group.g", "tfcosmetic")
+        code, text = other.plan_exitcode()
+        assert code == 2 and "wait_for_ready" in text, text        # import cannot know wait_for_ready
+        other.write(COSMETIC % ('  labels = { v = "2" }\n' + TIMEOUTS))
+        code, text = other.plan_exitcode()
+        assert code == 0 and "No changes" in text, text
+        other.run("state", "rm", "cowfleet_instance_group.g")
+    finally:
+        tf.run("destroy", "-auto-approve", "-input=false", "-no-color")
+    assert client.get_group("tfcosmetic") is None
