@@ -18,9 +18,11 @@ PAUSE = "COWFLEET_FAULT_PAUSE"
 # every point there is, in the order a start or a terminate passes them
 POINTS = (
     "before-commit",            # a coordinator, before its placement transaction
+    "start.allocated",          # the instance's address is allocated (in memory), not yet on its record
     "start.addressed",          # the instance's address and MAC are on its record
     "start.attached",           # its image session is up
     "start.overlay",            # its overlay exists
+    "start.seed-partial",       # its NoCloud seed is written under a temporary name, not yet renamed
     "start.seeded",             # its NoCloud seed exists
     "start.paused",             # its domain exists, created paused (not yet resumed)
     "start.domain",             # its domain runs; its record does not say so yet

@@ -410,6 +410,7 @@ class ComputeAgent(NodeAgent):
         if addressing is None:
             return
         address, mac = addressing
+        fault_point("start.allocated", self.name)
         # the address is on the record before the domain starts
         self._set_state(group, iid, InstanceState.STARTING, address=address, mac=mac)
         fault_point("start.addressed", self.name)
@@ -480,7 +481,7 @@ class ComputeAgent(NodeAgent):
                 self.overlay_failures.pop(iid, None)
         t_overlay = time.monotonic()
         fault_point("start.overlay", self.name)
-        seed = self.seeds.create(group, iid, self._seed_data(inst, spec_group, address, mac)) \
+        seed = self.seeds.create(group, iid, self._seed_data(inst, spec_group, address, mac), self.name) \
             if self.make_seeds else None
         t_seed = time.monotonic()
         fault_point("start.seeded", self.name)

@@ -25,6 +25,7 @@ from pathlib import Path
 import pycdlib
 
 from cowfleet.agents.compute.files import InstanceFileStore
+from cowfleet.faults import fault_point
 
 LABEL = "cidata"
 
@@ -87,8 +88,9 @@ class SeedData:
 _ISO_NAMES = {"meta-data": "/METADATA.;1", "network-config": "/NETWORKC.;1", "user-data": "/USERDATA.;1"}
 
 
-def build_seed(data: SeedData, out: str | os.PathLike) -> Path:
-    """Write the seed volume to ``out`` whole (a temporary file renamed)."""
+def build_seed(data: SeedData, out: str | os.PathLike, who: str = "") -> Path:
+    """Write the seed volume to ``out`` whole (a temporary file renamed);
+    ``who`` names the process at the fault point between the two."""
     out = Path(out)
     tmp = out.with_suffix(".partial")
     iso = pycdlib.PyCdlib()
@@ -101,6 +103,7 @@ def build_seed(data: SeedData, out: str | os.PathLike) -> Path:
     finally:
         iso.close()
     os.chmod(tmp, 0o644)        # qemu runs unprivileged
+    fault_point("start.seed-partial", who)
     os.replace(tmp, out)
     return out
 
@@ -125,6 +128,6 @@ class SeedStore(InstanceFileStore):
     """Seeds on the compute node's disk, beside the overlays: one per instance."""
     suffix = ".iso"
 
-    def create(self, group: str, instance_id: str, data: SeedData) -> Path:
+    def create(self, group: str, instance_id: str, data: SeedData, who: str = "") -> Path:
         self._folder(group)
-        return build_seed(data, self.path(group, instance_id))
+        return build_seed(data, self.path(group, instance_id), who)

@@ -14,8 +14,8 @@ from tests.integration.test_crash_safety import domains, kill_compute
 
 pytestmark = pytest.mark.integration
 
-START_POINTS = ("start.addressed", "start.attached", "start.overlay", "start.seeded", "start.paused",
-                "start.domain")
+START_POINTS = ("start.allocated", "start.addressed", "start.attached", "start.overlay", "start.seed-partial",
+                "start.seeded", "start.paused", "start.domain")
 TERMINATE_POINTS = ("terminate.destroyed", "terminate.files", "session.stop")
 
 
@@ -40,9 +40,12 @@ class Pause:
     def arm(self):
         self.file.write_text(self.point)
 
-    def kill_there_and_restart(self):
+    def kill_there_and_restart(self, there=None):
+        """``there``: a check of what the point means, made while the agent waits at it."""
         try:
             wait_until(self.marker.exists, 120, f"the agent to reach {self.point}")
+            if there is not None:
+                there()
             kill_compute(self.lab)
         finally:
             self.file.unlink(missing_ok=True)
@@ -79,7 +82,14 @@ def test_killed_during_a_start(lab, client, image_demo, crash_group, point):
     pause = Pause(lab, point)
     pause.arm()
     client.put_group(crash_group, image="demo", flavor="small", size=1)
-    pause.kill_there_and_restart()
+
+    def there():
+        if point == "start.allocated":      # taken from the pool, not yet on the record
+            assert client.get_group(crash_group)["instances"][0]["address"] is None
+        if point == "start.seed-partial":   # the seed under its temporary name only
+            seeds = compute_dir(lab) / "seeds" / crash_group
+            assert [p.suffix for p in seeds.iterdir()] == [".partial"]
+    pause.kill_there_and_restart(there)
     g = wait_until(lambda: ready(client, crash_group, 1), 180, f"the group ready after a kill at {point}")
     inst = g["instances"][0]
     assert leftovers(lab, crash_group)["domains"] == [f"cf-{node_name(lab)}--{inst['id']}"], "exactly one domain"

@@ -16,7 +16,7 @@ import libvirt
 import pytest
 
 from cowfleet.agents.compute.hypervisor import domain_name
-from cowfleet.agents.compute.sessions import SessionManager, daemons_under, nbd_url
+from cowfleet.agents.compute.sessions import SessionManager, daemons_under, nbd_url, session_dir_of
 from cowfleet.agents.storage import tgt
 from cowfleet.client import ApiError
 from cowfleet.lab import components as c
@@ -107,9 +107,10 @@ def test_instances_of_an_image_share_one_session_on_the_iscsi_lun(lab, client, z
     finally:
         delete_group(client, "stream")
     # the last instance gone: the session stops, nothing is left
-    wait_until(lambda: not daemons_under(sessions), 30, "session stopped")
+    # (the daemon dies before its folder goes: one condition for both)
+    wait_until(lambda: not daemons_under(sessions) and not list(sessions.iterdir()), 30,
+               "session stopped and its folder removed")
     assert not c.pid_alive(pid)
-    assert list(sessions.iterdir()) == []
 
 
 def test_persistent_overlays_survive_a_restart_ephemeral_ones_do_not(lab, client, zk, image_demo):
@@ -232,27 +233,42 @@ def test_unused_and_orphan_sessions_are_stopped(lab):
     """A session no overlay uses (left by a crash) and a daemon no pid file
     accounts for are both stopped by the compute agent's reconcile."""
     sessions = node_dir(lab, "compute") / "sessions"
-    procs = []
+    keys = ("ghost-000000000000", "orphan-000000000000")
+    agent = lab.state.pids["agent-compute"]
     try:
-        for key, pidfile in (("ghost-000000000000", True), ("orphan-000000000000", False)):
-            d = sessions / key
-            d.mkdir()
-            cmd = ["qemu-storage-daemon", "--blockdev", "driver=null-co,node-name=base,size=1048576",
-                   "--nbd-server", f"addr.type=unix,addr.path={d / 'nbd.sock'}",
-                   "--export", "type=nbd,id=exp0,node-name=base,name=img,writable=off", "--daemonize"]
-            if pidfile:
-                cmd += ["--pidfile", str(d / "qsd.pid")]
-                (d / "session.json").write_text(json.dumps({
-                    "key": key, "image": "ghost", "sha256": "0" * 64, "format": "raw", "node": "",
-                    "portal": "", "target": "", "socket": str(d / "nbd.sock")}))
-            subprocess.run(cmd, check=True)
-        procs = list(daemons_under(sessions))
+        # The agent's reconcile (every 5 s) is what stops them: it is held
+        # (SIGSTOP) while they are made and counted, so a round cannot run in
+        # between and stop the first before the second is counted; it resumes
+        # at once, and the waits below are on the condition, not on the period.
+        os.kill(agent, signal.SIGSTOP)
+        try:
+            _make_stray_sessions(sessions)
+            procs = [pid for pid, cmd in daemons_under(sessions).items() if session_dir_of(cmd).name in keys]
+        finally:
+            os.kill(agent, signal.SIGCONT)
         assert len(procs) == 2
-        wait_until(lambda: not daemons_under(sessions), 30, "stray daemons stopped")
+        wait_until(lambda: not set(procs) & set(daemons_under(sessions)), 30, "stray daemons stopped")
         wait_until(lambda: not (sessions / "ghost-000000000000").exists(), 10, "stray session folder removed")
     finally:
-        for pid in procs:
-            if c.pid_alive(pid):
+        for pid, cmd in daemons_under(sessions).items():
+            if session_dir_of(cmd).name in keys:
                 os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(sessions / "orphan-000000000000", ignore_errors=True)
-        shutil.rmtree(sessions / "ghost-000000000000", ignore_errors=True)
+        for key in keys:
+            shutil.rmtree(sessions / key, ignore_errors=True)
+
+
+def _make_stray_sessions(sessions: Path) -> None:
+    """A session with its pid file and record but no overlay using it
+    (ghost), and a daemon no pid file accounts for (orphan)."""
+    for key, pidfile in (("ghost-000000000000", True), ("orphan-000000000000", False)):
+        d = sessions / key
+        d.mkdir()
+        cmd = ["qemu-storage-daemon", "--blockdev", "driver=null-co,node-name=base,size=1048576",
+               "--nbd-server", f"addr.type=unix,addr.path={d / 'nbd.sock'}",
+               "--export", "type=nbd,id=exp0,node-name=base,name=img,writable=off", "--daemonize"]
+        if pidfile:
+            cmd += ["--pidfile", str(d / "qsd.pid")]
+            (d / "session.json").write_text(json.dumps({
+                "key": key, "image": "ghost", "sha256": "0" * 64, "format": "raw", "node": "",
+                "portal": "", "target": "", "socket": str(d / "nbd.sock")}))
+        subprocess.run(cmd, check=True)
