@@ -7,6 +7,8 @@ import os
 import socket
 import sys
 
+from cowfleet.names import valid_name
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="cowfleet-agent", description="Run one cowfleet node agent.")
@@ -49,9 +51,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("kazoo").setLevel(logging.WARNING)
-    from cowfleet.service.api import NAME_RE
     name = args.name or f"{socket.gethostname().split('.')[0].lower()}-{args.role}"
-    if not NAME_RE.match(name):
+    if not valid_name(name):
         print(f"cowfleet-agent: invalid node name '{name}': use a DNS label", file=sys.stderr)
         return 2
     state_dir = args.state_dir or f"/var/lib/cowfleet/{name}"

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from kazoo.exceptions import LockTimeout, NoNodeError, NodeExistsError, NotEmptyError
 
 from cowfleet.agents.handshake import Gatherer, LocalGatherer, Trace, split
+from cowfleet import defaults
 from cowfleet.faults import fault_point
 from cowfleet.models import DEFAULT_FLAVORS, DeployRequest, Flavor, Group, GroupStatus, Instance, InstanceState
 from cowfleet.zk import layout
@@ -55,7 +56,7 @@ def flavor_named(zk, name: str) -> Flavor | None:
     return next((f for f in DEFAULT_FLAVORS if f.name == name), None)
 
 
-def _victims(live: list[Instance], excess: int, strategy: str = "spread") -> list[Instance]:
+def _victims(live: list[Instance], excess: int, strategy: str = defaults.STRATEGY) -> list[Instance]:
     """Which instances go on scale-in: failed first, then the least far
     along; among equals, for ``spread`` one from the rack (then the node)
     holding the most of the group's instances at that moment, so racks stay
@@ -237,7 +238,7 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
             excess = len(live) - group.size
         if excess > 0:
             versions = {i.id: v for i, v in live}
-            for inst in _victims([i for i, _ in live], excess, group.placement.get("strategy", "spread")):
+            for inst in _victims([i for i, _ in live], excess, group.placement.get("strategy", defaults.STRATEGY)):
                 terminate(inst, versions[inst.id])
         elif excess < 0:
             missing = -excess
@@ -245,7 +246,7 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
             t_offers = time.monotonic()
             offers = gatherer.offers(zk, trace.request, name, flavor, missing, trace)
             trace.offers_ms = round((time.monotonic() - t_offers) * 1000, 1)
-            take = split(offers, missing, group.placement.get("strategy", "spread"),
+            take = split(offers, missing, group.placement.get("strategy", defaults.STRATEGY),
                          group.placement.get("max_per_node"))
             by_node = {o.node: o for o in offers}
             taken = {i.id for i, _ in instances}
@@ -313,8 +314,8 @@ def _rolling_step(group: Group, current: list, outdated: list) -> tuple[list, in
     every group periodically).
     """
     policy = group.update_policy or {}
-    surge = int(policy.get("max_surge", 1))
-    unavailable = int(policy.get("max_unavailable", 1))
+    surge = int(policy.get("max_surge", defaults.MAX_SURGE))
+    unavailable = int(policy.get("max_unavailable", defaults.MAX_UNAVAILABLE))
     if surge == 0 and unavailable == 0:
         unavailable = 1              # otherwise no step could ever be taken
     ready = sum(i.state == InstanceState.READY for i, _ in current + outdated)

@@ -6,7 +6,6 @@ raises ``ApiError`` carrying the problem+json body otherwise.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -17,6 +16,8 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from cowfleet.checksum import file_sha256
+
 
 def _problem(resp: requests.Response) -> dict:
     try:
@@ -26,14 +27,6 @@ def _problem(resp: requests.Response) -> dict:
     if not isinstance(problem, dict):
         problem = {"title": resp.reason, "detail": resp.text[:200]}
     return problem
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class _ProgressReader:

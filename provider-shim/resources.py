@@ -13,6 +13,8 @@ import threading
 import time
 from typing import Any
 
+from cowfleet import defaults as spec_defaults
+from cowfleet.checksum import is_sha256
 from cowfleet.provider import schema as S
 from cowfleet.provider.diagnostics import Diag, ProviderError, from_api_error
 from cowfleet.provider.values import UNKNOWN, has_unknown
@@ -211,7 +213,7 @@ def _keep(prior: dict | None, name: str, default):
 class Image(Resource):
     block = S.IMAGE
     kind = "image"
-    defaults = {"format": "raw", "min_replicas": 2, "wait_for_available": True}
+    defaults = {"format": "raw", "min_replicas": spec_defaults.MIN_REPLICAS, "wait_for_available": True}
     volatile = ("status", "replicas")
 
     def validate(self, config: dict) -> list[Diag]:
@@ -219,7 +221,7 @@ class Image(Resource):
         if config.get("source_url") and config.get("path"):
             diags.append(Diag("Conflicting image sources", "give source_url or path, not both", ["path"]))
         sha = config.get("sha256")
-        if isinstance(sha, str) and not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
+        if isinstance(sha, str) and not is_sha256(sha):
             diags.append(Diag("Invalid sha256", "64 hexadecimal digits, e.g. filesha256(path)", ["sha256"]))
         return diags
 
@@ -316,15 +318,15 @@ class Flavor(Resource):
         client.delete_flavor(name)
 
 
-PLACEMENT_DEFAULT = {"strategy": "spread", "max_per_node": None}
-UPDATE_POLICY_DEFAULT = {"max_unavailable": 1, "max_surge": 1}
+PLACEMENT_DEFAULT = spec_defaults.placement()
+UPDATE_POLICY_DEFAULT = spec_defaults.update_policy()
 
 
 class InstanceGroup(Resource):
     block = S.GROUP
     kind = "instance group"
-    defaults = {"wait_for_ready": True, "persistent": False, "placement": {"strategy": "spread"},
-                "update_policy": {"max_unavailable": 1, "max_surge": 1}}
+    defaults = {"wait_for_ready": True, "persistent": False, "placement": PLACEMENT_DEFAULT,
+                "update_policy": UPDATE_POLICY_DEFAULT}
     volatile = ("instances", "status")
     empty_when_unset = {"ssh_authorized_keys": list}
 

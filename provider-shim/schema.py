@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from cowfleet import defaults as D
+
 
 @dataclass(frozen=True)
 class Attr:
@@ -96,7 +98,7 @@ IMAGE = Block({
     "path": optional(STR, "a local file to upload instead of source_url (PUT /v1/images/{name}/data); "
                           "set sha256 = filesha256(path) too, so that new content replaces the image"),
     "format": optional_computed(STR, "raw or qcow2 (default raw)", force_new=True),
-    "min_replicas": optional_computed(NUM, "storage copies to keep (default 2)"),
+    "min_replicas": optional_computed(NUM, f"storage copies to keep (default {D.MIN_REPLICAS})"),
     "labels": optional(LABELS),
     "wait_for_available": optional_computed(BOOL, "wait until status is available (default true)"),
     "sha256": optional_computed(STR, "the SHA-256 of the data (computed); give it, e.g. filesha256(path), "
@@ -133,12 +135,12 @@ GROUP = Block({
     "status": computed(GROUP_STATUS),
 }, blocks={
     "placement": Nested(Block({
-        "strategy": optional_computed(STR, "spread or pack (default spread)"),
+        "strategy": optional_computed(STR, f"{' or '.join(D.STRATEGIES)} (default {D.STRATEGY})"),
         "max_per_node": optional(NUM),
     })),
     "update_policy": Nested(Block({
-        "max_unavailable": optional_computed(NUM, "default 1"),
-        "max_surge": optional_computed(NUM, "default 1"),
+        "max_unavailable": optional_computed(NUM, f"default {D.MAX_UNAVAILABLE}"),
+        "max_surge": optional_computed(NUM, f"default {D.MAX_SURGE}"),
     })),
     "timeouts": TIMEOUTS,
 })

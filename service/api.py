@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import threading
 from dataclasses import dataclass, field
 from functools import wraps
@@ -20,11 +19,10 @@ from kazoo.client import KazooState
 from kazoo.exceptions import ConnectionLoss, SessionExpiredError
 from marshmallow import Schema, ValidationError
 
+from cowfleet.names import NAME_RE, NAME_RULE
 from cowfleet.service.problems import Problem, invalid, not_found
 from cowfleet.zk.connection import connect, read
 
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")  # \Z: no trailing newline
-NAME_RULE = "must be a DNS label: 1-63 lowercase letters, digits or '-', not starting or ending with '-'"
 
 
 @dataclass

@@ -1,10 +1,9 @@
 """Images: the spec is written by the service, copies by the storage agents."""
 from __future__ import annotations
 
-import re
-
 import requests
 
+from cowfleet.checksum import SHA256_RE, SHA256_RULE
 from cowfleet.models import Image, ImageStatus, NodeInfo, Replica
 from cowfleet.service.api import Result, fetch
 from cowfleet.service.paging import ListQuery, page
@@ -83,7 +82,6 @@ def delete(zk, name: str, pre: Precondition = ANY) -> None:
 
 # -- image bytes ------------------------------------------------------------------
 
-SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 UPLOAD_CHUNK = 1 << 20
 
 
@@ -109,7 +107,7 @@ def upload(zk, name: str, stream, length: int | None, checksum: str | None,
     if checksum is not None:
         checksum = checksum.strip().lower()
         if not SHA256_RE.match(checksum):
-            raise invalid({"X-Checksum-Sha256": ["must be 64 hexadecimal digits (the SHA-256 of the data)"]},
+            raise invalid({"X-Checksum-Sha256": [SHA256_RULE]},
                           "invalid X-Checksum-Sha256 header")
     if length == 0:
         raise Problem(400, "Bad Request", "the request body is empty; send the image bytes")
