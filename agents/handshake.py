@@ -18,12 +18,12 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 
 import requests
 from kazoo.exceptions import NoNodeError
 
 from cowfleet.models import Flavor, NodeInfo
+from cowfleet.protocol import DESIRED_RUN, NodeOffer, Trace, parse_assignment_data
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read_children
 from cowfleet.zk.leaders import rack_leaders
@@ -42,21 +42,6 @@ def post(url: str, body: dict, timeout: float = P2P_TIMEOUT) -> dict:
     resp = s.post(url, json=body, timeout=timeout)
     resp.raise_for_status()
     return resp.json()
-
-
-@dataclass
-class NodeOffer:
-    node: str
-    rack: str
-    count: int                 # instances of the flavor this node can take now
-    version: int               # of its assignment folder when the offer was made
-    of_group: int = 0          # instances of this group it already runs
-    used_vcpus: int = 0
-    used_memory_mib: int = 0
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "NodeOffer":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 class Reservations:
@@ -152,29 +137,6 @@ def split(offers: list[NodeOffer], want: int, strategy: str, max_per_node: int |
     return take
 
 
-@dataclass
-class Trace:
-    """What an operator needs to see why instances went where."""
-    request: str
-    group: str
-    coordinator: str
-    want: int
-    via: str = ""              # hand-off (from the service), queue (claimed), sweep (periodic)
-    started_at: float = field(default_factory=time.time)
-    racks: dict = field(default_factory=dict)     # rack -> {leader, ms, offers: {node: n}, error?}
-    split: dict = field(default_factory=dict)     # node -> n
-    per_rack: dict = field(default_factory=dict)  # rack -> n
-    unplaced: int = 0
-    attempts: int = 0
-    offers_ms: float = 0.0
-    commit_ms: float = 0.0
-    total_ms: float = 0.0
-    outcome: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 class Gatherer:
     """Asks for offers. ``HandshakeGatherer`` goes over the agents' P2P
     endpoints; ``LocalGatherer`` computes the same offers from ZooKeeper
@@ -198,7 +160,6 @@ def node_offer(zk, node: NodeInfo, group: str, flavor: Flavor, want: int,
     terminate) may come from ``known(child) -> bytes | None`` -- the agent's
     own cache -- and is read from ZooKeeper otherwise.
     """
-    from cowfleet.agents.placement import DESIRED_RUN, parse_assignment_data
     folder = layout.assignments(node.name)
     try:
         children, stat = zk.get_children(folder, include_data=True)

@@ -22,32 +22,17 @@ from dataclasses import dataclass, field
 
 from kazoo.exceptions import LockTimeout, NoNodeError, NodeExistsError, NotEmptyError
 
-from cowfleet.agents.handshake import Gatherer, LocalGatherer, Trace, split
+from cowfleet.agents.handshake import Gatherer, LocalGatherer, split
 from cowfleet import defaults
 from cowfleet.faults import fault_point
 from cowfleet.models import DEFAULT_FLAVORS, DeployRequest, Flavor, Group, GroupStatus, Instance, InstanceState
+from cowfleet.protocol import DESIRED_RUN, DESIRED_TERMINATE, Trace, assignment_data
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read, read_children
 from cowfleet.zk.groups import finish_delete_if_empty
 from cowfleet.zk.leaders import rack_leaders
 
 log = logging.getLogger(__name__)
-
-DESIRED_RUN = "run"
-DESIRED_TERMINATE = "terminate"
-
-
-def assignment_data(desired: str, flavor: Flavor) -> bytes:
-    return json.dumps({"desired": desired, "vcpus": flavor.vcpus,
-                       "memory_mib": flavor.memory_mib}).encode()
-
-
-def parse_assignment_data(data: bytes) -> dict:
-    try:
-        return json.loads(data.decode() or "{}")
-    except ValueError:
-        return {}
-
 
 def flavor_named(zk, name: str) -> Flavor | None:
     got = read(zk, layout.flavor(name), Flavor)

@@ -34,12 +34,13 @@ from cowfleet.agents.compute.sessions import (FakeSessionManager, SessionError, 
 from cowfleet.agents.compute.seed import SeedData, SeedStore
 from cowfleet.agents.node import NodeAgent
 from cowfleet.agents.handshake import HandshakeGatherer, PeerDirectory, Reservations, node_offer, post
-from cowfleet.agents.placement import DESIRED_RUN, Placer, flavor_named, parse_assignment_data
+from cowfleet.agents.placement import Placer, flavor_named
 from cowfleet import network as netdef
 from cowfleet.faults import fault_point
 from cowfleet.guest.builder import READY_MARKER
 from cowfleet.models import (CONSOLE_TAIL_MAX, Flavor, Group, Image, Instance, InstanceState, Replica, now,
                              valid_instance_id)
+from cowfleet.protocol import DESIRED_RUN, parse_assignment_data
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read, read_children, update
 from cowfleet.zk.groups import finish_delete_if_empty

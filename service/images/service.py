@@ -5,6 +5,7 @@ import requests
 
 from cowfleet.checksum import SHA256_RE, SHA256_RULE
 from cowfleet.models import Image, ImageStatus, NodeInfo, Replica
+from cowfleet.protocol import image_data_path
 from cowfleet.service.api import Result, fetch
 from cowfleet.service.paging import ListQuery, page
 from cowfleet.service.preconditions import ANY, Precondition
@@ -130,7 +131,7 @@ def upload(zk, name: str, stream, length: int | None, checksum: str | None,
         for chunk in iter(lambda: stream.read(UPLOAD_CHUNK), b""):
             yield chunk
     try:
-        resp = requests.put(f"{node.address}/v1/images/{name}/data", data=chunks(), headers=headers,
+        resp = requests.put(node.address + image_data_path(name), data=chunks(), headers=headers,
                             timeout=(5, 600))
     except requests.RequestException as exc:
         raise Problem(503, "Service Unavailable", f"storage node {node.name} failed during the upload: "

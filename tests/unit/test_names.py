@@ -11,6 +11,7 @@ from cowfleet.agents.main import main as agent_main
 from cowfleet.checksum import SHA256_RE, file_sha256, is_sha256
 from cowfleet.models import Group, Image
 from cowfleet.names import valid_name
+from cowfleet.protocol import IMAGE_DATA_PATH, image_data_path
 from cowfleet.provider import resources
 from cowfleet.service.groups.schemas import GroupSpecSchema
 from cowfleet.service.images.schemas import ImageSpecSchema
@@ -60,3 +61,10 @@ def test_defaults_are_fresh_each_time():
     a, b = Group("a", image="i", flavor="f", size=1), Group("b", image="i", flavor="f", size=1)
     a.placement["strategy"] = "pack"
     assert b.placement["strategy"] == defaults.STRATEGY
+
+
+def test_the_image_data_route_takes_api_names_only():
+    assert IMAGE_DATA_PATH.match(image_data_path("web-1")).group(1) == "web-1"
+    for bad in ("web-", "-web", "Web", "a.b", "x" * 64):
+        assert not IMAGE_DATA_PATH.match(image_data_path(bad)), bad
+    assert not IMAGE_DATA_PATH.match(image_data_path("web") + "\n")

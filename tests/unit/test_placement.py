@@ -7,7 +7,8 @@ from collections import Counter
 import pytest
 
 from cowfleet.agents.handshake import NodeOffer, Reservations, offer_count, split
-from cowfleet.agents.placement import _victims, assignment_data, parse_assignment_data
+from cowfleet.agents.placement import _victims
+from cowfleet.protocol import assignment_data, parse_assignment_data
 from cowfleet.models import Flavor, Instance, InstanceState
 
 SMALL = Flavor("small", vcpus=1, memory_mib=128, disk_gib=1)
