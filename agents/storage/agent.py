@@ -24,7 +24,6 @@ import hashlib
 import itertools
 import json
 import os
-import re
 import subprocess
 import uuid
 import threading
@@ -42,7 +41,10 @@ from werkzeug.wrappers import Request, Response
 from cowfleet.agents.handshake import post
 from cowfleet.agents.node import NodeAgent
 from cowfleet.agents.storage import tgt
+from cowfleet.checksum import SHA256_RE as SHA256_HEX
+from cowfleet.checksum import file_sha256 as _sha256
 from cowfleet.models import Image, NodeInfo, Replica
+from cowfleet.protocol import IMAGE_DATA_PATH as DATA_PATH
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read, read_children, update
 from cowfleet.zk.leaders import rack_leaders
@@ -50,11 +52,9 @@ from cowfleet.zk.leaders import rack_leaders
 CHUNK = 1 << 20
 RETRY_MIN, RETRY_MAX = 10.0, 300.0   # backoff of a failed copy (doubling)
 TGTD_FAILURES_DOWN = 2                # rounds in a row without an answer before tgtd counts as down
-SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 TGT_FAILURES = (tgt.TgtError, OSError, subprocess.TimeoutExpired)
 DEFER_SECONDS = 30.0      # how long a non-preferred agent leaves a missing copy to the preferred ones
 LOCATE_TIMEOUT = 3.0
-DATA_PATH = re.compile(r"^/v1/images/([a-z0-9][a-z0-9-]{0,62})/data$")
 
 
 class ChecksumMismatch(ValueError):
@@ -678,11 +678,3 @@ def _write_sidecar(path: Path, sha: str, origin: str) -> None:
 def _origin(image: Image) -> str:
     """Which image record a copy was made for (see ``_copy_info``)."""
     return repr(float(image.created_at))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
