@@ -17,6 +17,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from cowfleet.checksum import file_sha256
+from cowfleet.config import lab_env_file
 
 
 def _problem(resp: requests.Response) -> dict:
@@ -61,11 +62,6 @@ class ApiError(Exception):
 
 class ConfigError(Exception):
     pass
-
-
-def lab_env_file() -> Path:
-    from cowfleet.lab.lab import default_dir
-    return default_dir() / "env"
 
 
 def setting(key: str) -> str | None:

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from cowfleet.agents.storage.tgt import control_args
+import requests
+
+from cowfleet.agents.storage.tgt import control_args, parse_targets
 
 LIBVIRT_SOCK = "/run/libvirt/libvirt-sock"
 NET_AUTOSTART = "/etc/libvirt/qemu/networks/autostart"
@@ -232,7 +234,6 @@ class ZooKeeperEnsemble:
 def start_service(directory: Path, port: int, zk_hosts: str, tokens_file: Path, workers: int = 4,
                   timeout: float = 60) -> subprocess.Popen:
     """gunicorn serving the API on 127.0.0.1:port; returns once /healthz answers."""
-    import requests
     metrics_dir = directory / "metrics"
     metrics_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, COWFLEET_ZK=zk_hosts, COWFLEET_TOKENS_FILE=str(tokens_file),
@@ -252,6 +253,33 @@ def start_service(directory: Path, port: int, zk_hosts: str, tokens_file: Path, 
 
 
 # -- libvirtd and tgtd (machine daemons, shared) ---------------------------------
+
+def destroy_domains(prefix: str) -> int:
+    """Destroy every libvirt domain whose name starts with ``prefix``."""
+    if not libvirtd_running():
+        return 0
+    # imported here, as in agents/compute/hypervisor.py: the test fixtures and
+    # the fake-hypervisor racks lab use this module without loading libvirt
+    import libvirt
+    libvirt.registerErrorHandler(lambda ctx, err: None, None)
+    conn = libvirt.open("qemu:///system")
+    n = 0
+    try:
+        for dom in conn.listAllDomains():
+            if dom.name().startswith(prefix):
+                try:
+                    dom.destroy()
+                except libvirt.libvirtError:
+                    pass
+                try:
+                    dom.undefine()
+                except libvirt.libvirtError:
+                    pass
+                n += 1
+    finally:
+        conn.close()
+    return n
+
 
 def libvirtd_running() -> bool:
     if not os.path.exists(LIBVIRT_SOCK):
@@ -348,7 +376,6 @@ def release_tgtd(pid: int, control_port: int = 0) -> str:
     """Stop a tgtd this lab (or bench) started -- unless it is not that tgtd
     any more, or it serves targets of others meanwhile (the machine's tgtd is
     shared: another lab or bench may have come to use it). Says what it did."""
-    from cowfleet.agents.storage.tgt import parse_targets
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             ours = os.path.basename(fh.read().split(b"\0")[0].decode(errors="replace")) == "tgtd"
