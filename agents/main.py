@@ -7,7 +7,12 @@ import os
 import socket
 import sys
 
+from cowfleet.agents.compute import virt_type
+from cowfleet.agents.compute.agent import ComputeAgent
+from cowfleet.agents.compute.hypervisor import FakeHypervisor, LibvirtHypervisor
+from cowfleet.agents.storage.agent import StorageAgent
 from cowfleet.names import valid_name
+from cowfleet.network import LAB_INSTANCE_CIDR
 
 
 def parse_args(argv=None):
@@ -58,22 +63,17 @@ def main(argv=None) -> int:
     state_dir = args.state_dir or f"/var/lib/cowfleet/{name}"
     common = dict(name=name, rack=args.rack, zk_hosts=args.zk, state_dir=state_dir, listen=args.listen)
     if args.role == "compute":
-        from cowfleet.agents.compute import virt_type
-        from cowfleet.agents.compute.agent import ComputeAgent
-        from cowfleet.agents.compute.hypervisor import FakeHypervisor, LibvirtHypervisor
         if args.hypervisor == "fake":
             hyper = FakeHypervisor()
         else:
             vt = virt_type.detect(state_dir) if args.virt_type == "auto" else args.virt_type
             hyper = LibvirtHypervisor(args.libvirt_uri, vt)
-        from cowfleet.network import LAB_INSTANCE_CIDR
         agent = ComputeAgent(hypervisor=hyper, vcpus=args.vcpus, memory_mib=args.memory_mib,
                              network=args.network, node_network=args.node_network, bridge=args.bridge,
                              node_ip=args.node_address, instance_cidr=args.instance_cidr or LAB_INSTANCE_CIDR,
                              seeds=not args.no_seed,
                              **common)
     else:
-        from cowfleet.agents.storage.agent import StorageAgent
         host = args.listen.rpartition(":")[0]
         if host in ("", "0.0.0.0", "::", "[::]"):
             host = "127.0.0.1"

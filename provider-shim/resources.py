@@ -4,6 +4,10 @@ Plain dicts in, plain dicts out (``values.UNKNOWN`` for values known only
 after apply); ``server.py`` does the gRPC and msgpack around them, so this is
 unit-testable without Terraform. The shim keeps no state: everything it
 returns is read back from the REST API (``cowfleet.client``).
+
+The HTTP client (and requests, ~120 ms to import here) is imported inside
+the functions that call the API: Terraform starts the provider 3-5 times a
+command, and a launch that only validates or plans never needs it (main.py).
 """
 from __future__ import annotations
 

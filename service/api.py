@@ -20,6 +20,7 @@ from kazoo.exceptions import ConnectionLoss, SessionExpiredError
 from marshmallow import Schema, ValidationError
 
 from cowfleet.names import NAME_RE, NAME_RULE
+from cowfleet.service.preconditions import Precondition
 from cowfleet.service.problems import Problem, invalid, not_found
 from cowfleet.zk.connection import connect, read
 
@@ -124,7 +125,6 @@ def check_name(name: str, field_name: str = "name") -> str:
 
 def if_match():
     """The write's precondition: ``If-Match`` / ``If-None-Match`` (service/preconditions.py)."""
-    from cowfleet.service.preconditions import Precondition
     return Precondition.from_headers(request.headers.get("If-Match"), request.headers.get("If-None-Match"))
 
 

@@ -10,9 +10,14 @@ from kazoo.handlers.threading import KazooTimeoutError
 from werkzeug.exceptions import HTTPException
 
 from cowfleet.models import DEFAULT_FLAVORS
-from cowfleet.service import auth
+from cowfleet.service import auth, metrics, openapi
 from cowfleet.service.api import ZooKeeperHolder, zk_unavailable
+from cowfleet.service.flavors.views import bp as flavors
+from cowfleet.service.groups.views import bp as groups
+from cowfleet.service.images.views import bp as images
 from cowfleet.service.mirror import Mirror
+from cowfleet.service.network.views import bp as network
+from cowfleet.service.nodes.views import bp as nodes
 from cowfleet.service.problems import Problem, from_http_exception
 from cowfleet.zk import layout
 from cowfleet.zk.connection import create_quietly
@@ -50,15 +55,9 @@ def create_app(zk_hosts: str | None = None, tokens_file: str | None = None) -> F
         auth.TokenStore(tokens_file or os.environ.get("COWFLEET_TOKENS_FILE")),
         auth.ZooKeeperTokens(lambda: app.extensions["cowfleet.zk"].usable())]
 
-    from cowfleet.service.flavors.views import bp as flavors
-    from cowfleet.service.groups.views import bp as groups
-    from cowfleet.service.images.views import bp as images
-    from cowfleet.service.network.views import bp as network
-    from cowfleet.service.nodes.views import bp as nodes
     for bp in (images, flavors, groups, nodes, network):
         app.register_blueprint(bp)
 
-    from cowfleet.service import metrics, openapi
     # the scrape counts groups and instances by state: from the mirror, like lists
     metrics.install(app, lambda: app.extensions["cowfleet.mirror"].reader(
         app.extensions["cowfleet.zk"].usable(timeout=2)))

@@ -7,11 +7,13 @@ import json
 import requests
 from flask import Response
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from marshmallow import ValidationError
 
 from cowfleet.models import (CONSOLE_TAIL_MAX, DeployRequest, Flavor, Group, GroupPhase, GroupStatus, Instance,
                              InstanceState, NodeInfo, valid_instance_id)
 from cowfleet.service.api import Result, fetch
 from cowfleet.service.groups.handoff import hand_off
+from cowfleet.service.groups.schemas import GroupSpecSchema
 from cowfleet.service.paging import ListQuery, page
 from cowfleet.service.preconditions import ANY, Precondition, precondition_failed
 from cowfleet.service.problems import Problem, conflict, invalid
@@ -185,9 +187,6 @@ def merge_patch(target, patch):
 def patch(zk, name: str, changes: dict, pre: Precondition = ANY) -> dict:
     """Apply a merge patch to the spec; without If-Match, concurrent writers
     are handled by re-reading and re-applying (never a lost update)."""
-    from marshmallow import ValidationError
-
-    from cowfleet.service.groups.schemas import GroupSpecSchema
     for _ in range(10):
         group, version = fetch(zk, layout.group(name), Group, "instance group", name)
         pre.check(version, f"instance group '{name}'")
