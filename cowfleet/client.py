@@ -18,6 +18,7 @@ from urllib3.util.retry import Retry
 
 from cowfleet.checksum import file_sha256
 from cowfleet.config import lab_env_file
+from cowfleet.protocol import ProblemType
 
 
 def _problem(resp: requests.Response) -> dict:
@@ -49,9 +50,13 @@ class _ProgressReader:
 
 
 class ApiError(Exception):
+    """An error answer. Branch on ``type`` (a ``cowfleet.protocol.ProblemType``),
+    never on the title or detail, which are for people."""
+
     def __init__(self, status: int, problem: dict):
         self.status = status
         self.problem = problem
+        self.type = problem.get("type") or ProblemType.BLANK
         detail = problem.get("detail") or problem.get("title") or f"HTTP {status}"
         errors = problem.get("errors")
         if errors:

@@ -84,3 +84,38 @@ IMAGE_DATA_PATH = re.compile(rf"^/v1/images/({NAME_PATTERN})/data\Z")
 
 def image_data_path(name: str) -> str:
     return f"/v1/images/{name}/data"
+
+
+# -- problem types (RFC 9457) ----------------------------------------------------
+
+class ProblemType:
+    """The ``type`` of every problem+json the API answers: clients (the CLI,
+    the Terraform provider, scripts) branch on these, never on a title or a
+    detail, which are for people and may be reworded. ``about:blank`` only
+    for errors with no more meaning than their HTTP status (an unknown route,
+    a method not allowed, an internal error). Documented in README.md and in
+    the OpenAPI document's Problem schema."""
+    BLANK = "about:blank"
+    PREFIX = "urn:cowfleet:problem:"
+    MALFORMED_BODY = PREFIX + "malformed-body"                  # 400: empty, not JSON, nested too deeply
+    UNAUTHORIZED = PREFIX + "unauthorized"                      # 401: no or unknown bearer token
+    FORBIDDEN = PREFIX + "forbidden"                            # 403: the token's role may not do this
+    NOT_FOUND = PREFIX + "not-found"                            # 404: no such object
+    NOT_PLACED_YET = PREFIX + "not-placed-yet"                  # 404: a group's placement trace
+    IMAGE_IN_USE = PREFIX + "image-in-use"                      # 409: delete while a group uses it
+    FLAVOR_IN_USE = PREFIX + "flavor-in-use"                    # 409: delete or change while used
+    FLAVOR_BUILT_IN = PREFIX + "flavor-built-in"                # 409: small, medium, large stay
+    IMMUTABLE_FIELD = PREFIX + "immutable-field"                # 409: an image's format or source_url
+    IMAGE_DATA_IMMUTABLE = PREFIX + "image-data-immutable"      # 409: other bytes for an image with data
+    IMAGE_HAS_SOURCE = PREFIX + "image-has-source"              # 409: upload to an image fetched from a URL
+    GROUP_BEING_DELETED = PREFIX + "group-being-deleted"        # 409: write to a group being deleted
+    NODE_IN_CLUSTER = PREFIX + "node-in-cluster"                # 409: remove a node whose agent runs
+    NETWORK_IN_USE = PREFIX + "network-in-use"                  # 409: change a network nodes hold subnets of
+    PRECONDITION_FAILED = PREFIX + "precondition-failed"        # 412: If-Match / If-None-Match
+    BODY_TOO_LARGE = PREFIX + "body-too-large"                  # 413
+    UNSUPPORTED_MEDIA_TYPE = PREFIX + "unsupported-media-type"  # 415
+    INVALID = PREFIX + "invalid"                                # 422: field errors in ``errors``
+    CHECKSUM_MISMATCH = PREFIX + "checksum-mismatch"            # 422: uploaded bytes vs X-Checksum-Sha256
+    FORMAT_MISMATCH = PREFIX + "format-mismatch"                # 422: uploaded bytes vs the image's format
+    NODE_FAILED = PREFIX + "node-failed"                        # 502: a node the request needs is gone or failed
+    UNAVAILABLE = PREFIX + "unavailable"                        # 503: retry (Retry-After)

@@ -19,6 +19,7 @@ from typing import Any
 
 from cowfleet import defaults as spec_defaults
 from cowfleet.checksum import is_sha256
+from cowfleet.protocol import ProblemType
 from cowfleet.provider import schema as S
 from cowfleet.provider.diagnostics import Diag, ProviderError, from_api_error
 from cowfleet.provider.values import UNKNOWN, has_unknown
@@ -389,7 +390,7 @@ class InstanceGroup(Resource):
                 client.put_group(name, **self.spec(state))
                 return
             except ApiError as exc:
-                deleting = exc.status == 409 and "being deleted" in str((exc.problem or {}).get("detail"))
+                deleting = exc.type == ProblemType.GROUP_BEING_DELETED
                 if not deleting or time.monotonic() > deadline:
                     raise
             pause(None, f"instance group '{name}' to finish its deletion")

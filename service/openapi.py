@@ -11,13 +11,21 @@ from marshmallow import Schema, fields
 import cowfleet
 from cowfleet.checksum import SHA256_PATTERN
 from cowfleet.names import NAME_RE
+from cowfleet.protocol import ProblemType
 from cowfleet.service.preconditions import TAGS_PATTERN
 
 PROBLEM = "application/problem+json"
 
 
+PROBLEM_TYPES = sorted(v for k, v in vars(ProblemType).items() if k.isupper() and k != "PREFIX")
+
+
 class ProblemSchema(Schema):
-    type = fields.Str()
+    type = fields.Str(metadata={
+        "format": "uri", "enum": PROBLEM_TYPES,
+        "description": "what went wrong, for programs to branch on (RFC 9457): about:blank when the "
+                       "status says it all, else one of urn:cowfleet:problem:* (README, 'Problem types'; "
+                       "later versions may add types); title and detail are for people and may be reworded"})
     title = fields.Str(required=True)
     status = fields.Int(required=True)
     detail = fields.Str()

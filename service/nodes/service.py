@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from cowfleet.models import NodeInfo
 from cowfleet.service.api import Result
+from cowfleet.protocol import ProblemType
 from cowfleet.service.problems import conflict, not_found
 from cowfleet.service.paging import ListQuery, page
 from cowfleet.zk import layout, subnets
@@ -46,7 +47,7 @@ def remove(zk, name: str) -> None:
     """An operator removes a node for good: its subnet claim (kept across
     agent restarts and session blips) goes back to the pool."""
     if zk.exists(layout.node(name)):
-        raise conflict(f"node '{name}' is in the cluster: stop its agent first (its instances are then "
+        raise conflict(ProblemType.NODE_IN_CLUSTER, f"node '{name}' is in the cluster: stop its agent first (its instances are then "
                        "placed elsewhere)")
     if subnets.release(zk, name) is None:
         raise not_found("node", name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import requests
 
+from cowfleet.protocol import ProblemType
 from cowfleet.zk import layout
 
 pytestmark = pytest.mark.integration
@@ -31,6 +32,7 @@ def assert_problem(resp, status, field=None):
     assert body["title"] and body["detail"]
     if field:
         assert field in body["errors"], body
+        assert body["type"] == ProblemType.INVALID, body
 
 
 @pytest.mark.parametrize("body, status, field", [

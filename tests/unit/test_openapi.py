@@ -186,3 +186,11 @@ def test_nodes_reject_bad_list_parameters_before_zookeeper(tmp_path, query):
     app.extensions["cowfleet.zk"] = None     # any use of ZooKeeper would be a 500
     resp = app.test_client().get(f"/v1/nodes?{query}", headers={"Authorization": "Bearer t0ken"})
     assert resp.status_code == 422, resp.get_data(as_text=True)
+
+
+def test_the_problem_schema_lists_every_problem_type():
+    from cowfleet.protocol import ProblemType
+    doc = openapi.build(create_app("127.0.0.1:1", None))
+    listed = doc["components"]["schemas"]["Problem"]["properties"]["type"]["enum"]
+    assert set(listed) == {v for k, v in vars(ProblemType).items() if k.isupper() and k != "PREFIX"}
+    assert all(t == ProblemType.BLANK or t.startswith("urn:cowfleet:problem:") for t in listed)

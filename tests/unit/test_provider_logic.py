@@ -270,3 +270,32 @@ def test_ssh_keys_unset_means_empty_and_null_never_differs_from_empty():
     with_keys = dict(prior, ssh_authorized_keys=["ssh-ed25519 AAAA k"])
     planned, _ = GROUP.plan(with_keys, dict(with_keys), dict(with_keys, ssh_authorized_keys=None))
     assert planned["ssh_authorized_keys"] == []          # removed from the configuration: emptied
+
+
+def test_a_group_write_waits_out_a_deletion_by_its_problem_type(monkeypatch):
+    """The provider retries PUT while the API answers 409 group-being-deleted
+    (by type: the detail's words do not matter), and not on other 409s."""
+    from cowfleet.protocol import ProblemType
+    from cowfleet.provider import resources
+    monkeypatch.setattr(resources, "POLL", 0.01)
+    state = {"name": "web", "image": "i", "flavor": "small", "size": 1, "labels": {}}
+
+    class Client:
+        def __init__(self, answers):
+            self.answers, self.puts = list(answers), 0
+
+        def put_group(self, name, **spec):
+            self.puts += 1
+            if self.answers:
+                raise self.answers.pop(0)
+
+    deleting = ApiError(409, {"type": ProblemType.GROUP_BEING_DELETED, "title": "Conflict", "detail": "reworded"})
+    client = Client([deleting, deleting])
+    GROUP.write(client, state, None)
+    assert client.puts == 3
+    other = ApiError(409, {"type": ProblemType.FLAVOR_IN_USE, "title": "Conflict",
+                           "detail": "instance group 'web' is being deleted"})
+    client = Client([other])
+    with pytest.raises(ApiError):
+        GROUP.write(client, state, None)
+    assert client.puts == 1
