@@ -25,8 +25,8 @@ from kazoo.exceptions import NoNodeError
 from cowfleet.models import Flavor, NodeInfo
 from cowfleet.protocol import DESIRED_RUN, NodeOffer, Trace, parse_assignment_data
 from cowfleet.zk import layout
-from cowfleet.zk.connection import read_children
 from cowfleet.zk.leaders import rack_leaders
+from cowfleet.zk.members import members, serving
 
 RESERVATION_SECONDS = 10.0
 P2P_TIMEOUT = 3.0
@@ -234,13 +234,12 @@ class PeerDirectory:
                     self._known[name] = info
         with self._lock:
             return sorted((n for n in self._known.values()
-                           if n.role == role and n.healthy and (rack is None or n.rack == rack)),
+                           if serving(n, role, rack)),
                           key=lambda n: n.name)
 
 
 def compute_nodes(zk, rack: str | None = None) -> list[NodeInfo]:
-    return [n for n, _ in read_children(zk, layout.NODES, NodeInfo)
-            if n.role == "compute" and n.healthy and (rack is None or n.rack == rack)]
+    return members(zk, "compute", rack)
 
 
 class LocalGatherer(Gatherer):

@@ -13,6 +13,7 @@ from cowfleet.service.problems import Problem, conflict, invalid, malformed, una
 from cowfleet.service.upsert import create_or_update, delete_unless_used
 from cowfleet.zk import layout
 from cowfleet.zk.connection import commit, read_children
+from cowfleet.zk.members import members
 
 
 def _status(image: Image, replicas: list[Replica], storage_nodes: int) -> tuple[str, str]:
@@ -34,7 +35,7 @@ def _status(image: Image, replicas: list[Replica], storage_nodes: int) -> tuple[
 
 def view(zk, image: Image, version: int) -> dict:
     replicas = [r for r, _ in read_children(zk, layout.image_replicas(image.name), Replica)]
-    storage = [n for n, _ in read_children(zk, layout.NODES, NodeInfo) if n.role == "storage" and n.healthy]
+    storage = members(zk, "storage")
     status, message = _status(image, replicas, len(storage))
     out = image.to_dict()
     out.update(status=status, message=message, etag=str(version),
@@ -88,8 +89,7 @@ UPLOAD_CHUNK = 1 << 20
 
 def _storage_targets(zk, holders: set[str]) -> list[NodeInfo]:
     """Healthy storage nodes, those without a copy first, then most free disk."""
-    nodes = [n for n, _ in read_children(zk, layout.NODES, NodeInfo)
-             if n.role == "storage" and n.healthy and n.address]
+    nodes = [n for n in members(zk, "storage") if n.address]
 
     def free(n: NodeInfo) -> int:
         return n.capacity.get("disk_mib", 0) - n.allocated.get("disk_mib", 0)
