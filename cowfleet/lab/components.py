@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from typing import Callable
 import requests
 
 from cowfleet.agents.storage.tgt import control_args, parse_targets
+from cowfleet.procs import cmdline, pid_alive, stop_pid, wait_gone
 
 LIBVIRT_SOCK = "/run/libvirt/libvirt-sock"
 NET_AUTOSTART = "/etc/libvirt/qemu/networks/autostart"
@@ -74,51 +74,6 @@ def spawn(cmd: list[str], log: Path, env: dict | None = None, cwd: str | None = 
                                 start_new_session=True, env=env, cwd=cwd)
     finally:
         out.close()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child counts as gone
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def wait_gone(pid: int, timeout: float) -> bool:
-    """Wait (reaping it if it is our child) until ``pid`` has exited."""
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        time.sleep(0.05)
-    return not pid_alive(pid)
-
-
-def stop_pid(pid: int, timeout: float = 10.0, group: bool = True) -> None:
-    """SIGTERM (the whole process group), then SIGKILL if it lingers."""
-    def send(sig):
-        try:
-            if group:
-                os.killpg(pid, sig)
-            else:
-                os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-    send(signal.SIGTERM)
-    if not wait_gone(pid, timeout):
-        send(signal.SIGKILL)
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
 
 
 # -- ZooKeeper -----------------------------------------------------------------
@@ -376,11 +331,8 @@ def release_tgtd(pid: int, control_port: int = 0) -> str:
     """Stop a tgtd this lab (or bench) started -- unless it is not that tgtd
     any more, or it serves targets of others meanwhile (the machine's tgtd is
     shared: another lab or bench may have come to use it). Says what it did."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            ours = os.path.basename(fh.read().split(b"\0")[0].decode(errors="replace")) == "tgtd"
-    except OSError:
-        ours = False
+    args = cmdline(pid)
+    ours = bool(args) and os.path.basename(args[0]) == "tgtd"
     if not ours or not pid_alive(pid):
         return "tgtd it started is gone already"
     shown = _tgtadm(control_port, "--op", "show", "--mode", "target")
