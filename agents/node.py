@@ -44,7 +44,9 @@ class NodeAgent:
         self.name, self.rack = name, rack
         self.state_dir = state_dir
         os.makedirs(state_dir, exist_ok=True)
-        self.log = logging.getLogger(f"cowfleet.agent.{self.role}.{name}")
+        # one logger tree: module loggers are cowfleet.agents.<module>, a node's own
+        # cowfleet.agents.<role>.<node> (logging.getLogger("cowfleet.agents") sets both)
+        self.log = logging.getLogger(f"cowfleet.agents.{self.role}.{name}")
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self.connected = threading.Event()
