@@ -413,7 +413,8 @@ class Placer:
         except NoNodeError:
             return
         for child in names:
-            if child.startswith("group-") and child[6:] not in groups:
+            group = layout.parse_group_lock(child)
+            if group is not None and group not in groups:
                 try:
                     self.zk.delete(f"{layout.LOCKS}/{child}")
                 except (NoNodeError, NotEmptyError):
