@@ -23,7 +23,7 @@ import requests
 from kazoo.exceptions import NoNodeError
 
 from cowfleet.models import Flavor, NodeInfo
-from cowfleet.protocol import DESIRED_RUN, NodeOffer, Trace, parse_assignment_data
+from cowfleet.protocol import Assignment, NodeOffer, Trace
 from cowfleet.zk import layout
 from cowfleet.zk.leaders import rack_leaders
 from cowfleet.zk.members import members, serving
@@ -181,11 +181,11 @@ def node_offer(zk, node: NodeInfo, group: str, flavor: Flavor, want: int,
             continue              # removed meanwhile: the agent freed it
     used_v = used_m = of_group = 0
     for child, data in datas:
-        a = parse_assignment_data(data)
-        if a.get("desired") != DESIRED_RUN:
+        a = Assignment.from_bytes(data)
+        if not a.runs:
             continue          # terminating: its resources are being freed
-        used_v += int(a.get("vcpus", 0))
-        used_m += int(a.get("memory_mib", 0))
+        used_v += a.vcpus
+        used_m += a.memory_mib
         if layout.parse_assignment(child)[0] == group:
             of_group += 1
     count = offer_count(node.capacity, used_v, used_m, reserved, flavor, want)

@@ -23,16 +23,39 @@ DESIRED_RUN = "run"
 DESIRED_TERMINATE = "terminate"
 
 
+@dataclass
+class Assignment:
+    """The data of an assignment znode: what the node should do with the
+    instance, and what it costs (counted by every offer the node makes)."""
+    desired: str = ""            # DESIRED_RUN | DESIRED_TERMINATE ("" when unreadable: not run)
+    vcpus: int = 0
+    memory_mib: int = 0
+
+    @property
+    def runs(self) -> bool:
+        return self.desired == DESIRED_RUN
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"desired": self.desired, "vcpus": self.vcpus, "memory_mib": self.memory_mib}).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Assignment":
+        raw = parse_assignment_data(data)
+        return cls(desired=str(raw.get("desired", "")), vcpus=int(raw.get("vcpus", 0)),
+                   memory_mib=int(raw.get("memory_mib", 0)))
+
+
 def assignment_data(desired: str, flavor: Flavor) -> bytes:
-    return json.dumps({"desired": desired, "vcpus": flavor.vcpus,
-                       "memory_mib": flavor.memory_mib}).encode()
+    return Assignment(desired, flavor.vcpus, flavor.memory_mib).to_bytes()
 
 
 def parse_assignment_data(data: bytes) -> dict:
+    """The raw JSON object ({} when it is not one)."""
     try:
-        return json.loads(data.decode() or "{}")
+        raw = json.loads(data.decode() or "{}")
     except ValueError:
         return {}
+    return raw if isinstance(raw, dict) else {}
 
 
 # -- the placement hand-shake ----------------------------------------------------

@@ -40,7 +40,7 @@ from cowfleet.faults import fault_point
 from cowfleet.guest.builder import READY_MARKER
 from cowfleet.models import (CONSOLE_TAIL_MAX, Flavor, Group, Image, Instance, InstanceState, Replica, now,
                              valid_instance_id)
-from cowfleet.protocol import DESIRED_RUN, parse_assignment_data
+from cowfleet.protocol import Assignment
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read, read_children, update
 from cowfleet.zk.groups import finish_delete_if_empty
@@ -233,7 +233,7 @@ class ComputeAgent(NodeAgent):
 
     # -- reconcile ------------------------------------------------------------
     def desired(self) -> dict[str, tuple[str, str, dict]] | None:
-        """instance id -> (group, assignment child, data), from the cache."""
+        """instance id -> (group, assignment child, Assignment), from the cache."""
         path = layout.assignments(self.name)
         children = self.cache.get_children(path)
         if children is None:
@@ -244,7 +244,7 @@ class ComputeAgent(NodeAgent):
             if node is None:
                 continue
             group, iid = layout.parse_assignment(child)
-            out[iid] = (group, child, parse_assignment_data(node.data))
+            out[iid] = (group, child, Assignment.from_bytes(node.data))
         return out
 
     def reconcile(self) -> None:
@@ -256,10 +256,10 @@ class ComputeAgent(NodeAgent):
         domains = self.hyper.list(self.name)
         overlays = self.overlays.list()
         use = {"vcpus": 0, "memory_mib": 0, "instances": 0}
-        for iid, (group, _child, data) in desired.items():
-            if data.get("desired") == DESIRED_RUN:
-                use["vcpus"] += int(data.get("vcpus", 0))
-                use["memory_mib"] += int(data.get("memory_mib", 0))
+        for iid, (group, _child, assignment) in desired.items():
+            if assignment.runs:
+                use["vcpus"] += assignment.vcpus
+                use["memory_mib"] += assignment.memory_mib
                 use["instances"] += 1
                 if iid not in domains or not domains[iid].running:
                     self._submit(iid, self._start, group, iid)

@@ -8,7 +8,8 @@ import pytest
 
 from cowfleet.agents.handshake import NodeOffer, Reservations, offer_count, split
 from cowfleet.agents.placement import _victims
-from cowfleet.protocol import assignment_data, parse_assignment_data
+from cowfleet.protocol import (DESIRED_RUN, DESIRED_TERMINATE, Assignment, assignment_data,
+                               parse_assignment_data)
 from cowfleet.models import Flavor, Instance, InstanceState
 
 SMALL = Flavor("small", vcpus=1, memory_mib=128, disk_gib=1)
@@ -159,6 +160,12 @@ def test_assignment_data_round_trip():
     assert parse_assignment_data(data) == {"desired": "run", "vcpus": 2, "memory_mib": 512}
     assert parse_assignment_data(b"") == {}
     assert parse_assignment_data(b"not json") == {}
+    assert parse_assignment_data(b"[1]") == {}
+    a = Assignment.from_bytes(data)
+    assert a == Assignment(DESIRED_RUN, 2, 512) and a.runs and a.to_bytes() == data
+    gone = Assignment.from_bytes(assignment_data(DESIRED_TERMINATE, LARGE))
+    assert not gone.runs and gone.vcpus == 2
+    assert not Assignment.from_bytes(b"garbage").runs      # unreadable: never counted as running
 
 
 # --- _victims ---------------------------------------------------------------------
