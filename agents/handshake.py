@@ -23,7 +23,7 @@ import requests
 from kazoo.exceptions import NoNodeError
 
 from cowfleet.models import Flavor, NodeInfo
-from cowfleet.protocol import Assignment, NodeOffer, Trace
+from cowfleet.protocol import P2P, Assignment, NodeOffer, Trace
 from cowfleet.zk import layout
 from cowfleet.zk.leaders import rack_leaders
 from cowfleet.zk.members import members, serving
@@ -270,7 +270,7 @@ class HandshakeGatherer(Gatherer):
                 if leader.name == self.me and self.local_rack is not None:
                     answer = self.local_rack(body)
                 else:
-                    answer = post(f"{leader.address}/v1/rack-offers", body)
+                    answer = post(leader.address + P2P.RACK_OFFERS, body)
                 entry = {"leader": leader.name, "offers": {o["node"]: o["count"] for o in answer["offers"]}}
                 entry.update({k: v for k, v in answer.items() if k in ("errors",)})
             except Exception as exc:   # a rack that cannot answer offers nothing this round
@@ -293,7 +293,7 @@ class HandshakeGatherer(Gatherer):
                     if leader.name == self.me and self.local_release is not None:
                         self.local_release(request)      # in-process, like its offers
                     else:
-                        post(f"{leader.address}/v1/release", {"request": request}, timeout=1)
+                        post(leader.address + P2P.RELEASE, {"request": request}, timeout=1)
                 except Exception:
                     pass               # reservations expire anyway
         self.pool.submit(tell)

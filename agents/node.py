@@ -28,6 +28,7 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from cowfleet.models import NodeInfo, now
+from cowfleet.protocol import P2P
 from cowfleet.zk import layout
 from cowfleet.zk.connection import connect
 
@@ -191,7 +192,7 @@ class NodeAgent:
             return Response(json.dumps(answer), status=status, mimetype="application/json")
         if request.path == "/healthz":
             return Response(json.dumps({"status": "ok", "node": self.name}), mimetype="application/json")
-        if request.path == "/v1/node":
+        if request.path == P2P.NODE:
             return Response(self.node_info().to_bytes(), mimetype="application/json")
         return Response(json.dumps({"title": "Not Found", "status": 404}), status=404,
                         mimetype="application/problem+json")

@@ -100,6 +100,20 @@ class Trace:
 
 # -- P2P paths -------------------------------------------------------------------
 
+class P2P:
+    """The agents' P2P endpoints (POST, JSON), for the side that serves them
+    and the sides that call them."""
+    OFFER = "/v1/offer"                # compute agent: how many of a flavor it can take now
+    RACK_OFFERS = "/v1/rack-offers"    # compute rack leader: its rack's offers
+    RELEASE = "/v1/release"            # compute agent or leader: drop a request's reservations
+    DEPLOY = "/v1/deploy"              # compute rack leader: coordinate a request (the service's hand-off)
+    CONSOLE = "/v1/console"            # compute agent: the tail of an instance's serial console
+    LOCATE = "/v1/locate"              # storage rack leader: where an image's copies are
+    RACK_LOCATE = "/v1/rack-locate"    # storage rack leader: its rack's copies
+    HOLDS = "/v1/holds"                # storage agent: the copies it holds
+    NODE = "/v1/node"                  # any agent: its membership record
+
+
 # an image's bytes on a storage agent: PUT (an upload streamed by the service),
 # GET (a peer copying it); the name follows the API's rule (cowfleet.names)
 IMAGE_DATA_PATH = re.compile(rf"^/v1/images/({NAME_PATTERN})/data\Z")

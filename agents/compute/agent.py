@@ -40,7 +40,7 @@ from cowfleet.faults import fault_point
 from cowfleet.guest.builder import READY_MARKER
 from cowfleet.models import (CONSOLE_TAIL_MAX, Flavor, Group, Image, Instance, InstanceState, Replica, now,
                              valid_instance_id)
-from cowfleet.protocol import Assignment
+from cowfleet.protocol import P2P, Assignment
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read, read_children, update
 from cowfleet.zk.groups import finish_delete_if_empty
@@ -143,11 +143,11 @@ class ComputeAgent(NodeAgent):
 
     # -- the hand-shake (P2P) -------------------------------------------------
     def p2p_routes(self):
-        return {("POST", "/v1/offer"): self.offer,
-                ("POST", "/v1/rack-offers"): self.rack_offers_p2p,
-                ("POST", "/v1/release"): self.release,
-                ("POST", "/v1/deploy"): self.deploy,
-                ("POST", "/v1/console"): self.console}
+        return {("POST", P2P.OFFER): self.offer,
+                ("POST", P2P.RACK_OFFERS): self.rack_offers_p2p,
+                ("POST", P2P.RELEASE): self.release,
+                ("POST", P2P.DEPLOY): self.deploy,
+                ("POST", P2P.CONSOLE): self.console}
 
     def console(self, body: dict) -> tuple[int, dict]:
         """The tail of an instance's serial console (GET .../console)."""
@@ -189,7 +189,7 @@ class ComputeAgent(NodeAgent):
         def ask(node):
             if node.name == self.name:
                 return self.offer(body)[1]
-            return post(f"{node.address}/v1/offer", body)
+            return post(node.address + P2P.OFFER, body)
         offers, errors = [], {}
         futures = {n.name: self.handshake_pool.submit(ask, n) for n in nodes if n.address}
         for name, fut in futures.items():
@@ -211,7 +211,7 @@ class ComputeAgent(NodeAgent):
         if self.leading.is_set() and body.get("forward", True):
             for node in self.peers.nodes("compute", self.rack):
                 if node.name != self.name and node.address:
-                    self.handshake_pool.submit(post, f"{node.address}/v1/release",
+                    self.handshake_pool.submit(post, node.address + P2P.RELEASE,
                                                {"request": request, "forward": False}, 1)
         return 200, {"released": request}
 
@@ -374,7 +374,7 @@ class ComputeAgent(NodeAgent):
         body = {"image": image, "rack": self.rack, "node": self.name}
         for leader in order + rest:
             try:
-                answer = post(f"{leader.address}/v1/locate", body, timeout=10)
+                answer = post(leader.address + P2P.LOCATE, body, timeout=10)
             except Exception as exc:
                 self.log.warning("storage leader %s did not answer: %s", leader.name, exc)
                 continue

@@ -11,6 +11,7 @@ import threading
 
 import requests
 
+from cowfleet.protocol import P2P
 from cowfleet.zk.leaders import rack_leaders
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def _deliver(zk, seq: str) -> None:
         _session.s = s
         for leader in leaders[:2]:         # a second try elsewhere, then the queue
             try:
-                resp = s.post(f"{leader.address}/v1/deploy", json={"request": seq}, timeout=2)
+                resp = s.post(leader.address + P2P.DEPLOY, json={"request": seq}, timeout=2)
                 if resp.status_code == 202:
                     return
             except requests.RequestException as exc:

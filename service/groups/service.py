@@ -16,7 +16,7 @@ from cowfleet.service.groups.handoff import hand_off
 from cowfleet.service.groups.schemas import GroupSpecSchema
 from cowfleet.service.paging import ListQuery, page
 from cowfleet.service.preconditions import ANY, Precondition, precondition_failed
-from cowfleet.protocol import ProblemType
+from cowfleet.protocol import P2P, ProblemType
 from cowfleet.service.problems import Problem, conflict, invalid, malformed, node_failed, unavailable
 from cowfleet.zk import layout
 from cowfleet.zk.connection import commit, read, read_children
@@ -240,7 +240,7 @@ def console(zk, name: str, iid: str, tail_bytes: str | None):
     if member is None or not member[0].address:
         raise node_failed(f"node '{inst.node}' of instance '{iid}' is not in the cluster now")
     try:
-        resp = requests.post(f"{member[0].address}/v1/console", json={"id": iid, "tail_bytes": tail}, timeout=5)
+        resp = requests.post(member[0].address + P2P.CONSOLE, json={"id": iid, "tail_bytes": tail}, timeout=5)
     except requests.RequestException as exc:
         raise node_failed(f"node '{inst.node}' did not answer: {type(exc).__name__}") from None
     if resp.status_code == 404:          # not started yet: nothing printed
