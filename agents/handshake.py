@@ -19,29 +19,16 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import requests
 from kazoo.exceptions import NoNodeError
 
 from cowfleet.models import Flavor, NodeInfo
+from cowfleet.p2p import post
 from cowfleet.protocol import P2P, Assignment, NodeOffer, Trace
 from cowfleet.zk import layout
 from cowfleet.zk.leaders import rack_leaders
 from cowfleet.zk.members import members, serving
 
 RESERVATION_SECONDS = 10.0
-P2P_TIMEOUT = 3.0
-
-_session = threading.local()
-
-
-def post(url: str, body: dict, timeout: float = P2P_TIMEOUT) -> dict:
-    """One P2P call (a session per thread: connections are reused)."""
-    s = getattr(_session, "s", None)
-    if s is None:
-        s = _session.s = requests.Session()
-    resp = s.post(url, json=body, timeout=timeout)
-    resp.raise_for_status()
-    return resp.json()
 
 
 class Reservations:

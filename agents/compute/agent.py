@@ -33,13 +33,14 @@ from cowfleet.agents.compute.sessions import (FakeSessionManager, SessionError, 
                                               session_key)
 from cowfleet.agents.compute.seed import SeedData, SeedStore
 from cowfleet.agents.node import NodeAgent
-from cowfleet.agents.handshake import HandshakeGatherer, PeerDirectory, Reservations, node_offer, post
+from cowfleet.agents.handshake import HandshakeGatherer, PeerDirectory, Reservations, node_offer
 from cowfleet.agents.placement import Placer, flavor_named
 from cowfleet import network as netdef
 from cowfleet.faults import fault_point
 from cowfleet.guest.builder import READY_MARKER
 from cowfleet.models import (CONSOLE_TAIL_MAX, Flavor, Group, Image, Instance, InstanceState, Replica, now,
                              valid_instance_id)
+from cowfleet.p2p import post
 from cowfleet.protocol import P2P, Assignment
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read, read_children, update

@@ -38,12 +38,12 @@ import requests
 from kazoo.exceptions import NodeExistsError, NoNodeError
 from werkzeug.wrappers import Request, Response
 
-from cowfleet.agents.handshake import post
 from cowfleet.agents.node import NodeAgent
 from cowfleet.agents.storage import tgt
 from cowfleet.checksum import SHA256_RE as SHA256_HEX
 from cowfleet.checksum import file_sha256 as _sha256
 from cowfleet.models import Image, NodeInfo, Replica
+from cowfleet.p2p import post
 from cowfleet.protocol import IMAGE_DATA_PATH as DATA_PATH
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read, read_children, update
