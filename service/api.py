@@ -20,11 +20,10 @@ from kazoo.exceptions import ConnectionLoss, SessionExpiredError
 from marshmallow import Schema, ValidationError
 
 from cowfleet.names import NAME_RE, NAME_RULE
-from cowfleet.service.preconditions import Precondition
 from cowfleet.protocol import ProblemType
+from cowfleet.service.preconditions import Precondition
 from cowfleet.service.problems import Problem, invalid, malformed, not_found, unavailable, unsupported_media_type
 from cowfleet.zk.connection import connect, read
-
 
 
 @dataclass

@@ -51,7 +51,8 @@ def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]
         # (a rolling replacement) resizes them
         in_use = groups_using(zk, "flavor", name)
         if in_use:
-            raise conflict(ProblemType.FLAVOR_IN_USE, f"flavor '{name}' is used by instance group(s) {', '.join(in_use)}: create a "
+            raise conflict(ProblemType.FLAVOR_IN_USE,
+                           f"flavor '{name}' is used by instance group(s) {', '.join(in_use)}: create a "
                            "new flavor and change the groups' flavor to it (a rolling replacement)")
         return new
 
@@ -63,5 +64,6 @@ def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]
 def delete(zk, name: str, pre: Precondition = ANY) -> None:
     def built_in() -> None:
         if name in BUILT_IN:
-            raise conflict(ProblemType.FLAVOR_BUILT_IN, f"flavor '{name}' is built in (small, medium and large always exist)")
+            raise conflict(ProblemType.FLAVOR_BUILT_IN,
+                           f"flavor '{name}' is built in (small, medium and large always exist)")
     delete_unless_used(zk, layout.flavor(name), Flavor, "flavor", name, pre, refuse=built_in)

@@ -16,7 +16,8 @@ class PlacementSchema(StrictSchema):
 
 
 class UpdatePolicySchema(StrictSchema):
-    max_unavailable = fields.Int(load_default=defaults.MAX_UNAVAILABLE, strict=True, validate=validate.Range(0, MAX_GROUP_SIZE))
+    max_unavailable = fields.Int(load_default=defaults.MAX_UNAVAILABLE, strict=True,
+                                 validate=validate.Range(0, MAX_GROUP_SIZE))
     max_surge = fields.Int(load_default=defaults.MAX_SURGE, strict=True, validate=validate.Range(0, MAX_GROUP_SIZE))
 
     @validates_schema

@@ -66,7 +66,8 @@ def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]
         clashes = {f: [f"is immutable: '{getattr(image, f)}' was given before"]
                    for f in Image.IMMUTABLE if spec.get(f) != getattr(image, f)}
         if clashes:
-            raise conflict(ProblemType.IMMUTABLE_FIELD, f"image '{name}' exists with a different {', '.join(clashes)}", clashes)
+            raise conflict(ProblemType.IMMUTABLE_FIELD,
+                           f"image '{name}' exists with a different {', '.join(clashes)}", clashes)
         if spec["min_replicas"] == image.min_replicas and spec["labels"] == image.labels:
             return None
         image.min_replicas, image.labels = spec["min_replicas"], spec["labels"]
@@ -119,7 +120,8 @@ def upload(zk, name: str, stream, length: int | None, checksum: str | None,
     image, version = fetch(zk, layout.image(name), Image, "image", name)
     pre.check(version, f"image '{name}'")
     if image.source_url:
-        raise conflict(ProblemType.IMAGE_HAS_SOURCE, f"image '{name}' is fetched from its source_url; it takes no upload")
+        raise conflict(ProblemType.IMAGE_HAS_SOURCE,
+                       f"image '{name}' is fetched from its source_url; it takes no upload")
     if checksum is not None:
         checksum = checksum.strip().lower()
         if not SHA256_RE.match(checksum):
@@ -131,7 +133,8 @@ def upload(zk, name: str, stream, length: int | None, checksum: str | None,
     if checksum and image.sha256 == checksum and replicas:
         return get(zk, name)         # the same bytes again: nothing to do, the body is not read
     if image.sha256 and checksum and image.sha256 != checksum:
-        raise conflict(ProblemType.IMAGE_DATA_IMMUTABLE, f"image '{name}' already holds other data (sha256 {image.sha256}); "
+        raise conflict(ProblemType.IMAGE_DATA_IMMUTABLE,
+                       f"image '{name}' already holds other data (sha256 {image.sha256}); "
                        "image data is immutable: create an image with another name")
     targets = _storage_targets(zk, {r.node for r in replicas})
     if not targets:

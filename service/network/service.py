@@ -57,7 +57,8 @@ def put(zk, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]:
         if claimed:
             # addresses of running instances come from these subnets: a new
             # network would strand them (remove the nodes first)
-            raise conflict(ProblemType.NETWORK_IN_USE, f"{len(claimed)} compute node(s) hold subnets of {current.instance_cidr}: "
+            raise conflict(ProblemType.NETWORK_IN_USE,
+                           f"{len(claimed)} compute node(s) hold subnets of {current.instance_cidr}: "
                            "the instance network can change only while no node holds a subnet "
                            "(DELETE /v1/nodes/{name} releases a departed node's)")
         return new
