@@ -310,3 +310,21 @@ def test_check_name_invalid(name):
 def test_check_name_trailing_newline():
     with pytest.raises(Problem):
         check_name("web\n")
+
+
+def test_the_list_mirror_only_reads():
+    from cowfleet.service.mirror import MirrorReader
+
+    class ZK:                                   # what it would forward to
+        def exists(self, path):
+            return path == "/cowfleet/groups/a"
+
+        def create(self, path, value=b""):
+            raise AssertionError("a write reached ZooKeeper through the mirror")
+        set = delete = transaction = ensure_path = create
+
+    reader = MirrorReader(ZK(), {})
+    assert reader.exists("/cowfleet/groups/a") and not reader.exists("/cowfleet/groups/b")
+    for write in ("create", "set", "delete", "transaction", "ensure_path"):
+        with pytest.raises(AttributeError):
+            getattr(reader, write)
