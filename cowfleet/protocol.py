@@ -98,6 +98,39 @@ class Trace:
         return asdict(self)
 
 
+# -- locating an image (seed 001, steps 6-8) -------------------------------------
+
+# what a located copy says: enough to attach it over iSCSI
+REPLICA_FIELDS = ("node", "rack", "portal", "target", "sha256", "size_bytes")
+
+
+def replica_location(replica: dict) -> dict:
+    """A copy as a locate answer lists it (``REPLICA_FIELDS`` of a replica
+    record's or a holder's dict)."""
+    return {k: replica.get(k) for k in REPLICA_FIELDS}
+
+
+@dataclass
+class LocateAnswer:
+    """Where an image's copies are: a storage rack leader's answer to
+    ``POST /v1/locate`` (or, when no leader answers, the compute agent's own
+    reading of the replica records), nearest first."""
+    image: str
+    format: str
+    sha256: str | None
+    min_replicas: int
+    replicas: list[dict] = field(default_factory=list)   # replica_location() each
+    answered_by: str = ""                                 # a storage leader, or "zookeeper"
+    racks: dict = field(default_factory=dict)             # rack -> {leader, ms, error?}: the fan-out's trace
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LocateAnswer":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
 # -- P2P paths -------------------------------------------------------------------
 
 class P2P:

@@ -41,7 +41,7 @@ from cowfleet.guest.builder import READY_MARKER
 from cowfleet.models import (CONSOLE_TAIL_MAX, Flavor, Group, Image, Instance, InstanceState, Replica, now,
                              valid_instance_id)
 from cowfleet.p2p import post
-from cowfleet.protocol import P2P, Assignment
+from cowfleet.protocol import P2P, Assignment, LocateAnswer, replica_location
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read, read_children, update
 from cowfleet.zk.groups import finish_delete_if_empty
@@ -364,7 +364,7 @@ class ComputeAgent(NodeAgent):
             return inst
         update(self.zk, layout.group_instance(group, iid), Instance, change)
 
-    def _locate(self, image: str) -> dict | None:
+    def _locate(self, image: str) -> LocateAnswer | None:
         """Where the image is (seed 001 steps 6-8): ask a storage rack leader
         (this rack's first), who asks the other leaders, who ask their
         agents. If no leader answers, the replica records in ZooKeeper."""
@@ -375,7 +375,7 @@ class ComputeAgent(NodeAgent):
         body = {"image": image, "rack": self.rack, "node": self.name}
         for leader in order + rest:
             try:
-                answer = post(leader.address + P2P.LOCATE, body, timeout=10)
+                answer = LocateAnswer.from_dict(post(leader.address + P2P.LOCATE, body, timeout=10))
             except Exception as exc:
                 self.log.warning("storage leader %s did not answer: %s", leader.name, exc)
                 continue
@@ -383,11 +383,12 @@ class ComputeAgent(NodeAgent):
         got = read(self.zk, layout.image(image), Image)
         if got is None:
             return None
-        replicas = [r.to_dict() for r, _ in read_children(self.zk, layout.image_replicas(image), Replica)
+        replicas = [replica_location(r.to_dict())
+                    for r, _ in read_children(self.zk, layout.image_replicas(image), Replica)
                     if r.target and r.sha256 == got[0].sha256]
         replicas.sort(key=lambda r: r["rack"] != self.rack)
-        return {"image": image, "format": got[0].format, "sha256": got[0].sha256,
-                "min_replicas": got[0].min_replicas, "replicas": replicas, "answered_by": "zookeeper"}
+        return LocateAnswer(image=image, format=got[0].format, sha256=got[0].sha256,
+                            min_replicas=got[0].min_replicas, replicas=replicas, answered_by="zookeeper")
 
     def _start(self, group: str, iid: str) -> None:
         got = read(self.zk, layout.group_instance(group, iid), Instance)
@@ -426,7 +427,7 @@ class ComputeAgent(NodeAgent):
                 # no record of its storage node: ask where the image is (a record may
                 # be missing for a round, e.g. that agent restarting, while it serves)
                 where = self._locate(image.name)
-                served = session.node in {r.get("node") for r in (where or {}).get("replicas", [])}
+                served = session.node in {r.get("node") for r in (where.replicas if where else [])}
                 if served:
                     pass                         # still served there: keep the session
                 elif key in self._session_users(key):
@@ -443,12 +444,12 @@ class ComputeAgent(NodeAgent):
                     session = None
             if session is None:
                 where = where or self._locate(image.name)
-                if not where or where.get("sha256") != image.sha256 or not where.get("replicas"):
+                if not where or where.sha256 != image.sha256 or not where.replicas:
                     self._set_state(group, iid, InstanceState.PENDING,
                                     f"waiting for a replica of image '{image.name}' reachable from {self.name}")
                     return
                 try:
-                    session = self.sessions.attach(image.name, image.sha256, image.format, where["replicas"],
+                    session = self.sessions.attach(image.name, image.sha256, image.format, where.replicas,
                                                    key=key)
                 except SessionError as exc:
                     self._set_state(group, iid, InstanceState.PENDING, f"cannot attach image: {exc}"[:500])

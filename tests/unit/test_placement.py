@@ -253,3 +253,16 @@ def test_victims_of_a_large_group_stay_balanced():
     left = Counter(i.rack for i in live if i.id not in gone)
     nodes = Counter(i.node for i in live if i.id not in gone)
     assert max(left.values()) - min(left.values()) <= 1 and max(nodes.values()) == 1
+
+
+def test_locate_answer_round_trip_keeps_only_what_attaching_needs():
+    from cowfleet.models import Replica
+    from cowfleet.protocol import REPLICA_FIELDS, LocateAnswer, replica_location
+    rep = Replica(node="s1", rack="r1", path="/m/img", sha256="ab" * 32, size_bytes=5,
+                  portal="10.0.0.1:3260", target="iqn.x:img")
+    loc = replica_location(rep.to_dict())
+    assert tuple(loc) == REPLICA_FIELDS and loc["portal"] == "10.0.0.1:3260"
+    answer = LocateAnswer(image="img", format="raw", sha256="ab" * 32, min_replicas=2, replicas=[loc],
+                          answered_by="s1")
+    wire = answer.to_dict()
+    assert LocateAnswer.from_dict(dict(wire, extra="ignored")) == answer
