@@ -4,8 +4,9 @@ One definition each, imported by both sides: the data of an assignment znode
 (written by the coordinating leader, read by the compute agent and by every
 offer), a node's offer in the placement hand-shake (agent -> rack leader ->
 coordinator, over P2P), the placement trace (written by the coordinator,
-served by ``GET /v1/instance-groups/NAME/placement``), and the P2P path of an
-image's data (the service and peers -> a storage agent).
+served by ``GET /v1/instance-groups/NAME/placement``), the locate answer
+(storage leader -> compute agent), the agents' P2P paths, and the problem
+types of the REST API's errors.
 """
 from __future__ import annotations
 
