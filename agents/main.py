@@ -11,12 +11,15 @@ from cowfleet.agents.compute import virt_type
 from cowfleet.agents.compute.agent import ComputeAgent
 from cowfleet.agents.compute.hypervisor import FakeHypervisor, LibvirtHypervisor
 from cowfleet.agents.storage.agent import StorageAgent
+from cowfleet.config import AGENT_ENVIRONMENT, environment_help
 from cowfleet.names import valid_name
 from cowfleet.network import LAB_INSTANCE_CIDR
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="cowfleet-agent", description="Run one cowfleet node agent.")
+    p = argparse.ArgumentParser(prog="cowfleet-agent", description="Run one cowfleet node agent.",
+                                epilog=environment_help(AGENT_ENVIRONMENT),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--role", required=True, choices=["compute", "storage"])
     p.add_argument("--rack", required=True, help="the rack this node belongs to")
     p.add_argument("--zk", required=True,

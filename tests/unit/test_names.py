@@ -68,3 +68,21 @@ def test_the_image_data_route_takes_api_names_only():
     for bad in ("web-", "-web", "Web", "a.b", "x" * 64):
         assert not IMAGE_DATA_PATH.match(image_data_path(bad)), bad
     assert not IMAGE_DATA_PATH.match(image_data_path("web") + "\n")
+
+
+def test_every_variable_the_agent_reads_is_in_its_help(capsys):
+    """cowfleet-agent --help lists each COWFLEET_* variable read under agents/
+    (and by the fault points every agent passes)."""
+    import re
+    from pathlib import Path
+
+    from cowfleet.agents.main import parse_args
+    from cowfleet.config import AGENT_ENVIRONMENT
+    root = Path(__file__).resolve().parents[2]
+    sources = [*(root / "agents").rglob("*.py"), root / "cowfleet" / "faults.py"]
+    read = {m for f in sources for m in re.findall(r'"(COWFLEET_[A-Z_]+)"', f.read_text())}
+    assert read and read <= set(AGENT_ENVIRONMENT), sorted(read - set(AGENT_ENVIRONMENT))
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in AGENT_ENVIRONMENT)
