@@ -19,7 +19,7 @@ import sys
 from cowfleet.provider import schema as S
 from cowfleet.provider import tfplugin5_pb2 as pb
 from cowfleet.provider.diagnostics import Diag, ProviderError
-from cowfleet.provider.values import UNKNOWN, conform, decode, decode_dynamic, encode
+from cowfleet.provider.values import UNKNOWN, decode_dynamic, encode
 
 log = logging.getLogger("cowfleet.provider")
 
