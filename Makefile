@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN     = $(VENV)/bin
 
-.PHONY: setup system venv demo test unit lab-up lab-racks lab-down lab-status test-lab clean provider provider-proto provider-docs
+.PHONY: setup system venv demo test unit layers lab-up lab-racks lab-down lab-status test-lab clean provider provider-proto provider-docs
 
 setup: system venv
 
@@ -28,6 +28,10 @@ test: setup
 
 unit: venv
 	$(BIN)/pytest tests/unit
+
+# the import-linter contracts of pyproject.toml (part of unit and test too)
+layers: venv
+	$(BIN)/pytest -q tests/unit/test_layers.py
 
 lab-up: setup
 	$(BIN)/cowfleet lab up

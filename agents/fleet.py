@@ -16,6 +16,9 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from cowfleet.agents.compute.agent import ComputeAgent
+from cowfleet.agents.compute.hypervisor import FakeHypervisor
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="cowfleet-fleet", description=__doc__.splitlines()[0])
@@ -30,9 +33,6 @@ def main(argv=None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kazoo").setLevel(logging.ERROR)
-
-    from cowfleet.agents.compute.agent import ComputeAgent
-    from cowfleet.agents.compute.hypervisor import FakeHypervisor
 
     def make(rack: str, i: int) -> ComputeAgent:
         name = f"{rack}-n{i:02d}"

@@ -18,45 +18,17 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 
-import requests
 from kazoo.exceptions import NoNodeError
 
 from cowfleet.models import Flavor, NodeInfo
+from cowfleet.p2p import post
+from cowfleet.protocol import P2P, Assignment, NodeOffer, Trace
 from cowfleet.zk import layout
-from cowfleet.zk.connection import read_children
 from cowfleet.zk.leaders import rack_leaders
+from cowfleet.zk.members import members, serving
 
 RESERVATION_SECONDS = 10.0
-P2P_TIMEOUT = 3.0
-
-_session = threading.local()
-
-
-def post(url: str, body: dict, timeout: float = P2P_TIMEOUT) -> dict:
-    """One P2P call (a session per thread: connections are reused)."""
-    s = getattr(_session, "s", None)
-    if s is None:
-        s = _session.s = requests.Session()
-    resp = s.post(url, json=body, timeout=timeout)
-    resp.raise_for_status()
-    return resp.json()
-
-
-@dataclass
-class NodeOffer:
-    node: str
-    rack: str
-    count: int                 # instances of the flavor this node can take now
-    version: int               # of its assignment folder when the offer was made
-    of_group: int = 0          # instances of this group it already runs
-    used_vcpus: int = 0
-    used_memory_mib: int = 0
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "NodeOffer":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 class Reservations:
@@ -152,29 +124,6 @@ def split(offers: list[NodeOffer], want: int, strategy: str, max_per_node: int |
     return take
 
 
-@dataclass
-class Trace:
-    """What an operator needs to see why instances went where."""
-    request: str
-    group: str
-    coordinator: str
-    want: int
-    via: str = ""              # hand-off (from the service), queue (claimed), sweep (periodic)
-    started_at: float = field(default_factory=time.time)
-    racks: dict = field(default_factory=dict)     # rack -> {leader, ms, offers: {node: n}, error?}
-    split: dict = field(default_factory=dict)     # node -> n
-    per_rack: dict = field(default_factory=dict)  # rack -> n
-    unplaced: int = 0
-    attempts: int = 0
-    offers_ms: float = 0.0
-    commit_ms: float = 0.0
-    total_ms: float = 0.0
-    outcome: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 class Gatherer:
     """Asks for offers. ``HandshakeGatherer`` goes over the agents' P2P
     endpoints; ``LocalGatherer`` computes the same offers from ZooKeeper
@@ -198,7 +147,6 @@ def node_offer(zk, node: NodeInfo, group: str, flavor: Flavor, want: int,
     terminate) may come from ``known(child) -> bytes | None`` -- the agent's
     own cache -- and is read from ZooKeeper otherwise.
     """
-    from cowfleet.agents.placement import DESIRED_RUN, parse_assignment_data
     folder = layout.assignments(node.name)
     try:
         children, stat = zk.get_children(folder, include_data=True)
@@ -220,11 +168,11 @@ def node_offer(zk, node: NodeInfo, group: str, flavor: Flavor, want: int,
             continue              # removed meanwhile: the agent freed it
     used_v = used_m = of_group = 0
     for child, data in datas:
-        a = parse_assignment_data(data)
-        if a.get("desired") != DESIRED_RUN:
+        a = Assignment.from_bytes(data)
+        if not a.runs:
             continue          # terminating: its resources are being freed
-        used_v += int(a.get("vcpus", 0))
-        used_m += int(a.get("memory_mib", 0))
+        used_v += a.vcpus
+        used_m += a.memory_mib
         if layout.parse_assignment(child)[0] == group:
             of_group += 1
     count = offer_count(node.capacity, used_v, used_m, reserved, flavor, want)
@@ -273,13 +221,12 @@ class PeerDirectory:
                     self._known[name] = info
         with self._lock:
             return sorted((n for n in self._known.values()
-                           if n.role == role and n.healthy and (rack is None or n.rack == rack)),
+                           if serving(n, role, rack)),
                           key=lambda n: n.name)
 
 
 def compute_nodes(zk, rack: str | None = None) -> list[NodeInfo]:
-    return [n for n, _ in read_children(zk, layout.NODES, NodeInfo)
-            if n.role == "compute" and n.healthy and (rack is None or n.rack == rack)]
+    return members(zk, "compute", rack)
 
 
 class LocalGatherer(Gatherer):
@@ -310,7 +257,7 @@ class HandshakeGatherer(Gatherer):
                 if leader.name == self.me and self.local_rack is not None:
                     answer = self.local_rack(body)
                 else:
-                    answer = post(f"{leader.address}/v1/rack-offers", body)
+                    answer = post(leader.address + P2P.RACK_OFFERS, body)
                 entry = {"leader": leader.name, "offers": {o["node"]: o["count"] for o in answer["offers"]}}
                 entry.update({k: v for k, v in answer.items() if k in ("errors",)})
             except Exception as exc:   # a rack that cannot answer offers nothing this round
@@ -333,7 +280,7 @@ class HandshakeGatherer(Gatherer):
                     if leader.name == self.me and self.local_release is not None:
                         self.local_release(request)      # in-process, like its offers
                     else:
-                        post(f"{leader.address}/v1/release", {"request": request}, timeout=1)
+                        post(leader.address + P2P.RELEASE, {"request": request}, timeout=1)
                 except Exception:
                     pass               # reservations expire anyway
         self.pool.submit(tell)

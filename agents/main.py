@@ -7,9 +7,21 @@ import os
 import socket
 import sys
 
+from cowfleet.agents.compute import virt_type
+from cowfleet.agents.compute.agent import ComputeAgent
+from cowfleet.agents.compute.hypervisor import FakeHypervisor, LibvirtHypervisor
+from cowfleet.agents.storage.agent import StorageAgent
+from cowfleet.agents.storage.exporter import FakeExporter
+from cowfleet.agents.storage.tgt import TgtExporter
+from cowfleet.config import AGENT_ENVIRONMENT, environment_help
+from cowfleet.names import valid_name
+from cowfleet.network import LAB_INSTANCE_CIDR
+
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="cowfleet-agent", description="Run one cowfleet node agent.")
+    p = argparse.ArgumentParser(prog="cowfleet-agent", description="Run one cowfleet node agent.",
+                                epilog=environment_help(AGENT_ENVIRONMENT),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--role", required=True, choices=["compute", "storage"])
     p.add_argument("--rack", required=True, help="the rack this node belongs to")
     p.add_argument("--zk", required=True,
@@ -52,32 +64,24 @@ def main(argv=None) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("kazoo").setLevel(logging.WARNING)
-    from cowfleet.service.api import NAME_RE
     name = args.name or f"{socket.gethostname().split('.')[0].lower()}-{args.role}"
-    if not NAME_RE.match(name):
+    if not valid_name(name):
         print(f"cowfleet-agent: invalid node name '{name}': use a DNS label", file=sys.stderr)
         return 2
     state_dir = args.state_dir or f"/var/lib/cowfleet/{name}"
     common = dict(name=name, rack=args.rack, zk_hosts=args.zk, state_dir=state_dir, listen=args.listen)
     if args.role == "compute":
-        from cowfleet.agents.compute import virt_type
-        from cowfleet.agents.compute.agent import ComputeAgent
-        from cowfleet.agents.compute.hypervisor import FakeHypervisor, LibvirtHypervisor
         if args.hypervisor == "fake":
             hyper = FakeHypervisor()
         else:
             vt = virt_type.detect(state_dir) if args.virt_type == "auto" else args.virt_type
             hyper = LibvirtHypervisor(args.libvirt_uri, vt)
-        from cowfleet.network import LAB_INSTANCE_CIDR
         agent = ComputeAgent(hypervisor=hyper, vcpus=args.vcpus, memory_mib=args.memory_mib,
                              network=args.network, node_network=args.node_network, bridge=args.bridge,
                              node_ip=args.node_address, instance_cidr=args.instance_cidr or LAB_INSTANCE_CIDR,
                              seeds=not args.no_seed,
                              **common)
     else:
-        from cowfleet.agents.storage.agent import StorageAgent
-        from cowfleet.agents.storage.exporter import FakeExporter
-        from cowfleet.agents.storage.tgt import TgtExporter
         host = args.listen.rpartition(":")[0]
         if host in ("", "0.0.0.0", "::", "[::]"):
             host = "127.0.0.1"

@@ -28,6 +28,7 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from cowfleet.models import NodeInfo, now
+from cowfleet.protocol import P2P
 from cowfleet.zk import layout
 from cowfleet.zk.connection import connect
 
@@ -44,7 +45,9 @@ class NodeAgent:
         self.name, self.rack = name, rack
         self.state_dir = state_dir
         os.makedirs(state_dir, exist_ok=True)
-        self.log = logging.getLogger(f"cowfleet.agent.{self.role}.{name}")
+        # one logger tree: module loggers are cowfleet.agents.<module>, a node's own
+        # cowfleet.agents.<role>.<node> (logging.getLogger("cowfleet.agents") sets both)
+        self.log = logging.getLogger(f"cowfleet.agents.{self.role}.{name}")
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self.connected = threading.Event()
@@ -189,7 +192,7 @@ class NodeAgent:
             return Response(json.dumps(answer), status=status, mimetype="application/json")
         if request.path == "/healthz":
             return Response(json.dumps({"status": "ok", "node": self.name}), mimetype="application/json")
-        if request.path == "/v1/node":
+        if request.path == P2P.NODE:
             return Response(self.node_info().to_bytes(), mimetype="application/json")
         return Response(json.dumps({"title": "Not Found", "status": 404}), status=404,
                         mimetype="application/problem+json")

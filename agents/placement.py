@@ -22,31 +22,17 @@ from dataclasses import dataclass, field
 
 from kazoo.exceptions import LockTimeout, NoNodeError, NodeExistsError, NotEmptyError
 
-from cowfleet.agents.handshake import Gatherer, LocalGatherer, Trace, split
+from cowfleet.agents.handshake import Gatherer, LocalGatherer, split
+from cowfleet import defaults
 from cowfleet.faults import fault_point
 from cowfleet.models import DEFAULT_FLAVORS, DeployRequest, Flavor, Group, GroupStatus, Instance, InstanceState
+from cowfleet.protocol import DESIRED_RUN, DESIRED_TERMINATE, Trace, assignment_data
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read, read_children
 from cowfleet.zk.groups import finish_delete_if_empty
 from cowfleet.zk.leaders import rack_leaders
 
 log = logging.getLogger(__name__)
-
-DESIRED_RUN = "run"
-DESIRED_TERMINATE = "terminate"
-
-
-def assignment_data(desired: str, flavor: Flavor) -> bytes:
-    return json.dumps({"desired": desired, "vcpus": flavor.vcpus,
-                       "memory_mib": flavor.memory_mib}).encode()
-
-
-def parse_assignment_data(data: bytes) -> dict:
-    try:
-        return json.loads(data.decode() or "{}")
-    except ValueError:
-        return {}
-
 
 def flavor_named(zk, name: str) -> Flavor | None:
     got = read(zk, layout.flavor(name), Flavor)
@@ -55,7 +41,7 @@ def flavor_named(zk, name: str) -> Flavor | None:
     return next((f for f in DEFAULT_FLAVORS if f.name == name), None)
 
 
-def _victims(live: list[Instance], excess: int, strategy: str = "spread") -> list[Instance]:
+def _victims(live: list[Instance], excess: int, strategy: str = defaults.STRATEGY) -> list[Instance]:
     """Which instances go on scale-in: failed first, then the least far
     along; among equals, for ``spread`` one from the rack (then the node)
     holding the most of the group's instances at that moment, so racks stay
@@ -237,7 +223,7 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
             excess = len(live) - group.size
         if excess > 0:
             versions = {i.id: v for i, v in live}
-            for inst in _victims([i for i, _ in live], excess, group.placement.get("strategy", "spread")):
+            for inst in _victims([i for i, _ in live], excess, group.placement.get("strategy", defaults.STRATEGY)):
                 terminate(inst, versions[inst.id])
         elif excess < 0:
             missing = -excess
@@ -245,7 +231,7 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
             t_offers = time.monotonic()
             offers = gatherer.offers(zk, trace.request, name, flavor, missing, trace)
             trace.offers_ms = round((time.monotonic() - t_offers) * 1000, 1)
-            take = split(offers, missing, group.placement.get("strategy", "spread"),
+            take = split(offers, missing, group.placement.get("strategy", defaults.STRATEGY),
                          group.placement.get("max_per_node"))
             by_node = {o.node: o for o in offers}
             taken = {i.id for i, _ in instances}
@@ -313,8 +299,8 @@ def _rolling_step(group: Group, current: list, outdated: list) -> tuple[list, in
     every group periodically).
     """
     policy = group.update_policy or {}
-    surge = int(policy.get("max_surge", 1))
-    unavailable = int(policy.get("max_unavailable", 1))
+    surge = int(policy.get("max_surge", defaults.MAX_SURGE))
+    unavailable = int(policy.get("max_unavailable", defaults.MAX_UNAVAILABLE))
     if surge == 0 and unavailable == 0:
         unavailable = 1              # otherwise no step could ever be taken
     ready = sum(i.state == InstanceState.READY for i, _ in current + outdated)
@@ -427,7 +413,8 @@ class Placer:
         except NoNodeError:
             return
         for child in names:
-            if child.startswith("group-") and child[6:] not in groups:
+            group = layout.parse_group_lock(child)
+            if group is not None and group not in groups:
                 try:
                     self.zk.delete(f"{layout.LOCKS}/{child}")
                 except (NoNodeError, NotEmptyError):

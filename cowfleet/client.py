@@ -6,7 +6,6 @@ raises ``ApiError`` carrying the problem+json body otherwise.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -17,6 +16,10 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from cowfleet.checksum import file_sha256
+from cowfleet.config import lab_env_file
+from cowfleet.protocol import ProblemType
+
 
 def _problem(resp: requests.Response) -> dict:
     try:
@@ -26,14 +29,6 @@ def _problem(resp: requests.Response) -> dict:
     if not isinstance(problem, dict):
         problem = {"title": resp.reason, "detail": resp.text[:200]}
     return problem
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class _ProgressReader:
@@ -70,11 +65,14 @@ def _field_errors(errors, prefix: str = "") -> list[tuple[str, str]]:
 class ApiError(Exception):
     """An error answer: its status, its problem+json body; as a string, one
     line: the status, the detail and each field's errors (a message that
-    repeats the detail is not said twice)."""
+    repeats the detail is not said twice). Branch on ``type`` (a
+    ``cowfleet.protocol.ProblemType``), never on the title or detail, which
+    are for people."""
 
     def __init__(self, status: int, problem: dict):
         self.status = status
         self.problem = problem
+        self.type = problem.get("type") or ProblemType.BLANK
         detail = problem.get("detail") or problem.get("title") or f"HTTP {status}"
         fields = [f"{k}: {m}" if k else m for k, m in _field_errors(problem.get("errors") or {})
                   if m != detail]
@@ -85,11 +83,6 @@ class ApiError(Exception):
 
 class ConfigError(Exception):
     pass
-
-
-def lab_env_file() -> Path:
-    from cowfleet.lab.lab import default_dir
-    return default_dir() / "env"
 
 
 def setting(key: str) -> str | None:

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from cowfleet import defaults
+
 
 def now() -> float:
     return round(time.time(), 3)
@@ -53,7 +55,7 @@ class ImageStatus:
 class Image(Record):
     name: str
     format: str = "raw"
-    min_replicas: int = 2
+    min_replicas: int = defaults.MIN_REPLICAS
     source_url: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     size_bytes: int | None = None
@@ -109,10 +111,10 @@ class Group(Record):
     image: str
     flavor: str
     size: int
-    placement: dict[str, Any] = field(default_factory=lambda: {"strategy": "spread", "max_per_node": None})
+    placement: dict[str, Any] = field(default_factory=defaults.placement)
     user_data: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
-    update_policy: dict[str, Any] = field(default_factory=lambda: {"max_unavailable": 1, "max_surge": 1})
+    update_policy: dict[str, Any] = field(default_factory=defaults.update_policy)
     persistent: bool = False      # overlays survive instance restarts (the exception to ephemeral)
     ssh_authorized_keys: list[str] = field(default_factory=list)
     generation: int = 1

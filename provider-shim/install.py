@@ -23,6 +23,8 @@ import stat
 import sys
 from pathlib import Path
 
+from cowfleet import __version__
+
 SOURCE = "cowfleet.local/cowfleet/cowfleet"
 EXECUTABLE = "terraform-provider-cowfleet"
 
@@ -70,7 +72,6 @@ def cli_config(directory: Path, dev_override: bool = False) -> str:
 
 def install(directory: Path | str | None = None, dev_override: bool = False) -> Path:
     """Install the launcher and the CLI configuration; returns the configuration file."""
-    from cowfleet import __version__
     directory = Path(directory or default_dir()).resolve()
     text = launcher()
     _write_exec(directory / "mirror" / SOURCE / __version__ / os_arch() / f"{EXECUTABLE}_v{__version__}", text)

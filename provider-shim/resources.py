@@ -4,6 +4,10 @@ Plain dicts in, plain dicts out (``values.UNKNOWN`` for values known only
 after apply); ``server.py`` does the gRPC and msgpack around them, so this is
 unit-testable without Terraform. The shim keeps no state: everything it
 returns is read back from the REST API (``cowfleet.client``).
+
+The HTTP client (and requests, ~120 ms to import here) is imported inside
+the functions that call the API: Terraform starts the provider 3-5 times a
+command, and a launch that only validates or plans never needs it (main.py).
 """
 from __future__ import annotations
 
@@ -14,6 +18,9 @@ import time
 from typing import Any
 
 from cowfleet.models import DEFAULT_FLAVORS
+from cowfleet import defaults as spec_defaults
+from cowfleet.checksum import is_sha256
+from cowfleet.protocol import ProblemType
 from cowfleet.provider import schema as S
 from cowfleet.provider.diagnostics import Diag, ProviderError, from_api_error
 from cowfleet.provider.values import UNKNOWN, has_unknown
@@ -282,7 +289,7 @@ class Image(Resource):
     block = S.IMAGE
     kind = "image"
     type_name = "cowfleet_image"
-    defaults = {"format": "raw", "min_replicas": 2, "wait_for_available": True}
+    defaults = {"format": "raw", "min_replicas": spec_defaults.MIN_REPLICAS, "wait_for_available": True}
     volatile = ("status", "replicas")
     cosmetic = ("timeouts", "wait_for_available", "path")
 
@@ -291,7 +298,7 @@ class Image(Resource):
         if config.get("source_url") and config.get("path"):
             diags.append(Diag("Conflicting image sources", "give source_url or path, not both", ["path"]))
         sha = config.get("sha256")
-        if isinstance(sha, str) and not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
+        if isinstance(sha, str) and not is_sha256(sha):
             diags.append(Diag("Invalid sha256", "64 hexadecimal digits, e.g. filesha256(path)", ["sha256"]))
         return diags
 
@@ -396,16 +403,16 @@ class Flavor(Resource):
         client.delete_flavor(name)
 
 
-PLACEMENT_DEFAULT = {"strategy": "spread", "max_per_node": None}
-UPDATE_POLICY_DEFAULT = {"max_unavailable": 1, "max_surge": 1}
+PLACEMENT_DEFAULT = spec_defaults.placement()
+UPDATE_POLICY_DEFAULT = spec_defaults.update_policy()
 
 
 class InstanceGroup(Resource):
     block = S.GROUP
     kind = "instance group"
     type_name = "cowfleet_instance_group"
-    defaults = {"wait_for_ready": True, "persistent": False, "placement": {"strategy": "spread"},
-                "update_policy": {"max_unavailable": 1, "max_surge": 1}}
+    defaults = {"wait_for_ready": True, "persistent": False, "placement": PLACEMENT_DEFAULT,
+                "update_policy": UPDATE_POLICY_DEFAULT}
     volatile = ("instances", "status")
     # the instances (ids, nodes, addresses) change only when these do; labels,
     # user_data, keys or the update policy leave them as they are
@@ -468,7 +475,7 @@ class InstanceGroup(Resource):
                 client.put_group(name, create_only=prior is None, **self.spec(state))
                 return
             except ApiError as exc:
-                deleting = exc.status == 409 and "being deleted" in str((exc.problem or {}).get("detail"))
+                deleting = exc.type == ProblemType.GROUP_BEING_DELETED
                 if exc.status == 412 and prior is None:
                     # there is one of that name: ours to create once a deletion
                     # ends (drift: deleted behind Terraform's back), else not ours

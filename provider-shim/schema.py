@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from cowfleet import defaults as D
+
 
 @dataclass(frozen=True)
 class Attr:
@@ -99,7 +101,7 @@ IMAGE = Block({
     "path": optional(STR, "a local file to upload instead of source_url (PUT /v1/images/{name}/data); "
                           "set sha256 = filesha256(path) too, so that new content replaces the image"),
     "format": optional_computed(STR, "raw or qcow2 (default raw)", force_new=True),
-    "min_replicas": optional_computed(NUM, "storage copies to keep (default 2)"),
+    "min_replicas": optional_computed(NUM, f"storage copies to keep (default {D.MIN_REPLICAS})"),
     "labels": optional(LABELS, "key/value labels, for filtering lists"),
     "wait_for_available": optional_computed(BOOL, "wait until status is available (default true)"),
     "sha256": optional_computed(STR, "the SHA-256 of the data (computed); give it, e.g. filesha256(path), "
@@ -143,14 +145,14 @@ GROUP = Block({
                                      "observed_generation and message"),
 }, blocks={
     "placement": Nested(Block({
-        "strategy": optional_computed(STR, "spread or pack (default spread)"),
+        "strategy": optional_computed(STR, f"{' or '.join(D.STRATEGIES)} (default {D.STRATEGY})"),
         "max_per_node": optional(NUM, "at most this many of the group's instances on one node (default: no limit)"),
     }, description="Where instances go. Left out: the API's defaults (spread, no limit per node).")),
     "update_policy": Nested(Block({
         "max_unavailable": optional_computed(NUM, "instances that may be down at once during a "
-                                                  "rolling replacement (default 1)"),
+                                                  f"rolling replacement (default {D.MAX_UNAVAILABLE})"),
         "max_surge": optional_computed(NUM, "instances beyond size that may run at once during a "
-                                            "rolling replacement (default 1)"),
+                                            f"rolling replacement (default {D.MAX_SURGE})"),
     }, description="How a new image or flavor rolls through the instances. Left out: the API's defaults.")),
     "timeouts": TIMEOUTS,
 }, description="A group of identical instances of one image and flavor, kept at size by the service. "

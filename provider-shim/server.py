@@ -4,6 +4,10 @@ Each RPC decodes its msgpack DynamicValues, calls plain Python
 (``resources.py``), and encodes the answer; a ``ProviderError`` becomes
 diagnostics. Registered with grpc's generic handlers (no generated
 ``_pb2_grpc`` module: the method table below is all it needs).
+
+``resources`` and the HTTP client are imported on first use, not at the top:
+Terraform starts the provider 3-5 times a command and a launch that only
+answers GetProviderSchema needs neither (start-up time, main.py).
 """
 from __future__ import annotations
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import threading
 from dataclasses import dataclass, field
 from functools import wraps
@@ -20,11 +19,11 @@ from kazoo.client import KazooState
 from kazoo.exceptions import ConnectionLoss, SessionExpiredError
 from marshmallow import Schema, ValidationError
 
-from cowfleet.service.problems import Problem, invalid, not_found
+from cowfleet.names import NAME_RE, NAME_RULE
+from cowfleet.protocol import ProblemType
+from cowfleet.service.preconditions import Precondition
+from cowfleet.service.problems import Problem, invalid, malformed, not_found, unavailable, unsupported_media_type
 from cowfleet.zk.connection import connect, read
-
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")  # \Z: no trailing newline
-NAME_RULE = "must be a DNS label: 1-63 lowercase letters, digits or '-', not starting or ending with '-'"
 
 
 @dataclass
@@ -97,8 +96,7 @@ def zk_for_lists():
 
 
 def zk_unavailable() -> Problem:
-    return Problem(503, "Service Unavailable", "ZooKeeper is unavailable; retry",
-                   headers={"Retry-After": "2"})
+    return unavailable("ZooKeeper is unavailable; retry", retry_after=2)
 
 
 def fetch(zk_client, path: str, cls, kind: str, name: str):
@@ -126,33 +124,33 @@ def check_name(name: str, field_name: str = "name") -> str:
 
 def if_match():
     """The write's precondition: ``If-Match`` / ``If-None-Match`` (service/preconditions.py)."""
-    from cowfleet.service.preconditions import Precondition
     return Precondition.from_headers(request.headers.get("If-Match"), request.headers.get("If-None-Match"))
 
 
 def json_body() -> Any:
     if request.mimetype not in ("application/json", "application/merge-patch+json") \
             and not request.mimetype.endswith("+json"):
-        raise Problem(415, "Unsupported Media Type",
-                      f"send Content-Type: application/json (got '{request.mimetype or 'none'}')")
+        raise unsupported_media_type(
+            f"send Content-Type: application/json (got '{request.mimetype or 'none'}')")
     if request.content_encoding not in (None, "", "identity"):
-        raise Problem(415, "Unsupported Media Type",
-                      f"Content-Encoding '{request.content_encoding}' is not supported: send the JSON as is")
+        raise unsupported_media_type(
+            f"Content-Encoding '{request.content_encoding}' is not supported: send the JSON as is")
     # read one byte past the limit: a chunked body (no Content-Length) over it
     # is 413 too, not cut at the limit and parsed (the app's stream limit is
     # MAX_BODY + 1 so that this read can see the extra byte)
     limit = current_app.config["MAX_BODY"]
     raw = request.stream.read(limit + 1)
     if len(raw) > limit:
-        raise Problem(413, "Request Entity Too Large", f"a JSON body is at most {limit} bytes")
+        raise Problem(413, "Request Entity Too Large", f"a JSON body is at most {limit} bytes",
+                      type=ProblemType.BODY_TOO_LARGE)
     if not raw.strip():
-        raise Problem(400, "Bad Request", "the request body is empty; send a JSON object")
+        raise malformed("the request body is empty; send a JSON object")
     try:
         body = json.loads(raw)
     except ValueError as exc:
-        raise Problem(400, "Bad Request", f"the request body is not valid JSON: {exc}")
+        raise malformed(f"the request body is not valid JSON: {exc}")
     except RecursionError:
-        raise Problem(400, "Bad Request", "the request body is nested too deeply")
+        raise malformed("the request body is nested too deeply")
     if not isinstance(body, dict):
         raise invalid({"_schema": ["the request body must be a JSON object"]})
     return body

@@ -10,10 +10,17 @@ from kazoo.handlers.threading import KazooTimeoutError
 from werkzeug.exceptions import HTTPException
 
 from cowfleet.models import DEFAULT_FLAVORS
-from cowfleet.service import auth
+from cowfleet.service import auth, metrics, openapi
 from cowfleet.service.api import ZooKeeperHolder, zk_unavailable
+from cowfleet.service.flavors.views import bp as flavors
+from cowfleet.service.groups.views import bp as groups
+from cowfleet.service.images.views import bp as images
 from cowfleet.service.mirror import Mirror
-from cowfleet.service.problems import Problem, from_http_exception
+from cowfleet.service.network.views import bp as network
+from cowfleet.service.nodes.views import bp as nodes
+from cowfleet.service.tokens.views import bp as tokens
+from cowfleet.protocol import ProblemType
+from cowfleet.service.problems import Problem, from_http_exception, unavailable
 from cowfleet.zk import layout
 from cowfleet.zk.connection import create_quietly
 
@@ -51,16 +58,9 @@ def create_app(zk_hosts: str | None = None, tokens_file: str | None = None) -> F
         auth.TokenStore(tokens_file or os.environ.get("COWFLEET_TOKENS_FILE")),
         auth.ZooKeeperTokens(lambda: app.extensions["cowfleet.zk"].usable())]
 
-    from cowfleet.service.flavors.views import bp as flavors
-    from cowfleet.service.groups.views import bp as groups
-    from cowfleet.service.images.views import bp as images
-    from cowfleet.service.network.views import bp as network
-    from cowfleet.service.nodes.views import bp as nodes
-    from cowfleet.service.tokens.views import bp as tokens
     for bp in (images, flavors, groups, nodes, network, tokens):
         app.register_blueprint(bp)
 
-    from cowfleet.service import metrics, openapi
     # the scrape counts groups and instances by state: from the mirror, like lists
     metrics.install(app, lambda: app.extensions["cowfleet.mirror"].reader(
         app.extensions["cowfleet.zk"].usable(timeout=2)))
@@ -79,14 +79,16 @@ def create_app(zk_hosts: str | None = None, tokens_file: str | None = None) -> F
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Problem(401, "Unauthorized", "send Authorization: Bearer <token>",
-                          headers={"WWW-Authenticate": 'Bearer realm="cowfleet"'})
+                          headers={"WWW-Authenticate": 'Bearer realm="cowfleet"'}, type=ProblemType.UNAUTHORIZED)
         role = next(filter(None, (store.role_of(token.strip())
                                   for store in app.extensions["cowfleet.tokens"])), None)
         if role is None:
             raise Problem(401, "Unauthorized", "the bearer token is not valid",
-                          headers={"WWW-Authenticate": 'Bearer realm="cowfleet", error="invalid_token"'})
+                          headers={"WWW-Authenticate": 'Bearer realm="cowfleet", error="invalid_token"'},
+                          type=ProblemType.UNAUTHORIZED)
         if not auth.allowed(role, request.method, request.path):
-            raise Problem(403, "Forbidden", f"role '{role}' may not {request.method} {request.path}")
+            raise Problem(403, "Forbidden", f"role '{role}' may not {request.method} {request.path}",
+                          type=ProblemType.FORBIDDEN)
         g.role = role
         return None
 
@@ -96,7 +98,7 @@ def create_app(zk_hosts: str | None = None, tokens_file: str | None = None) -> F
             zk = app.extensions["cowfleet.zk"].usable(timeout=2)
             zk.exists(layout.ROOT)
         except Exception as exc:  # any failure here means: not healthy
-            raise Problem(503, "Service Unavailable", f"ZooKeeper unreachable: {exc}")
+            raise unavailable(f"ZooKeeper unreachable: {exc}")
         return {"status": "ok", "zookeeper": zk.state}
 
     @app.errorhandler(Problem)
@@ -117,8 +119,7 @@ def create_app(zk_hosts: str | None = None, tokens_file: str | None = None) -> F
     def unexpected(exc: Exception):
         if isinstance(exc, KazooException):
             log.warning("ZooKeeper error on %s %s: %r", request.method, request.path, exc)
-            return Problem(503, "Service Unavailable", f"ZooKeeper error: {type(exc).__name__}",
-                           headers={"Retry-After": "2"}).response()
+            return unavailable(f"ZooKeeper error: {type(exc).__name__}", retry_after=2).response()
         log.exception("unhandled error on %s %s", request.method, request.path)
         return Problem(500, "Internal Server Error", "unexpected error; see the service log").response()
 

@@ -9,7 +9,7 @@ from marshmallow import Schema, ValidationError, fields, validate
 from marshmallow import RAISE
 
 from cowfleet.models import iso
-from cowfleet.service.api import NAME_RE, NAME_RULE
+from cowfleet.names import NAME_RE, NAME_RULE
 
 Name = lambda **kw: fields.Str(validate=validate.Regexp(NAME_RE, error=NAME_RULE), **kw)  # noqa: E731
 

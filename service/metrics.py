@@ -11,8 +11,8 @@ import os
 import time
 
 from flask import Response, g, request
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
-                               generate_latest)
+from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram,
+                               generate_latest, multiprocess)
 from prometheus_client.core import GaugeMetricFamily
 
 from cowfleet.models import Group, Instance, InstanceState
@@ -73,11 +73,10 @@ def install(app, zk_getter) -> None:
     @app.get("/metrics")
     def metrics():
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            from prometheus_client import multiprocess
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
         else:
-            from prometheus_client import REGISTRY as registry
+            registry = REGISTRY
         text = generate_latest(registry)
         extra = CollectorRegistry()
         extra.register(cluster)

@@ -116,9 +116,14 @@ class MirrorReader:
             return self.zk.get_async(path, watch=watch)
         return _Done(lambda: (node.data, node.stat))
 
+    # the other reads a view may make go to ZooKeeper itself; a write never
+    # goes through the mirror (a list view has none to make)
+    PASSED_THROUGH = frozenset({"exists", "exists_async", "get_children_async", "state", "connected"})
+
     def __getattr__(self, name):
-        # anything else a view might do (exists, a write) goes to ZooKeeper
-        return getattr(self.zk, name)
+        if name in self.PASSED_THROUGH:
+            return getattr(self.zk, name)
+        raise AttributeError(f"the list mirror only reads: '{name}' is not one of its reads")
 
 
 class Mirror:

@@ -9,14 +9,23 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields
 
 import cowfleet
-from cowfleet.service.api import NAME_RE
+from cowfleet.checksum import SHA256_PATTERN
+from cowfleet.names import NAME_RE
+from cowfleet.protocol import ProblemType
 from cowfleet.service.preconditions import TAGS_PATTERN
 
 PROBLEM = "application/problem+json"
 
 
+PROBLEM_TYPES = sorted(v for k, v in vars(ProblemType).items() if k.isupper() and k != "PREFIX")
+
+
 class ProblemSchema(Schema):
-    type = fields.Str()
+    type = fields.Str(metadata={
+        "format": "uri", "enum": PROBLEM_TYPES,
+        "description": "what went wrong, for programs to branch on (RFC 9457): about:blank when the "
+                       "status says it all, else one of urn:cowfleet:problem:* (README, 'Problem types'; "
+                       "later versions may add types); title and detail are for people and may be reworded"})
     title = fields.Str(required=True)
     status = fields.Int(required=True)
     detail = fields.Str()
@@ -59,7 +68,7 @@ def ecma(pattern: str) -> str:
     return pattern[:-2] + "$" if pattern.endswith("\\Z") else pattern
 
 
-# a name in a path: what api.existing_name / check_name accept (others: 404 or 422)
+# a name in a path: what api.existing_name / check_name accept (cowfleet.names) (others: 404 or 422)
 NAME_PARAM = {"type": "string", "pattern": ecma(NAME_RE.pattern), "minLength": 1, "maxLength": 63}
 # what api.if_match() accepts (service/preconditions.py): *, or entity tags
 IF_MATCH = {"name": "If-Match", "in": "header", "required": False,
@@ -156,7 +165,7 @@ def build(app) -> dict:
             if api.get("raw_body"):
                 params.append({"name": "X-Checksum-Sha256", "in": "header", "required": False,
                                "description": "SHA-256 of the body; a mismatch stores nothing (422)",
-                               "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}})
+                               "schema": {"type": "string", "pattern": f"^{SHA256_PATTERN}$"}})
                 op["requestBody"] = {"required": True, "content": {
                     api["raw_body"]: {"schema": {"type": "string", "format": "binary"}}}}
             if params:

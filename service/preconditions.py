@@ -16,11 +16,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from cowfleet.protocol import ProblemType
 from cowfleet.service.problems import Problem
 
 
 def precondition_failed(detail: str) -> Problem:
-    return Problem(412, "Precondition Failed", detail)
+    return Problem(412, "Precondition Failed", detail, type=ProblemType.PRECONDITION_FAILED)
 
 
 # an entity tag: "7" (any quoted opaque tag) or, leniently, bare digits 7;

@@ -1,21 +1,26 @@
-"""RFC 7807 problem+json errors: the only error shape the API returns."""
+"""RFC 9457 problem+json errors: the only error shape the API returns.
+
+Every problem the service raises carries a machine-readable ``type``
+(``cowfleet.protocol.ProblemType``); title and detail are for people."""
 from __future__ import annotations
 
 from flask import Response, json
 from werkzeug.exceptions import HTTPException
+
+from cowfleet.protocol import ProblemType
 
 PROBLEM_TYPE = "application/problem+json"
 
 
 class Problem(Exception):
     def __init__(self, status: int, title: str, detail: str = "",
-                 errors: dict | None = None, headers: dict | None = None):
+                 errors: dict | None = None, headers: dict | None = None, *, type: str = ProblemType.BLANK):
         super().__init__(detail or title)
         self.status, self.title, self.detail = status, title, detail
-        self.errors, self.headers = errors, headers or {}
+        self.errors, self.headers, self.type = errors, headers or {}, type
 
     def response(self) -> Response:
-        body = {"type": "about:blank", "title": self.title, "status": self.status,
+        body = {"type": self.type, "title": self.title, "status": self.status,
                 "detail": self.detail or self.title}
         if self.errors:
             body["errors"] = self.errors
@@ -26,7 +31,7 @@ class Problem(Exception):
 
 
 def not_found(kind: str, name: str) -> Problem:
-    return Problem(404, "Not Found", f"{kind} '{name}' does not exist")
+    return Problem(404, "Not Found", f"{kind} '{name}' does not exist", type=ProblemType.NOT_FOUND)
 
 
 def _tidy(errors):
@@ -41,15 +46,37 @@ def _tidy(errors):
 
 
 def invalid(errors: dict, detail: str = "the request body is not valid") -> Problem:
-    return Problem(422, "Unprocessable Entity", detail, errors=_tidy(errors))
+    return Problem(422, "Unprocessable Entity", detail, errors=_tidy(errors), type=ProblemType.INVALID)
 
 
-def conflict(detail: str, errors: dict | None = None) -> Problem:
-    return Problem(409, "Conflict", detail, errors=errors)
+def conflict(type: str, detail: str, errors: dict | None = None) -> Problem:
+    """A 409 of the given ``ProblemType``: the request clashes with the current state."""
+    return Problem(409, "Conflict", detail, errors=errors, type=type)
+
+
+def malformed(detail: str) -> Problem:
+    return Problem(400, "Bad Request", detail, type=ProblemType.MALFORMED_BODY)
+
+
+def unsupported_media_type(detail: str) -> Problem:
+    return Problem(415, "Unsupported Media Type", detail, type=ProblemType.UNSUPPORTED_MEDIA_TYPE)
+
+
+def unavailable(detail: str, retry_after: int | None = None) -> Problem:
+    """A 503: the client should retry (after ``retry_after`` seconds, when given)."""
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return Problem(503, "Service Unavailable", detail, headers=headers, type=ProblemType.UNAVAILABLE)
+
+
+def node_failed(detail: str) -> Problem:
+    """A 502: a node the request needs is gone, did not answer, or failed."""
+    return Problem(502, "Bad Gateway", detail, type=ProblemType.NODE_FAILED)
 
 
 def from_http_exception(exc: HTTPException) -> Problem:
     headers = {}
     if exc.code == 405 and getattr(exc, "valid_methods", None):
         headers["Allow"] = ", ".join(exc.valid_methods)
-    return Problem(exc.code or 500, exc.name, exc.description or exc.name, headers=headers)
+    # werkzeug's own 413 (Content-Length over the limit) means what ours does
+    kind = {413: ProblemType.BODY_TOO_LARGE, 415: ProblemType.UNSUPPORTED_MEDIA_TYPE}.get(exc.code, ProblemType.BLANK)
+    return Problem(exc.code or 500, exc.name, exc.description or exc.name, headers=headers, type=kind)

@@ -14,12 +14,15 @@ from kazoo.exceptions import BadVersionError, NodeExistsError
 
 from cowfleet.service.api import fetch
 from cowfleet.service.preconditions import Precondition, precondition_failed
-from cowfleet.service.problems import Problem, conflict
+from cowfleet.protocol import ProblemType
+from cowfleet.service.problems import conflict, unavailable
 from cowfleet.zk.connection import read
 from cowfleet.zk.groups import delete_guarded, groups_using, guard_version
 
 R = TypeVar("R")
 ATTEMPTS = 10
+# the 409 of deleting an image or flavor some group uses
+IN_USE = {"image": ProblemType.IMAGE_IN_USE, "flavor": ProblemType.FLAVOR_IN_USE}
 
 
 def create_or_update(zk, path: str, cls: type[R], label: str, pre: Precondition,
@@ -52,7 +55,7 @@ def create_or_update(zk, path: str, cls: type[R], label: str, pre: Precondition,
                 raise precondition_failed(f"{label} changed meanwhile")
             continue
         return new, stat.version, False
-    raise Problem(503, "Service Unavailable", "too many concurrent writers; retry")
+    raise unavailable("too many concurrent writers; retry")
 
 
 def delete_unless_used(zk, path: str, cls: type[R], kind: str, name: str, pre: Precondition,
@@ -70,11 +73,11 @@ def delete_unless_used(zk, path: str, cls: type[R], kind: str, name: str, pre: P
         guard = guard_version(zk, path)        # read before the in-use check
         users = groups_using(zk, kind, name)
         if users:
-            raise conflict(f"{label} is used by instance group(s): {', '.join(users)}")
+            raise conflict(IN_USE[kind], f"{label} is used by instance group(s): {', '.join(users)}")
         if guard is not None and delete_guarded(zk, path, version, guard, children):
             return
         if pre.pinned:
             got = read(zk, path, cls)
             if got is not None and got[1] != version:
                 raise precondition_failed(f"{label} changed meanwhile")
-    raise Problem(503, "Service Unavailable", "too many concurrent writers; retry")
+    raise unavailable("too many concurrent writers; retry")

@@ -33,13 +33,15 @@ from cowfleet.agents.compute.sessions import (FakeSessionManager, SessionError, 
                                               session_key)
 from cowfleet.agents.compute.seed import SeedData, SeedStore
 from cowfleet.agents.node import NodeAgent
-from cowfleet.agents.handshake import HandshakeGatherer, PeerDirectory, Reservations, node_offer, post
-from cowfleet.agents.placement import DESIRED_RUN, Placer, flavor_named, parse_assignment_data
+from cowfleet.agents.handshake import HandshakeGatherer, PeerDirectory, Reservations, node_offer
+from cowfleet.agents.placement import Placer, flavor_named
 from cowfleet import network as netdef
 from cowfleet.faults import fault_point
 from cowfleet.guest.builder import READY_MARKER
 from cowfleet.models import (CONSOLE_TAIL_MAX, Flavor, Group, Image, Instance, InstanceState, Replica, now,
                              valid_instance_id)
+from cowfleet.p2p import post
+from cowfleet.protocol import P2P, Assignment, LocateAnswer, replica_location
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read, read_children, update
 from cowfleet.zk.groups import finish_delete_if_empty
@@ -142,11 +144,11 @@ class ComputeAgent(NodeAgent):
 
     # -- the hand-shake (P2P) -------------------------------------------------
     def p2p_routes(self):
-        return {("POST", "/v1/offer"): self.offer,
-                ("POST", "/v1/rack-offers"): self.rack_offers_p2p,
-                ("POST", "/v1/release"): self.release,
-                ("POST", "/v1/deploy"): self.deploy,
-                ("POST", "/v1/console"): self.console}
+        return {("POST", P2P.OFFER): self.offer,
+                ("POST", P2P.RACK_OFFERS): self.rack_offers_p2p,
+                ("POST", P2P.RELEASE): self.release,
+                ("POST", P2P.DEPLOY): self.deploy,
+                ("POST", P2P.CONSOLE): self.console}
 
     def console(self, body: dict) -> tuple[int, dict]:
         """The tail of an instance's serial console (GET .../console)."""
@@ -188,7 +190,7 @@ class ComputeAgent(NodeAgent):
         def ask(node):
             if node.name == self.name:
                 return self.offer(body)[1]
-            return post(f"{node.address}/v1/offer", body)
+            return post(node.address + P2P.OFFER, body)
         offers, errors = [], {}
         futures = {n.name: self.handshake_pool.submit(ask, n) for n in nodes if n.address}
         for name, fut in futures.items():
@@ -210,7 +212,7 @@ class ComputeAgent(NodeAgent):
         if self.leading.is_set() and body.get("forward", True):
             for node in self.peers.nodes("compute", self.rack):
                 if node.name != self.name and node.address:
-                    self.handshake_pool.submit(post, f"{node.address}/v1/release",
+                    self.handshake_pool.submit(post, node.address + P2P.RELEASE,
                                                {"request": request, "forward": False}, 1)
         return 200, {"released": request}
 
@@ -232,7 +234,7 @@ class ComputeAgent(NodeAgent):
 
     # -- reconcile ------------------------------------------------------------
     def desired(self) -> dict[str, tuple[str, str, dict]] | None:
-        """instance id -> (group, assignment child, data), from the cache."""
+        """instance id -> (group, assignment child, Assignment), from the cache."""
         path = layout.assignments(self.name)
         children = self.cache.get_children(path)
         if children is None:
@@ -243,7 +245,7 @@ class ComputeAgent(NodeAgent):
             if node is None:
                 continue
             group, iid = layout.parse_assignment(child)
-            out[iid] = (group, child, parse_assignment_data(node.data))
+            out[iid] = (group, child, Assignment.from_bytes(node.data))
         return out
 
     def reconcile(self) -> None:
@@ -255,10 +257,10 @@ class ComputeAgent(NodeAgent):
         domains = self.hyper.list(self.name)
         overlays = self.overlays.list()
         use = {"vcpus": 0, "memory_mib": 0, "instances": 0}
-        for iid, (group, _child, data) in desired.items():
-            if data.get("desired") == DESIRED_RUN:
-                use["vcpus"] += int(data.get("vcpus", 0))
-                use["memory_mib"] += int(data.get("memory_mib", 0))
+        for iid, (group, _child, assignment) in desired.items():
+            if assignment.runs:
+                use["vcpus"] += assignment.vcpus
+                use["memory_mib"] += assignment.memory_mib
                 use["instances"] += 1
                 if iid not in domains or not domains[iid].running:
                     self._submit(iid, self._start, group, iid)
@@ -362,7 +364,7 @@ class ComputeAgent(NodeAgent):
             return inst
         update(self.zk, layout.group_instance(group, iid), Instance, change)
 
-    def _locate(self, image: str) -> dict | None:
+    def _locate(self, image: str) -> LocateAnswer | None:
         """Where the image is (seed 001 steps 6-8): ask a storage rack leader
         (this rack's first), who asks the other leaders, who ask their
         agents. If no leader answers, the replica records in ZooKeeper."""
@@ -373,7 +375,7 @@ class ComputeAgent(NodeAgent):
         body = {"image": image, "rack": self.rack, "node": self.name}
         for leader in order + rest:
             try:
-                answer = post(f"{leader.address}/v1/locate", body, timeout=10)
+                answer = LocateAnswer.from_dict(post(leader.address + P2P.LOCATE, body, timeout=10))
             except Exception as exc:
                 self.log.warning("storage leader %s did not answer: %s", leader.name, exc)
                 continue
@@ -381,11 +383,12 @@ class ComputeAgent(NodeAgent):
         got = read(self.zk, layout.image(image), Image)
         if got is None:
             return None
-        replicas = [r.to_dict() for r, _ in read_children(self.zk, layout.image_replicas(image), Replica)
+        replicas = [replica_location(r.to_dict())
+                    for r, _ in read_children(self.zk, layout.image_replicas(image), Replica)
                     if r.target and r.sha256 == got[0].sha256]
         replicas.sort(key=lambda r: r["rack"] != self.rack)
-        return {"image": image, "format": got[0].format, "sha256": got[0].sha256,
-                "min_replicas": got[0].min_replicas, "replicas": replicas, "answered_by": "zookeeper"}
+        return LocateAnswer(image=image, format=got[0].format, sha256=got[0].sha256,
+                            min_replicas=got[0].min_replicas, replicas=replicas, answered_by="zookeeper")
 
     def _start(self, group: str, iid: str) -> None:
         got = read(self.zk, layout.group_instance(group, iid), Instance)
@@ -425,7 +428,7 @@ class ComputeAgent(NodeAgent):
                 # no record of its storage node: ask where the image is (a record may
                 # be missing for a round, e.g. that agent restarting, while it serves)
                 where = self._locate(image.name)
-                served = session.node in {r.get("node") for r in (where or {}).get("replicas", [])}
+                served = session.node in {r.get("node") for r in (where.replicas if where else [])}
                 if served:
                     pass                         # still served there: keep the session
                 elif key in self._session_users(key):
@@ -442,12 +445,12 @@ class ComputeAgent(NodeAgent):
                     session = None
             if session is None:
                 where = where or self._locate(image.name)
-                if not where or where.get("sha256") != image.sha256 or not where.get("replicas"):
+                if not where or where.sha256 != image.sha256 or not where.replicas:
                     self._set_state(group, iid, InstanceState.PENDING,
                                     f"waiting for a replica of image '{image.name}' reachable from {self.name}")
                     return
                 try:
-                    session = self.sessions.attach(image.name, image.sha256, image.format, where["replicas"],
+                    session = self.sessions.attach(image.name, image.sha256, image.format, where.replicas,
                                                    key=key)
                 except SessionError as exc:
                     self._set_state(group, iid, InstanceState.PENDING, f"cannot attach image: {exc}"[:500])

@@ -13,6 +13,7 @@ from typing import Callable
 from cowfleet.agents.compute.domain import METADATA_NS, DomainSpec, domain_xml
 from cowfleet.agents.compute.network import apart_from_libvirtd
 from cowfleet.faults import fault_point
+from cowfleet.guest.builder import READY_MARKER
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,6 @@ class FakeHypervisor(Hypervisor):
         self._lock = threading.Lock()
 
     def start(self, spec: DomainSpec, attach: Attach | None = None) -> None:
-        from cowfleet.guest.builder import READY_MARKER
         if spec.network == "tap" and attach is None:
             raise ValueError("a domain with a tap NIC needs attach")
         with self._lock:

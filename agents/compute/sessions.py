@@ -23,14 +23,14 @@ import logging
 import os
 import pwd
 import shutil
-import signal
 import struct
 import subprocess
 import threading
-import time
 import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from cowfleet.procs import cmdline, stop_pid
 
 log = logging.getLogger(__name__)
 
@@ -107,17 +107,9 @@ def qcow2_backing(path: str | os.PathLike) -> str | None:
         return None
 
 
-def _cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
-    except OSError:
-        return []
-
-
 def _qsd_cmdline(pid: int) -> list[str]:
     """The process's arguments if it is a qemu-storage-daemon, else []."""
-    args = _cmdline(pid)
+    args = cmdline(pid)
     return args if args and os.path.basename(args[0]) == "qemu-storage-daemon" else []
 
 
@@ -154,28 +146,9 @@ def daemons_under(root: str | os.PathLike) -> dict[int, list[str]]:
     return out
 
 
-def kill(pid: int, timeout: float = 5.0) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not os.path.exists(f"/proc/{pid}") or _zombie(pid):
-            return
-        time.sleep(0.05)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] == "Z"
-    except OSError:
-        return True
+def stop_session_daemon(pid: int) -> None:
+    """SIGTERM a session's qemu-storage-daemon, SIGKILL after 5 s."""
+    stop_pid(pid, timeout=5.0, group=False)
 
 
 def kill_all_under(root: str | os.PathLike) -> int:
@@ -183,7 +156,7 @@ def kill_all_under(root: str | os.PathLike) -> int:
     (lab tear-down, tests)."""
     pids = daemons_under(root)
     for pid in pids:
-        kill(pid)
+        stop_session_daemon(pid)
     real = os.path.realpath(root) + "/"
     for link in RUN_DIR.glob("*") if RUN_DIR.is_dir() else ():
         if link.is_symlink() and (os.path.realpath(link) + "/").startswith(real):
@@ -334,13 +307,13 @@ class SessionManager:
         """Stop the daemon and remove the session's folder. Caller holds ``lock(base_of(key))``."""
         session = self.get(key)
         if session is not None:
-            kill(session.pid)
+            stop_session_daemon(session.pid)
             log.info("session %s stopped (pid %d)", key, session.pid)
         self._clear(key)
 
     def _clear(self, key: str) -> None:
         for pid in daemons_under(self.dir(key)):      # a daemon whose pid file is lost
-            kill(pid)
+            stop_session_daemon(pid)
         shutil.rmtree(self.dir(key), ignore_errors=True)
         short_link(self.dir(key)).unlink(missing_ok=True)
 
@@ -363,7 +336,7 @@ class SessionManager:
                 continue                     # being attached: not an orphan
             try:
                 if pid in self.orphans():    # still one, now that no attach runs
-                    kill(pid)
+                    stop_session_daemon(pid)
                     killed.append((pid, key))
             finally:
                 lock.release()

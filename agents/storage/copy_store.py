@@ -13,19 +13,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import subprocess
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from cowfleet.client import file_sha256   # the one file-hash helper (the agent hashes a copy without sidecar)
+from cowfleet.checksum import SHA256_RE as SHA256_HEX
+from cowfleet.checksum import file_sha256   # the one file-hash helper (the agent hashes a copy without sidecar)
 
 __all__ = ["CHUNK", "ChecksumMismatch", "CopyStore", "FormatMismatch", "check_format", "file_sha256"]
 
 CHUNK = 1 << 20
-SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ChecksumMismatch(ValueError):

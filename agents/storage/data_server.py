@@ -18,10 +18,12 @@ from werkzeug.wrappers import Request, Response
 
 from cowfleet.agents.storage.copy_store import CHUNK, ChecksumMismatch, CopyStore, FormatMismatch
 from cowfleet.models import Image
+from cowfleet.names import NAME_PATTERN
 
 
 class _ImageName(BaseConverter):
-    regex = r"[a-z0-9][a-z0-9-]{0,62}"     # the storage agent's name rule, as before the split
+    regex = NAME_PATTERN.replace("(", "(?:")    # the API's name rule (cowfleet.names): no trailing '-'
+
 
 
 DATA = "/v1/images/<image:name>/data"

@@ -14,7 +14,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from cowfleet.agents.handshake import post
+from cowfleet.p2p import post
 from cowfleet.models import Image, NodeInfo
 from cowfleet.zk.leaders import rack_leaders
 

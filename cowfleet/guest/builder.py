@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import glob
 import gzip
+import hashlib
 import io
+import lzma
 import os
 import shutil
 import stat
@@ -169,7 +171,6 @@ class BuildError(RuntimeError):
 def recipe_key() -> str:
     """What a built image depends on (scripts, modules, kernel): caches of
     the demo image are named by it, so a changed recipe is built anew."""
-    import hashlib
     try:
         kernel = find_kernel()[0].name
     except BuildError:
@@ -257,7 +258,6 @@ def build_initramfs(modules_dir: Path) -> bytes:
             raise BuildError(f"kernel module {mod} not found under {modules_dir}")
         data = found[0].read_bytes()
         if found[0].suffix == ".xz" or found[0].name.endswith(".ko.xz"):
-            import lzma
             data = lzma.decompress(data)
         files[f"lib/modules/{mod}.ko"] = (f, data)
     return gzip.compress(_cpio_newc(files), compresslevel=6)

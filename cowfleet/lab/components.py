@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from cowfleet.agents.storage.tgt import control_args
+import requests
+
+from cowfleet.agents.storage.tgt import control_args, parse_targets
+from cowfleet.procs import cmdline, pid_alive, stop_pid, wait_gone
 
 LIBVIRT_SOCK = "/run/libvirt/libvirt-sock"
 NET_AUTOSTART = "/etc/libvirt/qemu/networks/autostart"
@@ -72,51 +74,6 @@ def spawn(cmd: list[str], log: Path, env: dict | None = None, cwd: str | None = 
                                 start_new_session=True, env=env, cwd=cwd)
     finally:
         out.close()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child counts as gone
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def wait_gone(pid: int, timeout: float) -> bool:
-    """Wait (reaping it if it is our child) until ``pid`` has exited."""
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        time.sleep(0.05)
-    return not pid_alive(pid)
-
-
-def stop_pid(pid: int, timeout: float = 10.0, group: bool = True) -> None:
-    """SIGTERM (the whole process group), then SIGKILL if it lingers."""
-    def send(sig):
-        try:
-            if group:
-                os.killpg(pid, sig)
-            else:
-                os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-    send(signal.SIGTERM)
-    if not wait_gone(pid, timeout):
-        send(signal.SIGKILL)
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
 
 
 # -- ZooKeeper -----------------------------------------------------------------
@@ -232,7 +189,6 @@ class ZooKeeperEnsemble:
 def start_service(directory: Path, port: int, zk_hosts: str, tokens_file: Path, workers: int = 4,
                   timeout: float = 60) -> subprocess.Popen:
     """gunicorn serving the API on 127.0.0.1:port; returns once /healthz answers."""
-    import requests
     metrics_dir = directory / "metrics"
     metrics_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, COWFLEET_ZK=zk_hosts, COWFLEET_TOKENS_FILE=str(tokens_file),
@@ -252,6 +208,33 @@ def start_service(directory: Path, port: int, zk_hosts: str, tokens_file: Path, 
 
 
 # -- libvirtd and tgtd (machine daemons, shared) ---------------------------------
+
+def destroy_domains(prefix: str) -> int:
+    """Destroy every libvirt domain whose name starts with ``prefix``."""
+    if not libvirtd_running():
+        return 0
+    # imported here, as in agents/compute/hypervisor.py: the test fixtures and
+    # the fake-hypervisor racks lab use this module without loading libvirt
+    import libvirt
+    libvirt.registerErrorHandler(lambda ctx, err: None, None)
+    conn = libvirt.open("qemu:///system")
+    n = 0
+    try:
+        for dom in conn.listAllDomains():
+            if dom.name().startswith(prefix):
+                try:
+                    dom.destroy()
+                except libvirt.libvirtError:
+                    pass
+                try:
+                    dom.undefine()
+                except libvirt.libvirtError:
+                    pass
+                n += 1
+    finally:
+        conn.close()
+    return n
+
 
 def libvirtd_running() -> bool:
     if not os.path.exists(LIBVIRT_SOCK):
@@ -348,12 +331,8 @@ def release_tgtd(pid: int, control_port: int = 0) -> str:
     """Stop a tgtd this lab (or bench) started -- unless it is not that tgtd
     any more, or it serves targets of others meanwhile (the machine's tgtd is
     shared: another lab or bench may have come to use it). Says what it did."""
-    from cowfleet.agents.storage.tgt import parse_targets
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            ours = os.path.basename(fh.read().split(b"\0")[0].decode(errors="replace")) == "tgtd"
-    except OSError:
-        ours = False
+    args = cmdline(pid)
+    ours = bool(args) and os.path.basename(args[0]) == "tgtd"
     if not ours or not pid_alive(pid):
         return "tgtd it started is gone already"
     shown = _tgtadm(control_port, "--op", "show", "--mode", "target")

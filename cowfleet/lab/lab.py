@@ -13,20 +13,19 @@ import os
 import secrets
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import requests
 
+from cowfleet.agents.compute.network import LinuxBridgeNetwork, bridge_name
+from cowfleet.agents.compute.sessions import kill_all_under
+from cowfleet.agents.storage import tgt
+from cowfleet.config import lab_dir
 from cowfleet.lab import components as c
-
-DEFAULT_DIR = "/var/lib/cowfleet/lab"
-
-
-def default_dir() -> Path:
-    return Path(os.environ.get("COWFLEET_LAB_DIR", DEFAULT_DIR))
-
+from cowfleet.lab.files import LabFiles, say
+from cowfleet.lab.racks import RacksLab
 
 @dataclass
 class LabState:
@@ -43,46 +42,15 @@ class LabState:
     created_at: float = field(default_factory=time.time)
 
 
-def _say(progress: Callable[[str], None] | None, text: str) -> None:
-    if progress:
-        progress(text)
-
-
-class LabFiles:
-    """What every kind of lab keeps in its folder: ``lab.json`` (its state,
-    ``self.state``, a dataclass) and ``env`` (endpoint and token for the CLI)."""
-    dir: Path
-    state: object
-
-    @property
-    def state_file(self) -> Path:
-        return self.dir / "lab.json"
-
-    @property
-    def env_file(self) -> Path:
-        return self.dir / "env"
-
-    def _save(self) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self.state), indent=2))
-        os.replace(tmp, self.state_file)
-
-    def _step(self, progress, name: str, fn: Callable[[], object]) -> None:
-        t0 = time.monotonic()
-        fn()
-        _say(progress, f"  {name:<18} ok  ({time.monotonic() - t0:.1f}s)")
-
-
 def open_lab(directory: str | os.PathLike | None = None):
     """The lab in ``directory``, whichever kind ``lab.json`` says it is
     (a one-node :class:`Lab` when there is none)."""
-    d = Path(directory) if directory else default_dir()
+    d = Path(directory) if directory else lab_dir()
     try:
         kind = json.loads((d / "lab.json").read_text()).get("kind")
     except (OSError, ValueError, AttributeError):
         kind = None
     if kind == "racks":
-        from cowfleet.lab.racks import RacksLab
         return RacksLab(d)
     return Lab(d)
 
@@ -90,7 +58,7 @@ def open_lab(directory: str | os.PathLike | None = None):
 class Lab(LabFiles):
     def __init__(self, directory: str | os.PathLike | None = None, service_workers: int = 4,
                  rack: str = "rack-1"):
-        self.dir = Path(directory) if directory else default_dir()
+        self.dir = Path(directory) if directory else lab_dir()
         self.service_workers = service_workers
         self.rack = rack
         self.state: LabState | None = self._load()
@@ -105,7 +73,7 @@ class Lab(LabFiles):
     # -- up -------------------------------------------------------------------
     def up(self, progress: Callable[[str], None] | None = None, timeout: float = 120) -> LabState:
         if self.state and self.running():
-            _say(progress, f"lab already up in {self.dir}")
+            say(progress, f"lab already up in {self.dir}")
             return self.state
         if self.state:
             self.down(progress)
@@ -123,7 +91,7 @@ class Lab(LabFiles):
         try:
             self._start_all(progress, port, tokens, timeout)
         except Exception:
-            _say(progress, "start-up failed; tearing down what was started")
+            say(progress, "start-up failed; tearing down what was started")
             self.down()
             raise
         self.env_file.write_text(f"COWFLEET_ENDPOINT={self.state.endpoint}\n"
@@ -235,57 +203,29 @@ class Lab(LabFiles):
             pid = st.pids.get(name)
             if pid:
                 c.stop_pid(pid)
-                _say(progress, f"  stopped {name}")
-        destroyed = destroy_domains(f"cf-{st.lab_id}-")
+                say(progress, f"  stopped {name}")
+        destroyed = c.destroy_domains(f"cf-{st.lab_id}-")
         if destroyed:
-            _say(progress, f"  destroyed {destroyed} domain(s)")
-        from cowfleet.agents.compute.sessions import kill_all_under
-        from cowfleet.agents.storage import tgt
+            say(progress, f"  destroyed {destroyed} domain(s)")
         sessions = kill_all_under(self.dir)
         if sessions:
-            _say(progress, f"  stopped {sessions} image session(s)")
+            say(progress, f"  stopped {sessions} image session(s)")
         targets = sum(tgt.remove_node_targets(n) for n in st.nodes) if c.tgtd_running() else 0
         if targets:
-            _say(progress, f"  removed {targets} iSCSI target(s)")
-        from cowfleet.agents.compute.network import LinuxBridgeNetwork, bridge_name
+            say(progress, f"  removed {targets} iSCSI target(s)")
         bridges = 0
         for n in st.nodes:      # the compute agents' instance bridges (a storage node has none)
             bridges += LinuxBridgeNetwork(bridge_name(n)).remove_bridge()
         if bridges:
-            _say(progress, f"  removed {bridges} instance bridge(s)")
+            say(progress, f"  removed {bridges} instance bridge(s)")
         if st.pids.get("zookeeper"):
             c.stop_pid(st.pids["zookeeper"])
-            _say(progress, "  stopped zookeeper")
+            say(progress, "  stopped zookeeper")
         if st.started_tgtd:
-            _say(progress, "  " + c.release_tgtd(st.started_tgtd))
+            say(progress, "  " + c.release_tgtd(st.started_tgtd))
         if st.started_libvirtd:
             c.stop_libvirtd()
-            _say(progress, "  stopped libvirtd")
+            say(progress, "  stopped libvirtd")
         shutil.rmtree(self.dir, ignore_errors=True)
-        _say(progress, f"  removed {self.dir}")
+        say(progress, f"  removed {self.dir}")
         self.state = None
-
-
-def destroy_domains(prefix: str) -> int:
-    """Destroy every libvirt domain whose name starts with ``prefix``."""
-    if not c.libvirtd_running():
-        return 0
-    import libvirt
-    libvirt.registerErrorHandler(lambda ctx, err: None, None)
-    conn = libvirt.open("qemu:///system")
-    n = 0
-    try:
-        for dom in conn.listAllDomains():
-            if dom.name().startswith(prefix):
-                try:
-                    dom.destroy()
-                except libvirt.libvirtError:
-                    pass
-                try:
-                    dom.undefine()
-                except libvirt.libvirtError:
-                    pass
-                n += 1
-    finally:
-        conn.close()
-    return n

@@ -40,6 +40,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -52,7 +53,8 @@ import requests
 
 from cowfleet.lab import components as c
 from cowfleet.lab import netns
-from cowfleet.lab.lab import LabFiles, _say, default_dir
+from cowfleet.config import lab_dir
+from cowfleet.lab.files import LabFiles, say
 
 SERVICE_PORT = 8080
 AGENT_PORT = 7070
@@ -152,7 +154,7 @@ class RacksLab(LabFiles):
 
     def __init__(self, directory: str | os.PathLike | None = None, racks: int = 2,
                  nodes_per_rack: int = 2, zk: int = 3, fake: bool = False, service_workers: int = 2):
-        self.dir = Path(directory) if directory else default_dir()
+        self.dir = Path(directory) if directory else lab_dir()
         self.racks, self.nodes_per_rack, self.zk_count = racks, nodes_per_rack, zk
         self.fake, self.service_workers = fake, service_workers
         self.state: RacksState | None = self._load()
@@ -173,7 +175,7 @@ class RacksLab(LabFiles):
     # -- up -------------------------------------------------------------------
     def up(self, progress: Callable[[str], None] | None = None, timeout: float = 120) -> RacksState:
         if self.state and self.running():
-            _say(progress, f"lab already up in {self.dir}")
+            say(progress, f"lab already up in {self.dir}")
             return self.state
         if self.state:
             self.down(progress)
@@ -208,13 +210,13 @@ class RacksLab(LabFiles):
             self._step(progress, "service", lambda: self._start_service(timeout))
             self._step(progress, "agents", lambda: self._start_agents(timeout))
         except BaseException:
-            _say(progress, "start-up failed; tearing down what was started")
+            say(progress, "start-up failed; tearing down what was started")
             self.down()
             raise
         self.env_file.write_text(f"COWFLEET_ENDPOINT={self.state.endpoint}\n"
                                  f"COWFLEET_TOKEN={self.state.token}\n")
         os.chmod(self.env_file, 0o600)
-        _say(progress, f"  up in {time.monotonic() - t0:.1f}s")
+        say(progress, f"  up in {time.monotonic() - t0:.1f}s")
         return self.state
 
     def _make_network(self) -> None:
@@ -328,7 +330,6 @@ class RacksLab(LabFiles):
     # -- failure tests ----------------------------------------------------------
     def stop_node(self, short: str, kill: bool = True) -> None:
         """Stop a node's daemon: SIGKILL (a crash) or SIGTERM."""
-        import signal
         n = self.node(short)
         if n.pid and c.pid_alive(n.pid):
             if kill:
@@ -390,7 +391,6 @@ class RacksLab(LabFiles):
 
     # -- down -----------------------------------------------------------------
     def down(self, progress: Callable[[str], None] | None = None) -> None:
-        from cowfleet.lab.lab import destroy_domains
         st = self.state
         if st is None:
             return
@@ -398,25 +398,25 @@ class RacksLab(LabFiles):
         # the processes of one kind in parallel
         for roles in (("compute", "storage"), ("service",), ("zookeeper",)):
             stop_all([n.pid for n in st.nodes if n.pid and n.role in roles])
-        _say(progress, f"  stopped {sum(1 for n in st.nodes if n.pid)} node process(es)")
+        say(progress, f"  stopped {sum(1 for n in st.nodes if n.pid)} node process(es)")
         tgtds = [n for n in st.nodes if n.tgtd_pid]
         for n in tgtds:
             c.stop_tgtd(n.tgtd_pid, timeout=5, control_port=n.tgt_control_port)
         if tgtds:
-            _say(progress, f"  stopped {len(tgtds)} tgtd(s)")
+            say(progress, f"  stopped {len(tgtds)} tgtd(s)")
         if st.proxy_pid:
             c.stop_pid(st.proxy_pid, timeout=5)
-        destroyed = destroy_domains(f"cf-{st.lab_id}-")
+        destroyed = c.destroy_domains(f"cf-{st.lab_id}-")
         if destroyed:
-            _say(progress, f"  destroyed {destroyed} domain(s)")
+            say(progress, f"  destroyed {destroyed} domain(s)")
         left = netns.names(f"cf-{st.lab_id}-")
         for name in left:               # anything still inside our namespaces is ours
             stop_all(netns.pids(name), group=False)
             netns.ip("netns", "del", name, check=False)
-        _say(progress, f"  removed {len(left)} network namespace(s)")
+        say(progress, f"  removed {len(left)} network namespace(s)")
         if st.started_libvirtd:
             c.stop_libvirtd()
-            _say(progress, "  stopped libvirtd")
+            say(progress, "  stopped libvirtd")
         shutil.rmtree(self.dir, ignore_errors=True)
-        _say(progress, f"  removed {self.dir}")
+        say(progress, f"  removed {self.dir}")
         self.state = None

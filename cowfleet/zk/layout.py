@@ -23,9 +23,17 @@ SUBNET_CLAIMS = f"{ROOT}/subnet-claims"  # the same claim indexed by node (one r
 TOP_LEVEL = (IMAGES, FLAVORS, GROUPS, NODES, RACKS, REQUESTS, LOCKS, ASSIGNMENTS, TOKENS, SUBNETS, SUBNET_CLAIMS)
 
 
+GROUP_LOCK_PREFIX = "group-"
+
+
 def group_lock(name: str) -> str:
     """Held by the leader coordinating the group (kazoo Lock)."""
-    return f"{LOCKS}/group-{name}"
+    return f"{LOCKS}/{GROUP_LOCK_PREFIX}{name}"
+
+
+def parse_group_lock(child: str) -> str | None:
+    """The group a child of ``LOCKS`` is the lock of (None: not a group's lock)."""
+    return child[len(GROUP_LOCK_PREFIX):] if child.startswith(GROUP_LOCK_PREFIX) else None
 
 
 def image(name: str) -> str:

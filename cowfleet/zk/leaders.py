@@ -1,12 +1,13 @@
 """Who leads each rack, read from the kazoo Election znodes.
 
 kazoo's Election is a Lock whose contenders store their identifier (the node
-name); the contender with the lowest sequence number leads. The service, the
-agents and ``GET /v1/nodes`` all read leadership the same way, here.
+name); the contender with the lowest sequence number leads. The service
+(``GET /v1/nodes``) and the agents read leadership here, and only here.
 """
 from __future__ import annotations
 
 from kazoo.exceptions import NoNodeError
+from kazoo.recipe.election import Election
 
 from cowfleet.models import NodeInfo
 from cowfleet.zk import layout
@@ -15,24 +16,34 @@ ROLES = ("compute", "storage")
 
 
 def rack_leader_name(zk, rack: str, role: str) -> str | None:
+    """The node leading ``rack`` for ``role``: the first of kazoo's
+    ``Election.contenders()`` (None when nobody contends)."""
     path = layout.rack_leader(rack, role)
+    if not zk.exists(path):          # contenders() would create the folder: a reader writes nothing
+        return None
     try:
-        contenders = zk.get_children(path)
+        contenders = Election(zk, path).contenders()
     except NoNodeError:
         return None
-    for child in sorted(contenders, key=lambda c: c[-10:]):   # the sequence suffix
-        try:
-            data, _ = zk.get(f"{path}/{child}")
-        except NoNodeError:
-            continue                  # it just left: the next one leads
-        return data.decode() or None
-    return None
+    return contenders[0] if contenders and contenders[0] else None
+
+
+def _first_contender(children: list[str]) -> str | None:
+    """The child that leads: the lowest sequence number (the last 10 digits
+    of a kazoo lock node's name), as ``Election.contenders()`` orders them."""
+    return min(children, key=lambda c: c[-10:]) if children else None
 
 
 def rack_leaders(zk, role: str) -> dict[str, NodeInfo]:
     """rack -> the membership record of its current leader for ``role``
-    (racks whose leader has no membership record are left out). Three waves
-    of parallel reads, whatever the number of racks."""
+    (racks whose leader has no membership record are left out).
+
+    Read by hand rather than with ``rack_leader_name`` per rack, because it
+    runs on every placement request and image locate, for every rack: three
+    waves of parallel reads whatever the number of racks, where kazoo's
+    ``contenders()`` reads every contender of every rack one after another.
+    The order is kazoo's (``_first_contender``); a leader that just left is
+    asked again through kazoo (``rack_leader_name``)."""
     try:
         racks = sorted(zk.get_children(layout.RACKS))
     except NoNodeError:
@@ -41,18 +52,17 @@ def rack_leaders(zk, role: str) -> dict[str, NodeInfo]:
     firsts = []
     for rack, res in wave:
         try:
-            contenders = res.get()
+            first = _first_contender(res.get())
         except NoNodeError:
             continue
-        if contenders:
-            first = min(contenders, key=lambda c: c[-10:])       # the sequence suffix
+        if first:
             firsts.append((rack, zk.get_async(f"{layout.rack_leader(rack, role)}/{first}")))
     names = []
     for rack, res in firsts:
         try:
             data, _ = res.get()
         except NoNodeError:
-            # it just left; the next contender leads: ask the slow way
+            # it just left; the next contender leads
             name = rack_leader_name(zk, rack, role)
             data = name.encode() if name else b""
         if data:

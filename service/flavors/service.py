@@ -9,6 +9,7 @@ from cowfleet.models import DEFAULT_FLAVORS, Flavor
 from cowfleet.service.api import Result, fetch
 from cowfleet.service.paging import ListQuery, page
 from cowfleet.service.preconditions import ANY, Precondition
+from cowfleet.protocol import ProblemType
 from cowfleet.service.problems import conflict
 from cowfleet.service.upsert import create_or_update, delete_unless_used
 from cowfleet.zk import layout
@@ -50,7 +51,8 @@ def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]
         # (a rolling replacement) resizes them
         in_use = groups_using(zk, "flavor", name)
         if in_use:
-            raise conflict(f"flavor '{name}' is used by instance group(s) {', '.join(in_use)}: create a "
+            raise conflict(ProblemType.FLAVOR_IN_USE,
+                           f"flavor '{name}' is used by instance group(s) {', '.join(in_use)}: create a "
                            "new flavor and change the groups' flavor to it (a rolling replacement)")
         return new
 
@@ -62,5 +64,6 @@ def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]
 def delete(zk, name: str, pre: Precondition = ANY) -> None:
     def built_in() -> None:
         if name in BUILT_IN:
-            raise conflict(f"flavor '{name}' is built in (small, medium and large always exist)")
+            raise conflict(ProblemType.FLAVOR_BUILT_IN,
+                           f"flavor '{name}' is built in (small, medium and large always exist)")
     delete_unless_used(zk, layout.flavor(name), Flavor, "flavor", name, pre, refuse=built_in)

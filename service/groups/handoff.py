@@ -11,10 +11,11 @@ import threading
 
 import requests
 
+from cowfleet import p2p
+from cowfleet.protocol import P2P
 from cowfleet.zk.leaders import rack_leaders
 
 log = logging.getLogger(__name__)
-_session = threading.local()
 
 
 def hand_off(zk, request_path: str | None) -> None:
@@ -28,11 +29,10 @@ def _deliver(zk, seq: str) -> None:
     try:
         leaders = list(rack_leaders(zk, "compute").values())
         random.shuffle(leaders)
-        s = getattr(_session, "s", None) or requests.Session()
-        _session.s = s
+        s = p2p.session()
         for leader in leaders[:2]:         # a second try elsewhere, then the queue
             try:
-                resp = s.post(f"{leader.address}/v1/deploy", json={"request": seq}, timeout=2)
+                resp = s.post(leader.address + P2P.DEPLOY, json={"request": seq}, timeout=2)
                 if resp.status_code == 202:
                     return
             except requests.RequestException as exc:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from cowfleet import defaults
 from cowfleet.models import GroupPhase, InstanceState
 from cowfleet.service.fields import Labels, Name, SshKeys, StrictBool, StrictSchema, Timestamp
 
@@ -9,14 +10,15 @@ MAX_GROUP_SIZE = 10_000
 
 
 class PlacementSchema(StrictSchema):
-    strategy = fields.Str(load_default="spread", validate=validate.OneOf(["spread", "pack"]))
-    max_per_node = fields.Int(load_default=None, allow_none=True, strict=True,
+    strategy = fields.Str(load_default=defaults.STRATEGY, validate=validate.OneOf(defaults.STRATEGIES))
+    max_per_node = fields.Int(load_default=defaults.MAX_PER_NODE, allow_none=True, strict=True,
                               validate=validate.Range(1, MAX_GROUP_SIZE))
 
 
 class UpdatePolicySchema(StrictSchema):
-    max_unavailable = fields.Int(load_default=1, strict=True, validate=validate.Range(0, MAX_GROUP_SIZE))
-    max_surge = fields.Int(load_default=1, strict=True, validate=validate.Range(0, MAX_GROUP_SIZE))
+    max_unavailable = fields.Int(load_default=defaults.MAX_UNAVAILABLE, strict=True,
+                                 validate=validate.Range(0, MAX_GROUP_SIZE))
+    max_surge = fields.Int(load_default=defaults.MAX_SURGE, strict=True, validate=validate.Range(0, MAX_GROUP_SIZE))
 
     @validates_schema
     def _can_progress(self, data, **kw):

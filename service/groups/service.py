@@ -7,14 +7,17 @@ import json
 import requests
 from flask import Response
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from marshmallow import ValidationError
 
 from cowfleet.models import (CONSOLE_TAIL_MAX, DeployRequest, Flavor, Group, GroupPhase, GroupStatus, Instance,
                              InstanceState, NodeInfo, valid_instance_id)
 from cowfleet.service.api import Result, fetch
 from cowfleet.service.groups.handoff import hand_off
+from cowfleet.service.groups.schemas import GroupSpecSchema
 from cowfleet.service.paging import ListQuery, page
 from cowfleet.service.preconditions import ANY, Precondition, precondition_failed
-from cowfleet.service.problems import Problem, conflict, invalid
+from cowfleet.protocol import P2P, ProblemType
+from cowfleet.service.problems import Problem, conflict, invalid, malformed, node_failed, unavailable
 from cowfleet.zk import layout
 from cowfleet.zk.connection import commit, read, read_children
 from cowfleet.zk.groups import finish_delete_if_empty, guard_version, touch_guards
@@ -124,7 +127,7 @@ def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]
         group, version = got
         pre.check(version, label)
         if group.deleting:
-            raise conflict(f"instance group '{name}' is being deleted")
+            raise conflict(ProblemType.GROUP_BEING_DELETED, f"instance group '{name}' is being deleted")
         if group.spec() == spec:
             return view(zk, group, version), False
         for k, v in spec.items():
@@ -144,7 +147,7 @@ def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]
             _reference_gone(zk, spec)
             continue
         return get(zk, name), False
-    raise Problem(503, "Service Unavailable", "too many concurrent writers; retry")
+    raise unavailable("too many concurrent writers; retry")
 
 
 def delete(zk, name: str, pre: Precondition = ANY) -> None:
@@ -166,7 +169,7 @@ def delete(zk, name: str, pre: Precondition = ANY) -> None:
             continue
         finish_delete_if_empty(zk, name)
         return
-    raise Problem(503, "Service Unavailable", "too many concurrent writers; retry")
+    raise unavailable("too many concurrent writers; retry")
 
 
 def merge_patch(target, patch):
@@ -185,9 +188,6 @@ def merge_patch(target, patch):
 def patch(zk, name: str, changes: dict, pre: Precondition = ANY) -> dict:
     """Apply a merge patch to the spec; without If-Match, concurrent writers
     are handled by re-reading and re-applying (never a lost update)."""
-    from marshmallow import ValidationError
-
-    from cowfleet.service.groups.schemas import GroupSpecSchema
     for _ in range(10):
         group, version = fetch(zk, layout.group(name), Group, "instance group", name)
         pre.check(version, f"instance group '{name}'")
@@ -196,14 +196,14 @@ def patch(zk, name: str, changes: dict, pre: Precondition = ANY) -> dict:
         except ValidationError as exc:
             raise invalid(exc.messages)
         except RecursionError:
-            raise Problem(400, "Bad Request", "the patch is nested too deeply")
+            raise malformed("the patch is nested too deeply")
         try:
             return put(zk, name, spec, Precondition.at(version))[0]
         except Problem as exc:
             if exc.status == 412 and not pre.pinned:
                 continue
             raise
-    raise Problem(503, "Service Unavailable", "too many concurrent writers; retry")
+    raise unavailable("too many concurrent writers; retry")
 
 
 def placement(zk, name: str) -> dict:
@@ -211,7 +211,8 @@ def placement(zk, name: str) -> dict:
     try:
         data, _ = zk.get(layout.group_placement(name))
     except NoNodeError:
-        raise Problem(404, "Not Found", f"instance group '{name}' has not been placed yet")
+        raise Problem(404, "Not Found", f"instance group '{name}' has not been placed yet",
+                      type=ProblemType.NOT_PLACED_YET)
     return json.loads(data.decode())
 
 
@@ -232,22 +233,23 @@ def console(zk, name: str, iid: str, tail_bytes: str | None):
     fetch(zk, layout.group(name), Group, "instance group", name)
     got = read(zk, layout.group_instance(name, iid), Instance) if valid_instance_id(iid) else None
     if got is None:
-        raise Problem(404, "Not Found", f"instance '{iid}' of group '{name}' does not exist")
+        raise Problem(404, "Not Found", f"instance '{iid}' of group '{name}' does not exist",
+                      type=ProblemType.NOT_FOUND)
     inst = got[0]
     member = read(zk, layout.node(inst.node), NodeInfo) if inst.node else None
     if member is None or not member[0].address:
-        raise Problem(502, "Bad Gateway", f"node '{inst.node}' of instance '{iid}' is not in the cluster now")
+        raise node_failed(f"node '{inst.node}' of instance '{iid}' is not in the cluster now")
     try:
-        resp = requests.post(f"{member[0].address}/v1/console", json={"id": iid, "tail_bytes": tail}, timeout=5)
+        resp = requests.post(member[0].address + P2P.CONSOLE, json={"id": iid, "tail_bytes": tail}, timeout=5)
     except requests.RequestException as exc:
-        raise Problem(502, "Bad Gateway", f"node '{inst.node}' did not answer: {type(exc).__name__}") from None
+        raise node_failed(f"node '{inst.node}' did not answer: {type(exc).__name__}") from None
     if resp.status_code == 404:          # not started yet: nothing printed
         text, size = "", 0
     elif resp.ok:
         answer = resp.json()
         text, size = answer["text"], answer["size"]
     else:
-        raise Problem(502, "Bad Gateway", f"node '{inst.node}' answered {resp.status_code}")
+        raise node_failed(f"node '{inst.node}' answered {resp.status_code}")
     out = Response(text, mimetype="text/plain")
     out.headers["X-Console-Size"] = str(size)
     return out

@@ -4,6 +4,7 @@ from urllib.parse import urlparse
 
 from marshmallow import Schema, ValidationError, fields, validate
 
+from cowfleet import defaults
 from cowfleet.models import ImageStatus
 from cowfleet.service.fields import Labels, StrictSchema, Timestamp
 
@@ -30,7 +31,7 @@ class ImageSpecSchema(StrictSchema):
     source_url = fields.Str(allow_none=True, load_default=None,
                             validate=[validate.Length(max=2048), _valid_source])
     format = fields.Str(load_default="raw", validate=validate.OneOf(["raw", "qcow2"]))
-    min_replicas = fields.Int(load_default=2, strict=True, validate=validate.Range(1, 16))
+    min_replicas = fields.Int(load_default=defaults.MIN_REPLICAS, strict=True, validate=validate.Range(1, 16))
     labels = Labels(load_default=dict)
 
 

@@ -1,18 +1,19 @@
 """Images: the spec is written by the service, copies by the storage agents."""
 from __future__ import annotations
 
-import re
-
 import requests
 
+from cowfleet.checksum import SHA256_RE, SHA256_RULE
 from cowfleet.models import Image, ImageStatus, NodeInfo, Replica
+from cowfleet.protocol import ProblemType, image_data_path
 from cowfleet.service.api import Result, fetch
 from cowfleet.service.paging import ListQuery, page
 from cowfleet.service.preconditions import ANY, Precondition
-from cowfleet.service.problems import Problem, conflict, invalid
+from cowfleet.service.problems import Problem, conflict, invalid, malformed, unavailable
 from cowfleet.service.upsert import create_or_update, delete_unless_used
 from cowfleet.zk import layout
 from cowfleet.zk.connection import commit, read_children
+from cowfleet.zk.members import members
 
 
 def _status(image: Image, replicas: list[Replica], storage_nodes: int) -> tuple[str, str]:
@@ -34,7 +35,7 @@ def _status(image: Image, replicas: list[Replica], storage_nodes: int) -> tuple[
 
 def view(zk, image: Image, version: int) -> dict:
     replicas = [r for r, _ in read_children(zk, layout.image_replicas(image.name), Replica)]
-    storage = [n for n, _ in read_children(zk, layout.NODES, NodeInfo) if n.role == "storage" and n.healthy]
+    storage = members(zk, "storage")
     status, message = _status(image, replicas, len(storage))
     out = image.to_dict()
     out.update(status=status, message=message, etag=str(version),
@@ -65,7 +66,8 @@ def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]
         clashes = {f: [f"is immutable: '{getattr(image, f)}' was given before"]
                    for f in Image.IMMUTABLE if spec.get(f) != getattr(image, f)}
         if clashes:
-            raise conflict(f"image '{name}' exists with a different {', '.join(clashes)}", clashes)
+            raise conflict(ProblemType.IMMUTABLE_FIELD,
+                           f"image '{name}' exists with a different {', '.join(clashes)}", clashes)
         if spec["min_replicas"] == image.min_replicas and spec["labels"] == image.labels:
             return None
         image.min_replicas, image.labels = spec["min_replicas"], spec["labels"]
@@ -83,18 +85,31 @@ def delete(zk, name: str, pre: Precondition = ANY) -> None:
 
 # -- image bytes ------------------------------------------------------------------
 
-SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 UPLOAD_CHUNK = 1 << 20
 
 
 def _storage_targets(zk, holders: set[str]) -> list[NodeInfo]:
     """Healthy storage nodes, those without a copy first, then most free disk."""
-    nodes = [n for n, _ in read_children(zk, layout.NODES, NodeInfo)
-             if n.role == "storage" and n.healthy and n.address]
+    nodes = [n for n in members(zk, "storage") if n.address]
 
     def free(n: NodeInfo) -> int:
         return n.capacity.get("disk_mib", 0) - n.allocated.get("disk_mib", 0)
     return sorted(nodes, key=lambda n: (n.name in holders, -free(n), n.name))
+
+
+def _storage_problem_type(status: int, problem: dict) -> str:
+    """The type of a problem the storage agent answered an upload with (the
+    service re-raises it): its own ``type`` when it sends one of ours; until
+    the storage agent does, by status, and for a 422 by its title -- the one
+    place left that reads a title, because the agent's answer has nothing else."""
+    sent = problem.get("type")
+    if isinstance(sent, str) and sent.startswith(ProblemType.PREFIX):
+        return sent
+    if status == 422:
+        return ProblemType.FORMAT_MISMATCH if problem.get("title") == "Format Mismatch" \
+            else ProblemType.CHECKSUM_MISMATCH
+    return {400: ProblemType.MALFORMED_BODY, 404: ProblemType.NOT_FOUND,
+            409: ProblemType.IMAGE_DATA_IMMUTABLE}.get(status, ProblemType.NODE_FAILED)
 
 
 def upload(zk, name: str, stream, length: int | None, checksum: str | None,
@@ -105,24 +120,25 @@ def upload(zk, name: str, stream, length: int | None, checksum: str | None,
     image, version = fetch(zk, layout.image(name), Image, "image", name)
     pre.check(version, f"image '{name}'")
     if image.source_url:
-        raise conflict(f"image '{name}' is fetched from its source_url; it takes no upload")
+        raise conflict(ProblemType.IMAGE_HAS_SOURCE,
+                       f"image '{name}' is fetched from its source_url; it takes no upload")
     if checksum is not None:
         checksum = checksum.strip().lower()
         if not SHA256_RE.match(checksum):
-            raise invalid({"X-Checksum-Sha256": ["must be 64 hexadecimal digits (the SHA-256 of the data)"]},
+            raise invalid({"X-Checksum-Sha256": [SHA256_RULE]},
                           "invalid X-Checksum-Sha256 header")
     if length == 0:
-        raise Problem(400, "Bad Request", "the request body is empty; send the image bytes")
+        raise malformed("the request body is empty; send the image bytes")
     replicas = [r for r, _ in read_children(zk, layout.image_replicas(name), Replica)]
     if checksum and image.sha256 == checksum and replicas:
         return get(zk, name)         # the same bytes again: nothing to do, the body is not read
     if image.sha256 and checksum and image.sha256 != checksum:
-        raise conflict(f"image '{name}' already holds other data (sha256 {image.sha256}); "
+        raise conflict(ProblemType.IMAGE_DATA_IMMUTABLE,
+                       f"image '{name}' already holds other data (sha256 {image.sha256}); "
                        "image data is immutable: create an image with another name")
     targets = _storage_targets(zk, {r.node for r in replicas})
     if not targets:
-        raise Problem(503, "Service Unavailable", "no storage node is available to take the upload",
-                      headers={"Retry-After": "5"})
+        raise unavailable("no storage node is available to take the upload", retry_after=5)
     node = targets[0]
     headers = {"Content-Type": "application/octet-stream"}
     if checksum:
@@ -132,11 +148,11 @@ def upload(zk, name: str, stream, length: int | None, checksum: str | None,
         for chunk in iter(lambda: stream.read(UPLOAD_CHUNK), b""):
             yield chunk
     try:
-        resp = requests.put(f"{node.address}/v1/images/{name}/data", data=chunks(), headers=headers,
+        resp = requests.put(node.address + image_data_path(name), data=chunks(), headers=headers,
                             timeout=(5, 600))
     except requests.RequestException as exc:
-        raise Problem(503, "Service Unavailable", f"storage node {node.name} failed during the upload: "
-                      f"{type(exc).__name__}; nothing was stored, retry", headers={"Retry-After": "2"})
+        raise unavailable(f"storage node {node.name} failed during the upload: "
+                          f"{type(exc).__name__}; nothing was stored, retry", retry_after=2)
     if resp.status_code >= 400:
         try:
             problem = resp.json()
@@ -144,7 +160,8 @@ def upload(zk, name: str, stream, length: int | None, checksum: str | None,
             problem = {}
         status = resp.status_code if resp.status_code in (400, 404, 409, 422) else 502
         detail = problem.get("detail") or f"storage node {node.name} failed the upload (HTTP {resp.status_code})"
-        field = "format" if problem.get("title") == "Format Mismatch" else "X-Checksum-Sha256"
+        kind = _storage_problem_type(status, problem)
+        field = "format" if kind == ProblemType.FORMAT_MISMATCH else "X-Checksum-Sha256"
         errors = {field: [detail]} if status == 422 else None
-        raise Problem(status, problem.get("title") or "Bad Gateway", detail, errors=errors)
+        raise Problem(status, problem.get("title") or "Bad Gateway", detail, errors=errors, type=kind)
     return get(zk, name)

@@ -5,7 +5,7 @@ from flask import request
 from cowfleet.service.api import endpoint, if_match, zk
 from cowfleet.service.images import service
 from cowfleet.service.images.schemas import ImageSchema, ImageSpecSchema
-from cowfleet.service.problems import Problem
+from cowfleet.service.problems import unsupported_media_type
 from cowfleet.service.resource import crud_blueprint
 
 bp = crud_blueprint("images", "/v1/images", service, ImageSpecSchema, ImageSchema, kind="image")
@@ -18,8 +18,8 @@ OCTET_STREAM = "application/octet-stream"
 def put_data(name):
     """Upload the image's bytes (streamed to a storage node; X-Checksum-Sha256 optional)."""
     if request.mimetype != OCTET_STREAM:
-        raise Problem(415, "Unsupported Media Type",
-                      f"send Content-Type: {OCTET_STREAM} (got '{request.mimetype or 'none'}')")
+        raise unsupported_media_type(
+            f"send Content-Type: {OCTET_STREAM} (got '{request.mimetype or 'none'}')")
     # image bytes are not JSON: no body limit here (None would mean the app's
     # limit), and they are never buffered
     request.max_content_length = sys.maxsize

@@ -7,6 +7,7 @@ from urllib.parse import urlparse
 from cowfleet import network
 from cowfleet.models import NetworkConfig, NodeInfo
 from cowfleet.service.preconditions import ANY, Precondition
+from cowfleet.protocol import ProblemType
 from cowfleet.service.problems import conflict, invalid
 from cowfleet.service.upsert import create_or_update
 from cowfleet.zk import layout, subnets
@@ -56,7 +57,8 @@ def put(zk, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]:
         if claimed:
             # addresses of running instances come from these subnets: a new
             # network would strand them (remove the nodes first)
-            raise conflict(f"{len(claimed)} compute node(s) hold subnets of {current.instance_cidr}: "
+            raise conflict(ProblemType.NETWORK_IN_USE,
+                           f"{len(claimed)} compute node(s) hold subnets of {current.instance_cidr}: "
                            "the instance network can change only while no node holds a subnet "
                            "(DELETE /v1/nodes/{name} releases a departed node's)")
         return new

@@ -9,6 +9,7 @@ from flask import request
 
 from cowfleet import tokens
 from cowfleet.models import ApiToken, now
+from cowfleet.protocol import ProblemType
 from cowfleet.service.api import Result, existing_name
 from cowfleet.service.paging import ListQuery
 from cowfleet.service.preconditions import ANY, Precondition
@@ -62,7 +63,7 @@ def create(zk, name: str, spec: dict, pre: Precondition = ANY) -> dict:
     try:
         secret, record = tokens.create(zk, name, spec["role"], expires_at=expires)
     except tokens.TokenExists as exc:
-        raise conflict(str(exc), {"name": [f"a token named '{name}' exists"]})
+        raise conflict(ProblemType.TOKEN_EXISTS, str(exc), {"name": [f"a token named '{name}' exists"]})
     return dict(view(record, 0), token=secret)     # a new znode's version is 0
 
 

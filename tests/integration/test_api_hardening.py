@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from cowfleet.protocol import ProblemType
 from cowfleet.zk import layout
 from tests.conftest import _workdir
 from tests.helpers import wait_until
@@ -207,7 +208,7 @@ def test_image_data_must_be_its_declared_format(lab, client, qcow2_master):
         client.put_image("up-qcow2", format="qcow2", min_replicas=1)
         resp = requests.put(f"{lab.state.endpoint}/v1/images/up-qcow2/data", data=raw.read_bytes(), timeout=60,
                             headers=auth(lab, **{"Content-Type": "application/octet-stream"}))
-        assert_problem(resp, 422, "format")
+        assert_problem(resp, 422, "format", kind=ProblemType.FORMAT_MISMATCH)
         assert client.get_image("up-qcow2")["sha256"] is None
     finally:
         for name in ("says-qcow2", "says-raw", "is-qcow2", "up-qcow2"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import requests
 
+from cowfleet.protocol import ProblemType
 from cowfleet.zk import layout
 
 pytestmark = pytest.mark.integration
@@ -23,7 +24,8 @@ def put(lab, path, body, token="admin", content_type="application/json"):
     return requests.put(f"{lab.state.endpoint}{path}", data=json.dumps(body), headers=headers, timeout=10)
 
 
-def assert_problem(resp, status, field=None):
+def assert_problem(resp, status, field=None, kind=ProblemType.INVALID):
+    """``kind``: the problem type a field error must carry."""
     assert resp.status_code == status, resp.text
     assert resp.headers["Content-Type"].startswith(PROBLEM)
     body = resp.json()
@@ -31,6 +33,7 @@ def assert_problem(resp, status, field=None):
     assert body["title"] and body["detail"]
     if field:
         assert field in body["errors"], body
+        assert body["type"] == kind, body
 
 
 @pytest.mark.parametrize("body, status, field", [

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from cowfleet.client import ApiError
+from cowfleet.protocol import ProblemType
 from cowfleet.zk import layout
 from tests.helpers import wait_until
 
@@ -19,7 +20,7 @@ def test_image_put_is_idempotent_and_immutable_fields_conflict(client, demo_imag
     assert again.json()["etag"] == first.json()["etag"]
     with pytest.raises(ApiError) as err:
         client.request("PUT", "/v1/images/idem", dict(spec, format="qcow2"))
-    assert err.value.status == 409
+    assert err.value.status == 409 and err.value.type == ProblemType.IMMUTABLE_FIELD
     assert "format" in err.value.problem["errors"]
     wait_until(lambda: client.get_image("idem")["status"] == "available", 60, "image idem available")
     img = client.get_image("idem")
@@ -36,7 +37,7 @@ def test_image_in_use_cannot_be_deleted(client, image_demo):
     try:
         with pytest.raises(ApiError) as err:
             client.request("DELETE", "/v1/images/demo")
-        assert err.value.status == 409
+        assert err.value.status == 409 and err.value.type == ProblemType.IMAGE_IN_USE
         assert "holder" in err.value.problem["detail"]
     finally:
         client.delete_group("holder")

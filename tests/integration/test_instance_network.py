@@ -14,7 +14,7 @@ import pytest
 
 from cowfleet.agents.compute.agent import ComputeAgent
 from cowfleet.agents.compute.hypervisor import FakeHypervisor
-from cowfleet.agents.placement import DESIRED_RUN, DESIRED_TERMINATE, assignment_data
+from cowfleet.protocol import DESIRED_RUN, DESIRED_TERMINATE, assignment_data
 from cowfleet.models import DEFAULT_FLAVORS, Group, Image, Instance, NetworkConfig, Replica
 from cowfleet.zk import layout, subnets
 from cowfleet.zk.connection import connect, read_children

@@ -66,3 +66,10 @@ def test_assignment_round_trip(group, iid):
 
 def test_parse_assignment_without_separator():
     assert layout.parse_assignment("web") == ("web", "")
+
+
+def test_group_lock_round_trip():
+    from cowfleet.zk import layout
+    child = layout.group_lock("web-1").rsplit("/", 1)[1]
+    assert layout.parse_group_lock(child) == "web-1"
+    assert layout.parse_group_lock("other-thing") is None

@@ -200,3 +200,11 @@ def test_the_document_itself_needs_no_token(app, doc):
     # the service answers it without Authorization (no ZooKeeper needed)
     resp = app.test_client().get("/v1/openapi.json")
     assert resp.status_code == 200 and resp.json["info"]["title"] == "cowfleet"
+
+
+def test_the_problem_schema_lists_every_problem_type():
+    from cowfleet.protocol import ProblemType
+    doc = openapi.build(create_app("127.0.0.1:1", None))
+    listed = doc["components"]["schemas"]["Problem"]["properties"]["type"]["enum"]
+    assert set(listed) == {v for k, v in vars(ProblemType).items() if k.isupper() and k != "PREFIX"}
+    assert all(t == ProblemType.BLANK or t.startswith("urn:cowfleet:problem:") for t in listed)

@@ -7,7 +7,9 @@ from collections import Counter
 import pytest
 
 from cowfleet.agents.handshake import NodeOffer, Reservations, offer_count, split
-from cowfleet.agents.placement import _victims, assignment_data, parse_assignment_data
+from cowfleet.agents.placement import _victims
+from cowfleet.protocol import (DESIRED_RUN, DESIRED_TERMINATE, Assignment, assignment_data,
+                               parse_assignment_data)
 from cowfleet.models import Flavor, Instance, InstanceState
 
 SMALL = Flavor("small", vcpus=1, memory_mib=128, disk_gib=1)
@@ -158,6 +160,12 @@ def test_assignment_data_round_trip():
     assert parse_assignment_data(data) == {"desired": "run", "vcpus": 2, "memory_mib": 512}
     assert parse_assignment_data(b"") == {}
     assert parse_assignment_data(b"not json") == {}
+    assert parse_assignment_data(b"[1]") == {}
+    a = Assignment.from_bytes(data)
+    assert a == Assignment(DESIRED_RUN, 2, 512) and a.runs and a.to_bytes() == data
+    gone = Assignment.from_bytes(assignment_data(DESIRED_TERMINATE, LARGE))
+    assert not gone.runs and gone.vcpus == 2
+    assert not Assignment.from_bytes(b"garbage").runs      # unreadable: never counted as running
 
 
 # --- _victims ---------------------------------------------------------------------
@@ -245,3 +253,16 @@ def test_victims_of_a_large_group_stay_balanced():
     left = Counter(i.rack for i in live if i.id not in gone)
     nodes = Counter(i.node for i in live if i.id not in gone)
     assert max(left.values()) - min(left.values()) <= 1 and max(nodes.values()) == 1
+
+
+def test_locate_answer_round_trip_keeps_only_what_attaching_needs():
+    from cowfleet.models import Replica
+    from cowfleet.protocol import REPLICA_FIELDS, LocateAnswer, replica_location
+    rep = Replica(node="s1", rack="r1", path="/m/img", sha256="ab" * 32, size_bytes=5,
+                  portal="10.0.0.1:3260", target="iqn.x:img")
+    loc = replica_location(rep.to_dict())
+    assert tuple(loc) == REPLICA_FIELDS and loc["portal"] == "10.0.0.1:3260"
+    answer = LocateAnswer(image="img", format="raw", sha256="ab" * 32, min_replicas=2, replicas=[loc],
+                          answered_by="s1")
+    wire = answer.to_dict()
+    assert LocateAnswer.from_dict(dict(wire, extra="ignored")) == answer

@@ -436,3 +436,32 @@ def test_instances_are_unknown_only_when_what_makes_them_changes(change, instanc
     planned, _ = GROUP.plan(prior, dict(prior, **change), dict(prior, **change))
     assert (planned["instances"] is UNKNOWN) is instances_unknown
     assert planned["status"] is UNKNOWN                  # the generation moves: status is read again
+
+
+def test_a_group_write_waits_out_a_deletion_by_its_problem_type(monkeypatch):
+    """The provider retries PUT while the API answers 409 group-being-deleted
+    (by type: the detail's words do not matter), and not on other 409s."""
+    from cowfleet.protocol import ProblemType
+    from cowfleet.provider import resources
+    monkeypatch.setattr(resources, "POLL", 0.01)
+    state = {"name": "web", "image": "i", "flavor": "small", "size": 1, "labels": {}}
+
+    class Client:
+        def __init__(self, answers):
+            self.answers, self.puts = list(answers), 0
+
+        def put_group(self, name, **spec):
+            self.puts += 1
+            if self.answers:
+                raise self.answers.pop(0)
+
+    deleting = ApiError(409, {"type": ProblemType.GROUP_BEING_DELETED, "title": "Conflict", "detail": "reworded"})
+    client = Client([deleting, deleting])
+    GROUP.write(client, state, None)
+    assert client.puts == 3
+    other = ApiError(409, {"type": ProblemType.FLAVOR_IN_USE, "title": "Conflict",
+                           "detail": "instance group 'web' is being deleted"})
+    client = Client([other])
+    with pytest.raises(ApiError):
+        GROUP.write(client, state, None)
+    assert client.puts == 1

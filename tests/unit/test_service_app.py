@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from cowfleet.protocol import ProblemType as T
 from cowfleet.service import create_app
 from cowfleet.service.api import check_name
 from cowfleet.service.paging import ListQuery, list_query
@@ -54,7 +55,8 @@ def auth(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
 
 
-def problem(resp, status: int) -> dict:
+def problem(resp, status: int, kind: str | None = None) -> dict:
+    """The problem+json answer; ``kind``: the ProblemType it must carry."""
     assert resp.status_code == status, resp.get_data(as_text=True)
     assert resp.mimetype == PROBLEM
     body = json.loads(resp.get_data())
@@ -62,6 +64,8 @@ def problem(resp, status: int) -> dict:
     assert body["status"] == status
     assert isinstance(body["title"], str) and body["title"]
     assert isinstance(body["detail"], str) and body["detail"]
+    if kind is not None:
+        assert body["type"] == kind, body
     return body
 
 
@@ -76,7 +80,7 @@ VALID_GROUP = {"image": "demo", "flavor": "small", "size": 1}
                                           ("DELETE", "/v1/instance-groups/web")])
 def test_missing_authorization(client, method, path):
     resp = client.open(path, method=method, json=VALID_IMAGE)
-    body = problem(resp, 401)
+    body = problem(resp, 401, T.UNAUTHORIZED)
     assert resp.headers["WWW-Authenticate"].startswith("Bearer")
     assert 'realm="cowfleet"' in resp.headers["WWW-Authenticate"]
     assert body["title"] == "Unauthorized"
@@ -92,7 +96,7 @@ def test_malformed_authorization(client, header):
 @pytest.mark.parametrize("token", ["wrong", ADMIN + "x", ADMIN[:-1], ADMIN.upper()])
 def test_bad_token(client, token):
     resp = client.get("/v1/images", headers=auth(token))
-    problem(resp, 401)
+    problem(resp, 401, T.UNAUTHORIZED)
     assert 'error="invalid_token"' in resp.headers["WWW-Authenticate"]
 
 
@@ -108,7 +112,7 @@ def test_bearer_scheme_is_case_insensitive(client):
                                           ("POST", "/v1/images")])
 def test_reader_may_not_write(client, method, path):
     resp = client.open(path, method=method, headers=auth(READER), json=VALID_GROUP)
-    body = problem(resp, 403)
+    body = problem(resp, 403, T.FORBIDDEN)
     assert "reader" in body["detail"]
 
 
@@ -131,7 +135,7 @@ def test_healthz_is_open_but_reports_zookeeper_down(client):
 @pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", "application/xml"])
 def test_wrong_content_type(client, path, ctype):
     resp = client.put(path, headers=auth(ADMIN), data=json.dumps(VALID_GROUP), content_type=ctype)
-    body = problem(resp, 415)
+    body = problem(resp, 415, T.UNSUPPORTED_MEDIA_TYPE)
     assert "application/json" in body["detail"]
 
 
@@ -143,21 +147,21 @@ def test_missing_content_type(client):
 @pytest.mark.parametrize("raw", [b"{", b"{'a': 1}", b"nope", b"{\"a\": }", b"\xff\xfe{}"])
 def test_invalid_json(client, raw):
     resp = client.put("/v1/images/x", headers=auth(ADMIN), data=raw, content_type="application/json")
-    body = problem(resp, 400)
+    body = problem(resp, 400, T.MALFORMED_BODY)
     assert "JSON" in body["detail"]
 
 
 @pytest.mark.parametrize("raw", [b"", b"   \n"])
 def test_empty_body(client, raw):
     resp = client.put("/v1/images/x", headers=auth(ADMIN), data=raw, content_type="application/json")
-    problem(resp, 400)
+    problem(resp, 400, T.MALFORMED_BODY)
 
 
 @pytest.mark.parametrize("path", ["/v1/images/x", "/v1/instance-groups/web"])
 @pytest.mark.parametrize("doc", [[], [VALID_GROUP], "a string", 3, None, True])
 def test_json_that_is_not_an_object(client, path, doc):
     resp = client.put(path, headers=auth(ADMIN), data=json.dumps(doc), content_type="application/json")
-    body = problem(resp, 422)
+    body = problem(resp, 422, T.INVALID)
     assert "_schema" in body["errors"]
 
 
@@ -174,7 +178,7 @@ def test_body_over_one_mib(client):
     big = json.dumps({"labels": {"k": "v" * (1 << 20)}}).encode()
     assert len(big) > 1 << 20
     resp = client.put("/v1/images/x", headers=auth(ADMIN), data=big, content_type="application/json")
-    problem(resp, 413)
+    problem(resp, 413, T.BODY_TOO_LARGE)
 
 
 def test_body_of_exactly_the_limit_is_read(client):
@@ -187,7 +191,7 @@ def test_body_of_exactly_the_limit_is_read(client):
 def test_image_unknown_field(client):
     resp = client.put("/v1/images/x", headers=auth(ADMIN),
                       json={"source_url": "file:///a", "unknown-field": 1})
-    body = problem(resp, 422)
+    body = problem(resp, 422, T.INVALID)
     assert "unknown-field" in body["errors"]
     assert list(body["errors"]) == ["unknown-field"]
 
@@ -212,7 +216,7 @@ def test_group_invalid_spec(client):
 
 @pytest.mark.parametrize("path", ["/", "/v1", "/v2/images", "/v1/images/x/y", "/v1/volumes"])
 def test_unknown_route(client, path):
-    body = problem(client.get(path, headers=auth(ADMIN)), 404)
+    body = problem(client.get(path, headers=auth(ADMIN)), 404, T.BLANK)    # no more than its status
     assert body["title"] == "Not Found"
 
 
@@ -222,7 +226,7 @@ def test_unknown_route_still_needs_a_token(client):
 
 def test_method_not_allowed(client):
     resp = client.patch("/v1/images/x", headers=auth(ADMIN), json={})
-    problem(resp, 405)
+    problem(resp, 405, T.BLANK)
     assert set(resp.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "PUT", "DELETE"}
 
 
@@ -306,3 +310,21 @@ def test_check_name_invalid(name):
 def test_check_name_trailing_newline():
     with pytest.raises(Problem):
         check_name("web\n")
+
+
+def test_the_list_mirror_only_reads():
+    from cowfleet.service.mirror import MirrorReader
+
+    class ZK:                                   # what it would forward to
+        def exists(self, path):
+            return path == "/cowfleet/groups/a"
+
+        def create(self, path, value=b""):
+            raise AssertionError("a write reached ZooKeeper through the mirror")
+        set = delete = transaction = ensure_path = create
+
+    reader = MirrorReader(ZK(), {})
+    assert reader.exists("/cowfleet/groups/a") and not reader.exists("/cowfleet/groups/b")
+    for write in ("create", "set", "delete", "transaction", "ensure_path"):
+        with pytest.raises(AttributeError):
+            getattr(reader, write)

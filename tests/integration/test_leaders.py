@@ -1,0 +1,99 @@
+"""Leadership as every component reads it (cowfleet/zk/leaders.py), against
+a real ZooKeeper and real kazoo Elections: the first contender leads, a
+leader that leaves hands over to the next, and reading writes nothing."""
+from __future__ import annotations
+
+import shutil
+import threading
+
+import pytest
+
+from cowfleet.lab import components as c
+from cowfleet.models import NodeInfo
+from cowfleet.zk import layout
+from cowfleet.zk.connection import connect
+from cowfleet.zk.leaders import leader_names, rack_leader_name, rack_leaders
+from tests.conftest import _workdir
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def zk():
+    d = _workdir("cowfleet-leaders-")
+    server = c.ZooKeeperServer(d / "zk")
+    clients = []
+    try:
+        server.start()
+        client = connect(server.hosts + "/leaders-test")
+        clients.append(client)
+        yield client, clients, server.hosts + "/leaders-test"
+    finally:
+        for cl in clients:
+            cl.stop()
+            cl.close()
+        server.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+class Contender:
+    """A node's session that registers and runs for its rack's leadership,
+    as agents/node.py does."""
+
+    def __init__(self, hosts: str, clients: list, name: str, rack: str, role: str = "compute"):
+        self.zk = connect(hosts)
+        clients.append(self.zk)
+        self.name, self.rack = name, rack
+        info = NodeInfo(name=name, role=role, rack=rack, address=f"http://127.0.0.1:1/{name}")
+        self.zk.ensure_path(layout.NODES)
+        self.zk.create(layout.node(name), info.to_bytes(), ephemeral=True)
+        self.leading = threading.Event()
+        self.release = threading.Event()
+        self.election = self.zk.Election(layout.rack_leader(rack, role), identifier=name)
+        self.thread = threading.Thread(target=self.election.run, args=(self._lead,), daemon=True)
+        self.thread.start()
+
+    def _lead(self):
+        self.leading.set()
+        self.release.wait()
+
+    def leave(self):
+        """Step down (the lock goes), then end the session."""
+        self.release.set()
+        if not self.leading.is_set():
+            self.election.cancel()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+        self.zk.stop()
+
+
+def test_the_first_contender_leads_and_hands_over(zk):
+    client, clients, hosts = zk
+    a1 = Contender(hosts, clients, "a1", "rack-a")
+    assert a1.leading.wait(10)
+    a2 = Contender(hosts, clients, "a2", "rack-a")
+    b1 = Contender(hosts, clients, "b1", "rack-b")
+    assert b1.leading.wait(10)
+    wait_until(lambda: len(client.get_children(layout.rack_leader("rack-a", "compute"))) == 2, 10,
+               "a2 contends")
+    assert rack_leader_name(client, "rack-a", "compute") == "a1"
+    assert leader_names(client) == {"a1", "b1"}
+    assert {r: n.name for r, n in rack_leaders(client, "compute").items()} == {"rack-a": "a1", "rack-b": "b1"}
+    assert rack_leaders(client, "storage") == {}
+
+    a1.leave()
+    assert a2.leading.wait(10)
+    wait_until(lambda: rack_leader_name(client, "rack-a", "compute") == "a2", 10, "a2 leads rack-a")
+    assert leader_names(client) == {"a2", "b1"}
+    assert rack_leaders(client, "compute")["rack-a"].name == "a2"
+    a2.leave()
+    b1.leave()
+
+
+def test_reading_a_rack_without_contenders_writes_nothing(zk):
+    client, _, _ = zk
+    client.ensure_path(layout.RACKS + "/rack-empty")
+    assert rack_leader_name(client, "rack-empty", "storage") is None
+    assert not client.exists(layout.rack_leader("rack-empty", "storage"))
+    assert "rack-empty" not in rack_leaders(client, "storage")
