@@ -82,7 +82,14 @@ class ApiError(Exception):
 
 
 class ConfigError(Exception):
-    pass
+    """No endpoint or token, or one that cannot be used: ``field`` names
+    which (``endpoint`` or ``token``), ``missing`` whether it was not given
+    at all, so callers (the provider's diagnostics) branch on these, not on
+    the message."""
+
+    def __init__(self, message: str, field: str, missing: bool = True):
+        super().__init__(message)
+        self.field, self.missing = field, missing
 
 
 def setting(key: str) -> str | None:
@@ -103,13 +110,13 @@ def load_config(endpoint: str | None = None, token: str | None = None) -> tuple[
     endpoint = endpoint or setting("COWFLEET_ENDPOINT")
     token = token or setting("COWFLEET_TOKEN")
     if not endpoint:
-        raise ConfigError("no endpoint: set COWFLEET_ENDPOINT or run 'cowfleet lab up'")
+        raise ConfigError("no endpoint: set COWFLEET_ENDPOINT or run 'cowfleet lab up'", "endpoint")
     if not token:
-        raise ConfigError("no token: set COWFLEET_TOKEN or run 'cowfleet lab up'")
+        raise ConfigError("no token: set COWFLEET_TOKEN or run 'cowfleet lab up'", "token")
     parts = urlsplit(endpoint)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"endpoint '{endpoint}' is not an http:// or https:// URL "
-                          "(e.g. http://127.0.0.1:8080)")
+                          "(e.g. http://127.0.0.1:8080)", "endpoint", missing=False)
     return endpoint.rstrip("/"), token
 
 

@@ -195,14 +195,11 @@ def configure(config: dict):
     try:
         client = Client(endpoint, token, retries=2)
     except ConfigError as exc:
+        if not exc.missing:
+            raise ProviderError([Diag("cowfleet provider: endpoint is not a URL",
+                                      f"{exc}: give http(s)://HOST:PORT of the service", [exc.field])])
         raise ProviderError([Diag("cowfleet provider: no endpoint or token",
-                                  f"{exc}; or set endpoint and token in the provider block",
-                                  ["endpoint" if "endpoint" in str(exc) else "token"])])
-    from urllib.parse import urlsplit
-    url = urlsplit(client.endpoint)
-    if url.scheme not in ("http", "https") or not url.netloc:
-        raise ProviderError([Diag("cowfleet provider: endpoint is not a URL",
-                                  f"'{client.endpoint}': give http(s)://HOST:PORT of the service", ["endpoint"])])
+                                  f"{exc}; or set endpoint and token in the provider block", [exc.field])])
     try:
         resp = requests.get(f"{client.endpoint}/v1/flavors", params={"limit": 1}, timeout=10,
                             headers={"Authorization": f"Bearer {client.token}"})
