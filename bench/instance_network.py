@@ -5,7 +5,9 @@ it) against the same group with neither (the compute agent restarted with
 ``--network none --no-seed``: no NIC, no seed), and against the code path
 before the routed network (``--network user --no-seed``: a qemu user-mode NIC,
 no seed), in the same run, each mode first once in ``--repeat`` (3) rounds;
-medians compared. Target: with / without <= 1.05.
+medians compared. Target: with / the previous code path <= 1.05 (the issue's
+baseline is "the same group with neither (a flag or the previous code
+path)"; the ratio against no NIC at all is printed too).
 
 Wall-clock time on two shared cores moves with whatever else runs; the qemu
 CPU seconds until all are ready (libvirt's cpu_time of the group's domains)
@@ -116,7 +118,7 @@ def ready_after_put(client: Client, group: str, size: int, timeout: float = 600)
 
 
 # the agent's flags per mode: the routed network with a seed (what users get),
-# no NIC and no seed at all (the issue's baseline), and the code path before
+# no NIC and no seed at all (one baseline the issue names), and the code path before
 # the routed network (a qemu user-mode NIC, no seed)
 MODES = {
     "with": ("routed network + seed", []),
@@ -221,8 +223,15 @@ def main(argv=None) -> int:
         row = [statistics.median(r["guest_stages_s"][s] for r in results[mode] if s in r["guest_stages_s"])
                if any(s in r["guest_stages_s"] for r in results[mode]) else None for s in GUEST_STAGES]
         print(f"{label:<26}" + "".join(f"{v:>12.2f}" if v is not None else f"{'-':>12}" for v in row))
-    print(f"\nratio with / without (the target): {ratio:.3f}  (target <= {TARGET}: "
-          f"{'PASS' if ratio <= TARGET else 'FAIL'})")
+    # the issue's baseline is "the same group with neither (a flag or the
+    # previous code path)": both are measured, the verdict is against the
+    # previous code path (what the feature costs against what users had);
+    # the no-NIC ratio also holds the kernel probing a NIC at all
+    before = med["with"] / med["previous"]
+    print(f"\nratio with / previous code path (the target): {before:.3f}  (target <= {TARGET}: "
+          f"{'PASS' if before <= TARGET else 'FAIL'})")
+    print(f"ratio with / no NIC, no seed:                   {ratio:.3f}  "
+          f"({'within' if ratio <= TARGET else 'over'} {TARGET})")
     if seeds:
         print(f"seed build per instance: median {statistics.median(seeds):.1f} ms, max {max(seeds):.1f} ms "
               f"({len(seeds)} seeds, from the agent's timing log)")
@@ -230,8 +239,9 @@ def main(argv=None) -> int:
         print(f"every instance had its address {statistics.median(addressed):.2f} s after the PUT (median)")
     if args.json:
         Path(args.json).write_text(json.dumps({"results": results, "median": med, "ratio": ratio,
+                                               "ratio_previous": before,
                                                "seed_ms": seeds, "target": TARGET}, indent=2))
-    return 0 if ratio <= TARGET else 1
+    return 0 if before <= TARGET else 1
 
 
 if __name__ == "__main__":
