@@ -19,6 +19,7 @@ from werkzeug.wrappers import Request, Response
 from cowfleet.agents.storage.copy_store import CHUNK, ChecksumMismatch, CopyStore, FormatMismatch
 from cowfleet.models import Image
 from cowfleet.names import NAME_PATTERN
+from cowfleet.protocol import ProblemType
 
 
 class _ImageName(BaseConverter):
@@ -33,13 +34,17 @@ ROUTES = Map([Rule(DATA, endpoint="serve_copy", methods=["GET"]),
 
 
 class UploadRefused(Exception):
-    def __init__(self, status: int, title: str, detail: str):
+    """A problem+json answer; ``type`` is a ``ProblemType`` the service
+    passes on to the user (it branches on it, never on the title)."""
+
+    def __init__(self, status: int, title: str, detail: str, type: str = ProblemType.BLANK):
         super().__init__(detail)
-        self.status, self.title, self.detail = status, title, detail
+        self.status, self.title, self.detail, self.type = status, title, detail, type
 
 
 def _problem(exc: UploadRefused) -> Response:
-    return Response(json.dumps({"title": exc.title, "status": exc.status, "detail": exc.detail}),
+    return Response(json.dumps({"type": exc.type, "title": exc.title, "status": exc.status,
+                                "detail": exc.detail}),
                     status=exc.status, mimetype="application/problem+json")
 
 
@@ -70,7 +75,8 @@ class DataServer:
 
     def serve_copy(self, request: Request, name: str) -> Response:
         if not self.copies.path(name).exists():
-            raise UploadRefused(404, "Not Found", f"{self.node} holds no copy of image '{name}'")
+            raise UploadRefused(404, "Not Found", f"{self.node} holds no copy of image '{name}'",
+                                ProblemType.NOT_FOUND)
         return Response(self.copies.chunks(name), mimetype="application/octet-stream",
                         headers={"Content-Length": str(self.copies.size(name))},
                         direct_passthrough=True)
@@ -78,30 +84,34 @@ class DataServer:
     def receive_upload(self, request: Request, name: str) -> Response:
         image = self.image(name)
         if image is None:
-            raise UploadRefused(404, "Not Found", f"image '{name}' does not exist")
+            raise UploadRefused(404, "Not Found", f"image '{name}' does not exist", ProblemType.NOT_FOUND)
         if image.source_url:
-            raise UploadRefused(409, "Conflict", f"image '{name}' is fetched from its source_url")
+            raise UploadRefused(409, "Conflict", f"image '{name}' is fetched from its source_url",
+                                ProblemType.IMAGE_HAS_SOURCE)
         given = (request.headers.get("X-Checksum-Sha256") or "").strip().lower() or None
         if given and image.sha256 and given != image.sha256:
             raise UploadRefused(409, "Conflict", f"image '{name}' already holds other data "
-                                f"(sha256 {image.sha256}); image data is immutable")
+                                f"(sha256 {image.sha256}); image data is immutable", ProblemType.IMAGE_DATA_IMMUTABLE)
         expected = given or image.sha256
         stream = request.stream
         first = stream.read(CHUNK)
         if not first:
-            raise UploadRefused(400, "Bad Request", "the body is empty; send the image bytes")
+            raise UploadRefused(400, "Bad Request", "the body is empty; send the image bytes",
+                                ProblemType.MALFORMED_BODY)
         try:
             sha, size = self.store(image, itertools.chain([first], iter(lambda: stream.read(CHUNK), b"")),
                                    expected)
         except FormatMismatch as exc:
-            raise UploadRefused(422, "Format Mismatch", f"{exc}; nothing was stored")
+            raise UploadRefused(422, "Format Mismatch", f"{exc}; nothing was stored",
+                                ProblemType.FORMAT_MISMATCH)
         except ChecksumMismatch as exc:
             if given:   # the bytes are not what the client said it sent
-                raise UploadRefused(422, "Checksum Mismatch", f"{exc}; nothing was stored")
+                raise UploadRefused(422, "Checksum Mismatch", f"{exc}; nothing was stored",
+                                    ProblemType.CHECKSUM_MISMATCH)
             raise UploadRefused(409, "Conflict", f"image '{name}' already holds other data: {exc}; "
-                                "image data is immutable")
+                                "image data is immutable", ProblemType.IMAGE_DATA_IMMUTABLE)
         except ValueError as exc:
-            raise UploadRefused(409, "Conflict", str(exc))
+            raise UploadRefused(409, "Conflict", str(exc), ProblemType.IMAGE_DATA_IMMUTABLE)
         self.stored()
         return Response(json.dumps({"node": self.node, "sha256": sha, "size_bytes": size}),
                         mimetype="application/json")

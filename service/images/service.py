@@ -97,19 +97,15 @@ def _storage_targets(zk, holders: set[str]) -> list[NodeInfo]:
     return sorted(nodes, key=lambda n: (n.name in holders, -free(n), n.name))
 
 
-def _storage_problem_type(status: int, problem: dict) -> str:
+def _storage_problem_type(problem: dict) -> str:
     """The type of a problem the storage agent answered an upload with (the
-    service re-raises it): its own ``type`` when it sends one of ours; until
-    the storage agent does, by status, and for a 422 by its title -- the one
-    place left that reads a title, because the agent's answer has nothing else."""
+    service re-raises it): the agent's own ``type`` (agents/storage/data_server.py
+    sends one of ours with every refusal); an answer without one (not from
+    a storage agent: a proxy's 4xx/5xx) is the node failing."""
     sent = problem.get("type")
     if isinstance(sent, str) and sent.startswith(ProblemType.PREFIX):
         return sent
-    if status == 422:
-        return ProblemType.FORMAT_MISMATCH if problem.get("title") == "Format Mismatch" \
-            else ProblemType.CHECKSUM_MISMATCH
-    return {400: ProblemType.MALFORMED_BODY, 404: ProblemType.NOT_FOUND,
-            409: ProblemType.IMAGE_DATA_IMMUTABLE}.get(status, ProblemType.NODE_FAILED)
+    return ProblemType.NODE_FAILED
 
 
 def upload(zk, name: str, stream, length: int | None, checksum: str | None,
@@ -158,9 +154,10 @@ def upload(zk, name: str, stream, length: int | None, checksum: str | None,
             problem = resp.json()
         except ValueError:
             problem = {}
-        status = resp.status_code if resp.status_code in (400, 404, 409, 422) else 502
+        kind = _storage_problem_type(problem)
+        status = resp.status_code if resp.status_code in (400, 404, 409, 422) and kind != ProblemType.NODE_FAILED \
+            else 502
         detail = problem.get("detail") or f"storage node {node.name} failed the upload (HTTP {resp.status_code})"
-        kind = _storage_problem_type(status, problem)
         field = "format" if kind == ProblemType.FORMAT_MISMATCH else "X-Checksum-Sha256"
         errors = {field: [detail]} if status == 422 else None
         raise Problem(status, problem.get("title") or "Bad Gateway", detail, errors=errors, type=kind)
