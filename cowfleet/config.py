@@ -33,6 +33,19 @@ AGENT_ENVIRONMENT = {
 }
 
 
+# What the CLI reads from its environment (``cowfleet --help`` lists it).
+CLI_ENVIRONMENT = {
+    "COWFLEET_ENDPOINT": "the service's URL when --endpoint is not given (else the lab's env file)",
+    "COWFLEET_TOKEN": "the bearer token when --token is not given (else the lab's env file)",
+    "COWFLEET_LAB_DIR": f"the lab's folder (default {LAB_DIR_DEFAULT})",
+    "COWFLEET_ZK": "ZooKeeper for 'serve' and the token bootstrap ('token ... --zk')",
+    "COWFLEET_TOKENS_FILE": "'serve': a file of 'TOKEN ROLE' lines",
+    "COWFLEET_CACHE_DIR": "where 'image build-debian' keeps its image (default /var/cache/cowfleet)",
+    "COWFLEET_DEBIAN_SOURCES": "'image build-debian': an apt sources file (default: the host's)",
+    "COWFLEET_DEBUG": "1: show the traceback of an unexpected error",
+}
+
+
 def environment_help(variables: dict[str, str]) -> str:
     """An argparse epilog listing ``variables``."""
     width = max(map(len, variables))

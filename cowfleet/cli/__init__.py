@@ -24,12 +24,15 @@ from cowfleet.cli.instances import instance
 from cowfleet.cli.lab import demo, lab, serve, terraform
 from cowfleet.cli.nodes import network, node
 from cowfleet.cli.tokens import token
+from cowfleet.config import CLI_ENVIRONMENT, environment_help
 
 PROG = "cowfleet"
 COMPLETE_VAR = "_COWFLEET_COMPLETE"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+             # \b: click keeps the block's lines as they are
+             epilog="\b\n" + environment_help(CLI_ENVIRONMENT))
 @click.option("--endpoint", metavar="URL", help="the service, e.g. http://127.0.0.1:8080 "
               "(default: $COWFLEET_ENDPOINT, else the lab's)")
 @click.option("--token", metavar="TOKEN", help="bearer token (default: $COWFLEET_TOKEN, else the lab's)")

@@ -81,3 +81,21 @@ def test_main_never_raises_and_says_one_line(capsys, monkeypatch):
     assert len(lines) == 2 and all(line.startswith("cowfleet: ") for line in lines)
     assert "nohttp:8080" in lines[0] and "frobnicate" in lines[1]
     assert out.startswith("cowfleet ")
+
+
+def test_help_lists_every_environment_variable_the_cli_reads(capsys):
+    import pathlib
+    import re
+    from cowfleet.config import CLI_ENVIRONMENT
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for var in CLI_ENVIRONMENT:
+        assert re.search(rf"^\s+{var}\s+\S", out, re.M), var
+    # and the list is whole: every COWFLEET_* variable the CLI's own modules,
+    # the client and the image builders read is in it
+    root = pathlib.Path(__file__).resolve().parents[2] / "cowfleet"
+    read = set()
+    for path in [*root.glob("cli/*.py"), root / "client.py", root / "config.py", *root.glob("guest/*.py")]:
+        read |= set(re.findall(r"""(?:environ\.get|getenv|setting)\(\s*["'](COWFLEET_[A-Z_]+)""",
+                               path.read_text()))
+    assert read and read <= set(CLI_ENVIRONMENT), read - set(CLI_ENVIRONMENT)
