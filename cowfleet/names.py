@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 
-# the bare pattern, for composing (P2P routes, OpenAPI patterns)
-NAME_PATTERN = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+# the bare pattern, for composing (the storage agent's data route); no
+# capturing group of its own, so it composes into any regex or route
+NAME_PATTERN = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 NAME_RE = re.compile(rf"^{NAME_PATTERN}\Z")  # \Z: no trailing newline
 NAME_RULE = "must be a DNS label: 1-63 lowercase letters, digits or '-', not starting or ending with '-'"
 

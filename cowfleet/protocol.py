@@ -11,12 +11,10 @@ types of the REST API's errors.
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import asdict, dataclass, field
 
 from cowfleet.models import Flavor
-from cowfleet.names import NAME_PATTERN
 
 # -- assignments: /cowfleet/assignments/<node>/<group>:<id> (zk/layout.py) ------
 
@@ -149,10 +147,8 @@ class P2P:
 
 
 # an image's bytes on a storage agent: PUT (an upload streamed by the service),
-# GET (a peer copying it); the name follows the API's rule (cowfleet.names)
-IMAGE_DATA_PATH = re.compile(rf"^/v1/images/({NAME_PATTERN})/data\Z")
-
-
+# GET (a peer copying it); the agent routes it with the API's name rule
+# (agents/storage/data_server.py, cowfleet.names)
 def image_data_path(name: str) -> str:
     return f"/v1/images/{name}/data"
 

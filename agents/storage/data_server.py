@@ -23,7 +23,7 @@ from cowfleet.protocol import ProblemType
 
 
 class _ImageName(BaseConverter):
-    regex = NAME_PATTERN.replace("(", "(?:")    # the API's name rule (cowfleet.names): no trailing '-'
+    regex = NAME_PATTERN    # the API's name rule (cowfleet.names): no trailing '-'
 
 
 

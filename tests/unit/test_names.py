@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from werkzeug.exceptions import NotFound
 
 from cowfleet import defaults
 from cowfleet.agents.main import main as agent_main
+from cowfleet.agents.storage.data_server import ROUTES
 from cowfleet.checksum import SHA256_RE, file_sha256, is_sha256
 from cowfleet.models import Group, Image
 from cowfleet.names import valid_name
-from cowfleet.protocol import IMAGE_DATA_PATH, image_data_path
+from cowfleet.protocol import image_data_path
 from cowfleet.provider import resources
 from cowfleet.service.groups.schemas import GroupSpecSchema
 from cowfleet.service.images.schemas import ImageSpecSchema
@@ -64,10 +66,17 @@ def test_defaults_are_fresh_each_time():
 
 
 def test_the_image_data_route_takes_api_names_only():
-    assert IMAGE_DATA_PATH.match(image_data_path("web-1")).group(1) == "web-1"
+    urls = ROUTES.bind("storage")
+
+    def matches(path: str) -> bool:
+        try:
+            return urls.match(path, method="GET")[1] == {"name": "web-1"}
+        except NotFound:
+            return False
+    assert matches(image_data_path("web-1"))
     for bad in ("web-", "-web", "Web", "a.b", "x" * 64):
-        assert not IMAGE_DATA_PATH.match(image_data_path(bad)), bad
-    assert not IMAGE_DATA_PATH.match(image_data_path("web") + "\n")
+        assert not matches(image_data_path(bad)), bad
+    assert not matches(image_data_path("web-1") + "\n")
 
 
 def test_every_variable_the_agent_reads_is_in_its_help(capsys):
