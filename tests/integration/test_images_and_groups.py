@@ -75,9 +75,19 @@ def test_unplaceable_group_says_why(client, image_demo):
     client.request("PUT", "/v1/instance-groups/limited",
                    {"image": "demo", "flavor": "small", "size": 2, "placement": {"max_per_node": 1}})
     try:
-        g = wait_until(lambda: (g := client.get_group("limited"))["status"]["observed_generation"] == 1 and g,
-                       30, "placement of group limited")
-        assert len(g["instances"]) == 1
+        # The first placement may find less room than the node has: another
+        # request's offer holds capacity for a few seconds (handshake
+        # reservations), or the rack's answer timed out on a loaded machine.
+        # The leader re-checks every group, so what is asserted is where it
+        # settles: one placed, one waiting, and the message saying why.
+        def settled():
+            g = client.get_group("limited")
+            return g["status"]["observed_generation"] == 1 and len(g["instances"]) == 1 and g
+        try:
+            g = wait_until(settled, 60, "group limited: one instance placed")
+        except AssertionError as exc:
+            trace = client.request("GET", "/v1/instance-groups/limited/placement").json()
+            raise AssertionError(f"{exc}; last placement: {trace}") from None
         assert g["status"]["pending"] >= 1
         assert "1 instance(s) not placed" in g["status"]["message"]
         assert "max_per_node=1" in g["status"]["message"]
