@@ -145,7 +145,7 @@ def diagnostics(lab, api=None, groups: tuple[str, ...] = (GROUP_A, GROUP_B)) -> 
         out.append(f"--- {n.short} agent log {n.log} (last 30 lines):")
         out += _tail(n.log)
     for n in lab.nodes("compute"):
-        for console in sorted((n.state_dir / "consoles").glob("*.log")):
+        for console in sorted((state_dir(n) / "consoles").glob("*.log")):
             out.append(f"--- console {console.name} on {n.short} (last 15 lines):")
             out += _tail(console, 15)
     return "\n".join(out)
@@ -187,11 +187,15 @@ def page_of(lab, api, ns: str, addr: str, timeout: float = 30) -> str:
     return wait(lab, api, lambda: fetch_in(ns, f"http://{addr}/"), timeout, f"http://{addr}/ from {ns}")
 
 
+def state_dir(n) -> Path:
+    """An agent's state folder, as the provisioning scripts make it."""
+    return Path(n.root) / "var" / "lib" / "cowfleet" / n.name
+
+
 def sessions_root(n) -> Path:
-    """The compute agent's sessions folder (its state dir as the provisioning
-    scripts make it); the daemons name their sockets through short links to
-    folders under it (agents/compute/sessions.py)."""
-    return Path(n.root) / "var" / "lib" / "cowfleet" / n.name / "sessions"
+    """The compute agent's sessions folder; the daemons name their sockets
+    through short links to folders under it (agents/compute/sessions.py)."""
+    return state_dir(n) / "sessions"
 
 
 def netns_inode(ns: str) -> int:
