@@ -15,6 +15,15 @@ def wait_until(condition, timeout: float, what: str, interval: float = 0.2):
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def one_clean_handshake(trace: dict, size: int, racks: set[str]) -> bool:
+    """Whether a group's placement trace (GET .../placement) is of one
+    hand-shake that placed all ``size`` instances, every rack of ``racks``
+    and every agent answering. (The trace is the group's last placement
+    that wanted any: one that wanted ``size`` was its first.)"""
+    return trace["want"] == size and set(trace["racks"]) == set(racks) and not any(
+        "error" in e or e.get("errors") for e in trace["racks"].values())
+
+
 def placed_by_one_handshake(client, name: str, spec: dict, racks: set[str], tries: int = 3,
                             timeout: float = 120) -> dict:
     """Put group ``name`` with ``spec`` and wait until all of it is placed;
@@ -36,8 +45,7 @@ def placed_by_one_handshake(client, name: str, spec: dict, racks: set[str], trie
         wait_until(lambda: len((client.get_group(name) or {}).get("instances", [])) == size, timeout,
                    f"group {name}: {size} instances placed")
         trace = client.request("GET", f"/v1/instance-groups/{name}/placement").json()
-        if trace["want"] == size and set(trace["racks"]) == set(racks) and not any(
-                "error" in e or e.get("errors") for e in trace["racks"].values()):
+        if one_clean_handshake(trace, size, racks):
             return trace
         traces.append(trace)
         client.delete_group(name)
