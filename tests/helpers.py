@@ -44,7 +44,14 @@ def placed_by_one_handshake(client, name: str, spec: dict, racks: set[str], trie
         client.put_group(name, **spec)
         wait_until(lambda: len((client.get_group(name) or {}).get("instances", [])) == size, timeout,
                    f"group {name}: {size} instances placed")
-        trace = client.request("GET", f"/v1/instance-groups/{name}/placement").json()
+
+        def final_trace():
+            # written just after the commit that placed the last instances:
+            # a moment later than they show (a partial pass's says unplaced > 0)
+            resp = client.request("GET", f"/v1/instance-groups/{name}/placement", ok_404=True)
+            got = resp.json() if resp.status_code == 200 else None
+            return got if got and got["unplaced"] == 0 and got["outcome"].startswith("committed") else None
+        trace = wait_until(final_trace, timeout, f"the placement of group {name} recorded")
         if one_clean_handshake(trace, size, racks):
             return trace
         traces.append(trace)
