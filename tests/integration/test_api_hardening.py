@@ -142,12 +142,10 @@ def test_label_keys_and_values_are_checked(lab, zk, image_demo, labels):
     assert not zk.exists(layout.group("labelled"))
 
 
-def test_good_label_keys_pass(client, image_demo):
+def test_good_label_keys_pass(client, image_demo, own_groups):
+    own_groups.append("labels-ok")    # deleted, and waited for: no deleting group left to the next test
     labels = {"app.kubernetes.io/name": "web", "tier": "", "a_b-c.d": "x y"}
-    try:
-        assert client.put_group("labels-ok", image="demo", flavor="small", size=0, labels=labels)["labels"] == labels
-    finally:
-        client.delete_group("labels-ok")
+    assert client.put_group("labels-ok", image="demo", flavor="small", size=0, labels=labels)["labels"] == labels
 
 
 def test_update_policy_that_cannot_progress(lab, zk, image_demo):

@@ -10,6 +10,7 @@ import pytest
 from cowfleet.lab.components import pid_alive
 from cowfleet.zk import layout
 from tests.helpers import wait_until
+from tests.integration.test_end_to_end import group_domains, requests_for
 
 pytestmark = pytest.mark.integration
 
@@ -32,30 +33,32 @@ def test_agent_killed_mid_provisioning_then_mid_delete(lab, client, zk, image_de
     own_groups.append("crash")
     client.put_group("crash", image="demo", flavor="small", size=2)
     # kill as soon as the first domain exists: the second may be half made
-    wait_until(lambda: domains(lab), 60, "a domain to be created")
+    wait_until(lambda: group_domains(lab, "crash"), 60, "a domain of the group to be created")
     kill_compute(lab)
     lab.restart("agent-compute")
     g = wait_until(lambda: (g := client.get_group("crash"))["status"]["phase"] == "ready" and g,
                    300, "group crash ready after the agent restarted")
     assert len(g["instances"]) == 2
-    assert len(domains(lab)) == 2, "the restarted agent adopts running domains, no duplicates"
+    # (this group's domains: the session lab may hold other tests')
+    assert sorted(group_domains(lab, "crash")) == sorted(f"cf-{i['node']}--{i['id']}" for i in g["instances"]), \
+        "the restarted agent adopts running domains, no duplicates"
 
     # scale in while the only agent (and so the rack leader) is dead: the
     # request waits in ZooKeeper and is carried out when it comes back
     kill_compute(lab)
     client.put_group("crash", image="demo", flavor="small", size=1)
-    assert len(zk.get_children(layout.REQUESTS)) == 1
-    assert len(domains(lab)) == 2
+    assert len(requests_for(zk, "crash")) == 1
+    assert len(group_domains(lab, "crash")) == 2
     lab.restart("agent-compute")
     wait_until(lambda: len(client.get_group("crash")["instances"]) == 1, 60, "scale-in to finish")
-    assert len(domains(lab)) == 1
+    assert len(group_domains(lab, "crash")) == 1
 
     # delete, and kill the agent right after the request: nothing may leak
     client.delete_group("crash")
     kill_compute(lab)
     lab.restart("agent-compute")
     wait_until(lambda: client.get_group("crash") is None, 120, "group crash gone")
-    assert not [d for d in domains(lab) if "--crash-" in d]
+    assert group_domains(lab, "crash") == []
     compute = next(p for p in (lab.dir / "nodes").iterdir() if p.name.endswith("-compute-1"))
     assert not list((compute / "overlays").glob("crash/*"))
     assert not list((compute / "consoles").glob("crash-*"))

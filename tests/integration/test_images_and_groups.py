@@ -44,7 +44,8 @@ def test_image_in_use_cannot_be_deleted(client, image_demo):
         wait_until(lambda: client.get_group("holder") is None, 30, "group holder gone")
 
 
-def test_group_generation_and_etag(client, image_demo, zk):
+def test_group_generation_and_etag(client, image_demo, zk, own_groups):
+    own_groups.append("gen")          # deleted even if an assertion fails first
     spec = dict(image="demo", flavor="small", size=0, labels={"team": "a"})
     created = client.request("PUT", "/v1/instance-groups/gen", spec)
     assert created.status_code == 201

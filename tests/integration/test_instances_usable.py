@@ -90,22 +90,20 @@ def test_instances_answer_on_their_addresses_with_identity_and_user_data(lab, cl
     assert all(a in table.stdout for a in addresses)
 
 
-def test_console_errors(lab, client, image_demo):
+def test_console_errors(lab, client, image_demo, own_groups):
     headers = {"Authorization": f"Bearer {lab.state.reader_token}"}
     base = f"{lab.state.endpoint}/v1/instance-groups"
     resp = requests.get(f"{base}/nosuch/instances/nosuch-000000/console", headers=headers, timeout=10)
     assert resp.status_code == 404 and resp.headers["Content-Type"] == "application/problem+json"
+    own_groups.append("console-errs")    # deleted and waited for, whatever happens
     client.put_group("console-errs", image="demo", flavor="small", size=0)
-    try:
-        resp = requests.get(f"{base}/console-errs/instances/console-errs-000000/console", headers=headers,
-                            timeout=10)
-        assert resp.status_code == 404 and "console-errs-000000" in resp.json()["detail"]
-        resp = requests.get(f"{base}/console-errs/instances/x/console?tail_bytes=-1", headers=headers, timeout=10)
-        assert resp.status_code == 422 and "tail_bytes" in resp.json()["errors"]
-        out = cli(lab, "instance", "console", "console-errs-000000")
-        assert out.returncode != 0 and out.stderr.count("\n") == 1 and "does not exist" in out.stderr
-    finally:
-        client.delete_group("console-errs")
+    resp = requests.get(f"{base}/console-errs/instances/console-errs-000000/console", headers=headers,
+                        timeout=10)
+    assert resp.status_code == 404 and "console-errs-000000" in resp.json()["detail"]
+    resp = requests.get(f"{base}/console-errs/instances/x/console?tail_bytes=-1", headers=headers, timeout=10)
+    assert resp.status_code == 422 and "tail_bytes" in resp.json()["errors"]
+    out = cli(lab, "instance", "console", "console-errs-000000")
+    assert out.returncode != 0 and out.stderr.count("\n") == 1 and "does not exist" in out.stderr
 
 
 @pytest.mark.parametrize("spec,field", [

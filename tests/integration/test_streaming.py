@@ -50,6 +50,16 @@ def delete_group(client, name: str) -> None:
     wait_until(lambda: client.get_group(name) is None, 120, f"group {name} gone")
 
 
+def held_targets(zk, node: str) -> set[str]:
+    """The targets of the replicas ``node`` publishes, of every image."""
+    out = set()
+    for image in zk.get_children(layout.IMAGES):
+        got = read(zk, layout.image_replica(image, node), Replica)
+        if got is not None:
+            out.add(got[0].target)
+    return out
+
+
 def demo_replica(zk, lab) -> Replica:
     return read(zk, layout.image_replica("demo", f"{lab.state.lab_id}-storage-1"), Replica)[0]
 
@@ -173,10 +183,15 @@ def test_storage_restart_reexports_without_duplicates_or_leftovers(lab, client, 
         wait_until(lambda: leftover not in {t.iqn for t in tgt.list_targets(tgt.node_prefix(name))}, 30,
                    "leftover target removed")
         wait_until(lambda: client.get_image("demo")["status"] == "available", 60, "demo available again")
-        iqns = [t.iqn for t in tgt.list_targets(tgt.node_prefix(name))]
+
+        # every target of the node is the replica of an image it holds: no leftover
+        # (the session lab may hold other tests' images too: theirs are theirs)
+        def exported():
+            iqns = [t.iqn for t in tgt.list_targets(tgt.node_prefix(name))]
+            return iqns if set(iqns) == held_targets(zk, name) else None
+        iqns = wait_until(exported, 60, "the node's targets: one per image it holds a replica of")
         assert len(iqns) == len(set(iqns))
         assert demo_replica(zk, lab).target in iqns
-        assert iqns == [demo_replica(zk, lab).target]   # the lab's storage holds only demo now
     finally:
         tgt.unexport(leftover)
 

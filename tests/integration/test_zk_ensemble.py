@@ -10,6 +10,7 @@ import time
 import pytest
 import requests
 
+from cowfleet.agents import node as node_module
 from cowfleet.agents.node import NodeAgent
 from cowfleet.lab import components as c
 from tests.conftest import _workdir
@@ -117,10 +118,16 @@ class _Candidate(NodeAgent):
         pass
 
 
-def test_rack_leader_keeps_leading_when_the_zookeeper_leader_dies(ensemble_service, tmp_path):
+def test_rack_leader_keeps_leading_when_the_zookeeper_leader_dies(ensemble_service, tmp_path, monkeypatch):
     """SUSPENDED pauses the leader's work but keeps its candidacy: when the
     session survives on another member, leadership does not move."""
     ens, _, _ = ensemble_service
+    # The agents' 6 s session (agents/node.py) is what the session must
+    # survive here; on two loaded cores the ensemble's new election plus the
+    # client's move to another member can take longer, the session expires
+    # and the case becomes the LOST one (the next test's). The service's own
+    # session length, 15 s, keeps this test on the SUSPENDED case it is about.
+    monkeypatch.setattr(node_module, "SESSION_SECONDS", 15.0)
     agents = [_Candidate(f"cand-{i}", "rack-x", ens.hosts + "/leader-test", str(tmp_path / str(i)))
               for i in (1, 2)]
     threads = [threading.Thread(target=a.run, daemon=True) for a in agents]

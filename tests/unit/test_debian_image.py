@@ -135,7 +135,7 @@ def test_syslinux_cfg():
 def test_builder_syslinux_cfg_unchanged():
     assert builder.SYSLINUX_CFG == (
         "DEFAULT cowfleet\nPROMPT 0\nTIMEOUT 0\nLABEL cowfleet\n  KERNEL vmlinuz\n"
-        "  APPEND initrd=initrd.img root=/dev/vda2 console=ttyS0 quiet panic=-1 tsc=reliable\n")
+        "  APPEND initrd=initrd.img root=/dev/vda2 console=ttyS0 quiet panic=-1 tsc=reliable no_timer_check\n")
 
 
 def _unit(text: str) -> dict[str, dict[str, str]]:

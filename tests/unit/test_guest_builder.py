@@ -145,3 +145,12 @@ def test_templates_format():
     assert busybox, "busybox-static is a build dependency of the demo image"
     proc = subprocess.run([busybox, "sh", "-n", "-c", guest], capture_output=True, text=True, timeout=10)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_guest_kernel_skips_the_io_apic_timer_check():
+    """A TCG guest on a loaded host misses the kernel's early timer check and
+    panics ("IO-APIC + timer doesn't work!") on every boot: the demo guest's
+    kernel line turns the check off (cowfleet/guest/builder.py)."""
+    from cowfleet.guest.builder import SYSLINUX_CFG
+    append = next(line.split()[1:] for line in SYSLINUX_CFG.splitlines() if line.strip().startswith("APPEND"))
+    assert "no_timer_check" in append and "console=ttyS0" in append
