@@ -22,7 +22,7 @@ from cowfleet import defaults as spec_defaults
 from cowfleet.checksum import is_sha256
 from cowfleet.protocol import ProblemType
 from cowfleet.provider import schema as S
-from cowfleet.provider.diagnostics import Diag, ProviderError, from_api_error
+from cowfleet.provider.diagnostics import Diag, ProviderError, from_api_error, from_validation
 from cowfleet.provider.values import UNKNOWN, has_unknown
 
 DEFAULT_TIMEOUT = 600.0
@@ -113,6 +113,50 @@ def _unset_defaults(proposed: dict, config: dict, defaults: dict) -> dict:
     return out
 
 
+_SKIP = object()
+
+
+def known_values(value: Any) -> Any:
+    """What the API's schema can judge at plan: ``value`` without what is
+    unknown (computed at apply) or null (the API's default applies). An
+    unknown object attribute or map element is left out; a list with an
+    unknown element is left out whole (its length and order are not known)."""
+    if value is UNKNOWN:
+        return _SKIP
+    if isinstance(value, dict):
+        out = {k: known_values(v) for k, v in value.items() if v is not None}
+        return {k: v for k, v in out.items() if v is not _SKIP}
+    if isinstance(value, list):
+        out = [known_values(v) for v in value]
+        return _SKIP if _SKIP in out else out
+    return value
+
+
+def spec_diagnostics(config: dict, schema_name: str, block: S.Block) -> list[Diag]:
+    """The service's own input schema (``cowfleet.specs``) on the known values
+    of a configuration: every value the API would refuse is a diagnostic on
+    its attribute at plan, before any call. Partial: what is missing or
+    unknown is not judged here (Terraform checks required attributes, the
+    API what is known only at apply). Existence (is there such a flavor) is
+    left to apply: a flavor made in the same plan is not there yet.
+
+    marshmallow is imported here, not at the top: a launch that only answers
+    GetProviderSchema never needs it (main.py)."""
+    from marshmallow import ValidationError
+
+    from cowfleet import specs
+    schema = getattr(specs, schema_name)()
+    data = known_values({k: v for k, v in config.items() if k in schema.fields})
+    diags = from_validation(schema.validate(data, partial=True), block)
+    name = config.get("name")
+    if isinstance(name, str):
+        try:
+            specs.Name().deserialize(name)
+        except ValidationError as exc:
+            diags += from_validation({"name": exc.messages}, block)
+    return diags
+
+
 def merge_known(planned: Any, actual: Any) -> Any:
     """The new state after apply: what was planned, with unknowns taken from the API."""
     if planned is UNKNOWN:
@@ -134,6 +178,7 @@ class Resource:
     # a change of these alone calls nothing and keeps every computed value
     cosmetic: tuple[str, ...] = ("timeouts",)
     empty_when_unset: dict = {}           # name -> empty(): unset in the configuration means empty
+    spec_schema = ""                      # the API's input schema in cowfleet.specs
 
     # -- plan ---------------------------------------------------------------
     def plan(self, prior: dict | None, proposed: dict | None,
@@ -196,7 +241,7 @@ class Resource:
             planned.get(name) == prior.get(name) for name in planned if name not in self.cosmetic)
 
     def validate(self, config: dict) -> list[Diag]:
-        diags = []
+        diags = spec_diagnostics(config, self.spec_schema, self.block)
         for op, value in ((config.get("timeouts") or {}).items()):
             if isinstance(value, str):
                 try:
@@ -292,6 +337,7 @@ class Image(Resource):
     defaults = {"format": "raw", "min_replicas": spec_defaults.MIN_REPLICAS, "wait_for_available": True}
     volatile = ("status", "replicas")
     cosmetic = ("timeouts", "wait_for_available", "path")
+    spec_schema = "ImageSpecSchema"
 
     def validate(self, config: dict) -> list[Diag]:
         diags = super().validate(config)
@@ -378,6 +424,7 @@ class Flavor(Resource):
     kind = "flavor"
     type_name = "cowfleet_flavor"
     defaults = {"disk_gib": 1}
+    spec_schema = "FlavorSpecSchema"
 
     def validate(self, config: dict) -> list[Diag]:
         diags = super().validate(config)
@@ -419,6 +466,7 @@ class InstanceGroup(Resource):
     volatile_when = {"instances": ("size", "image", "flavor", "placement", "persistent")}
     cosmetic = ("timeouts", "wait_for_ready")
     empty_when_unset = {"ssh_authorized_keys": list}
+    spec_schema = "GroupSpecSchema"
 
     def fetch(self, client, name):
         return client.get_group(name)

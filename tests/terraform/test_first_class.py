@@ -1,7 +1,8 @@
 """The provider behaves like a first-class one (issue 14), with the real
-Terraform binary against the session lab: no takeovers of objects made
-elsewhere, built-in flavors refused at plan, defaults that follow the
-configuration. Flavors and groups of size 0 only: no VM boots here.
+Terraform binary against the session lab: values the API refuses are
+diagnostics at plan, no takeovers of objects made elsewhere, built-in
+flavors refused at plan, defaults that follow the configuration. Flavors and
+groups of size 0 only: no VM boots here.
 """
 from __future__ import annotations
 
@@ -12,6 +13,56 @@ import pytest
 from tests.terraform.test_terraform import HEAD
 
 pytestmark = pytest.mark.integration
+
+INVALID = HEAD + """variable "size" {}
+variable "strategy" {}
+variable "vcpus" {}
+resource "cowfleet_flavor" "f" {
+  name       = "tfinvalid"
+  vcpus      = var.vcpus
+  memory_mib = 64
+}
+resource "cowfleet_instance_group" "bad" {
+  name   = "tfinvalid"
+  image  = "demo"
+  flavor = "small"
+  size   = var.size
+  labels = { %(label)s = "x" }
+  placement {
+    strategy = var.strategy
+  }
+  timeouts {
+    create = "2m"
+  }
+}
+"""
+
+
+def test_values_the_api_refuses_are_diagnostics_at_plan(make_tf, client):
+    """The service's own schemas judge every known value at validate and at
+    plan, on the attribute's line, before anything is written; a value not
+    known yet (a variable at validate time) is left for later."""
+    tf = make_tf()
+    tf.write(INVALID % {"label": '"bad key"'})
+    tf.init()
+    proc = tf.run("validate", "-no-color", ok=(1,))
+    assert 'Error: Invalid labels["bad key"]' in proc.stderr and "a label key is" in proc.stderr, proc.stderr
+    assert "Invalid size" not in proc.stderr and "Invalid vcpus" not in proc.stderr   # variables: unknown
+    tf.write(INVALID % {"label": "tier"})
+    code, text = tf.plan_exitcode("-var=size=-4", "-var=strategy=spred", "-var=vcpus=0")
+    assert code == 1, text
+    flat = " ".join(text.split())
+    for summary, line, message in [
+            ("Invalid size", "size = var.size", "greater than or equal to 0"),
+            ("Invalid placement.strategy", "strategy = var.strategy", "Must be one of: spread, pack."),
+            ("Invalid vcpus", "vcpus = var.vcpus", "greater than or equal to 1")]:
+        assert f"Error: {summary}" in flat and line in flat and message in flat, (summary, text)
+    assert client.get_flavor("tfinvalid") is None and client.get_group("tfinvalid") is None
+    # the same configuration with values the API takes plans the two creates
+    code, text = tf.plan_exitcode("-var=size=0", "-var=strategy=pack", "-var=vcpus=1")
+    assert code == 2 and "2 to add" in text, text
+    assert tf.run("state", "list", ok=(0, 1)).stdout.strip() == ""
+
 
 TAKEN = HEAD + """resource "cowfleet_flavor" "mine" {
   name       = "tftaken"

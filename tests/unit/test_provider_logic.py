@@ -173,7 +173,7 @@ def test_api_validation_errors_land_on_the_attribute():
     assert by_path[("size",)].summary == "Invalid size"
     assert "greater than or equal to 0" in by_path[("size",)].detail
     assert ("placement", "strategy") in by_path
-    assert ("labels", ("key", "bad key"), ("key", "key")) in by_path
+    assert ("labels", ("key", "bad key")) in by_path           # the map element, not its key/value level
 
 
 def test_api_errors_without_fields_are_one_diagnostic():
@@ -465,3 +465,68 @@ def test_a_group_write_waits_out_a_deletion_by_its_problem_type(monkeypatch):
     with pytest.raises(ApiError):
         GROUP.write(client, state, None)
     assert client.puts == 1
+
+
+# -- plan-time validation with the API's own schemas ----------------------------------
+
+GOOD_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAvnTQMWfDyeLiW0UnQnQUp2WGnZ0ZVX+ZA/pc2ZeH0d a@b")
+
+
+def _group_config(**over) -> dict:
+    config = conform({"name": "web", "image": "demo", "flavor": "small", "size": 2}, S.GROUP.type())
+    config.update(over)
+    return config
+
+
+def test_every_value_the_api_refuses_is_a_diagnostic_on_its_attribute_at_plan():
+    config = _group_config(name="Web_1", size=-4, placement={"strategy": "spred", "max_per_node": 0},
+                           update_policy={"max_unavailable": 0, "max_surge": 0},
+                           labels={"bad key": "v", "ok": "x\n"}, ssh_authorized_keys=[GOOD_KEY, "ssh-rsa nope"],
+                           user_data="x" * 65537, persistent=True)
+    by_path = {tuple(d.path): d for d in RESOURCES["cowfleet_instance_group"].validate(config)}
+    assert set(by_path) == {("name",), ("size",), ("placement", "strategy"), ("placement", "max_per_node"),
+                            ("update_policy", "max_unavailable"), ("labels", ("key", "bad key")),
+                            ("labels", ("key", "ok")), ("ssh_authorized_keys", 1), ("user_data",)}
+    assert by_path[("size",)].summary == "Invalid size"
+    assert "greater than or equal to 0" in by_path[("size",)].detail
+    assert by_path[("placement", "strategy")].summary == "Invalid placement.strategy"
+    assert "spread, pack" in by_path[("placement", "strategy")].detail
+    assert "DNS label" in by_path[("name",)].detail
+    assert by_path[("ssh_authorized_keys", 1)].summary == "Invalid ssh_authorized_keys[1]"
+
+
+@pytest.mark.parametrize("type_name,config,paths", [
+    ("cowfleet_flavor", {"name": "f", "vcpus": 0, "memory_mib": 32, "disk_gib": 2.5},
+     {("vcpus",), ("memory_mib",), ("disk_gib",)}),
+    ("cowfleet_image", {"name": "i", "source_url": "ftp://host/x", "format": "vmdk", "min_replicas": 0,
+                        "labels": {"-x": "1"}},
+     {("source_url",), ("format",), ("min_replicas",), ("labels", ("key", "-x"))}),
+])
+def test_flavor_and_image_values_are_judged_by_the_api_schemas(type_name, config, paths):
+    config = conform(config, RESOURCES[type_name].block.type())
+    assert {tuple(d.path) for d in RESOURCES[type_name].validate(config)} == paths
+
+
+def test_a_good_configuration_and_unknown_values_are_not_judged():
+    assert RESOURCES["cowfleet_instance_group"].validate(_group_config(
+        labels={"tier": "web"}, ssh_authorized_keys=[GOOD_KEY], placement={"strategy": "pack", "max_per_node": None},
+        update_policy={"max_unavailable": 0, "max_surge": None})) == []
+    # computed at apply (another resource's attribute, a variable at validate time): left for later
+    assert RESOURCES["cowfleet_instance_group"].validate(_group_config(
+        name=UNKNOWN, image=UNKNOWN, size=UNKNOWN, labels=UNKNOWN, placement=UNKNOWN,
+        ssh_authorized_keys=[UNKNOWN, "not a key"], update_policy={"max_unavailable": 0, "max_surge": UNKNOWN})) == []
+    # a map with one unknown value: the known ones are still judged
+    diags = RESOURCES["cowfleet_instance_group"].validate(_group_config(labels={"a": UNKNOWN, "b c": "1"}))
+    assert [d.path for d in diags] == [["labels", ("key", "b c")]]
+
+
+def test_plan_time_rules_are_the_apis_own():
+    """The provider's rule is the service's schema object, not a copy: the
+    same messages the API answers with (422) for the same values."""
+    from marshmallow import ValidationError
+
+    from cowfleet.specs import GroupSpecSchema
+    with pytest.raises(ValidationError) as err:
+        GroupSpecSchema().load({"image": "demo", "flavor": "small", "size": 20000})
+    diags = RESOURCES["cowfleet_instance_group"].validate(_group_config(size=20000))
+    assert [d.detail for d in diags] == err.value.messages["size"]
