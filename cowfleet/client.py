@@ -134,10 +134,12 @@ def seg(name: str) -> str:
 
 class Client:
     def __init__(self, endpoint: str | None = None, token: str | None = None, timeout: float = 30,
-                 retries: int = 4, retry_status: bool = True):
+                 retries: int = 4, retry_status: bool = True, user_agent: str | None = None):
         """``retries``: connection failures (and, with ``retry_status``, 502/503/504
         answers) are retried that many times, backed off; tests turn the
-        status retries off, so a 503 a user would see fails them."""
+        status retries off, so a 503 a user would see fails them.
+        ``user_agent`` names the program in every request (the Terraform
+        provider and its version); else requests' own."""
         self.endpoint, self.token = load_config(endpoint, token)
         self.timeout = timeout
         self.session = requests.Session()
@@ -148,6 +150,8 @@ class Client:
         self.session.mount("http://", HTTPAdapter(max_retries=retry, pool_maxsize=32))
         self.session.mount("https://", HTTPAdapter(max_retries=retry, pool_maxsize=32))
         self.session.headers["Authorization"] = f"Bearer {self.token}"
+        if user_agent:
+            self.session.headers["User-Agent"] = user_agent
 
     def request(self, method: str, path: str, body: Any = None, headers: dict | None = None,
                 ok_404: bool = False) -> requests.Response:
@@ -200,7 +204,7 @@ class Client:
         sha256 = sha256 or file_sha256(path)
         size = path.stat().st_size
         headers = {"Content-Type": "application/octet-stream", "X-Checksum-Sha256": sha256,
-                   "Authorization": f"Bearer {self.token}"}
+                   "Authorization": f"Bearer {self.token}", "User-Agent": self.session.headers["User-Agent"]}
         url = f"{self.endpoint}/v1/images/{seg(name)}/data"
         for attempt in range(retries + 1):
             with open(path, "rb") as fh:

@@ -11,10 +11,12 @@ command, and a launch that only validates or plans never needs it (main.py).
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from cowfleet.models import DEFAULT_FLAVORS
@@ -28,8 +30,11 @@ from cowfleet.provider.values import UNKNOWN, has_unknown
 DEFAULT_TIMEOUT = 600.0
 BUILT_IN_FLAVORS = frozenset(f.name for f in DEFAULT_FLAVORS)
 POLL = 1.0
-# set by the Stop RPC (Terraform was interrupted): waits end at once
+# set by the Stop RPC or SIGINT (Terraform was interrupted): every wait ends at
+# once (Event.wait returns when it is set), an upload at its next 1 MiB read
 STOP = threading.Event()
+PROGRESS_EVERY = 10.0            # seconds between "still waiting" log lines (TF_LOG=DEBUG)
+log = logging.getLogger("cowfleet.provider")
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
 _UNITS = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
@@ -65,6 +70,34 @@ def timeout_of(state: dict | None, op: str) -> float:
     return parse_duration(value) if isinstance(value, str) else default_timeout()
 
 
+@dataclass
+class Deadline:
+    """One operation's clock: ``timeouts`` caps the whole create, update or
+    delete (the PUT, an upload, the wait for a deletion to end, the wait for
+    readiness), not each step, as SDKv2's ``schema.TimeoutCreate`` does."""
+    seconds: float
+    at: float
+    started: float
+
+    @classmethod
+    def start(cls, seconds: float) -> "Deadline":
+        now = time.monotonic()
+        return cls(seconds, now + seconds, now)
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
+
+    def passed(self) -> bool:
+        return self.left() <= 0
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+def _deadline(deadline: "Deadline | None", state: dict | None, op: str) -> Deadline:
+    return deadline if deadline is not None else Deadline.start(timeout_of(state, op))
+
+
 def _api(call, block, what: str, state=None):
     """Run an API call; ApiError becomes diagnostics on the attributes at fault."""
     from cowfleet.client import ApiError
@@ -77,10 +110,19 @@ def _api(call, block, what: str, state=None):
         raise ProviderError([Diag(f"{what}: the cowfleet service did not answer", str(exc))], state)
 
 
-def pause(state: dict | None, what: str) -> None:
-    """Wait one poll interval, unless Terraform asked us to stop."""
-    if STOP.wait(POLL):
-        raise ProviderError([Diag(f"interrupted while waiting for {what}")], state)
+def pause(state: dict | None, what: str, deadline: Deadline | None = None, status: str = "") -> None:
+    """Wait one poll interval (less if the deadline comes sooner), unless
+    Terraform asked us to stop; says how long it has waited every
+    PROGRESS_EVERY seconds, and at the first pause (visible with TF_LOG=DEBUG)."""
+    if deadline is not None and (deadline.elapsed() < POLL or int(deadline.elapsed() / PROGRESS_EVERY) !=
+                                 int((deadline.elapsed() + POLL) / PROGRESS_EVERY)):
+        log.info("waiting for %s: %.0fs of %.0fs%s", what, deadline.elapsed(), deadline.seconds,
+                 f"; {status}" if status else "")
+    wait = POLL if deadline is None else max(0.0, min(POLL, deadline.left()))
+    if STOP.wait(wait):
+        raise ProviderError([Diag(f"interrupted while waiting for {what}",
+                                  "Terraform was interrupted (Ctrl-C); what was made so far is in the state")],
+                            state)
 
 
 def _fill_defaults(value: dict | None, block: S.Block, defaults: dict) -> dict | None:
@@ -253,9 +295,11 @@ class Resource:
     # -- the REST side, per resource ---------------------------------------
     def fetch(self, client, name: str) -> dict | None: ...
     def to_state(self, obj: dict, prior: dict | None) -> dict: ...
-    def write(self, client, state: dict, prior: dict | None) -> None: ...
+    def write(self, client, state: dict, prior: dict | None, deadline: Deadline | None = None) -> None: ...
     def remove(self, client, name: str) -> None: ...
-    def wait(self, client, state: dict, op: str) -> dict: return self.fetch(client, state["name"])
+
+    def wait(self, client, state: dict, op: str, deadline: Deadline | None = None) -> dict:
+        return self.fetch(client, state["name"])
 
     def put(self, put, state: dict, prior: dict | None, **spec) -> None:
         """``put(name, create_only=..., **spec)``; a create sends ``If-None-Match: *``,
@@ -286,29 +330,30 @@ class Resource:
     def apply(self, client, prior: dict | None, planned: dict | None) -> dict | None:
         if planned is None:
             name = prior["name"]
+            deadline = Deadline.start(timeout_of(prior, "delete"))
             _api(lambda: self.remove(client, name), self.block, f"deleting {self.kind} '{name}'", prior)
-            self._wait_gone(client, name, timeout_of(prior, "delete"), prior)
+            self._wait_gone(client, name, deadline, prior)
             return None
         if prior is not None and self.only_cosmetic(prior, planned):
             return planned                     # nothing for the service: no PUT, no wait
         op = "create" if prior is None else "update"
+        deadline = Deadline.start(timeout_of(planned, op))        # the whole operation's
         what = f"{'creating' if op == 'create' else 'updating'} {self.kind} '{planned['name']}'"
-        _api(lambda: self.write(client, planned, prior), self.block, what, prior)
-        obj = self.wait(client, planned, op)
+        _api(lambda: self.write(client, planned, prior, deadline), self.block, what, prior)
+        obj = self.wait(client, planned, op, deadline)
         if obj is None:
             raise ProviderError([Diag(f"{what}: it vanished right after it was written")])
         return merge_known(planned, self.to_state(obj, planned))
 
-    def _wait_gone(self, client, name: str, timeout: float, prior: dict) -> None:
-        deadline = time.monotonic() + timeout
+    def _wait_gone(self, client, name: str, deadline: Deadline, prior: dict) -> None:
         while True:
             obj = _api(lambda: self.fetch(client, name), self.block, f"deleting {self.kind} '{name}'", prior)
             if obj is None:
                 return
-            if time.monotonic() > deadline:
-                raise ProviderError([Diag(f"{self.kind} '{name}' still exists after {timeout:.0f}s",
+            if deadline.passed():
+                raise ProviderError([Diag(f"{self.kind} '{name}' still exists after {deadline.seconds:.0f}s",
                                           _describe(obj))], prior)
-            pause(prior, f"{self.kind} '{name}' to go")
+            pause(prior, f"{self.kind} '{name}' to go", deadline, _describe(obj))
 
 
 def _describe(obj: dict) -> str:
@@ -369,7 +414,8 @@ class Image(Resource):
             "timeouts": (prior or {}).get("timeouts"),
         }
 
-    def write(self, client, state, prior):
+    def write(self, client, state, prior, deadline=None):
+        deadline = _deadline(deadline, state, "create" if prior is None else "update")
         path = state.get("path") if prior is None else None
         if path and not os.path.isfile(path):
             raise ProviderError([Diag("Image file not found", f"no file at '{path}' to upload", ["path"])])
@@ -382,7 +428,8 @@ class Image(Resource):
             # ours) goes again: nothing is left untracked.
             sha = state.get("sha256")
             try:
-                client.upload_image(state["name"], path, sha256=sha if isinstance(sha, str) else None)
+                client.upload_image(state["name"], path, sha256=sha if isinstance(sha, str) else None,
+                                    progress=self._upload_progress(state["name"], deadline))
             except BaseException:
                 try:
                     client.delete_image(state["name"])
@@ -390,11 +437,30 @@ class Image(Resource):
                     pass
                 raise
 
+    @staticmethod
+    def _upload_progress(name: str, deadline: Deadline):
+        """Called at each 1 MiB the upload reads: an interrupt or the end of
+        the operation's time stops it there (the image it made goes again)."""
+        said = [0.0]
+
+        def progress(sent: int, size: int) -> None:
+            if STOP.is_set():
+                raise ProviderError([Diag(f"interrupted while uploading image '{name}'",
+                                          f"{sent} of {size} bytes sent; the image is removed again")])
+            if deadline.passed():
+                raise ProviderError([Diag(f"image '{name}' not uploaded after {deadline.seconds:.0f}s",
+                                          f"{sent} of {size} bytes sent in the create timeout; "
+                                          "the image is removed again")], None)
+            if deadline.elapsed() - said[0] >= PROGRESS_EVERY:
+                said[0] = deadline.elapsed()
+                log.info("uploading image '%s': %d of %d bytes after %.0fs", name, sent, size, said[0])
+        return progress
+
     def remove(self, client, name):
         client.delete_image(name)
 
-    def wait(self, client, state, op):
-        obj = self._wait_available(client, state, op)
+    def wait(self, client, state, op, deadline=None):
+        obj = self._wait_available(client, state, _deadline(deadline, state, op))
         want, got = state.get("sha256"), (obj or {}).get("sha256")
         if isinstance(want, str) and got and got != want.lower():
             # e.g. a source_url whose data is not what the configuration says
@@ -403,18 +469,17 @@ class Image(Resource):
                                 dict(merge_known(state, self.to_state(obj, state)), sha256=got))
         return obj
 
-    def _wait_available(self, client, state, op):
+    def _wait_available(self, client, state, deadline: Deadline):
         obj = _api(lambda: client.get_image(state["name"]), self.block, "reading image")
         if not state.get("wait_for_available"):
             return obj
-        timeout = timeout_of(state, op)
-        deadline = time.monotonic() + timeout
         while obj is not None and obj.get("status") != "available":
-            if obj.get("status") == "error" or time.monotonic() > deadline:
-                why = "failed" if obj.get("status") == "error" else f"not available after {timeout:.0f}s"
+            if obj.get("status") == "error" or deadline.passed():
+                why = "failed" if obj.get("status") == "error" else f"not available after {deadline.seconds:.0f}s"
                 raise ProviderError([Diag(f"image '{state['name']}' {why}", _describe(obj))],
                                     merge_known(state, self.to_state(obj, state)))
-            pause(merge_known(state, self.to_state(obj, state)), f"image '{state['name']}'")
+            pause(merge_known(state, self.to_state(obj, state)), f"image '{state['name']}'", deadline,
+                  _describe(obj))
             obj = _api(lambda: client.get_image(state["name"]), self.block, "reading image")
         return obj
 
@@ -442,7 +507,7 @@ class Flavor(Resource):
         return {"id": obj["name"], "name": obj["name"], "vcpus": obj.get("vcpus"),
                 "memory_mib": obj.get("memory_mib"), "disk_gib": obj.get("disk_gib")}
 
-    def write(self, client, state, prior):
+    def write(self, client, state, prior, deadline=None):
         self.put(client.put_flavor, state, prior, vcpus=state["vcpus"], memory_mib=state["memory_mib"],
                  disk_gib=state["disk_gib"])
 
@@ -514,10 +579,10 @@ class InstanceGroup(Resource):
         new = super().read(client, state)
         return None if new is not None and (new.get("status") or {}).get("phase") == "deleting" else new
 
-    def write(self, client, state, prior):
+    def write(self, client, state, prior, deadline=None):
         from cowfleet.client import ApiError
         name = state["name"]
-        deadline = time.monotonic() + timeout_of(state, "create" if prior is None else "update")
+        deadline = _deadline(deadline, state, "create" if prior is None else "update")
         while True:
             try:
                 client.put_group(name, create_only=prior is None, **self.spec(state))
@@ -531,26 +596,26 @@ class InstanceGroup(Resource):
                     deleting = got is None or (got.get("status") or {}).get("phase") == "deleting"
                     if not deleting:
                         raise ProviderError([self.already_exists(name)]) from None
-                if not deleting or time.monotonic() > deadline:
+                if not deleting or deadline.passed():
                     raise
-            pause(None, f"instance group '{name}' to finish its deletion")
+            pause(None, f"instance group '{name}' to finish its deletion", deadline)
 
     def remove(self, client, name):
         client.delete_group(name)
 
-    def wait(self, client, state, op):
+    def wait(self, client, state, op, deadline=None):
         name = state["name"]
         obj = _api(lambda: client.get_group(name), self.block, "reading instance group")
         if not state.get("wait_for_ready"):
             return obj
-        timeout = timeout_of(state, op)
-        deadline = time.monotonic() + timeout
+        deadline = _deadline(deadline, state, op)
         while obj is not None and not is_ready(obj):
-            if time.monotonic() > deadline:
+            if deadline.passed():
                 raise ProviderError(
-                    [Diag(f"instance group '{name}' not ready after {timeout:.0f}s", _describe(obj))],
+                    [Diag(f"instance group '{name}' not ready after {deadline.seconds:.0f}s", _describe(obj))],
                     merge_known(state, self.to_state(obj, state)))
-            pause(merge_known(state, self.to_state(obj, state)), f"instance group '{name}'")
+            pause(merge_known(state, self.to_state(obj, state)), f"instance group '{name}'", deadline,
+                  _describe(obj))
             obj = _api(lambda: client.get_group(name), self.block, "reading instance group")
         return obj
 

@@ -17,17 +17,10 @@ import requests
 
 from tests.helpers import wait_until
 from tests.integration.test_end_to_end import lab_domains
-from tests.terraform.conftest import EXAMPLE
+from tests.terraform.conftest import EXAMPLE, HEAD_ONLY
 
 # what every configuration here starts with
-HEAD = """
-terraform {
-  required_providers {
-    cowfleet = { source = "cowfleet.local/cowfleet/cowfleet" }
-  }
-}
-provider "cowfleet" {}
-"""
+HEAD = HEAD_ONLY
 
 pytestmark = pytest.mark.integration
 

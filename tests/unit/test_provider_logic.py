@@ -530,3 +530,70 @@ def test_plan_time_rules_are_the_apis_own():
         GroupSpecSchema().load({"image": "demo", "flavor": "small", "size": 20000})
     diags = RESOURCES["cowfleet_instance_group"].validate(_group_config(size=20000))
     assert [d.detail for d in diags] == err.value.messages["size"]
+
+
+# -- protocol hygiene -------------------------------------------------------------------
+
+def test_the_timeout_caps_the_whole_operation_not_each_wait(monkeypatch):
+    """A group create that first waits out a deletion, then waits for
+    readiness: both waits share the create timeout (before, each had its own,
+    so an apply could take twice the timeout)."""
+    import time
+
+    from cowfleet.protocol import ProblemType
+    from cowfleet.provider import resources
+    from cowfleet.provider.diagnostics import ProviderError
+    monkeypatch.setattr(resources, "POLL", 0.02)
+    deleting = ApiError(409, {"type": ProblemType.GROUP_BEING_DELETED, "title": "Conflict", "detail": "x"})
+
+    class Client:
+        created = None
+
+        def put_group(self, name, **spec):
+            if time.monotonic() < self.created:        # the old group goes 0.4 s after the first PUT
+                raise deleting
+
+        def get_group(self, name):                     # then one that never gets ready
+            return {"name": name, "size": 1, "generation": 1, "instances": [],
+                    "status": {"phase": "provisioning", "ready": 0, "observed_generation": 1}}
+
+    client = Client()
+    planned, _ = GROUP.plan(None, _state(size=1, timeouts={"create": "700ms"}))
+    t0 = time.monotonic()
+    client.created = t0 + 0.4
+    with pytest.raises(ProviderError) as err:
+        GROUP.apply(client, None, planned)
+    took = time.monotonic() - t0
+    assert "not ready after 1s" in err.value.diags[0].summary       # 0.7 s, as "%.0f"
+    assert 0.7 <= took < 1.0, took                                  # not 0.4 + 0.7
+    assert err.value.state["status"]["phase"] == "provisioning"      # what was made stays in the state
+
+
+def test_an_interrupt_stops_an_upload_and_removes_the_image_it_made(tmp_path):
+    from cowfleet.provider import resources
+    from cowfleet.provider.diagnostics import ProviderError
+    data = tmp_path / "disk.raw"
+    data.write_bytes(b"\0" * (3 << 20))
+
+    class Client:
+        deleted = []
+
+        def put_image(self, name, **kw):
+            pass
+
+        def upload_image(self, name, path, sha256=None, progress=None):
+            progress(1 << 20, 3 << 20)                 # the first MiB went; then Ctrl-C
+            resources.STOP.set()
+            progress(2 << 20, 3 << 20)
+
+        def delete_image(self, name):
+            self.deleted.append(name)
+
+    state = conform({"name": "up", "path": str(data), "format": "raw", "min_replicas": 1}, S.IMAGE.type())
+    try:
+        with pytest.raises(ProviderError) as err:
+            RESOURCES["cowfleet_image"].write(Client(), state, None)
+    finally:
+        resources.STOP.clear()
+    assert "interrupted while uploading image 'up'" in err.value.diags[0].summary
+    assert Client.deleted == ["up"]
