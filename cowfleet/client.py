@@ -14,6 +14,7 @@ from urllib.parse import quote, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError
 from urllib3.util.retry import Retry
 
 from cowfleet.checksum import file_sha256
@@ -69,9 +70,12 @@ class ApiError(Exception):
     ``cowfleet.protocol.ProblemType``), never on the title or detail, which
     are for people."""
 
-    def __init__(self, status: int, problem: dict):
+    def __init__(self, status: int, problem: dict, resent: bool = False):
         self.status = status
         self.problem = problem
+        # this answer is to a resend: an earlier attempt went out and its answer
+        # was lost (connection dropped or timed out), so it may have been carried out
+        self.resent = resent
         self.type = problem.get("type") or ProblemType.BLANK
         detail = problem.get("detail") or problem.get("title") or f"HTTP {status}"
         fields = [f"{k}: {m}" if k else m for k, m in _field_errors(problem.get("errors") or {})
@@ -79,6 +83,16 @@ class ApiError(Exception):
         if fields:
             detail += " (" + "; ".join(fields) + ")"
         super().__init__(f"{status} {' '.join(detail.split())}")
+
+
+def _resent(resp: requests.Response) -> bool:
+    """Was this request sent again after an attempt that went out but whose
+    answer was lost? (urllib3's retry history: a read error or a dropped
+    connection, not a refused or timed-out connect, which sent nothing.) A
+    create-only PUT answered 412 then may have been refused by its own
+    first attempt's object."""
+    history = getattr(getattr(resp.raw, "retries", None), "history", ()) or ()
+    return any(h.error is not None and not isinstance(h.error, ConnectTimeoutError) for h in history)
 
 
 class ConfigError(Exception):
@@ -160,7 +174,7 @@ class Client:
         if resp.status_code == 404 and ok_404:
             return resp
         if resp.status_code >= 400:
-            raise ApiError(resp.status_code, _problem(resp))
+            raise ApiError(resp.status_code, _problem(resp), resent=_resent(resp))
         return resp
 
     def get_or_none(self, path: str) -> dict | None:

@@ -301,7 +301,7 @@ class Resource:
     def wait(self, client, state: dict, op: str, deadline: Deadline | None = None) -> dict:
         return self.fetch(client, state["name"])
 
-    def put(self, put, state: dict, prior: dict | None, **spec) -> None:
+    def put(self, client, put, state: dict, prior: dict | None, **spec) -> None:
         """``put(name, create_only=..., **spec)``; a create sends ``If-None-Match: *``,
         so an object of that name made elsewhere (another workspace, by hand,
         a built-in flavor) is refused, never resized, relabelled or later deleted."""
@@ -310,8 +310,22 @@ class Resource:
             put(state["name"], create_only=prior is None, **spec)
         except ApiError as exc:
             if prior is None and exc.status == 412:
+                if exc.resent and self.made_by_lost_attempt(exc, self.fetch(client, state["name"]), spec):
+                    return
                 raise ProviderError([self.already_exists(state["name"])]) from None
             raise
+
+    def made_by_lost_attempt(self, exc, obj: dict | None, spec: dict) -> bool:
+        """A create-only PUT answered 412 on a resend: was the object made by
+        its own first attempt, whose answer was lost? Then it is ours to
+        adopt (else it would stay outside the state, and the next apply would
+        refuse it as made elsewhere). Ours when it holds exactly the spec
+        sent and was not changed since (``unchanged``); an object made
+        elsewhere with another spec, or met without a lost answer, is not."""
+        return bool(exc.resent and obj is not None and self.unchanged(obj) and _holds(obj, spec))
+
+    def unchanged(self, obj: dict) -> bool:
+        return True
 
     def already_exists(self, name: str) -> Diag:
         return Diag(f"{self.kind} '{name}' already exists",
@@ -354,6 +368,21 @@ class Resource:
                 raise ProviderError([Diag(f"{self.kind} '{name}' still exists after {deadline.seconds:.0f}s",
                                           _describe(obj))], prior)
             pause(prior, f"{self.kind} '{name}' to go", deadline, _describe(obj))
+
+
+def _holds(obj: dict, spec: dict) -> bool:
+    """``obj`` has the values ``spec`` sent; in a nested object (placement) a
+    field not sent must be null (the API's default), so labels or settings
+    of someone else's never match."""
+    for key, sent in spec.items():
+        got = obj.get(key)
+        if isinstance(sent, dict) and key != "labels" and isinstance(got, dict):
+            if any(got.get(k) != v for k, v in sent.items()) or any(
+                    v is not None for k, v in got.items() if k not in sent):
+                return False
+        elif got != sent:
+            return False
+    return True
 
 
 def _describe(obj: dict) -> str:
@@ -419,7 +448,7 @@ class Image(Resource):
         path = state.get("path") if prior is None else None
         if path and not os.path.isfile(path):
             raise ProviderError([Diag("Image file not found", f"no file at '{path}' to upload", ["path"])])
-        self.put(client.put_image, state, prior, source_url=state.get("source_url"), format=state["format"],
+        self.put(client, client.put_image, state, prior, source_url=state.get("source_url"), format=state["format"],
                  min_replicas=state["min_replicas"], labels=state.get("labels") or {})
         if path:
             # Streamed upload, PUT /v1/images/{name}/data (the REST contract);
@@ -508,7 +537,7 @@ class Flavor(Resource):
                 "memory_mib": obj.get("memory_mib"), "disk_gib": obj.get("disk_gib")}
 
     def write(self, client, state, prior, deadline=None):
-        self.put(client.put_flavor, state, prior, vcpus=state["vcpus"], memory_mib=state["memory_mib"],
+        self.put(client, client.put_flavor, state, prior, vcpus=state["vcpus"], memory_mib=state["memory_mib"],
                  disk_gib=state["disk_gib"])
 
     def remove(self, client, name):
@@ -590,9 +619,12 @@ class InstanceGroup(Resource):
             except ApiError as exc:
                 deleting = exc.type == ProblemType.GROUP_BEING_DELETED
                 if exc.status == 412 and prior is None:
-                    # there is one of that name: ours to create once a deletion
+                    # there is one of that name: ours if our own first attempt
+                    # made it (its answer lost); ours to create once a deletion
                     # ends (drift: deleted behind Terraform's back), else not ours
                     got = client.get_group(name)
+                    if exc.resent and self.made_by_lost_attempt(exc, got, self.spec(state)):
+                        return
                     deleting = got is None or (got.get("status") or {}).get("phase") == "deleting"
                     if not deleting:
                         raise ProviderError([self.already_exists(name)]) from None
@@ -602,6 +634,10 @@ class InstanceGroup(Resource):
 
     def remove(self, client, name):
         client.delete_group(name)
+
+    def unchanged(self, obj):
+        # a group's spec changes bump its generation; one PUT made it: 1
+        return obj.get("generation") == 1 and (obj.get("status") or {}).get("phase") != "deleting"
 
     def wait(self, client, state, op, deadline=None):
         name = state["name"]

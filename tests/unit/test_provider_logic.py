@@ -597,3 +597,18 @@ def test_an_interrupt_stops_an_upload_and_removes_the_image_it_made(tmp_path):
         resources.STOP.clear()
     assert "interrupted while uploading image 'up'" in err.value.diags[0].summary
     assert Client.deleted == ["up"]
+
+
+def test_an_object_is_ours_after_a_lost_answer_only_if_it_holds_exactly_what_we_sent():
+    from cowfleet.provider.resources import _holds
+    sent = GROUP.spec(_state(size=0, labels={"a": "1"}, placement={"strategy": "spread", "max_per_node": None}))
+    api = dict(sent, placement={"strategy": "spread", "max_per_node": None}, user_data=None, generation=1,
+               persistent=False, status={"phase": "ready"})
+    assert _holds(api, sent)
+    assert not _holds(dict(api, labels={"a": "1", "owner": "other"}), sent)      # someone else's labels
+    assert not _holds(dict(api, placement={"strategy": "spread", "max_per_node": 2}), sent)
+    assert not _holds(dict(api, size=3), sent)
+    lost = ApiError(412, {"title": "Precondition Failed"}, resent=True)
+    assert GROUP.made_by_lost_attempt(lost, api, sent)
+    assert not GROUP.made_by_lost_attempt(lost, dict(api, generation=2), sent)     # changed since
+    assert not GROUP.made_by_lost_attempt(ApiError(412, {}), api, sent)            # no answer was lost
