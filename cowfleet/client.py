@@ -14,6 +14,7 @@ from urllib.parse import quote, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError
 from urllib3.util.retry import Retry
 
 from cowfleet.checksum import file_sha256
@@ -69,9 +70,12 @@ class ApiError(Exception):
     ``cowfleet.protocol.ProblemType``), never on the title or detail, which
     are for people."""
 
-    def __init__(self, status: int, problem: dict):
+    def __init__(self, status: int, problem: dict, resent: bool = False):
         self.status = status
         self.problem = problem
+        # this answer is to a resend: an earlier attempt went out and its answer
+        # was lost (connection dropped or timed out), so it may have been carried out
+        self.resent = resent
         self.type = problem.get("type") or ProblemType.BLANK
         detail = problem.get("detail") or problem.get("title") or f"HTTP {status}"
         fields = [f"{k}: {m}" if k else m for k, m in _field_errors(problem.get("errors") or {})
@@ -79,6 +83,16 @@ class ApiError(Exception):
         if fields:
             detail += " (" + "; ".join(fields) + ")"
         super().__init__(f"{status} {' '.join(detail.split())}")
+
+
+def _resent(resp: requests.Response) -> bool:
+    """Was this request sent again after an attempt that went out but whose
+    answer was lost? (urllib3's retry history: a read error or a dropped
+    connection, not a refused or timed-out connect, which sent nothing.) A
+    create-only PUT answered 412 then may have been refused by its own
+    first attempt's object."""
+    history = getattr(getattr(resp.raw, "retries", None), "history", ()) or ()
+    return any(h.error is not None and not isinstance(h.error, ConnectTimeoutError) for h in history)
 
 
 class ConfigError(Exception):
@@ -134,10 +148,12 @@ def seg(name: str) -> str:
 
 class Client:
     def __init__(self, endpoint: str | None = None, token: str | None = None, timeout: float = 30,
-                 retries: int = 4, retry_status: bool = True):
+                 retries: int = 4, retry_status: bool = True, user_agent: str | None = None):
         """``retries``: connection failures (and, with ``retry_status``, 502/503/504
         answers) are retried that many times, backed off; tests turn the
-        status retries off, so a 503 a user would see fails them."""
+        status retries off, so a 503 a user would see fails them.
+        ``user_agent`` names the program in every request (the Terraform
+        provider and its version); else requests' own."""
         self.endpoint, self.token = load_config(endpoint, token)
         self.timeout = timeout
         self.session = requests.Session()
@@ -148,6 +164,8 @@ class Client:
         self.session.mount("http://", HTTPAdapter(max_retries=retry, pool_maxsize=32))
         self.session.mount("https://", HTTPAdapter(max_retries=retry, pool_maxsize=32))
         self.session.headers["Authorization"] = f"Bearer {self.token}"
+        if user_agent:
+            self.session.headers["User-Agent"] = user_agent
 
     def request(self, method: str, path: str, body: Any = None, headers: dict | None = None,
                 ok_404: bool = False) -> requests.Response:
@@ -156,7 +174,7 @@ class Client:
         if resp.status_code == 404 and ok_404:
             return resp
         if resp.status_code >= 400:
-            raise ApiError(resp.status_code, _problem(resp))
+            raise ApiError(resp.status_code, _problem(resp), resent=_resent(resp))
         return resp
 
     def get_or_none(self, path: str) -> dict | None:
@@ -200,7 +218,7 @@ class Client:
         sha256 = sha256 or file_sha256(path)
         size = path.stat().st_size
         headers = {"Content-Type": "application/octet-stream", "X-Checksum-Sha256": sha256,
-                   "Authorization": f"Bearer {self.token}"}
+                   "Authorization": f"Bearer {self.token}", "User-Agent": self.session.headers["User-Agent"]}
         url = f"{self.endpoint}/v1/images/{seg(name)}/data"
         for attempt in range(retries + 1):
             with open(path, "rb") as fh:

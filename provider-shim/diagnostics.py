@@ -30,32 +30,62 @@ class ProviderError(Exception):
         self.state = state
 
 
-def _field_paths(errors, block, prefix: list) -> list[tuple[list, str]]:
-    """(path, message) pairs from a marshmallow-style error tree."""
-    out = []
+def _messages(errors) -> list[str]:
+    """Every message of an error tree, flattened."""
+    if isinstance(errors, dict):
+        return [m for sub in errors.values() for m in _messages(sub)]
     if isinstance(errors, (list, tuple)):
-        for msg in errors:
-            if isinstance(msg, (dict, list)):
-                out += _field_paths(msg, block, prefix)
+        return [m for sub in errors for m in _messages(sub)]
+    return [str(errors)]
+
+
+def _typed_paths(errors, type_, prefix: list) -> list[tuple[list, str]]:
+    """(path, message) pairs under one attribute of cty type ``type_``:
+    marshmallow keys a list's errors by index and a dict's by key, then
+    ``key`` or ``value`` (``{"bad key": {"key": [...]}}``); Terraform's path
+    ends at the element (the map key), the key/value level is not a step."""
+    kind = type_[0] if isinstance(type_, list) else None
+    if isinstance(errors, dict) and kind in ("list", "set"):
+        out = []
+        for key, sub in errors.items():
+            if str(key).isdigit() and kind == "list":
+                out += _typed_paths(sub, type_[1], prefix + [int(key)])
             else:
-                out.append((prefix, str(msg)))
+                out += [(prefix, m) for m in _messages(sub)]
         return out
+    if isinstance(errors, dict) and kind == "map":
+        return [(prefix + [("key", str(key))], m) for key, sub in errors.items() for m in _messages(sub)]
+    return [(prefix, m) for m in _messages(errors)]
+
+
+def _field_paths(errors, block, prefix: list) -> list[tuple[list, str]]:
+    """(path, message) pairs from a marshmallow-style error tree, the paths
+    following the schema's blocks and attribute types."""
     if not isinstance(errors, dict):
-        return [(prefix, str(errors))]
+        return [(prefix, m) for m in _messages(errors)]
+    out = []
     for key, sub in errors.items():
         if key in ("_schema", "_root"):
             out += _field_paths(sub, block, prefix)
-            continue
-        if block is not None and key in block.attrs:
-            step, inner = key, None
         elif block is not None and key in block.blocks:
-            step, inner = key, block.blocks[key].block
-        elif str(key).isdigit():
-            step, inner = int(key), block
-        else:
-            step, inner = ("key", str(key)), None
-        out += _field_paths(sub, inner, prefix + [step])
+            out += _field_paths(sub, block.blocks[key].block, prefix + [key])
+        elif block is not None and key in block.attrs:
+            out += _typed_paths(sub, block.attrs[key].type, prefix + [key])
+        else:                      # a field the schema does not know: on its block
+            out += [(prefix, f"{key}: {m}") for m in _messages(sub)]
     return out
+
+
+def path_name(path: list) -> str:
+    """An attribute path as Terraform spells it: placement.strategy, labels["k"], ssh_authorized_keys[0]."""
+    return "".join(f"[{p!r}]" if isinstance(p, int) else f'["{p[1]}"]' if isinstance(p, tuple)
+                   else ("." if i else "") + p for i, p in enumerate(path))
+
+
+def from_validation(errors, block) -> list[Diag]:
+    """Diagnostics for a marshmallow error tree (the API's own schemas run at plan)."""
+    return [Diag(f"Invalid {path_name(path) or 'configuration'}", msg, path)
+            for path, msg in _field_paths(errors, block, [])]
 
 
 def from_api_error(exc, block, what: str) -> list[Diag]:
@@ -69,8 +99,7 @@ def from_api_error(exc, block, what: str) -> list[Diag]:
         return [Diag(f"{what}: {title} ({status})", detail)]
     diags = []
     for path, msg in _field_paths(errors, block, []):
-        name = "".join(f"[{p!r}]" if isinstance(p, int) else f'["{p[1]}"]' if isinstance(p, tuple)
-                       else ("." if i else "") + p for i, p in enumerate(path)) or what
+        name = path_name(path) or what
         diags.append(Diag(f"Invalid {name}" if status in (400, 422) else f"{title}: {name}",
                           f"{what}: {msg} ({detail}; HTTP {status})", path))
     return diags

@@ -26,6 +26,8 @@ import threading
 
 MAGIC_COOKIE_KEY = "TF_PLUGIN_MAGIC_COOKIE"
 MAGIC_COOKIE = "d602bf8f470bc67ca7faa0386276bbdd4330efaf76d1a219cb4d6991ca9872b2"
+# far above any -parallelism in use (default 10), so Stop always finds a thread
+MAX_CONCURRENT_RPCS = 256
 CORE_PROTOCOL = 1
 APP_PROTOCOL = 5
 
@@ -119,11 +121,13 @@ def _serve(sock_dir: str, client_cert: str | None, certs: CertMaker | None) -> i
 
     import grpc
 
-    from cowfleet.provider.server import Provider, handlers, setup_logging
+    from cowfleet.provider.server import Provider, handlers, setup_logging, stop
 
     setup_logging()
-    # Ctrl-C reaches the whole process group: Terraform itself tells us to stop
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C in a terminal reaches the whole process group, Terraform and us:
+    # we stop waiting at once (Terraform's Stop RPC says the same a moment
+    # later) instead of dying with Python's KeyboardInterrupt mid-request
+    signal.signal(signal.SIGINT, lambda *_: stop())
     versions = os.environ.get("PLUGIN_PROTOCOL_VERSIONS")
     if versions and str(APP_PROTOCOL) not in versions.split(","):
         print(f"terraform-provider-cowfleet speaks plugin protocol {APP_PROTOCOL}; "
@@ -131,7 +135,10 @@ def _serve(sock_dir: str, client_cert: str | None, certs: CertMaker | None) -> i
         return 1
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=10))
+    # one thread per concurrent RPC: with only Terraform's parallelism (10) of
+    # them, 10 waiting applies left the Stop RPC queued until one wait ended.
+    # Threads start as RPCs arrive, so a large cap costs nothing idle
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_CONCURRENT_RPCS))
     server.add_generic_rpc_handlers(handlers(grpc, Provider(), done.set))
     sock = os.path.join(sock_dir, "plugin.sock")
     cert_der = None

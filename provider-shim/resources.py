@@ -11,10 +11,12 @@ command, and a launch that only validates or plans never needs it (main.py).
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from cowfleet.models import DEFAULT_FLAVORS
@@ -22,14 +24,17 @@ from cowfleet import defaults as spec_defaults
 from cowfleet.checksum import is_sha256
 from cowfleet.protocol import ProblemType
 from cowfleet.provider import schema as S
-from cowfleet.provider.diagnostics import Diag, ProviderError, from_api_error
+from cowfleet.provider.diagnostics import Diag, ProviderError, from_api_error, from_validation
 from cowfleet.provider.values import UNKNOWN, has_unknown
 
 DEFAULT_TIMEOUT = 600.0
 BUILT_IN_FLAVORS = frozenset(f.name for f in DEFAULT_FLAVORS)
 POLL = 1.0
-# set by the Stop RPC (Terraform was interrupted): waits end at once
+# set by the Stop RPC or SIGINT (Terraform was interrupted): every wait ends at
+# once (Event.wait returns when it is set), an upload at its next 1 MiB read
 STOP = threading.Event()
+PROGRESS_EVERY = 10.0            # seconds between "still waiting" log lines (TF_LOG=DEBUG)
+log = logging.getLogger("cowfleet.provider")
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
 _UNITS = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
@@ -65,6 +70,34 @@ def timeout_of(state: dict | None, op: str) -> float:
     return parse_duration(value) if isinstance(value, str) else default_timeout()
 
 
+@dataclass
+class Deadline:
+    """One operation's clock: ``timeouts`` caps the whole create, update or
+    delete (the PUT, an upload, the wait for a deletion to end, the wait for
+    readiness), not each step, as SDKv2's ``schema.TimeoutCreate`` does."""
+    seconds: float
+    at: float
+    started: float
+
+    @classmethod
+    def start(cls, seconds: float) -> "Deadline":
+        now = time.monotonic()
+        return cls(seconds, now + seconds, now)
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
+
+    def passed(self) -> bool:
+        return self.left() <= 0
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+def _deadline(deadline: "Deadline | None", state: dict | None, op: str) -> Deadline:
+    return deadline if deadline is not None else Deadline.start(timeout_of(state, op))
+
+
 def _api(call, block, what: str, state=None):
     """Run an API call; ApiError becomes diagnostics on the attributes at fault."""
     from cowfleet.client import ApiError
@@ -77,10 +110,19 @@ def _api(call, block, what: str, state=None):
         raise ProviderError([Diag(f"{what}: the cowfleet service did not answer", str(exc))], state)
 
 
-def pause(state: dict | None, what: str) -> None:
-    """Wait one poll interval, unless Terraform asked us to stop."""
-    if STOP.wait(POLL):
-        raise ProviderError([Diag(f"interrupted while waiting for {what}")], state)
+def pause(state: dict | None, what: str, deadline: Deadline | None = None, status: str = "") -> None:
+    """Wait one poll interval (less if the deadline comes sooner), unless
+    Terraform asked us to stop; says how long it has waited every
+    PROGRESS_EVERY seconds, and at the first pause (visible with TF_LOG=DEBUG)."""
+    if deadline is not None and (deadline.elapsed() < POLL or int(deadline.elapsed() / PROGRESS_EVERY) !=
+                                 int((deadline.elapsed() + POLL) / PROGRESS_EVERY)):
+        log.info("waiting for %s: %.0fs of %.0fs%s", what, deadline.elapsed(), deadline.seconds,
+                 f"; {status}" if status else "")
+    wait = POLL if deadline is None else max(0.0, min(POLL, deadline.left()))
+    if STOP.wait(wait):
+        raise ProviderError([Diag(f"interrupted while waiting for {what}",
+                                  "Terraform was interrupted (Ctrl-C); what was made so far is in the state")],
+                            state)
 
 
 def _fill_defaults(value: dict | None, block: S.Block, defaults: dict) -> dict | None:
@@ -113,6 +155,50 @@ def _unset_defaults(proposed: dict, config: dict, defaults: dict) -> dict:
     return out
 
 
+_SKIP = object()
+
+
+def known_values(value: Any) -> Any:
+    """What the API's schema can judge at plan: ``value`` without what is
+    unknown (computed at apply) or null (the API's default applies). An
+    unknown object attribute or map element is left out; a list with an
+    unknown element is left out whole (its length and order are not known)."""
+    if value is UNKNOWN:
+        return _SKIP
+    if isinstance(value, dict):
+        out = {k: known_values(v) for k, v in value.items() if v is not None}
+        return {k: v for k, v in out.items() if v is not _SKIP}
+    if isinstance(value, list):
+        out = [known_values(v) for v in value]
+        return _SKIP if _SKIP in out else out
+    return value
+
+
+def spec_diagnostics(config: dict, schema_name: str, block: S.Block) -> list[Diag]:
+    """The service's own input schema (``cowfleet.specs``) on the known values
+    of a configuration: every value the API would refuse is a diagnostic on
+    its attribute at plan, before any call. Partial: what is missing or
+    unknown is not judged here (Terraform checks required attributes, the
+    API what is known only at apply). Existence (is there such a flavor) is
+    left to apply: a flavor made in the same plan is not there yet.
+
+    marshmallow is imported here, not at the top: a launch that only answers
+    GetProviderSchema never needs it (main.py)."""
+    from marshmallow import ValidationError
+
+    from cowfleet import specs
+    schema = getattr(specs, schema_name)()
+    data = known_values({k: v for k, v in config.items() if k in schema.fields})
+    diags = from_validation(schema.validate(data, partial=True), block)
+    name = config.get("name")
+    if isinstance(name, str):
+        try:
+            specs.Name().deserialize(name)
+        except ValidationError as exc:
+            diags += from_validation({"name": exc.messages}, block)
+    return diags
+
+
 def merge_known(planned: Any, actual: Any) -> Any:
     """The new state after apply: what was planned, with unknowns taken from the API."""
     if planned is UNKNOWN:
@@ -134,6 +220,7 @@ class Resource:
     # a change of these alone calls nothing and keeps every computed value
     cosmetic: tuple[str, ...] = ("timeouts",)
     empty_when_unset: dict = {}           # name -> empty(): unset in the configuration means empty
+    spec_schema = ""                      # the API's input schema in cowfleet.specs
 
     # -- plan ---------------------------------------------------------------
     def plan(self, prior: dict | None, proposed: dict | None,
@@ -196,7 +283,7 @@ class Resource:
             planned.get(name) == prior.get(name) for name in planned if name not in self.cosmetic)
 
     def validate(self, config: dict) -> list[Diag]:
-        diags = []
+        diags = spec_diagnostics(config, self.spec_schema, self.block)
         for op, value in ((config.get("timeouts") or {}).items()):
             if isinstance(value, str):
                 try:
@@ -208,11 +295,13 @@ class Resource:
     # -- the REST side, per resource ---------------------------------------
     def fetch(self, client, name: str) -> dict | None: ...
     def to_state(self, obj: dict, prior: dict | None) -> dict: ...
-    def write(self, client, state: dict, prior: dict | None) -> None: ...
+    def write(self, client, state: dict, prior: dict | None, deadline: Deadline | None = None) -> None: ...
     def remove(self, client, name: str) -> None: ...
-    def wait(self, client, state: dict, op: str) -> dict: return self.fetch(client, state["name"])
 
-    def put(self, put, state: dict, prior: dict | None, **spec) -> None:
+    def wait(self, client, state: dict, op: str, deadline: Deadline | None = None) -> dict:
+        return self.fetch(client, state["name"])
+
+    def put(self, client, put, state: dict, prior: dict | None, **spec) -> None:
         """``put(name, create_only=..., **spec)``; a create sends ``If-None-Match: *``,
         so an object of that name made elsewhere (another workspace, by hand,
         a built-in flavor) is refused, never resized, relabelled or later deleted."""
@@ -221,8 +310,22 @@ class Resource:
             put(state["name"], create_only=prior is None, **spec)
         except ApiError as exc:
             if prior is None and exc.status == 412:
+                if exc.resent and self.made_by_lost_attempt(exc, self.fetch(client, state["name"]), spec):
+                    return
                 raise ProviderError([self.already_exists(state["name"])]) from None
             raise
+
+    def made_by_lost_attempt(self, exc, obj: dict | None, spec: dict) -> bool:
+        """A create-only PUT answered 412 on a resend: was the object made by
+        its own first attempt, whose answer was lost? Then it is ours to
+        adopt (else it would stay outside the state, and the next apply would
+        refuse it as made elsewhere). Ours when it holds exactly the spec
+        sent and was not changed since (``unchanged``); an object made
+        elsewhere with another spec, or met without a lost answer, is not."""
+        return bool(exc.resent and obj is not None and self.unchanged(obj) and _holds(obj, spec))
+
+    def unchanged(self, obj: dict) -> bool:
+        return True
 
     def already_exists(self, name: str) -> Diag:
         return Diag(f"{self.kind} '{name}' already exists",
@@ -241,29 +344,45 @@ class Resource:
     def apply(self, client, prior: dict | None, planned: dict | None) -> dict | None:
         if planned is None:
             name = prior["name"]
+            deadline = Deadline.start(timeout_of(prior, "delete"))
             _api(lambda: self.remove(client, name), self.block, f"deleting {self.kind} '{name}'", prior)
-            self._wait_gone(client, name, timeout_of(prior, "delete"), prior)
+            self._wait_gone(client, name, deadline, prior)
             return None
         if prior is not None and self.only_cosmetic(prior, planned):
             return planned                     # nothing for the service: no PUT, no wait
         op = "create" if prior is None else "update"
+        deadline = Deadline.start(timeout_of(planned, op))        # the whole operation's
         what = f"{'creating' if op == 'create' else 'updating'} {self.kind} '{planned['name']}'"
-        _api(lambda: self.write(client, planned, prior), self.block, what, prior)
-        obj = self.wait(client, planned, op)
+        _api(lambda: self.write(client, planned, prior, deadline), self.block, what, prior)
+        obj = self.wait(client, planned, op, deadline)
         if obj is None:
             raise ProviderError([Diag(f"{what}: it vanished right after it was written")])
         return merge_known(planned, self.to_state(obj, planned))
 
-    def _wait_gone(self, client, name: str, timeout: float, prior: dict) -> None:
-        deadline = time.monotonic() + timeout
+    def _wait_gone(self, client, name: str, deadline: Deadline, prior: dict) -> None:
         while True:
             obj = _api(lambda: self.fetch(client, name), self.block, f"deleting {self.kind} '{name}'", prior)
             if obj is None:
                 return
-            if time.monotonic() > deadline:
-                raise ProviderError([Diag(f"{self.kind} '{name}' still exists after {timeout:.0f}s",
+            if deadline.passed():
+                raise ProviderError([Diag(f"{self.kind} '{name}' still exists after {deadline.seconds:.0f}s",
                                           _describe(obj))], prior)
-            pause(prior, f"{self.kind} '{name}' to go")
+            pause(prior, f"{self.kind} '{name}' to go", deadline, _describe(obj))
+
+
+def _holds(obj: dict, spec: dict) -> bool:
+    """``obj`` has the values ``spec`` sent; in a nested object (placement) a
+    field not sent must be null (the API's default), so labels or settings
+    of someone else's never match."""
+    for key, sent in spec.items():
+        got = obj.get(key)
+        if isinstance(sent, dict) and key != "labels" and isinstance(got, dict):
+            if any(got.get(k) != v for k, v in sent.items()) or any(
+                    v is not None for k, v in got.items() if k not in sent):
+                return False
+        elif got != sent:
+            return False
+    return True
 
 
 def _describe(obj: dict) -> str:
@@ -292,6 +411,7 @@ class Image(Resource):
     defaults = {"format": "raw", "min_replicas": spec_defaults.MIN_REPLICAS, "wait_for_available": True}
     volatile = ("status", "replicas")
     cosmetic = ("timeouts", "wait_for_available", "path")
+    spec_schema = "ImageSpecSchema"
 
     def validate(self, config: dict) -> list[Diag]:
         diags = super().validate(config)
@@ -323,11 +443,12 @@ class Image(Resource):
             "timeouts": (prior or {}).get("timeouts"),
         }
 
-    def write(self, client, state, prior):
+    def write(self, client, state, prior, deadline=None):
+        deadline = _deadline(deadline, state, "create" if prior is None else "update")
         path = state.get("path") if prior is None else None
         if path and not os.path.isfile(path):
             raise ProviderError([Diag("Image file not found", f"no file at '{path}' to upload", ["path"])])
-        self.put(client.put_image, state, prior, source_url=state.get("source_url"), format=state["format"],
+        self.put(client, client.put_image, state, prior, source_url=state.get("source_url"), format=state["format"],
                  min_replicas=state["min_replicas"], labels=state.get("labels") or {})
         if path:
             # Streamed upload, PUT /v1/images/{name}/data (the REST contract);
@@ -336,7 +457,8 @@ class Image(Resource):
             # ours) goes again: nothing is left untracked.
             sha = state.get("sha256")
             try:
-                client.upload_image(state["name"], path, sha256=sha if isinstance(sha, str) else None)
+                client.upload_image(state["name"], path, sha256=sha if isinstance(sha, str) else None,
+                                    progress=self._upload_progress(state["name"], deadline))
             except BaseException:
                 try:
                     client.delete_image(state["name"])
@@ -344,11 +466,30 @@ class Image(Resource):
                     pass
                 raise
 
+    @staticmethod
+    def _upload_progress(name: str, deadline: Deadline):
+        """Called at each 1 MiB the upload reads: an interrupt or the end of
+        the operation's time stops it there (the image it made goes again)."""
+        said = [0.0]
+
+        def progress(sent: int, size: int) -> None:
+            if STOP.is_set():
+                raise ProviderError([Diag(f"interrupted while uploading image '{name}'",
+                                          f"{sent} of {size} bytes sent; the image is removed again")])
+            if deadline.passed():
+                raise ProviderError([Diag(f"image '{name}' not uploaded after {deadline.seconds:.0f}s",
+                                          f"{sent} of {size} bytes sent in the create timeout; "
+                                          "the image is removed again")], None)
+            if deadline.elapsed() - said[0] >= PROGRESS_EVERY:
+                said[0] = deadline.elapsed()
+                log.info("uploading image '%s': %d of %d bytes after %.0fs", name, sent, size, said[0])
+        return progress
+
     def remove(self, client, name):
         client.delete_image(name)
 
-    def wait(self, client, state, op):
-        obj = self._wait_available(client, state, op)
+    def wait(self, client, state, op, deadline=None):
+        obj = self._wait_available(client, state, _deadline(deadline, state, op))
         want, got = state.get("sha256"), (obj or {}).get("sha256")
         if isinstance(want, str) and got and got != want.lower():
             # e.g. a source_url whose data is not what the configuration says
@@ -357,18 +498,17 @@ class Image(Resource):
                                 dict(merge_known(state, self.to_state(obj, state)), sha256=got))
         return obj
 
-    def _wait_available(self, client, state, op):
+    def _wait_available(self, client, state, deadline: Deadline):
         obj = _api(lambda: client.get_image(state["name"]), self.block, "reading image")
         if not state.get("wait_for_available"):
             return obj
-        timeout = timeout_of(state, op)
-        deadline = time.monotonic() + timeout
         while obj is not None and obj.get("status") != "available":
-            if obj.get("status") == "error" or time.monotonic() > deadline:
-                why = "failed" if obj.get("status") == "error" else f"not available after {timeout:.0f}s"
+            if obj.get("status") == "error" or deadline.passed():
+                why = "failed" if obj.get("status") == "error" else f"not available after {deadline.seconds:.0f}s"
                 raise ProviderError([Diag(f"image '{state['name']}' {why}", _describe(obj))],
                                     merge_known(state, self.to_state(obj, state)))
-            pause(merge_known(state, self.to_state(obj, state)), f"image '{state['name']}'")
+            pause(merge_known(state, self.to_state(obj, state)), f"image '{state['name']}'", deadline,
+                  _describe(obj))
             obj = _api(lambda: client.get_image(state["name"]), self.block, "reading image")
         return obj
 
@@ -378,6 +518,7 @@ class Flavor(Resource):
     kind = "flavor"
     type_name = "cowfleet_flavor"
     defaults = {"disk_gib": 1}
+    spec_schema = "FlavorSpecSchema"
 
     def validate(self, config: dict) -> list[Diag]:
         diags = super().validate(config)
@@ -395,8 +536,8 @@ class Flavor(Resource):
         return {"id": obj["name"], "name": obj["name"], "vcpus": obj.get("vcpus"),
                 "memory_mib": obj.get("memory_mib"), "disk_gib": obj.get("disk_gib")}
 
-    def write(self, client, state, prior):
-        self.put(client.put_flavor, state, prior, vcpus=state["vcpus"], memory_mib=state["memory_mib"],
+    def write(self, client, state, prior, deadline=None):
+        self.put(client, client.put_flavor, state, prior, vcpus=state["vcpus"], memory_mib=state["memory_mib"],
                  disk_gib=state["disk_gib"])
 
     def remove(self, client, name):
@@ -419,6 +560,7 @@ class InstanceGroup(Resource):
     volatile_when = {"instances": ("size", "image", "flavor", "placement", "persistent")}
     cosmetic = ("timeouts", "wait_for_ready")
     empty_when_unset = {"ssh_authorized_keys": list}
+    spec_schema = "GroupSpecSchema"
 
     def fetch(self, client, name):
         return client.get_group(name)
@@ -466,10 +608,10 @@ class InstanceGroup(Resource):
         new = super().read(client, state)
         return None if new is not None and (new.get("status") or {}).get("phase") == "deleting" else new
 
-    def write(self, client, state, prior):
+    def write(self, client, state, prior, deadline=None):
         from cowfleet.client import ApiError
         name = state["name"]
-        deadline = time.monotonic() + timeout_of(state, "create" if prior is None else "update")
+        deadline = _deadline(deadline, state, "create" if prior is None else "update")
         while True:
             try:
                 client.put_group(name, create_only=prior is None, **self.spec(state))
@@ -477,32 +619,39 @@ class InstanceGroup(Resource):
             except ApiError as exc:
                 deleting = exc.type == ProblemType.GROUP_BEING_DELETED
                 if exc.status == 412 and prior is None:
-                    # there is one of that name: ours to create once a deletion
+                    # there is one of that name: ours if our own first attempt
+                    # made it (its answer lost); ours to create once a deletion
                     # ends (drift: deleted behind Terraform's back), else not ours
                     got = client.get_group(name)
+                    if exc.resent and self.made_by_lost_attempt(exc, got, self.spec(state)):
+                        return
                     deleting = got is None or (got.get("status") or {}).get("phase") == "deleting"
                     if not deleting:
                         raise ProviderError([self.already_exists(name)]) from None
-                if not deleting or time.monotonic() > deadline:
+                if not deleting or deadline.passed():
                     raise
-            pause(None, f"instance group '{name}' to finish its deletion")
+            pause(None, f"instance group '{name}' to finish its deletion", deadline)
 
     def remove(self, client, name):
         client.delete_group(name)
 
-    def wait(self, client, state, op):
+    def unchanged(self, obj):
+        # a group's spec changes bump its generation; one PUT made it: 1
+        return obj.get("generation") == 1 and (obj.get("status") or {}).get("phase") != "deleting"
+
+    def wait(self, client, state, op, deadline=None):
         name = state["name"]
         obj = _api(lambda: client.get_group(name), self.block, "reading instance group")
         if not state.get("wait_for_ready"):
             return obj
-        timeout = timeout_of(state, op)
-        deadline = time.monotonic() + timeout
+        deadline = _deadline(deadline, state, op)
         while obj is not None and not is_ready(obj):
-            if time.monotonic() > deadline:
+            if deadline.passed():
                 raise ProviderError(
-                    [Diag(f"instance group '{name}' not ready after {timeout:.0f}s", _describe(obj))],
+                    [Diag(f"instance group '{name}' not ready after {deadline.seconds:.0f}s", _describe(obj))],
                     merge_known(state, self.to_state(obj, state)))
-            pause(merge_known(state, self.to_state(obj, state)), f"instance group '{name}'")
+            pause(merge_known(state, self.to_state(obj, state)), f"instance group '{name}'", deadline,
+                  _describe(obj))
             obj = _api(lambda: client.get_group(name), self.block, "reading instance group")
         return obj
 

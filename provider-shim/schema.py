@@ -133,7 +133,9 @@ GROUP = Block({
     "flavor": required(STR, "flavor name (small, medium, large, or a cowfleet_flavor's name)"),
     "size": required(NUM, "number of instances; changes scale in place"),
     "user_data": optional(STR, "handed to every instance verbatim as its NoCloud seed's user-data "
-                               "(#cloud-config, a #! script, ...); at most 65536 characters"),
+                               "(#cloud-config, a #! script, ...); at most 65536 characters; "
+                               "plans show it as (sensitive value): it often holds secrets",
+                          sensitive=True),
     "ssh_authorized_keys": optional_computed(["list", STR], "OpenSSH public keys for the image's default user "
                                                    "(the seed's meta-data public-keys); at most 32"),
     "labels": optional(LABELS, "key/value labels, for filtering lists"),

@@ -87,7 +87,7 @@ class Provider:
     def Configure(self, request, context):
         config = decode_dynamic(request.config) or {}
         try:
-            self.client = configure(config)
+            self.client = configure(config, request.terraform_version)
         except ProviderError as exc:
             return pb.Configure.Response(diagnostics=[diag_proto(d) for d in exc.diags])
         return pb.Configure.Response()
@@ -107,8 +107,10 @@ class Provider:
         return pb.UpgradeResourceState.Response(upgraded_state=_dv(state, block))
 
     def Stop(self, request, context):
-        from cowfleet.provider import resources
-        resources.STOP.set()
+        # every wait and upload ends at once (resources.pause): answered in
+        # milliseconds however many applies wait, since the gRPC pool has a
+        # thread for it (main.py)
+        stop()
         return pb.Stop.Response()
 
     # -- managed resources ---------------------------------------------------
@@ -184,7 +186,21 @@ class Provider:
         return pb.ReadDataSource.Response(state=_dv(state, block))
 
 
-def configure(config: dict):
+def stop() -> None:
+    """Terraform was interrupted (the Stop RPC, or SIGINT from a terminal's Ctrl-C)."""
+    from cowfleet.provider import resources
+    resources.STOP.set()
+
+
+def user_agent(terraform_version: str = "") -> str:
+    """``terraform-provider-cowfleet/0.1.0 terraform/1.0.3``, as SDKv2 providers
+    name themselves: the service's access log tells which client wrote what."""
+    from cowfleet import __version__
+    ua = f"terraform-provider-cowfleet/{__version__}"
+    return f"{ua} terraform/{terraform_version}" if terraform_version else ua
+
+
+def configure(config: dict, terraform_version: str = ""):
     """A checked client: reachable endpoint, accepted token; else diagnostics."""
     endpoint, token = config.get("endpoint"), config.get("token")
     if endpoint is UNKNOWN or token is UNKNOWN:
@@ -193,7 +209,7 @@ def configure(config: dict):
     import requests
     from cowfleet.client import Client, ConfigError
     try:
-        client = Client(endpoint, token, retries=2)
+        client = Client(endpoint, token, retries=2, user_agent=user_agent(terraform_version))
     except ConfigError as exc:
         if not exc.missing:
             raise ProviderError([Diag("cowfleet provider: endpoint is not a URL",
@@ -201,8 +217,7 @@ def configure(config: dict):
         raise ProviderError([Diag("cowfleet provider: no endpoint or token",
                                   f"{exc}; or set endpoint and token in the provider block", [exc.field])])
     try:
-        resp = requests.get(f"{client.endpoint}/v1/flavors", params={"limit": 1}, timeout=10,
-                            headers={"Authorization": f"Bearer {client.token}"})
+        resp = client.session.get(f"{client.endpoint}/v1/flavors", params={"limit": 1}, timeout=10)
     except requests.RequestException as exc:
         raise ProviderError([Diag(f"cannot reach the cowfleet service at {client.endpoint}",
                                   f"{type(exc).__name__}: {exc}", ["endpoint"])])
@@ -228,9 +243,22 @@ _RPCS = {
 }
 
 
+def guarded(method, response_cls):
+    """Every failure reaches Terraform as a diagnostic (malformed prior state,
+    an import that fails, a bug), never as a raw gRPC error."""
+    def call(request, context):
+        try:
+            return method(request, context)
+        except Exception as exc:  # noqa: BLE001 - reported to Terraform, not swallowed
+            if response_cls is pb.Stop.Response:
+                return response_cls(Error=f"{type(exc).__name__}: {exc}")
+            return response_cls(diagnostics=_unexpected(exc))
+    return call
+
+
 def handlers(grpc, provider: Provider, shutdown) -> list:
     methods = {name: grpc.unary_unary_rpc_method_handler(
-        getattr(provider, name), request_deserializer=msg.Request.FromString,
+        guarded(getattr(provider, name), msg.Response), request_deserializer=msg.Request.FromString,
         response_serializer=msg.Response.SerializeToString) for name, msg in _RPCS.items()}
 
     def _shutdown(request: bytes, context) -> bytes:

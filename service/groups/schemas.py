@@ -1,50 +1,10 @@
 from __future__ import annotations
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import Schema, fields, validate
 
-from cowfleet import defaults
 from cowfleet.models import GroupPhase, InstanceState
-from cowfleet.service.fields import Labels, Name, SshKeys, StrictBool, StrictSchema, Timestamp
+from cowfleet.service.fields import Timestamp
 
-MAX_GROUP_SIZE = 10_000
-
-
-class PlacementSchema(StrictSchema):
-    strategy = fields.Str(load_default=defaults.STRATEGY, validate=validate.OneOf(defaults.STRATEGIES))
-    max_per_node = fields.Int(load_default=defaults.MAX_PER_NODE, allow_none=True, strict=True,
-                              validate=validate.Range(1, MAX_GROUP_SIZE))
-
-
-class UpdatePolicySchema(StrictSchema):
-    max_unavailable = fields.Int(load_default=defaults.MAX_UNAVAILABLE, strict=True,
-                                 validate=validate.Range(0, MAX_GROUP_SIZE))
-    max_surge = fields.Int(load_default=defaults.MAX_SURGE, strict=True, validate=validate.Range(0, MAX_GROUP_SIZE))
-
-    @validates_schema
-    def _can_progress(self, data, **kw):
-        if data.get("max_unavailable") == 0 and data.get("max_surge") == 0:
-            raise ValidationError("max_unavailable and max_surge cannot both be 0: "
-                                  "a rolling update could never replace an instance", "max_unavailable")
-
-
-class GroupSpecSchema(StrictSchema):
-    image = Name(required=True)
-    flavor = Name(required=True)
-    size = fields.Int(required=True, strict=True, validate=validate.Range(0, MAX_GROUP_SIZE))
-    placement = fields.Nested(PlacementSchema, load_default=lambda: PlacementSchema().load({}))
-    user_data = fields.Str(load_default=None, allow_none=True, validate=validate.Length(max=65536), metadata={
-        "description": "handed to every instance verbatim as the NoCloud seed's user-data (a #cloud-config "
-                       "document, a #! script, a MIME multipart); at most 65536 characters"})
-    ssh_authorized_keys = SshKeys(load_default=list, metadata={
-        "description": "OpenSSH public keys ('TYPE BASE64 [COMMENT]', at most 32): in the seed's meta-data "
-                       "as public-keys, which cloud-init installs for the image's default user; with no "
-                       "user_data, user-data is a #cloud-config holding them as ssh_authorized_keys"})
-    labels = Labels(load_default=dict)
-    update_policy = fields.Nested(UpdatePolicySchema, load_default=lambda: UpdatePolicySchema().load({}))
-    persistent = StrictBool(load_default=False, metadata={
-        "description": "keep each instance's overlay across restarts of its domain and of the agent "
-                       "(the exception: instances are ephemeral by default, a restart starts from the "
-                       "master again); an overlay is removed when its instance is deleted"})
 
 
 class InstanceSchema(Schema):

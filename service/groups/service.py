@@ -13,7 +13,7 @@ from cowfleet.models import (CONSOLE_TAIL_MAX, DeployRequest, Flavor, Group, Gro
                              InstanceState, NodeInfo, valid_instance_id)
 from cowfleet.service.api import Result, fetch
 from cowfleet.service.groups.handoff import hand_off
-from cowfleet.service.groups.schemas import GroupSpecSchema
+from cowfleet.specs import GroupSpecSchema
 from cowfleet.service.paging import ListQuery, page
 from cowfleet.service.preconditions import ANY, Precondition, precondition_failed
 from cowfleet.protocol import P2P, ProblemType

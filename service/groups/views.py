@@ -2,7 +2,8 @@ from flask import request
 
 from cowfleet.service.api import endpoint, if_match, json_body, zk
 from cowfleet.service.groups import service
-from cowfleet.service.groups.schemas import GroupSchema, GroupSpecSchema, PlacementTraceSchema
+from cowfleet.service.groups.schemas import GroupSchema, PlacementTraceSchema
+from cowfleet.specs import GroupSpecSchema
 from cowfleet.service.resource import crud_blueprint
 
 # DELETE answers 202: the group stays (phase deleting) until its instances are gone

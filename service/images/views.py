@@ -4,7 +4,8 @@ from flask import request
 
 from cowfleet.service.api import endpoint, if_match, zk
 from cowfleet.service.images import service
-from cowfleet.service.images.schemas import ImageSchema, ImageSpecSchema
+from cowfleet.service.images.schemas import ImageSchema
+from cowfleet.specs import ImageSpecSchema
 from cowfleet.service.problems import unsupported_media_type
 from cowfleet.service.resource import crud_blueprint
 

@@ -1,7 +1,7 @@
 from marshmallow import Schema, fields, validate
 
 from cowfleet import network
-from cowfleet.service.fields import StrictSchema
+from cowfleet.specs import StrictSchema
 
 
 class NetworkSpecSchema(StrictSchema):

@@ -1,6 +1,7 @@
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from cowfleet.service.fields import Name, StrictSchema, Timestamp
+from cowfleet.service.fields import Timestamp
+from cowfleet.specs import Name, StrictSchema
 from cowfleet.tokens import ROLES
 
 MAX_TTL = 10 * 365 * 86400      # ten years: longer is "never", say so with no expiry

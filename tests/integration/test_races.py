@@ -11,10 +11,10 @@ import pytest
 from cowfleet.service.app import _bootstrap
 from cowfleet.service.flavors import service as flavors
 from cowfleet.service.groups import service as groups
-from cowfleet.service.groups.schemas import GroupSpecSchema
+from cowfleet.specs import GroupSpecSchema
 from cowfleet.service import upsert
 from cowfleet.service.images import service as images
-from cowfleet.service.images.schemas import ImageSpecSchema
+from cowfleet.specs import ImageSpecSchema
 from cowfleet.service.preconditions import Precondition
 from cowfleet.service.problems import Problem
 from cowfleet.zk import layout

@@ -25,6 +25,15 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "terraform" / "main
 # ends before pytest's limit for the layer (tests/conftest.py): a hang says
 # what Terraform and the agents said instead of a bare timeout
 PROVIDER_WAIT = "4m"
+# a configuration that only names the provider (what every test's starts with)
+HEAD_ONLY = """
+terraform {
+  required_providers {
+    cowfleet = { source = "cowfleet.local/cowfleet/cowfleet" }
+  }
+}
+provider "cowfleet" {}
+"""
 RUN_TIMEOUT = 300.0
 
 

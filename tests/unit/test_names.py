@@ -15,8 +15,8 @@ from cowfleet.models import Group, Image
 from cowfleet.names import valid_name
 from cowfleet.protocol import image_data_path
 from cowfleet.provider import resources
-from cowfleet.service.groups.schemas import GroupSpecSchema
-from cowfleet.service.images.schemas import ImageSpecSchema
+from cowfleet.specs import GroupSpecSchema
+from cowfleet.specs import ImageSpecSchema
 
 
 @pytest.mark.parametrize("name", ["a", "web-1", "x" * 63, "0abc"])

@@ -12,7 +12,7 @@ from marshmallow import ValidationError
 from cowfleet.models import NodeInfo
 from cowfleet.service import create_app, openapi
 from cowfleet.service.api import NAME_RE, if_match
-from cowfleet.service.groups.schemas import GroupSpecSchema
+from cowfleet.specs import GroupSpecSchema
 from cowfleet.service.groups.service import merge_patch
 from cowfleet.service.nodes import service as nodes
 from cowfleet.service.paging import list_query

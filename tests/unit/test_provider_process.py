@@ -103,3 +103,21 @@ def test_launch_time(client_cert):
     median = sorted(times)[2]
     print(f"\nprovider launch to handshake: median {median * 1000:.0f} ms, min {min(times) * 1000:.0f} ms")
     # ~0.3 s here: a figure, not a threshold (a busy CI machine is no benchmark)
+
+
+def test_every_rpc_failure_is_a_diagnostic_and_requests_name_the_provider():
+    """Malformed prior state (an exception inside an RPC) comes back as an
+    error diagnostic, not a raw gRPC error; the User-Agent names the provider
+    and the Terraform that runs it."""
+    from cowfleet import __version__
+    from cowfleet.provider.server import Provider, guarded, user_agent
+    upgrade = guarded(Provider().UpgradeResourceState, pb.UpgradeResourceState.Response)
+    resp = upgrade(pb.UpgradeResourceState.Request(type_name="cowfleet_flavor", raw_state=pb.RawState(json=b"{not json")),
+                   None)
+    (diag,) = resp.diagnostics
+    assert diag.severity == pb.Diagnostic.ERROR and "JSONDecodeError" in diag.summary
+    resp = guarded(Provider().ImportResourceState, pb.ImportResourceState.Response)(
+        pb.ImportResourceState.Request(type_name="cowfleet_nosuch", id="x"), None)
+    assert "KeyError" in resp.diagnostics[0].summary
+    assert user_agent("1.0.3") == f"terraform-provider-cowfleet/{__version__} terraform/1.0.3"
+    assert user_agent() == f"terraform-provider-cowfleet/{__version__}"

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from marshmallow import ValidationError
 
-from cowfleet.service.groups.schemas import GroupSpecSchema
-from cowfleet.service.images.schemas import ImageSpecSchema
+from cowfleet.specs import GroupSpecSchema
+from cowfleet.specs import ImageSpecSchema
 
 
 def group(**over):

@@ -6,7 +6,7 @@ resource "cowfleet_instance_group" "web" {
   labels = { app = "web" }
 
   user_data           = "#!/bin/sh\necho hello from $(hostname)\n"
-  ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBogusExampleKeyOnlyForDocs user@example"]
+  ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC/xhYVffIZ2FdpoPjB8tu2qGVB3ApnQfbB7CKG5AfkK user@example"]
 
   placement {
     strategy     = "spread"
