@@ -25,6 +25,8 @@ class DomainSpec:
                                # on its bridge while the domain is paused: its namespace is not libvirtd's)
     mac: str | None = None     # the NIC's MAC (network-config matches on it)
     seed_path: str | None = None  # the NoCloud seed, attached read-only as the second disk
+    genid: bool = False       # a VM generation ID (<genid/>): a template's, so that each of its
+                              # clones gets a new one on restore (Linux reseeds its RNG from it)
 
 
 def domain_xml(spec: DomainSpec) -> str:
@@ -56,7 +58,7 @@ def domain_xml(spec: DomainSpec) -> str:
                 f"<source file={quoteattr(spec.seed_path)}/><target dev='vdb' bus='virtio'/>"
                 "<readonly/></disk>")
     return f"""<domain type='{spec.virt_type}'>
-  <name>{escape(spec.name)}</name>
+  <name>{escape(spec.name)}</name>{"<genid/>" if spec.genid else ""}
   <metadata>
     <{METADATA_KEY}:instance xmlns:{METADATA_KEY}='{METADATA_NS}' id={quoteattr(spec.instance_id)} group={quoteattr(spec.group)} node={quoteattr(spec.node)}/>
   </metadata>
