@@ -29,6 +29,22 @@ class DomainSpec:
                               # clones gets a new one on restore (Linux reseeds its RNG from it)
 
 
+def interface_xml(spec: DomainSpec) -> str:
+    """The domain's NIC ("" for network none): in its domain XML, or
+    hot-plugged into a warm clone after its restore."""
+    mac = f"<mac address={quoteattr(spec.mac)}/>" if spec.mac else ""
+    if spec.network == "bridge":
+        return (f"<interface type='bridge'>{mac}<source bridge={quoteattr(spec.bridge)}/>"
+                "<model type='virtio'/><rom enabled='no'/></interface>")
+    if spec.network == "tap":
+        # type ethernet: a tap libvirt makes and leaves alone (no bridge of its own to join)
+        return (f"<interface type='ethernet'>{mac}<target dev={quoteattr(spec.tap)}/>"
+                "<model type='virtio'/><rom enabled='no'/></interface>")
+    if spec.network == "user":
+        return f"<interface type='user'>{mac}<model type='virtio'/><rom enabled='no'/></interface>"
+    return ""
+
+
 def domain_xml(spec: DomainSpec) -> str:
     if spec.virt_type not in ("kvm", "qemu"):
         raise ValueError(f"virt_type must be kvm or qemu, not {spec.virt_type!r}")
@@ -40,18 +56,7 @@ def domain_xml(spec: DomainSpec) -> str:
                                       and all(ch.isalnum() or ch in "-_" for ch in spec.tap)):
         raise ValueError("network=tap needs the tap's name (a Linux interface name: 1 to 15 of a-z0-9-_)")
     cpu = "<cpu mode='host-passthrough'/>" if spec.virt_type == "kvm" else ""
-    mac = f"<mac address={quoteattr(spec.mac)}/>" if spec.mac else ""
-    if spec.network == "bridge":
-        net = (f"<interface type='bridge'>{mac}<source bridge={quoteattr(spec.bridge)}/>"
-               "<model type='virtio'/><rom enabled='no'/></interface>")
-    elif spec.network == "tap":
-        # type ethernet: a tap libvirt makes and leaves alone (no bridge of its own to join)
-        net = (f"<interface type='ethernet'>{mac}<target dev={quoteattr(spec.tap)}/>"
-               "<model type='virtio'/><rom enabled='no'/></interface>")
-    elif spec.network == "user":
-        net = f"<interface type='user'>{mac}<model type='virtio'/><rom enabled='no'/></interface>"
-    else:
-        net = ""
+    net = interface_xml(spec)
     seed = ""
     if spec.seed_path:
         seed = ("<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
