@@ -30,7 +30,7 @@ pages moved into the pipe, not copied through this process).
 """
 from __future__ import annotations
 
-import errno
+import fcntl
 import os
 import stat
 import struct
@@ -53,6 +53,7 @@ PADDING = 64 * 1024
 MAX_DATA_LEN = 1 << 20
 # qemu's migration stream: QEMU_VM_FILE_MAGIC, QEMU_VM_FILE_VERSION
 STREAM_MAGIC = b"QEVM\x00\x00\x00\x03"
+PIPE_SIZE = 1 << 20
 
 
 class SaveImageError(ValueError):
@@ -138,13 +139,20 @@ class SaveImage:
         """Write the image to ``fd`` (a pipe or a file) with ``xml`` as its
         domain XML: the new header, then the template's stream as it is
         (spliced when ``fd`` is a pipe, copied otherwise)."""
+        pipe = _is_pipe(fd)
+        if pipe:
+            # 1 MiB (the unprivileged maximum) instead of 64 KiB: 16x fewer
+            # wake-ups of qemu and of this thread for the ~94 MB stream
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+            except OSError:
+                pass
         _write_all(fd, self.header(xml))
         with open(self.path, "rb") as src:
             offset, left = self.body_offset, self.body_len
-            pipe = _is_pipe(fd)
             while left:
                 if pipe:
-                    n = os.splice(src.fileno(), fd, min(left, 1 << 20), offset_src=offset)
+                    n = os.splice(src.fileno(), fd, min(left, PIPE_SIZE), offset_src=offset)
                 else:
                     n = os.copy_file_range(src.fileno(), fd, left, offset_src=offset)
                 if n == 0:
@@ -244,14 +252,6 @@ def clone_xml(template_xml: str, spec: DomainSpec, uuid: str | None = None) -> s
         # no NIC, and each clone's own is hot-plugged after its restore
         raise SaveImageError("the template has a NIC: its clones would keep its MAC")
     return ET.tostring(root, encoding="unicode")
-
-
-def make_fifo(path: str | os.PathLike) -> None:
-    try:
-        os.mkfifo(path, 0o600)
-    except OSError as exc:
-        if exc.errno != errno.EEXIST:
-            raise
 
 
 class Feeder(threading.Thread):
