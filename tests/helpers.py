@@ -59,3 +59,14 @@ def placed_by_one_handshake(client, name: str, spec: dict, racks: set[str], trie
         wait_until(lambda: client.get_group(name) is None, timeout, f"group {name} gone before another try")
     raise AssertionError(f"group {name} was never placed by one hand-shake with every rack answering "
                          f"({tries} tries): {traces}")
+
+
+def qmp(hyper, domain: str, command: str, **arguments):
+    """A QMP command's answer from a libvirt domain's qemu (what the device
+    really has, where the domain XML says what libvirt asked for)."""
+    import json
+
+    import libvirt_qemu          # here: unit tests import this module without libvirt
+    cmd = {"execute": command, **({"arguments": arguments} if arguments else {})}
+    answer = libvirt_qemu.qemuMonitorCommand(hyper._conn().lookupByName(domain), json.dumps(cmd), 0)
+    return json.loads(answer)["return"]

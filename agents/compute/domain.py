@@ -25,6 +25,24 @@ class DomainSpec:
                                # on its bridge while the domain is paused: its namespace is not libvirtd's)
     mac: str | None = None     # the NIC's MAC (network-config matches on it)
     seed_path: str | None = None  # the NoCloud seed, attached read-only as the second disk
+    genid: bool = False       # a VM generation ID (<genid/>): a template's, so that each of its
+                              # clones gets a new one on restore (Linux reseeds its RNG from it)
+
+
+def interface_xml(spec: DomainSpec) -> str:
+    """The domain's NIC ("" for network none): in its domain XML, or
+    hot-plugged into a warm clone after its restore."""
+    mac = f"<mac address={quoteattr(spec.mac)}/>" if spec.mac else ""
+    if spec.network == "bridge":
+        return (f"<interface type='bridge'>{mac}<source bridge={quoteattr(spec.bridge)}/>"
+                "<model type='virtio'/><rom enabled='no'/></interface>")
+    if spec.network == "tap":
+        # type ethernet: a tap libvirt makes and leaves alone (no bridge of its own to join)
+        return (f"<interface type='ethernet'>{mac}<target dev={quoteattr(spec.tap)}/>"
+                "<model type='virtio'/><rom enabled='no'/></interface>")
+    if spec.network == "user":
+        return f"<interface type='user'>{mac}<model type='virtio'/><rom enabled='no'/></interface>"
+    return ""
 
 
 def domain_xml(spec: DomainSpec) -> str:
@@ -38,25 +56,14 @@ def domain_xml(spec: DomainSpec) -> str:
                                       and all(ch.isalnum() or ch in "-_" for ch in spec.tap)):
         raise ValueError("network=tap needs the tap's name (a Linux interface name: 1 to 15 of a-z0-9-_)")
     cpu = "<cpu mode='host-passthrough'/>" if spec.virt_type == "kvm" else ""
-    mac = f"<mac address={quoteattr(spec.mac)}/>" if spec.mac else ""
-    if spec.network == "bridge":
-        net = (f"<interface type='bridge'>{mac}<source bridge={quoteattr(spec.bridge)}/>"
-               "<model type='virtio'/><rom enabled='no'/></interface>")
-    elif spec.network == "tap":
-        # type ethernet: a tap libvirt makes and leaves alone (no bridge of its own to join)
-        net = (f"<interface type='ethernet'>{mac}<target dev={quoteattr(spec.tap)}/>"
-               "<model type='virtio'/><rom enabled='no'/></interface>")
-    elif spec.network == "user":
-        net = f"<interface type='user'>{mac}<model type='virtio'/><rom enabled='no'/></interface>"
-    else:
-        net = ""
+    net = interface_xml(spec)
     seed = ""
     if spec.seed_path:
         seed = ("<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
                 f"<source file={quoteattr(spec.seed_path)}/><target dev='vdb' bus='virtio'/>"
                 "<readonly/></disk>")
     return f"""<domain type='{spec.virt_type}'>
-  <name>{escape(spec.name)}</name>
+  <name>{escape(spec.name)}</name>{"<genid/>" if spec.genid else ""}
   <metadata>
     <{METADATA_KEY}:instance xmlns:{METADATA_KEY}='{METADATA_NS}' id={quoteattr(spec.instance_id)} group={quoteattr(spec.group)} node={quoteattr(spec.node)}/>
   </metadata>

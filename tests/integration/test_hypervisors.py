@@ -1,20 +1,24 @@
 """One contract, two hypervisors: the libvirt driver (real libvirtd, a TCG
 guest on an empty qcow2 disk) and the fake one the scale tests use must
-answer start / list / resume / destroy alike."""
+answer start / list / resume / destroy / save_template / restore_clone alike."""
 from __future__ import annotations
 
 import dataclasses
 import secrets
 import shutil
 import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
 from cowfleet.agents.compute.domain import DomainSpec
 from cowfleet.agents.compute.hypervisor import FakeHypervisor, LibvirtHypervisor, domain_name
 from cowfleet.agents.compute.network import FakeNodeNetwork, LinuxBridgeNetwork, tap_name
+from cowfleet.agents.compute.savefile import SaveImage, SaveImageError
 from cowfleet.lab import netns
 from tests.conftest import _workdir
+from tests.helpers import qmp
 
 pytestmark = pytest.mark.integration
 
@@ -38,13 +42,16 @@ def spec_for():
     d = _workdir("cowfleet-hv-")
     specs = []
 
-    def make(node: str = NODE, iid: str | None = None) -> DomainSpec:
+    def make(node: str = NODE, iid: str | None = None, genid: bool = False,
+             backing: str | None = None) -> DomainSpec:
         iid = iid or f"g-{secrets.token_hex(3)}"
         disk = d / f"{iid}.qcow2"
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+        # a clone's disk: an overlay on its template's (frozen) one
+        args = ["-F", "qcow2", "-b", backing, str(disk)] if backing else [str(disk), "64M"]
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", *args], check=True)
         spec = DomainSpec(name=domain_name(node, iid), instance_id=iid, group="g", node=node, vcpus=1,
                           memory_mib=64, disk_path=str(disk), console_log=str(d / f"{iid}.log"),
-                          virt_type="qemu", network="none")
+                          virt_type="qemu", network="none", genid=genid)
         specs.append(spec)
         return spec
     yield make
@@ -180,3 +187,118 @@ def test_resume_attaches_the_taps_of_a_domain_left_paused(hyper, spec_for, node_
         node_net.attach(spec.tap)          # again: nothing to do
     finally:
         hyper.destroy(spec.name)
+
+
+# -- warm clones: a saved template restored under other identities -------------
+
+def live_xml(hyper, spec: DomainSpec) -> ET.Element | None:
+    if isinstance(hyper, LibvirtHypervisor):
+        return ET.fromstring(hyper._conn().lookupByName(spec.name).XMLDesc(0))
+    return None
+
+
+def saved_template(hyper, spec_for) -> tuple[DomainSpec, Path]:
+    tmpl = spec_for(genid=True)
+    hyper.start(tmpl)
+    path = Path(tmpl.disk_path).with_suffix(".save")
+    image = hyper.save_template(tmpl.name, path)
+    assert image.path == str(path) and image.body_len > 0
+    assert tmpl.instance_id not in hyper.list(NODE), "a saved domain stops"
+    assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(path.name)) == [path.name]
+    return tmpl, path
+
+
+def test_a_saved_template_restores_as_clones_of_their_own(hyper, spec_for):
+    tmpl, path = saved_template(hyper, spec_for)
+    clones = [spec_for(backing=tmpl.disk_path) for _ in range(2)]
+    try:
+        hyper.restore_clone(path, clones[0])
+        # the libvirt driver's fallback: a whole copy of the image in place of the FIFO
+        hyper.restore_clone(path, clones[1], **({"copy": True} if isinstance(hyper, LibvirtHypervisor) else {}))
+        listed = hyper.list(NODE)
+        assert set(listed) == {c.instance_id for c in clones}
+        assert all(i.running and not i.paused for i in listed.values())
+        if isinstance(hyper, LibvirtHypervisor):
+            template = ET.fromstring(SaveImage.read(path).xml)
+            xmls = [live_xml(hyper, c) for c in clones]
+            uuids = {x.findtext("uuid") for x in xmls} | {template.findtext("uuid")}
+            genids = {x.findtext("genid") for x in xmls} | {template.findtext("genid")}
+            assert len(uuids) == 3 and len(genids) == 3 and None not in genids
+            assert [x.find("devices/disk/source").get("file") for x in xmls] == [c.disk_path for c in clones]
+    finally:
+        for c in clones:
+            hyper.destroy(c.name)
+    assert hyper.list(NODE) == {}
+    assert not list(path.parent.glob(".restore-*")), "no FIFO left behind"
+
+
+def cut(path: Path, keep: int) -> Path:
+    out = path.with_name(f"cut{keep}.save")
+    out.write_bytes(path.read_bytes()[:keep])
+    return out
+
+
+def test_a_template_that_is_not_whole_or_fits_not_is_refused_leaving_nothing(hyper, spec_for):
+    tmpl, path = saved_template(hyper, spec_for)
+    image = SaveImage.read(path)
+    partial = path.with_name("partial.save")
+    partial.write_bytes(b"LibvirtQemudPart" + path.read_bytes()[16:])
+    bad = [(partial, "incomplete"), (cut(path, image.body_offset + 4), "no qemu migration stream"),
+           (cut(path, 200), "truncated XML")]
+    if isinstance(hyper, LibvirtHypervisor):   # only qemu reads the stream to its end
+        bad.append((cut(path, image.body_offset + image.body_len // 2), "refused"))
+    clone = spec_for(backing=tmpl.disk_path)
+    for bad_path, says in bad:
+        with pytest.raises(SaveImageError, match=says):
+            hyper.restore_clone(bad_path, clone)
+        assert hyper.list(NODE) == {}, bad_path
+    with pytest.raises(SaveImageError, match="disks"):     # a seed the template had not
+        hyper.restore_clone(path, dataclasses.replace(clone, seed_path=str(path)))
+    assert hyper.list(NODE) == {}
+    hyper.restore_clone(path, clone)           # the good one still restores
+    hyper.destroy(clone.name)
+    assert not list(path.parent.glob(".restore-*"))
+
+
+def test_a_domain_with_a_nic_or_no_generation_id_is_no_template(hyper, spec_for, node_net):
+    for spec, says in ((tap_spec(spec_for(genid=True)), "has a NIC"), (spec_for(), "no VM generation ID")):
+        hyper.start(spec, attach=node_net.attach)
+        try:
+            with pytest.raises(SaveImageError, match=says):
+                hyper.save_template(spec.name, Path(spec.disk_path).with_suffix(".save"))
+            assert hyper.list(NODE)[spec.instance_id].running, "refused before saving: it still runs"
+            assert not list(Path(spec.disk_path).parent.glob("*.save*"))
+        finally:
+            hyper.destroy(spec.name)
+
+
+def test_a_clones_nic_is_plugged_and_its_tap_attached_while_it_is_paused(hyper, spec_for, node_net):
+    tmpl, path = saved_template(hyper, spec_for)
+    clone = dataclasses.replace(tap_spec(spec_for(backing=tmpl.disk_path)), mac="02:00:00:00:00:02")
+    with pytest.raises(ValueError, match="attach"):
+        hyper.restore_clone(path, clone)
+    seen = []
+
+    def attach(tap):
+        seen.append((tap, hyper.list(NODE)[clone.instance_id].paused))
+        node_net.attach(tap)
+    hyper.restore_clone(path, clone, attach=attach)
+    try:
+        assert seen == [(clone.tap, True)]
+        assert not hyper.list(NODE)[clone.instance_id].paused
+        if isinstance(hyper, LibvirtHypervisor):
+            nic = live_xml(hyper, clone).find("devices/interface")
+            assert (nic.find("mac").get("address"), nic.find("target").get("dev")) == (clone.mac, clone.tap)
+            # the device itself has the clone's MAC (one restored from the
+            # template's stream would keep the template's)
+            assert [n["main-mac"] for n in qmp(hyper, clone.name, "query-rx-filter")] == [clone.mac]
+            assert "master cfbr-hvtest" in next(x for x in links(node_net.netns).splitlines()
+                                                if f" {clone.tap}:" in x)
+    finally:
+        hyper.destroy(clone.name)
+
+    def refuse(tap):
+        raise RuntimeError(f"cannot attach {tap}")
+    with pytest.raises(RuntimeError, match="cannot attach"):
+        hyper.restore_clone(path, clone, attach=refuse)
+    assert hyper.list(NODE) == {}

@@ -198,3 +198,9 @@ def test_seed_is_a_second_read_only_disk():
 
 def test_no_seed_no_second_disk():
     assert len(parse(spec()).findall("devices/disk")) == 1
+
+
+def test_a_template_has_a_generation_id_to_be_made_anew():
+    assert parse(spec()).find("genid") is None
+    genid = parse(spec(genid=True)).find("genid")
+    assert genid is not None and not genid.text     # libvirt makes one at each start and restore
