@@ -10,7 +10,7 @@ import pytest
 
 from cowfleet.agents.compute.domain import METADATA_NS, DomainSpec, domain_xml
 from cowfleet.agents.compute.savefile import (
-    HEADER_LEN, MAGIC, STREAM_MAGIC, Feeder, SaveImage, SaveImageError, clone_xml, pack_header, write_image)
+    HEADER_LEN, MAGIC, PIPE_SIZE, STREAM_MAGIC, Feeder, SaveImage, SaveImageError, clone_xml, pack_header, write_image)
 
 COOKIE = b"<cookie>\n  <cpu mode='custom'/>\n</cookie>\n\0"
 BODY = STREAM_MAGIC + os.urandom(300_000)
@@ -161,8 +161,13 @@ def test_feed_writes_the_clones_header_then_the_templates_stream(image, tmp_path
     assert out.read_bytes()[got.body_offset:] == BODY
 
 
-def test_a_feeder_whose_reader_never_comes_or_goes_away_ends(image, tmp_path):
-    img = SaveImage.read(image)
+def test_a_feeder_whose_reader_never_comes_or_goes_away_ends(tmp_path):
+    # a body larger than the pipe (PIPE_SIZE): the feeder is still writing when
+    # the reader goes, so its write fails (a body the pipe holds whole could
+    # be written before the reader closes, and no write would fail)
+    big = tmp_path / "big.save"
+    write_image(big, template_xml(), BODY * (4 * PIPE_SIZE // len(BODY) + 1), COOKIE)
+    img = SaveImage.read(big)
     xml = clone_xml(img.xml, clone(1))
     os.mkfifo(tmp_path / "never")
     feeder = Feeder(img, str(tmp_path / "never"), xml)
