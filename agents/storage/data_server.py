@@ -8,6 +8,7 @@ regex; the JSON routes (holds, locate) stay in NodeAgent's route table.
 """
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 from typing import Callable
@@ -112,6 +113,12 @@ class DataServer:
                                 "image data is immutable", ProblemType.IMAGE_DATA_IMMUTABLE)
         except ValueError as exc:
             raise UploadRefused(409, "Conflict", str(exc), ProblemType.IMAGE_DATA_IMMUTABLE)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # the partial copy is gone already (CopyStore.receive)
+            raise UploadRefused(413, "Content Too Large", f"{self.node} ran out of disk space "
+                                "while writing the image; nothing was stored", ProblemType.IMAGE_TOO_LARGE)
         self.stored()
         return Response(json.dumps({"node": self.node, "sha256": sha, "size_bytes": size}),
                         mimetype="application/json")
