@@ -345,3 +345,10 @@ def test_uploads_beyond_the_workers_slots_are_429(lab, client, upload_image):
     wait_until(lambda: not _partials(lab, upload_image), 30, "the storage node dropped the partial copies")
     img = client.get_image(upload_image)
     assert img["sha256"] is None and img["replicas"] == [], img
+
+
+@pytest.mark.parametrize("query", ["limit=1001", "limit=0", "limit=-1", "limit=" + "9" * 40, "limit=1e3"])
+def test_list_limit_out_of_range_is_422_naming_it(lab, query):
+    for collection in ("images", "instance-groups", "nodes"):
+        resp = requests.get(f"{lab.state.endpoint}/v1/{collection}?{query}", headers=auth(lab), timeout=10)
+        assert_problem(resp, 422, "limit")
