@@ -23,7 +23,8 @@ until every group is what its spec says, and check the invariants:
   falls to 0), no leaked image session (a compute node's sessions at most the
   images its instances use);
 - the API never answered a 5xx other than 503, and a 503 only while a
-  ZooKeeper member or the service was down.
+  ZooKeeper member, the service or a storage agent (an upload through it)
+  was down.
 
 Not in the fake lab (nothing to kill there): tgtd, qemu-storage-daemons and
 guests' qemu -- the fake exporter and hypervisor keep them in memory.
@@ -183,7 +184,10 @@ class Campaign:
         else:
             lab.stop_node(victim.short, kill=True)
             lab.start_node(victim.short, wait=True, timeout=120)
-        if kind in ("zookeeper-member", "gunicorn-master"):
+        if kind in ("zookeeper-member", "gunicorn-master", "storage-agent"):
+            # 503 (retry) is the answer while these are away: ZooKeeper's
+            # clients move to another member, the service restarts, and an
+            # upload streaming through the storage agent that died is cut
             self.down_windows.append((t0, time.monotonic() + 15))   # + the clients' reconnection
         self.faults[kind] += 1
         return kind

@@ -602,26 +602,36 @@ class ComputeAgent(NodeAgent):
         while not self.stopping.is_set():
             with self.awaiting_lock:
                 watching = dict(self.awaiting)
-            for iid, (group, deadline) in watching.items():
-                log = self.consoles / f"{iid}.log"
-                try:
-                    text = log.read_text(errors="replace")
-                except OSError:
-                    text = ""
-                if READY_MARKER in text:
-                    self._set_state(group, iid, InstanceState.READY, ready_at=now())
-                    self.metrics.ready(iid)
-                    with self.awaiting_lock:
-                        self.awaiting.pop(iid, None)
-                    self.log.info("instance %s ready", iid)
-                elif time.monotonic() > deadline:
-                    self.metrics.failure("not-ready")
-                    self.metrics.gone(iid)
-                    self._set_state(group, iid, InstanceState.RUNNING,
-                                    "no readiness line from the guest")
-                    with self.awaiting_lock:
-                        self.awaiting.pop(iid, None)
+            try:
+                self._readiness_round(watching)
+            except Exception:
+                # e.g. ConnectionLoss while a ZooKeeper member dies: the
+                # instance stays awaited and is written next round (this
+                # thread ended here before, and no instance of the node
+                # became ready again: found by bench/chaos.py)
+                self.log.exception("readiness round failed; retrying")
             self.stopping.wait(READY_POLL)
+
+    def _readiness_round(self, watching: dict) -> None:
+        for iid, (group, deadline) in watching.items():
+            log = self.consoles / f"{iid}.log"
+            try:
+                text = log.read_text(errors="replace")
+            except OSError:
+                text = ""
+            if READY_MARKER in text:
+                self._set_state(group, iid, InstanceState.READY, ready_at=now())
+                self.metrics.ready(iid)
+                with self.awaiting_lock:
+                    self.awaiting.pop(iid, None)
+                self.log.info("instance %s ready", iid)
+            elif time.monotonic() > deadline:
+                self._set_state(group, iid, InstanceState.RUNNING,
+                                "no readiness line from the guest")
+                self.metrics.failure("not-ready")
+                self.metrics.gone(iid)
+                with self.awaiting_lock:
+                    self.awaiting.pop(iid, None)
 
     def shutdown(self) -> None:
         try:

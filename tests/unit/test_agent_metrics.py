@@ -44,3 +44,43 @@ def test_events_and_state_of_an_agent():
     assert got[("cowfleet_agent_instance_start_seconds_count", (("path", "attached"),))] == 1
     assert got[("cowfleet_agent_instance_ready_seconds_count", (("path", "attached"),))] == 1
     assert got[("cowfleet_agent_failures_total", (("reason", "overlay"),))] == 1
+
+
+def test_readiness_survives_a_zookeeper_error(tmp_path):
+    """A ConnectionLoss while writing READY (a ZooKeeper member dying) once
+    ended the readiness thread for good (bench/chaos.py found it): the
+    instance is written on a later round instead."""
+    import logging
+    import time
+
+    from kazoo.exceptions import ConnectionLoss
+
+    from cowfleet.agents.compute.agent import ComputeAgent
+    from cowfleet.guest.builder import READY_MARKER
+
+    agent = ComputeAgent.__new__(ComputeAgent)
+    agent.stopping, agent.awaiting_lock = threading.Event(), threading.Lock()
+    agent.consoles, agent.log = tmp_path, logging.getLogger("test")
+    agent.awaiting = {"i1": ("g", time.monotonic() + 60)}
+    agent.metrics = AgentMetrics(SimpleNamespace(name="n", role="compute", rack="r", leading=threading.Event(),
+                                                 connected=threading.Event(), losses=0, capacity=dict,
+                                                 allocated=dict))
+    (tmp_path / "i1.log").write_text(READY_MARKER + "\n")
+    written = []
+
+    def set_state(group, iid, state, message="", **fields):
+        written.append(state)
+        if len(written) == 1:
+            raise ConnectionLoss()
+    agent._set_state = set_state
+    loop = threading.Thread(target=agent._readiness_loop, daemon=True)
+    loop.start()
+    try:
+        deadline = time.monotonic() + 10
+        while agent.awaiting and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not agent.awaiting and written == ["ready", "ready"], written
+        assert loop.is_alive()
+    finally:
+        agent.stopping.set()
+        loop.join(5)
