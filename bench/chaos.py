@@ -20,8 +20,8 @@ until every group is what its spec says, and check the invariants:
   copy;
 - no lost or stuck request (the request queue empties, within 30 s);
 - no leaked reservation (every compute agent's ``cowfleet_agent_reservations``
-  falls to 0), no leaked image session (a compute node's sessions at most the
-  images its instances use);
+  falls to 0 within 30 s: an offer expires after 10 s), no leaked image
+  session (a compute node's sessions at most the images its instances use);
 - the API never answered a 5xx other than 503, and a 503 only while a
   ZooKeeper member, the service or a storage agent (an upload through it)
   was down.
@@ -246,10 +246,13 @@ class Campaign:
         out = []
         # a request may outlive its group's convergence for a while: one the
         # service's hand-off missed is claimed by a leader after a grace
-        # period (3 s) on its next round (5 s); it must be gone soon after
+        # period (3 s) on its next round (5 s); an offer's reservation whose
+        # coordinator died expires after 10 s (agents/handshake.py): both
+        # must be gone soon after
         deadline = time.monotonic() + REQUEST_GRACE
         state = self._cluster_state()
-        while state["requests"] and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (state["requests"] or any(
+                m.get("cowfleet_agent_reservations", 0) for m in state["metrics"].values())):
             time.sleep(1)
             state = self._cluster_state()
         ids = Counter(iid for insts in state["instances"].values() for iid in insts)
