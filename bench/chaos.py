@@ -81,15 +81,16 @@ class Recorder:
             try:
                 out = fn(*args, **kw)
                 status = 200
+                detail = ""
             except ApiError as exc:
-                out, status = None, exc.status
+                out, status, detail = None, exc.status, str(exc)[:300]
             except requests.RequestException as exc:
                 out, status = None, 599           # no answer at all (the proxy or service was down)
-                what = f"{what}: {type(exc).__name__}"
+                detail = type(exc).__name__
             with self.lock:
                 self.statuses[status] += 1
                 if status >= 500:
-                    self.errors.append((time.monotonic(), what, status, ""))
+                    self.errors.append((time.monotonic(), what, status, detail))
             if status not in (503, 599):
                 return out
             time.sleep(min(2.0, 0.2 * 2 ** attempt))
@@ -302,10 +303,10 @@ class Campaign:
 
     def api_violations(self) -> list[str]:
         out = []
-        for t, what, status, _ in self.rec.errors:
+        for t, what, status, detail in self.rec.errors:
             allowed = status == 503 and any(a <= t <= b for a, b in self.down_windows)
             if not allowed and status != 599:
-                out.append(f"{what}: HTTP {status}")
+                out.append(f"{what}: HTTP {status}: {detail}")
         return out
 
     def cleanup(self) -> None:

@@ -13,6 +13,8 @@ import itertools
 import json
 from typing import Callable
 
+from kazoo.exceptions import KazooException
+from kazoo.handlers.threading import KazooTimeoutError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import BaseConverter, Map, Rule
 from werkzeug.wrappers import Request, Response
@@ -70,7 +72,13 @@ class DataServer:
                 return None
             if request.method not in ("GET", "PUT"):   # HEAD, which werkzeug adds to a GET rule
                 raise UploadRefused(405, "Method Not Allowed", "use GET or PUT")
-            return getattr(self, endpoint)(request, **args)
+            try:
+                return getattr(self, endpoint)(request, **args)
+            except (KazooException, KazooTimeoutError) as exc:
+                # this agent's ZooKeeper session moving to another member
+                # (reading or recording the image): retry, not a failed node
+                raise UploadRefused(503, "Service Unavailable", f"{self.node} could not reach ZooKeeper "
+                                    f"({type(exc).__name__}); nothing was recorded, retry", ProblemType.UNAVAILABLE)
         except UploadRefused as exc:
             return _problem(exc)
 

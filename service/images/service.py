@@ -190,6 +190,9 @@ def upload(zk, name: str, stream, length: int | None, checksum: str | None,
         except ValueError:
             problem = {}
         kind = _storage_problem_type(problem)
+        if resp.status_code == 503 and kind == ProblemType.UNAVAILABLE:
+            raise unavailable(problem.get("detail") or f"storage node {node.name} is unavailable; retry",
+                              retry_after=2)
         status = resp.status_code if resp.status_code in (400, 404, 409, 413, 422) and kind != ProblemType.NODE_FAILED \
             else 502
         detail = problem.get("detail") or f"storage node {node.name} failed the upload (HTTP {resp.status_code})"

@@ -60,3 +60,17 @@ def test_a_full_disk_refuses_the_upload_with_a_problem(tmp_path):
     resp = server.respond(Request(env))
     assert resp.status_code == 413 and resp.mimetype == "application/problem+json"
     assert json.loads(resp.get_data())["type"] == ProblemType.IMAGE_TOO_LARGE
+
+
+def test_zookeeper_away_during_an_upload_is_503_not_a_failed_node(tmp_path):
+    from kazoo.exceptions import ConnectionLoss
+
+    def image(name):
+        raise ConnectionLoss()
+
+    server = DataServer("s1", CopyStore(tmp_path), image, lambda *a: None, lambda: None)
+    env = EnvironBuilder(method="PUT", path="/v1/images/big/data", data=b"\x01" * 4096,
+                         content_type="application/octet-stream").get_environ()
+    resp = server.respond(Request(env))
+    assert resp.status_code == 503 and resp.mimetype == "application/problem+json"
+    assert json.loads(resp.get_data())["type"] == ProblemType.UNAVAILABLE
