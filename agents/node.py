@@ -27,6 +27,7 @@ from kazoo.exceptions import NodeExistsError, NoNodeError
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
+from cowfleet.agents.metrics import AgentMetrics
 from cowfleet.models import NodeInfo, now
 from cowfleet.protocol import P2P
 from cowfleet.zk import layout
@@ -60,6 +61,7 @@ class NodeAgent:
         # a short session: a dead agent's membership and leadership go within seconds
         self.zk = connect(zk_hosts, timeout=SESSION_SECONDS, listener=self._on_connection_state)
         self.connected.set()
+        self.metrics = AgentMetrics(self)     # GET /metrics on the P2P endpoint
 
     # -- connection state (never blocks) ------------------------------------
     def _on_connection_state(self, state: str) -> None:
@@ -206,7 +208,12 @@ class NodeAgent:
 
         @Request.application
         def app(request):
-            return self.p2p(request)
+            if request.path == "/metrics" and request.method == "GET":
+                return self.metrics.response()
+            t0 = time.perf_counter()
+            resp = self.p2p(request)
+            self.metrics.served(request.path, resp.status_code, time.perf_counter() - t0)
+            return resp
 
         self._http = make_server(host or "127.0.0.1", int(port or 0), app, threaded=True)
         self.address = f"http://{host or '127.0.0.1'}:{self._http.server_port}"

@@ -212,7 +212,7 @@ class Client:
         here unless given) travels along, so a corrupted transfer stores nothing.
 
         Not retried by the session's adapter (it would resend from where the
-        file stopped): the file is rewound and sent again on 503/connection errors.
+        file stopped): the file is rewound and sent again on 429/503/connection errors.
         """
         path = Path(path)
         sha256 = sha256 or file_sha256(path)
@@ -230,7 +230,8 @@ class Client:
                         raise
                     time.sleep(0.5 * 2 ** attempt)
                     continue
-            if resp.status_code == 503 and attempt < retries:
+            # 429: the service's upload slots are taken (too-many-uploads), 503: retry
+            if resp.status_code in (429, 503) and attempt < retries:
                 time.sleep(0.5 * 2 ** attempt)
                 continue
             if resp.status_code >= 400:

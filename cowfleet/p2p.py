@@ -4,12 +4,21 @@ so connections to a peer are reused across calls."""
 from __future__ import annotations
 
 import threading
+import time
+from typing import Callable
 
 import requests
 
 TIMEOUT = 3.0
 
 _local = threading.local()
+# called after each call with (url, seconds, outcome: "ok", an HTTP status, or
+# the exception's name): the agents' metrics (agents/metrics.py) time their calls
+_observers: list[Callable[[str, float, str], None]] = []
+
+
+def observe(fn: Callable[[str, float, str], None]) -> None:
+    _observers.append(fn)
 
 
 def session() -> requests.Session:
@@ -23,6 +32,18 @@ def session() -> requests.Session:
 def post(url: str, body: dict, timeout: float = TIMEOUT) -> dict:
     """One P2P call: the JSON answer; raises on a connection error or an
     HTTP error status."""
-    resp = session().post(url, json=body, timeout=timeout)
-    resp.raise_for_status()
-    return resp.json()
+    t0 = time.perf_counter()
+    outcome = "ok"
+    try:
+        resp = session().post(url, json=body, timeout=timeout)
+        if resp.status_code >= 400:
+            outcome = str(resp.status_code)
+        resp.raise_for_status()
+        return resp.json()
+    except Exception as exc:
+        if outcome == "ok":
+            outcome = type(exc).__name__
+        raise
+    finally:
+        for fn in _observers:
+            fn(url, time.perf_counter() - t0, outcome)

@@ -165,6 +165,7 @@ class ProblemType:
     BLANK = "about:blank"
     PREFIX = "urn:cowfleet:problem:"
     MALFORMED_BODY = PREFIX + "malformed-body"                  # 400: empty, not JSON, nested too deeply
+    MALFORMED_REQUEST = PREFIX + "malformed-request"            # 400: the HTTP itself (request line, header, chunk)
     UNAUTHORIZED = PREFIX + "unauthorized"                      # 401: no or unknown bearer token
     FORBIDDEN = PREFIX + "forbidden"                            # 403: the token's role may not do this
     NOT_FOUND = PREFIX + "not-found"                            # 404: no such object
@@ -181,9 +182,13 @@ class ProblemType:
     TOKEN_EXISTS = PREFIX + "token-exists"                      # 409: create a token under a taken name
     PRECONDITION_FAILED = PREFIX + "precondition-failed"        # 412: If-Match / If-None-Match
     BODY_TOO_LARGE = PREFIX + "body-too-large"                  # 413
+    IMAGE_TOO_LARGE = PREFIX + "image-too-large"                # 413: no storage node has room for the upload
+    REQUEST_LINE_TOO_LONG = PREFIX + "request-line-too-long"    # 414: method + URL + version over the limit
     UNSUPPORTED_MEDIA_TYPE = PREFIX + "unsupported-media-type"  # 415
     INVALID = PREFIX + "invalid"                                # 422: field errors in ``errors``
     CHECKSUM_MISMATCH = PREFIX + "checksum-mismatch"            # 422: uploaded bytes vs X-Checksum-Sha256
     FORMAT_MISMATCH = PREFIX + "format-mismatch"                # 422: uploaded bytes vs the image's format
+    TOO_MANY_UPLOADS = PREFIX + "too-many-uploads"              # 429: this worker's upload slots are taken
+    HEADERS_TOO_LARGE = PREFIX + "headers-too-large"            # 431: too many header fields, or one too long
     NODE_FAILED = PREFIX + "node-failed"                        # 502: a node the request needs is gone or failed
     UNAVAILABLE = PREFIX + "unavailable"                        # 503: retry (Retry-After)

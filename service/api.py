@@ -15,6 +15,7 @@ from functools import wraps
 from typing import Any
 
 from flask import Response, current_app, json, request
+from gunicorn.http.errors import NoMoreData, ParseException
 from kazoo.client import KazooState
 from kazoo.exceptions import ConnectionLoss, SessionExpiredError
 from marshmallow import Schema, ValidationError
@@ -22,7 +23,8 @@ from marshmallow import Schema, ValidationError
 from cowfleet.names import NAME_RE, NAME_RULE
 from cowfleet.protocol import ProblemType
 from cowfleet.service.preconditions import Precondition
-from cowfleet.service.problems import Problem, invalid, malformed, not_found, unavailable, unsupported_media_type
+from cowfleet.service.problems import (Problem, invalid, malformed, malformed_request, not_found, unavailable,
+                                       unsupported_media_type)
 from cowfleet.zk.connection import connect, read
 
 
@@ -139,7 +141,7 @@ def json_body() -> Any:
     # is 413 too, not cut at the limit and parsed (the app's stream limit is
     # MAX_BODY + 1 so that this read can see the extra byte)
     limit = current_app.config["MAX_BODY"]
-    raw = request.stream.read(limit + 1)
+    raw = read_body(request.stream, limit + 1)
     if len(raw) > limit:
         raise Problem(413, "Request Entity Too Large", f"a JSON body is at most {limit} bytes",
                       type=ProblemType.BODY_TOO_LARGE)
@@ -154,6 +156,17 @@ def json_body() -> Any:
     if not isinstance(body, dict):
         raise invalid({"_schema": ["the request body must be a JSON object"]})
     return body
+
+
+def read_body(stream, size: int) -> bytes:
+    """Up to ``size`` bytes of the request body; a 400 malformed-request
+    problem if the body itself is broken: a chunk gunicorn cannot parse, or
+    the client gone before the end (werkzeug's ClientDisconnected, a 400
+    already). Without this they would be 500s."""
+    try:
+        return stream.read(size)
+    except (ParseException, NoMoreData) as exc:
+        raise malformed_request(f"the request body is not valid HTTP: {exc}"[:300]) from None
 
 
 @functools.lru_cache(maxsize=None)

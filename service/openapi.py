@@ -51,6 +51,7 @@ REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "
            401: "Missing or invalid bearer token", 403: "The token's role may not do this",
            404: "Not found", 409: "Conflict with the current state", 412: "If-Match does not match",
            413: "Body too large", 415: "Not JSON", 422: "Invalid input (errors name the fields)",
+           429: "Too many uploads at once on this worker; retry after Retry-After",
            502: "A node's agent failed or did not answer", 503: "ZooKeeper unavailable; retry"}
 LIST_PARAMS = [
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},

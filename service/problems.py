@@ -5,7 +5,7 @@ Every problem the service raises carries a machine-readable ``type``
 from __future__ import annotations
 
 from flask import Response, json
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from cowfleet.protocol import ProblemType
 
@@ -19,12 +19,15 @@ class Problem(Exception):
         self.status, self.title, self.detail = status, title, detail
         self.errors, self.headers, self.type = errors, headers or {}, type
 
-    def response(self) -> Response:
+    def document(self) -> bytes:
         body = {"type": self.type, "title": self.title, "status": self.status,
                 "detail": self.detail or self.title}
         if self.errors:
             body["errors"] = self.errors
-        resp = Response(json.dumps(body), status=self.status, mimetype=PROBLEM_TYPE)
+        return json.dumps(body).encode()
+
+    def response(self) -> Response:
+        resp = Response(self.document(), status=self.status, mimetype=PROBLEM_TYPE)
         for k, v in self.headers.items():
             resp.headers[k] = v
         return resp
@@ -68,6 +71,34 @@ def unavailable(detail: str, retry_after: int | None = None) -> Problem:
     return Problem(503, "Service Unavailable", detail, headers=headers, type=ProblemType.UNAVAILABLE)
 
 
+def malformed_request(detail: str) -> Problem:
+    """A 400: the HTTP request itself is broken (a chunk, a truncated body)."""
+    return Problem(400, "Bad Request", detail, type=ProblemType.MALFORMED_REQUEST)
+
+
+def too_many_uploads(limit: int, retry_after: int = 5) -> Problem:
+    return Problem(429, "Too Many Requests",
+                   f"this service worker streams at most {limit} uploads at a time; retry",
+                   headers={"Retry-After": str(retry_after)}, type=ProblemType.TOO_MANY_UPLOADS)
+
+
+# What gunicorn answers itself, before the app sees a request (its request
+# line, header count and header size limits, a request it cannot parse):
+# the HTTP status it picked, typed like our own problems.
+SERVER_PROBLEM_TYPES = {400: ProblemType.MALFORMED_REQUEST, 414: ProblemType.REQUEST_LINE_TOO_LONG,
+                        431: ProblemType.HEADERS_TOO_LARGE}
+
+
+def server_error_bytes(status: int, reason: str, detail: str) -> bytes:
+    """A whole HTTP/1.1 response (status line, headers, problem+json body) for
+    an error the server answers on its own, the connection closed after it."""
+    body = Problem(status, reason, detail or reason, type=SERVER_PROBLEM_TYPES.get(status, ProblemType.BLANK)
+                   ).document()
+    head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: {PROBLEM_TYPE}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return head.encode("latin-1", "replace") + body
+
+
 def node_failed(detail: str) -> Problem:
     """A 502: a node the request needs is gone, did not answer, or failed."""
     return Problem(502, "Bad Gateway", detail, type=ProblemType.NODE_FAILED)
@@ -79,4 +110,6 @@ def from_http_exception(exc: HTTPException) -> Problem:
         headers["Allow"] = ", ".join(exc.valid_methods)
     # werkzeug's own 413 (Content-Length over the limit) means what ours does
     kind = {413: ProblemType.BODY_TOO_LARGE, 415: ProblemType.UNSUPPORTED_MEDIA_TYPE}.get(exc.code, ProblemType.BLANK)
+    if isinstance(exc, ClientDisconnected):     # the body ended before its Content-Length
+        kind = ProblemType.MALFORMED_REQUEST
     return Problem(exc.code or 500, exc.name, exc.description or exc.name, headers=headers, type=kind)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from kazoo.recipe.cache import TreeCache, TreeEvent
 
+from cowfleet.agents import metrics
 from cowfleet.agents.compute.domain import DomainSpec
 from cowfleet.agents.compute.hypervisor import Hypervisor, domain_name
 from cowfleet.agents.compute.instance_network import InstanceNetwork
@@ -404,6 +405,7 @@ class ComputeAgent(NodeAgent):
         image = got[0]
         flavor = flavor_named(self.zk, inst.flavor)
         if flavor is None:
+            self.metrics.failure("flavor-missing")
             self._set_state(group, iid, InstanceState.FAILED, f"flavor '{inst.flavor}' does not exist")
             return
         g = read(self.zk, layout.group(group), Group)
@@ -419,6 +421,7 @@ class ComputeAgent(NodeAgent):
         fault_point("start.addressed", self.name)
         t0 = time.monotonic()
         base = session_key(image.name, image.sha256)
+        data_path = metrics.SHARED         # or ATTACHED: this start attached the image (the metrics' label)
         with self.sessions.lock(base):     # attach + overlay, atomic w.r.t. the last user's detach
             session = self.sessions.current(base)    # the host's session of this image, if one runs
             key = session.key if session is not None else base
@@ -449,10 +452,12 @@ class ComputeAgent(NodeAgent):
                     self._set_state(group, iid, InstanceState.PENDING,
                                     f"waiting for a replica of image '{image.name}' reachable from {self.name}")
                     return
+                data_path = metrics.ATTACHED
                 try:
                     session = self.sessions.attach(image.name, image.sha256, image.format, where.replicas,
                                                    key=key)
                 except SessionError as exc:
+                    self.metrics.failure("session-attach")
                     self._set_state(group, iid, InstanceState.PENDING, f"cannot attach image: {exc}"[:500])
                     return
             overlay = self.overlays.path(group, iid)
@@ -465,6 +470,7 @@ class ComputeAgent(NodeAgent):
                 try:
                     self.overlays.rebase(overlay, session.url, image.format)
                 except Exception as exc:
+                    self.metrics.failure("overlay-rebase")
                     self._set_state(group, iid, InstanceState.PENDING,
                                     f"moving the persistent overlay to session {session.key} failed: {exc}"[:500])
                     raise
@@ -477,6 +483,7 @@ class ComputeAgent(NodeAgent):
                     # often passing (the session's export just restarted): retried by the
                     # next rounds, and shown; a few in a row mean it will not work
                     tries = self.overlay_failures[iid] = self.overlay_failures.get(iid, 0) + 1
+                    self.metrics.failure("overlay")
                     state = InstanceState.FAILED if tries >= OVERLAY_TRIES else InstanceState.PENDING
                     self._set_state(group, iid, state, f"creating the overlay failed ({tries} of "
                                     f"{OVERLAY_TRIES} tries): {exc}"[:500])
@@ -503,11 +510,13 @@ class ComputeAgent(NodeAgent):
         try:
             self.hyper.start(spec, attach=self.instnet.net.attach if tap else None)
         except Exception as exc:
+            self.metrics.failure("domain-start")
             self._set_state(group, iid, InstanceState.FAILED, f"domain start failed: {exc}")
             raise
         t_domain = time.monotonic()
         fault_point("start.domain", self.name)
         self._set_state(group, iid, InstanceState.RUNNING, running_at=now(), ready_at=None)
+        self.metrics.started(iid, data_path, t_domain - t0)
         self.log.info("%s running: session %.0f ms, overlay %.0f ms, seed %.1f ms, domain %.0f ms", iid,
                       (t_attached - t0) * 1000, (t_overlay - t_attached) * 1000, (t_seed - t_overlay) * 1000,
                       (t_domain - t_seed) * 1000)
@@ -566,6 +575,7 @@ class ComputeAgent(NodeAgent):
         fault_point("terminate.files", self.name)
         with self.awaiting_lock:
             self.awaiting.pop(iid, None)
+        self.metrics.gone(iid)
         tx = self.zk.transaction()
         got = read(self.zk, layout.group_instance(group, iid), Instance)
         if got is not None and got[0].node == self.name:
@@ -592,23 +602,36 @@ class ComputeAgent(NodeAgent):
         while not self.stopping.is_set():
             with self.awaiting_lock:
                 watching = dict(self.awaiting)
-            for iid, (group, deadline) in watching.items():
-                log = self.consoles / f"{iid}.log"
-                try:
-                    text = log.read_text(errors="replace")
-                except OSError:
-                    text = ""
-                if READY_MARKER in text:
-                    self._set_state(group, iid, InstanceState.READY, ready_at=now())
-                    with self.awaiting_lock:
-                        self.awaiting.pop(iid, None)
-                    self.log.info("instance %s ready", iid)
-                elif time.monotonic() > deadline:
-                    self._set_state(group, iid, InstanceState.RUNNING,
-                                    "no readiness line from the guest")
-                    with self.awaiting_lock:
-                        self.awaiting.pop(iid, None)
+            try:
+                self._readiness_round(watching)
+            except Exception:
+                # e.g. ConnectionLoss while a ZooKeeper member dies: the
+                # instance stays awaited and is written next round (this
+                # thread ended here before, and no instance of the node
+                # became ready again: found by bench/chaos.py)
+                self.log.exception("readiness round failed; retrying")
             self.stopping.wait(READY_POLL)
+
+    def _readiness_round(self, watching: dict) -> None:
+        for iid, (group, deadline) in watching.items():
+            log = self.consoles / f"{iid}.log"
+            try:
+                text = log.read_text(errors="replace")
+            except OSError:
+                text = ""
+            if READY_MARKER in text:
+                self._set_state(group, iid, InstanceState.READY, ready_at=now())
+                self.metrics.ready(iid)
+                with self.awaiting_lock:
+                    self.awaiting.pop(iid, None)
+                self.log.info("instance %s ready", iid)
+            elif time.monotonic() > deadline:
+                self._set_state(group, iid, InstanceState.RUNNING,
+                                "no readiness line from the guest")
+                self.metrics.failure("not-ready")
+                self.metrics.gone(iid)
+                with self.awaiting_lock:
+                    self.awaiting.pop(iid, None)
 
     def shutdown(self) -> None:
         try:

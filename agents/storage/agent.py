@@ -220,6 +220,7 @@ class StorageAgent(NodeAgent):
                 # retried later, backed off (10 s doubling to 5 min): a peer may come
                 # back, a source reappear; never in a loop against one that fails
                 backoff = self.replication.failed(image)
+                self.metrics.failure("copy-from-peer" if peers else "fetch-from-source")
                 if peers:
                     self.log.warning("copying image %s from a peer failed (next try in %.0f s): %s",
                                      image.name, backoff, exc)

@@ -8,10 +8,13 @@ regex; the JSON routes (holds, locate) stay in NodeAgent's route table.
 """
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 from typing import Callable
 
+from kazoo.exceptions import KazooException
+from kazoo.handlers.threading import KazooTimeoutError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import BaseConverter, Map, Rule
 from werkzeug.wrappers import Request, Response
@@ -69,7 +72,13 @@ class DataServer:
                 return None
             if request.method not in ("GET", "PUT"):   # HEAD, which werkzeug adds to a GET rule
                 raise UploadRefused(405, "Method Not Allowed", "use GET or PUT")
-            return getattr(self, endpoint)(request, **args)
+            try:
+                return getattr(self, endpoint)(request, **args)
+            except (KazooException, KazooTimeoutError) as exc:
+                # this agent's ZooKeeper session moving to another member
+                # (reading or recording the image): retry, not a failed node
+                raise UploadRefused(503, "Service Unavailable", f"{self.node} could not reach ZooKeeper "
+                                    f"({type(exc).__name__}); nothing was recorded, retry", ProblemType.UNAVAILABLE)
         except UploadRefused as exc:
             return _problem(exc)
 
@@ -112,6 +121,12 @@ class DataServer:
                                 "image data is immutable", ProblemType.IMAGE_DATA_IMMUTABLE)
         except ValueError as exc:
             raise UploadRefused(409, "Conflict", str(exc), ProblemType.IMAGE_DATA_IMMUTABLE)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # the partial copy is gone already (CopyStore.receive)
+            raise UploadRefused(413, "Content Too Large", f"{self.node} ran out of disk space "
+                                "while writing the image; nothing was stored", ProblemType.IMAGE_TOO_LARGE)
         self.stored()
         return Response(json.dumps({"node": self.node, "sha256": sha, "size_bytes": size}),
                         mimetype="application/json")

@@ -6,10 +6,12 @@ import requests
 from cowfleet.checksum import SHA256_RE, SHA256_RULE
 from cowfleet.models import Image, ImageStatus, NodeInfo, Replica
 from cowfleet.protocol import ProblemType, image_data_path
-from cowfleet.service.api import Result, fetch
+from werkzeug.exceptions import HTTPException
+
+from cowfleet.service.api import Result, fetch, read_body
 from cowfleet.service.paging import ListQuery, page
 from cowfleet.service.preconditions import ANY, Precondition
-from cowfleet.service.problems import Problem, conflict, invalid, malformed, unavailable
+from cowfleet.service.problems import Problem, conflict, invalid, malformed, malformed_request, unavailable
 from cowfleet.service.upsert import create_or_update, delete_unless_used
 from cowfleet.zk import layout
 from cowfleet.zk.connection import commit, read_children
@@ -88,6 +90,17 @@ def delete(zk, name: str, pre: Precondition = ANY) -> None:
 UPLOAD_CHUNK = 1 << 20
 
 
+class _ClientBodyFailed(Exception):
+    """The client's body broke off or was malformed mid-upload. Not an
+    OSError, so that requests lets it through as it is instead of taking it
+    for the storage node failing; the storage node sees its connection cut
+    mid-chunk and drops the partial copy."""
+
+    def __init__(self, problem: Exception):
+        super().__init__(str(problem))
+        self.problem = problem
+
+
 def _storage_targets(zk, holders: set[str]) -> list[NodeInfo]:
     """Healthy storage nodes, those without a copy first, then most free disk."""
     nodes = [n for n in members(zk, "storage") if n.address]
@@ -135,17 +148,39 @@ def upload(zk, name: str, stream, length: int | None, checksum: str | None,
     targets = _storage_targets(zk, {r.node for r in replicas})
     if not targets:
         raise unavailable("no storage node is available to take the upload", retry_after=5)
+    room = max(n.capacity.get("disk_mib", 0) for n in targets) << 20
+    if length is not None and room and length > room:
+        # no byte moves: larger than any storage node's whole disk. (Free
+        # space is the storage agent's check, as it writes: a full disk
+        # answers image-too-large too, the partial copy removed.)
+        raise Problem(413, "Content Too Large", f"the image is {length} bytes; the largest storage node's "
+                      f"disk holds {room} bytes", type=ProblemType.IMAGE_TOO_LARGE)
     node = targets[0]
     headers = {"Content-Type": "application/octet-stream"}
     if checksum:
         headers["X-Checksum-Sha256"] = checksum
 
     def chunks():
-        for chunk in iter(lambda: stream.read(UPLOAD_CHUNK), b""):
+        sent = 0
+        while True:
+            try:
+                chunk = read_body(stream, UPLOAD_CHUNK)
+            except (Problem, HTTPException) as exc:
+                raise _ClientBodyFailed(exc) from None
+            if not chunk:
+                break
+            sent += len(chunk)
             yield chunk
+        if length is not None and sent < length:
+            # gunicorn's body reader ends quietly where the client went away:
+            # without this count a broken-off upload would be stored as the image
+            raise _ClientBodyFailed(malformed_request(
+                f"the body ended after {sent} of its {length} bytes (Content-Length); nothing was stored"))
     try:
         resp = requests.put(node.address + image_data_path(name), data=chunks(), headers=headers,
                             timeout=(5, 600))
+    except _ClientBodyFailed as exc:
+        raise exc.problem from None
     except requests.RequestException as exc:
         raise unavailable(f"storage node {node.name} failed during the upload: "
                           f"{type(exc).__name__}; nothing was stored, retry", retry_after=2)
@@ -155,7 +190,10 @@ def upload(zk, name: str, stream, length: int | None, checksum: str | None,
         except ValueError:
             problem = {}
         kind = _storage_problem_type(problem)
-        status = resp.status_code if resp.status_code in (400, 404, 409, 422) and kind != ProblemType.NODE_FAILED \
+        if resp.status_code == 503 and kind == ProblemType.UNAVAILABLE:
+            raise unavailable(problem.get("detail") or f"storage node {node.name} is unavailable; retry",
+                              retry_after=2)
+        status = resp.status_code if resp.status_code in (400, 404, 409, 413, 422) and kind != ProblemType.NODE_FAILED \
             else 502
         detail = problem.get("detail") or f"storage node {node.name} failed the upload (HTTP {resp.status_code})"
         field = "format" if kind == ProblemType.FORMAT_MISMATCH else "X-Checksum-Sha256"

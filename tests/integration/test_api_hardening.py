@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import select
+import socket
 import subprocess
 from urllib.parse import urlsplit
 
@@ -211,3 +213,140 @@ def test_image_data_must_be_its_declared_format(lab, client, qcow2_master):
     finally:
         for name in ("says-qcow2", "says-raw", "is-qcow2", "up-qcow2"):
             client.delete_image(name)
+
+
+# -- limits: what an attacker can hit answers problem+json, and stores nothing --------
+
+def _raw(lab, data: bytes, timeout: float = 30) -> http.client.HTTPResponse:
+    """Send ``data`` as it is on a new connection; the answer."""
+    ep = urlsplit(lab.state.endpoint)
+    sock = socket.create_connection((ep.hostname, ep.port), timeout=timeout)
+    sock.sendall(data)
+    resp = http.client.HTTPResponse(sock)
+    resp.begin()
+    resp.body = resp.read()
+    sock.close()
+    return resp
+
+
+def _assert_raw_problem(resp, status: int, kind: str) -> dict:
+    assert resp.status == status, resp.body[:300]
+    assert resp.getheader("Content-Type") == "application/problem+json", resp.body[:300]
+    body = json.loads(resp.body)
+    assert body["status"] == status and body["type"] == kind and body["title"] and body["detail"], body
+    return body
+
+
+@pytest.mark.parametrize("request_bytes, status, kind", [
+    (b"GET /v1/images?after=" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414,
+     ProblemType.REQUEST_LINE_TOO_LONG),
+    (b"GET /v1/images HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(101)) + b"\r\n",
+     431, ProblemType.HEADERS_TOO_LARGE),
+    (b"GET /v1/images HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 9000 + b"\r\n\r\n", 431,
+     ProblemType.HEADERS_TOO_LARGE),
+    (b"HELLO THERE\r\n\r\n", 400, ProblemType.MALFORMED_REQUEST),
+    (b"GET /v1/images HTTP/1.1\r\nHost: x\r\nBad Header: v\r\n\r\n", 400, ProblemType.MALFORMED_REQUEST),
+], ids=["request-line", "header-count", "header-size", "request-line-garbage", "header-name"])
+def test_server_limits_answer_problem_json(lab, request_bytes, status, kind):
+    """gunicorn answers these before the app runs: as problem+json, not its HTML page."""
+    _assert_raw_problem(_raw(lab, request_bytes), status, kind)
+
+
+def test_malformed_chunk_is_400_and_creates_nothing(lab, zk):
+    head = (f"PUT /v1/flavors/chunk-bad HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {lab.state.token}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+    resp = _raw(lab, head + b"5\r\n{\"vcp\r\nzz\r\nus\": 1}\r\n0\r\n\r\n")
+    _assert_raw_problem(resp, 400, ProblemType.MALFORMED_REQUEST)
+    assert not zk.exists(layout.flavor("chunk-bad"))
+
+
+def _partials(lab, name: str) -> list:
+    """Partial copies of image ``name`` on the lab's storage nodes."""
+    return list(lab.dir.glob(f"nodes/*/images/{name}.*.partial"))
+
+
+def _upload_head(lab, name: str, length: int, **more) -> bytes:
+    lines = [f"PUT /v1/images/{name}/data HTTP/1.1", "Host: x", f"Authorization: Bearer {lab.state.token}",
+             "Content-Type: application/octet-stream", f"Content-Length: {length}"]
+    lines += [f"{k}: {v}" for k, v in more.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+@pytest.fixture
+def upload_image(client):
+    client.put_image("limits-up", format="raw", min_replicas=1)
+    yield "limits-up"
+    client.delete_image("limits-up")
+
+
+def test_upload_larger_than_any_disk_is_413_before_a_byte_moves(lab, client, upload_image):
+    # the body is never sent: the answer comes from the headers alone
+    resp = _raw(lab, _upload_head(lab, upload_image, 1 << 60))
+    _assert_raw_problem(resp, 413, ProblemType.IMAGE_TOO_LARGE)
+    assert client.get_image(upload_image)["sha256"] is None
+    assert not _partials(lab, upload_image)
+
+
+def test_upload_with_a_malformed_chunk_stores_nothing(lab, client, upload_image):
+    head = (f"PUT /v1/images/{upload_image}/data HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {lab.state.token}\r\n"
+            "Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+    good = b"".join(b"100000\r\n" + b"\x01" * (1 << 20) + b"\r\n" for _ in range(3))   # 3 MiB reach the node
+    resp = _raw(lab, head + good + b"not-hex\r\n\r\n", timeout=60)
+    _assert_raw_problem(resp, 400, ProblemType.MALFORMED_REQUEST)
+    wait_until(lambda: not _partials(lab, upload_image), 30, "the storage node dropped the partial copy")
+    img = client.get_image(upload_image)
+    assert img["sha256"] is None and img["replicas"] == [], img
+
+
+def test_upload_broken_off_stores_nothing(lab, client, upload_image):
+    ep = urlsplit(lab.state.endpoint)
+    sock = socket.create_connection((ep.hostname, ep.port), timeout=30)
+    try:
+        sock.sendall(_upload_head(lab, upload_image, 8 << 20) + b"\x01" * (2 << 20))
+        wait_until(lambda: _partials(lab, upload_image), 30, "the upload under way on the storage node")
+    finally:
+        sock.close()         # 6 MiB short of its Content-Length
+    wait_until(lambda: not _partials(lab, upload_image), 30, "the storage node dropped the partial copy")
+    img = client.get_image(upload_image)
+    assert img["sha256"] is None and img["replicas"] == [], img
+
+
+def test_uploads_beyond_the_workers_slots_are_429(lab, client, upload_image):
+    """Slow uploads take at most UPLOADS_PER_WORKER threads of each worker: the
+    rest are refused at once (429 problem+json, Retry-After), and the API
+    still answers; none of them leaves anything behind."""
+    from cowfleet.service.images.views import UPLOADS_PER_WORKER
+    held = lab.service_workers * UPLOADS_PER_WORKER
+    ep = urlsplit(lab.state.endpoint)
+    socks = []
+    try:
+        for _ in range(held + 4):
+            sock = socket.create_connection((ep.hostname, ep.port), timeout=30)
+            socks.append(sock)
+            sock.sendall(_upload_head(lab, upload_image, 8 << 20) + b"\x01" * 65536)
+
+        def answered():
+            readable, _, _ = select.select(socks, [], [], 0.5)
+            return len(readable) >= 4 and readable
+        refused = wait_until(answered, 60, "the uploads beyond the slots answered")
+        for sock in refused:
+            resp = http.client.HTTPResponse(sock)
+            resp.begin()
+            resp.body = resp.read(resp.length or 0)
+            _assert_raw_problem(resp, 429, ProblemType.TOO_MANY_UPLOADS)
+            assert int(resp.getheader("Retry-After")) > 0
+        # the API still answers other requests meanwhile
+        assert client.get_image(upload_image)["sha256"] is None
+    finally:
+        for sock in socks:
+            sock.close()
+    wait_until(lambda: not _partials(lab, upload_image), 30, "the storage node dropped the partial copies")
+    img = client.get_image(upload_image)
+    assert img["sha256"] is None and img["replicas"] == [], img
+
+
+@pytest.mark.parametrize("query", ["limit=1001", "limit=0", "limit=-1", "limit=" + "9" * 40, "limit=1e3"])
+def test_list_limit_out_of_range_is_422_naming_it(lab, query):
+    for collection in ("images", "instance-groups", "nodes"):
+        resp = requests.get(f"{lab.state.endpoint}/v1/{collection}?{query}", headers=auth(lab), timeout=10)
+        assert_problem(resp, 422, "limit")

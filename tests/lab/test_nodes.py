@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.lab
 
@@ -89,6 +90,26 @@ def test_p2p_reaches_every_other_agent(lab_node, api):
             f"print(json.dumps([json.load(urllib.request.urlopen(a + '/healthz', timeout=5))['node'] "
             f"for a in {others!r}]))")
     assert len(json.loads(py(lab_node, code))) == len(others)
+
+
+@pytest.mark.roles("storage", "compute")
+def test_agent_exports_its_metrics(lab_node, api):
+    """Scraped from the node itself, at its own address: the agent's Prometheus
+    metrics name it, say it is connected, and give its capacity and
+    leadership (exactly one leader per rack and role, README "Watching the agents")."""
+    env = lab_node.env()
+    code = ("import urllib.request; "
+            f"print(urllib.request.urlopen('http://{env['COWFLEET_ADDR']}:7070/metrics', timeout=5).read().decode())")
+    text = py(lab_node, code)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(text) for s in fam.samples}
+    me = (("node", env["COWFLEET_NODE"]), ("rack", env["COWFLEET_RACK"]), ("role", lab_node.role))
+    assert samples[("cowfleet_agent_info", me)] == 1
+    assert samples[("cowfleet_agent_zookeeper_connected", ())] == 1
+    resource = "vcpus" if lab_node.role == "compute" else "disk_mib"
+    assert samples[("cowfleet_agent_capacity", (("resource", resource),))] > 0
+    assert samples[("cowfleet_agent_leader", ())] == int(any(
+        n["leader"] for n in api.nodes() if n["name"] == env["COWFLEET_NODE"]))
 
 
 @pytest.mark.roles("storage")

@@ -1,0 +1,86 @@
+"""agents/metrics.py without an agent process: labels stay bounded, events count."""
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from cowfleet.agents.metrics import ATTACHED, AgentMetrics, route_of
+
+
+def test_routes_are_a_closed_set():
+    assert route_of("/v1/offer") == "/v1/offer"
+    assert route_of("/metrics") == "/metrics"
+    assert route_of("/v1/images/demo/data") == "/v1/images/{name}/data"
+    for made_up in ("/v1/images/../data", "/v1/images/a/b/data", "/x", "/v1/offer/", ""):
+        assert route_of(made_up) == "other"
+
+
+def _samples(m: AgentMetrics) -> dict:
+    text = m.response().get_data(as_text=True)
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def test_events_and_state_of_an_agent():
+    leading = threading.Event()
+    leading.set()
+    agent = SimpleNamespace(name="n1", role="node", rack="r1", leading=leading, connected=threading.Event(),
+                            losses=2, capacity=lambda: {"vcpus": 8}, allocated=lambda: 1 / 0)
+    m = AgentMetrics(agent)
+    m.started("i1", ATTACHED, 0.2)
+    m.ready("i1")
+    m.ready("i1")            # once only
+    m.ready("adopted")       # not started here: not timed
+    m.failure("overlay")
+    got = _samples(m)
+    assert got[("cowfleet_agent_info", (("node", "n1"), ("rack", "r1"), ("role", "node")))] == 1
+    assert got[("cowfleet_agent_leader", ())] == 1
+    assert got[("cowfleet_agent_zookeeper_connected", ())] == 0
+    assert got[("cowfleet_agent_zookeeper_sessions_lost", ())] == 2
+    assert got[("cowfleet_agent_capacity", (("resource", "vcpus"),))] == 8
+    assert not [k for k in got if k[0] == "cowfleet_agent_allocated"]     # unreadable: left out
+    assert got[("cowfleet_agent_instance_start_seconds_count", (("path", "attached"),))] == 1
+    assert got[("cowfleet_agent_instance_ready_seconds_count", (("path", "attached"),))] == 1
+    assert got[("cowfleet_agent_failures_total", (("reason", "overlay"),))] == 1
+
+
+def test_readiness_survives_a_zookeeper_error(tmp_path):
+    """A ConnectionLoss while writing READY (a ZooKeeper member dying) once
+    ended the readiness thread for good (bench/chaos.py found it): the
+    instance is written on a later round instead."""
+    import logging
+    import time
+
+    from kazoo.exceptions import ConnectionLoss
+
+    from cowfleet.agents.compute.agent import ComputeAgent
+    from cowfleet.guest.builder import READY_MARKER
+
+    agent = ComputeAgent.__new__(ComputeAgent)
+    agent.stopping, agent.awaiting_lock = threading.Event(), threading.Lock()
+    agent.consoles, agent.log = tmp_path, logging.getLogger("test")
+    agent.awaiting = {"i1": ("g", time.monotonic() + 60)}
+    agent.metrics = AgentMetrics(SimpleNamespace(name="n", role="compute", rack="r", leading=threading.Event(),
+                                                 connected=threading.Event(), losses=0, capacity=dict,
+                                                 allocated=dict))
+    (tmp_path / "i1.log").write_text(READY_MARKER + "\n")
+    written = []
+
+    def set_state(group, iid, state, message="", **fields):
+        written.append(state)
+        if len(written) == 1:
+            raise ConnectionLoss()
+    agent._set_state = set_state
+    loop = threading.Thread(target=agent._readiness_loop, daemon=True)
+    loop.start()
+    try:
+        deadline = time.monotonic() + 10
+        while agent.awaiting and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not agent.awaiting and written == ["ready", "ready"], written
+        assert loop.is_alive()
+    finally:
+        agent.stopping.set()
+        loop.join(5)
