@@ -92,6 +92,7 @@ class Trace:
     commit_ms: float = 0.0
     total_ms: float = 0.0
     outcome: str = ""
+    chunks: list = field(default_factory=list)    # one per transaction: {ops, bytes, instances, ms}
 
     def to_dict(self) -> dict:
         return asdict(self)
