@@ -446,7 +446,9 @@ def _existing(zk, paths: list[str]) -> set[str]:
 
 def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
                    trace: Trace) -> PlacementResult | None:
+    t_read = time.monotonic()
     snap = read_snapshot(zk, name)
+    trace.read_ms = round((time.monotonic() - t_read) * 1000, 1)
     if snap is None:
         if request_path:
             try:
@@ -467,6 +469,7 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
         trace.offers_ms = round((time.monotonic() - t_offers) * 1000, 1)
     assigned = _existing(zk, [layout.assignment(i.node, name, i.id) for i, _ in d.terminate + d.drop])
     budget = chunk_bytes()
+    t_plan = time.monotonic()
     p = plan(snap, d, offers, assigned, request_path, unit_bytes=budget // 2)
     result = PlacementResult(terminated=p.terminated if p else [], unplaced=p.unplaced if p else 0)
     if p is None:
@@ -474,6 +477,7 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
     if d.want:
         trace.split, trace.per_rack, trace.unplaced = p.split, p.per_rack, p.unplaced
     txs = transactions(p, snap, budget)
+    trace.plan_ms = round((time.monotonic() - t_plan) * 1000, 1)
     trace.chunks, trace.commit_ms = [], 0.0
     prefix = layout.group_instances(name) + "/"
     fault_point("before-commit", trace.coordinator)

@@ -192,15 +192,17 @@ def _place_once(client: Client, zk, zk_server, fleets: list[int], size: int, nam
     mntr = _mntr(zk_server)
     zk_mib = _rss_mib(zk_server.pid)
     agents_mib = sum(_rss_mib(p) for p in fleets)
-    group = client.get_group(name)
-    # the trace is written just after the commit
-    trace = c.wait_for(lambda: client.request("GET", f"/v1/instance-groups/{name}/placement").json(), 30,
-                       f"the placement trace of {name}")
-    per_rack = Counter(i["rack"] for i in group["instances"])
-    per_node = Counter(i["node"] for i in group["instances"])
+    # the trace is written just after the commit; the balance comes from it
+    # (per rack, and the split per node), not from a GET of 10,000 instances
+    def final_trace():
+        t = client.request("GET", f"/v1/instance-groups/{name}/placement").json()
+        return t if str(t.get("outcome", "")).startswith("committed") else None
+    trace = c.wait_for(final_trace, 60, f"the placement trace of {name}")
+    per_rack = Counter(trace.get("per_rack") or {})
+    per_node = Counter(trace.get("split") or {})
     t_del = time.monotonic()
     client.delete_group(name)
-    c.wait_for(lambda: client.get_group(name) is None, 900, f"group {name} deleted", interval=0.5)
+    c.wait_for(lambda: not zk.exists(layout.group(name)), 1800, f"group {name} deleted", interval=0.5)
     return {"put_s": put_s, "commit_s": commit_s, "placed": n, "per_rack": per_rack, "per_node": per_node,
             "trace": trace, "znodes": int(mntr.get("zk_znode_count", 0)),
             "zk_data_mib": int(mntr.get("zk_approximate_data_size", 0)) / 2**20, "zk_rss_mib": zk_mib,
@@ -218,6 +220,7 @@ def _summarise(agents: int, samples: list[dict]) -> dict:
             "commit_min_s": min(s["commit_s"] for s in samples),
             "put_ms": statistics.median(s["put_s"] for s in samples) * 1000,
             "offers_ms": t.get("offers_ms"), "tx_ms": t.get("commit_ms"), "via": t.get("via"),
+            "read_ms": t.get("read_ms"), "plan_ms": t.get("plan_ms"), "total_ms": t.get("total_ms"),
             "attempts": t.get("attempts"), "placed": best["placed"],
             "transactions": len(chunks), "tx_max_ops": max((ch["ops"] for ch in chunks), default=0),
             "tx_max_kib": max((ch["bytes"] for ch in chunks), default=0) / 1024,
@@ -230,11 +233,13 @@ def _summarise(agents: int, samples: list[dict]) -> dict:
 
 def _print_row(row: dict, base: dict, header: bool) -> None:
     if header:
-        print(f"{'agents':>6} {'commit s':>9} {'x base':>7} {'PUT ms':>7} {'offers ms':>9} {'tx ms':>6} "
+        print(f"{'agents':>6} {'commit s':>9} {'x base':>7} {'PUT ms':>7} {'read ms':>7} {'offers ms':>9} "
+              f"{'plan ms':>7} {'tx ms':>6} "
               f"{'txs':>4} {'max ops':>7} {'max KiB':>7} {'via':>8} {'placed':>6} {'znodes':>7} "
               f"{'ZK MiB':>6} {'agent MiB':>9} {'delete s':>8} {'per rack':>11} {'per node':>9}")
     print(f"{row['agents']:>6} {row['commit_s']:>9.2f} {row['commit_s'] / base['commit_s']:>7.2f} "
-          f"{row['put_ms']:>7.0f} {row['offers_ms']:>9.0f} {row['tx_ms']:>6.0f} {row['transactions']:>4} "
+          f"{row['put_ms']:>7.0f} {row['read_ms'] or 0:>7.0f} {row['offers_ms']:>9.0f} {row['plan_ms'] or 0:>7.0f} "
+          f"{row['tx_ms']:>6.0f} {row['transactions']:>4} "
           f"{row['tx_max_ops']:>7} {row['tx_max_kib']:>7.0f} {row['via']:>8} {row['placed']:>6} "
           f"{row['znodes']:>7} {row['zk_rss_mib']:>6.0f} {row['agent_rss_mib']:>9.1f} {row['delete_s']:>8.1f} "
           f"{row['rack_min']:>5}..{row['rack_max']:<5} {row['node_min']:>4}..{row['node_max']:<4}", flush=True)
