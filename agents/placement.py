@@ -105,6 +105,7 @@ CHUNK_BYTES_ENV = "COWFLEET_PLACEMENT_CHUNK_BYTES"
 # make the server drop the connection. A quarter of the limit -- ~570
 # instances -- keeps every chunk well under it whatever the names' lengths.
 CHUNK_BYTES = 256 * 1024
+RENEWALS = 5        # a removals-only transaction renewed from fresh reads at most this often
 
 
 def chunk_bytes() -> int:
@@ -247,19 +248,10 @@ def plan(snap: Snapshot, d: Decision, offers: list[NodeOffer], assigned: set[str
     new_id = new_id or _new_id
     p = Plan(observed_before=snap.status.observed_generation if snap.status else 0)
     for inst, version in d.terminate:
-        unit = [Op("set", layout.group_instance(name, inst.id),
-                   replace(inst, state=InstanceState.TERMINATING).to_bytes(), version)]
-        path = layout.assignment(inst.node, name, inst.id)
-        if path in assigned:
-            unit.append(Op("set", path, assignment_data(DESIRED_TERMINATE, flavor or DEFAULT_FLAVORS[0])))
-        p.units.append(unit)
+        p.units.append(removal_unit(name, inst, version, False, assigned, flavor))
         p.terminated.append(inst.id)
     for inst, version in d.drop:
-        unit = [Op("delete", layout.group_instance(name, inst.id), version=version)]
-        path = layout.assignment(inst.node, name, inst.id)
-        if path in assigned:
-            unit.append(Op("delete", path))
-        p.units.append(unit)
+        p.units.append(removal_unit(name, inst, version, True, assigned, flavor))
         p.dropped += 1
     message = d.message
     if d.want:
@@ -316,6 +308,51 @@ def plan(snap: Snapshot, d: Decision, offers: list[NodeOffer], assigned: set[str
     return p
 
 
+def removal_unit(name: str, inst: Instance, version: int, drop: bool, assigned: set[str],
+                 flavor: Flavor | None) -> list[Op]:
+    """An instance's termination (its record says terminating, its
+    assignment terminate: its agent removes both when the domain is gone),
+    or its drop (both removed now: its node left the cluster)."""
+    path = layout.assignment(inst.node, name, inst.id)
+    if drop:
+        return [Op("delete", layout.group_instance(name, inst.id), version=version)] + \
+            ([Op("delete", path)] if path in assigned else [])
+    return [Op("set", layout.group_instance(name, inst.id),
+               replace(inst, state=InstanceState.TERMINATING).to_bytes(), version)] + \
+        ([Op("set", path, assignment_data(DESIRED_TERMINATE, flavor or DEFAULT_FLAVORS[0]))]
+         if path in assigned else [])
+
+
+def removals_of(name: str, ops: list[Op]) -> list[tuple[str, bool]] | None:
+    """The instances a transaction removes, (id, drop?), or None when it also
+    creates (its node guards need fresh offers: no repair, a new round)."""
+    prefix = layout.group_instances(name) + "/"
+    if any(o.kind == "create" for o in ops):
+        return None
+    return [(o.path[len(prefix):], o.kind == "delete") for o in ops
+            if o.path.startswith(prefix) and o.kind in ("set", "delete")]
+
+
+def renew_removals(name: str, ops: list[Op], fresh: dict[str, tuple[Instance, int] | None],
+                   assigned: set[str], flavor: Flavor | None) -> list[Op]:
+    """A removals-only transaction again, from fresh reads of its instances
+    (``fresh``: id -> record and version, None when gone) after an agent
+    changed one of them meanwhile (a state update bumps its version; a
+    finished termination removes it). Gone or already terminating: left
+    out. The group's check and the status writes stay as they were."""
+    prefix = layout.group_instances(name) + "/"
+    head = [o for o in ops if o.kind == "check"]
+    tail = [o for o in ops if o.path == layout.group_status(name) or o.path.startswith(layout.REQUESTS + "/")]
+    units = []
+    for iid, drop in removals_of(name, ops) or []:
+        got = fresh.get(iid)
+        if got is None or (not drop and got[0].state == InstanceState.TERMINATING):
+            continue
+        units.extend(removal_unit(name, got[0], got[1], drop, assigned, flavor))
+    assert all(o.path.startswith((prefix, layout.ASSIGNMENTS + "/")) for o in units)
+    return head + units + tail
+
+
 def transactions(p: Plan, snap: Snapshot, budget: int) -> list[list[Op]]:
     """The plan cut into transactions of at most ``budget`` bytes (a unit
     larger than that alone in one), each checking the group's version (a
@@ -326,7 +363,7 @@ def transactions(p: Plan, snap: Snapshot, budget: int) -> list[list[Op]]:
     check = Op("check", layout.group(snap.name), version=snap.version)
     progress = Op("set", layout.group_status(snap.name), GroupStatus(
         observed_generation=p.observed_before, unplaced=len(p.created) + p.unplaced,
-        message="placing: transaction 0000 of 0000, 00000 of 00000 new instance(s) committed, "
+        message="removing: transaction 0000 of 0000, 00000 of 00000 new instance(s) committed, "
                 "00000 of 00000 removal(s)").to_bytes())
     room = budget - check.size() - max(progress.size(), sum(o.size() for o in p.final))
     cuts: list[list[list[Op]]] = [[]]
@@ -350,7 +387,8 @@ def transactions(p: Plan, snap: Snapshot, budget: int) -> list[list[Op]]:
         else:
             status = GroupStatus(observed_generation=p.observed_before,
                                  unplaced=len(p.created) - created + p.unplaced,
-                                 message=f"placing: transaction {n} of {len(cuts)}, {created} of "
+                                 message=f"{'placing' if p.created else 'removing'}: transaction {n} of "
+                                         f"{len(cuts)}, {created} of "
                                          f"{len(p.created)} new instance(s) committed, {gone} of "
                                          f"{len(p.terminated) + p.dropped} removal(s)")
             ops.append(Op("set", layout.group_status(snap.name), status.to_bytes()))
@@ -438,6 +476,18 @@ def read_snapshot(zk, name: str) -> Snapshot | None:
                     members=set(zk.get_children(layout.NODES)), flavor=flavor_named(zk, group.flavor))
 
 
+def _read_instances(zk, name: str, ids: list[str]) -> dict[str, tuple[Instance, int] | None]:
+    pending = [(i, zk.get_async(layout.group_instance(name, i))) for i in ids]
+    out: dict[str, tuple[Instance, int] | None] = {}
+    for iid, res in pending:
+        try:
+            data, stat = res.get()
+            out[iid] = (Instance.from_bytes(data), stat.version)
+        except NoNodeError:
+            out[iid] = None
+    return out
+
+
 def _existing(zk, paths: list[str]) -> set[str]:
     """Which of ``paths`` exist: async, one round trip for all of them."""
     pending = [(p, zk.exists_async(p)) for p in paths]
@@ -487,15 +537,32 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
                 trace.outcome = f"committing: {n - 1} of {len(txs)} transaction(s) done"
                 _record_trace(zk, trace, quiet=True)
             fault_point("placement.chunk", trace.coordinator)
-        tx = zk.transaction()
-        for op in ops:
-            op.add_to(tx)
-        t_commit = time.monotonic()
-        outcome = tx.commit()
-        ms = round((time.monotonic() - t_commit) * 1000, 1)
-        trace.commit_ms = round(trace.commit_ms + ms, 1)
-        trace.chunks.append({"ops": len(ops), "bytes": sum(o.size() for o in ops), "ms": ms,
-                             "instances": sum(o.kind == "create" and o.path.startswith(prefix) for o in ops)})
+        for renewed in range(RENEWALS + 1):
+            tx = zk.transaction()
+            for op in ops:
+                op.add_to(tx)
+            t_commit = time.monotonic()
+            outcome = tx.commit()
+            ms = round((time.monotonic() - t_commit) * 1000, 1)
+            trace.commit_ms = round(trace.commit_ms + ms, 1)
+            trace.chunks.append({"ops": len(ops), "bytes": sum(o.size() for o in ops), "ms": ms,
+                                 "instances": sum(o.kind == "create" and o.path.startswith(prefix) for o in ops)})
+            failures = [(op, r) for op, r in zip(ops, outcome)
+                        if isinstance(r, Exception) and type(r).__name__ != "RolledBackError"]
+            # An agent updating one of 500 instances to remove (its state as it
+            # starts) fails the whole transaction; a new round would re-read
+            # all 10,000 while the agents go on: measured, a group of 10,000
+            # being deleted under its agents' starts made 3 of 18 transactions
+            # in 5 minutes. So a removals-only transaction is renewed from fresh
+            # reads of its own instances, a few times.
+            removing = removals_of(name, ops)
+            if not failures or renewed == RENEWALS or removing is None or not all(
+                    op.path.startswith((prefix, layout.ASSIGNMENTS + "/")) for op, _ in failures):
+                break
+            fresh = _read_instances(zk, name, [iid for iid, _ in removing])
+            assigned = _existing(zk, [layout.assignment(i.node, name, i.id) for i, _ in
+                                      (v for v in fresh.values() if v)])
+            ops = renew_removals(name, ops, fresh, assigned, snap.flavor)
         failures = [r for r in outcome if isinstance(r, Exception)]
         if failures:
             real = [r for r in failures if not type(r).__name__ == "RolledBackError"]

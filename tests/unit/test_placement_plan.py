@@ -7,7 +7,10 @@ from collections import Counter
 
 import pytest
 
-from cowfleet.agents.placement import (CHUNK_BYTES, Snapshot, decide, plan, transactions)
+from dataclasses import replace
+
+from cowfleet.agents.placement import (CHUNK_BYTES, Snapshot, decide, plan, removals_of, renew_removals,
+                                       transactions)
 from cowfleet.models import DEFAULT_FLAVORS, Group, GroupStatus, Instance, InstanceState
 from cowfleet.protocol import NodeOffer
 from cowfleet.zk import layout
@@ -127,3 +130,36 @@ def test_unplaced_instances_are_said_why(room, unplaced):
     p = plan(snap, decide(snap), fleet(2, 1, room=room), set(), REQUEST)
     assert p.unplaced == p.status.unplaced == unplaced and len(p.created) == 10 - unplaced
     assert ("not placed" in p.status.message) == bool(unplaced)
+
+
+def test_a_removals_transaction_is_renewed_from_fresh_reads_of_its_own_instances():
+    """An agent changed one of the instances meanwhile (a new version),
+    finished another (gone), and a third was already terminating: the
+    renewed transaction guards the new version and leaves the others out."""
+    members = {"n1"}
+    insts = [(Instance(id=f"web-{k}", group="web", node="n1", rack="r", image="img", flavor=SMALL.name,
+                       generation=2, state=InstanceState.RUNNING), 1) for k in range(4)]
+    snap = snapshot(0, insts, members=members)
+    d = decide(snap)
+    assigned = {layout.assignment("n1", "web", f"web-{k}") for k in range(4)}
+    p = plan(snap, d, [], assigned, REQUEST)
+    [ops] = transactions(p, snap, CHUNK_BYTES)
+    assert sorted(removals_of("web", ops)) == [(f"web-{k}", False) for k in range(4)]
+    moved = replace(insts[0][0], state=InstanceState.READY)
+    fresh = {"web-0": (moved, 2), "web-1": None,
+             "web-2": (replace(insts[2][0], state=InstanceState.TERMINATING), 3), "web-3": insts[3]}
+    again = renew_removals("web", ops, fresh, assigned, SMALL)
+    assert again[0] == ops[0] and again[-2:] == ops[-2:]            # the group's check; status and request
+    sets = {o.path: o for o in again if o.path.startswith(layout.group_instances("web") + "/")}
+    assert set(sets) == {layout.group_instance("web", "web-0"), layout.group_instance("web", "web-3")}
+    assert sets[layout.group_instance("web", "web-0")].version == 2
+    renewed = Instance.from_bytes(sets[layout.group_instance("web", "web-0")].data)
+    assert renewed.state == InstanceState.TERMINATING and renewed == replace(moved, state=InstanceState.TERMINATING)
+    assert sum(o.path.startswith(layout.ASSIGNMENTS) for o in again) == 2
+
+
+def test_a_transaction_that_creates_is_not_renewed():
+    snap = snapshot(3)
+    p = plan(snap, decide(snap), fleet(3, 1), set(), REQUEST)
+    [ops] = transactions(p, snap, CHUNK_BYTES)
+    assert removals_of("web", ops) is None
