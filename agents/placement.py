@@ -105,7 +105,7 @@ CHUNK_BYTES_ENV = "COWFLEET_PLACEMENT_CHUNK_BYTES"
 # make the server drop the connection. A quarter of the limit -- ~570
 # instances -- keeps every chunk well under it whatever the names' lengths.
 CHUNK_BYTES = 256 * 1024
-RENEWALS = 5        # a removals-only transaction renewed from fresh reads at most this often
+RENEWALS = 64       # removals-only transactions renewed from fresh reads, at most, in one round
 
 
 def chunk_bytes() -> int:
@@ -353,6 +353,25 @@ def renew_removals(name: str, ops: list[Op], fresh: dict[str, tuple[Instance, in
     return head + units + tail
 
 
+def halves(name: str, ops: list[Op]) -> list[list[Op]]:
+    """A removals-only transaction as two, each with the group's check, the
+    second with the status writes (one transaction when it removes one
+    instance or none)."""
+    prefix = layout.group_instances(name) + "/"
+    head = [o for o in ops if o.kind == "check"]
+    tail = [o for o in ops if o.path == layout.group_status(name) or o.path.startswith(layout.REQUESTS + "/")]
+    units: list[list[Op]] = []
+    for o in ops:
+        if o.path.startswith(prefix):
+            units.append([o])
+        elif o.path.startswith(layout.ASSIGNMENTS + "/"):
+            units[-1].append(o)
+    if len(units) < 2:
+        return [ops]
+    cut = len(units) // 2
+    return [head + [o for u in units[:cut] for o in u], head + [o for u in units[cut:] for o in u] + tail]
+
+
 def transactions(p: Plan, snap: Snapshot, budget: int) -> list[list[Op]]:
     """The plan cut into transactions of at most ``budget`` bytes (a unit
     larger than that alone in one), each checking the group's version (a
@@ -531,46 +550,51 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
     trace.chunks, trace.commit_ms = [], 0.0
     prefix = layout.group_instances(name) + "/"
     fault_point("before-commit", trace.coordinator)
-    for n, ops in enumerate(txs, start=1):
+    queue, n, renewals = list(txs), 0, 0
+    while queue:
+        ops = queue.pop(0)
+        n += 1
         if n > 1:
             if trace.want:
-                trace.outcome = f"committing: {n - 1} of {len(txs)} transaction(s) done"
+                trace.outcome = f"committing: {n - 1} of {n + len(queue)} transaction(s) done"
                 _record_trace(zk, trace, quiet=True)
             fault_point("placement.chunk", trace.coordinator)
-        for renewed in range(RENEWALS + 1):
-            tx = zk.transaction()
-            for op in ops:
-                op.add_to(tx)
-            t_commit = time.monotonic()
-            outcome = tx.commit()
-            ms = round((time.monotonic() - t_commit) * 1000, 1)
-            trace.commit_ms = round(trace.commit_ms + ms, 1)
-            trace.chunks.append({"ops": len(ops), "bytes": sum(o.size() for o in ops), "ms": ms,
-                                 "instances": sum(o.kind == "create" and o.path.startswith(prefix) for o in ops)})
-            failures = [(op, r) for op, r in zip(ops, outcome)
-                        if isinstance(r, Exception) and type(r).__name__ != "RolledBackError"]
-            # An agent updating one of 500 instances to remove (its state as it
-            # starts) fails the whole transaction; a new round would re-read
-            # all 10,000 while the agents go on: measured, a group of 10,000
-            # being deleted under its agents' starts made 3 of 18 transactions
-            # in 5 minutes. So a removals-only transaction is renewed from fresh
-            # reads of its own instances, a few times.
-            removing = removals_of(name, ops)
-            if not failures or renewed == RENEWALS or removing is None or not all(
-                    op.path.startswith((prefix, layout.ASSIGNMENTS + "/")) for op, _ in failures):
-                break
+        tx = zk.transaction()
+        for op in ops:
+            op.add_to(tx)
+        t_commit = time.monotonic()
+        outcome = tx.commit()
+        ms = round((time.monotonic() - t_commit) * 1000, 1)
+        trace.commit_ms = round(trace.commit_ms + ms, 1)
+        trace.chunks.append({"ops": len(ops), "bytes": sum(o.size() for o in ops), "ms": ms,
+                             "instances": sum(o.kind == "create" and o.path.startswith(prefix) for o in ops)})
+        conflicts = [op for op, r in zip(ops, outcome)
+                     if isinstance(r, Exception) and type(r).__name__ != "RolledBackError"]
+        # An agent updating one of 500 instances to remove (its state as it
+        # starts) fails the whole transaction, and a new round re-reads the
+        # whole group while the agents go on: measured, a group of 10,000
+        # deleted while its 100 agents were still starting it made 3 of 18
+        # transactions in 5 minutes. So a removals-only transaction that
+        # conflicts on its instances is renewed from fresh reads of its own
+        # and cut in two (smaller ones conflict less), within a budget.
+        removing = removals_of(name, ops)
+        if conflicts and removing is not None and renewals < RENEWALS and all(
+                op.path.startswith((prefix, layout.ASSIGNMENTS + "/")) for op in conflicts):
+            renewals += 1
             fresh = _read_instances(zk, name, [iid for iid, _ in removing])
             assigned = _existing(zk, [layout.assignment(i.node, name, i.id) for i, _ in
                                       (v for v in fresh.values() if v)])
-            ops = renew_removals(name, ops, fresh, assigned, snap.flavor)
+            queue[0:0] = halves(name, renew_removals(name, ops, fresh, assigned, snap.flavor))
+            n -= 1
+            continue
         failures = [r for r in outcome if isinstance(r, Exception)]
         if failures:
             real = [r for r in failures if not type(r).__name__ == "RolledBackError"]
             if real and request_path and isinstance(real[0], NoNodeError) and not zk.exists(request_path):
                 return PlacementResult()          # another leader handled it meanwhile
-            log.debug("group %s: transaction %d of %d failed (%s); retrying", name, n, len(txs), real)
+            log.debug("group %s: transaction %d of %d failed (%s); retrying", name, n, n + len(queue), real)
             trace.outcome = (f"retried after {type(real[0]).__name__ if real else 'a conflict'}"
-                             f" in transaction {n} of {len(txs)}")
+                             f" in transaction {n} of {n + len(queue)}")
             return None
         made = {o.path[len(prefix):] for o in ops if o.kind == "create" and o.path.startswith(prefix)}
         result.created.extend(i for i in p.created if i.id in made)
@@ -579,7 +603,7 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
         finish_delete_if_empty(zk, name)
     if result.created or result.terminated:
         log.info("group %s gen %d: +%d -%d unplaced %d in %d transaction(s)", name, group.generation,
-                 len(result.created), len(result.terminated), result.unplaced, len(txs))
+                 len(result.created), len(result.terminated), result.unplaced, n)
     return result
 
 

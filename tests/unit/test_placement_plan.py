@@ -9,7 +9,7 @@ import pytest
 
 from dataclasses import replace
 
-from cowfleet.agents.placement import (CHUNK_BYTES, Snapshot, decide, plan, removals_of, renew_removals,
+from cowfleet.agents.placement import (CHUNK_BYTES, Snapshot, decide, halves, plan, removals_of, renew_removals,
                                        transactions)
 from cowfleet.models import DEFAULT_FLAVORS, Group, GroupStatus, Instance, InstanceState
 from cowfleet.protocol import NodeOffer
@@ -163,3 +163,17 @@ def test_a_transaction_that_creates_is_not_renewed():
     p = plan(snap, decide(snap), fleet(3, 1), set(), REQUEST)
     [ops] = transactions(p, snap, CHUNK_BYTES)
     assert removals_of("web", ops) is None
+
+
+def test_a_renewed_removals_transaction_is_cut_in_two_with_the_status_in_the_second():
+    insts = [(Instance(id=f"web-{k}", group="web", node="n1", rack="r", image="img", flavor=SMALL.name,
+                       generation=2), 1) for k in range(5)]
+    snap = snapshot(0, insts, members={"n1"})
+    assigned = {layout.assignment("n1", "web", f"web-{k}") for k in range(5)}
+    [ops] = transactions(plan(snap, decide(snap), [], assigned, REQUEST), snap, CHUNK_BYTES)
+    first, second = halves("web", ops)
+    assert first[0] == second[0] == ops[0]
+    assert second[-2:] == ops[-2:] and not any(o.path == layout.group_status("web") for o in first)
+    assert sorted(removals_of("web", first) + removals_of("web", second)) == sorted(removals_of("web", ops))
+    assert len(first) == 1 + 2 * 2 and len(second) == 1 + 3 * 2 + 2     # an instance and its assignment each
+    assert halves("web", halves("web", first)[0]) == [halves("web", first)[0]]
