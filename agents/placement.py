@@ -26,7 +26,8 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
-from kazoo.exceptions import LockTimeout, NoNodeError, NodeExistsError, NotEmptyError
+from kazoo.exceptions import (LockTimeout, NoNodeError, NodeExistsError, NotEmptyError, RolledBackError,
+                               RuntimeInconsistency)
 
 from cowfleet.agents.handshake import Gatherer, LocalGatherer, split
 from cowfleet import defaults
@@ -568,8 +569,10 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
         trace.commit_ms = round(trace.commit_ms + ms, 1)
         trace.chunks.append({"ops": len(ops), "bytes": sum(o.size() for o in ops), "ms": ms,
                              "instances": sum(o.kind == "create" and o.path.startswith(prefix) for o in ops)})
+        # the op that failed carries its error; ZooKeeper marks the ops before
+        # it rolled back and those after it runtime-inconsistent
         conflicts = [op for op, r in zip(ops, outcome)
-                     if isinstance(r, Exception) and type(r).__name__ != "RolledBackError"]
+                     if isinstance(r, Exception) and not isinstance(r, (RolledBackError, RuntimeInconsistency))]
         # An agent updating one of 500 instances to remove (its state as it
         # starts) fails the whole transaction, and a new round re-reads the
         # whole group while the agents go on: measured, a group of 10,000
@@ -589,10 +592,11 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
             continue
         failures = [r for r in outcome if isinstance(r, Exception)]
         if failures:
-            real = [r for r in failures if not type(r).__name__ == "RolledBackError"]
+            real = [r for r in failures if not isinstance(r, (RolledBackError, RuntimeInconsistency))]
             if real and request_path and isinstance(real[0], NoNodeError) and not zk.exists(request_path):
                 return PlacementResult()          # another leader handled it meanwhile
-            log.debug("group %s: transaction %d of %d failed (%s); retrying", name, n, n + len(queue), real)
+            log.info("group %s: transaction %d of %d failed on %s (%s); a new round", name, n, n + len(queue),
+                     next((op.path for op, r in zip(ops, outcome) if r in real), "?"), real[:1])
             trace.outcome = (f"retried after {type(real[0]).__name__ if real else 'a conflict'}"
                              f" in transaction {n} of {n + len(queue)}")
             return None

@@ -54,14 +54,19 @@ def main(argv=None) -> int:
     p.add_argument("--steps", default="20,50,100,200", help="fleet sizes (agents), multiples of 10")
     p.add_argument("--repeat", type=int, default=3, help="placements per step (the median is shown)")
     p.add_argument("--racks-per-process", type=int, default=2, help="racks of agents per fleet process")
+    p.add_argument("--delete", action="store_true",
+                   help="delete each group after placing it, and time that (else the groups stay until the end)")
+    p.add_argument("--agent-log-level", default="WARNING", help="the fleet processes' log level (their logs "
+                   "are removed with the bench's folder; INFO shows each placement and retry on stderr)")
     p.add_argument("--plot", help="draw the figures into this PNG (needs matplotlib: '.[bench]')")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     steps = [int(s) for s in args.steps.split(",")]
     if any(s % NODES_PER_RACK for s in steps):
         p.error(f"fleet sizes must be multiples of {NODES_PER_RACK}")
-    # every agent big enough that the smallest fleet takes the whole group twice over
-    vcpus = max(64, 2 * math.ceil(args.instances / min(steps)))
+    # every agent big enough that the smallest fleet takes every group of its
+    # step, and one more (groups stay unless --delete)
+    vcpus = max(64, (args.repeat + 1) * math.ceil(args.instances / min(steps)))
 
     rows = []
     with teardown() as stack:
@@ -97,8 +102,8 @@ def main(argv=None) -> int:
         racks_up = 0
         for agents in steps:
             racks_up = _grow(d, hosts, zk, stack, fleets, racks_up, agents // NODES_PER_RACK,
-                             args.racks_per_process, vcpus)
-            samples = [_place_once(client, zk, zk_server, fleets, args.instances, f"g{agents}-{i}")
+                             args.racks_per_process, vcpus, args.agent_log_level)
+            samples = [_place_once(client, zk, zk_server, fleets, args.instances, f"g{agents}-{i}", args.delete)
                        for i in range(args.repeat)]
             row = _summarise(agents, samples)
             rows.append(row)
@@ -123,7 +128,7 @@ def main(argv=None) -> int:
 
 
 def _grow(d: Path, hosts: str, zk, stack, fleets: list[int], racks_up: int, racks_wanted: int,
-          per_process: int, vcpus: int) -> int:
+          per_process: int, vcpus: int, log_level: str) -> int:
     """Start fleet processes until ``racks_wanted`` racks of agents run."""
     t0 = time.monotonic()
     while racks_up < racks_wanted:
@@ -131,7 +136,8 @@ def _grow(d: Path, hosts: str, zk, stack, fleets: list[int], racks_up: int, rack
         racks = ",".join(f"r{r + 1:03d}" for r in range(racks_up, racks_up + n))
         pid = c.spawn(c.python_cmd("cowfleet.agents.fleet", "--zk", hosts, "--racks", racks,
                                    "--nodes-per-rack", str(NODES_PER_RACK), "--vcpus", str(vcpus),
-                                   "--memory-mib", str(vcpus * 256), "--state-dir", str(d / "fleet")),
+                                   "--memory-mib", str(vcpus * 256), "--state-dir", str(d / "fleet"),
+                                   "--log-level", log_level),
                       d / f"fleet-{racks_up:03d}.log").pid
         stack.callback(c.stop_pid, pid, timeout=30)
         fleets.append(pid)
@@ -174,7 +180,7 @@ def _mntr(zk_server) -> dict:
     return out
 
 
-def _place_once(client: Client, zk, zk_server, fleets: list[int], size: int, name: str) -> dict:
+def _place_once(client: Client, zk, zk_server, fleets: list[int], size: int, name: str, delete: bool) -> dict:
     t0 = time.monotonic()
     client.put_group(name, image="tiny", flavor="small", size=size, placement={"strategy": "spread"})
     put_s = time.monotonic() - t0
@@ -201,12 +207,15 @@ def _place_once(client: Client, zk, zk_server, fleets: list[int], size: int, nam
     per_rack = Counter(trace.get("per_rack") or {})
     per_node = Counter(trace.get("split") or {})
     t_del = time.monotonic()
-    client.delete_group(name)
-    c.wait_for(lambda: not zk.exists(layout.group(name)), 1800, f"group {name} deleted", interval=0.5)
+    if delete:
+        # a group's agents still starting its instances conflict with its
+        # terminations: minutes for 10,000 (bench/README.md)
+        client.delete_group(name)
+        c.wait_for(lambda: not zk.exists(layout.group(name)), 1800, f"group {name} deleted", interval=0.5)
     return {"put_s": put_s, "commit_s": commit_s, "placed": n, "per_rack": per_rack, "per_node": per_node,
             "trace": trace, "znodes": int(mntr.get("zk_znode_count", 0)),
             "zk_data_mib": int(mntr.get("zk_approximate_data_size", 0)) / 2**20, "zk_rss_mib": zk_mib,
-            "agents_rss_mib": agents_mib, "delete_s": time.monotonic() - t_del}
+            "agents_rss_mib": agents_mib, "delete_s": time.monotonic() - t_del if delete else None}
 
 
 def _summarise(agents: int, samples: list[dict]) -> dict:
@@ -225,7 +234,7 @@ def _summarise(agents: int, samples: list[dict]) -> dict:
             "transactions": len(chunks), "tx_max_ops": max((ch["ops"] for ch in chunks), default=0),
             "tx_max_kib": max((ch["bytes"] for ch in chunks), default=0) / 1024,
             "znodes": best["znodes"], "zk_data_mib": best["zk_data_mib"], "zk_rss_mib": best["zk_rss_mib"],
-            "agent_rss_mib": best["agents_rss_mib"] / agents, "delete_s": best["delete_s"],
+            "agent_rss_mib": best["agents_rss_mib"] / agents, "delete_s": best["delete_s"] or 0,
             "rack_min": min(racks.values()), "rack_max": max(racks.values()),
             "rack_spread": max(racks.values()) - min(racks.values()),
             "node_min": min(nodes.values()), "node_max": max(nodes.values())}
