@@ -1,32 +1,39 @@
 """Turning a group's desired state into assignments (the coordinator's job).
 
 A compute rack leader coordinates a request under the group's kazoo Lock:
-it computes the instances to add or remove, gathers offers for the ones to
-add through the hand-shake (handshake.py), splits them by the placement
-policy, and commits everything -- instances, assignments, the group's
-status, the request's removal and a version bump of every node folder it
-counted on -- in ONE ZooKeeper transaction (the commit point). A coordinator
-that dies before the commit leaves the request queued for another leader;
-after it, the request is gone: exactly once.
+it reads the group (``read_snapshot``), decides the instances to add or
+remove (``decide``), gathers offers for the ones to add through the
+hand-shake (handshake.py), turns all that into writes (``plan``, pure: unit
+tests run it without ZooKeeper) and commits them -- instances, assignments,
+a version bump of every node folder it counted on, the group's status, the
+request's removal -- in ZooKeeper transactions of bounded size
+(``transactions``: a multi is one request, refused above jute.maxbuffer).
+Every transaction checks the group's version and carries whole units (a
+node's new instances with its folder's version guard), so none over-commits
+or duplicates; the request goes with the last one. A coordinator that dies
+between two leaves the request queued: the next one reads what was
+committed as the group's instances and places the rest -- exactly once.
 """
 from __future__ import annotations
 
 import heapq
 import json
 import logging
+import os
 import secrets
 import time
 import zlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from kazoo.exceptions import LockTimeout, NoNodeError, NodeExistsError, NotEmptyError
+from kazoo.exceptions import (LockTimeout, NoNodeError, NodeExistsError, NotEmptyError, RolledBackError,
+                               RuntimeInconsistency)
 
 from cowfleet.agents.handshake import Gatherer, LocalGatherer, split
 from cowfleet import defaults
 from cowfleet.faults import fault_point
 from cowfleet.models import DEFAULT_FLAVORS, DeployRequest, Flavor, Group, GroupStatus, Instance, InstanceState
-from cowfleet.protocol import DESIRED_RUN, DESIRED_TERMINATE, Trace, assignment_data
+from cowfleet.protocol import DESIRED_RUN, DESIRED_TERMINATE, NodeOffer, Trace, assignment_data
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read, read_children
 from cowfleet.zk.groups import finish_delete_if_empty
@@ -89,6 +96,328 @@ def _victims(live: list[Instance], excess: int, strategy: str = defaults.STRATEG
     return out
 
 
+# -- the plan: from what was read to the writes (pure, no ZooKeeper) -----------
+
+CHUNK_BYTES_ENV = "COWFLEET_PLACEMENT_CHUNK_BYTES"
+# A ZooKeeper transaction (multi) is one request, refused above jute.maxbuffer
+# (1 MiB - 1 by default; the lab's zoo.cfg keeps it). Measured here
+# (bench/README.md): 2,000 instances (an instance and an assignment create
+# each, ~0.91 MB on the wire) commit in one multi in 0.16 s; 2,500 (~1.14 MB)
+# make the server drop the connection. A quarter of the limit -- ~570
+# instances -- keeps every chunk well under it whatever the names' lengths.
+CHUNK_BYTES = 256 * 1024
+RENEWALS = 64       # removals-only transactions renewed from fresh reads, at most, in one round
+
+
+def chunk_bytes() -> int:
+    """The wire size a placement transaction stays under (``$COWFLEET_PLACEMENT_CHUNK_BYTES``,
+    set small by tests to place a group in many chunks)."""
+    try:
+        return max(1, int(os.environ.get(CHUNK_BYTES_ENV, CHUNK_BYTES)))
+    except ValueError:
+        return CHUNK_BYTES
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation of a ZooKeeper transaction: create, set, delete or
+    check (``version`` -1: any)."""
+    kind: str
+    path: str
+    data: bytes = b""
+    version: int = -1
+
+    def size(self) -> int:
+        """Its bytes in a multi request (jute): the op header (9), the path
+        and data (4 + length each), a version (4); a create carries the
+        world:anyone ACL (31) and flags (4) instead of a version."""
+        n = 9 + 4 + len(self.path.encode())
+        if self.kind == "create":
+            return n + 4 + len(self.data) + 31 + 4
+        if self.kind == "set":
+            return n + 4 + len(self.data) + 4
+        return n + 4
+
+    def add_to(self, tx) -> None:
+        if self.kind == "create":
+            tx.create(self.path, self.data)
+        elif self.kind == "set":
+            tx.set_data(self.path, self.data, version=self.version)
+        elif self.kind == "delete":
+            tx.delete(self.path, version=self.version)
+        else:
+            tx.check(self.path, self.version)
+
+
+@dataclass
+class Snapshot:
+    """What a coordinator read of one group: the input of ``decide`` and ``plan``."""
+    name: str
+    group: Group
+    version: int                                # the group znode's: every transaction checks it
+    status: GroupStatus | None
+    instances: list[tuple[Instance, int]]       # with their znode versions
+    members: set[str]                           # names of the nodes in the cluster
+    flavor: Flavor | None
+
+
+@dataclass
+class Decision:
+    """What changes, before any offer: instances to terminate or drop, how
+    many to add."""
+    terminate: list[tuple[Instance, int]] = field(default_factory=list)
+    drop: list[tuple[Instance, int]] = field(default_factory=list)
+    want: int = 0
+    message: str = ""
+    rolling: bool = False
+    moved: dict[str, int] = field(default_factory=dict)   # node that left -> its instances
+
+
+@dataclass
+class Plan:
+    """The writes: ``units`` each all-or-nothing (an instance's termination;
+    a node's new instances with the version guard of its assignment folder),
+    then ``final`` (the group's status, the request's removal) in the last
+    transaction."""
+    units: list[list[Op]] = field(default_factory=list)
+    final: list[Op] = field(default_factory=list)
+    created: list[Instance] = field(default_factory=list)
+    terminated: list[str] = field(default_factory=list)
+    dropped: int = 0
+    unplaced: int = 0
+    split: dict[str, int] = field(default_factory=dict)
+    per_rack: dict[str, int] = field(default_factory=dict)
+    message: str = ""
+    status: GroupStatus = field(default_factory=GroupStatus)
+    observed_before: int = 0
+
+
+def decide(snap: Snapshot) -> Decision:
+    """Which instances go and how many come, from the snapshot alone."""
+    group = snap.group
+    d = Decision()
+    live = []
+    for inst, version in snap.instances:
+        if inst.state == InstanceState.TERMINATING:
+            if inst.node not in snap.members:
+                # its agent is gone: nobody else will remove it; a returning
+                # agent destroys the domain it no longer has an assignment for
+                d.drop.append((inst, version))
+            continue
+        if inst.node not in snap.members:
+            d.drop.append((inst, version))          # re-placed below
+            d.moved[inst.node] = d.moved.get(inst.node, 0) + 1
+            continue
+        live.append((inst, version))
+
+    if group.deleting:
+        d.terminate = live
+        return d
+    if snap.flavor is None:
+        d.message = f"flavor '{group.flavor}' does not exist"
+        return d
+    current = [(i, v) for i, v in live if group.is_current(i)]
+    outdated = [(i, v) for i, v in live if not group.is_current(i)]
+    if outdated:
+        d.rolling = True
+        retire, add = _rolling_step(group, current, outdated)
+        d.terminate.extend(retire)
+        live = [(i, v) for i, v in live if i.id not in {r.id for r, _ in retire}]
+        d.message = (f"rolling update to image '{group.image}', flavor '{group.flavor}': "
+                     f"{len(outdated) - len(retire)} outdated instance(s) left")
+        # add only what the surge allows; the normal path below adds no more
+        excess = -add if add else 0
+        if len(current) > group.size:
+            excess = len(current) - group.size
+            live = current
+    else:
+        excess = len(live) - group.size
+    if excess > 0:
+        versions = {i.id: v for i, v in live}
+        d.terminate.extend((inst, versions[inst.id]) for inst in
+                           _victims([i for i, _ in live], excess, group.placement.get("strategy", defaults.STRATEGY)))
+    elif excess < 0:
+        d.want = -excess
+    return d
+
+
+def plan(snap: Snapshot, d: Decision, offers: list[NodeOffer], assigned: set[str],
+         request_path: str | None, unit_bytes: int = CHUNK_BYTES, new_id=None) -> Plan | None:
+    """The writes that carry out ``d`` with ``offers`` (``assigned``: which
+    of the going instances' assignment znodes exist). None: nothing to write."""
+    name, group, flavor = snap.name, snap.group, snap.flavor
+    new_id = new_id or _new_id
+    p = Plan(observed_before=snap.status.observed_generation if snap.status else 0)
+    for inst, version in d.terminate:
+        p.units.append(removal_unit(name, inst, version, False, assigned, flavor))
+        p.terminated.append(inst.id)
+    for inst, version in d.drop:
+        p.units.append(removal_unit(name, inst, version, True, assigned, flavor))
+        p.dropped += 1
+    message = d.message
+    if d.want:
+        take = split(offers, d.want, group.placement.get("strategy", defaults.STRATEGY),
+                     group.placement.get("max_per_node"))
+        by_node = {o.node: o for o in offers}
+        taken = {i.id for i, _ in snap.instances}
+        p.split = dict(sorted(take.items()))
+        run = assignment_data(DESIRED_RUN, flavor)
+        for node_name, k in p.split.items():
+            offer = by_node[node_name]
+            # the commit point's guard: fails if anyone placed on this node
+            # since the offer was made. A node's instances may span units
+            # (transactions): each unit bumps the folder's version once, so
+            # the next one expects the version after it
+            version = offer.version
+            unit: list[Op] = []
+            size = 0
+            for _ in range(k):
+                iid = new_id(name, taken)
+                inst = Instance(id=iid, group=name, node=node_name, rack=offer.rack, image=group.image,
+                                flavor=group.flavor, generation=group.generation)
+                ops = [Op("create", layout.group_instance(name, iid), inst.to_bytes()),
+                       Op("create", layout.assignment(node_name, name, iid), run)]
+                more = ops[0].size() + ops[1].size()
+                if not unit or size + more > unit_bytes:
+                    unit = [Op("set", layout.assignments(node_name), b"", version)]
+                    size = unit[0].size()
+                    version += 1
+                    p.units.append(unit)
+                unit.extend(ops)
+                size += more
+                p.created.append(inst)
+            p.per_rack[offer.rack] = p.per_rack.get(offer.rack, 0) + k
+        p.unplaced = d.want - sum(take.values())
+        if p.unplaced and not d.rolling:
+            limit = group.placement.get("max_per_node")
+            room = sum(o.count for o in offers)
+            message = (f"{p.unplaced} instance(s) not placed: {len(offers)} compute node(s) in "
+                       f"{len({o.rack for o in offers})} rack(s) offered room for {room} of flavor "
+                       f"'{flavor.name}' ({flavor.vcpus} vCPU, {flavor.memory_mib} MiB)"
+                       + (f" within max_per_node={limit}" if limit else "")
+                       + "; placed when capacity appears")
+    if d.moved and not message:
+        message = "moving " + ", ".join(f"{n} instance(s) off {node} (left the cluster)"
+                                        for node, n in sorted(d.moved.items()))
+    p.message = message
+    p.status = GroupStatus(observed_generation=group.generation, unplaced=p.unplaced, message=message)
+    if not request_path and not p.units and snap.status == p.status:
+        return None                   # nothing to change: write nothing
+    p.final = [Op("set", layout.group_status(name), p.status.to_bytes())]
+    if request_path:
+        p.final.append(Op("delete", request_path))
+    return p
+
+
+def removal_unit(name: str, inst: Instance, version: int, drop: bool, assigned: set[str],
+                 flavor: Flavor | None) -> list[Op]:
+    """An instance's termination (its record says terminating, its
+    assignment terminate: its agent removes both when the domain is gone),
+    or its drop (both removed now: its node left the cluster)."""
+    path = layout.assignment(inst.node, name, inst.id)
+    if drop:
+        return [Op("delete", layout.group_instance(name, inst.id), version=version)] + \
+            ([Op("delete", path)] if path in assigned else [])
+    return [Op("set", layout.group_instance(name, inst.id),
+               replace(inst, state=InstanceState.TERMINATING).to_bytes(), version)] + \
+        ([Op("set", path, assignment_data(DESIRED_TERMINATE, flavor or DEFAULT_FLAVORS[0]))]
+         if path in assigned else [])
+
+
+def removals_of(name: str, ops: list[Op]) -> list[tuple[str, bool]] | None:
+    """The instances a transaction removes, (id, drop?), or None when it also
+    creates (its node guards need fresh offers: no repair, a new round)."""
+    prefix = layout.group_instances(name) + "/"
+    if any(o.kind == "create" for o in ops):
+        return None
+    return [(o.path[len(prefix):], o.kind == "delete") for o in ops
+            if o.path.startswith(prefix) and o.kind in ("set", "delete")]
+
+
+def renew_removals(name: str, ops: list[Op], fresh: dict[str, tuple[Instance, int] | None],
+                   assigned: set[str], flavor: Flavor | None) -> list[Op]:
+    """A removals-only transaction again, from fresh reads of its instances
+    (``fresh``: id -> record and version, None when gone) after an agent
+    changed one of them meanwhile (a state update bumps its version; a
+    finished termination removes it). Gone or already terminating: left
+    out. The group's check and the status writes stay as they were."""
+    prefix = layout.group_instances(name) + "/"
+    head = [o for o in ops if o.kind == "check"]
+    tail = [o for o in ops if o.path == layout.group_status(name) or o.path.startswith(layout.REQUESTS + "/")]
+    units = []
+    for iid, drop in removals_of(name, ops) or []:
+        got = fresh.get(iid)
+        if got is None or (not drop and got[0].state == InstanceState.TERMINATING):
+            continue
+        units.extend(removal_unit(name, got[0], got[1], drop, assigned, flavor))
+    assert all(o.path.startswith((prefix, layout.ASSIGNMENTS + "/")) for o in units)
+    return head + units + tail
+
+
+def halves(name: str, ops: list[Op]) -> list[list[Op]]:
+    """A removals-only transaction as two, each with the group's check, the
+    second with the status writes (one transaction when it removes one
+    instance or none)."""
+    prefix = layout.group_instances(name) + "/"
+    head = [o for o in ops if o.kind == "check"]
+    tail = [o for o in ops if o.path == layout.group_status(name) or o.path.startswith(layout.REQUESTS + "/")]
+    units: list[list[Op]] = []
+    for o in ops:
+        if o.path.startswith(prefix):
+            units.append([o])
+        elif o.path.startswith(layout.ASSIGNMENTS + "/"):
+            units[-1].append(o)
+    if len(units) < 2:
+        return [ops]
+    cut = len(units) // 2
+    return [head + [o for u in units[:cut] for o in u], head + [o for u in units[cut:] for o in u] + tail]
+
+
+def transactions(p: Plan, snap: Snapshot, budget: int) -> list[list[Op]]:
+    """The plan cut into transactions of at most ``budget`` bytes (a unit
+    larger than that alone in one), each checking the group's version (a
+    user's change since the read stops the rest). Every one but the last
+    writes the group's progress into its status (observed generation still
+    the old one, so the request stays the group's pending work); the last
+    writes the final status and removes the request."""
+    check = Op("check", layout.group(snap.name), version=snap.version)
+    progress = Op("set", layout.group_status(snap.name), GroupStatus(
+        observed_generation=p.observed_before, unplaced=len(p.created) + p.unplaced,
+        message="removing: transaction 0000 of 0000, 00000 of 00000 new instance(s) committed, "
+                "00000 of 00000 removal(s)").to_bytes())
+    room = budget - check.size() - max(progress.size(), sum(o.size() for o in p.final))
+    cuts: list[list[list[Op]]] = [[]]
+    used = 0
+    for unit in p.units:
+        size = sum(o.size() for o in unit)
+        if cuts[-1] and used + size > room:
+            cuts.append([])
+            used = 0
+        cuts[-1].append(unit)
+        used += size
+    out = []
+    created = gone = 0
+    prefix = layout.group_instances(snap.name) + "/"
+    for n, units in enumerate(cuts, start=1):
+        ops = [check] + [o for u in units for o in u]
+        created += sum(o.kind == "create" and o.path.startswith(prefix) for o in ops)
+        gone += sum(o.kind in ("set", "delete") and o.path.startswith(prefix) for o in ops)
+        if n == len(cuts):
+            ops += p.final
+        else:
+            status = GroupStatus(observed_generation=p.observed_before,
+                                 unplaced=len(p.created) - created + p.unplaced,
+                                 message=f"{'placing' if p.created else 'removing'}: transaction {n} of "
+                                         f"{len(cuts)}, {created} of "
+                                         f"{len(p.created)} new instance(s) committed, {gone} of "
+                                         f"{len(p.terminated) + p.dropped} removal(s)")
+            ops.append(Op("set", layout.group_status(snap.name), status.to_bytes()))
+        out.append(ops)
+    return out
+
+
+# -- reading, gathering offers and committing ----------------------------------
+
 @dataclass
 class PlacementResult:
     created: list[Instance] = field(default_factory=list)
@@ -99,10 +428,15 @@ class PlacementResult:
 
 def reconcile_group(zk, name: str, request_path: str | None = None, gatherer: Gatherer | None = None,
                     coordinator: str = "", via: str = "") -> PlacementResult | None:
-    """Bring one group's assignments to its desired state in one transaction.
+    """Bring one group's assignments to its desired state: read, decide,
+    gather offers, plan, commit in transactions of bounded size.
 
     Retries from scratch (new offers) when anything it read changed before
-    the commit -- the group, or a node another coordinator placed on.
+    a commit -- the group, or a node another coordinator placed on. What
+    earlier transactions committed stays and counts as the group's
+    instances on the next read: a coordinator that dies between two goes on
+    from where it stopped, through the next one (the request is removed
+    only by the last transaction).
     """
     gatherer = gatherer or LocalGatherer()
     request = request_path.rsplit("/", 1)[-1] if request_path else f"sweep-{secrets.token_hex(4)}"
@@ -126,12 +460,14 @@ def reconcile_group(zk, name: str, request_path: str | None = None, gatherer: Ga
             gatherer.release(zk, request)
 
 
-def _record_trace(zk, trace: Trace) -> None:
+def _record_trace(zk, trace: Trace, quiet: bool = False) -> None:
     """The last placement of a group, for GET .../placement and the log."""
-    log.info("placement %s of group %s by %s: want %d, split %s, per rack %s, unplaced %d, "
-             "offers %.0f ms, commit %.0f ms, total %.0f ms, attempts %d", trace.request, trace.group,
-             trace.coordinator, trace.want, trace.split, trace.per_rack, trace.unplaced,
-             trace.offers_ms, trace.commit_ms, trace.total_ms, trace.attempts)
+    if not quiet:
+        log.info("placement %s of group %s by %s: want %d, split over %d node(s), per rack %s, unplaced %d, "
+                 "offers %.0f ms, commit %.0f ms in %d transaction(s), total %.0f ms, attempts %d",
+                 trace.request, trace.group, trace.coordinator, trace.want, len(trace.split), trace.per_rack,
+                 trace.unplaced, trace.offers_ms, trace.commit_ms, len(trace.chunks), trace.total_ms,
+                 trace.attempts)
     data = json.dumps(trace.to_dict(), sort_keys=True).encode()
     if len(data) > 256 * 1024:      # 200 racks of offers still fit; never a huge znode
         slim = dict(trace.to_dict(), racks={r: {k: v for k, v in e.items() if k != "offers"}
@@ -148,144 +484,130 @@ def _record_trace(zk, trace: Trace) -> None:
             pass
 
 
-def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
-                   trace: Trace) -> PlacementResult | None:
+def read_snapshot(zk, name: str) -> Snapshot | None:
     got = read(zk, layout.group(name), Group)
     if got is None:
+        return None
+    old = read(zk, layout.group_status(name), GroupStatus)
+    group = got[0]
+    return Snapshot(name=name, group=group, version=got[1], status=old[0] if old else None,
+                    instances=read_children(zk, layout.group_instances(name), Instance),
+                    # names only: an instance's node is gone when its membership znode is
+                    members=set(zk.get_children(layout.NODES)), flavor=flavor_named(zk, group.flavor))
+
+
+def _read_instances(zk, name: str, ids: list[str]) -> dict[str, tuple[Instance, int] | None]:
+    pending = [(i, zk.get_async(layout.group_instance(name, i))) for i in ids]
+    out: dict[str, tuple[Instance, int] | None] = {}
+    for iid, res in pending:
+        try:
+            data, stat = res.get()
+            out[iid] = (Instance.from_bytes(data), stat.version)
+        except NoNodeError:
+            out[iid] = None
+    return out
+
+
+def _existing(zk, paths: list[str]) -> set[str]:
+    """Which of ``paths`` exist: async, one round trip for all of them."""
+    pending = [(p, zk.exists_async(p)) for p in paths]
+    return {p for p, res in pending if res.get() is not None}
+
+
+def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
+                   trace: Trace) -> PlacementResult | None:
+    t_read = time.monotonic()
+    snap = read_snapshot(zk, name)
+    trace.read_ms = round((time.monotonic() - t_read) * 1000, 1)
+    if snap is None:
         if request_path:
             try:
                 zk.delete(request_path)
             except NoNodeError:
                 pass
         return PlacementResult()
-    group, gversion = got
-    old = read(zk, layout.group_status(name), GroupStatus)
-    if request_path is None and not group.deleting and old is not None \
-            and old[0].observed_generation < group.generation:
+    group = snap.group
+    if request_path is None and not group.deleting and snap.status is not None \
+            and snap.status.observed_generation < group.generation:
         return PlacementResult()     # a request for this generation is queued: it decides
-    instances = read_children(zk, layout.group_instances(name), Instance)
-    # names only: an instance's node is gone when its membership znode is
-    members = set(zk.get_children(layout.NODES))
-    flavor = flavor_named(zk, group.flavor)
-    result = PlacementResult()
-    tx = zk.transaction()
-    tx.check(layout.group(name), gversion)
-
-    def terminate(inst: Instance, version: int) -> None:
-        inst.state = InstanceState.TERMINATING
-        tx.set_data(layout.group_instance(name, inst.id), inst.to_bytes(), version=version)
-        result.terminated.append(inst.id)
-        if zk.exists(layout.assignment(inst.node, name, inst.id)):
-            tx.set_data(layout.assignment(inst.node, name, inst.id),
-                        assignment_data(DESIRED_TERMINATE, flavor or DEFAULT_FLAVORS[0]))
-
-    live = []
-    dropped = 0
-    moved: dict[str, int] = {}      # node that left -> its instances, re-placed now
-    for inst, version in instances:
-        if inst.state == InstanceState.TERMINATING:
-            if inst.node not in members:
-                # its agent is gone: nobody else will remove it; a returning
-                # agent destroys the domain it no longer has an assignment for
-                _drop(zk, tx, name, inst, version)
-                dropped += 1
-            continue
-        if inst.node not in members:
-            _drop(zk, tx, name, inst, version)    # re-placed below
-            dropped += 1
-            moved.setdefault(inst.node, 0)
-            moved[inst.node] += 1
-            continue
-        live.append((inst, version))
-
-    message = ""
-    if group.deleting:
-        for inst, version in live:
-            terminate(inst, version)
-    elif flavor is None:
-        message = f"flavor '{group.flavor}' does not exist"
-    else:
-        current = [(i, v) for i, v in live if group.is_current(i)]
-        outdated = [(i, v) for i, v in live if not group.is_current(i)]
-        if outdated:
-            retire, add = _rolling_step(group, current, outdated)
-            for inst, version in retire:
-                terminate(inst, version)
-            live = [(i, v) for i, v in live if i.id not in {r.id for r, _ in retire}]
-            message = (f"rolling update to image '{group.image}', flavor '{group.flavor}': "
-                       f"{len(outdated) - len(retire)} outdated instance(s) left")
-            # add only what the surge allows; the normal path below adds no more
-            excess = -add if add else 0
-            if len(current) > group.size:
-                excess = len(current) - group.size
-                live = current
-        else:
-            excess = len(live) - group.size
-        if excess > 0:
-            versions = {i.id: v for i, v in live}
-            for inst in _victims([i for i, _ in live], excess, group.placement.get("strategy", defaults.STRATEGY)):
-                terminate(inst, versions[inst.id])
-        elif excess < 0:
-            missing = -excess
-            trace.want = missing
-            t_offers = time.monotonic()
-            offers = gatherer.offers(zk, trace.request, name, flavor, missing, trace)
-            trace.offers_ms = round((time.monotonic() - t_offers) * 1000, 1)
-            take = split(offers, missing, group.placement.get("strategy", defaults.STRATEGY),
-                         group.placement.get("max_per_node"))
-            by_node = {o.node: o for o in offers}
-            taken = {i.id for i, _ in instances}
-            trace.split, trace.per_rack = dict(sorted(take.items())), {}
-            for node_name, k in sorted(take.items()):
-                offer = by_node[node_name]
-                # the commit point's guard: fails if anyone placed on this node
-                # since the offer was made
-                tx.set_data(layout.assignments(node_name), b"", version=offer.version)
-                trace.per_rack[offer.rack] = trace.per_rack.get(offer.rack, 0) + k
-                for _ in range(k):
-                    iid = _new_id(name, taken)
-                    inst = Instance(id=iid, group=name, node=node_name, rack=offer.rack, image=group.image,
-                                    flavor=group.flavor, generation=group.generation)
-                    tx.create(layout.group_instance(name, iid), inst.to_bytes())
-                    tx.create(layout.assignment(node_name, name, iid), assignment_data(DESIRED_RUN, flavor))
-                    result.created.append(inst)
-            result.unplaced = trace.unplaced = missing - sum(take.values())
-            if result.unplaced and not outdated:
-                limit = group.placement.get("max_per_node")
-                room = sum(o.count for o in offers)
-                message = (f"{result.unplaced} instance(s) not placed: {len(offers)} compute node(s) in "
-                           f"{len({o.rack for o in offers})} rack(s) offered room for {room} of flavor "
-                           f"'{flavor.name}' ({flavor.vcpus} vCPU, {flavor.memory_mib} MiB)"
-                           + (f" within max_per_node={limit}" if limit else "")
-                           + "; placed when capacity appears")
-    if moved and not message:
-        message = "moving " + ", ".join(f"{n} instance(s) off {node} (left the cluster)"
-                                        for node, n in sorted(moved.items()))
-    status = GroupStatus(observed_generation=group.generation, unplaced=result.unplaced, message=message)
-    if (not request_path and not result.created and not result.terminated and not dropped
-            and old is not None and old[0] == status):
-        return result                 # nothing to change: write nothing
-    tx.set_data(layout.group_status(name), status.to_bytes())
-    if request_path:
-        tx.delete(request_path)
+    d = decide(snap)
+    offers: list[NodeOffer] = []
+    if d.want:
+        trace.want = d.want
+        t_offers = time.monotonic()
+        offers = gatherer.offers(zk, trace.request, name, snap.flavor, d.want, trace)
+        trace.offers_ms = round((time.monotonic() - t_offers) * 1000, 1)
+    assigned = _existing(zk, [layout.assignment(i.node, name, i.id) for i, _ in d.terminate + d.drop])
+    budget = chunk_bytes()
+    t_plan = time.monotonic()
+    p = plan(snap, d, offers, assigned, request_path, unit_bytes=budget // 2)
+    result = PlacementResult(terminated=p.terminated if p else [], unplaced=p.unplaced if p else 0)
+    if p is None:
+        return result
+    if d.want:
+        trace.split, trace.per_rack, trace.unplaced = p.split, p.per_rack, p.unplaced
+    txs = transactions(p, snap, budget)
+    trace.plan_ms = round((time.monotonic() - t_plan) * 1000, 1)
+    trace.chunks, trace.commit_ms = [], 0.0
+    prefix = layout.group_instances(name) + "/"
     fault_point("before-commit", trace.coordinator)
-    t_commit = time.monotonic()
-    outcome = tx.commit()
-    trace.commit_ms = round((time.monotonic() - t_commit) * 1000, 1)
-    failures = [r for r in outcome if isinstance(r, Exception)]
-    if failures:
-        real = [r for r in failures if not type(r).__name__ == "RolledBackError"]
-        if real and request_path and isinstance(real[0], NoNodeError) and not zk.exists(request_path):
-            return PlacementResult()          # another leader handled it meanwhile
-        log.debug("group %s: transaction failed (%s); retrying", name, real)
-        trace.outcome = f"retried after {type(real[0]).__name__ if real else 'a conflict'}"
-        return None
-    trace.outcome = "committed" + (f"; {message}" if moved else "")
+    queue, n, renewals = list(txs), 0, 0
+    while queue:
+        ops = queue.pop(0)
+        n += 1
+        if n > 1:
+            if trace.want:
+                trace.outcome = f"committing: {n - 1} of {n + len(queue)} transaction(s) done"
+                _record_trace(zk, trace, quiet=True)
+            fault_point("placement.chunk", trace.coordinator)
+        tx = zk.transaction()
+        for op in ops:
+            op.add_to(tx)
+        t_commit = time.monotonic()
+        outcome = tx.commit()
+        ms = round((time.monotonic() - t_commit) * 1000, 1)
+        trace.commit_ms = round(trace.commit_ms + ms, 1)
+        trace.chunks.append({"ops": len(ops), "bytes": sum(o.size() for o in ops), "ms": ms,
+                             "instances": sum(o.kind == "create" and o.path.startswith(prefix) for o in ops)})
+        # the op that failed carries its error; ZooKeeper marks the ops before
+        # it rolled back and those after it runtime-inconsistent
+        conflicts = [op for op, r in zip(ops, outcome)
+                     if isinstance(r, Exception) and not isinstance(r, (RolledBackError, RuntimeInconsistency))]
+        # An agent updating one of 500 instances to remove (its state as it
+        # starts) fails the whole transaction, and a new round re-reads the
+        # whole group while the agents go on: measured, a group of 10,000
+        # deleted while its 100 agents were still starting it made 3 of 18
+        # transactions in 5 minutes. So a removals-only transaction that
+        # conflicts on its instances is renewed from fresh reads of its own
+        # and cut in two (smaller ones conflict less), within a budget.
+        removing = removals_of(name, ops)
+        if conflicts and removing is not None and renewals < RENEWALS and all(
+                op.path.startswith((prefix, layout.ASSIGNMENTS + "/")) for op in conflicts):
+            renewals += 1
+            fresh = _read_instances(zk, name, [iid for iid, _ in removing])
+            assigned = _existing(zk, [layout.assignment(i.node, name, i.id) for i, _ in
+                                      (v for v in fresh.values() if v)])
+            queue[0:0] = halves(name, renew_removals(name, ops, fresh, assigned, snap.flavor))
+            n -= 1
+            continue
+        failures = [r for r in outcome if isinstance(r, Exception)]
+        if failures:
+            real = [r for r in failures if not isinstance(r, (RolledBackError, RuntimeInconsistency))]
+            if real and request_path and isinstance(real[0], NoNodeError) and not zk.exists(request_path):
+                return PlacementResult()          # another leader handled it meanwhile
+            log.info("group %s: transaction %d of %d failed on %s (%s); a new round", name, n, n + len(queue),
+                     next((op.path for op, r in zip(ops, outcome) if r in real), "?"), real[:1])
+            trace.outcome = (f"retried after {type(real[0]).__name__ if real else 'a conflict'}"
+                             f" in transaction {n} of {n + len(queue)}")
+            return None
+        made = {o.path[len(prefix):] for o in ops if o.kind == "create" and o.path.startswith(prefix)}
+        result.created.extend(i for i in p.created if i.id in made)
+    trace.outcome = "committed" + (f"; {p.message}" if d.moved else "")
     if group.deleting:
         finish_delete_if_empty(zk, name)
     if result.created or result.terminated:
-        log.info("group %s gen %d: +%d -%d unplaced %d", name, group.generation,
-                 len(result.created), len(result.terminated), result.unplaced)
+        log.info("group %s gen %d: +%d -%d unplaced %d in %d transaction(s)", name, group.generation,
+                 len(result.created), len(result.terminated), result.unplaced, n)
     return result
 
 
@@ -317,12 +639,6 @@ def _rolling_step(group: Group, current: list, outdated: list) -> tuple[list, in
     room = group.size + surge - remaining
     add = max(0, min(group.size - len(current), room))
     return retire, add
-
-
-def _drop(zk, tx, name: str, inst: Instance, version: int) -> None:
-    tx.delete(layout.group_instance(name, inst.id), version=version)
-    if zk.exists(layout.assignment(inst.node, name, inst.id)):
-        tx.delete(layout.assignment(inst.node, name, inst.id))
 
 
 def _new_id(group: str, taken: set[str]) -> str:

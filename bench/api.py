@@ -22,19 +22,22 @@ folder under /var/tmp) is removed at the end, on Ctrl-C too.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import itertools
 import json
 import os
 import resource
 import shutil
-import signal
 import sys
 import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # bench.cleanup
+from bench.cleanup import unwind_on_signals  # noqa: E402
 
 from cowfleet.lab import components as c
 
@@ -152,11 +155,13 @@ class Server:
         return total / CLK_TCK
 
     def stop(self) -> None:
-        if self.service_pid:
-            c.stop_pid(self.service_pid)       # its process group: the workers too
-            self.service_pid = None
-        self.zk.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        # every step, even when one before it fails (last registered, first run)
+        with contextlib.ExitStack() as steps:
+            steps.callback(shutil.rmtree, self.dir, ignore_errors=True)
+            steps.callback(self.zk.stop)
+            if self.service_pid:
+                steps.callback(c.stop_pid, self.service_pid)       # its process group: the workers too
+                self.service_pid = None
 
 
 def _get_status(port: int, path: str) -> int:
@@ -325,10 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             not all(0 < r <= 5000 for r in rates) or not 1 <= args.workers <= 16:
         ap.error("out of bounds: --duration 0.5..30, --threads 1..64, --workers 1..16, rates 0..5000")
 
-    def terminate(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGINT, signal.default_int_handler)   # even if started with SIGINT ignored
+    unwind_on_signals()   # SIGTERM, SIGHUP, SIGINT: the finally below runs
 
     server = Server(args.workers)
     clients: list[Client] = []

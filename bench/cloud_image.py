@@ -28,12 +28,13 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # bench.cleanup
+from bench.cleanup import unwind_on_signals  # noqa: E402
 
 import requests
 
@@ -187,10 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.size <= 16:
         ap.error("--size 1..16")
 
-    def terminate(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    unwind_on_signals()   # SIGTERM, SIGHUP, SIGINT: the finally below runs
 
     # /var/tmp, not /tmp under a private mount or /root: qemu runs unprivileged
     lab_dir = Path(tempfile.mkdtemp(prefix="cowfleet-cloudimg-", dir="/var/tmp"))

@@ -30,13 +30,14 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import signal
 import statistics
 import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # bench.cleanup
+from bench.cleanup import unwind_on_signals  # noqa: E402
 
 import libvirt
 from kazoo.client import KazooClient
@@ -168,7 +169,7 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="cowfleet-bench-net-", dir="/var/tmp"))
     work.chmod(0o755)
     lab = Lab(work / "lab")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    unwind_on_signals()   # SIGTERM, SIGHUP, SIGINT: the finally below runs
     results: dict[str, list[dict]] = {m: [] for m in MODES}
     try:
         print(f"building the demo image and starting a one-node lab in {work}", flush=True)
@@ -194,14 +195,16 @@ def main(argv=None) -> int:
                          if got["guest_uptime_s"] else ""), flush=True)
         seeds = seed_times(lab.dir / "agent-compute.log")
     finally:
-        lab.down()
-        for f in work.glob("*"):
-            if f.is_file():
-                f.unlink()
         try:
-            work.rmdir()
-        except OSError:
-            pass
+            lab.down()
+        finally:                       # the files go even if taking the lab down failed
+            for f in work.glob("*"):
+                if f.is_file():
+                    f.unlink()
+            try:
+                work.rmdir()
+            except OSError:
+                pass
     med = {m: statistics.median(r["ready_s"] for r in rs) for m, rs in results.items()}
     cpu = {m: statistics.median(r["guest_cpu_s"] for r in rs) for m, rs in results.items()}
     up = {m: statistics.median([r["guest_uptime_s"] for r in rs if r["guest_uptime_s"]] or [0])

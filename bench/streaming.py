@@ -37,13 +37,14 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # bench.cleanup
+from bench.cleanup import unwind_on_signals  # noqa: E402
 
 from cowfleet.agents.compute.domain import DomainSpec
 from cowfleet.agents.compute.hypervisor import LibvirtHypervisor, domain_name
@@ -220,7 +221,7 @@ def main(argv=None) -> int:
     if st.f_bavail * st.f_frsize < need:
         print(f"not enough room under /var/tmp: need {need / GIB:.1f} GiB", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    unwind_on_signals()   # SIGTERM, SIGHUP, SIGINT: the finally below runs
     d = Path(tempfile.mkdtemp(prefix="cowfleet-bench-streaming-", dir="/var/tmp"))
     os.chmod(d, 0o755)
     lab = Lab(d / "lab")

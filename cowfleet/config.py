@@ -30,6 +30,7 @@ AGENT_ENVIRONMENT = {
     "COWFLEET_TGT_CONTROL_PORT": "storage: the management channel of the tgtd to use (default: the machine's, 0)",
     "COWFLEET_TGT_LOCK": "storage: the lock file serialising tgtadm calls (default /run/lock/cowfleet-tgt.lock)",
     "COWFLEET_FAULT_PAUSE": "tests: a file whose presence stops the agent at fault points (cowfleet/faults.py)",
+    "COWFLEET_PLACEMENT_CHUNK_BYTES": "compute: the size a placement transaction stays under (default 262144)",
 }
 
 

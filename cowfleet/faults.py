@@ -17,7 +17,8 @@ PAUSE = "COWFLEET_FAULT_PAUSE"
 
 # every point there is, in the order a start or a terminate passes them
 POINTS = (
-    "before-commit",            # a coordinator, before its placement transaction
+    "before-commit",            # a coordinator, before its (first) placement transaction
+    "placement.chunk",          # a coordinator, between two placement transactions of one group
     "start.allocated",          # the instance's address is allocated (in memory), not yet on its record
     "start.addressed",          # the instance's address and MAC are on its record
     "start.attached",           # its image session is up

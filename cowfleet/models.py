@@ -7,6 +7,7 @@ record's ETag and is never stored inside the data.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,11 @@ def iso(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
 
 
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
 class Record:
     """Mixin: JSON bytes <-> dataclass, ignoring keys a newer writer added."""
 
@@ -33,7 +39,11 @@ class Record:
         return dataclasses.asdict(self)
 
     def to_bytes(self) -> bytes:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+        # the fields as they are, not asdict's deep copy: a record holds JSON
+        # values only (json.dumps refuses anything else), and the copy cost
+        # 0.5 ms an instance -- 5 s of a 10,000-instance placement
+        return json.dumps({k: getattr(self, k) for k in _field_names(type(self))},
+                          sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes):

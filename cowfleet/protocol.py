@@ -88,10 +88,13 @@ class Trace:
     per_rack: dict = field(default_factory=dict)  # rack -> n
     unplaced: int = 0
     attempts: int = 0
+    read_ms: float = 0.0       # the group, its instances, the members (the last attempt)
     offers_ms: float = 0.0
+    plan_ms: float = 0.0       # decide, split, plan and cut into transactions
     commit_ms: float = 0.0
     total_ms: float = 0.0
     outcome: str = ""
+    chunks: list = field(default_factory=list)    # one per transaction: {ops, bytes, instances, ms}
 
     def to_dict(self) -> dict:
         return asdict(self)

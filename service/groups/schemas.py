@@ -59,6 +59,13 @@ class RackOffersSchema(Schema):
     error = fields.Str()
 
 
+class PlacementChunkSchema(Schema):
+    ops = fields.Int()
+    bytes = fields.Int()
+    instances = fields.Int(metadata={"description": "new instances it created"})
+    ms = fields.Float()
+
+
 class PlacementTraceSchema(Schema):
     """The last placement hand-shake of a group: who coordinated, what each
     rack offered, the split, and how long each phase took."""
@@ -74,7 +81,12 @@ class PlacementTraceSchema(Schema):
     per_rack = fields.Dict(keys=fields.Str(), values=fields.Int())
     unplaced = fields.Int()
     attempts = fields.Int()
+    read_ms = fields.Float()
     offers_ms = fields.Float()
+    plan_ms = fields.Float()
     commit_ms = fields.Float()
     total_ms = fields.Float()
     outcome = fields.Str()
+    chunks = fields.List(fields.Nested(PlacementChunkSchema), metadata={
+        "description": "the commit's ZooKeeper transactions, in order (a large group is committed in several, "
+                       "each well under ZooKeeper's request size limit)"})

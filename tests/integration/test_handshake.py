@@ -29,6 +29,9 @@ pytestmark = pytest.mark.integration
 RACKS = ("rack-a", "rack-b", "rack-c")
 NODES_PER_RACK = 2
 VCPUS = 4          # each fake node takes 4 small instances
+# placement transactions this small hold one to three instances each, so
+# every group of this module is committed in several (agents/placement.py)
+CHUNK_BYTES = 2048
 
 
 class Cluster:
@@ -65,7 +68,7 @@ class Cluster:
             if role == "compute":
                 cmd += ["--hypervisor", "fake", "--vcpus", str(VCPUS), "--memory-mib", "4096"]
             self.commands[name] = cmd
-        env = dict(os.environ, COWFLEET_FAULT_PAUSE=str(self.pause))
+        env = dict(os.environ, COWFLEET_FAULT_PAUSE=str(self.pause), COWFLEET_PLACEMENT_CHUNK_BYTES=str(CHUNK_BYTES))
         self.procs[name] = c.spawn(self.commands[name], self.dir / f"{name}.log", env=env).pid
 
     def kill(self, name: str):
@@ -196,6 +199,55 @@ def test_coordinator_killed_mid_handshake_places_exactly_once(fresh):
     wait_until(lambda: ready(cl, "once", 5), 60, "5 ready")
     trace = cl.request("GET", "/v1/instance-groups/once/placement").json()
     assert trace["coordinator"] != coordinator and trace["via"] == "queue"
+
+
+def test_coordinator_killed_between_two_transactions_is_continued_exactly(fresh):
+    """A group larger than one transaction: its coordinator stops after the
+    first, with part of the group committed and the progress in the status
+    and the trace, and is killed; another leader claims the request and
+    places exactly the rest."""
+    cl = fresh.client
+    fresh.pause.write_text("placement.chunk")
+    cl.put_group("chunked", image="tiny", flavor="small", size=12)
+    markers = lambda: list(fresh.dir.glob("pause.placement.chunk.*"))   # noqa: E731
+    wait_until(markers, 30, "a coordinator paused between two transactions")
+    coordinator = markers()[0].name.rsplit(".", 1)[-1]
+    zk = connect(fresh.hosts)
+    try:
+        first = len(zk.get_children(layout.group_instances("chunked")))
+        assert 0 < first < 12
+        assert zk.get_children(layout.REQUESTS), "the request goes with the last transaction only"
+        status = cl.get_group("chunked")["status"]
+        assert status["message"].startswith("placing: transaction 1 of ") and status["observed_generation"] == 0
+        trace = cl.request("GET", "/v1/instance-groups/chunked/placement").json()
+        assert trace["outcome"].startswith("committing: 1 of ") and trace["chunks"][0]["instances"] == first
+        fresh.kill(coordinator)
+        for m in markers():
+            m.unlink()
+        fresh.pause.unlink()
+        seen = []
+
+        def placed():
+            n = len(zk.get_children(layout.group_instances("chunked")))
+            seen.append(n)
+            return n == 12 and not zk.get_children(layout.REQUESTS)
+        wait_until(placed, 60, "the request claimed by another leader and the rest placed")
+        assert max(seen) == 12, f"more instances than asked at some point: {max(seen)}"
+        # one assignment per instance, on the instance's node: nothing lost, nothing twice
+        ids = set(zk.get_children(layout.group_instances("chunked")))
+        assigned = [(node, child.split(":", 1)[1]) for node in zk.get_children(layout.ASSIGNMENTS)
+                    for child in zk.get_children(layout.assignments(node)) if child.startswith("chunked:")]
+        assert sorted(i for _, i in assigned) == sorted(ids)
+    finally:
+        zk.stop()
+        zk.close()
+    wait_until(lambda: ready(cl, "chunked", 12), 60, "12 ready")
+    trace = cl.request("GET", "/v1/instance-groups/chunked/placement").json()
+    assert trace["coordinator"] != coordinator and trace["via"] == "queue" and trace["outcome"] == "committed"
+    assert trace["want"] == 12 - first and len(trace["chunks"]) > 1
+    assert sum(c["instances"] for c in trace["chunks"]) == 12 - first
+    assert all(c["bytes"] <= CHUNK_BYTES for c in trace["chunks"])
+    assert cl.get_group("chunked")["status"]["observed_generation"] == 1
 
 
 def test_concurrent_groups_over_capacity_never_overcommit(fresh):
