@@ -25,7 +25,8 @@ from kazoo.exceptions import LockTimeout, NoNodeError, NodeExistsError, NotEmpty
 from cowfleet.agents.handshake import Gatherer, LocalGatherer, split
 from cowfleet import defaults
 from cowfleet.faults import fault_point
-from cowfleet.models import DEFAULT_FLAVORS, DeployRequest, Flavor, Group, GroupStatus, Instance, InstanceState
+from cowfleet.models import (DEFAULT_FLAVORS, DeployRequest, Flavor, Group, GroupStatus, Instance, InstanceState,
+                             Reason, now)
 from cowfleet.protocol import DESIRED_RUN, DESIRED_TERMINATE, Trace, assignment_data
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read, read_children
@@ -198,12 +199,13 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
             continue
         live.append((inst, version))
 
-    message = ""
+    message = reason = ""
     if group.deleting:
         for inst, version in live:
             terminate(inst, version)
     elif flavor is None:
         message = f"flavor '{group.flavor}' does not exist"
+        reason = Reason.FLAVOR_NOT_FOUND
     else:
         current = [(i, v) for i, v in live if group.is_current(i)]
         outdated = [(i, v) for i, v in live if not group.is_current(i)]
@@ -250,18 +252,26 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
                     tx.create(layout.assignment(node_name, name, iid), assignment_data(DESIRED_RUN, flavor))
                     result.created.append(inst)
             result.unplaced = trace.unplaced = missing - sum(take.values())
-            if result.unplaced and not outdated:
+            if result.unplaced:
                 limit = group.placement.get("max_per_node")
                 room = sum(o.count for o in offers)
-                message = (f"{result.unplaced} instance(s) not placed: {len(offers)} compute node(s) in "
-                           f"{len({o.rack for o in offers})} rack(s) offered room for {room} of flavor "
-                           f"'{flavor.name}' ({flavor.vcpus} vCPU, {flavor.memory_mib} MiB)"
-                           + (f" within max_per_node={limit}" if limit else "")
-                           + "; placed when capacity appears")
+                reason = unplaced_reason(len(offers), room, missing, limit)
+                why = (f"{result.unplaced} instance(s) not placed: {len(offers)} compute node(s) in "
+                       f"{len({o.rack for o in offers})} rack(s) offered room for {room} of flavor "
+                       f"'{flavor.name}' ({flavor.vcpus} vCPU, {flavor.memory_mib} MiB)"
+                       + (f" within max_per_node={limit}" if limit else "")
+                       + "; placed when capacity appears")
+                message = f"{message}; {why}" if message else why
     if moved and not message:
         message = "moving " + ", ".join(f"{n} instance(s) off {node} (left the cluster)"
                                         for node, n in sorted(moved.items()))
-    status = GroupStatus(observed_generation=group.generation, unplaced=result.unplaced, message=message)
+    if moved and not reason:
+        reason = Reason.NODE_LEFT
+    # the reason's start is kept while the same reason holds (the Placed condition's since)
+    since = (old[0].since if old is not None and old[0].reason == reason and old[0].since else now()) \
+        if reason else None
+    status = GroupStatus(observed_generation=group.generation, unplaced=result.unplaced, message=message,
+                         reason=reason, since=since)
     if (not request_path and not result.created and not result.terminated and not dropped
             and old is not None and old[0] == status):
         return result                 # nothing to change: write nothing
@@ -287,6 +297,16 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
         log.info("group %s gen %d: +%d -%d unplaced %d", name, group.generation,
                  len(result.created), len(result.terminated), result.unplaced)
     return result
+
+
+def unplaced_reason(nodes: int, room: int, missing: int, max_per_node: int | None) -> str:
+    """Why instances stay unplaced: no compute node offered at all; the
+    nodes' room was enough but max_per_node forbade using it; or no room."""
+    if nodes == 0:
+        return Reason.NO_COMPUTE_NODES
+    if max_per_node and room >= missing:
+        return Reason.MAX_PER_NODE
+    return Reason.NO_CAPACITY
 
 
 def _rolling_step(group: Group, current: list, outdated: list) -> tuple[list, int]:

@@ -269,6 +269,10 @@ class Resource:
 def _describe(obj: dict) -> str:
     st = obj.get("status")
     if isinstance(st, dict):
+        # a group's Ready condition gathers why it is not ready (reason: message)
+        ready = next((c for c in st.get("conditions") or [] if c.get("type") == "Ready"), None)
+        if ready and ready.get("status") == "False":
+            return f"phase {st.get('phase')}: {ready.get('reason')}: {ready.get('message')}"
         return f"phase {st.get('phase')}: {st.get('message')}"
     return f"status {st}: {obj.get('message', '')}"
 

@@ -8,13 +8,13 @@ import time
 import click
 import yaml
 
-from cowfleet.cli.common import (client, delete_and_wait, done, labels_arg, name_argument, output_option,
+from cowfleet.cli.common import (age, client, delete_and_wait, done, labels_arg, name_argument, output_option,
                                  Progress, read_arg, read_commands, since, table, wait_options)
 from cowfleet.client import ApiError, seg
 
 # what `group get -o yaml` shows that is not spec: dropped by `group apply -f`,
 # so that a file saved from get applies as it is
-READ_ONLY = ("name", "etag", "generation", "status", "instances", "created_at")
+READ_ONLY = ("name", "etag", "generation", "status", "instances", "created_at", "updated_at")
 
 
 def existing_names(cl) -> list[dict]:
@@ -32,13 +32,13 @@ def _states(g: dict) -> str:
 
 
 def groups_table(groups: list[dict], wide: bool) -> str:
-    headers = ["NAME", "IMAGE", "FLAVOR", "SIZE", "READY", "PHASE"]
+    headers = ["NAME", "IMAGE", "FLAVOR", "SIZE", "READY", "PHASE", "REASON"]
     if wide:
         headers += ["RUNNING", "PENDING", "FAILED", "GEN", "OBSERVED", "STRATEGY", "MESSAGE"]
     rows = []
     for g in groups:
         s = g["status"]
-        row = [g["name"], g["image"], g["flavor"], g["size"], s["ready"], s["phase"]]
+        row = [g["name"], g["image"], g["flavor"], g["size"], s["ready"], s["phase"], _not_ready_reason(g)]
         if wide:
             row += [s["running"], s["pending"], s["failed"], g["generation"], s["observed_generation"],
                     g["placement"].get("strategy"), s["message"]]
@@ -46,19 +46,31 @@ def groups_table(groups: list[dict], wide: bool) -> str:
     return table(headers, rows, right=("SIZE", "READY", "RUNNING", "PENDING", "FAILED", "GEN", "OBSERVED"))
 
 
+def _not_ready_reason(g: dict) -> str:
+    """The Ready condition's reason while it is False ("" when ready)."""
+    ready = next((c for c in g["status"].get("conditions") or [] if c["type"] == "Ready"), None)
+    return ready["reason"] if ready and ready["status"] == "False" else ""
+
+
 def instances_table(g: dict, wide: bool = False) -> str:
-    headers = ["INSTANCE", "ADDRESS", "NODE", "RACK", "STATE", "RUNNING", "READY"]
+    headers = ["INSTANCE", "ADDRESS", "NODE", "RACK", "STATE", "REASON", "RUNNING", "READY"]
     if wide:
         headers += ["IMAGE", "MAC", "CREATED"]
     headers.append("MESSAGE")
     rows = []
     for i in g["instances"]:
-        row = [i["id"], i.get("address"), i["node"], i["rack"], i["state"],
+        row = [i["id"], i.get("address"), i["node"], i["rack"], i["state"], i.get("reason") or "",
                since(i.get("created_at"), i.get("running_at")), since(i.get("created_at"), i.get("ready_at"))]
         if wide:
             row += [i.get("image"), i.get("mac"), i.get("created_at")]
         rows.append(row + [i.get("message") or ""])
     return table(headers, rows, right=("RUNNING", "READY"))
+
+
+def conditions_table(g: dict) -> str:
+    rows = [[c["type"], c["status"], c["reason"], age(c.get("since")), c["message"]]
+            for c in g["status"].get("conditions") or []]
+    return table(["CONDITION", "STATUS", "REASON", "SINCE", "MESSAGE"], rows)
 
 
 def group_table(g: dict, wide: bool) -> str:
@@ -75,7 +87,7 @@ def group_table(g: dict, wide: bool) -> str:
                  f"persistent {'yes' if g['persistent'] else 'no'}; "
                  f"{len(g['ssh_authorized_keys'])} ssh key(s); user_data "
                  f"{'%d chars' % len(g['user_data']) if g.get('user_data') else '-'}")
-    return head + "\n" + instances_table(g, wide)
+    return head + "\n\n" + conditions_table(g) + "\n\n" + instances_table(g, wide)
 
 
 # -- waiting --------------------------------------------------------------------------
@@ -86,7 +98,12 @@ def _bar(done_: int, total: int, width: int = 20) -> str:
 
 
 def _why(g: dict) -> str:
-    """The reasons a group is not ready: its message and its instances' distinct ones."""
+    """The reasons a group is not ready: its Ready condition (which gathers
+    every cause: failed, unplaced, pending and why, booting, rolling update),
+    else its message and its instances' ones."""
+    ready = next((c for c in g["status"].get("conditions") or [] if c["type"] == "Ready"), None)
+    if ready and ready["status"] == "False":
+        return f"{ready['reason']}: {ready['message']}"
     msgs = [g["status"]["message"]] + sorted({i["message"] for i in g["instances"] if i.get("message")})
     return "; ".join(m for m in msgs if m) or "no reason given"
 
@@ -169,6 +186,9 @@ def spec_options(create: bool):
                          help="rolling updates: instances made beyond size meanwhile (default 1)"),
             click.option("--persistent/--ephemeral", default=None,
                          help="keep instance overlays across restarts (default ephemeral)"),
+            click.option("--ready-timeout", type=click.IntRange(min=1), metavar="SECONDS",
+                         help="an instance not ready this long after its start is failed "
+                              "(reason ReadyTimeout; default 900)"),
         ]
         for opt in reversed(opts):
             fn = opt(fn)
@@ -201,6 +221,8 @@ def spec_from(opts: dict, patch: bool) -> dict:
         spec["labels"] = labels_arg(opts["labels"], allow_removal=patch)
     if opts.get("persistent") is not None:
         spec["persistent"] = opts["persistent"]
+    if opts.get("ready_timeout") is not None:
+        spec["ready_timeout"] = opts["ready_timeout"]
     return spec
 
 

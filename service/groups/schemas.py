@@ -3,7 +3,7 @@ from __future__ import annotations
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from cowfleet import defaults
-from cowfleet.models import GroupPhase, InstanceState
+from cowfleet.models import ConditionType, GroupPhase, InstanceState
 from cowfleet.service.fields import Labels, Name, SshKeys, StrictBool, StrictSchema, Timestamp
 
 MAX_GROUP_SIZE = 10_000
@@ -45,6 +45,13 @@ class GroupSpecSchema(StrictSchema):
         "description": "keep each instance's overlay across restarts of its domain and of the agent "
                        "(the exception: instances are ephemeral by default, a restart starts from the "
                        "master again); an overlay is removed when its instance is deleted"})
+    ready_timeout = fields.Int(load_default=defaults.READY_TIMEOUT, strict=True,
+                               validate=validate.Range(defaults.READY_TIMEOUT_MIN, defaults.READY_TIMEOUT_MAX),
+                               metadata={"description": (
+                                   "seconds an instance has, from its domain's start, to print its readiness "
+                                   "line; after that it is failed with reason ReadyTimeout and its domain "
+                                   f"stopped (default {defaults.READY_TIMEOUT}, from "
+                                   f"{defaults.READY_TIMEOUT_MIN} to {defaults.READY_TIMEOUT_MAX})")})
 
 
 class InstanceSchema(Schema):
@@ -61,6 +68,23 @@ class InstanceSchema(Schema):
     created_at = Timestamp(required=True)
     running_at = Timestamp(required=True, allow_none=True)
     ready_at = Timestamp(required=True, allow_none=True)
+    reason = fields.Str(required=True, metadata={
+        "description": "why the instance is pending or failed, machine-readable (e.g. ImageNotAvailable, "
+                       "NoReplicaReachable, ReadyTimeout, DomainStartFailed); empty otherwise"})
+    state_since = Timestamp(required=True, allow_none=True, metadata={
+        "description": "when the state (or a pending instance's reason) last changed"})
+
+
+class ConditionSchema(Schema):
+    type = fields.Str(required=True, validate=validate.OneOf(ConditionType.ALL), metadata={
+        "description": "ImageAvailable: the image holds data on a storage node; Placed: every wanted instance "
+                       "has a node; Ready: ready == size on the current spec; Progressing: the group is moving "
+                       "toward its spec (False with Complete when done, Stalled when nothing can move)"})
+    status = fields.Str(required=True, validate=validate.OneOf(("True", "False")))
+    reason = fields.Str(required=True, metadata={"description": "machine-readable, CamelCase"})
+    message = fields.Str(required=True, metadata={"description": "for people"})
+    since = Timestamp(required=True, allow_none=True, metadata={
+        "description": "when the condition's current reason started holding, as far as the records tell"})
 
 
 class GroupStatusSchema(Schema):
@@ -71,6 +95,8 @@ class GroupStatusSchema(Schema):
     failed = fields.Int(required=True)
     observed_generation = fields.Int(required=True)
     message = fields.Str(required=True)
+    conditions = fields.List(fields.Nested(ConditionSchema), required=True, metadata={
+        "description": "kubectl-style: why the group is (not) placed, ready, progressing (one of each type)"})
 
 
 class GroupSchema(Schema):
@@ -84,8 +110,11 @@ class GroupSchema(Schema):
     labels = fields.Dict(required=True)
     update_policy = fields.Dict(required=True)
     persistent = fields.Bool(required=True)
+    ready_timeout = fields.Int(required=True)
     generation = fields.Int(required=True)
     created_at = Timestamp(required=True)
+    updated_at = Timestamp(required=True, allow_none=True, metadata={
+        "description": "when the spec last changed (null: not since its creation)"})
     status = fields.Nested(GroupStatusSchema, required=True)
     instances = fields.List(fields.Nested(InstanceSchema), required=True)
     etag = fields.Str(required=True)

@@ -9,10 +9,12 @@ from flask import Response
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 from marshmallow import ValidationError
 
-from cowfleet.models import (CONSOLE_TAIL_MAX, DeployRequest, Flavor, Group, GroupPhase, GroupStatus, Instance,
-                             InstanceState, NodeInfo, valid_instance_id)
+from cowfleet.models import (CONSOLE_TAIL_MAX, ConditionType, DeployRequest, Flavor, Group, GroupPhase, GroupStatus,
+                             ImageStatus, Instance, InstanceState, NodeInfo, Reason, now, valid_instance_id)
 from cowfleet.service.api import Result, fetch
+from cowfleet.service.groups.conditions import ImageState, conditions
 from cowfleet.service.groups.handoff import hand_off
+from cowfleet.service.images import service as images
 from cowfleet.service.groups.schemas import GroupSpecSchema
 from cowfleet.service.paging import ListQuery, page
 from cowfleet.service.preconditions import ANY, Precondition, precondition_failed
@@ -23,7 +25,10 @@ from cowfleet.zk.connection import commit, read, read_children
 from cowfleet.zk.groups import finish_delete_if_empty, guard_version, touch_guards
 
 
-def status_of(group: Group, instances: list[Instance], placed: GroupStatus) -> dict:
+def status_of(group: Group, instances: list[Instance], placed: GroupStatus, image: ImageState | None) -> dict:
+    """The group's status: counts, phase, message and conditions (conditions.py)."""
+    conds = conditions(group, instances, placed, image)
+    by_type = {c["type"]: c for c in conds}
     live = [i for i in instances if i.state != InstanceState.TERMINATING]
     # ready counts instances that are ready AND run the current image and flavor,
     # so `ready == size` means a rolling update has finished too
@@ -32,9 +37,12 @@ def status_of(group: Group, instances: list[Instance], placed: GroupStatus) -> d
     pending = sum(i.state in (InstanceState.PENDING, InstanceState.STARTING) for i in live)
     failed = sum(i.state == InstanceState.FAILED for i in live)
     converged = placed.observed_generation >= group.generation
+    image_broken = by_type[ConditionType.IMAGE_AVAILABLE]["reason"] in (Reason.IMAGE_ERROR, Reason.IMAGE_NOT_FOUND)
+    ready_ok = by_type[ConditionType.READY]["status"] == "True"
     if group.deleting:
         phase = GroupPhase.DELETING
-    elif failed:
+    elif failed or (image_broken and not ready_ok):
+        # an image in error (or gone) starts nothing: degraded at once, not provisioning for ever
         phase = GroupPhase.DEGRADED
     elif converged and ready == group.size and len(live) == group.size:
         phase = GroupPhase.READY
@@ -42,19 +50,36 @@ def status_of(group: Group, instances: list[Instance], placed: GroupStatus) -> d
         phase = GroupPhase.PENDING
     else:
         phase = GroupPhase.PROVISIONING
-    message = placed.message
-    if not message:
-        message = f"{ready}/{group.size} ready"
+    # the leader's placement message, else the Ready condition's (why not ready, or "N/N ready")
+    message = placed.message or by_type[ConditionType.READY]["message"]
     return {"phase": phase, "ready": ready, "running": running, "pending": pending + placed.unplaced,
-            "failed": failed, "observed_generation": placed.observed_generation, "message": message}
+            "failed": failed, "observed_generation": placed.observed_generation, "message": message,
+            "conditions": conds}
 
 
-def view(zk, group: Group, version: int) -> dict:
+def image_state(zk, name: str) -> ImageState | None:
+    got = images.state(zk, name)
+    if got is None:
+        return None
+    image, replicas, status, message = got
+    since = min((r.created_at for r in replicas), default=None) or image.created_at
+    return ImageState(status=status, message=message, replicas=len(replicas), since=since)
+
+
+def view(zk, group: Group, version: int, images_seen: dict | None = None) -> dict:
+    """The group as the API shows it; ``images_seen`` memoises image states
+    over one list (many groups, few images)."""
     instances = [i for i, _ in read_children(zk, layout.group_instances(group.name), Instance)]
     placed = read(zk, layout.group_status(group.name), GroupStatus)
+    if images_seen is None:
+        image = image_state(zk, group.image)
+    else:
+        if group.image not in images_seen:
+            images_seen[group.image] = image_state(zk, group.image)
+        image = images_seen[group.image]
     out = group.to_dict()
     out.pop("deleting")
-    out["status"] = status_of(group, instances, placed[0] if placed else GroupStatus())
+    out["status"] = status_of(group, instances, placed[0] if placed else GroupStatus(), image)
     out["instances"] = [i.to_dict() for i in sorted(instances, key=lambda i: i.id)]
     out["etag"] = str(version)
     return out
@@ -65,13 +90,23 @@ def get(zk, name: str) -> dict:
 
 
 def list_(zk, q: ListQuery) -> Result:
-    return page(zk, layout.GROUPS, layout.group, Group, view, q)
+    seen: dict = {}
+    return page(zk, layout.GROUPS, layout.group, Group, lambda zk_, g, v: view(zk_, g, v, seen), q)
 
 
-def _check_references(zk, spec: dict) -> None:
+def _check_references(zk, spec: dict, image_changes: bool = True) -> None:
+    """422 naming the field when the image or flavor does not exist; and,
+    when the group takes this image now (created, or its image changed), when
+    the image is in error: nothing could start from it (a group already on it
+    may still be scaled or deleted)."""
     errors = {}
-    if not zk.exists(layout.image(spec["image"])):
+    image = images.state(zk, spec["image"]) if image_changes else None
+    exists = image is not None if image_changes else zk.exists(layout.image(spec["image"]))
+    if not exists:
         errors["image"] = [f"unknown image '{spec['image']}'"]
+    elif image is not None and image[2] == ImageStatus.ERROR:
+        errors["image"] = [f"image '{spec['image']}' is in error ({image[3]}): no instance could start "
+                           "from it; upload its data again or re-create it"]
     if read(zk, layout.flavor(spec["flavor"]), Flavor) is None:
         errors["flavor"] = [f"unknown flavor '{spec['flavor']}'"]
     if errors:
@@ -96,14 +131,15 @@ def _referenced(spec: dict) -> tuple[str, str]:
 def _reference_gone(zk, spec: dict) -> None:
     """A group transaction failed on a guard: 422 if what it names is gone
     (deleted since the check), else the guard predates guards: make it."""
-    _check_references(zk, spec)
+    _check_references(zk, spec, image_changes=False)
     for path in _referenced(spec):
         guard_version(zk, path)
 
 
 def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]:
-    _check_references(zk, spec)
     path = layout.group(name)
+    current = read(zk, path, Group)
+    _check_references(zk, spec, image_changes=current is None or current[0].image != spec["image"])
     label = f"instance group '{name}'"
     for _ in range(10):
         got = read(zk, path, Group)
@@ -133,6 +169,7 @@ def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]
         for k, v in spec.items():
             setattr(group, k, v)
         group.generation += 1
+        group.updated_at = now()
         tx = zk.transaction()
         tx.set_data(path, group.to_bytes(), version=version)
         touch_guards(tx, *_referenced(spec))
