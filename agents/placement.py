@@ -25,10 +25,10 @@ from kazoo.exceptions import LockTimeout, NoNodeError, NodeExistsError, NotEmpty
 from cowfleet.agents.handshake import Gatherer, LocalGatherer, split
 from cowfleet import defaults
 from cowfleet.faults import fault_point
-from cowfleet.models import (DEFAULT_FLAVORS, DeployRequest, Flavor, Group, GroupStatus, Instance, InstanceState,
-                             Reason, now)
+from cowfleet.models import (DEFAULT_FLAVORS, DeployRequest, Event, EventReason, EventType, Flavor, Group,
+                             GroupStatus, Instance, InstanceState, Reason, now)
 from cowfleet.protocol import DESIRED_RUN, DESIRED_TERMINATE, Trace, assignment_data
-from cowfleet.zk import layout
+from cowfleet.zk import events, layout
 from cowfleet.zk.connection import read, read_children
 from cowfleet.zk.groups import finish_delete_if_empty
 from cowfleet.zk.leaders import rack_leaders
@@ -200,9 +200,19 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
         live.append((inst, version))
 
     message = reason = ""
+    said: list[Event] = []          # what this decision did, recorded once it is committed
+
+    def say(reason: str, message: str, warning: bool = False, instance: str | None = None,
+            node: str | None = None) -> None:
+        said.append(Event(reason=reason, message=message, instance=instance, node=node,
+                          type=EventType.WARNING if warning else EventType.NORMAL,
+                          generation=group.generation, source=trace.coordinator or "leader"))
+
     if group.deleting:
         for inst, version in live:
             terminate(inst, version)
+        if live:
+            say(EventReason.TERMINATING, f"removing {len(live)} instance(s): {_ids(i for i, _ in live)}")
     elif flavor is None:
         message = f"flavor '{group.flavor}' does not exist"
         reason = Reason.FLAVOR_NOT_FOUND
@@ -213,6 +223,10 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
             retire, add = _rolling_step(group, current, outdated)
             for inst, version in retire:
                 terminate(inst, version)
+            if retire:
+                say(EventReason.REPLACED, f"rolling update to image '{group.image}', flavor '{group.flavor}': "
+                    f"retiring {len(retire)} outdated instance(s): {_ids(i for i, _ in retire)}",
+                    instance=retire[0][0].id if len(retire) == 1 else None)
             live = [(i, v) for i, v in live if i.id not in {r.id for r, _ in retire}]
             message = (f"rolling update to image '{group.image}', flavor '{group.flavor}': "
                        f"{len(outdated) - len(retire)} outdated instance(s) left")
@@ -225,8 +239,11 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
             excess = len(live) - group.size
         if excess > 0:
             versions = {i.id: v for i, v in live}
-            for inst in _victims([i for i, _ in live], excess, group.placement.get("strategy", defaults.STRATEGY)):
+            victims = _victims([i for i, _ in live], excess, group.placement.get("strategy", defaults.STRATEGY))
+            for inst in victims:
                 terminate(inst, versions[inst.id])
+            say(EventReason.SCALED_IN, f"removing {len(victims)} instance(s) beyond size {group.size}: "
+                f"{_ids(victims)}", instance=victims[0].id if len(victims) == 1 else None)
         elif excess < 0:
             missing = -excess
             trace.want = missing
@@ -251,6 +268,11 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
                     tx.create(layout.group_instance(name, iid), inst.to_bytes())
                     tx.create(layout.assignment(node_name, name, iid), assignment_data(DESIRED_RUN, flavor))
                     result.created.append(inst)
+            if result.created:
+                where = ", ".join(f"{n} {k}" for n, k in sorted(take.items()) if k)
+                say(EventReason.PLACED, f"placed {len(result.created)} instance(s) on {where}: "
+                    f"{_ids(result.created)}", instance=result.created[0].id if len(result.created) == 1 else None,
+                    node=next(iter(n for n, k in take.items() if k)) if len(take) == 1 else None)
             result.unplaced = trace.unplaced = missing - sum(take.values())
             if result.unplaced:
                 limit = group.placement.get("max_per_node")
@@ -272,8 +294,16 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
         if reason else None
     status = GroupStatus(observed_generation=group.generation, unplaced=result.unplaced, message=message,
                          reason=reason, since=since)
+    if moved:
+        say(EventReason.MOVED, message if message.startswith("moving") else
+            "moving " + ", ".join(f"{n} instance(s) off {node} (left the cluster)" for node, n in sorted(moved.items())),
+            warning=True)
+    if result.unplaced and (old is None or old[0].unplaced != result.unplaced or old[0].reason != reason):
+        say(EventReason.UNPLACED, f"{reason}: {message}", warning=True)
     if (not request_path and not result.created and not result.terminated and not dropped
             and old is not None and old[0] == status):
+        if group.deleting and not live:
+            finish_delete_if_empty(zk, name)     # an earlier try lost a race (e.g. with an event)
         return result                 # nothing to change: write nothing
     tx.set_data(layout.group_status(name), status.to_bytes())
     if request_path:
@@ -291,12 +321,20 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
         trace.outcome = f"retried after {type(real[0]).__name__ if real else 'a conflict'}"
         return None
     trace.outcome = "committed" + (f"; {message}" if moved else "")
+    for event in said:
+        events.record_safely(zk, name, event, log)
     if group.deleting:
         finish_delete_if_empty(zk, name)
     if result.created or result.terminated:
         log.info("group %s gen %d: +%d -%d unplaced %d", name, group.generation,
                  len(result.created), len(result.terminated), result.unplaced)
     return result
+
+
+def _ids(instances, shown: int = 5) -> str:
+    """Some instances' ids for a message: the first few, then how many more."""
+    ids = [i.id for i in instances]
+    return ", ".join(ids[:shown]) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
 
 
 def unplaced_reason(nodes: int, room: int, missing: int, max_per_node: int | None) -> str:
@@ -425,6 +463,7 @@ class Placer:
             self._locked(name, lambda: reconcile_group(self.zk, name, None, self.gatherer, self.identifier),
                          timeout=1)
         self._forget_locks(set(groups))
+        events.forget_orphans(self.zk)
 
     def _forget_locks(self, groups: set[str]) -> None:
         """Lock folders of groups that are gone (an unheld one is empty)."""

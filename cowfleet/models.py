@@ -228,6 +228,44 @@ class Instance(Record):
     state_since: float | None = None   # when ``state`` (or, pending, ``reason``) last changed
 
 
+class EventType:
+    NORMAL = "Normal"
+    WARNING = "Warning"
+    ALL = (NORMAL, WARNING)
+
+
+class EventReason:
+    """What happened to a group (an event's ``reason``)."""
+    CREATED = "Created"            # the service: the group was made
+    UPDATED = "Updated"            # the service: its spec changed (generation + 1)
+    SCALED = "Scaled"              # the service: only its size changed
+    DELETING = "Deleting"          # the service: deletion asked
+    PLACED = "Placed"              # the leader: instances assigned to nodes
+    UNPLACED = "Unplaced"          # the leader: instances it could not place, and why
+    MOVED = "Moved"                # the leader: instances re-placed off a node that left
+    REPLACED = "Replaced"          # the leader: outdated instances retired by a rolling update
+    SCALED_IN = "ScaledIn"         # the leader: instances removed beyond size
+    TERMINATING = "Terminating"    # the leader: instances removed as the group is deleted
+    WAITING = "Waiting"            # the compute agent: an instance waits (its reason in the message)
+    STARTED = "Started"            # the compute agent: its domain runs
+    READY = "Ready"                # the compute agent: its guest said it is ready
+    FAILED = "Failed"              # the compute agent: it failed (its reason in the message)
+
+
+@dataclass
+class Event(Record):
+    """One thing that happened to a group, kept in a capped list
+    (cowfleet/zk/events.py); the id is the znode's sequence number."""
+    reason: str
+    message: str
+    type: str = EventType.NORMAL
+    instance: str | None = None
+    node: str | None = None
+    generation: int | None = None
+    source: str = ""             # service | the leader's or the agent's node name
+    time: float = field(default_factory=now)
+
+
 # the most of an instance's serial console one read returns (the compute
 # agent's P2P read and GET .../console alike)
 CONSOLE_TAIL_MAX = 1 << 20

@@ -38,11 +38,11 @@ from cowfleet.agents.placement import Placer, flavor_named
 from cowfleet import defaults, network as netdef
 from cowfleet.faults import fault_point
 from cowfleet.guest.builder import READY_MARKER
-from cowfleet.models import (CONSOLE_TAIL_MAX, Flavor, Group, Image, Instance, InstanceState, Reason, Replica,
-                             now, valid_instance_id)
+from cowfleet.models import (CONSOLE_TAIL_MAX, Event, EventReason, EventType, Flavor, Group, Image, Instance,
+                             InstanceState, Reason, Replica, now, valid_instance_id)
 from cowfleet.p2p import post
 from cowfleet.protocol import P2P, Assignment, LocateAnswer, replica_location
-from cowfleet.zk import layout
+from cowfleet.zk import events, layout
 from cowfleet.zk.connection import read, read_children, update
 from cowfleet.zk.groups import finish_delete_if_empty
 from cowfleet.zk.leaders import rack_leaders
@@ -354,20 +354,48 @@ class ComputeAgent(NodeAgent):
     def _set_state(self, group: str, iid: str, state: str, message: str = "", reason: str = "",
                    **fields) -> Instance | None:
         """Write the instance's state, message and reason (a models.Reason);
-        ``state_since`` moves when the state or the reason changes. Returns
+        ``state_since`` moves when the state or the reason changes, and then
+        the group gets an event (Waiting, Started, Ready, Failed). Returns
         the record written (None: nothing changed, or it is gone)."""
+        before: list[tuple[str, str]] = []
+
         def change(inst: Instance):
             if inst.state == InstanceState.TERMINATING and state != InstanceState.TERMINATING:
                 return None            # the leader decided: never resurrect
             if inst.state == state and inst.message == message and inst.reason == reason and not fields:
                 return None
+            before[:] = [(inst.state, inst.reason)]
             if inst.state != state or inst.reason != reason or inst.state_since is None:
                 inst.state_since = now()
             inst.state, inst.message, inst.reason = state, message, reason
             for k, v in fields.items():
                 setattr(inst, k, v)
             return inst
-        return update(self.zk, layout.group_instance(group, iid), Instance, change)
+        written = update(self.zk, layout.group_instance(group, iid), Instance, change)
+        if written is not None and before and before[0] != (state, reason):
+            self._instance_event(written)
+        return written
+
+    def _instance_event(self, inst: Instance) -> None:
+        """The group's event for an instance's new state (best effort: the
+        state is written already)."""
+        if inst.state == InstanceState.RUNNING:
+            reason, text = EventReason.STARTED, f"domain started on {self.name}" + (
+                f", address {inst.address}" if inst.address else "")
+        elif inst.state == InstanceState.READY:
+            took = f" {inst.ready_at - inst.running_at:.1f} s after its start" if inst.ready_at and inst.running_at \
+                else ""
+            reason, text = EventReason.READY, f"guest ready{took}"
+        elif inst.state == InstanceState.FAILED:
+            reason, text = EventReason.FAILED, f"{inst.reason or 'Failed'}: {inst.message}"
+        elif inst.state == InstanceState.PENDING and inst.reason:
+            reason, text = EventReason.WAITING, f"{inst.reason}: {inst.message}"
+        else:
+            return
+        warning = inst.state in (InstanceState.FAILED, InstanceState.PENDING)
+        events.record_safely(self.zk, inst.group, Event(
+            reason=reason, message=text, type=EventType.WARNING if warning else EventType.NORMAL,
+            instance=inst.id, node=self.name, generation=inst.generation, source=self.name), self.log)
 
     def _locate(self, image: str) -> LocateAnswer | None:
         """Where the image is (seed 001 steps 6-8): ask a storage rack leader

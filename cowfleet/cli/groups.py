@@ -1,15 +1,16 @@
 """``cowfleet group``: instance groups (create, apply, scale, update, delete,
-get, list, wait), the way kubectl and openstack spell such commands."""
+get, list, wait, events), the way kubectl and openstack spell such commands."""
 from __future__ import annotations
 
+import json
 import sys
 import time
 
 import click
 import yaml
 
-from cowfleet.cli.common import (age, client, delete_and_wait, done, labels_arg, name_argument, output_option,
-                                 Progress, read_arg, read_commands, since, table, wait_options)
+from cowfleet.cli.common import (age, client, delete_and_wait, done, emit, labels_arg, name_argument, output_format,
+                                 output_option, Progress, read_arg, read_commands, since, table, wait_options)
 from cowfleet.client import ApiError, seg
 
 # what `group get -o yaml` shows that is not spec: dropped by `group apply -f`,
@@ -370,3 +371,76 @@ def wait_(name, timeout, output):
     if failed:
         sys.exit(1)
 
+
+
+# -- events ---------------------------------------------------------------------------
+
+def _object(e: dict) -> str:
+    return f"instance/{e['instance']}" if e.get("instance") else "group"
+
+
+def events_table(items: list[dict], wide: bool) -> str:
+    headers = ["AGE", "TYPE", "REASON", "OBJECT"] + (["NODE", "GEN", "SOURCE", "TIME"] if wide else []) + ["MESSAGE"]
+    rows = []
+    for e in items:
+        row = [age(e["time"]), e["type"], e["reason"], _object(e)]
+        if wide:
+            row += [e.get("node"), e.get("generation"), e.get("source"), e["time"]]
+        rows.append(row + [e["message"]])
+    return table(headers, rows, right=("AGE",)) if rows else ""
+
+
+def _follow_line(e: dict) -> str:
+    """One event as ``--follow`` prints it: fixed columns (a table cannot be
+    sized to rows that have not come yet), the time itself rather than an age."""
+    return f"{e['time']:<24}  {e['type']:<7}  {e['reason']:<11}  {_object(e):<24}  {e['message']}"
+
+
+@group.command("events")
+@name_argument(existing_names)
+@click.option("--follow", "-f", is_flag=True, help="keep printing new events until the group is gone (Ctrl-C stops)")
+@click.option("--limit", type=click.IntRange(1, 200), default=None,
+              help="how many of the newest to show first (default 100; a group keeps its newest 200)")
+@click.option("--interval", type=click.FloatRange(min=0.2), default=1.0, show_default=True,
+              help="--follow: seconds between two looks")
+@output_option
+def events(name, follow, limit, interval, output):
+    """A group's recent events, oldest first: what the service, the leader and the
+    agents did (created, scaled, placed, started, ready, failed and why, replaced...)."""
+    cl = client()
+    items = cl.group_events(name, limit=limit)
+    if items is None:
+        raise click.ClickException(f"instance group '{name}' does not exist")
+    if not follow:
+        emit(items, events_table)
+        return
+    fmt = output_format()
+
+    def show(batch: list[dict]) -> None:
+        for e in batch:
+            if fmt == "json":
+                click.echo(json.dumps(e))                 # one object a line (NDJSON)
+            elif fmt == "yaml":
+                click.echo("---\n" + yaml.safe_dump(e, sort_keys=False), nl=False)
+            else:
+                click.echo(_follow_line(e))
+    if fmt not in ("json", "yaml"):
+        click.echo(f"{'TIME':<24}  {'TYPE':<7}  {'REASON':<11}  {'OBJECT':<24}  MESSAGE")
+    show(items)
+    last = items[-1]["id"] if items else None
+    try:
+        while True:
+            time.sleep(interval)
+            # every page after the last one seen (a burst may be more than one)
+            while True:
+                batch = cl.group_events(name, after=last, limit=200) if last else cl.group_events(name, limit=200)
+                if batch is None:
+                    click.echo(f"instance group '{name}' is gone", err=True)
+                    return
+                show(batch)
+                if batch:
+                    last = batch[-1]["id"]
+                if len(batch) < 200:
+                    break
+    except KeyboardInterrupt:
+        return

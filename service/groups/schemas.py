@@ -3,7 +3,7 @@ from __future__ import annotations
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from cowfleet import defaults
-from cowfleet.models import ConditionType, GroupPhase, InstanceState
+from cowfleet.models import ConditionType, EventType, GroupPhase, InstanceState
 from cowfleet.service.fields import Labels, Name, SshKeys, StrictBool, StrictSchema, Timestamp
 
 MAX_GROUP_SIZE = 10_000
@@ -118,6 +118,20 @@ class GroupSchema(Schema):
     status = fields.Nested(GroupStatusSchema, required=True)
     instances = fields.List(fields.Nested(InstanceSchema), required=True)
     etag = fields.Str(required=True)
+
+
+class EventSchema(Schema):
+    id = fields.Str(required=True, metadata={"description": "its sequence number: the cursor (?after=)"})
+    time = Timestamp(required=True)
+    type = fields.Str(required=True, validate=validate.OneOf(EventType.ALL))
+    reason = fields.Str(required=True, metadata={
+        "description": "Created, Updated, Scaled, Deleting (the service); Placed, Unplaced, Moved, Replaced, "
+                       "ScaledIn, Terminating (the leader); Waiting, Started, Ready, Failed (the compute agent)"})
+    message = fields.Str(required=True)
+    instance = fields.Str(required=True, allow_none=True)
+    node = fields.Str(required=True, allow_none=True)
+    generation = fields.Int(required=True, allow_none=True)
+    source = fields.Str(required=True, metadata={"description": "service, or the node of the leader or agent"})
 
 
 class RackOffersSchema(Schema):

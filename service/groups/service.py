@@ -3,14 +3,18 @@ answers at once, and the agents' leader places the instances (ARCHITECTURE §3).
 from __future__ import annotations
 
 import json
+import logging
 
 import requests
-from flask import Response
+from urllib.parse import urlencode
+
+from flask import Response, request
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 from marshmallow import ValidationError
 
-from cowfleet.models import (CONSOLE_TAIL_MAX, ConditionType, DeployRequest, Flavor, Group, GroupPhase, GroupStatus,
-                             ImageStatus, Instance, InstanceState, NodeInfo, Reason, now, valid_instance_id)
+from cowfleet.models import (CONSOLE_TAIL_MAX, ConditionType, DeployRequest, Event, EventReason, Flavor, Group,
+                             GroupPhase, GroupStatus, ImageStatus, Instance, InstanceState, NodeInfo, Reason, now,
+                             valid_instance_id)
 from cowfleet.service.api import Result, fetch
 from cowfleet.service.groups.conditions import ImageState, conditions
 from cowfleet.service.groups.handoff import hand_off
@@ -20,9 +24,11 @@ from cowfleet.service.paging import ListQuery, page
 from cowfleet.service.preconditions import ANY, Precondition, precondition_failed
 from cowfleet.protocol import P2P, ProblemType
 from cowfleet.service.problems import Problem, conflict, invalid, malformed, node_failed, unavailable
-from cowfleet.zk import layout
+from cowfleet.zk import events, layout
 from cowfleet.zk.connection import commit, read, read_children
 from cowfleet.zk.groups import finish_delete_if_empty, guard_version, touch_guards
+
+log = logging.getLogger(__name__)
 
 
 def status_of(group: Group, instances: list[Instance], placed: GroupStatus, image: ImageState | None) -> dict:
@@ -153,12 +159,16 @@ def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]
             touch_guards(tx, *_referenced(spec))
             _request(tx, name, group.generation)
             try:
-                hand_off(zk, _commit(tx))
+                req = _commit(tx)
             except NodeExistsError:
                 continue
             except NoNodeError:
                 _reference_gone(zk, spec)
                 continue
+            # the event before the hand-off: the leader's (Placed) come after it
+            _event(zk, name, EventReason.CREATED,
+                   f"created: {group.size} x {group.flavor} of image {group.image}", group.generation)
+            hand_off(zk, req)
             return get(zk, name), True
         group, version = got
         pre.check(version, label)
@@ -166,6 +176,7 @@ def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]
             raise conflict(ProblemType.GROUP_BEING_DELETED, f"instance group '{name}' is being deleted")
         if group.spec() == spec:
             return view(zk, group, version), False
+        before = group.spec()
         for k, v in spec.items():
             setattr(group, k, v)
         group.generation += 1
@@ -175,7 +186,7 @@ def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]
         touch_guards(tx, *_referenced(spec))
         _request(tx, name, group.generation)
         try:
-            hand_off(zk, _commit(tx))
+            req = _commit(tx)
         except BadVersionError:
             if pre.pinned:
                 raise precondition_failed(f"{label} changed meanwhile")
@@ -183,6 +194,8 @@ def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]
         except NoNodeError:
             _reference_gone(zk, spec)
             continue
+        _event(zk, name, *spec_change(before, spec), group.generation)
+        hand_off(zk, req)
         return get(zk, name), False
     raise unavailable("too many concurrent writers; retry")
 
@@ -199,14 +212,35 @@ def delete(zk, name: str, pre: Precondition = ANY) -> None:
         tx.set_data(path, group.to_bytes(), version=version)
         _request(tx, name, group.generation)
         try:
-            hand_off(zk, _commit(tx))
+            req = _commit(tx)
         except BadVersionError:
             if pre.pinned:
                 raise precondition_failed(f"instance group '{name}' changed meanwhile")
             continue
+        _event(zk, name, EventReason.DELETING, "deletion asked: its instances are being removed", group.generation)
+        hand_off(zk, req)
         finish_delete_if_empty(zk, name)
         return
     raise unavailable("too many concurrent writers; retry")
+
+
+# the fields whose values an Updated event quotes (the others are named only)
+QUOTED_FIELDS = ("image", "flavor", "size", "persistent", "ready_timeout")
+
+
+def spec_change(before: dict, after: dict) -> tuple[str, str]:
+    """(reason, message) of the event for a spec change: Scaled when only
+    the size changed, else Updated naming what changed."""
+    changed = [k for k in Group.SPEC_FIELDS if before.get(k) != after.get(k)]
+    if changed == ["size"]:
+        return EventReason.SCALED, f"scaled from {before['size']} to {after['size']}"
+    parts = [f"{k} {before.get(k)} -> {after.get(k)}" if k in QUOTED_FIELDS else k for k in changed]
+    return EventReason.UPDATED, "spec changed: " + ", ".join(parts)
+
+
+def _event(zk, name: str, reason: str, message: str, generation: int) -> None:
+    events.record_safely(zk, name, Event(reason=reason, message=message, generation=generation, source="service"),
+                         log)
 
 
 def merge_patch(target, patch):
@@ -251,6 +285,29 @@ def placement(zk, name: str) -> dict:
         raise Problem(404, "Not Found", f"instance group '{name}' has not been placed yet",
                       type=ProblemType.NOT_PLACED_YET)
     return json.loads(data.decode())
+
+
+EVENTS_DEFAULT = 100
+
+
+def events_of(zk, name: str, args) -> Result:
+    """The group's recent events, oldest first: the newest ``limit``, or with
+    ``after`` (an event id, the cursor) the first ``limit`` after it; a
+    ``Link: rel="next"`` when more follow."""
+    raw = args.get("limit", str(EVENTS_DEFAULT))
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= events.CAP:
+        raise invalid({"limit": [f"must be an integer from 1 to {events.CAP}"]}, "invalid query parameter")
+    after = args.get("after") or None
+    if after is not None and not (after.isascii() and after.isdigit() and len(after) <= 10):
+        raise invalid({"after": ["must be an event id (its digits, as the events list them)"]},
+                      "invalid query parameter")
+    fetch(zk, layout.group(name), Group, "instance group", name)
+    limit = int(raw)
+    items, more = events.read(zk, name, after.zfill(10) if after else None, limit)
+    headers = {}
+    if more:
+        headers["Link"] = f'<{request.path}?{urlencode([("limit", limit), ("after", items[-1]["id"])])}>; rel="next"'
+    return Result(items, headers=headers)
 
 
 CONSOLE_DEFAULT = 65536

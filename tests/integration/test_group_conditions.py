@@ -14,16 +14,9 @@ import pytest
 from cowfleet.client import ApiError
 from cowfleet.protocol import ProblemType
 from tests.helpers import wait_until
-from tests.integration.test_cli import ok, one_line_error, run
+from tests.integration.test_cli import ok, one_line_error
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def cli(lab):
-    def call(*args, **kw):
-        return run(*args, endpoint=lab.state.endpoint, token=lab.state.token, **kw)
-    return call
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +114,9 @@ def test_a_guest_that_never_boots_fails_after_the_ready_timeout_and_says_why(cli
     assert waited.returncode == 1 and "InstancesFailed" in waited.stdout + waited.stderr
     # failed stays failed (its domain stopped, nothing restarts it)
     assert client.get_group("cond-stuck")["instances"][0]["state"] == "failed"
+    # and the group's events tell the story, the failure with its reason
+    told = [(e["reason"], e["instance"]) for e in client.group_events("cond-stuck")]
+    assert told[0] == ("Created", None) and ("Placed", inst["id"]) in told
+    assert told.index(("Started", inst["id"])) < told.index(("Failed", inst["id"]))
+    failed = next(e for e in client.group_events("cond-stuck") if e["reason"] == "Failed")
+    assert failed["type"] == "Warning" and failed["message"].startswith("ReadyTimeout: ")
