@@ -150,12 +150,14 @@ def conditions(group: Group, instances: list[Instance], placed: GroupStatus,
                          f"{len(instances)} instance(s) left to remove", changed)
     else:
         blocked_pending = img["status"] == FALSE and img["reason"] in (Reason.IMAGE_ERROR, Reason.IMAGE_NOT_FOUND)
+        # fewer live than size with none unplaced: the leader's next check adds them
+        unplaced = plc["status"] == FALSE and plc["reason"] != Reason.NOT_OBSERVED
         moving = (not observed or booting or (pending and not blocked_pending) or outdated
-                  or len(live) > group.size)
+                  or len(live) > group.size or (len(live) < group.size and not unplaced))
         if moving:
-            reason = (Reason.ROLLING_UPDATE if outdated else
-                      Reason.SCALING if len(live) != group.size or not observed else Reason.INSTANCES_PENDING
-                      if pending else Reason.GUESTS_BOOTING)
+            reason = (Reason.ROLLING_UPDATE if outdated else Reason.NOT_OBSERVED if not observed else
+                      Reason.SCALING if len(live) != group.size else
+                      Reason.INSTANCES_PENDING if pending else Reason.GUESTS_BOOTING)
             prog = condition(ConditionType.PROGRESSING, True, reason, rdy["message"], changed)
         else:
             prog = condition(ConditionType.PROGRESSING, False, Reason.STALLED,

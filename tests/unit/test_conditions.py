@@ -81,7 +81,12 @@ def test_generation_not_yet_placed():
                GroupStatus(observed_generation=1))
     assert cond(s, "Placed") == ("False", "PlacementPending")
     assert s["by_type"]["Placed"]["since"] == T0 + 40
-    assert cond(s, "Progressing")[0] == "True"
+    assert cond(s, "Progressing") == ("True", "PlacementPending")
+
+
+def test_scale_out_in_flight_is_progressing_by_scaling():
+    s = status(grp(2), [inst(1, "ready", ready_at=T0 + 9)])
+    assert cond(s, "Ready") == ("False", "Scaling") and cond(s, "Progressing") == ("True", "Scaling")
 
 
 def test_failed_instances_are_quoted_with_their_reasons():
