@@ -32,9 +32,10 @@ from kazoo.exceptions import (LockTimeout, NoNodeError, NodeExistsError, NotEmpt
 from cowfleet.agents.handshake import Gatherer, LocalGatherer, split
 from cowfleet import defaults
 from cowfleet.faults import fault_point
-from cowfleet.models import DEFAULT_FLAVORS, DeployRequest, Flavor, Group, GroupStatus, Instance, InstanceState
+from cowfleet.models import (DEFAULT_FLAVORS, DeployRequest, Event, EventReason, EventType, Flavor, Group,
+                             GroupStatus, Instance, InstanceState, Reason, now)
 from cowfleet.protocol import DESIRED_RUN, DESIRED_TERMINATE, NodeOffer, Trace, assignment_data
-from cowfleet.zk import layout
+from cowfleet.zk import events, layout
 from cowfleet.zk.connection import read, read_children
 from cowfleet.zk.groups import finish_delete_if_empty
 from cowfleet.zk.leaders import rack_leaders
@@ -169,8 +170,11 @@ class Decision:
     drop: list[tuple[Instance, int]] = field(default_factory=list)
     want: int = 0
     message: str = ""
+    reason: str = ""                                      # a Reason, when nothing can be placed at all
     rolling: bool = False
     moved: dict[str, int] = field(default_factory=dict)   # node that left -> its instances
+    retired: list[Instance] = field(default_factory=list)     # outdated, by the rolling update
+    scaled_in: list[Instance] = field(default_factory=list)   # beyond the group's size
 
 
 @dataclass
@@ -215,6 +219,7 @@ def decide(snap: Snapshot) -> Decision:
         return d
     if snap.flavor is None:
         d.message = f"flavor '{group.flavor}' does not exist"
+        d.reason = Reason.FLAVOR_NOT_FOUND
         return d
     current = [(i, v) for i, v in live if group.is_current(i)]
     outdated = [(i, v) for i, v in live if not group.is_current(i)]
@@ -222,6 +227,7 @@ def decide(snap: Snapshot) -> Decision:
         d.rolling = True
         retire, add = _rolling_step(group, current, outdated)
         d.terminate.extend(retire)
+        d.retired = [i for i, _ in retire]
         live = [(i, v) for i, v in live if i.id not in {r.id for r, _ in retire}]
         d.message = (f"rolling update to image '{group.image}', flavor '{group.flavor}': "
                      f"{len(outdated) - len(retire)} outdated instance(s) left")
@@ -234,8 +240,8 @@ def decide(snap: Snapshot) -> Decision:
         excess = len(live) - group.size
     if excess > 0:
         versions = {i.id: v for i, v in live}
-        d.terminate.extend((inst, versions[inst.id]) for inst in
-                           _victims([i for i, _ in live], excess, group.placement.get("strategy", defaults.STRATEGY)))
+        d.scaled_in = _victims([i for i, _ in live], excess, group.placement.get("strategy", defaults.STRATEGY))
+        d.terminate.extend((inst, versions[inst.id]) for inst in d.scaled_in)
     elif excess < 0:
         d.want = -excess
     return d
@@ -254,7 +260,7 @@ def plan(snap: Snapshot, d: Decision, offers: list[NodeOffer], assigned: set[str
     for inst, version in d.drop:
         p.units.append(removal_unit(name, inst, version, True, assigned, flavor))
         p.dropped += 1
-    message = d.message
+    message, reason = d.message, d.reason
     if d.want:
         take = split(offers, d.want, group.placement.get("strategy", defaults.STRATEGY),
                      group.placement.get("max_per_node"))
@@ -288,25 +294,87 @@ def plan(snap: Snapshot, d: Decision, offers: list[NodeOffer], assigned: set[str
                 p.created.append(inst)
             p.per_rack[offer.rack] = p.per_rack.get(offer.rack, 0) + k
         p.unplaced = d.want - sum(take.values())
-        if p.unplaced and not d.rolling:
+        if p.unplaced:
             limit = group.placement.get("max_per_node")
             room = sum(o.count for o in offers)
-            message = (f"{p.unplaced} instance(s) not placed: {len(offers)} compute node(s) in "
-                       f"{len({o.rack for o in offers})} rack(s) offered room for {room} of flavor "
-                       f"'{flavor.name}' ({flavor.vcpus} vCPU, {flavor.memory_mib} MiB)"
-                       + (f" within max_per_node={limit}" if limit else "")
-                       + "; placed when capacity appears")
+            reason = unplaced_reason(len(offers), room, d.want, limit)
+            why = (f"{p.unplaced} instance(s) not placed: {len(offers)} compute node(s) in "
+                   f"{len({o.rack for o in offers})} rack(s) offered room for {room} of flavor "
+                   f"'{flavor.name}' ({flavor.vcpus} vCPU, {flavor.memory_mib} MiB)"
+                   + (f" within max_per_node={limit}" if limit else "")
+                   + "; placed when capacity appears")
+            message = f"{message}; {why}" if message else why
     if d.moved and not message:
-        message = "moving " + ", ".join(f"{n} instance(s) off {node} (left the cluster)"
-                                        for node, n in sorted(d.moved.items()))
+        message = _moving(d.moved)
+    if d.moved and not reason:
+        reason = Reason.NODE_LEFT
     p.message = message
-    p.status = GroupStatus(observed_generation=group.generation, unplaced=p.unplaced, message=message)
+    # the reason's start is kept while the same reason holds (the Placed condition's since)
+    old = snap.status
+    since = (old.since if old is not None and old.reason == reason and old.since else now()) if reason else None
+    p.status = GroupStatus(observed_generation=group.generation, unplaced=p.unplaced, message=message,
+                           reason=reason, since=since)
     if not request_path and not p.units and snap.status == p.status:
         return None                   # nothing to change: write nothing
     p.final = [Op("set", layout.group_status(name), p.status.to_bytes())]
     if request_path:
         p.final.append(Op("delete", request_path))
     return p
+
+
+def _moving(moved: dict[str, int]) -> str:
+    return "moving " + ", ".join(f"{n} instance(s) off {node} (left the cluster)" for node, n in sorted(moved.items()))
+
+
+def _ids(instances, shown: int = 5) -> str:
+    """Some instances' ids for a message: the first few, then how many more."""
+    ids = [i.id for i in instances]
+    return ", ".join(ids[:shown]) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
+
+
+def unplaced_reason(nodes: int, room: int, missing: int, max_per_node: int | None) -> str:
+    """Why instances stay unplaced: no compute node offered at all; the
+    nodes' room was enough but max_per_node forbade using it; or no room."""
+    if nodes == 0:
+        return Reason.NO_COMPUTE_NODES
+    if max_per_node and room >= missing:
+        return Reason.MAX_PER_NODE
+    return Reason.NO_CAPACITY
+
+
+def plan_events(snap: Snapshot, d: Decision, p: Plan, source: str) -> list[Event]:
+    """What a committed plan did, as the group's events (recorded after the
+    last transaction: an event never tells of a change that did not happen)."""
+    group = snap.group
+    out: list[Event] = []
+
+    def say(reason: str, message: str, warning: bool = False, instance: str | None = None,
+            node: str | None = None) -> None:
+        out.append(Event(reason=reason, message=message, instance=instance, node=node,
+                         type=EventType.WARNING if warning else EventType.NORMAL,
+                         generation=group.generation, source=source or "leader"))
+
+    if group.deleting and d.terminate:
+        say(EventReason.TERMINATING, f"removing {len(d.terminate)} instance(s): {_ids(i for i, _ in d.terminate)}")
+    if d.retired:
+        say(EventReason.REPLACED, f"rolling update to image '{group.image}', flavor '{group.flavor}': "
+            f"retiring {len(d.retired)} outdated instance(s): {_ids(d.retired)}",
+            instance=d.retired[0].id if len(d.retired) == 1 else None)
+    if d.scaled_in:
+        say(EventReason.SCALED_IN, f"removing {len(d.scaled_in)} instance(s) beyond size {group.size}: "
+            f"{_ids(d.scaled_in)}", instance=d.scaled_in[0].id if len(d.scaled_in) == 1 else None)
+    if p.created:
+        taken = {n: k for n, k in p.split.items() if k}
+        where = ", ".join(f"{n} {k}" for n, k in sorted(taken.items()))
+        say(EventReason.PLACED, f"placed {len(p.created)} instance(s) on {where}: {_ids(p.created)}",
+            instance=p.created[0].id if len(p.created) == 1 else None,
+            node=next(iter(taken)) if len(taken) == 1 else None)
+    if d.moved:
+        say(EventReason.MOVED, p.message if p.message.startswith("moving") else _moving(d.moved), warning=True)
+    old = snap.status
+    if p.unplaced and (old is None or old.unplaced != p.unplaced or old.reason != p.status.reason):
+        say(EventReason.UNPLACED, f"{p.status.reason}: {p.message}", warning=True)
+    return out
 
 
 def removal_unit(name: str, inst: Instance, version: int, drop: bool, assigned: set[str],
@@ -543,6 +611,8 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
     p = plan(snap, d, offers, assigned, request_path, unit_bytes=budget // 2)
     result = PlacementResult(terminated=p.terminated if p else [], unplaced=p.unplaced if p else 0)
     if p is None:
+        if group.deleting and not d.terminate:
+            finish_delete_if_empty(zk, name)     # an earlier try lost a race (e.g. with an event)
         return result
     if d.want:
         trace.split, trace.per_rack, trace.unplaced = p.split, p.per_rack, p.unplaced
@@ -603,6 +673,8 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
         made = {o.path[len(prefix):] for o in ops if o.kind == "create" and o.path.startswith(prefix)}
         result.created.extend(i for i in p.created if i.id in made)
     trace.outcome = "committed" + (f"; {p.message}" if d.moved else "")
+    for event in plan_events(snap, d, p, trace.coordinator):
+        events.record_safely(zk, name, event, log)
     if group.deleting:
         finish_delete_if_empty(zk, name)
     if result.created or result.terminated:
@@ -721,6 +793,7 @@ class Placer:
             self._locked(name, lambda: reconcile_group(self.zk, name, None, self.gatherer, self.identifier),
                          timeout=1)
         self._forget_locks(set(groups))
+        events.forget_orphans(self.zk)
 
     def _forget_locks(self, groups: set[str]) -> None:
         """Lock folders of groups that are gone (an unheld one is empty)."""

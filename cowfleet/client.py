@@ -260,6 +260,14 @@ class Client:
     def delete_group(self, name: str) -> None:
         self.request("DELETE", f"/v1/instance-groups/{seg(name)}", ok_404=True)
 
+    def group_events(self, name: str, after: str | None = None, limit: int | None = None) -> list[dict] | None:
+        """A group's recent events, oldest first: the newest ``limit`` (the
+        service's default when None), or the first ``limit`` after the event
+        id ``after``; None when the group does not exist."""
+        params = [(k, v) for k, v in (("after", after), ("limit", limit)) if v is not None]
+        query = ("?" + "&".join(f"{k}={v}" for k, v in params)) if params else ""
+        return self.get_or_none(f"/v1/instance-groups/{seg(name)}/events{query}")
+
     def patch_group(self, name: str, patch: dict) -> dict:
         """JSON merge patch of a group's spec (``{"size": 5}``)."""
         return self.request("PATCH", f"/v1/instance-groups/{seg(name)}", patch,

@@ -11,6 +11,15 @@ MAX_PER_NODE = None              # no cap
 MAX_UNAVAILABLE = 1
 MAX_SURGE = 1
 
+# seconds a group's instance has, from its domain's start, to print its
+# readiness line before the compute agent marks it failed (reason
+# ReadyTimeout) and stops its domain. 900 s is what the agent waited before
+# groups had the field; a tiny guest is ready in 4-15 s under TCG, 20 of
+# them on 2 cores in ~70 s, so a group of slow real images may want more
+READY_TIMEOUT = 900
+READY_TIMEOUT_MIN = 10
+READY_TIMEOUT_MAX = 86400
+
 
 def placement() -> dict:
     """A group's placement when the spec gives none (a fresh dict each call)."""

@@ -127,13 +127,15 @@ class Group(Record):
     update_policy: dict[str, Any] = field(default_factory=defaults.update_policy)
     persistent: bool = False      # overlays survive instance restarts (the exception to ephemeral)
     ssh_authorized_keys: list[str] = field(default_factory=list)
+    ready_timeout: int = defaults.READY_TIMEOUT   # seconds from domain start to readiness, else failed
     generation: int = 1
     deleting: bool = False
     created_at: float = field(default_factory=now)
+    updated_at: float | None = None   # when the spec last changed (generation + 1); None: never since creation
 
     SPEC_FIELDS: ClassVar[tuple[str, ...]] = (
         "image", "flavor", "size", "placement", "user_data", "labels", "update_policy", "persistent",
-        "ssh_authorized_keys")
+        "ssh_authorized_keys", "ready_timeout")
 
     def spec(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.SPEC_FIELDS}
@@ -146,10 +148,63 @@ class Group(Record):
 
 @dataclass
 class GroupStatus(Record):
-    """Written by the coordinating leader, read by the service."""
+    """Written by the coordinating leader, read by the service.
+
+    ``reason`` says, as a ``Reason``, why instances are not placed (empty when
+    all are), and ``since`` when that reason started holding (kept across the
+    leader's re-checks while it holds): the group's ``Placed`` condition."""
     observed_generation: int = 0
     unplaced: int = 0
     message: str = ""
+    reason: str = ""
+    since: float | None = None
+
+
+class Reason:
+    """Why an instance or a group is where it is: the machine-readable
+    ``reason`` of instances, of a group's conditions and of its events
+    (CamelCase, as kubectl's). Clients may branch on these; messages are for
+    people."""
+    # placement (the leader)
+    NO_COMPUTE_NODES = "NoComputeNodes"          # no compute node answered with an offer
+    NO_CAPACITY = "InsufficientCapacity"         # the nodes have no room for the flavor
+    MAX_PER_NODE = "MaxPerNodeReached"           # room, but placement.max_per_node forbids it
+    FLAVOR_NOT_FOUND = "FlavorNotFound"
+    NODE_LEFT = "NodeLeft"                       # instances re-placed off a node that left
+    # an instance on its node (the compute agent)
+    IMAGE_NO_DATA = "ImageNotAvailable"          # the image holds no data yet (or failed to get it)
+    NO_REPLICA = "NoReplicaReachable"            # no copy of the image reachable from the node
+    ATTACH_FAILED = "ImageAttachFailed"
+    NETWORK_NOT_READY = "NetworkNotReady"
+    ADDRESSES_EXHAUSTED = "AddressesExhausted"
+    OVERLAY_FAILED = "OverlayFailed"
+    DOMAIN_START_FAILED = "DomainStartFailed"
+    READY_TIMEOUT = "ReadyTimeout"               # no readiness line within the group's ready_timeout
+    # what a group's conditions say of the group as a whole (the service)
+    ALL_PLACED = "AllPlaced"
+    NOT_OBSERVED = "PlacementPending"            # no leader has acted on this generation yet
+    IMAGE_AVAILABLE = "ImageAvailable"
+    IMAGE_PENDING = "ImagePending"
+    IMAGE_ERROR = "ImageError"
+    IMAGE_NOT_FOUND = "ImageNotFound"
+    READY = "AllReady"
+    INSTANCES_FAILED = "InstancesFailed"
+    INSTANCES_PENDING = "InstancesPending"
+    GUESTS_BOOTING = "GuestsBooting"             # domains run, guests not ready yet
+    ROLLING_UPDATE = "RollingUpdate"
+    SCALING = "Scaling"
+    DELETING = "Deleting"
+    COMPLETE = "Complete"
+    STALLED = "Stalled"
+
+
+class ConditionType:
+    """The conditions on a group's status (service/groups/conditions.py)."""
+    IMAGE_AVAILABLE = "ImageAvailable"   # the image holds data on at least one storage node
+    PLACED = "Placed"                    # every wanted instance has a node
+    READY = "Ready"                      # ready == size, on the current spec
+    PROGRESSING = "Progressing"          # the group is moving toward its spec (False: complete or stalled)
+    ALL = (IMAGE_AVAILABLE, PLACED, READY, PROGRESSING)
 
 
 class InstanceState:
@@ -179,6 +234,46 @@ class Instance(Record):
     created_at: float = field(default_factory=now)
     running_at: float | None = None
     ready_at: float | None = None
+    reason: str = ""             # a Reason when pending or failed for a known cause ("" otherwise)
+    state_since: float | None = None   # when ``state`` (or, pending, ``reason``) last changed
+
+
+class EventType:
+    NORMAL = "Normal"
+    WARNING = "Warning"
+    ALL = (NORMAL, WARNING)
+
+
+class EventReason:
+    """What happened to a group (an event's ``reason``)."""
+    CREATED = "Created"            # the service: the group was made
+    UPDATED = "Updated"            # the service: its spec changed (generation + 1)
+    SCALED = "Scaled"              # the service: only its size changed
+    DELETING = "Deleting"          # the service: deletion asked
+    PLACED = "Placed"              # the leader: instances assigned to nodes
+    UNPLACED = "Unplaced"          # the leader: instances it could not place, and why
+    MOVED = "Moved"                # the leader: instances re-placed off a node that left
+    REPLACED = "Replaced"          # the leader: outdated instances retired by a rolling update
+    SCALED_IN = "ScaledIn"         # the leader: instances removed beyond size
+    TERMINATING = "Terminating"    # the leader: instances removed as the group is deleted
+    WAITING = "Waiting"            # the compute agent: an instance waits (its reason in the message)
+    STARTED = "Started"            # the compute agent: its domain runs
+    READY = "Ready"                # the compute agent: its guest said it is ready
+    FAILED = "Failed"              # the compute agent: it failed (its reason in the message)
+
+
+@dataclass
+class Event(Record):
+    """One thing that happened to a group, kept in a capped list
+    (cowfleet/zk/events.py); the id is the znode's sequence number."""
+    reason: str
+    message: str
+    type: str = EventType.NORMAL
+    instance: str | None = None
+    node: str | None = None
+    generation: int | None = None
+    source: str = ""             # service | the leader's or the agent's node name
+    time: float = field(default_factory=now)
 
 
 # the most of an instance's serial console one read returns (the compute

@@ -183,3 +183,10 @@ class GroupSpecSchema(StrictSchema):
         "description": "keep each instance's overlay across restarts of its domain and of the agent "
                        "(the exception: instances are ephemeral by default, a restart starts from the "
                        "master again); an overlay is removed when its instance is deleted"})
+    ready_timeout = fields.Int(load_default=defaults.READY_TIMEOUT, strict=True,
+                               validate=validate.Range(defaults.READY_TIMEOUT_MIN, defaults.READY_TIMEOUT_MAX),
+                               metadata={"description": (
+                                   "seconds an instance has, from its domain's start, to print its readiness "
+                                   "line; after that it is failed with reason ReadyTimeout and its domain "
+                                   f"stopped (default {defaults.READY_TIMEOUT}, from "
+                                   f"{defaults.READY_TIMEOUT_MIN} to {defaults.READY_TIMEOUT_MAX})")})

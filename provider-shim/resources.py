@@ -388,6 +388,10 @@ def _holds(obj: dict, spec: dict) -> bool:
 def _describe(obj: dict) -> str:
     st = obj.get("status")
     if isinstance(st, dict):
+        # a group's Ready condition gathers why it is not ready (reason: message)
+        ready = next((c for c in st.get("conditions") or [] if c.get("type") == "Ready"), None)
+        if ready and ready.get("status") == "False":
+            return f"phase {st.get('phase')}: {ready.get('reason')}: {ready.get('message')}"
         return f"phase {st.get('phase')}: {st.get('message')}"
     return f"status {st}: {obj.get('message', '')}"
 
@@ -552,7 +556,8 @@ class InstanceGroup(Resource):
     block = S.GROUP
     kind = "instance group"
     type_name = "cowfleet_instance_group"
-    defaults = {"wait_for_ready": True, "persistent": False, "placement": PLACEMENT_DEFAULT,
+    defaults = {"wait_for_ready": True, "persistent": False, "ready_timeout": spec_defaults.READY_TIMEOUT,
+                "placement": PLACEMENT_DEFAULT,
                 "update_policy": UPDATE_POLICY_DEFAULT}
     volatile = ("instances", "status")
     # the instances (ids, nodes, addresses) change only when these do; labels,
@@ -573,6 +578,8 @@ class InstanceGroup(Resource):
         spec["ssh_authorized_keys"] = list(state.get("ssh_authorized_keys") or [])
         if state.get("persistent") is not None:
             spec["persistent"] = state["persistent"]
+        if state.get("ready_timeout") is not None:
+            spec["ready_timeout"] = int(state["ready_timeout"])
         if state.get("placement") is not None:
             spec["placement"] = {k: v for k, v in state["placement"].items() if v is not None}
         if state.get("update_policy") is not None:
@@ -591,6 +598,7 @@ class InstanceGroup(Resource):
             "id": obj["name"], "name": obj["name"], "image": obj.get("image"), "flavor": obj.get("flavor"),
             "size": obj.get("size"), "user_data": obj.get("user_data"),
             "persistent": bool(obj.get("persistent", False)),
+            "ready_timeout": obj.get("ready_timeout", spec_defaults.READY_TIMEOUT),
             "labels": _labels(obj.get("labels"), prior),
             "ssh_authorized_keys": list(obj.get("ssh_authorized_keys") or []),
             "wait_for_ready": _keep(prior, "wait_for_ready", True),

@@ -140,6 +140,9 @@ GROUP = Block({
                                                    "(the seed's meta-data public-keys); at most 32"),
     "labels": optional(LABELS, "key/value labels, for filtering lists"),
     "persistent": optional_computed(BOOL, "keep instances' disks across restarts (default false: ephemeral)"),
+    "ready_timeout": optional_computed(NUM, "seconds an instance has, from its start, to become ready; then "
+                                            f"it is failed with reason ReadyTimeout (default {D.READY_TIMEOUT}, "
+                                            f"{D.READY_TIMEOUT_MIN} to {D.READY_TIMEOUT_MAX})"),
     "wait_for_ready": optional_computed(BOOL, "wait until status.ready == size (default true)"),
     "instances": computed(["list", INSTANCE], "every instance: id, node, rack, state, address (on its "
                                               "node's instance subnet, routed across racks) and mac"),

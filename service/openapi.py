@@ -160,9 +160,11 @@ def build(app) -> dict:
                 params.append(IF_MATCH)
             if method == "PUT" and rule.arguments and not api.get("raw_body"):
                 params.append(IF_NONE_MATCH)
-            if api["many"]:
+            own = list(api.get("query", ()))
+            # a list that pages its own way (a group's events) documents its own parameters
+            if api["many"] and not {p["name"] for p in own} & {p["name"] for p in LIST_PARAMS}:
                 params += LIST_PARAMS
-            params += list(api.get("query", ()))
+            params += own
             if api.get("raw_body"):
                 params.append({"name": "X-Checksum-Sha256", "in": "header", "required": False,
                                "description": "SHA-256 of the body; a mismatch stores nothing (422)",

@@ -36,19 +36,18 @@ from cowfleet.agents.compute.seed import SeedData, SeedStore
 from cowfleet.agents.node import NodeAgent
 from cowfleet.agents.handshake import HandshakeGatherer, PeerDirectory, Reservations, node_offer
 from cowfleet.agents.placement import Placer, flavor_named
-from cowfleet import network as netdef
+from cowfleet import defaults, network as netdef
 from cowfleet.faults import fault_point
 from cowfleet.guest.builder import READY_MARKER
-from cowfleet.models import (CONSOLE_TAIL_MAX, Flavor, Group, Image, Instance, InstanceState, Replica, now,
-                             valid_instance_id)
+from cowfleet.models import (CONSOLE_TAIL_MAX, Event, EventReason, EventType, Flavor, Group, Image, Instance,
+                             InstanceState, Reason, Replica, now, valid_instance_id)
 from cowfleet.p2p import post
 from cowfleet.protocol import P2P, Assignment, LocateAnswer, replica_location
-from cowfleet.zk import layout
+from cowfleet.zk import events, layout
 from cowfleet.zk.connection import read, read_children, update
 from cowfleet.zk.groups import finish_delete_if_empty
 from cowfleet.zk.leaders import rack_leaders
 
-READY_TIMEOUT = 900.0
 READY_POLL = 0.25
 OVERLAY_TRIES = 5          # overlay creations failing in a row before an instance is failed
 
@@ -88,7 +87,7 @@ class ComputeAgent(NodeAgent):
         self.inflight: dict[str, str] = {}                 # id -> what runs for it (_start, ...)
         self.asked_meanwhile: set[str] = set()             # ids asked something else meanwhile
         self.inflight_lock = threading.Lock()
-        self.awaiting: dict[str, tuple[str, float]] = {}   # id -> (group, deadline)
+        self.awaiting: dict[str, tuple[str, float]] = {}   # id -> (group, deadline: time.time())
         self.awaiting_lock = threading.Lock()
         self.overlay_failures: dict[str, int] = {}         # id -> failed overlay creations in a row
         self.reservations = Reservations()
@@ -353,17 +352,51 @@ class ComputeAgent(NodeAgent):
         self.pool.submit(run)
 
     # -- instance life-cycle --------------------------------------------------
-    def _set_state(self, group: str, iid: str, state: str, message: str = "", **fields) -> None:
+    def _set_state(self, group: str, iid: str, state: str, message: str = "", reason: str = "",
+                   **fields) -> Instance | None:
+        """Write the instance's state, message and reason (a models.Reason);
+        ``state_since`` moves when the state or the reason changes, and then
+        the group gets an event (Waiting, Started, Ready, Failed). Returns
+        the record written (None: nothing changed, or it is gone)."""
+        before: list[tuple[str, str]] = []
+
         def change(inst: Instance):
             if inst.state == InstanceState.TERMINATING and state != InstanceState.TERMINATING:
                 return None            # the leader decided: never resurrect
-            if inst.state == state and inst.message == message and not fields:
+            if inst.state == state and inst.message == message and inst.reason == reason and not fields:
                 return None
-            inst.state, inst.message = state, message
+            before[:] = [(inst.state, inst.reason)]
+            if inst.state != state or inst.reason != reason or inst.state_since is None:
+                inst.state_since = now()
+            inst.state, inst.message, inst.reason = state, message, reason
             for k, v in fields.items():
                 setattr(inst, k, v)
             return inst
-        update(self.zk, layout.group_instance(group, iid), Instance, change)
+        written = update(self.zk, layout.group_instance(group, iid), Instance, change)
+        if written is not None and before and before[0] != (state, reason):
+            self._instance_event(written)
+        return written
+
+    def _instance_event(self, inst: Instance) -> None:
+        """The group's event for an instance's new state (best effort: the
+        state is written already)."""
+        if inst.state == InstanceState.RUNNING:
+            reason, text = EventReason.STARTED, f"domain started on {self.name}" + (
+                f", address {inst.address}" if inst.address else "")
+        elif inst.state == InstanceState.READY:
+            took = f" {inst.ready_at - inst.running_at:.1f} s after its start" if inst.ready_at and inst.running_at \
+                else ""
+            reason, text = EventReason.READY, f"guest ready{took}"
+        elif inst.state == InstanceState.FAILED:
+            reason, text = EventReason.FAILED, f"{inst.reason or 'Failed'}: {inst.message}"
+        elif inst.state == InstanceState.PENDING and inst.reason:
+            reason, text = EventReason.WAITING, f"{inst.reason}: {inst.message}"
+        else:
+            return
+        warning = inst.state in (InstanceState.FAILED, InstanceState.PENDING)
+        events.record_safely(self.zk, inst.group, Event(
+            reason=reason, message=text, type=EventType.WARNING if warning else EventType.NORMAL,
+            instance=inst.id, node=self.name, generation=inst.generation, source=self.name), self.log)
 
     def _locate(self, image: str) -> LocateAnswer | None:
         """Where the image is (seed 001 steps 6-8): ask a storage rack leader
@@ -400,13 +433,15 @@ class ComputeAgent(NodeAgent):
             return        # failed stays failed (visible); the group shows it as degraded
         got = read(self.zk, layout.image(inst.image), Image)
         if got is None or not got[0].sha256:
-            self._set_state(group, iid, InstanceState.PENDING, f"waiting for image '{inst.image}' to hold data")
+            self._set_state(group, iid, InstanceState.PENDING, f"waiting for image '{inst.image}' to hold data",
+                            Reason.IMAGE_NO_DATA)
             return
         image = got[0]
         flavor = flavor_named(self.zk, inst.flavor)
         if flavor is None:
             self.metrics.failure("flavor-missing")
-            self._set_state(group, iid, InstanceState.FAILED, f"flavor '{inst.flavor}' does not exist")
+            self._set_state(group, iid, InstanceState.FAILED, f"flavor '{inst.flavor}' does not exist",
+                            Reason.FLAVOR_NOT_FOUND)
             return
         g = read(self.zk, layout.group(group), Group)
         spec_group = g[0] if g else None
@@ -450,7 +485,8 @@ class ComputeAgent(NodeAgent):
                 where = where or self._locate(image.name)
                 if not where or where.sha256 != image.sha256 or not where.replicas:
                     self._set_state(group, iid, InstanceState.PENDING,
-                                    f"waiting for a replica of image '{image.name}' reachable from {self.name}")
+                                    f"waiting for a replica of image '{image.name}' reachable from {self.name}",
+                                    Reason.NO_REPLICA)
                     return
                 data_path = metrics.ATTACHED
                 try:
@@ -458,7 +494,8 @@ class ComputeAgent(NodeAgent):
                                                    key=key)
                 except SessionError as exc:
                     self.metrics.failure("session-attach")
-                    self._set_state(group, iid, InstanceState.PENDING, f"cannot attach image: {exc}"[:500])
+                    self._set_state(group, iid, InstanceState.PENDING, f"cannot attach image: {exc}"[:500],
+                                    Reason.ATTACH_FAILED)
                     return
             overlay = self.overlays.path(group, iid)
             backed_by = self.sessions.key_of_overlay(overlay) if overlay.exists() else None
@@ -472,7 +509,8 @@ class ComputeAgent(NodeAgent):
                 except Exception as exc:
                     self.metrics.failure("overlay-rebase")
                     self._set_state(group, iid, InstanceState.PENDING,
-                                    f"moving the persistent overlay to session {session.key} failed: {exc}"[:500])
+                                    f"moving the persistent overlay to session {session.key} failed: {exc}"[:500],
+                                    Reason.OVERLAY_FAILED)
                     raise
             t_attached = time.monotonic()
             fault_point("start.attached", self.name)
@@ -486,7 +524,7 @@ class ComputeAgent(NodeAgent):
                     self.metrics.failure("overlay")
                     state = InstanceState.FAILED if tries >= OVERLAY_TRIES else InstanceState.PENDING
                     self._set_state(group, iid, state, f"creating the overlay failed ({tries} of "
-                                    f"{OVERLAY_TRIES} tries): {exc}"[:500])
+                                    f"{OVERLAY_TRIES} tries): {exc}"[:500], Reason.OVERLAY_FAILED)
                     raise
                 self.overlay_failures.pop(iid, None)
         t_overlay = time.monotonic()
@@ -511,17 +549,19 @@ class ComputeAgent(NodeAgent):
             self.hyper.start(spec, attach=self.instnet.net.attach if tap else None)
         except Exception as exc:
             self.metrics.failure("domain-start")
-            self._set_state(group, iid, InstanceState.FAILED, f"domain start failed: {exc}")
+            self._set_state(group, iid, InstanceState.FAILED, f"domain start failed: {exc}"[:500],
+                            Reason.DOMAIN_START_FAILED)
             raise
         t_domain = time.monotonic()
         fault_point("start.domain", self.name)
-        self._set_state(group, iid, InstanceState.RUNNING, running_at=now(), ready_at=None)
+        running_at = now()
+        self._set_state(group, iid, InstanceState.RUNNING, running_at=running_at, ready_at=None)
         self.metrics.started(iid, data_path, t_domain - t0)
         self.log.info("%s running: session %.0f ms, overlay %.0f ms, seed %.1f ms, domain %.0f ms", iid,
                       (t_attached - t0) * 1000, (t_overlay - t_attached) * 1000, (t_seed - t_overlay) * 1000,
                       (t_domain - t_seed) * 1000)
         with self.awaiting_lock:
-            self.awaiting[iid] = (group, time.monotonic() + READY_TIMEOUT)
+            self.awaiting[iid] = (group, running_at + _ready_timeout(spec_group))
 
     def _address(self, inst: Instance) -> tuple[str | None, str] | None:
         """(address, MAC) for the instance; None when it must wait (shown)."""
@@ -531,12 +571,14 @@ class ComputeAgent(NodeAgent):
         net = self.instnet
         if not net.ready or not net.loaded:
             self._set_state(inst.group, inst.id, InstanceState.PENDING,
-                            f"waiting for {self.name}'s instance network: {net.error or 'starting'}")
+                            f"waiting for {self.name}'s instance network: {net.error or 'starting'}",
+                            Reason.NETWORK_NOT_READY)
             return None
         try:
             return net.allocate(inst), mac
         except AddressesExhausted as exc:
-            self._set_state(inst.group, inst.id, InstanceState.PENDING, f"{self.name}: {exc}")
+            self._set_state(inst.group, inst.id, InstanceState.PENDING, f"{self.name}: {exc}",
+                            Reason.ADDRESSES_EXHAUSTED)
             return None
 
     def _seed_data(self, inst: Instance, group: Group | None, address: str | None, mac: str) -> SeedData:
@@ -559,9 +601,14 @@ class ComputeAgent(NodeAgent):
         if inst.state in (InstanceState.PENDING, InstanceState.STARTING):
             self._set_state(group, iid, InstanceState.RUNNING, running_at=inst.running_at or now())
             inst.state = InstanceState.RUNNING
-        if inst.state == InstanceState.RUNNING:
+        with self.awaiting_lock:
+            watched = iid in self.awaiting
+        if inst.state == InstanceState.RUNNING and not watched:
+            # the deadline counts from the record's running_at: an agent restart does not reset it
+            g = read(self.zk, layout.group(group), Group)
+            deadline = (inst.running_at or now()) + _ready_timeout(g[0] if g else None)
             with self.awaiting_lock:
-                self.awaiting.setdefault(iid, (group, time.monotonic() + READY_TIMEOUT))
+                self.awaiting.setdefault(iid, (group, deadline))
 
     def _terminate(self, group: str, iid: str) -> None:
         self.hyper.destroy(domain_name(self.name, iid))
@@ -625,13 +672,30 @@ class ComputeAgent(NodeAgent):
                 with self.awaiting_lock:
                     self.awaiting.pop(iid, None)
                 self.log.info("instance %s ready", iid)
-            elif time.monotonic() > deadline:
-                self._set_state(group, iid, InstanceState.RUNNING,
-                                "no readiness line from the guest")
+            elif time.time() > deadline:
+                self._ready_timed_out(group, iid)
                 self.metrics.failure("not-ready")
                 self.metrics.gone(iid)
                 with self.awaiting_lock:
                     self.awaiting.pop(iid, None)
+
+    def _ready_timed_out(self, group: str, iid: str) -> None:
+        """No readiness line within the group's ready_timeout: the instance
+        is failed with that reason, and its domain stopped (a guest spinning
+        in early boot costs a TCG host a core; its console stays readable
+        until the instance is deleted). Failed stays failed: ``_start`` and
+        ``_adopt`` leave it be, and scale-in and rolling updates remove
+        failed instances first."""
+        got = read(self.zk, layout.group_instance(group, iid), Instance)
+        g = read(self.zk, layout.group(group), Group)
+        if got is None or got[0].state != InstanceState.RUNNING:
+            return
+        timeout = _ready_timeout(g[0] if g else None)
+        self._set_state(group, iid, InstanceState.FAILED,
+                        f"no readiness line from the guest within its ready_timeout of {timeout} s; "
+                        "domain stopped, console kept", Reason.READY_TIMEOUT)
+        self.hyper.destroy(domain_name(self.name, iid))
+        self.log.warning("instance %s: no readiness line within %d s: failed", iid, timeout)
 
     def shutdown(self) -> None:
         try:
@@ -640,6 +704,10 @@ class ComputeAgent(NodeAgent):
             pass
         self.pool.shutdown(wait=False, cancel_futures=True)
         super().shutdown()
+
+
+def _ready_timeout(group: Group | None) -> int:
+    return group.ready_timeout if group is not None else defaults.READY_TIMEOUT
 
 
 def _host_memory_mib() -> int:

@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -168,6 +168,18 @@ def since(created: str | None, at: str | None) -> str:
     t = datetime.fromisoformat(at.replace("Z", "+00:00"))
     c = datetime.fromisoformat(created.replace("Z", "+00:00"))
     return f"+{(t - c).total_seconds():.1f}s"
+
+
+def age(at: str | None, now: datetime | None = None) -> str:
+    """How long ago ``at`` (RFC 3339) was, as kubectl prints ages: 42s, 3m, 5h, 2d."""
+    if not at:
+        return "-"
+    t = datetime.fromisoformat(at.replace("Z", "+00:00"))
+    secs = max(0, int(((now or datetime.now(timezone.utc)) - t).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= 2 * size:          # as kubectl: 119s, 2m ... 119m, 2h ... 47h, 2d
+            return f"{secs // size}{unit}"
+    return f"{secs}s"
 
 
 def read_arg(value: str | None, what: str) -> str | None:

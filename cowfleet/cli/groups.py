@@ -1,20 +1,21 @@
 """``cowfleet group``: instance groups (create, apply, scale, update, delete,
-get, list, wait), the way kubectl and openstack spell such commands."""
+get, list, wait, events), the way kubectl and openstack spell such commands."""
 from __future__ import annotations
 
+import json
 import sys
 import time
 
 import click
 import yaml
 
-from cowfleet.cli.common import (client, delete_and_wait, done, labels_arg, name_argument, output_option,
-                                 Progress, read_arg, read_commands, since, table, wait_options)
+from cowfleet.cli.common import (age, client, delete_and_wait, done, emit, labels_arg, name_argument, output_format,
+                                 output_option, Progress, read_arg, read_commands, since, table, wait_options)
 from cowfleet.client import ApiError, seg
 
 # what `group get -o yaml` shows that is not spec: dropped by `group apply -f`,
 # so that a file saved from get applies as it is
-READ_ONLY = ("name", "etag", "generation", "status", "instances", "created_at")
+READ_ONLY = ("name", "etag", "generation", "status", "instances", "created_at", "updated_at")
 
 
 def existing_names(cl) -> list[dict]:
@@ -32,13 +33,13 @@ def _states(g: dict) -> str:
 
 
 def groups_table(groups: list[dict], wide: bool) -> str:
-    headers = ["NAME", "IMAGE", "FLAVOR", "SIZE", "READY", "PHASE"]
+    headers = ["NAME", "IMAGE", "FLAVOR", "SIZE", "READY", "PHASE", "REASON"]
     if wide:
         headers += ["RUNNING", "PENDING", "FAILED", "GEN", "OBSERVED", "STRATEGY", "MESSAGE"]
     rows = []
     for g in groups:
         s = g["status"]
-        row = [g["name"], g["image"], g["flavor"], g["size"], s["ready"], s["phase"]]
+        row = [g["name"], g["image"], g["flavor"], g["size"], s["ready"], s["phase"], _not_ready_reason(g)]
         if wide:
             row += [s["running"], s["pending"], s["failed"], g["generation"], s["observed_generation"],
                     g["placement"].get("strategy"), s["message"]]
@@ -46,19 +47,31 @@ def groups_table(groups: list[dict], wide: bool) -> str:
     return table(headers, rows, right=("SIZE", "READY", "RUNNING", "PENDING", "FAILED", "GEN", "OBSERVED"))
 
 
+def _not_ready_reason(g: dict) -> str:
+    """The Ready condition's reason while it is False ("" when ready)."""
+    ready = next((c for c in g["status"].get("conditions") or [] if c["type"] == "Ready"), None)
+    return ready["reason"] if ready and ready["status"] == "False" else ""
+
+
 def instances_table(g: dict, wide: bool = False) -> str:
-    headers = ["INSTANCE", "ADDRESS", "NODE", "RACK", "STATE", "RUNNING", "READY"]
+    headers = ["INSTANCE", "ADDRESS", "NODE", "RACK", "STATE", "REASON", "RUNNING", "READY"]
     if wide:
         headers += ["IMAGE", "MAC", "CREATED"]
     headers.append("MESSAGE")
     rows = []
     for i in g["instances"]:
-        row = [i["id"], i.get("address"), i["node"], i["rack"], i["state"],
+        row = [i["id"], i.get("address"), i["node"], i["rack"], i["state"], i.get("reason") or "",
                since(i.get("created_at"), i.get("running_at")), since(i.get("created_at"), i.get("ready_at"))]
         if wide:
             row += [i.get("image"), i.get("mac"), i.get("created_at")]
         rows.append(row + [i.get("message") or ""])
     return table(headers, rows, right=("RUNNING", "READY"))
+
+
+def conditions_table(g: dict) -> str:
+    rows = [[c["type"], c["status"], c["reason"], age(c.get("since")), c["message"]]
+            for c in g["status"].get("conditions") or []]
+    return table(["CONDITION", "STATUS", "REASON", "SINCE", "MESSAGE"], rows)
 
 
 def group_table(g: dict, wide: bool) -> str:
@@ -75,7 +88,7 @@ def group_table(g: dict, wide: bool) -> str:
                  f"persistent {'yes' if g['persistent'] else 'no'}; "
                  f"{len(g['ssh_authorized_keys'])} ssh key(s); user_data "
                  f"{'%d chars' % len(g['user_data']) if g.get('user_data') else '-'}")
-    return head + "\n" + instances_table(g, wide)
+    return head + "\n\n" + conditions_table(g) + "\n\n" + instances_table(g, wide)
 
 
 # -- waiting --------------------------------------------------------------------------
@@ -86,7 +99,12 @@ def _bar(done_: int, total: int, width: int = 20) -> str:
 
 
 def _why(g: dict) -> str:
-    """The reasons a group is not ready: its message and its instances' distinct ones."""
+    """The reasons a group is not ready: its Ready condition (which gathers
+    every cause: failed, unplaced, pending and why, booting, rolling update),
+    else its message and its instances' ones."""
+    ready = next((c for c in g["status"].get("conditions") or [] if c["type"] == "Ready"), None)
+    if ready and ready["status"] == "False":
+        return f"{ready['reason']}: {ready['message']}"
     msgs = [g["status"]["message"]] + sorted({i["message"] for i in g["instances"] if i.get("message")})
     return "; ".join(m for m in msgs if m) or "no reason given"
 
@@ -169,6 +187,9 @@ def spec_options(create: bool):
                          help="rolling updates: instances made beyond size meanwhile (default 1)"),
             click.option("--persistent/--ephemeral", default=None,
                          help="keep instance overlays across restarts (default ephemeral)"),
+            click.option("--ready-timeout", type=click.IntRange(min=1), metavar="SECONDS",
+                         help="an instance not ready this long after its start is failed "
+                              "(reason ReadyTimeout; default 900)"),
         ]
         for opt in reversed(opts):
             fn = opt(fn)
@@ -201,6 +222,8 @@ def spec_from(opts: dict, patch: bool) -> dict:
         spec["labels"] = labels_arg(opts["labels"], allow_removal=patch)
     if opts.get("persistent") is not None:
         spec["persistent"] = opts["persistent"]
+    if opts.get("ready_timeout") is not None:
+        spec["ready_timeout"] = opts["ready_timeout"]
     return spec
 
 
@@ -348,3 +371,76 @@ def wait_(name, timeout, output):
     if failed:
         sys.exit(1)
 
+
+
+# -- events ---------------------------------------------------------------------------
+
+def _object(e: dict) -> str:
+    return f"instance/{e['instance']}" if e.get("instance") else "group"
+
+
+def events_table(items: list[dict], wide: bool) -> str:
+    headers = ["AGE", "TYPE", "REASON", "OBJECT"] + (["NODE", "GEN", "SOURCE", "TIME"] if wide else []) + ["MESSAGE"]
+    rows = []
+    for e in items:
+        row = [age(e["time"]), e["type"], e["reason"], _object(e)]
+        if wide:
+            row += [e.get("node"), e.get("generation"), e.get("source"), e["time"]]
+        rows.append(row + [e["message"]])
+    return table(headers, rows, right=("AGE",)) if rows else ""
+
+
+def _follow_line(e: dict) -> str:
+    """One event as ``--follow`` prints it: fixed columns (a table cannot be
+    sized to rows that have not come yet), the time itself rather than an age."""
+    return f"{e['time']:<24}  {e['type']:<7}  {e['reason']:<11}  {_object(e):<24}  {e['message']}"
+
+
+@group.command("events")
+@name_argument(existing_names)
+@click.option("--follow", "-f", is_flag=True, help="keep printing new events until the group is gone (Ctrl-C stops)")
+@click.option("--limit", type=click.IntRange(1, 200), default=None,
+              help="how many of the newest to show first (default 100; a group keeps its newest 200)")
+@click.option("--interval", type=click.FloatRange(min=0.2), default=1.0, show_default=True,
+              help="--follow: seconds between two looks")
+@output_option
+def events(name, follow, limit, interval, output):
+    """A group's recent events, oldest first: what the service, the leader and the
+    agents did (created, scaled, placed, started, ready, failed and why, replaced...)."""
+    cl = client()
+    items = cl.group_events(name, limit=limit)
+    if items is None:
+        raise click.ClickException(f"instance group '{name}' does not exist")
+    if not follow:
+        emit(items, events_table)
+        return
+    fmt = output_format()
+
+    def show(batch: list[dict]) -> None:
+        for e in batch:
+            if fmt == "json":
+                click.echo(json.dumps(e))                 # one object a line (NDJSON)
+            elif fmt == "yaml":
+                click.echo("---\n" + yaml.safe_dump(e, sort_keys=False), nl=False)
+            else:
+                click.echo(_follow_line(e))
+    if fmt not in ("json", "yaml"):
+        click.echo(f"{'TIME':<24}  {'TYPE':<7}  {'REASON':<11}  {'OBJECT':<24}  MESSAGE")
+    show(items)
+    last = items[-1]["id"] if items else None
+    try:
+        while True:
+            time.sleep(interval)
+            # every page after the last one seen (a burst may be more than one)
+            while True:
+                batch = cl.group_events(name, after=last, limit=200) if last else cl.group_events(name, limit=200)
+                if batch is None:
+                    click.echo(f"instance group '{name}' is gone", err=True)
+                    return
+                show(batch)
+                if batch:
+                    last = batch[-1]["id"]
+                if len(batch) < 200:
+                    break
+    except KeyboardInterrupt:
+        return

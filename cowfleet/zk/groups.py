@@ -5,7 +5,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
 
 from cowfleet.models import Group
-from cowfleet.zk import layout
+from cowfleet.zk import events, layout
 from cowfleet.zk.connection import read, read_children
 
 
@@ -20,29 +20,35 @@ def finish_delete_if_empty(zk: KazooClient, name: str) -> bool:
     Any of the service, the leader or the agent that removed the last
     instance may call this; the version check makes the race harmless.
     """
-    got = read(zk, layout.group(name), Group)
-    if got is None:
-        return True
-    group, version = got
-    if not group.deleting:
-        return False
-    try:
-        if zk.get_children(layout.group_instances(name)):
+    for _ in range(5):
+        got = read(zk, layout.group(name), Group)
+        if got is None:
+            return True
+        group, version = got
+        if not group.deleting:
             return False
-    except NoNodeError:
-        pass
-    tx = zk.transaction()
-    for child in zk.get_children(layout.group(name)):
-        if child == "instances":
-            tx.delete(layout.group_instances(name))
-        else:
-            tx.delete(f"{layout.group(name)}/{child}")
-    tx.delete(layout.group(name), version=version)
-    results = tx.commit()
-    ok = not any(isinstance(r, Exception) for r in results)
-    if not ok and any(isinstance(r, (BadVersionError, NotEmptyError)) for r in results):
-        return False
-    return ok
+        try:
+            if zk.get_children(layout.group_instances(name)):
+                return False
+        except NoNodeError:
+            pass
+        tx = zk.transaction()
+        for child in zk.get_children(layout.group(name)):
+            if child == "instances":
+                tx.delete(layout.group_instances(name))
+            else:
+                tx.delete(f"{layout.group(name)}/{child}")
+        events.delete_ops(zk, tx, name)          # its events go with it
+        tx.delete(layout.group(name), version=version)
+        results = tx.commit()
+        if not any(isinstance(r, Exception) for r in results):
+            return True
+        if any(isinstance(r, BadVersionError) for r in results):
+            return False
+        if not any(isinstance(r, NotEmptyError) for r in results):
+            return False
+        # an event (or an instance) was added since the listing: list again
+    return False
 
 
 # -- references from groups to images and flavors ------------------------------------

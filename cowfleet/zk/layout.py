@@ -19,8 +19,12 @@ TOKENS = f"{CONFIG}/tokens"
 NETWORK_CONFIG = f"{CONFIG}/network"
 SUBNETS = f"{ROOT}/subnets"              # one claim per subnet, named by the subnet
 SUBNET_CLAIMS = f"{ROOT}/subnet-claims"  # the same claim indexed by node (one read at start)
+# a group's recent events, beside the group rather than under it: the
+# service's list mirror caches the whole /groups tree in every worker
+EVENTS = f"{ROOT}/events"
 
-TOP_LEVEL = (IMAGES, FLAVORS, GROUPS, NODES, RACKS, REQUESTS, LOCKS, ASSIGNMENTS, TOKENS, SUBNETS, SUBNET_CLAIMS)
+TOP_LEVEL = (IMAGES, FLAVORS, GROUPS, NODES, RACKS, REQUESTS, LOCKS, ASSIGNMENTS, TOKENS, SUBNETS, SUBNET_CLAIMS,
+             EVENTS)
 
 
 GROUP_LOCK_PREFIX = "group-"
@@ -78,6 +82,18 @@ def token(digest: str) -> str:
 def group_placement(name: str) -> str:
     """The trace of the group's last placement hand-shake."""
     return f"{GROUPS}/{name}/placement"
+
+
+def group_events(name: str) -> str:
+    """A group's events: sequential children ``ev-NNNNNNNNNN`` (cowfleet/zk/events.py)."""
+    return f"{EVENTS}/{name}"
+
+
+EVENT_PREFIX = "ev-"
+
+
+def group_event(name: str, seq: str) -> str:
+    return f"{EVENTS}/{name}/{EVENT_PREFIX}{seq}"
 
 
 def node(name: str) -> str:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from cowfleet.models import GroupPhase, InstanceState
+from cowfleet.models import ConditionType, EventType, GroupPhase, InstanceState
 from cowfleet.service.fields import Timestamp
 
 
@@ -21,6 +21,23 @@ class InstanceSchema(Schema):
     created_at = Timestamp(required=True)
     running_at = Timestamp(required=True, allow_none=True)
     ready_at = Timestamp(required=True, allow_none=True)
+    reason = fields.Str(required=True, metadata={
+        "description": "why the instance is pending or failed, machine-readable (e.g. ImageNotAvailable, "
+                       "NoReplicaReachable, ReadyTimeout, DomainStartFailed); empty otherwise"})
+    state_since = Timestamp(required=True, allow_none=True, metadata={
+        "description": "when the state (or a pending instance's reason) last changed"})
+
+
+class ConditionSchema(Schema):
+    type = fields.Str(required=True, validate=validate.OneOf(ConditionType.ALL), metadata={
+        "description": "ImageAvailable: the image holds data on a storage node; Placed: every wanted instance "
+                       "has a node; Ready: ready == size on the current spec; Progressing: the group is moving "
+                       "toward its spec (False with Complete when done, Stalled when nothing can move)"})
+    status = fields.Str(required=True, validate=validate.OneOf(("True", "False")))
+    reason = fields.Str(required=True, metadata={"description": "machine-readable, CamelCase"})
+    message = fields.Str(required=True, metadata={"description": "for people"})
+    since = Timestamp(required=True, allow_none=True, metadata={
+        "description": "when the condition's current reason started holding, as far as the records tell"})
 
 
 class GroupStatusSchema(Schema):
@@ -31,6 +48,8 @@ class GroupStatusSchema(Schema):
     failed = fields.Int(required=True)
     observed_generation = fields.Int(required=True)
     message = fields.Str(required=True)
+    conditions = fields.List(fields.Nested(ConditionSchema), required=True, metadata={
+        "description": "kubectl-style: why the group is (not) placed, ready, progressing (one of each type)"})
 
 
 class GroupSchema(Schema):
@@ -44,11 +63,28 @@ class GroupSchema(Schema):
     labels = fields.Dict(required=True)
     update_policy = fields.Dict(required=True)
     persistent = fields.Bool(required=True)
+    ready_timeout = fields.Int(required=True)
     generation = fields.Int(required=True)
     created_at = Timestamp(required=True)
+    updated_at = Timestamp(required=True, allow_none=True, metadata={
+        "description": "when the spec last changed (null: not since its creation)"})
     status = fields.Nested(GroupStatusSchema, required=True)
     instances = fields.List(fields.Nested(InstanceSchema), required=True)
     etag = fields.Str(required=True)
+
+
+class EventSchema(Schema):
+    id = fields.Str(required=True, metadata={"description": "its sequence number: the cursor (?after=)"})
+    time = Timestamp(required=True)
+    type = fields.Str(required=True, validate=validate.OneOf(EventType.ALL))
+    reason = fields.Str(required=True, metadata={
+        "description": "Created, Updated, Scaled, Deleting (the service); Placed, Unplaced, Moved, Replaced, "
+                       "ScaledIn, Terminating (the leader); Waiting, Started, Ready, Failed (the compute agent)"})
+    message = fields.Str(required=True)
+    instance = fields.Str(required=True, allow_none=True)
+    node = fields.Str(required=True, allow_none=True)
+    generation = fields.Int(required=True, allow_none=True)
+    source = fields.Str(required=True, metadata={"description": "service, or the node of the leader or agent"})
 
 
 class RackOffersSchema(Schema):

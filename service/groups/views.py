@@ -2,7 +2,7 @@ from flask import request
 
 from cowfleet.service.api import endpoint, if_match, json_body, zk
 from cowfleet.service.groups import service
-from cowfleet.service.groups.schemas import GroupSchema, PlacementTraceSchema
+from cowfleet.service.groups.schemas import EventSchema, GroupSchema, PlacementTraceSchema
 from cowfleet.specs import GroupSpecSchema
 from cowfleet.service.resource import crud_blueprint
 
@@ -23,6 +23,19 @@ def patch(name):
 def placement(name):
     """The group's last placement hand-shake: coordinator, offers per rack, split, timings."""
     return service.placement(zk(), name)
+
+
+@bp.get("/<name>/events")
+@endpoint(out=EventSchema, many=True, query=(
+    {"name": "limit", "in": "query", "required": False,
+     "description": f"how many (default {service.EVENTS_DEFAULT}, at most {service.events.CAP}: "
+                    f"the most a group keeps)", "schema": {"type": "integer", "minimum": 1}},
+    {"name": "after", "in": "query", "required": False,
+     "description": "an event id: the events after it, oldest first (without: the newest ones); "
+                    "a Link rel=next header when more follow", "schema": {"type": "string"}}))
+def events(name):
+    """The group's recent events (the newest 200 are kept), oldest first."""
+    return service.events_of(zk(), name, request.args)
 
 
 @bp.get("/<name>/instances/<iid>/console")

@@ -14,7 +14,7 @@ from cowfleet.service.preconditions import ANY, Precondition
 from cowfleet.service.problems import Problem, conflict, invalid, malformed, malformed_request, unavailable
 from cowfleet.service.upsert import create_or_update, delete_unless_used
 from cowfleet.zk import layout
-from cowfleet.zk.connection import commit, read_children
+from cowfleet.zk.connection import commit, read, read_children
 from cowfleet.zk.members import members
 
 
@@ -33,6 +33,15 @@ def _status(image: Image, replicas: list[Replica], storage_nodes: int) -> tuple[
         return ImageStatus.PENDING, "no storage node holds a copy yet"
     return ImageStatus.DEGRADED, (f"{n} of {image.min_replicas} replicas: "
                                   f"only {storage_nodes} storage node(s) available")
+
+
+def state(zk, name: str) -> tuple[Image, list[Replica], str, str] | None:
+    """An image's record, its replicas, its status and message (None: no such image)."""
+    got = read(zk, layout.image(name), Image)
+    if got is None:
+        return None
+    replicas = [r for r, _ in read_children(zk, layout.image_replicas(name), Replica)]
+    return (got[0], replicas, *_status(got[0], replicas, len(members(zk, "storage"))))
 
 
 def view(zk, image: Image, version: int) -> dict:

@@ -6,6 +6,7 @@ import shutil
 import pytest
 
 from tests.conftest import _workdir
+from tests.integration.test_cli import run
 
 
 @pytest.fixture(scope="module")
@@ -15,3 +16,12 @@ def module_dir(request):
     d = _workdir(f"cowfleet-{request.module.__name__.rsplit('.', 1)[-1]}-")
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cli(lab):
+    """``cli(*args)``: the command line run as a user runs it (a subprocess)
+    against the session's lab, with its admin token (test_cli.run)."""
+    def call(*args, **kw):
+        return run(*args, endpoint=lab.state.endpoint, token=lab.state.token, **kw)
+    return call

@@ -93,6 +93,9 @@ def test_unplaceable_group_says_why(client, image_demo):
         assert "1 instance(s) not placed" in g["status"]["message"]
         assert "max_per_node=1" in g["status"]["message"]
         assert g["status"]["phase"] == "provisioning"
+        placed = next(c for c in g["status"]["conditions"] if c["type"] == "Placed")
+        assert (placed["status"], placed["reason"]) == ("False", "MaxPerNodeReached")
+        assert "max_per_node=1" in placed["message"] and placed["since"]
         # scale to what fits: converges to ready with the message gone
         client.put_group("limited", image="demo", flavor="small", size=1, placement={"max_per_node": 1})
         g = wait_until(lambda: (g := client.get_group("limited"))["status"]["phase"] == "ready" and g,

@@ -11,7 +11,7 @@ def test_root():
 
 
 def test_top_level_folders_are_under_root():
-    assert len(set(layout.TOP_LEVEL)) == len(layout.TOP_LEVEL) == 11
+    assert len(set(layout.TOP_LEVEL)) == len(layout.TOP_LEVEL) == 12
     for path in layout.TOP_LEVEL:
         assert path.startswith("/cowfleet/")
         assert path.count("/") == (3 if path.startswith(layout.CONFIG) else 2), path

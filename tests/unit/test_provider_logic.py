@@ -9,7 +9,7 @@ import pytest
 from cowfleet.client import ApiError
 from cowfleet.provider import schema as S
 from cowfleet.provider.diagnostics import from_api_error
-from cowfleet.provider.resources import (RESOURCES, InstanceGroup, is_ready, merge_known,
+from cowfleet.provider.resources import (RESOURCES, InstanceGroup, _describe, is_ready, merge_known,
                                          parse_duration, timeout_of)
 from cowfleet.provider.values import UNKNOWN, conform, decode, encode
 
@@ -63,7 +63,8 @@ GROUP = InstanceGroup()
 
 def _state(**over):
     state = conform({"id": "web", "name": "web", "image": "demo", "flavor": "small", "size": 3,
-                     "wait_for_ready": True, "persistent": False, "instances": [], "status": {"ready": 3}},
+                     "wait_for_ready": True, "persistent": False, "ready_timeout": 900, "instances": [],
+                     "status": {"ready": 3}},
                     S.GROUP.type())
     state.update(over)
     return state
@@ -211,6 +212,26 @@ def test_group_persistent_travels_to_the_api_and_back():
     obj = {"name": "g", "image": "img", "flavor": "small", "size": 2, "persistent": True, "status": {}}
     assert group.to_state(obj, None)["persistent"] is True
     assert group.to_state(dict(obj, persistent=False), None)["persistent"] is False
+
+
+def test_group_ready_timeout_travels_to_the_api_and_back_and_defaults_to_the_apis():
+    group = RESOURCES["cowfleet_instance_group"]
+    state = {"image": "img", "flavor": "small", "size": 2, "labels": None, "user_data": None,
+             "ready_timeout": 60, "placement": None, "update_policy": None}
+    assert group.spec(state)["ready_timeout"] == 60
+    assert "ready_timeout" not in group.spec(dict(state, ready_timeout=None))     # the API's default
+    obj = {"name": "g", "image": "img", "flavor": "small", "size": 2, "ready_timeout": 60, "status": {}}
+    assert group.to_state(obj, None)["ready_timeout"] == 60
+    planned, _ = GROUP.plan(None, conform({"name": "g", "image": "i", "flavor": "small", "size": 1},
+                                          S.GROUP.type()))
+    assert planned["ready_timeout"] == 900
+
+
+def test_a_timeout_error_says_why_the_group_is_not_ready():
+    obj = {"status": {"phase": "degraded", "message": "0/1 ready", "conditions": [
+        {"type": "Ready", "status": "False", "reason": "InstancesFailed",
+         "message": "0/1 ready: 1 instance(s) failed: no readiness line"}]}}
+    assert _describe(obj) == "phase degraded: InstancesFailed: 0/1 ready: 1 instance(s) failed: no readiness line"
 
 
 # -- plans follow the configuration; images by content ------------------------------
