@@ -33,6 +33,7 @@ from cowfleet.agents.compute.sessions import (FakeSessionManager, SessionError, 
                                               session_key)
 from cowfleet.agents.compute.seed import SeedData, SeedStore
 from cowfleet.agents.node import NodeAgent
+from cowfleet.agents.p2p_server import P2PServer
 from cowfleet.agents.handshake import HandshakeGatherer, PeerDirectory, Reservations, node_offer
 from cowfleet.agents.placement import Placer, flavor_named
 from cowfleet import network as netdef
@@ -143,12 +144,12 @@ class ComputeAgent(NodeAgent):
         self.placer.reconcile_all()
 
     # -- the hand-shake (P2P) -------------------------------------------------
-    def p2p_routes(self):
-        return {("POST", P2P.OFFER): self.offer,
-                ("POST", P2P.RACK_OFFERS): self.rack_offers_p2p,
-                ("POST", P2P.RELEASE): self.release,
-                ("POST", P2P.DEPLOY): self.deploy,
-                ("POST", P2P.CONSOLE): self.console}
+    def p2p_routes(self, server: P2PServer) -> None:
+        super().p2p_routes(server)
+        for path, handler in ((P2P.OFFER, self.offer), (P2P.RACK_OFFERS, self.rack_offers_p2p),
+                              (P2P.RELEASE, self.release), (P2P.DEPLOY, self.deploy),
+                              (P2P.CONSOLE, self.console)):
+            server.json_route(path, handler)
 
     def console(self, body: dict) -> tuple[int, dict]:
         """The tail of an instance's serial console (GET .../console)."""

@@ -29,9 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
-from werkzeug.wrappers import Request, Response
-
 from cowfleet.agents.node import NodeAgent
+from cowfleet.agents.p2p_server import P2PServer
 from cowfleet.agents.storage import fetch
 from cowfleet.agents.storage.copy_store import CopyStore, file_sha256
 from cowfleet.agents.storage.data_server import DataServer
@@ -43,6 +42,7 @@ from cowfleet.agents.storage.replication import (DROP_EARLIER, DROP_UNKNOWN, LEA
                                                  copy_from, origin, verdict)
 from cowfleet.agents.storage.tgt import DEFAULT_PORT, TgtExporter
 from cowfleet.models import Image
+from cowfleet.protocol import P2P
 
 
 class StorageAgent(NodeAgent):
@@ -282,14 +282,13 @@ class StorageAgent(NodeAgent):
         return True
 
     # -- P2P ------------------------------------------------------------------------
-    def p2p(self, request: Request) -> Response:
-        answer = self.data.respond(request)
-        return answer if answer is not None else super().p2p(request)
-
-    def p2p_routes(self):
-        return {("POST", "/v1/holds"): self.locator.holds_p2p,
-                ("POST", "/v1/rack-locate"): self.locator.rack_locate_p2p,
-                ("POST", "/v1/locate"): self.locator.locate}
+    def p2p_routes(self, server: P2PServer) -> None:
+        super().p2p_routes(server)
+        self.data.add_routes(server)
+        for path, handler in ((P2P.HOLDS, self.locator.holds_p2p),
+                              (P2P.RACK_LOCATE, self.locator.rack_locate_p2p),
+                              (P2P.LOCATE, self.locator.locate)):
+            server.json_route(path, handler)
 
     def holds(self, name: str) -> dict:
         """This agent's exported, verified copy of the image, if it has one."""
