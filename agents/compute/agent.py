@@ -429,21 +429,18 @@ class ComputeAgent(NodeAgent):
                 # no record of its storage node: ask where the image is (a record may
                 # be missing for a round, e.g. that agent restarting, while it serves)
                 where = self._locate(image.name)
-                served = session.node in {r.get("node") for r in (where.replicas if where else [])}
-                if served:
-                    pass                         # still served there: keep the session
-                elif key in self._session_users(key):
-                    # it serves the image no more (gone, or its tgtd died): new
-                    # instances read from another replica; running ones keep theirs
-                    key = self.sessions.next_key(base)
-                    self.log.info("session %s reads from %s, which holds no replica now: new instances "
-                                  "get session %s", session.key, session.node, key)
-                else:
-                    self.log.info("session %s reads from %s, which holds no replica now: re-attaching",
-                                  key, session.node)
-                    self.sessions.stop(key)
-                if not served:
-                    session = None
+                if session.node not in {r.get("node") for r in (where.replicas if where else [])}:
+                    if key in self._session_users(key):
+                        # it serves the image no more (gone, or its tgtd died): new
+                        # instances read from another replica; running ones keep theirs
+                        key = self.sessions.next_key(base)
+                        self.log.info("session %s reads from %s, which holds no replica now: new "
+                                      "instances get session %s", session.key, session.node, key)
+                    else:
+                        self.log.info("session %s reads from %s, which holds no replica now: "
+                                      "re-attaching", key, session.node)
+                        self.sessions.stop(key)
+                    session = None               # else still served there: kept
             if session is None:
                 where = where or self._locate(image.name)
                 if not where or where.sha256 != image.sha256 or not where.replicas:

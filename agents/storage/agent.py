@@ -157,7 +157,7 @@ class StorageAgent(NodeAgent):
             return False
         if said == LEARN_ORIGIN:
             self.copies.write_sidecar(name, sha, origin(image))   # older sidecars learn their origin
-        return self._publish(image)
+        return self._publish(image, sha)
 
     def _discard_copy(self, name: str) -> None:
         self.exports.unexport_path(str(self.copies.path(name)))
@@ -252,18 +252,15 @@ class StorageAgent(NodeAgent):
                 else:
                     self.copies.install(partial, name, sha, origin(now))
                 self.log.info("stored image %s (%d bytes, sha256 %s)", name, size, sha[:12])
-                if not self._publish(now):
+                if not self._publish(now, sha):
                     raise ValueError(f"image {name} was recorded with other data meanwhile")
         return sha, size
 
-    def _publish(self, image: Image) -> bool:
-        """Record the copy; False if it does not match the image's checksum."""
+    def _publish(self, image: Image, sha: str) -> bool:
+        """Record the copy, whose sidecar its callers have written (it says
+        ``sha``); False if it does not match the image's checksum."""
         name = image.name
         path = self.copies.path(name)
-        sha = self.copies.info(name)[0]
-        if sha is None:
-            sha = file_sha256(path)
-            self.copies.write_sidecar(name, sha, origin(image))
         size = self.copies.size(name)
         now = self.records.record_copy(image, sha, size)
         if now is None:
