@@ -14,7 +14,6 @@ thread, which must never block.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -24,10 +23,9 @@ from typing import Any
 
 from kazoo.client import KazooState
 from kazoo.exceptions import NodeExistsError, NoNodeError
-from werkzeug.serving import make_server
-from werkzeug.wrappers import Request, Response
 
 from cowfleet.agents.metrics import AgentMetrics
+from cowfleet.agents.p2p_server import P2PServer, json_answer
 from cowfleet.models import NodeInfo, now
 from cowfleet.protocol import P2P
 from cowfleet.zk import layout
@@ -180,44 +178,16 @@ class NodeAgent:
                     self.stopping.wait(1)
 
     # -- P2P endpoint -------------------------------------------------------
-    def p2p(self, request: Request) -> Response:
-        route = self.p2p_routes().get((request.method, request.path))
-        if route is not None:
-            try:
-                body = request.get_json(force=True, silent=True)
-                if not isinstance(body, dict):
-                    return _problem(400, "send a JSON object")
-                status, answer = route(body)
-            except Exception as exc:
-                self.log.exception("P2P %s %s failed", request.method, request.path)
-                return _problem(500, f"{type(exc).__name__}: {exc}")
-            return Response(json.dumps(answer), status=status, mimetype="application/json")
-        if request.path == "/healthz":
-            return Response(json.dumps({"status": "ok", "node": self.name}), mimetype="application/json")
-        if request.path == P2P.NODE:
-            return Response(self.node_info().to_bytes(), mimetype="application/json")
-        return Response(json.dumps({"title": "Not Found", "status": 404}), status=404,
-                        mimetype="application/problem+json")
-
-    def p2p_routes(self) -> dict:
-        """(method, path) -> callable(json body) -> (status, json answer)."""
-        return {}
+    def p2p_routes(self, server: P2PServer) -> None:
+        """Add this agent's routes to its P2P server; subclasses extend."""
+        server.route("/healthz", lambda request: json_answer({"status": "ok", "node": self.name}))
+        server.route(P2P.NODE, lambda request: json_answer(self.node_info().to_bytes()))
+        server.route("/metrics", lambda request: self.metrics.response(), methods=["GET"])
 
     def _serve_p2p(self) -> None:
-        host, _, port = self._listen.rpartition(":")
-
-        @Request.application
-        def app(request):
-            if request.path == "/metrics" and request.method == "GET":
-                return self.metrics.response()
-            t0 = time.perf_counter()
-            resp = self.p2p(request)
-            self.metrics.served(request.path, resp.status_code, time.perf_counter() - t0)
-            return resp
-
-        self._http = make_server(host or "127.0.0.1", int(port or 0), app, threaded=True)
-        self.address = f"http://{host or '127.0.0.1'}:{self._http.server_port}"
-        threading.Thread(target=self._http.serve_forever, name="p2p", daemon=True).start()
+        self._http = P2PServer(self.log, observe=self.metrics.served)
+        self.p2p_routes(self._http)
+        self.address = self._http.serve(self._listen)
 
     # -- main loop ----------------------------------------------------------
     def reconcile(self) -> None:
@@ -273,6 +243,3 @@ class NodeAgent:
         signal.signal(signal.SIGINT, lambda signum, frame: self.request_stop())
 
 
-def _problem(status: int, detail: str) -> Response:
-    return Response(json.dumps({"title": "P2P error", "status": status, "detail": detail}), status=status,
-                    mimetype="application/problem+json")

@@ -30,10 +30,11 @@ from cowfleet.agents.compute.instance_network import InstanceNetwork
 from cowfleet.agents.compute.network import (AddressesExhausted, FakeNodeNetwork, LinuxBridgeNetwork, bridge_name,
                                              tap_name)
 from cowfleet.agents.compute.overlays import FakeOverlayStore, OverlayStore
-from cowfleet.agents.compute.sessions import (FakeSessionManager, SessionError, SessionManager, base_of,
-                                              session_key)
+from cowfleet.agents.compute.sessions import (FakeSessionManager, Session, SessionError, SessionManager,
+                                              base_of, session_key)
 from cowfleet.agents.compute.seed import SeedData, SeedStore
 from cowfleet.agents.node import NodeAgent
+from cowfleet.agents.p2p_server import P2PServer
 from cowfleet.agents.handshake import HandshakeGatherer, PeerDirectory, Reservations, node_offer
 from cowfleet.agents.placement import Placer, flavor_named
 from cowfleet import defaults, network as netdef
@@ -143,12 +144,12 @@ class ComputeAgent(NodeAgent):
         self.placer.reconcile_all()
 
     # -- the hand-shake (P2P) -------------------------------------------------
-    def p2p_routes(self):
-        return {("POST", P2P.OFFER): self.offer,
-                ("POST", P2P.RACK_OFFERS): self.rack_offers_p2p,
-                ("POST", P2P.RELEASE): self.release,
-                ("POST", P2P.DEPLOY): self.deploy,
-                ("POST", P2P.CONSOLE): self.console}
+    def p2p_routes(self, server: P2PServer) -> None:
+        super().p2p_routes(server)
+        for path, handler in ((P2P.OFFER, self.offer), (P2P.RACK_OFFERS, self.rack_offers_p2p),
+                              (P2P.RELEASE, self.release), (P2P.DEPLOY, self.deploy),
+                              (P2P.CONSOLE, self.console)):
+            server.json_route(path, handler)
 
     def console(self, body: dict) -> tuple[int, dict]:
         """The tail of an instance's serial console (GET .../console)."""
@@ -425,27 +426,14 @@ class ComputeAgent(NodeAgent):
                             min_replicas=got[0].min_replicas, replicas=replicas, answered_by="zookeeper")
 
     def _start(self, group: str, iid: str) -> None:
-        got = read(self.zk, layout.group_instance(group, iid), Instance)
-        if got is None:
+        """Start the instance in named steps (a step that stops says why on
+        the instance's record; the fault points sit between them): read what
+        it needs, allocate its address, attach the image's session, keep or
+        make its overlay, write its seed, define and start its domain."""
+        what = self._start_inputs(group, iid)
+        if what is None:
             return
-        inst = got[0]
-        if inst.state in (InstanceState.TERMINATING, InstanceState.FAILED):
-            return        # failed stays failed (visible); the group shows it as degraded
-        got = read(self.zk, layout.image(inst.image), Image)
-        if got is None or not got[0].sha256:
-            self._set_state(group, iid, InstanceState.PENDING, f"waiting for image '{inst.image}' to hold data",
-                            Reason.IMAGE_NO_DATA)
-            return
-        image = got[0]
-        flavor = flavor_named(self.zk, inst.flavor)
-        if flavor is None:
-            self.metrics.failure("flavor-missing")
-            self._set_state(group, iid, InstanceState.FAILED, f"flavor '{inst.flavor}' does not exist",
-                            Reason.FLAVOR_NOT_FOUND)
-            return
-        g = read(self.zk, layout.group(group), Group)
-        spec_group = g[0] if g else None
-        persistent = bool(spec_group and spec_group.persistent)
+        inst, image, flavor, spec_group = what
         addressing = self._address(inst)
         if addressing is None:
             return
@@ -456,83 +444,141 @@ class ComputeAgent(NodeAgent):
         fault_point("start.addressed", self.name)
         t0 = time.monotonic()
         base = session_key(image.name, image.sha256)
-        data_path = metrics.SHARED         # or ATTACHED: this start attached the image (the metrics' label)
         with self.sessions.lock(base):     # attach + overlay, atomic w.r.t. the last user's detach
-            session = self.sessions.current(base)    # the host's session of this image, if one runs
-            key = session.key if session is not None else base
-            where = None
-            if session is not None and session.node and \
-                    not self.zk.exists(layout.image_replica(image.name, session.node)):
-                # no record of its storage node: ask where the image is (a record may
-                # be missing for a round, e.g. that agent restarting, while it serves)
-                where = self._locate(image.name)
-                served = session.node in {r.get("node") for r in (where.replicas if where else [])}
-                if served:
-                    pass                         # still served there: keep the session
-                elif key in self._session_users(key):
-                    # it serves the image no more (gone, or its tgtd died): new
-                    # instances read from another replica; running ones keep theirs
-                    key = self.sessions.next_key(base)
-                    self.log.info("session %s reads from %s, which holds no replica now: new instances "
-                                  "get session %s", session.key, session.node, key)
-                else:
-                    self.log.info("session %s reads from %s, which holds no replica now: re-attaching",
-                                  key, session.node)
-                    self.sessions.stop(key)
-                if not served:
-                    session = None
+            session, attached = self._attach(group, iid, image)
             if session is None:
-                where = where or self._locate(image.name)
-                if not where or where.sha256 != image.sha256 or not where.replicas:
-                    self._set_state(group, iid, InstanceState.PENDING,
-                                    f"waiting for a replica of image '{image.name}' reachable from {self.name}",
-                                    Reason.NO_REPLICA)
-                    return
-                data_path = metrics.ATTACHED
-                try:
-                    session = self.sessions.attach(image.name, image.sha256, image.format, where.replicas,
-                                                   key=key)
-                except SessionError as exc:
-                    self.metrics.failure("session-attach")
-                    self._set_state(group, iid, InstanceState.PENDING, f"cannot attach image: {exc}"[:500],
-                                    Reason.ATTACH_FAILED)
-                    return
-            overlay = self.overlays.path(group, iid)
-            backed_by = self.sessions.key_of_overlay(overlay) if overlay.exists() else None
-            if overlay.exists() and not (persistent and backed_by and base_of(backed_by) == base):
-                self.overlays.remove(group, iid)     # ephemeral: a restart starts from the master
-            elif overlay.exists() and backed_by != session.key:
-                # persistent, on an older session of the same image (its storage
-                # node serves it no more): the same bytes through the current one
-                try:
-                    self.overlays.rebase(overlay, session.url, image.format)
-                except Exception as exc:
-                    self.metrics.failure("overlay-rebase")
-                    self._set_state(group, iid, InstanceState.PENDING,
-                                    f"moving the persistent overlay to session {session.key} failed: {exc}"[:500],
-                                    Reason.OVERLAY_FAILED)
-                    raise
+                return
+            overlay = self._keep_overlay(group, iid, image, session, bool(spec_group and spec_group.persistent))
             t_attached = time.monotonic()
             fault_point("start.attached", self.name)
             if not overlay.exists():
-                try:
-                    overlay = self.overlays.create(group, iid, session.url, image.format)
-                except Exception as exc:
-                    # often passing (the session's export just restarted): retried by the
-                    # next rounds, and shown; a few in a row mean it will not work
-                    tries = self.overlay_failures[iid] = self.overlay_failures.get(iid, 0) + 1
-                    self.metrics.failure("overlay")
-                    state = InstanceState.FAILED if tries >= OVERLAY_TRIES else InstanceState.PENDING
-                    self._set_state(group, iid, state, f"creating the overlay failed ({tries} of "
-                                    f"{OVERLAY_TRIES} tries): {exc}"[:500], Reason.OVERLAY_FAILED)
-                    raise
-                self.overlay_failures.pop(iid, None)
+                overlay = self._create_overlay(group, iid, image, session)
         t_overlay = time.monotonic()
         fault_point("start.overlay", self.name)
         seed = self.seeds.create(group, iid, self._seed_data(inst, spec_group, address, mac), self.name) \
             if self.make_seeds else None
         t_seed = time.monotonic()
         fault_point("start.seeded", self.name)
+        self._define_and_start(group, iid, flavor, overlay, seed, mac)
+        t_domain = time.monotonic()
+        fault_point("start.domain", self.name)
+        running_at = now()
+        self._set_state(group, iid, InstanceState.RUNNING, running_at=running_at, ready_at=None)
+        # the metrics' data path: this start attached the image, or used the host's running session
+        self.metrics.started(iid, metrics.ATTACHED if attached else metrics.SHARED, t_domain - t0)
+        self.log.info("%s running: session %.0f ms, overlay %.0f ms, seed %.1f ms, domain %.0f ms", iid,
+                      (t_attached - t0) * 1000, (t_overlay - t_attached) * 1000, (t_seed - t_overlay) * 1000,
+                      (t_domain - t_seed) * 1000)
+        with self.awaiting_lock:
+            self.awaiting[iid] = (group, running_at + _ready_timeout(spec_group))
+
+    def _start_inputs(self, group: str, iid: str) -> tuple[Instance, Image, Flavor, Group | None] | None:
+        """The instance's record, its image (holding data), its flavor and its
+        group's spec; None when it is not to start now (the record says why)."""
+        got = read(self.zk, layout.group_instance(group, iid), Instance)
+        if got is None:
+            return None
+        inst = got[0]
+        if inst.state in (InstanceState.TERMINATING, InstanceState.FAILED):
+            return None   # failed stays failed (visible); the group shows it as degraded
+        got = read(self.zk, layout.image(inst.image), Image)
+        if got is None or not got[0].sha256:
+            self._set_state(group, iid, InstanceState.PENDING, f"waiting for image '{inst.image}' to hold data",
+                            Reason.IMAGE_NO_DATA)
+            return None
+        image = got[0]
+        flavor = flavor_named(self.zk, inst.flavor)
+        if flavor is None:
+            self.metrics.failure("flavor-missing")
+            self._set_state(group, iid, InstanceState.FAILED, f"flavor '{inst.flavor}' does not exist",
+                            Reason.FLAVOR_NOT_FOUND)
+            return None
+        g = read(self.zk, layout.group(group), Group)
+        return inst, image, flavor, (g[0] if g else None)
+
+    def _attach(self, group: str, iid: str, image: Image) -> tuple[Session | None, bool]:
+        """The host's session of the image: the running one while its storage
+        node still serves the image, else a new one attached to a replica
+        found by ``_locate`` (then True: attached by this start); None when
+        there is none to attach now (shown). Under ``sessions.lock`` of the image."""
+        base = session_key(image.name, image.sha256)
+        session = self.sessions.current(base)    # the host's session of this image, if one runs
+        key = session.key if session is not None else base
+        where = None
+        if session is not None and session.node and \
+                not self.zk.exists(layout.image_replica(image.name, session.node)):
+            # no record of its storage node: ask where the image is (a record may
+            # be missing for a round, e.g. that agent restarting, while it serves)
+            where = self._locate(image.name)
+            if session.node not in {r.get("node") for r in (where.replicas if where else [])}:
+                if key in self._session_users(key):
+                    # it serves the image no more (gone, or its tgtd died): new
+                    # instances read from another replica; running ones keep theirs
+                    key = self.sessions.next_key(base)
+                    self.log.info("session %s reads from %s, which holds no replica now: new "
+                                  "instances get session %s", session.key, session.node, key)
+                else:
+                    self.log.info("session %s reads from %s, which holds no replica now: "
+                                  "re-attaching", key, session.node)
+                    self.sessions.stop(key)
+                session = None               # else still served there: kept
+        if session is not None:
+            return session, False
+        where = where or self._locate(image.name)
+        if not where or where.sha256 != image.sha256 or not where.replicas:
+            self._set_state(group, iid, InstanceState.PENDING,
+                            f"waiting for a replica of image '{image.name}' reachable from {self.name}",
+                            Reason.NO_REPLICA)
+            return None, False
+        try:
+            return self.sessions.attach(image.name, image.sha256, image.format, where.replicas, key=key), True
+        except SessionError as exc:
+            self.metrics.failure("session-attach")
+            self._set_state(group, iid, InstanceState.PENDING, f"cannot attach image: {exc}"[:500],
+                            Reason.ATTACH_FAILED)
+            return None, False
+
+    def _keep_overlay(self, group: str, iid: str, image: Image, session: Session, persistent: bool) -> Path:
+        """The instance's overlay path, its file kept only for a persistent
+        instance of the same image (moved onto ``session`` if it is backed by
+        an older one); an ephemeral one's is removed."""
+        overlay = self.overlays.path(group, iid)
+        backed_by = self.sessions.key_of_overlay(overlay) if overlay.exists() else None
+        same_image = backed_by and base_of(backed_by) == session_key(image.name, image.sha256)
+        if overlay.exists() and not (persistent and same_image):
+            self.overlays.remove(group, iid)     # ephemeral: a restart starts from the master
+        elif overlay.exists() and backed_by != session.key:
+            # persistent, on an older session of the same image (its storage
+            # node serves it no more): the same bytes through the current one
+            try:
+                self.overlays.rebase(overlay, session.url, image.format)
+            except Exception as exc:
+                self.metrics.failure("overlay-rebase")
+                self._set_state(group, iid, InstanceState.PENDING,
+                                f"moving the persistent overlay to session {session.key} failed: {exc}"[:500],
+                                Reason.OVERLAY_FAILED)
+                raise
+        return overlay
+
+    def _create_overlay(self, group: str, iid: str, image: Image, session: Session) -> Path:
+        try:
+            overlay = self.overlays.create(group, iid, session.url, image.format)
+        except Exception as exc:
+            # often passing (the session's export just restarted): retried by the
+            # next rounds, and shown; a few in a row mean it will not work
+            tries = self.overlay_failures[iid] = self.overlay_failures.get(iid, 0) + 1
+            self.metrics.failure("overlay")
+            state = InstanceState.FAILED if tries >= OVERLAY_TRIES else InstanceState.PENDING
+            self._set_state(group, iid, state, f"creating the overlay failed ({tries} of "
+                            f"{OVERLAY_TRIES} tries): {exc}"[:500], Reason.OVERLAY_FAILED)
+            raise
+        self.overlay_failures.pop(iid, None)
+        return overlay
+
+    def _define_and_start(self, group: str, iid: str, flavor: Flavor, overlay: Path, seed: Path | None,
+                          mac: str) -> None:
+        """The instance's domain, defined afresh (a stopped leftover of the
+        same name is destroyed first) and started; its console starts empty."""
         console = self.consoles / f"{iid}.log"
         console.unlink(missing_ok=True)
         # agent and libvirtd in different network namespaces: a tap the agent puts on its bridge
@@ -552,16 +598,6 @@ class ComputeAgent(NodeAgent):
             self._set_state(group, iid, InstanceState.FAILED, f"domain start failed: {exc}"[:500],
                             Reason.DOMAIN_START_FAILED)
             raise
-        t_domain = time.monotonic()
-        fault_point("start.domain", self.name)
-        running_at = now()
-        self._set_state(group, iid, InstanceState.RUNNING, running_at=running_at, ready_at=None)
-        self.metrics.started(iid, data_path, t_domain - t0)
-        self.log.info("%s running: session %.0f ms, overlay %.0f ms, seed %.1f ms, domain %.0f ms", iid,
-                      (t_attached - t0) * 1000, (t_overlay - t_attached) * 1000, (t_seed - t_overlay) * 1000,
-                      (t_domain - t_seed) * 1000)
-        with self.awaiting_lock:
-            self.awaiting[iid] = (group, running_at + _ready_timeout(spec_group))
 
     def _address(self, inst: Instance) -> tuple[str | None, str] | None:
         """(address, MAC) for the instance; None when it must wait (shown)."""

@@ -365,10 +365,6 @@ class FakeSessionManager(SessionManager):
         _, found, rest = text.partition("socket=fake-")
         return rest.split()[0] if found and rest.split() else None
 
-    def current(self, base):
-        live = [s for k, s in self._fake.items() if base_of(k) == base]
-        return max(live, key=lambda s: _generation(s.key), default=None)
-
     def attach(self, image, sha256, fmt, replicas, key=None):
         key = key or session_key(image, sha256)
         if key not in self._fake:

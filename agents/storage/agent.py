@@ -29,9 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
-from werkzeug.wrappers import Request, Response
-
 from cowfleet.agents.node import NodeAgent
+from cowfleet.agents.p2p_server import P2PServer
 from cowfleet.agents.storage import fetch
 from cowfleet.agents.storage.copy_store import CopyStore, file_sha256
 from cowfleet.agents.storage.data_server import DataServer
@@ -43,6 +42,7 @@ from cowfleet.agents.storage.replication import (DROP_EARLIER, DROP_UNKNOWN, LEA
                                                  copy_from, origin, verdict)
 from cowfleet.agents.storage.tgt import DEFAULT_PORT, TgtExporter
 from cowfleet.models import Image
+from cowfleet.protocol import P2P
 
 
 class StorageAgent(NodeAgent):
@@ -157,7 +157,7 @@ class StorageAgent(NodeAgent):
             return False
         if said == LEARN_ORIGIN:
             self.copies.write_sidecar(name, sha, origin(image))   # older sidecars learn their origin
-        return self._publish(image)
+        return self._publish(image, sha)
 
     def _discard_copy(self, name: str) -> None:
         self.exports.unexport_path(str(self.copies.path(name)))
@@ -253,18 +253,15 @@ class StorageAgent(NodeAgent):
                 else:
                     self.copies.install(partial, name, sha, origin(now))
                 self.log.info("stored image %s (%d bytes, sha256 %s)", name, size, sha[:12])
-                if not self._publish(now):
+                if not self._publish(now, sha):
                     raise ValueError(f"image {name} was recorded with other data meanwhile")
         return sha, size
 
-    def _publish(self, image: Image) -> bool:
-        """Record the copy; False if it does not match the image's checksum."""
+    def _publish(self, image: Image, sha: str) -> bool:
+        """Record the copy, whose sidecar its callers have written (it says
+        ``sha``); False if it does not match the image's checksum."""
         name = image.name
         path = self.copies.path(name)
-        sha = self.copies.info(name)[0]
-        if sha is None:
-            sha = file_sha256(path)
-            self.copies.write_sidecar(name, sha, origin(image))
         size = self.copies.size(name)
         now = self.records.record_copy(image, sha, size)
         if now is None:
@@ -283,14 +280,13 @@ class StorageAgent(NodeAgent):
         return True
 
     # -- P2P ------------------------------------------------------------------------
-    def p2p(self, request: Request) -> Response:
-        answer = self.data.respond(request)
-        return answer if answer is not None else super().p2p(request)
-
-    def p2p_routes(self):
-        return {("POST", "/v1/holds"): self.locator.holds_p2p,
-                ("POST", "/v1/rack-locate"): self.locator.rack_locate_p2p,
-                ("POST", "/v1/locate"): self.locator.locate}
+    def p2p_routes(self, server: P2PServer) -> None:
+        super().p2p_routes(server)
+        self.data.add_routes(server)
+        for path, handler in ((P2P.HOLDS, self.locator.holds_p2p),
+                              (P2P.RACK_LOCATE, self.locator.rack_locate_p2p),
+                              (P2P.LOCATE, self.locator.locate)):
+            server.json_route(path, handler)
 
     def holds(self, name: str) -> dict:
         """This agent's exported, verified copy of the image, if it has one."""

@@ -2,9 +2,10 @@
 upload (streamed by the service), ``GET /v1/images/NAME/data`` serves a copy
 to a peer. Errors are problem+json.
 
-Routed by a werkzeug routing ``Map`` (what Flask routes with) -- the image
-name a converter of the storage agent's name rule -- rather than a hand
-regex; the JSON routes (holds, locate) stay in NodeAgent's route table.
+One rule on the agent's P2P server (``agents/p2p_server.py``, a werkzeug
+routing ``Map``, beside the JSON routes), the image name a converter of the
+API's name rule; every method reaches ``respond``, so any but GET and PUT
+is refused here, as a 405 problem (HEAD too, which werkzeug would add to a GET rule).
 """
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ from typing import Callable
 
 from kazoo.exceptions import KazooException
 from kazoo.handlers.threading import KazooTimeoutError
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
-from werkzeug.routing import BaseConverter, Map, Rule
+from werkzeug.routing import BaseConverter
 from werkzeug.wrappers import Request, Response
 
+from cowfleet.agents.p2p_server import P2PServer
 from cowfleet.agents.storage.copy_store import CHUNK, ChecksumMismatch, CopyStore, FormatMismatch
 from cowfleet.models import Image
 from cowfleet.names import NAME_PATTERN
@@ -29,11 +30,8 @@ class _ImageName(BaseConverter):
     regex = NAME_PATTERN    # the API's name rule (cowfleet.names): no trailing '-'
 
 
-
 DATA = "/v1/images/<image:name>/data"
-ROUTES = Map([Rule(DATA, endpoint="serve_copy", methods=["GET"]),
-              Rule(DATA, endpoint="receive_upload", methods=["PUT"])],
-             converters={"image": _ImageName}, merge_slashes=False)
+CONVERTERS = {"image": _ImageName}
 
 
 class UploadRefused(Exception):
@@ -60,20 +58,16 @@ class DataServer:
                  store: Callable, stored: Callable[[], None]):
         self.node, self.copies, self.image, self.store, self.stored = node, copies, image, store, stored
 
-    def respond(self, request: Request) -> Response | None:
-        """The answer to a data route; None if ``request`` is not one."""
-        adapter = ROUTES.bind_to_environ(request.environ)
+    def add_routes(self, server: P2PServer) -> None:
+        server.route(DATA, self.respond, converters=CONVERTERS)
+
+    def respond(self, request: Request, name: str) -> Response:
+        handler = {"GET": self.serve_copy, "PUT": self.receive_upload}.get(request.method)
         try:
-            try:
-                endpoint, args = adapter.match()
-            except MethodNotAllowed:
-                raise UploadRefused(405, "Method Not Allowed", "use GET or PUT")
-            except HTTPException:       # not a data path (no match, or a redirect to one)
-                return None
-            if request.method not in ("GET", "PUT"):   # HEAD, which werkzeug adds to a GET rule
+            if handler is None:
                 raise UploadRefused(405, "Method Not Allowed", "use GET or PUT")
             try:
-                return getattr(self, endpoint)(request, **args)
+                return handler(request, name)
             except (KazooException, KazooTimeoutError) as exc:
                 # this agent's ZooKeeper session moving to another member
                 # (reading or recording the image): retry, not a failed node

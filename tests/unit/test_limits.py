@@ -5,10 +5,12 @@ from __future__ import annotations
 import errno
 import json
 import socket
+import logging
 
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
+from cowfleet.agents.p2p_server import P2PServer
 from cowfleet.agents.storage.copy_store import CopyStore
 from cowfleet.agents.storage.data_server import DataServer
 from cowfleet.models import Image
@@ -57,7 +59,7 @@ def test_a_full_disk_refuses_the_upload_with_a_problem(tmp_path):
     server = DataServer("s1", CopyStore(tmp_path), lambda name: Image(name=name), store, lambda: None)
     env = EnvironBuilder(method="PUT", path="/v1/images/big/data", data=b"\x01" * 4096,
                          content_type="application/octet-stream").get_environ()
-    resp = server.respond(Request(env))
+    resp = _served(server, env)
     assert resp.status_code == 413 and resp.mimetype == "application/problem+json"
     assert json.loads(resp.get_data())["type"] == ProblemType.IMAGE_TOO_LARGE
 
@@ -71,6 +73,13 @@ def test_zookeeper_away_during_an_upload_is_503_not_a_failed_node(tmp_path):
     server = DataServer("s1", CopyStore(tmp_path), image, lambda *a: None, lambda: None)
     env = EnvironBuilder(method="PUT", path="/v1/images/big/data", data=b"\x01" * 4096,
                          content_type="application/octet-stream").get_environ()
-    resp = server.respond(Request(env))
+    resp = _served(server, env)
     assert resp.status_code == 503 and resp.mimetype == "application/problem+json"
     assert json.loads(resp.get_data())["type"] == ProblemType.UNAVAILABLE
+
+
+def _served(server, env):
+    """The answer of the agent's P2P server with the data routes on it."""
+    p2p = P2PServer(logging.getLogger("test"))
+    server.add_routes(p2p)
+    return p2p.respond(Request(env))

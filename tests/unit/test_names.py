@@ -3,13 +3,15 @@ component (cowfleet.names, cowfleet.checksum, cowfleet.defaults)."""
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import pytest
 from werkzeug.exceptions import NotFound
 
 from cowfleet import defaults
 from cowfleet.agents.main import main as agent_main
-from cowfleet.agents.storage.data_server import ROUTES
+from cowfleet.agents.p2p_server import P2PServer
+from cowfleet.agents.storage.data_server import DataServer
 from cowfleet.checksum import SHA256_RE, file_sha256, is_sha256
 from cowfleet.models import Group, Image
 from cowfleet.names import valid_name
@@ -66,11 +68,14 @@ def test_defaults_are_fresh_each_time():
 
 
 def test_the_image_data_route_takes_api_names_only():
-    urls = ROUTES.bind("storage")
+    server = P2PServer(logging.getLogger("test"))
+    data = DataServer("storage", None, None, None, None)
+    data.add_routes(server)
+    urls = server.map.bind("storage")
 
     def matches(path: str) -> bool:
         try:
-            return urls.match(path, method="GET")[1] == {"name": "web-1"}
+            return urls.match(path, method="GET") == (data.respond, {"name": "web-1"})
         except NotFound:
             return False
     assert matches(image_data_path("web-1"))

@@ -1,0 +1,73 @@
+"""The agents' one P2P server (agents/p2p_server.py): JSON routes, raw
+routes and the storage agent's data route on one werkzeug routing Map,
+with the answers the agents gave before it (a wrong method on a JSON route
+is a 404, on the data route a 405; a JSON route that raises is a 500)."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+from werkzeug.test import Client
+from werkzeug.wrappers import Request
+
+from cowfleet.agents.p2p_server import P2PServer, json_answer
+from cowfleet.agents.storage.copy_store import CopyStore
+from cowfleet.agents.storage.data_server import DataServer
+from cowfleet.protocol import ProblemType, image_data_path
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = P2PServer(logging.getLogger("test.p2p"))
+    s.route("/healthz", lambda request: json_answer({"status": "ok"}))
+
+    def echo(body):
+        return 201, {"got": body}
+
+    def boom(body):
+        raise KeyError("want")
+    s.json_route("/v1/echo", echo)
+    s.json_route("/v1/boom", boom)
+    copies = CopyStore(tmp_path / "images")
+    (tmp_path / "images").mkdir(parents=True, exist_ok=True)
+    copies.path("web-1").write_bytes(b"abc")
+    DataServer("s1", copies, lambda name: None, None, None).add_routes(s)
+    return Client(Request.application(s.respond))
+
+
+def test_json_routes(server):
+    r = server.post("/v1/echo", json={"a": 1})
+    assert (r.status_code, r.json, r.mimetype) == (201, {"got": {"a": 1}}, "application/json")
+    r = server.post("/v1/echo", data=b"[1]")
+    assert (r.status_code, r.mimetype) == (400, "application/problem+json")
+    assert r.json["detail"] == "send a JSON object"
+    r = server.post("/v1/boom", json={})
+    assert (r.status_code, r.json["detail"]) == (500, "KeyError: 'want'")
+    # a JSON route is POST only; any other method is no route at all
+    r = server.get("/v1/echo")
+    assert (r.status_code, r.json, r.mimetype) == (404, {"title": "Not Found", "status": 404},
+                                                   "application/problem+json")
+    for path in ("/v1/nothing", "/v1/echo/", "/v1//echo"):
+        assert server.post(path, json={}).status_code == 404, path
+
+
+def test_raw_routes_take_every_method(server):
+    for method in ("GET", "POST", "HEAD"):
+        assert server.open("/healthz", method=method).status_code == 200
+
+
+def test_the_data_route(server):
+    r = server.get(image_data_path("web-1"))
+    assert (r.status_code, r.data, r.headers["Content-Length"]) == (200, b"abc", "3")
+    r = server.get(image_data_path("web-2"))
+    assert (r.status_code, r.json["type"]) == (404, ProblemType.NOT_FOUND)
+    r = server.put(image_data_path("web-2"), data=b"x")     # no such image record
+    assert (r.status_code, r.json["type"]) == (404, ProblemType.NOT_FOUND)
+    for method in ("POST", "DELETE", "HEAD"):
+        r = server.open(image_data_path("web-1"), method=method)
+        assert r.status_code == 405, method
+        if method != "HEAD":
+            assert r.json["detail"] == "use GET or PUT"
+    # a name the API refuses is no data path
+    r = server.get(image_data_path("web-"))
+    assert (r.status_code, r.json) == (404, {"title": "Not Found", "status": 404})
