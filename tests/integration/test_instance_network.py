@@ -15,7 +15,7 @@ import pytest
 from cowfleet.agents.compute.agent import ComputeAgent
 from cowfleet.agents.compute.hypervisor import FakeHypervisor
 from cowfleet.protocol import DESIRED_RUN, DESIRED_TERMINATE, assignment_data
-from cowfleet.models import DEFAULT_FLAVORS, Group, Image, Instance, NetworkConfig, Replica
+from cowfleet.models import DEFAULT_FLAVORS, Group, GroupStatus, Image, Instance, NetworkConfig, Replica
 from cowfleet.zk import layout, subnets
 from cowfleet.zk.connection import connect, read_children
 from tests.conftest import _workdir
@@ -93,6 +93,11 @@ class Harness:
         zk.create(layout.group("g"), Group(name="g", image="img", flavor="small", size=0,
                                            user_data="#!/bin/sh\necho hi\n").to_bytes())
         zk.ensure_path(layout.group_instances("g"))
+        # This harness is the group's coordinator (it writes the instances and
+        # assignments by hand, against a spec of size 0): a generation no leader
+        # has observed tells the agent's own placement sweep that a queued
+        # request decides for the group, so the sweep does not scale it in.
+        zk.create(layout.group_status("g"), GroupStatus(observed_generation=0).to_bytes())
         self.agent = None
         self.start()
 

@@ -75,8 +75,8 @@ def test_image_deleted_after_the_group_checked_it_exists(zk, monkeypatch):
     real = groups._check_references
     deleted = []
 
-    def check_then_image_goes(zk_, spec):
-        real(zk_, spec)
+    def check_then_image_goes(zk_, spec, **kw):
+        real(zk_, spec, **kw)
         if not deleted:
             deleted.append(outcome(images.delete, zk, "img"))
     monkeypatch.setattr(groups, "_check_references", check_then_image_goes)
@@ -92,8 +92,8 @@ def test_flavor_deleted_after_the_group_checked_it_exists(zk, monkeypatch):
     real = groups._check_references
     deleted = []
 
-    def check_then_flavor_goes(zk_, spec):
-        real(zk_, spec)
+    def check_then_flavor_goes(zk_, spec, **kw):
+        real(zk_, spec, **kw)
         if not deleted:
             deleted.append(outcome(flavors.delete, zk, "tiny"))
     monkeypatch.setattr(groups, "_check_references", check_then_flavor_goes)
