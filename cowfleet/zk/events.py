@@ -59,13 +59,13 @@ def record_safely(zk: KazooClient, group: str, event: Event, log=None) -> str | 
 
 
 def prune(zk: KazooClient, group: str, cap: int = CAP) -> int:
-    """Remove all but the newest ``cap`` events; how many went."""
+    """Remove all but the newest ``cap`` (at least 1) events; how many went."""
     try:
         children = sorted(zk.get_children(layout.group_events(group)))
     except NoNodeError:
         return 0
     gone = 0
-    for child in children[:-cap] if cap else children:
+    for child in children[:-cap]:
         try:
             zk.delete(f"{layout.group_events(group)}/{child}")
             gone += 1
@@ -119,9 +119,8 @@ def forget_orphans(zk: KazooClient) -> int:
         return 0
     gone = 0
     for name in names - groups:
-        prune(zk, name, cap=0)
         try:
-            zk.delete(layout.group_events(name))
+            zk.delete(layout.group_events(name), recursive=True)
             gone += 1
         except (NoNodeError, NotEmptyError):
             pass

@@ -77,12 +77,10 @@ def view(zk, group: Group, version: int, images_seen: dict | None = None) -> dic
     over one list (many groups, few images)."""
     instances = [i for i, _ in read_children(zk, layout.group_instances(group.name), Instance)]
     placed = read(zk, layout.group_status(group.name), GroupStatus)
-    if images_seen is None:
-        image = image_state(zk, group.image)
-    else:
-        if group.image not in images_seen:
-            images_seen[group.image] = image_state(zk, group.image)
-        image = images_seen[group.image]
+    seen = {} if images_seen is None else images_seen
+    if group.image not in seen:
+        seen[group.image] = image_state(zk, group.image)
+    image = seen[group.image]
     out = group.to_dict()
     out.pop("deleting")
     out["status"] = status_of(group, instances, placed[0] if placed else GroupStatus(), image)

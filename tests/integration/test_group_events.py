@@ -56,6 +56,11 @@ def test_events_are_capped_paged_by_cursor_and_go_with_the_group(lab, client, zk
     client.delete_group("ev-cap")
     wait_until(lambda: client.get_group("ev-cap") is None, 60, "group ev-cap gone")
     assert not zk.exists(layout.group_events("ev-cap"))
+    # a list left for a group that is gone (an event written while it was
+    # removed) goes, events and all, with the leaders' sweep
+    zk.create(f"{layout.group_events('ev-orphan')}/{layout.EVENT_PREFIX}", b"{}", sequence=True, makepath=True)
+    assert events.forget_orphans(zk) >= 1
+    assert not zk.exists(layout.group_events("ev-orphan"))
 
 
 def test_events_tell_what_happened_and_follow_shows_them_as_they_come(lab, cli, client, image_demo, own_groups):
