@@ -13,8 +13,10 @@ reconcile (at start, on every event, and periodically).
 """
 from __future__ import annotations
 
+import base64
 import os
 import random
+import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -623,7 +625,8 @@ class ComputeAgent(NodeAgent):
                         address=f"{address}/{net.prefixlen()}" if address and net else None,
                         gateway=net.gateway() if address and net else None,
                         user_data=group.user_data if group else None,
-                        ssh_authorized_keys=tuple(group.ssh_authorized_keys) if group else ())
+                        ssh_authorized_keys=tuple(group.ssh_authorized_keys) if group else (),
+                        random_seed=base64.b64encode(secrets.token_bytes(32)).decode())
 
     def _adopt(self, group: str, iid: str, dom) -> None:
         """A running domain with an assignment: make sure someone watches it."""

@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Callable
 
-from cowfleet.agents.compute.domain import METADATA_NS, DomainSpec, domain_xml, interface_xml
+from cowfleet.agents.compute.domain import METADATA_NS, DomainSpec, domain_xml, interface_xml, seed_disk_xml
 from cowfleet.agents.compute.network import apart_from_libvirtd
 from cowfleet.agents.compute.savefile import STREAM_MAGIC, Feeder, SaveImage, SaveImageError, clone_xml, write_image
 from cowfleet.faults import fault_point
@@ -254,6 +254,10 @@ class LibvirtHypervisor(Hypervisor):
                 # hot-plugged while paused: the guest finds it when it runs
                 # (ACPI PCI hotplug), a new device with the clone's own MAC
                 dom.attachDeviceFlags(interface_xml(spec), lv.VIR_DOMAIN_AFFECT_LIVE)
+            if spec.seed_path:
+                # after the NIC: the seed's block device wakes the waiting
+                # template guest, which then looks for the NIC it names
+                dom.attachDeviceFlags(seed_disk_xml(spec), lv.VIR_DOMAIN_AFFECT_LIVE)
             if spec.network == "tap":
                 attach(spec.tap)
             dom.resume()
@@ -267,6 +271,8 @@ def _fit_for_template(name: str, root: ET.Element) -> None:
     a save stops the domain)."""
     if root.find("devices/interface") is not None:
         raise SaveImageError(f"{name} has a NIC: a template has none (each clone's is hot-plugged)")
+    if root.find("devices/disk/target[@dev='vdb']") is not None:
+        raise SaveImageError(f"{name} has a seed: a template has none (each clone's is hot-plugged)")
     if root.find("genid") is None:
         raise SaveImageError(f"{name} has no VM generation ID: its clones would share one")
 
