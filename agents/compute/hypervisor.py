@@ -19,7 +19,7 @@ from cowfleet.agents.compute.domain import METADATA_NS, DomainSpec, domain_xml, 
 from cowfleet.agents.compute.network import apart_from_libvirtd
 from cowfleet.agents.compute.savefile import STREAM_MAGIC, Feeder, SaveImage, SaveImageError, clone_xml, write_image
 from cowfleet.faults import fault_point
-from cowfleet.guest.builder import READY_MARKER
+from cowfleet.guest.builder import READY_MARKER, TEMPLATE_MARKER
 
 log = logging.getLogger(__name__)
 
@@ -317,8 +317,8 @@ class FakeHypervisor(Hypervisor):
                 self.destroy(spec.name)
                 raise
         self.resume(spec.name)
-        with open(spec.console_log, "a") as fh:
-            fh.write(f"fake guest {spec.instance_id}\n{READY_MARKER}\n")
+        with open(spec.console_log, "a") as fh:   # a template waits for its clone's seed
+            fh.write(f"fake guest {spec.instance_id}\n{TEMPLATE_MARKER if spec.template else READY_MARKER}\n")
 
     def destroy(self, name: str) -> bool:
         with self._lock:
@@ -343,10 +343,12 @@ class FakeHypervisor(Hypervisor):
         # token stream: restore_clone reads and checks it as the real one does
         with self._lock:
             spec, _ = self._domains[name]
-        _fit_for_template(name, ET.fromstring(domain_xml(spec)))
+        # the XML a qemu domain of this spec has (an agent's specs say "fake")
+        xml = domain_xml(dataclasses.replace(spec, virt_type="qemu") if spec.virt_type == "fake" else spec)
+        _fit_for_template(name, ET.fromstring(xml))
         path = os.fspath(path)
         # as libvirt keeps a domain's XML: with its UUID and generation ID
-        xml = domain_xml(spec).replace("</name>", f"</name><uuid>{uuid.uuid4()}</uuid>", 1)
+        xml = xml.replace("</name>", f"</name><uuid>{uuid.uuid4()}</uuid>", 1)
         xml = xml.replace("<genid/>", f"<genid>{uuid.uuid4()}</genid>", 1)
         write_image(path + ".partial", xml, STREAM_MAGIC + b"fake guest memory\n")
         os.replace(path + ".partial", path)
