@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 from cowfleet.agents.compute.files import InstanceFileStore
+from cowfleet.agents.compute.sessions import qcow2_backing
 
 
 class OverlayError(RuntimeError):
@@ -48,6 +49,11 @@ class OverlayStore(InstanceFileStore):
         if proc.returncode != 0:
             raise OverlayError(f"qemu-img rebase failed: {proc.stderr.strip()}")
 
+    @staticmethod
+    def backing(path: Path) -> str | None:
+        """The backing file an overlay names (e.g. a template's layer)."""
+        return qcow2_backing(path)
+
     def destroy_all(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -59,6 +65,15 @@ class FakeOverlayStore(OverlayStore):
     @staticmethod
     def layer(path: Path, backing: str, backing_format: str) -> None:
         path.write_text(f"fake overlay backed by {backing} ({backing_format})\n")
+
+    @staticmethod
+    def backing(path: Path) -> str | None:
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            return None
+        _, found, rest = text.partition("fake overlay backed by ")
+        return rest.rpartition(" (")[0] or None if found else None
 
     def rebase(self, path: Path, backing: str, backing_format: str) -> None:
         path.write_text(f"fake overlay backed by {backing} ({backing_format})\n")

@@ -91,6 +91,7 @@ class TemplateStore:
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)       # qemu runs unprivileged: it traverses to the files
         self.hyper = hyper
+        self.owner = node                # the agent's node (its fault points name it)
         self.node = f"{node}~tmpl"      # templates' domains: apart from the instances'
         self.make_layer = make_layer
         self.cap_bytes = cap_bytes
@@ -101,12 +102,15 @@ class TemplateStore:
 
     @contextlib.contextmanager
     def using(self, key: str):
-        """Around a clone's overlay and restore: ``prune`` leaves the
-        template alone (after that, the clone's overlay says it is used)."""
+        """Around making a clone's overlay: yields the template (None: there
+        is none), which ``prune`` leaves alone meanwhile; after that the
+        clone's overlay on disk says it is used (prune reads the overlays
+        under the same lock as this count, so no removal slips between)."""
         with self._locks_lock:
             self._using[key] = self._using.get(key, 0) + 1
+            template = self.get(key)
         try:
-            yield
+            yield template
         finally:
             with self._locks_lock:
                 self._using[key] -= 1
@@ -165,7 +169,7 @@ class TemplateStore:
 
     # -- making -------------------------------------------------------------------
     def make(self, key: str, session: str, backing: str, backing_format: str, vcpus: int,
-             memory_mib: int) -> Template:
+             memory_mib: int, timeout: float | None = None) -> Template:
         """Cold boot the image as a template (no seed, no NIC), wait for its
         template marker, save it and freeze its disk layer; the folder
         appears whole or not at all. Call under :meth:`lock` of ``key``."""
@@ -189,11 +193,11 @@ class TemplateStore:
                               console_log=str(console), virt_type=self.hyper.virt_type, network="none",
                               template=True)
             self.hyper.start(spec)
-            fault_point("template.booting", self.node)
-            self._wait_for_marker(console, name)
+            fault_point("template.booting", self.owner)
+            self._wait_for_marker(console, name, timeout or self.boot_timeout)
             self.hyper.save_template(name, folder / "memory.save")
             os.chmod(disk, 0o444)           # frozen: the saved memory is of this disk
-            fault_point("template.saved", self.node)
+            fault_point("template.saved", self.owner)
             os.replace(folder, self.root / key)
         except BaseException as exc:
             self.hyper.destroy(name)
@@ -204,10 +208,10 @@ class TemplateStore:
         log.info("template %s made in %.1f s", key, time.monotonic() - t0)
         return self._read(self.root / key)
 
-    def _wait_for_marker(self, console: Path, name: str) -> None:
+    def _wait_for_marker(self, console: Path, name: str, timeout: float) -> None:
         # the guest's console is a file qemu appends to: polled, as the
         # agent's readiness loop polls instances' consoles
-        deadline = time.monotonic() + self.boot_timeout
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
                 if TEMPLATE_MARKER in console.read_text(errors="replace"):
@@ -217,7 +221,7 @@ class TemplateStore:
             if not any(d.name == name for d in self.hyper.list(self.node).values()):
                 raise TemplateError(f"the template domain {name} stopped before its marker")
             time.sleep(0.2)
-        raise TemplateError(f"no template marker from {name} in {self.boot_timeout:.0f} s "
+        raise TemplateError(f"no template marker from {name} in {timeout:.0f} s "
                             "(an image without the warm-clone contract?)")
 
     # -- removing -----------------------------------------------------------------
@@ -232,40 +236,37 @@ class TemplateStore:
         shutil.rmtree(gone, ignore_errors=True)
         return True
 
-    def prune(self, in_use: set[str], current: Callable[[Template], bool]) -> list[str]:
-        """Remove templates no clone uses (``in_use``: keys clones' overlays
-        are backed by) that are stale (``current`` says no: their image or
-        session is not the one new instances get), then the least recently
-        used unused ones while all of them take more than the cap. Returns
-        the keys removed."""
+    def prune(self, in_use: Callable[[], set[str]], current: Callable[[Template], bool]) -> list[str]:
+        """Remove templates no clone uses (``in_use()``: the keys clones'
+        overlays on disk are backed by, read at each removal) that are stale
+        (``current`` says no: their image session is not the one new
+        instances get), then the least recently used unused ones while all
+        of them take more than the cap. Returns the keys removed."""
         removed = []
         templates = self.list()
         for key, t in templates.items():
-            if key not in in_use and not current(t):
-                if self._remove_unlocked(key):
-                    removed.append(key)
+            if not current(t) and self._remove_unused(key, in_use):
+                removed.append(key)
         left = [t for k, t in templates.items() if k not in removed]
         sizes = {t.key: t.size() for t in left}
         total = sum(sizes.values())
         for t in sorted(left, key=lambda t: t.folder.stat().st_mtime):
             if total <= self.cap_bytes:
                 break
-            if t.key in in_use:
-                continue
-            if self._remove_unlocked(t.key):
+            if self._remove_unused(t.key, in_use):
                 removed.append(t.key)
                 total -= sizes[t.key]
         return removed
 
-    def _remove_unlocked(self, key: str) -> bool:
-        with self._locks_lock:
-            if key in self._using:
-                return False              # a clone of it is being made
+    def _remove_unused(self, key: str, in_use: Callable[[], set[str]]) -> bool:
         lock = self.lock(key)
         if not lock.acquire(blocking=False):
-            return False                  # being made or used right now
+            return False                  # being made right now
         try:
-            return self.remove(key)
+            with self._locks_lock:        # no clone starts on it meanwhile (using)
+                if key in self._using or key in in_use():
+                    return False
+                return self.remove(key)
         finally:
             lock.release()
 

@@ -64,8 +64,8 @@ def test_an_image_or_flavor_change_is_another_template_and_the_old_goes_when_unu
     assert len({old.key, new_image.key, new_flavor.key}) == 3
     current = {new_image.key, new_flavor.key}
     # the old one is stale but a clone still runs on it: kept
-    assert store.prune(in_use={old.key}, current=lambda t: t.key in current) == []
-    assert store.prune(in_use=set(), current=lambda t: t.key in current) == [old.key]
+    assert store.prune(in_use=lambda: {old.key}, current=lambda t: t.key in current) == []
+    assert store.prune(in_use=lambda: set(), current=lambda t: t.key in current) == [old.key]
     assert set(store.list()) == current
     assert store.session_keys() == {"demo-bbbb"}
 
@@ -78,24 +78,27 @@ def test_over_the_cap_the_least_recently_used_unused_go_first(store):
     for n, t in enumerate(ts):                    # made in order: 0 the least recently used
         os.utime(t.folder, (past + n, past + n))
     store.get(ts[0].key)                          # ... until used now
-    removed = store.prune(in_use={ts[1].key}, current=lambda t: True)
+    removed = store.prune(in_use=lambda: {ts[1].key}, current=lambda t: True)
     # oldest first: 1 (in use: kept), 2, 3, then 0 (just used): 2 and 3 go, and then it is at the cap
     assert removed == [ts[2].key, ts[3].key]
     assert set(store.list()) == {ts[0].key, ts[1].key}
-    assert store.prune(in_use={ts[1].key}, current=lambda t: True) == []    # at the cap: nothing
+    assert store.prune(in_use=lambda: {ts[1].key}, current=lambda t: True) == []    # at the cap: nothing
     store.cap_bytes = 0
-    assert store.prune(in_use={ts[1].key}, current=lambda t: True) == [ts[0].key]
+    assert store.prune(in_use=lambda: {ts[1].key}, current=lambda t: True) == [ts[0].key]
     assert set(store.list()) == {ts[1].key}
 
 
 def test_a_template_being_made_or_cloned_is_not_pruned(store):
     t = make(store)
-    with store.using(t.key):
-        assert store.prune(in_use=set(), current=lambda t: False) == []
+    with store.using(t.key) as got:
+        assert got == t
+        assert store.prune(in_use=lambda: set(), current=lambda t: False) == []
     with store.lock(t.key):
-        assert store.prune(in_use=set(), current=lambda t: False) == []
-    assert store.prune(in_use=set(), current=lambda t: False) == [t.key]
+        assert store.prune(in_use=lambda: set(), current=lambda t: False) == []
+    assert store.prune(in_use=lambda: set(), current=lambda t: False) == [t.key]
     assert list(store.root.iterdir()) == []
+    with store.using(t.key) as got:
+        assert got is None                        # gone: the clone boots or makes it anew
 
 
 def test_a_half_made_template_and_its_domain_are_swept_at_start(store, hyper, tmp_path):
