@@ -743,6 +743,14 @@ class ComputeAgent(NodeAgent):
         if got is None:
             return
         inst = got[0]
+        if dom.paused and dom.clone:
+            # restored from a template by a start that was interrupted: its NIC
+            # and seed may not be plugged, so it would wait at its template
+            # marker for ever; destroyed, the next round starts it anew
+            self.log.info("destroying %s (a clone left paused by an interrupted start)", iid)
+            self.hyper.destroy(dom.name)
+            self.wake.set()
+            return
         if dom.paused:
             self.log.info("resuming %s (left paused by an interrupted start)", iid)
             self.hyper.resume(dom.name, attach=self.instnet.net.attach if self.instnet is not None else None)

@@ -31,6 +31,8 @@ class DomainInfo:
     group: str
     running: bool          # active (running or paused)
     paused: bool = False   # e.g. created paused by an agent that died before resuming it
+    clone: bool = False    # paused and restored from a template (it has a generation ID): its NIC
+                           # and seed may not be plugged yet, so it is not resumed but started anew
 
 
 # attach(tap): called while a domain with a tap NIC (DomainSpec network="tap")
@@ -185,9 +187,13 @@ class LibvirtHypervisor(Hypervisor):
             if ident[0] != node:
                 continue
             state = stats.get("state.state", lv.VIR_DOMAIN_NOSTATE)
+            paused = state == lv.VIR_DOMAIN_PAUSED
+            try:      # only a paused one's XML is read: rare (an interrupted start)
+                clone = paused and ET.fromstring(dom.XMLDesc(0)).find("genid") is not None
+            except lv.libvirtError:
+                clone = False
             out[ident[1]] = DomainInfo(name=name, instance_id=ident[1], group=ident[2],
-                                       running=state != lv.VIR_DOMAIN_SHUTOFF,
-                                       paused=state == lv.VIR_DOMAIN_PAUSED)
+                                       running=state != lv.VIR_DOMAIN_SHUTOFF, paused=paused, clone=clone)
         with self._identity_lock:      # forget domains gone from the host (only this node's are kept)
             for uuid, ident in list(self._identity.items()):
                 if ident[0] == node and uuid not in seen:

@@ -4,7 +4,8 @@ and restores each instance from it with its own NIC and NoCloud seed, so
 every clone answers on its own address with its own id, host name and user
 data (run once) and RNG; a template whose save image is corrupt is never
 restored (the instance boots and says why); an agent killed while making a
-template leaves no domain or half-made template behind."""
+template leaves no domain or half-made template behind, and one killed with
+a clone restored but paused (its devices maybe not plugged) starts it anew."""
 from __future__ import annotations
 
 import shutil
@@ -116,3 +117,25 @@ def test_an_agent_killed_making_a_template_leaves_none_behind(lab, client, image
     assert g["instances"][0]["start"] == "clone"
     assert not [d for d in domains(lab) if "~tmpl--" in d]
     assert [p.name.startswith(".") for p in templates(lab)] == [False], "swept, then made whole"
+
+
+def test_an_agent_killed_with_a_clone_paused_starts_it_anew(lab, client, image_demo, clone_group):
+    client.put_group(clone_group, image="demo", flavor="small", size=1, user_data=USER_DATA, start="clone")
+    [first] = wait_until(lambda: ready(client, clone_group, 1), 300, "the first clone ready")["instances"]
+    node = compute_dir(lab).name
+    pause = Pause(lab, "start.paused")         # the template is made: only the restore passes here
+    pause.arm()
+    client.put_group(clone_group, image="demo", flavor="small", size=2, user_data=USER_DATA, start="clone")
+    seen = {}
+
+    def there():        # restored, paused, before its NIC and seed are plugged
+        [name] = [d for d in domains(lab) if d.startswith(f"cf-{node}--{clone_group}-")
+                  and not d.endswith(first["id"])]
+        seen["name"] = name
+    pause.kill_there_and_restart(there)
+    g = wait_until(lambda: ready(client, clone_group, 2), 300, "the group ready after the kill")
+    [inst] = [i for i in g["instances"] if i["id"] != first["id"]]
+    assert inst["start"] == "clone" and page(inst)["instance-id"] == inst["id"]
+    assert seen["name"].endswith("--" + inst["id"])
+    assert sorted(d for d in domains(lab) if d.startswith(f"cf-{node}--{clone_group}-")) == \
+        sorted(f"cf-{node}--{i['id']}" for i in g["instances"])
