@@ -104,14 +104,17 @@ def test_a_corrupt_template_is_never_restored_the_instance_boots(lab, client, im
     assert not t.exists(), "the template that does not read back is dropped"
 
 
-def test_an_agent_killed_making_a_template_leaves_none_behind(lab, client, image_demo, clone_group):
-    pause = Pause(lab, "template.booting")
+@pytest.mark.parametrize("point", ["template.booting", "template.saved"])
+def test_an_agent_killed_making_a_template_leaves_none_behind(lab, client, image_demo, clone_group, point):
+    pause = Pause(lab, point)
     pause.arm()
     client.put_group(clone_group, image="demo", flavor="small", size=1, user_data=USER_DATA, start="clone")
 
-    def there():        # the template's domain runs, its folder is a half-made one
-        assert [d for d in domains(lab) if "~tmpl--" in d]
-        assert [p.name[:8] for p in templates(lab)] == [".making-"]
+    def there():        # its folder is a half-made one; booting, its domain runs; saved, it is gone
+        assert bool([d for d in domains(lab) if "~tmpl--" in d]) == (point == "template.booting")
+        [half] = templates(lab)
+        assert half.name.startswith(".making-")
+        assert (half / "memory.save").exists() == (point == "template.saved")
     pause.kill_there_and_restart(there)
     g = wait_until(lambda: ready(client, clone_group, 1), 300, "the group ready after the kill")
     assert g["instances"][0]["start"] == "clone"
