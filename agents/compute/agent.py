@@ -653,7 +653,8 @@ class ComputeAgent(NodeAgent):
                 # a template guest is at its marker well before an instance is
                 # ready: it has the group's ready_timeout at the most
                 t = self.templates.make(key, session.key, session.url, image.format, flavor.vcpus,
-                                        flavor.memory_mib, timeout=min(spec_group.ready_timeout, 600))
+                                        flavor.memory_mib, timeout=min(spec_group.ready_timeout, 600),
+                                        image=image.name, sha256=image.sha256)
             except TemplateError as exc:
                 self.metrics.failure("template")
                 why = f"no warm-clone template of {image.name} on {self.name}: {exc}"[:500]
@@ -698,15 +699,24 @@ class ComputeAgent(NodeAgent):
             return self._create_overlay(group, iid, image, session), why
 
     def _prune_templates(self) -> None:
-        """Templates no clone uses go when their image session is not the
-        current one (image changed, storage failover) or over the disk cap."""
+        """Templates no clone uses go when they are stale (their image is
+        gone or holds other content now, or a newer session of it serves new
+        instances after a storage failover) or over the disk cap. (Whether
+        the image's session runs is no sign: a template keeps it running.)"""
         def in_use() -> set[str]:
             return {self.templates.of_overlay_backing(self.overlays.backing(path))
                     for _g, path in self.overlays.list().values()}
 
+        images: dict[str, str | None] = {}
+
         def current(t: Template) -> bool:
+            if t.image not in images:
+                got = read(self.zk, layout.image(t.image), Image) if t.image else None
+                images[t.image] = got[0].sha256 if got else None
+            if images[t.image] != t.sha256:
+                return False
             s = self.sessions.current(base_of(t.session))
-            return s is not None and s.key == t.session
+            return s is None or s.key == t.session
         for key in self.templates.prune(in_use, current):
             self.log.info("removed warm-clone template %s", key)
 

@@ -50,6 +50,9 @@ MAKING = ".making-"
 # one template of the demo guest: 95.7 MB of save image and a few MB of
 # disk layer (design.md, "Warm clones"); 8 of them by default
 DEFAULT_CAP_BYTES = 1 << 30
+# an unused template is kept this long after its last clone was made (a group
+# scaled down and up again, or deleted and made again, reuses it), then goes
+DEFAULT_IDLE_S = 3600.0
 
 
 class TemplateError(RuntimeError):
@@ -63,6 +66,8 @@ class Template:
     vcpus: int
     memory_mib: int
     folder: Path
+    image: str = ""         # the image's name and content it was made of
+    sha256: str = ""
 
     @property
     def disk(self) -> Path:
@@ -86,7 +91,8 @@ MakeLayer = Callable[[Path, str, str], None]
 
 class TemplateStore:
     def __init__(self, root: str | os.PathLike, hyper: Hypervisor, node: str, make_layer: MakeLayer,
-                 cap_bytes: int = DEFAULT_CAP_BYTES, boot_timeout: float = 600.0):
+                 cap_bytes: int = DEFAULT_CAP_BYTES, boot_timeout: float = 600.0,
+                 idle_s: float = DEFAULT_IDLE_S):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)       # qemu runs unprivileged: it traverses to the files
@@ -95,6 +101,7 @@ class TemplateStore:
         self.node = f"{node}~tmpl"      # templates' domains: apart from the instances'
         self.make_layer = make_layer
         self.cap_bytes = cap_bytes
+        self.idle_s = idle_s
         self.boot_timeout = boot_timeout
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
@@ -127,7 +134,8 @@ class TemplateStore:
         try:
             meta = json.loads((folder / "meta.json").read_text())
             return Template(key=meta["key"], session=meta["session"], vcpus=int(meta["vcpus"]),
-                            memory_mib=int(meta["memory_mib"]), folder=folder)
+                            memory_mib=int(meta["memory_mib"]), folder=folder, image=meta.get("image", ""),
+                            sha256=meta.get("sha256", ""))
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -169,7 +177,7 @@ class TemplateStore:
 
     # -- making -------------------------------------------------------------------
     def make(self, key: str, session: str, backing: str, backing_format: str, vcpus: int,
-             memory_mib: int, timeout: float | None = None) -> Template:
+             memory_mib: int, timeout: float | None = None, image: str = "", sha256: str = "") -> Template:
         """Cold boot the image as a template (no seed, no NIC), wait for its
         template marker, save it and freeze its disk layer; the folder
         appears whole or not at all. Call under :meth:`lock` of ``key``."""
@@ -184,7 +192,8 @@ class TemplateStore:
         t0 = time.monotonic()
         try:
             (folder / "meta.json").write_text(json.dumps(
-                {"key": key, "session": session, "vcpus": vcpus, "memory_mib": memory_mib}))
+                {"key": key, "session": session, "vcpus": vcpus, "memory_mib": memory_mib,
+                 "image": image, "sha256": sha256}))
             disk = folder / "disk.qcow2"
             self.make_layer(disk, backing, backing_format)
             console = folder / "console.log"
@@ -240,12 +249,15 @@ class TemplateStore:
         """Remove templates no clone uses (``in_use()``: the keys clones'
         overlays on disk are backed by, read at each removal) that are stale
         (``current`` says no: their image session is not the one new
-        instances get), then the least recently used unused ones while all
-        of them take more than the cap. Returns the keys removed."""
+        instances get) or idle (no clone made of them for ``idle_s``), then
+        the least recently used unused ones while all of them take more than
+        the cap. Returns the keys removed."""
         removed = []
         templates = self.list()
+        idle_since = time.time() - self.idle_s
         for key, t in templates.items():
-            if not current(t) and self._remove_unused(key, in_use):
+            stale = not current(t) or t.folder.stat().st_mtime < idle_since
+            if stale and self._remove_unused(key, in_use):
                 removed.append(key)
         left = [t for k, t in templates.items() if k not in removed]
         sizes = {t.key: t.size() for t in left}

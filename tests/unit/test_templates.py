@@ -29,7 +29,8 @@ def store(tmp_path, hyper):
 def make(store, session="demo-aaaa", vcpus=1, memory_mib=128):
     key = template_key(session, vcpus, memory_mib)
     with store.lock(key):
-        return store.make(key, session, f"nbd+unix:///{session}?socket=fake-{session}", "raw", vcpus, memory_mib)
+        return store.make(key, session, f"nbd+unix:///{session}?socket=fake-{session}", "raw", vcpus, memory_mib,
+                          image=session.split("-")[0], sha256=session.split("-")[1] * 16)
 
 
 def clone_spec(tmp_path, t, n=1) -> DomainSpec:
@@ -41,6 +42,7 @@ def clone_spec(tmp_path, t, n=1) -> DomainSpec:
 def test_a_template_is_made_whole_frozen_and_reused(store, hyper, tmp_path):
     t = make(store)
     assert t.key == "demo-aaaa--1c128m" and t.folder == store.root / t.key
+    assert (t.image, t.sha256) == ("demo", "aaaa" * 16)
     assert sorted(p.name for p in t.folder.iterdir()) == ["console.log", "disk.qcow2", "memory.save", "meta.json"]
     assert not os.access(t.disk, os.W_OK) or os.geteuid() == 0
     assert oct(t.disk.stat().st_mode & 0o777) == "0o444"
@@ -70,11 +72,20 @@ def test_an_image_or_flavor_change_is_another_template_and_the_old_goes_when_unu
     assert store.session_keys() == {"demo-bbbb"}
 
 
+def test_an_unused_template_goes_when_idle(store):
+    a, b, c = make(store, "img1-aaaa"), make(store, "img2-aaaa"), make(store, "img3-aaaa")
+    long_ago = time.time() - store.idle_s - 1
+    for t in (a, b):
+        os.utime(t.folder, (long_ago, long_ago))
+    assert store.prune(in_use=lambda: {b.key}, current=lambda t: True) == [a.key]     # b: a clone runs on it
+    assert set(store.list()) == {b.key, c.key}
+
+
 def test_over_the_cap_the_least_recently_used_unused_go_first(store):
     ts = [make(store, f"img{n}-aaaa") for n in range(4)]
     size = ts[0].size()
     store.cap_bytes = 2 * size
-    past = time.time() - 100
+    past = time.time() - 100          # within idle_s
     for n, t in enumerate(ts):                    # made in order: 0 the least recently used
         os.utime(t.folder, (past + n, past + n))
     store.get(ts[0].key)                          # ... until used now
