@@ -471,6 +471,8 @@ class ComputeAgent(NodeAgent):
                 template, why = self._clone_template(spec_group, image, flavor, session)
                 overlay = self._create_clone_overlay(group, iid, template) if template else None
                 if overlay is None:
+                    if template is not None:
+                        why = f"no overlay on template {template.key} (removed meanwhile, or qemu-img failed)"
                     template = None
                     overlay = self._create_overlay(group, iid, image, session)
         t_overlay = time.monotonic()
