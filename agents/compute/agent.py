@@ -709,29 +709,31 @@ class ComputeAgent(NodeAgent):
                     self.awaiting.pop(iid, None)
                 self.log.info("instance %s ready", iid)
             elif time.time() > deadline:
-                self._ready_timed_out(group, iid)
-                self.metrics.failure("not-ready")
+                if self._ready_timed_out(group, iid):
+                    self.metrics.failure("not-ready")
                 self.metrics.gone(iid)
                 with self.awaiting_lock:
                     self.awaiting.pop(iid, None)
 
-    def _ready_timed_out(self, group: str, iid: str) -> None:
+    def _ready_timed_out(self, group: str, iid: str) -> bool:
         """No readiness line within the group's ready_timeout: the instance
         is failed with that reason, and its domain stopped (a guest spinning
         in early boot costs a TCG host a core; its console stays readable
         until the instance is deleted). Failed stays failed: ``_start`` and
         ``_adopt`` leave it be, and scale-in and rolling updates remove
-        failed instances first."""
+        failed instances first. False when the instance was no longer
+        running (deleted, or failed another way): nothing to count."""
         got = read(self.zk, layout.group_instance(group, iid), Instance)
         g = read(self.zk, layout.group(group), Group)
         if got is None or got[0].state != InstanceState.RUNNING:
-            return
+            return False
         timeout = _ready_timeout(g[0] if g else None)
         self._set_state(group, iid, InstanceState.FAILED,
                         f"no readiness line from the guest within its ready_timeout of {timeout} s; "
                         "domain stopped, console kept", Reason.READY_TIMEOUT)
         self.hyper.destroy(domain_name(self.name, iid))
         self.log.warning("instance %s: no readiness line within %d s: failed", iid, timeout)
+        return True
 
     def shutdown(self) -> None:
         try:
