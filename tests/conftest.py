@@ -119,6 +119,23 @@ def image_demo(client, demo_image):
     return client.get_image("demo")
 
 
+@pytest.fixture(scope="module")
+def never_boots(client, image_demo):
+    """Image 'cond-zeros': a disk of zeros, which no firmware boots (the
+    guest never prints its readiness line)."""
+    d = Path(tempfile.mkdtemp(prefix="cowfleet-cond-", dir="/var/tmp"))
+    os.chmod(d, 0o755)
+    zeros = d / "zeros.raw"
+    zeros.write_bytes(bytes(1 << 20))
+    try:
+        client.put_image("cond-zeros", source_url=f"file://{zeros}", format="raw", min_replicas=1)
+        wait_until(lambda: client.get_image("cond-zeros")["status"] == "available", 60, "image cond-zeros")
+        yield "cond-zeros"
+    finally:
+        client.delete_image("cond-zeros")
+        shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture
 def own_groups(client):
     """Names of groups a test makes: whatever becomes of the test, they are
