@@ -352,6 +352,21 @@ class RacksLab(LabFiles):
         elif n.role in ("storage", "compute"):
             c.wait_for(lambda: n.name in self.registered(), timeout, f"{n.short} to register", interval=0.5)
 
+    def kill_tgtd(self, short: str, restart: bool = True) -> None:
+        """SIGKILL a storage node's tgtd (a crash: its socket files stay)
+        and, with ``restart``, start it again as ``up`` does."""
+        n = self.node(short)
+        if n.tgtd_pid and c.pid_alive(n.tgtd_pid):
+            os.kill(n.tgtd_pid, signal.SIGKILL)
+            c.wait_gone(n.tgtd_pid, 10)
+        for f in (c.TGTD_RUN / f"socket.{n.tgt_control_port}", c.TGTD_RUN / f"socket.{n.tgt_control_port}.lock"):
+            f.unlink(missing_ok=True)
+        n.tgtd_pid = None
+        self._save()
+        if restart:
+            n.tgtd_pid = c.ensure_tgtd(n.log_of("tgtd"), control_port=n.tgt_control_port, netns=n.netns)
+            self._save()
+
     # -- status ---------------------------------------------------------------
     def running(self) -> bool:
         st = self.state
