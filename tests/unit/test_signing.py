@@ -173,3 +173,15 @@ def test_the_secret_comes_from_a_private_file(tmp_path, monkeypatch):
 def test_every_program_lists_the_variable():
     assert config.SECRET_FILE_VAR in config.AGENT_ENVIRONMENT
     assert config.SECRET_FILE_VAR in config.CLI_ENVIRONMENT
+
+
+def test_an_agent_with_an_unusable_secret_file_stops_in_one_line(tmp_path, monkeypatch, capsys):
+    from cowfleet.agents.main import main
+    path = config.write_secret(tmp_path / "secret")
+    os.chmod(path, 0o640)
+    monkeypatch.setenv(config.SECRET_FILE_VAR, str(path))
+    assert main(["--role", "storage", "--rack", "r1", "--zk", "127.0.0.1:9", "--name", "n1",
+                 "--state-dir", str(tmp_path / "state")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "readable by others" in err
+    assert not (tmp_path / "state").exists()
