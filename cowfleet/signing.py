@@ -138,6 +138,12 @@ class Verifier:
         self.key = p2p_key(secret)
         self.window = window
         self.clock = clock
+        # the nonces seen live in this process only: a restarted receiver
+        # refuses what was signed before it started, or a request captured in
+        # the minute before a restart could be replayed to it once. (Callers
+        # re-sign on retry; a caller whose clock lags by d seconds is refused
+        # for d seconds after a restart.)
+        self.started = int(clock())
         self._seen: dict[str, float] = {}     # nonce -> when it leaves the window
         self._lock = threading.Lock()
         self._prune_at = 1024
@@ -160,6 +166,8 @@ class Verifier:
         if abs(now - when) > self.window:
             raise Refused(403, f"stale request: signed {now - when:+.0f} s from this node's clock "
                           f"(the window is {self.window:.0f} s)")
+        if when < self.started:
+            raise Refused(403, "stale request: signed before this node started")
         want = signature(self.key, method, path, date, nonce, content, headers.get(CHECKSUM, ""))
         if not hmac.compare_digest(want, auth[len(SCHEME) + 1:].strip()):
             raise Refused(403, "bad signature: not signed with this cluster's secret, or altered on the way")

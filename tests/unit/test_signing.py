@@ -32,7 +32,9 @@ def check(verifier: Verifier, prep: requests.PreparedRequest, streamed: bool = F
 @pytest.fixture
 def verifier(monkeypatch):
     monkeypatch.setattr(signing.time, "time", lambda: NOW)
-    return Verifier(SECRET, clock=lambda: NOW)
+    v = Verifier(SECRET, clock=lambda: NOW - 600)      # a receiver up for a while
+    v.clock = lambda: NOW
+    return v
 
 
 def test_a_signed_request_passes_once(verifier):
@@ -62,7 +64,18 @@ def test_outside_the_window_is_stale(verifier, monkeypatch, skew):
     assert exc.value.status == 403 and "stale" in exc.value.detail
 
 
-def test_inside_the_window_passes(verifier, monkeypatch):
+def test_a_restarted_receiver_refuses_what_was_signed_before_it_started(monkeypatch):
+    monkeypatch.setattr(signing.time, "time", lambda: NOW)
+    prep = signed("POST", "http://h/v1/deploy", json={"request": "1"})     # signed at NOW
+    with pytest.raises(Refused) as exc:
+        check(Verifier(SECRET, clock=lambda: NOW + 5), prep)                 # started after it
+    assert exc.value.status == 403 and "before this node started" in exc.value.detail
+    check(Verifier(SECRET, clock=lambda: NOW), prep)                          # started in that second
+
+
+def test_inside_the_window_passes(monkeypatch):
+    verifier = Verifier(SECRET, clock=lambda: NOW - 100)      # started well before
+    verifier.clock = lambda: NOW
     for skew in (-59, 59):
         monkeypatch.setattr(signing.time, "time", lambda: NOW + skew)
         check(verifier, signed("POST", "http://h/v1/deploy", json={"request": "1"}))
@@ -93,6 +106,7 @@ def test_anything_altered_is_refused(verifier, tamper):
     with pytest.raises(Refused) as exc:
         check(verifier, prep, body=body, path=path)
     assert exc.value.status == 403
+    assert ("the body is not" if tamper == "body" else "bad signature") in exc.value.detail
 
 
 def test_streamed_bodies(verifier):
@@ -132,7 +146,8 @@ def test_a_get_signs_the_empty_body(verifier):
 def test_the_replay_memory_forgets_what_is_stale(monkeypatch):
     clock = [NOW]
     monkeypatch.setattr(signing.time, "time", lambda: clock[0])
-    v = Verifier(SECRET, clock=lambda: clock[0])
+    v = Verifier(SECRET, clock=lambda: NOW - 600)
+    v.clock = lambda: clock[0]
     for _ in range(3000):
         check(v, signed("POST", "http://h/v1/offer", json={}))
     clock[0] = NOW + 200                  # all 3000 are out of the window now
