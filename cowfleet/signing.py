@@ -104,11 +104,14 @@ class P2PAuth(AuthBase):
 
     def __init__(self, secret: Callable[[], bytes | None]):
         self._secret = secret
+        self._key: tuple[bytes, bytes] | None = None     # (secret, its P2P key): derived once
 
     def __call__(self, r: PreparedRequest) -> PreparedRequest:
         secret = self._secret()
         if secret is None:
             return r
+        if self._key is None or self._key[0] != secret:
+            self._key = (secret, p2p_key(secret))
         body = r.body
         if body is None:
             content = EMPTY_SHA256
@@ -117,7 +120,7 @@ class P2PAuth(AuthBase):
         else:                       # a generator or a file: streamed (see the module's docstring)
             content = UNSIGNED
         split = urllib.parse.urlsplit(r.path_url)
-        r.headers.update(sign_headers(p2p_key(secret), r.method, canonical_path(split.path, split.query),
+        r.headers.update(sign_headers(self._key[1], r.method, canonical_path(split.path, split.query),
                                       content, r.headers.get(CHECKSUM, "")))
         return r
 
