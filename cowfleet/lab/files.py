@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from cowfleet.config import SECRET_FILE_VAR, cluster_secret, write_secret
+from cowfleet.config import SECRET_FILE_VAR, cluster_secret, secret_file, write_secret
 
 
 def say(progress: Callable[[str], None] | None, text: str) -> None:
@@ -39,9 +39,14 @@ class LabFiles:
 
     def _make_secret(self) -> Path:
         """The lab's cluster secret: the configured one ($COWFLEET_SECRET_FILE)
-        when there is one (a test session's, an operator's), else a new one."""
-        configured = cluster_secret()
-        return write_secret(self.secret_file, configured.decode() if configured else None)
+        when there is one (a test session's, an operator's), else a new one --
+        also when the configured file is this lab's own, from a shell that
+        sourced the ``env`` of an earlier lab here (gone with it)."""
+        configured = secret_file()
+        if configured is not None and os.path.abspath(configured) == os.path.abspath(self.secret_file):
+            configured = None
+        value = cluster_secret() if configured is not None else None
+        return write_secret(self.secret_file, value.decode() if value else None)
 
     def secret_env(self) -> dict[str, str]:
         """The environment that gives a program the lab's secret."""

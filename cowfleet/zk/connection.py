@@ -72,6 +72,8 @@ def connect(hosts: str, timeout: float = 15.0, listener: Callable | None = None,
             boot.ensure_path(chroot)
             if auth:
                 _close(boot, chroot, auth["default_acl"])
+        except NoAuthError:
+            raise _refused(hosts, auth) from None
         finally:
             boot.stop()
             boot.close()
@@ -89,8 +91,7 @@ def connect(hosts: str, timeout: float = 15.0, listener: Callable | None = None,
             # ACLs keep out would only fail at its first real read)
             zk.get_children(layout.ROOT)
         except NoAuthError:
-            raise NoAuthError(f"ZooKeeper refuses {hosts}: the cluster is closed and this program "
-                              + ("has another secret" if auth else f"has no secret ({SECRET_FILE_VAR})")) from None
+            raise _refused(hosts, auth) from None
         if auth:
             close_tree(zk, auth["default_acl"])
     except Exception:
@@ -98,6 +99,11 @@ def connect(hosts: str, timeout: float = 15.0, listener: Callable | None = None,
         zk.close()
         raise
     return zk
+
+
+def _refused(hosts: str, auth: dict) -> NoAuthError:
+    return NoAuthError(f"ZooKeeper refuses {hosts}: the cluster is closed and this program "
+                       + ("has another secret" if auth else f"has no secret ({SECRET_FILE_VAR})"))
 
 
 def _close(zk: KazooClient, path: str, acl: list[ACL]) -> bool:

@@ -92,8 +92,10 @@ def test_an_open_tree_is_closed_on_upgrade(lab):
             assert new.get(layout.group("web"))[0] == b"{}"
             with pytest.raises(NoAuthError):
                 old.get(layout.group("web"))
-            with pytest.raises(NoAuthError):
+            with pytest.raises(NoAuthError, match="has no secret"):
                 connect(hosts, secret=None).stop()       # a program still without it cannot start
+            with pytest.raises(NoAuthError, match="has another secret"):
+                connect(hosts, secret=b"another cluster's secret 0123456").stop()
         finally:
             new.delete(layout.ROOT, recursive=True)
             new.stop()

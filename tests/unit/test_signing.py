@@ -200,3 +200,22 @@ def test_an_agent_with_an_unusable_secret_file_stops_in_one_line(tmp_path, monke
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "readable by others" in err
     assert not (tmp_path / "state").exists()
+
+
+def test_a_lab_takes_the_configured_secret_or_makes_its_own(tmp_path, monkeypatch):
+    from cowfleet.lab.files import LabFiles
+    lab = LabFiles()
+    lab.dir = tmp_path / "lab"
+    lab.dir.mkdir()
+    monkeypatch.delenv(config.SECRET_FILE_VAR, raising=False)
+    made = lab._make_secret().read_text()
+    assert len(made.strip()) >= 32 and lab.secret_file.stat().st_mode & 0o777 == 0o600
+    assert lab._make_secret().read_text() != made                 # a new lab, a new secret
+    mine = config.write_secret(tmp_path / "operator", "the-operator's-own-secret")
+    monkeypatch.setenv(config.SECRET_FILE_VAR, str(mine))
+    assert lab._make_secret().read_text() == "the-operator's-own-secret\n"
+    assert lab.secret_env()[config.SECRET_FILE_VAR] == str(lab.secret_file)
+    # a shell that sourced an earlier lab's env names the lab's own file: a new one
+    monkeypatch.setenv(config.SECRET_FILE_VAR, str(lab.secret_file))
+    lab.secret_file.unlink()
+    assert len(lab._make_secret().read_text().strip()) >= 32
