@@ -344,7 +344,7 @@ class Campaign:
         namespace (the lab's addresses exist only there)."""
         svc = self.lab.nodes("service")[0]
         agents = {n.name: f"http://{n.addr}:7070" for n in self.lab.nodes() if n.role in ("compute", "storage")}
-        code = _STATE_SCRIPT % {"zk": self.lab.state.zk, "agents": agents}
+        code = _STATE_SCRIPT % {"zk": self.lab.state.zk, "secret": str(self.lab.secret_file), "agents": agents}
         for attempt in range(5):
             proc = subprocess.run(["ip", "netns", "exec", svc.netns, sys.executable, "-c", code],
                                   capture_output=True, text=True, timeout=120)
@@ -372,9 +372,9 @@ class Campaign:
 
 _STATE_SCRIPT = r"""
 import json, urllib.request
-from kazoo.client import KazooClient
+from cowfleet.zk.connection import connect
 from cowfleet.zk import layout
-zk = KazooClient(hosts=%(zk)r); zk.start(20)
+zk = connect(%(zk)r, timeout=20, secret=open(%(secret)r, 'rb').read().strip())
 out = {"instances": {}, "assignments": {}, "requests": [], "metrics": {}}
 from kazoo.exceptions import NoNodeError
 for g in zk.get_children(layout.GROUPS):

@@ -53,7 +53,7 @@ import requests
 
 from cowfleet.lab import components as c
 from cowfleet.lab import netns
-from cowfleet.config import lab_dir
+from cowfleet.config import SECRET_FILE_VAR, lab_dir
 from cowfleet.lab.files import LabFiles, say
 
 SERVICE_PORT = 8080
@@ -182,6 +182,7 @@ class RacksLab(LabFiles):
         provision = provision_dir()
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o755)
+        self._make_secret()
         lab_id = "lab" + secrets.token_hex(2)
         while netns.names(f"cf-{lab_id}-"):
             lab_id = "lab" + secrets.token_hex(2)
@@ -214,7 +215,8 @@ class RacksLab(LabFiles):
             self.down()
             raise
         self.env_file.write_text(f"COWFLEET_ENDPOINT={self.state.endpoint}\n"
-                                 f"COWFLEET_TOKEN={self.state.token}\n")
+                                 f"COWFLEET_TOKEN={self.state.token}\n"
+                                 f"{SECRET_FILE_VAR}={self.secret_file}\n")
         os.chmod(self.env_file, 0o600)
         say(progress, f"  up in {time.monotonic() - t0:.1f}s")
         return self.state
@@ -252,6 +254,8 @@ class RacksLab(LabFiles):
                        if self.fake else "")
             if n.tgt_control_port:
                 env["COWFLEET_TGT_CONTROL_PORT"] = str(n.tgt_control_port)
+            if n.role != "zookeeper":     # distributed as a Vagrant node gets it: to its provisioning
+                env["COWFLEET_SECRET"] = self.secret_file.read_text().strip()
             if n.role == "service":
                 tokens = Path(n.root) / "etc" / "cowfleet" / "tokens"
                 tokens.parent.mkdir(parents=True, exist_ok=True)
