@@ -51,6 +51,7 @@ from cowfleet.zk.leaders import rack_leaders
 
 READY_POLL = 0.25
 OVERLAY_TRIES = 5          # overlay creations failing in a row before an instance is failed
+FAILOVER = "session:"      # the in-flight key of a session's failover (never an instance id)
 
 
 class ComputeAgent(NodeAgent):
@@ -91,6 +92,7 @@ class ComputeAgent(NodeAgent):
         self.awaiting: dict[str, tuple[str, float]] = {}   # id -> (group, deadline: time.time())
         self.awaiting_lock = threading.Lock()
         self.overlay_failures: dict[str, int] = {}         # id -> failed overlay creations in a row
+        self._io_resumes: dict[str, list[float]] = {}      # id -> its recent resumes after I/O errors
         self.reservations = Reservations()
         self.placer = Placer(self.zk, self.name, HandshakeGatherer(
             self.name, self.rack_offers, local_release=lambda request: self.release({"request": request})))
@@ -126,6 +128,7 @@ class ComputeAgent(NodeAgent):
         if self.instnet is not None:
             self.instnet.setup()          # before registering: peers learn the subnet with the node
         threading.Thread(target=self._readiness_loop, name="readiness", daemon=True).start()
+        self.hyper.watch_io_errors(self._on_io_error)
 
     def _on_tree_event(self, event) -> None:
         if event.event_type in (TreeEvent.NODE_ADDED, TreeEvent.NODE_UPDATED, TreeEvent.NODE_REMOVED,
@@ -322,6 +325,7 @@ class ComputeAgent(NodeAgent):
                 lock.release()
         for pid, key in self.sessions.kill_orphans():
             self.log.info("killed orphan qemu-storage-daemon %d (session %s)", pid, key)
+        self._check_sessions(used)
 
     def _session_users(self, key: str) -> set[str]:
         """The keys used by overlays on disk, read now (call under lock(base_of(key)))."""
@@ -333,7 +337,9 @@ class ComputeAgent(NodeAgent):
         reconcile again as soon as it ends rather than a whole round later."""
         with self.inflight_lock:
             if iid in self.inflight:
-                if self.inflight[iid] != fn.__name__:       # e.g. a terminate during a start
+                # e.g. a terminate during a start; or a failover asked again while one runs
+                # (a guest paused again after it listed them: once measured to wait 5 s for a round)
+                if self.inflight[iid] != fn.__name__ or iid.startswith(FAILOVER):
                     self.asked_meanwhile.add(iid)
                 return
             self.inflight[iid] = fn.__name__
@@ -631,7 +637,9 @@ class ComputeAgent(NodeAgent):
         if got is None:
             return
         inst = got[0]
-        if dom.paused:
+        if dom.paused and dom.io_error:
+            self._io_paused(dom)         # resumed by the failover, once its session reads
+        elif dom.paused:
             self.log.info("resuming %s (left paused by an interrupted start)", iid)
             self.hyper.resume(dom.name, attach=self.instnet.net.attach if self.instnet is not None else None)
         if inst.state in (InstanceState.PENDING, InstanceState.STARTING):
@@ -645,6 +653,108 @@ class ComputeAgent(NodeAgent):
             deadline = (inst.running_at or now()) + _ready_timeout(g[0] if g else None)
             with self.awaiting_lock:
                 self.awaiting.setdefault(iid, (group, deadline))
+
+    # -- storage failover (issue 16) --------------------------------------------
+    # A running instance's overlay reads the master through the host's
+    # session of the image (qemu-storage-daemon: iSCSI from one storage node,
+    # NBD to the guests). When that node dies (or the daemon), the session is
+    # re-made under the same key and socket from another verified replica;
+    # the guests' qemu reconnect to the socket, and the reads that failed
+    # meanwhile paused their guest (the disk's error policy, domain.py)
+    # instead of reaching it: the failover resumes them. Found by two paths:
+    # the node's replica record goes (a watch wakes the agent; then every
+    # round checks), or a guest pauses on an I/O error (libvirt's event wakes
+    # the agent and the paused domain's adopt asks for the failover).
+
+    def _on_io_error(self, domain: str) -> None:
+        self.log.info("%s: I/O error on its disk (paused by its error policy)", domain)
+        self.wake.set()
+
+    def _on_replica_gone(self, _event) -> None:
+        self.wake.set()
+
+    def _check_sessions(self, used: set) -> None:
+        """A failover for each used session whose daemon is gone or whose
+        storage node has no replica record (checked again in the failover:
+        a record may be missing for a round while its node serves)."""
+        for key in used:
+            if key is None:
+                continue
+            live = self.sessions.get(key)
+            if live is None or not self._replica_recorded(live, watch=self._on_replica_gone):
+                self._submit(FAILOVER + key, self._failover, key)
+
+    def _replica_recorded(self, session: Session, watch=None) -> bool:
+        """Whether the session's storage node has a replica record of its image."""
+        return not session.node or self.zk.exists(layout.image_replica(session.image, session.node),
+                                                  watch=watch) is not None
+
+    def _io_paused(self, dom) -> None:
+        key = self.sessions.key_of_overlay(self.overlays.path(dom.group, dom.instance_id))
+        if key is None:
+            self._resume_io_paused({dom.instance_id: dom})
+        else:
+            self._submit(FAILOVER + key, self._failover, key)
+
+    def _failover(self, key: str) -> None:
+        """Re-make session ``key`` from another replica if its storage node
+        serves the image no more or its daemon died, then resume the guests
+        its failed reads paused. With no replica to read from, the guests
+        wait (paused, or their reads held) and the next round tries again."""
+        with self.sessions.lock(base_of(key)):
+            was = self.sessions.record(key)
+            if was is None or key not in self._session_users(key):
+                return                       # unused: the reconcile stops it
+            live = self.sessions.get(key)
+            serving = live is not None and self._replica_recorded(was)
+            if not serving:
+                where = self._locate(was.image)
+                holders = where.replicas if where is not None and where.sha256 == was.sha256 else []
+                serving = live is not None and was.node in {r.get("node") for r in holders}
+                if not serving and not holders:
+                    self.log.warning("session %s: %s serves '%s' no more and no other replica is "
+                                     "found; its guests wait", key, was.node, was.image)
+                    return
+            if not serving:
+                t0 = time.monotonic()
+                # another node first; its own last (when only its daemon died)
+                order = sorted(holders, key=lambda r: r.get("node") == was.node)
+                try:
+                    now_on = self.sessions.repoint(key, order)
+                except SessionError as exc:
+                    self.metrics.failure("session-attach")
+                    self.log.warning("session %s: re-pointing failed (%s); its guests wait", key, exc)
+                    return
+                self.log.info("session %s re-pointed from %s to %s in %.0f ms", key, was.node or "?",
+                              now_on.node, (time.monotonic() - t0) * 1000)
+        self._resume_io_paused({iid: dom for iid, dom in self.hyper.list(self.name).items()
+                                if dom.io_error and self.sessions.key_of_overlay(
+                                    self.overlays.path(dom.group, iid)) == key})
+
+    def _resume_io_paused(self, domains: dict) -> None:
+        """Resume guests paused on an I/O error (qemu retries their failed
+        requests). A guest usually pauses twice per failover (its NBD client
+        fails the first request after the reconnect too: measured 2 resumes
+        each, 40-190 ms apart). One whose disk fails again at once (e.g. its
+        overlay's file system is full) is resumed at most every 2 s after 5
+        tries in 10 s, so that it cannot spin the agent; a timer wakes the
+        agent when its wait ends."""
+        t = time.monotonic()
+        for iid, dom in domains.items():
+            recent = [r for r in self._io_resumes.get(iid, ()) if t - r < 10]
+            if len(recent) >= 5 and t - recent[-1] < 2:
+                wake = threading.Timer(2 - (t - recent[-1]), self.wake.set)
+                wake.daemon = True
+                wake.start()
+                continue
+            self._io_resumes[iid] = recent + [t]
+            try:
+                self.hyper.resume(dom.name)
+                self.log.info("%s resumed after an I/O error pause", iid)
+            except Exception as exc:         # resumed meanwhile by another round, or gone
+                self.log.debug("resuming %s: %s", iid, exc)
+        for iid in [i for i, rs in self._io_resumes.items() if t - rs[-1] > 60]:
+            del self._io_resumes[iid]
 
     def _terminate(self, group: str, iid: str) -> None:
         self.hyper.destroy(domain_name(self.name, iid))
