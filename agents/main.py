@@ -13,7 +13,7 @@ from cowfleet.agents.compute.hypervisor import FakeHypervisor, LibvirtHypervisor
 from cowfleet.agents.storage.agent import StorageAgent
 from cowfleet.agents.storage.exporter import FakeExporter
 from cowfleet.agents.storage.tgt import TgtExporter
-from cowfleet.config import AGENT_ENVIRONMENT, environment_help
+from cowfleet.config import AGENT_ENVIRONMENT, SecretError, cluster_secret, environment_help
 from cowfleet.names import valid_name
 from cowfleet.network import LAB_INSTANCE_CIDR
 
@@ -67,6 +67,11 @@ def main(argv=None) -> int:
     name = args.name or f"{socket.gethostname().split('.')[0].lower()}-{args.role}"
     if not valid_name(name):
         print(f"cowfleet-agent: invalid node name '{name}': use a DNS label", file=sys.stderr)
+        return 2
+    try:
+        cluster_secret()          # a secret file configured but unusable: say so in one line, not mid-start
+    except SecretError as exc:
+        print(f"cowfleet-agent: {exc}", file=sys.stderr)
         return 2
     state_dir = args.state_dir or f"/var/lib/cowfleet/{name}"
     common = dict(name=name, rack=args.rack, zk_hosts=args.zk, state_dir=state_dir, listen=args.listen)

@@ -25,7 +25,8 @@ from kazoo.client import KazooState
 from kazoo.exceptions import NodeExistsError, NoNodeError
 
 from cowfleet.agents.metrics import AgentMetrics
-from cowfleet.agents.p2p_server import P2PServer, json_answer
+from cowfleet.agents.p2p_server import OPEN, P2PServer, json_answer
+from cowfleet.config import SECRET_FILE_VAR, cluster_secret
 from cowfleet.models import NodeInfo, now
 from cowfleet.protocol import P2P
 from cowfleet.zk import layout
@@ -180,12 +181,15 @@ class NodeAgent:
     # -- P2P endpoint -------------------------------------------------------
     def p2p_routes(self, server: P2PServer) -> None:
         """Add this agent's routes to its P2P server; subclasses extend."""
-        server.route("/healthz", lambda request: json_answer({"status": "ok", "node": self.name}))
+        server.route("/healthz", lambda request: json_answer({"status": "ok", "node": self.name}), access=OPEN)
         server.route(P2P.NODE, lambda request: json_answer(self.node_info().to_bytes()))
-        server.route("/metrics", lambda request: self.metrics.response(), methods=["GET"])
+        server.route("/metrics", lambda request: self.metrics.response(), methods=["GET"], access=OPEN)
 
     def _serve_p2p(self) -> None:
-        self._http = P2PServer(self.log, observe=self.metrics.served)
+        secret = cluster_secret()
+        if secret is None:
+            self.log.warning("no cluster secret (%s): the P2P endpoint takes unsigned requests", SECRET_FILE_VAR)
+        self._http = P2PServer(self.log, observe=self.metrics.served, secret=secret)
         self.p2p_routes(self._http)
         self.address = self._http.serve(self._listen)
 

@@ -8,6 +8,13 @@ Not Flask: an agent needs routing and a server, not an application with
 its request context, sessions and error pages; werkzeug gives both and is
 what Flask runs on.
 
+Every route but ``/healthz`` and ``/metrics`` takes only requests signed
+with the cluster secret (``cowfleet.signing``): an unsigned one is a 401, a
+stale, replayed, altered or foreign one a 403 (problem+json), before its
+handler sees it. Those two stay open: a load balancer's or Prometheus'
+probe carries no signature, and they tell nothing that lets anyone in.
+Without a secret (an open cluster) nothing is checked.
+
 Answers: a path no route takes -- or a method its route does not take --
 is a 404 problem+json (a JSON route is POST only); a JSON route that raises
 is a 500 problem+json naming the exception.
@@ -26,27 +33,41 @@ from werkzeug.routing import BaseConverter, Map, Rule
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
+from cowfleet.protocol import ProblemType
+from cowfleet.signing import Refused, Verifier, canonical_path
+
 # handler(request, **converted path parts) -> Response
 Handler = Callable[..., Response]
 # handler(JSON object body) -> (status, JSON answer)
 JsonHandler = Callable[[dict], "tuple[int, dict]"]
 
+# who may call a route
+OPEN = "open"            # anyone: /healthz, /metrics
+SIGNED = "signed"        # a request signed with the cluster secret, body included
+STREAMED = "streamed"    # signed, its body streamed (image data): UNSIGNED-PAYLOAD allowed
+
 
 class P2PServer:
-    def __init__(self, log: logging.Logger, observe: Callable[[str, int, float], None] | None = None):
+    def __init__(self, log: logging.Logger, observe: Callable[[str, int, float], None] | None = None,
+                 secret: bytes | None = None):
         self.log = log
         self._observe = observe     # (path, status, seconds) of every request served: the agent's metrics
+        self._verifier = Verifier(secret) if secret is not None else None
+        self._access: dict[int, str] = {}    # id(Rule) -> OPEN | SIGNED | STREAMED
         # a path is matched as the request names it ('//' is no '/')
         self.map = Map(merge_slashes=False)
         self._http = None
 
     # -- routes -------------------------------------------------------------------
     def route(self, rule: str, handler: Handler, methods: list[str] | None = None,
-              converters: dict[str, type[BaseConverter]] | None = None) -> None:
+              converters: dict[str, type[BaseConverter]] | None = None, access: str = SIGNED) -> None:
         """``rule`` (werkzeug syntax, ``converters`` for its parts) answered by
-        ``handler``; every method when ``methods`` is None."""
+        ``handler``; every method when ``methods`` is None; ``access``: OPEN,
+        SIGNED or STREAMED."""
         self.map.converters.update(converters or {})
-        self.map.add(Rule(rule, endpoint=handler, methods=methods))
+        r = Rule(rule, endpoint=handler, methods=methods)
+        self.map.add(r)
+        self._access[id(r)] = access       # a Rule is unhashable (it compares by value)
 
     def json_route(self, path: str, handler: JsonHandler) -> None:
         """POST ``path`` with a JSON object: ``handler(body) -> (status, answer)``."""
@@ -72,11 +93,24 @@ class P2PServer:
 
     def _respond(self, request: Request) -> Response:
         try:
-            handler, args = self.map.bind("p2p").match(request.path, method=request.method)
+            rule, args = self.map.bind("p2p").match(request.path, method=request.method, return_rule=True)
         except HTTPException:       # no such path, a method its route does not take, a redirect
             return Response(json.dumps({"title": "Not Found", "status": 404}), status=404,
                             mimetype="application/problem+json")
-        return handler(request, **args)
+        access = self._access[id(rule)]
+        if self._verifier is not None and access != OPEN:
+            try:
+                self._verifier.check(request.method, canonical_path(request.path, request.query_string.decode()),
+                                     request.headers, request.get_data, streamed=access == STREAMED)
+            except Refused as exc:
+                self.log.warning("P2P %s %s from %s refused: %s", request.method, request.path,
+                                 request.remote_addr, exc.detail)
+                resp = problem(exc.status, exc.detail, ProblemType.UNAUTHORIZED if exc.status == 401
+                               else ProblemType.FORBIDDEN)
+                if exc.status == 401:
+                    resp.headers["WWW-Authenticate"] = "CowfleetP2P"
+                return resp
+        return rule.endpoint(request, **args)
 
     # -- serving ------------------------------------------------------------------
     def serve(self, listen: str) -> str:
@@ -97,6 +131,8 @@ def json_answer(answer: dict | bytes, status: int = 200) -> Response:
                     mimetype="application/json")
 
 
-def problem(status: int, detail: str) -> Response:
-    return Response(json.dumps({"title": "P2P error", "status": status, "detail": detail}), status=status,
-                    mimetype="application/problem+json")
+def problem(status: int, detail: str, type: str | None = None) -> Response:
+    body = {"title": "P2P error", "status": status, "detail": detail}
+    if type:
+        body["type"] = type
+    return Response(json.dumps(body), status=status, mimetype="application/problem+json")

@@ -26,12 +26,17 @@ until every group is what its spec says, and check the invariants:
   ZooKeeper member, the service or a storage agent (an upload through it)
   was down.
 
-Not in the fake lab (nothing to kill there): tgtd, qemu-storage-daemons and
-guests' qemu -- the fake exporter and hypervisor keep them in memory.
+With ``--real`` the lab runs real VMs (libvirt, qemu, tgtd; the groups use
+the demo guest, fewer and smaller) and three more components die: a storage
+node's tgtd (restarted as the lab starts it), a compute node's
+qemu-storage-daemon (an image session: the agent re-makes it) and a guest's
+qemu (the agent starts the instance again); and one more invariant: each
+compute node's libvirt domains are exactly its instances. In the fake lab
+those three are kept in memory by the fake exporter and hypervisor.
 Prints a table: faults by kind, operations, violations, time to converge
 (p50/p99). Exit status 1 if any invariant was violated.
 
-    .venv/bin/python bench/chaos.py [--cycles 200] [--seed N] [--racks 2] [--json out.json]
+    .venv/bin/python bench/chaos.py [--cycles 200] [--seed N] [--racks 2] [--real] [--json out.json]
 """
 from __future__ import annotations
 
@@ -50,18 +55,24 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import libvirt
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cowfleet.client import ApiError, Client  # noqa: E402
+from cowfleet.guest.builder import build_demo_image  # noqa: E402
 from cowfleet.lab.racks import RacksLab  # noqa: E402
 
 FAULTS = ("compute-agent", "storage-agent", "gunicorn-worker", "gunicorn-master", "zookeeper-member")
+REAL_FAULTS = FAULTS + ("tgtd", "qemu-storage-daemon", "guest-qemu")
 OPS = ("create-group", "scale-group", "change-image", "delete-group", "upload-image", "delete-image")
 IMAGES = ("chaos-a", "chaos-b")          # registered once, with a source_url; groups use them
 MAX_GROUPS = 4
+MAX_SIZE = 4
 CONVERGE_TIMEOUT = 180.0
+# real VMs: TCG guests on a small host (each boot 10-30 s), so fewer and smaller groups
+REAL_MAX_GROUPS, REAL_MAX_SIZE, REAL_CONVERGE_TIMEOUT = 2, 2, 420.0
 REQUEST_GRACE = 30.0
 
 
@@ -98,8 +109,13 @@ class Recorder:
 
 
 class Campaign:
-    def __init__(self, lab: RacksLab, seed: int, workdir: Path):
+    def __init__(self, lab: RacksLab, seed: int, workdir: Path, demo_image: Path | None = None):
         self.lab, self.dir = lab, workdir
+        self.demo_image = demo_image          # real VMs: the campaign's images boot the demo guest
+        self.real = demo_image is not None
+        self.fault_kinds = REAL_FAULTS if self.real else FAULTS
+        self.max_groups, self.max_size = (REAL_MAX_GROUPS, REAL_MAX_SIZE) if self.real else (MAX_GROUPS, MAX_SIZE)
+        self.converge_timeout = REAL_CONVERGE_TIMEOUT if self.real else CONVERGE_TIMEOUT
         # operations run in a thread of their own: a random source each, so
         # that a seed replays the same faults at the same moments
         self.rng, self.frng = random.Random(seed), random.Random(seed + 1)
@@ -119,7 +135,10 @@ class Campaign:
     def setup(self) -> None:
         for i, name in enumerate(IMAGES):
             master = self.dir / f"{name}.raw"
-            master.write_bytes(bytes([i + 1]) * (1 << 20))
+            if self.real:
+                shutil.copyfile(self.demo_image, master)
+            else:
+                master.write_bytes(bytes([i + 1]) * (1 << 20))
             self.api.put_image(name, source_url=f"file://{master}", format="raw", min_replicas=2)
         _wait(lambda: all(self.api.get_image(n)["status"] == "available" for n in IMAGES), 120,
               "the campaign's images available")
@@ -130,18 +149,19 @@ class Campaign:
         kind = self.rng.choice(OPS)
         if kind in ("scale-group", "change-image", "delete-group") and not live:
             kind = "create-group"
-        if kind == "create-group" and len(live) >= MAX_GROUPS:
+        if kind == "create-group" and len(live) >= self.max_groups:
             kind = "scale-group"
         self.ops[kind] += 1
         if kind == "create-group":
             self.n += 1
             name = f"chaos-g{self.n}"
-            spec = {"image": self.rng.choice(IMAGES), "flavor": "small", "size": self.rng.randint(1, 3)}
+            spec = {"image": self.rng.choice(IMAGES), "flavor": "small",
+                    "size": self.rng.randint(1, self.max_size - 1)}
             self.groups[name] = spec
             self.rec.call(kind, self.api.put_group, name, **spec)
         elif kind == "scale-group":
             name = self.rng.choice(live)
-            self.groups[name]["size"] = self.rng.randint(0, 4)
+            self.groups[name]["size"] = self.rng.randint(0, self.max_size)
             self.rec.call(kind, self.api.patch_group, name, {"size": self.groups[name]["size"]})
         elif kind == "change-image":
             name = self.rng.choice(live)
@@ -166,9 +186,23 @@ class Campaign:
 
     # -- faults ---------------------------------------------------------------------
     def fault(self) -> str:
-        kind = self.frng.choice(FAULTS)
+        kind = self.frng.choice(self.fault_kinds)
         lab = self.lab
         t0 = time.monotonic()
+        if kind in ("qemu-storage-daemon", "guest-qemu"):
+            # no restart: the compute agent must notice and mend it itself
+            node = self.frng.choice(lab.nodes("compute"))
+            pids = _pids_of(kind, node)
+            if pids:
+                os.kill(self.frng.choice(pids), signal.SIGKILL)
+                self.faults[kind] += 1
+            return kind
+        if kind == "tgtd":
+            lab.kill_tgtd(self.frng.choice(lab.nodes("storage")).short)
+            # an upload streaming into that node's target may be cut: 503
+            self.down_windows.append((t0, time.monotonic() + 15))
+            self.faults[kind] += 1
+            return kind
         if kind == "compute-agent":
             victim = self.frng.choice(lab.nodes("compute"))
         elif kind == "storage-agent":
@@ -201,8 +235,8 @@ class Campaign:
         self.fault()
         ops[0].join()
         t0 = time.monotonic()
-        if not _poll(self.converged, CONVERGE_TIMEOUT):
-            self.violations.append((i, f"not converged after {CONVERGE_TIMEOUT:.0f}s: {self.why_not()}"))
+        if not _poll(self.converged, self.converge_timeout):
+            self.violations.append((i, f"not converged after {self.converge_timeout:.0f}s: {self.why_not()}"))
             return
         self.converge.append(time.monotonic() - t0)
         for v in self.invariants():
@@ -275,6 +309,8 @@ class Campaign:
             folder = Path(n.root) / "var" / "lib" / "cowfleet" / n.name / "images"
             out += [f"leaked copy {p.name} on {n.name}" for p in folder.glob("*.img") if p.stem not in images]
             out += [f"partial copy {p.name} left on {n.name}" for p in folder.glob("*.partial")]
+        if self.real:
+            out += self._domain_violations(state)
         if state["requests"]:
             out.append(f"requests left in the queue: {state['requests']}")
         for node, m in state["metrics"].items():
@@ -287,12 +323,28 @@ class Campaign:
                            f"{len(used)} images in use")
         return out
 
+    def _domain_violations(self, state: dict) -> list[str]:
+        """Each compute node's running libvirt domains are exactly its instances."""
+        conn = libvirt.open("qemu:///system")
+        try:
+            names = [d.name() for d in conn.listAllDomains()]
+        finally:
+            conn.close()
+        out = []
+        for n in self.lab.nodes("compute"):
+            prefix = f"cf-{n.name}--"
+            doms = {d[len(prefix):] for d in names if d.startswith(prefix)}
+            on_node = {iid for insts in state["instances"].values() for iid, node in insts.items() if node == n.name}
+            out += [f"leaked domain {iid} on {n.name}" for iid in sorted(doms - on_node)]
+            out += [f"no domain for {iid} on {n.name}" for iid in sorted(on_node - doms)]
+        return out
+
     def _cluster_state(self) -> dict:
         """ZooKeeper and the agents' metrics, read from inside the service's
         namespace (the lab's addresses exist only there)."""
         svc = self.lab.nodes("service")[0]
         agents = {n.name: f"http://{n.addr}:7070" for n in self.lab.nodes() if n.role in ("compute", "storage")}
-        code = _STATE_SCRIPT % {"zk": self.lab.state.zk, "agents": agents}
+        code = _STATE_SCRIPT % {"zk": self.lab.state.zk, "secret": str(self.lab.secret_file), "agents": agents}
         for attempt in range(5):
             proc = subprocess.run(["ip", "netns", "exec", svc.netns, sys.executable, "-c", code],
                                   capture_output=True, text=True, timeout=120)
@@ -320,9 +372,9 @@ class Campaign:
 
 _STATE_SCRIPT = r"""
 import json, urllib.request
-from kazoo.client import KazooClient
+from cowfleet.zk.connection import connect
 from cowfleet.zk import layout
-zk = KazooClient(hosts=%(zk)r); zk.start(20)
+zk = connect(%(zk)r, timeout=20, secret=open(%(secret)r, 'rb').read().strip())
 out = {"instances": {}, "assignments": {}, "requests": [], "metrics": {}}
 from kazoo.exceptions import NoNodeError
 for g in zk.get_children(layout.GROUPS):
@@ -351,6 +403,27 @@ for node, addr in %(agents)r.items():
     out["metrics"][node] = m
 print(json.dumps(out))
 """
+
+
+def _pids_of(kind: str, node) -> list[int]:
+    """A compute node's qemu-storage-daemons (its agent starts them inside
+    the node's network namespace) or its guests' qemu (libvirtd starts
+    them, named guest=cf-NODE--ID)."""
+    prog = "qemu-system" if kind == "guest-qemu" else "qemu-storage-daemon"
+    netns_ino = os.stat(f"/run/netns/{node.netns}").st_ino
+    out = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            args = [a.decode(errors="replace") for a in (p / "cmdline").read_bytes().split(b"\0")]
+            ours = (any(f"guest=cf-{node.name}--" in a for a in args) if kind == "guest-qemu"
+                    else os.stat(p / "ns" / "net").st_ino == netns_ino)
+        except OSError:
+            continue
+        if args and prog in Path(args[0]).name and ours:
+            out.append(int(p.name))
+    return out
 
 
 def _children(pid: int | None) -> list[int]:
@@ -386,9 +459,10 @@ def _pct(values: list[float], q: float) -> float:
 def report(c: Campaign, cycles: int, seconds: float) -> dict:
     api = c.api_violations()
     violations = [f"cycle {i}: {v}" for i, v in c.violations] + [f"API: {v}" for v in api]
-    print(f"\nfault campaign: {cycles} cycles in {seconds:.0f} s (fake hypervisor racks lab)")
+    print(f"\nfault campaign: {cycles} cycles in {seconds:.0f} s "
+          f"({'real VMs' if c.real else 'fake hypervisor'} racks lab)")
     print(f"{'faults injected':<28}{sum(c.faults.values()):>8}")
-    for k in FAULTS:
+    for k in c.fault_kinds:
         print(f"  {k:<26}{c.faults[k]:>8}")
     print(f"{'operations':<28}{sum(c.ops.values()):>8}")
     for k in OPS:
@@ -401,18 +475,20 @@ def report(c: Campaign, cycles: int, seconds: float) -> dict:
     if c.converge:
         print(f"{'time to converge p50 / p99':<28}{statistics.median(c.converge):>7.1f}s / "
               f"{_pct(c.converge, 0.99):.1f}s  (max {max(c.converge):.1f}s)")
-    return {"cycles": cycles, "seconds": seconds, "faults": dict(c.faults), "operations": dict(c.ops),
+    return {"cycles": cycles, "seconds": seconds, "real": c.real, "faults": dict(c.faults), "operations": dict(c.ops),
             "statuses": {str(k): v for k, v in c.rec.statuses.items()}, "violations": violations,
             "converge_seconds": c.converge}
 
 
-def run(cycles: int, seed: int, racks: int, nodes_per_rack: int, lab_dir: Path | None = None) -> dict:
+def run(cycles: int, seed: int, racks: int, nodes_per_rack: int, lab_dir: Path | None = None,
+        real: bool = False) -> dict:
     work = Path(tempfile.mkdtemp(prefix="cowfleet-chaos-", dir="/var/tmp"))
     os.chmod(work, 0o755)
-    lab = RacksLab(lab_dir or work / "lab", racks=racks, nodes_per_rack=nodes_per_rack, zk=3, fake=True)
+    lab = RacksLab(lab_dir or work / "lab", racks=racks, nodes_per_rack=nodes_per_rack, zk=3, fake=not real)
     try:
+        demo = build_demo_image(work / "demo.raw") if real else None
         lab.up(progress=print)
-        c = Campaign(lab, seed, work)
+        c = Campaign(lab, seed, work, demo_image=demo)
         c.setup()
         t0 = time.monotonic()
         for i in range(cycles):
@@ -433,11 +509,13 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=None, help="random seed (printed; pass it to replay)")
     p.add_argument("--racks", type=int, default=2)
     p.add_argument("--nodes-per-rack", type=int, default=2, help="compute nodes per rack")
+    p.add_argument("--real", action="store_true", help="real VMs (libvirt, qemu, tgtd) instead of the fake "
+                   "hypervisor; adds tgtd, qemu-storage-daemon and guest qemu faults")
     p.add_argument("--json", help="write the result here")
     args = p.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     print(f"seed {seed}")
-    result = run(args.cycles, seed, args.racks, args.nodes_per_rack)
+    result = run(args.cycles, seed, args.racks, args.nodes_per_rack, real=args.real)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 1 if result["violations"] else 0

@@ -1,6 +1,8 @@
 """The client side of the agents' P2P endpoints (paths: ``protocol.P2P``),
 for the agents and the service alike: one ``requests.Session`` per thread,
-so connections to a peer are reused across calls."""
+so connections to a peer are reused across calls. Every request a session
+sends is signed with the cluster secret (``cowfleet.signing``); whatever
+calls an agent goes through ``session()``."""
 from __future__ import annotations
 
 import threading
@@ -8,6 +10,9 @@ import time
 from typing import Callable
 
 import requests
+
+from cowfleet.config import cluster_secret
+from cowfleet.signing import P2PAuth
 
 TIMEOUT = 3.0
 
@@ -26,6 +31,7 @@ def session() -> requests.Session:
     s = getattr(_local, "session", None)
     if s is None:
         s = _local.session = requests.Session()
+        s.auth = P2PAuth(cluster_secret)
     return s
 
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from cowfleet.models import DEFAULT_FLAVORS
+from cowfleet.models import DEFAULT_FLAVORS, Reason
 from cowfleet import defaults as spec_defaults
 from cowfleet.checksum import is_sha256
 from cowfleet.protocol import ProblemType
@@ -658,6 +658,13 @@ class InstanceGroup(Resource):
             return obj
         deadline = _deadline(deadline, state, op)
         while obj is not None and not is_ready(obj):
+            stuck = stalled_for_good(obj)
+            if stuck:
+                raise ProviderError(
+                    [Diag(f"instance group '{name}' cannot become ready: {stuck}",
+                          "Nothing but a change of the group ends this: fix the image or the guest's boot, "
+                          "then apply again (the group is kept, tainted, and replaced).")],
+                    merge_known(state, self.to_state(obj, state)))
             if deadline.passed():
                 raise ProviderError(
                     [Diag(f"instance group '{name}' not ready after {deadline.seconds:.0f}s", _describe(obj))],
@@ -666,6 +673,26 @@ class InstanceGroup(Resource):
                   _describe(obj))
             obj = _api(lambda: client.get_group(name), self.block, "reading instance group")
         return obj
+
+
+# Why a group is not ready that only a change of its spec ends: a failed
+# instance stays failed (a rolling update or a scale-in removes it first) and
+# an image in error stays so. Waiting on them ended only at the create
+# timeout (10 min by default), long after the group had said so (a guest
+# that never boots is failed at its ready_timeout). Not NoCapacity: a node
+# joining ends that, so a group waiting for room keeps waiting.
+STALLED_FOR_GOOD = (Reason.INSTANCES_FAILED, Reason.IMAGE_ERROR)
+
+
+def stalled_for_good(group: dict) -> str:
+    """The Ready condition's reason and message when the group's Progressing
+    condition says it is stalled for one of STALLED_FOR_GOOD; else ''."""
+    conds = {c.get("type"): c for c in (group.get("status") or {}).get("conditions") or []}
+    progressing, ready = conds.get("Progressing") or {}, conds.get("Ready") or {}
+    if (progressing.get("status") == "False" and progressing.get("reason") == Reason.STALLED
+            and ready.get("reason") in STALLED_FOR_GOOD):
+        return f"{ready['reason']}: {ready.get('message', '')}"
+    return ""
 
 
 def is_ready(group: dict) -> bool:

@@ -165,7 +165,9 @@ GROUP = Block({
     }, description="How a new image or flavor rolls through the instances. Left out: the API's defaults.")),
     "timeouts": TIMEOUTS,
 }, description="A group of identical instances of one image and flavor, kept at size by the service. "
-               "Apply waits until status.ready == size (unless wait_for_ready = false).")
+               "Apply waits until status.ready == size (unless wait_for_ready = false), and fails "
+               "at once when only a change of the group can make it ready (an instance failed, "
+               "the image in error).")
 
 IMAGE_DATA = Block({
     "id": computed(STR, "the image name"),

@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from cowfleet.models import DEFAULT_FLAVORS
 from cowfleet.service import auth, metrics, openapi
-from cowfleet.service.api import ZooKeeperHolder, zk_unavailable
+from cowfleet.service.api import ZooKeeperHolder, discard_body, zk_unavailable
 from cowfleet.service.flavors.views import bp as flavors
 from cowfleet.service.groups.views import bp as groups
 from cowfleet.service.images.views import bp as images
@@ -107,6 +107,8 @@ def create_app(zk_hosts: str | None = None, tokens_file: str | None = None) -> F
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
+        if exc.code == 413:     # werkzeug's: a Content-Length over the limit, nothing read yet
+            discard_body()
         return from_http_exception(exc).response()
 
     @app.errorhandler(ConnectionLoss)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from cowfleet import faults
+from cowfleet.config import SECRET_FILE_VAR, write_secret
 from cowfleet.lab import components as c
 from tests.helpers import wait_until
 
@@ -18,6 +19,24 @@ from tests.helpers import wait_until
 # logs (below) instead of stalling the run.
 LAYER_TIMEOUTS = {"unit": 60, "integration": 420, "lab": 480, "terraform": 600}
 LOG_TAIL_LINES = 40
+
+
+def pytest_configure(config):
+    """A test session runs closed clusters, as provisioned ones are: one
+    cluster secret for the session (unless the environment names one), which
+    the labs take over, and which every ZooKeeper client and P2P call of the
+    tests and of the agents and services they start in process use."""
+    if not os.environ.get(SECRET_FILE_VAR):
+        d = Path(tempfile.mkdtemp(prefix="cowfleet-secret-", dir="/var/tmp"))
+        os.environ[SECRET_FILE_VAR] = str(write_secret(d / "secret"))
+        config._cowfleet_secret_dir = d
+
+
+def pytest_unconfigure(config):
+    d = getattr(config, "_cowfleet_secret_dir", None)
+    if d is not None:
+        shutil.rmtree(d, ignore_errors=True)
+        os.environ.pop(SECRET_FILE_VAR, None)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -117,6 +136,23 @@ def image_demo(client, demo_image):
     client.put_image("demo", source_url=f"file://{demo_image}", format="raw", min_replicas=1)
     wait_until(lambda: client.get_image("demo")["status"] == "available", 60, "image demo available")
     return client.get_image("demo")
+
+
+@pytest.fixture(scope="module")
+def never_boots(client, image_demo):
+    """Image 'cond-zeros': a disk of zeros, which no firmware boots (the
+    guest never prints its readiness line)."""
+    d = Path(tempfile.mkdtemp(prefix="cowfleet-cond-", dir="/var/tmp"))
+    os.chmod(d, 0o755)
+    zeros = d / "zeros.raw"
+    zeros.write_bytes(bytes(1 << 20))
+    try:
+        client.put_image("cond-zeros", source_url=f"file://{zeros}", format="raw", min_replicas=1)
+        wait_until(lambda: client.get_image("cond-zeros")["status"] == "available", 60, "image cond-zeros")
+        yield "cond-zeros"
+    finally:
+        client.delete_image("cond-zeros")
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from cowfleet.agents.compute.network import (AddressesExhausted, FakeNodeNetwork
                                              tap_name)
 from cowfleet.agents.compute.overlays import FakeOverlayStore, OverlayStore
 from cowfleet.agents.compute.sessions import (FakeSessionManager, Session, SessionError, SessionManager,
-                                              base_of, session_key)
+                                              base_of, qcow2_backing, session_key)
 from cowfleet.agents.compute.savefile import SaveImageError
 from cowfleet.agents.compute.seed import SeedData, SeedStore
 from cowfleet.agents.compute.templates import Template, TemplateError, TemplateStore, template_key
@@ -58,6 +58,7 @@ OVERLAY_TRIES = 5          # overlay creations failing in a row before an instan
 # a template that failed (no marker in time, a save refused) is not tried again before this
 # (seconds): each try of an image without the warm-clone contract waits its whole timeout
 TEMPLATE_RETRY = 600
+FAILOVER = "session:"      # the in-flight key of a session's failover (never an instance id)
 
 
 class ComputeAgent(NodeAgent):
@@ -101,6 +102,7 @@ class ComputeAgent(NodeAgent):
         self.awaiting: dict[str, tuple[str, float]] = {}   # id -> (group, deadline: time.time())
         self.awaiting_lock = threading.Lock()
         self.overlay_failures: dict[str, int] = {}         # id -> failed overlay creations in a row
+        self._io_resumes: dict[str, list[float]] = {}      # id -> its recent resumes after I/O errors
         self.reservations = Reservations()
         self.placer = Placer(self.zk, self.name, HandshakeGatherer(
             self.name, self.rack_offers, local_release=lambda request: self.release({"request": request})))
@@ -138,6 +140,7 @@ class ComputeAgent(NodeAgent):
         for gone in self.templates.sweep():     # an earlier life died making a template
             self.log.info("swept half-made warm-clone template %s", gone)
         threading.Thread(target=self._readiness_loop, name="readiness", daemon=True).start()
+        self.hyper.watch_io_errors(self._on_io_error)
 
     def _on_tree_event(self, event) -> None:
         if event.event_type in (TreeEvent.NODE_ADDED, TreeEvent.NODE_UPDATED, TreeEvent.NODE_REMOVED,
@@ -336,6 +339,7 @@ class ComputeAgent(NodeAgent):
                 lock.release()
         for pid, key in self.sessions.kill_orphans():
             self.log.info("killed orphan qemu-storage-daemon %d (session %s)", pid, key)
+        self._check_sessions(used)
 
     def _session_users(self, key: str) -> set[str]:
         """The keys used by overlays on disk, read now (call under lock(base_of(key)))."""
@@ -348,7 +352,9 @@ class ComputeAgent(NodeAgent):
         reconcile again as soon as it ends rather than a whole round later."""
         with self.inflight_lock:
             if iid in self.inflight:
-                if self.inflight[iid] != fn.__name__:       # e.g. a terminate during a start
+                # e.g. a terminate during a start; or a failover asked again while one runs
+                # (a guest paused again after it listed them: once measured to wait 5 s for a round)
+                if self.inflight[iid] != fn.__name__ or iid.startswith(FAILOVER):
                     self.asked_meanwhile.add(iid)
                 return
             self.inflight[iid] = fn.__name__
@@ -755,7 +761,9 @@ class ComputeAgent(NodeAgent):
         if got is None:
             return
         inst = got[0]
-        if dom.paused and dom.clone:
+        if dom.paused and dom.io_error:
+            self._io_paused(dom)         # resumed by the failover, once its session reads
+        elif dom.paused and dom.clone:
             # restored from a template by a start that was interrupted: its NIC
             # and seed may not be plugged, so it would wait at its template
             # marker for ever; destroyed, the next round starts it anew
@@ -763,7 +771,7 @@ class ComputeAgent(NodeAgent):
             self.hyper.destroy(dom.name)
             self.wake.set()
             return
-        if dom.paused:
+        elif dom.paused:
             self.log.info("resuming %s (left paused by an interrupted start)", iid)
             self.hyper.resume(dom.name, attach=self.instnet.net.attach if self.instnet is not None else None)
         if inst.state in (InstanceState.PENDING, InstanceState.STARTING):
@@ -777,6 +785,119 @@ class ComputeAgent(NodeAgent):
             deadline = (inst.running_at or now()) + _ready_timeout(g[0] if g else None)
             with self.awaiting_lock:
                 self.awaiting.setdefault(iid, (group, deadline))
+
+    # -- storage failover (issue 16) --------------------------------------------
+    # A running instance's overlay reads the master through the host's
+    # session of the image (qemu-storage-daemon: iSCSI from one storage node,
+    # NBD to the guests). When that node dies (or the daemon), the session is
+    # re-made under the same key and socket from another verified replica;
+    # the guests' qemu reconnect to the socket, and the reads that failed
+    # meanwhile paused their guest (the disk's error policy, domain.py)
+    # instead of reaching it: the failover resumes them. Found by two paths:
+    # the node's replica record goes (a watch wakes the agent; then every
+    # round checks), or a guest pauses on an I/O error (libvirt's event wakes
+    # the agent and the paused domain's adopt asks for the failover).
+
+    def _on_io_error(self, domain: str) -> None:
+        self.log.info("%s: I/O error on its disk (paused by its error policy)", domain)
+        self.wake.set()
+
+    def _on_replica_gone(self, _event) -> None:
+        self.wake.set()
+
+    def _check_sessions(self, used: set) -> None:
+        """A failover for each used session whose daemon is gone or whose
+        storage node has no replica record (checked again in the failover:
+        a record may be missing for a round while its node serves)."""
+        for key in used:
+            if key is None:
+                continue
+            live = self.sessions.get(key)
+            if live is None or not self._replica_recorded(live, watch=self._on_replica_gone):
+                self._submit(FAILOVER + key, self._failover, key)
+
+    def _replica_recorded(self, session: Session, watch=None) -> bool:
+        """Whether the session's storage node has a replica record of its image."""
+        return not session.node or self.zk.exists(layout.image_replica(session.image, session.node),
+                                                  watch=watch) is not None
+
+    def _session_of(self, group: str, iid: str) -> str | None:
+        """The session an instance's disk reads through: its overlay's
+        backing, or for a warm clone its template layer's (master ->
+        template layer -> overlay)."""
+        overlay = self.overlays.path(group, iid)
+        key = self.sessions.key_of_overlay(overlay)
+        if key is None:
+            layer = qcow2_backing(overlay)
+            if layer and not layer.startswith("nbd+unix://"):
+                key = self.sessions.key_of_overlay(layer)
+        return key
+
+    def _io_paused(self, dom) -> None:
+        key = self._session_of(dom.group, dom.instance_id)
+        if key is None:
+            self._resume_io_paused({dom.instance_id: dom})
+        else:
+            self._submit(FAILOVER + key, self._failover, key)
+
+    def _failover(self, key: str) -> None:
+        """Re-make session ``key`` from another replica if its storage node
+        serves the image no more or its daemon died, then resume the guests
+        its failed reads paused. With no replica to read from, the guests
+        wait (paused, or their reads held) and the next round tries again."""
+        with self.sessions.lock(base_of(key)):
+            was = self.sessions.record(key)
+            if was is None or key not in self._session_users(key):
+                return                       # unused: the reconcile stops it
+            live = self.sessions.get(key)
+            serving = live is not None and self._replica_recorded(was)
+            if not serving:
+                where = self._locate(was.image)
+                holders = where.replicas if where is not None and where.sha256 == was.sha256 else []
+                serving = live is not None and was.node in {r.get("node") for r in holders}
+                if not serving and not holders:
+                    self.log.warning("session %s: %s serves '%s' no more and no other replica is "
+                                     "found; its guests wait", key, was.node, was.image)
+                    return
+            if not serving:
+                t0 = time.monotonic()
+                # another node first; its own last (when only its daemon died)
+                order = sorted(holders, key=lambda r: r.get("node") == was.node)
+                try:
+                    now_on = self.sessions.repoint(key, order)
+                except SessionError as exc:
+                    self.metrics.failure("session-attach")
+                    self.log.warning("session %s: re-pointing failed (%s); its guests wait", key, exc)
+                    return
+                self.log.info("session %s re-pointed from %s to %s in %.0f ms", key, was.node or "?",
+                              now_on.node, (time.monotonic() - t0) * 1000)
+        self._resume_io_paused({iid: dom for iid, dom in self.hyper.list(self.name).items()
+                                if dom.io_error and self._session_of(dom.group, iid) == key})
+
+    def _resume_io_paused(self, domains: dict) -> None:
+        """Resume guests paused on an I/O error (qemu retries their failed
+        requests). A guest usually pauses twice per failover (its NBD client
+        fails the first request after the reconnect too: measured 2 resumes
+        each, 40-190 ms apart). One whose disk fails again at once (e.g. its
+        overlay's file system is full) is resumed at most every 2 s after 5
+        tries in 10 s, so that it cannot spin the agent; a timer wakes the
+        agent when its wait ends."""
+        t = time.monotonic()
+        for iid, dom in domains.items():
+            recent = [r for r in self._io_resumes.get(iid, ()) if t - r < 10]
+            if len(recent) >= 5 and t - recent[-1] < 2:
+                wake = threading.Timer(2 - (t - recent[-1]), self.wake.set)
+                wake.daemon = True
+                wake.start()
+                continue
+            self._io_resumes[iid] = recent + [t]
+            try:
+                self.hyper.resume(dom.name)
+                self.log.info("%s resumed after an I/O error pause", iid)
+            except Exception as exc:         # resumed meanwhile by another round, or gone
+                self.log.debug("resuming %s: %s", iid, exc)
+        for iid in [i for i, rs in self._io_resumes.items() if t - rs[-1] > 60]:
+            del self._io_resumes[iid]
 
     def _terminate(self, group: str, iid: str) -> None:
         self.hyper.destroy(domain_name(self.name, iid))
@@ -841,29 +962,31 @@ class ComputeAgent(NodeAgent):
                     self.awaiting.pop(iid, None)
                 self.log.info("instance %s ready", iid)
             elif time.time() > deadline:
-                self._ready_timed_out(group, iid)
-                self.metrics.failure("not-ready")
+                if self._ready_timed_out(group, iid):
+                    self.metrics.failure("not-ready")
                 self.metrics.gone(iid)
                 with self.awaiting_lock:
                     self.awaiting.pop(iid, None)
 
-    def _ready_timed_out(self, group: str, iid: str) -> None:
+    def _ready_timed_out(self, group: str, iid: str) -> bool:
         """No readiness line within the group's ready_timeout: the instance
         is failed with that reason, and its domain stopped (a guest spinning
         in early boot costs a TCG host a core; its console stays readable
         until the instance is deleted). Failed stays failed: ``_start`` and
         ``_adopt`` leave it be, and scale-in and rolling updates remove
-        failed instances first."""
+        failed instances first. False when the instance was no longer
+        running (deleted, or failed another way): nothing to count."""
         got = read(self.zk, layout.group_instance(group, iid), Instance)
         g = read(self.zk, layout.group(group), Group)
         if got is None or got[0].state != InstanceState.RUNNING:
-            return
+            return False
         timeout = _ready_timeout(g[0] if g else None)
         self._set_state(group, iid, InstanceState.FAILED,
                         f"no readiness line from the guest within its ready_timeout of {timeout} s; "
                         "domain stopped, console kept", Reason.READY_TIMEOUT)
         self.hyper.destroy(domain_name(self.name, iid))
         self.log.warning("instance %s: no readiness line within %d s: failed", iid, timeout)
+        return True
 
     def shutdown(self) -> None:
         try:

@@ -59,6 +59,15 @@ def interface_xml(spec: DomainSpec) -> str:
     return ""
 
 
+# The overlay's reads of the master go to the host's image session over NBD.
+# When that session is re-pointed to another replica (its storage node died,
+# or its daemon), the reads in flight fail: with error_policy/rerror_policy
+# 'stop' qemu pauses the guest instead of handing it an I/O error, libvirt
+# says so (an I/O error event, paused reason ioerror), and the agent resumes
+# it once the session reads again, when qemu retries the failed requests
+# (ComputeAgent._failover). A write error of the overlay itself (its file
+# system full) pauses the guest too, as oVirt does, rather than corrupting
+# the guest's file systems.
 def domain_xml(spec: DomainSpec) -> str:
     if spec.virt_type not in ("kvm", "qemu"):
         raise ValueError(f"virt_type must be kvm or qemu, not {spec.virt_type!r}")
@@ -99,7 +108,7 @@ def domain_xml(spec: DomainSpec) -> str:
   <on_crash>destroy</on_crash>
   <devices>
     <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2' discard='unmap'/>
+      <driver name='qemu' type='qcow2' discard='unmap' error_policy='stop' rerror_policy='stop'/>
       <source file={quoteattr(spec.disk_path)}/>
       <target dev='vda' bus='virtio'/>
     </disk>

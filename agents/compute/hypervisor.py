@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ class DomainInfo:
     paused: bool = False   # e.g. created paused by an agent that died before resuming it
     clone: bool = False    # paused and restored from a template (it has a generation ID): its NIC
                            # and seed may not be plugged yet, so it is not resumed but started anew
+    io_error: bool = False  # paused by its disk's error policy (a read of the master failed)
 
 
 # attach(tap): called while a domain with a tap NIC (DomainSpec network="tap")
@@ -63,6 +65,11 @@ class Hypervisor(abc.ABC):
     @abc.abstractmethod
     def list(self, node: str) -> dict[str, DomainInfo]:
         """instance id -> domain, for the domains of this node only."""
+
+    def watch_io_errors(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(domain name)`` whenever a domain's disk reports an
+        I/O error (and so, by its error policy, pauses it). The fake
+        hypervisor's disks never fail."""
 
     # -- warm clones (issue 13) ---------------------------------------------------
 
@@ -188,17 +195,46 @@ class LibvirtHypervisor(Hypervisor):
                 continue
             state = stats.get("state.state", lv.VIR_DOMAIN_NOSTATE)
             paused = state == lv.VIR_DOMAIN_PAUSED
+            io_error = paused and stats.get("state.reason") == lv.VIR_DOMAIN_PAUSED_IOERROR
             try:      # only a paused one's XML is read: rare (an interrupted start)
-                clone = paused and ET.fromstring(dom.XMLDesc(0)).find("genid") is not None
+                # a clone paused by an I/O error is a running guest: the failover's, not a restart's
+                clone = paused and not io_error and ET.fromstring(dom.XMLDesc(0)).find("genid") is not None
             except lv.libvirtError:
                 clone = False
             out[ident[1]] = DomainInfo(name=name, instance_id=ident[1], group=ident[2],
-                                       running=state != lv.VIR_DOMAIN_SHUTOFF, paused=paused, clone=clone)
+                                       running=state != lv.VIR_DOMAIN_SHUTOFF, paused=paused, clone=clone,
+                                       io_error=io_error)
         with self._identity_lock:      # forget domains gone from the host (only this node's are kept)
             for uuid, ident in list(self._identity.items()):
                 if ident[0] == node and uuid not in seen:
                     del self._identity[uuid]
         return out
+
+    def watch_io_errors(self, callback: Callable[[str], None]) -> None:
+        """libvirt's I/O error events, on a connection of their own served by
+        libvirt's default event loop in a thread (libvirt-python has no other
+        way to deliver them); the connection is opened again if libvirtd
+        restarts (its keepalive notices a dead one)."""
+        lv = self._libvirt
+        lv.virEventRegisterDefaultImpl()
+
+        def on_event(_conn, dom, *_args):
+            callback(dom.name())
+
+        def loop():
+            conn = None
+            while True:
+                try:
+                    if conn is None or not conn.isAlive():
+                        conn = lv.open(self.uri)
+                        conn.setKeepAlive(5, 3)
+                        conn.domainEventRegisterAny(None, lv.VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON, on_event, None)
+                    lv.virEventRunDefaultImpl()
+                except lv.libvirtError as exc:
+                    log.warning("libvirt I/O error events: %s; opening again in 2 s", exc)
+                    conn = None
+                    time.sleep(2)
+        threading.Thread(target=loop, name="libvirt-events", daemon=True).start()
 
     def save_template(self, name: str, path: str | os.PathLike) -> SaveImage:
         path = os.fspath(path)

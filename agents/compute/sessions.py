@@ -23,6 +23,7 @@ import logging
 import os
 import pwd
 import shutil
+import signal
 import struct
 import subprocess
 import threading
@@ -30,7 +31,7 @@ import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cowfleet.procs import cmdline, stop_pid
+from cowfleet.procs import cmdline, stop_pid, wait_gone
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,16 @@ def stop_session_daemon(pid: int) -> None:
     stop_pid(pid, timeout=5.0, group=False)
 
 
+def kill_session_daemon(pid: int) -> None:
+    """SIGKILL a session's daemon and wait until it is gone (its socket is
+    then free for the next one)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    wait_gone(pid, 5.0)
+
+
 def kill_all_under(root: str | os.PathLike) -> int:
     """Stop every session daemon under ``root`` and remove their short links
     (lab tear-down, tests)."""
@@ -230,6 +241,14 @@ class SessionManager:
         session.pid = pid
         return session
 
+    def record(self, key: str) -> Session | None:
+        """What the session was made for (its session.json), whether or not
+        its daemon still runs: a dead one is re-made from it."""
+        try:
+            return Session(**json.loads((self.dir(key) / "session.json").read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
     def list(self) -> dict[str, Session | None]:
         """key -> live session (None: a folder whose daemon is gone)."""
         return {d.name: self.get(d.name) for d in self.root.iterdir() if d.is_dir()}
@@ -303,6 +322,30 @@ class SessionManager:
         log.info("session %s: %s from %s (%s), pid %d", key, target, r.get("node"), portal, live.pid)
         return live
 
+    def repoint(self, key: str, replicas: list[dict]) -> Session:
+        """Make session ``key`` read from the first of ``replicas`` that can
+        be opened, under the same key and so the same socket, while
+        instances use it: their qemu's NBD client reconnects to the socket by
+        itself (the requests in flight when the old daemon goes fail, and
+        the disk's error policy pauses the guest until the agent resumes
+        it). The old daemon is killed, not asked to stop: it may wait
+        forever on a storage node that is gone, and it has nothing to flush
+        (read-only). Caller holds ``lock(base_of(key))``."""
+        was = self.record(key)
+        if was is None:
+            raise SessionError(f"session {key} has no record to re-make it from")
+        old = self.get(key)
+        if old is not None:
+            kill_session_daemon(old.pid)
+        try:
+            return self.attach(was.image, was.sha256, was.format, replicas, key=key)
+        except SessionError:
+            # its instances still use it (paused on their reads meanwhile):
+            # the record stays, so that a later try can re-make it
+            self.dir(key).mkdir(parents=True, exist_ok=True)
+            (self.dir(key) / "session.json").write_text(json.dumps(asdict(was)))
+            raise
+
     def stop(self, key: str) -> None:
         """Stop the daemon and remove the session's folder. Caller holds ``lock(base_of(key))``."""
         session = self.get(key)
@@ -374,6 +417,15 @@ class FakeSessionManager(SessionManager):
             self._fake[key] = Session(key=key, image=image, sha256=sha256, format=fmt, node=r["node"],
                                       portal=r["portal"], target=r["target"], socket=f"fake-{key}")
         return self._fake[key]
+
+    def record(self, key):
+        return self._fake.get(key)
+
+    def repoint(self, key, replicas):
+        was = self._fake.pop(key, None)
+        if was is None:
+            raise SessionError(f"session {key} has no record to re-make it from")
+        return self.attach(was.image, was.sha256, was.format, replicas, key=key)
 
     def stop(self, key):
         self._fake.pop(key, None)

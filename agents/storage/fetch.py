@@ -10,6 +10,7 @@ from typing import Callable, Iterable
 
 import requests
 
+from cowfleet import p2p
 from cowfleet.agents.storage.copy_store import CHUNK
 from cowfleet.models import Image, NodeInfo
 
@@ -39,7 +40,7 @@ def from_peers(image: Image, peers: list[str], me: str, member: Callable[[str], 
             continue
         url = f"{node.address}/v1/images/{image.name}/data"
         try:
-            with requests.get(url, stream=True, timeout=30) as resp:
+            with p2p.session().get(url, stream=True, timeout=30) as resp:      # signed: a peer's data route
                 resp.raise_for_status()
                 store(resp.iter_content(CHUNK))
             log.info("replicated %s from %s", image.name, peer)

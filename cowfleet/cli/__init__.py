@@ -70,6 +70,7 @@ def main(argv=None) -> int:
     """Run the command line; returns the exit status."""
     logging.getLogger("kazoo").setLevel(logging.CRITICAL)   # errors are reported as one line
     import requests
+    from kazoo.exceptions import NoAuthError
     from kazoo.handlers.threading import KazooTimeoutError
 
     from cowfleet.client import ApiError, ConfigError
@@ -104,6 +105,8 @@ def main(argv=None) -> int:
         return fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     except KazooTimeoutError:
         return fail("cannot reach ZooKeeper (check --zk)")
+    except NoAuthError as exc:        # a closed cluster and no (or another) secret: zk/connection.py says which
+        return fail(str(exc) or "ZooKeeper refuses this session: check COWFLEET_SECRET_FILE")
     except requests.ConnectionError as exc:
         return fail(f"cannot reach the service: {exc.request.url if exc.request else exc}")
     except requests.RequestException as exc:

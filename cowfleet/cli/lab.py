@@ -12,6 +12,7 @@ import click
 
 from cowfleet.cli.common import client, note
 from cowfleet.cli.groups import instances_table, watch_group
+from cowfleet.config import SECRET_FILE_VAR
 
 DEMO_CACHE = "/var/cache/cowfleet/demo.raw"
 DIR_OPTION = click.option("--dir", "directory", help="lab folder (default: $COWFLEET_LAB_DIR or /var/lib/cowfleet/lab)")
@@ -51,6 +52,7 @@ def up(directory, racks, nodes_per_rack, zk, fake):
     st = the_lab.up(progress=note)
     click.echo(f"COWFLEET_ENDPOINT={st.endpoint}")
     click.echo(f"COWFLEET_TOKEN={st.token}")
+    click.echo(f"{SECRET_FILE_VAR}={the_lab.secret_file}")     # where the cluster secret is, never the secret
     note(f"# written to {the_lab.env_file}; 'cowfleet lab down' stops everything")
 
 

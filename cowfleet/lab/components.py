@@ -187,11 +187,12 @@ class ZooKeeperEnsemble:
 # -- the control service -----------------------------------------------------------
 
 def start_service(directory: Path, port: int, zk_hosts: str, tokens_file: Path, workers: int = 4,
-                  timeout: float = 60) -> subprocess.Popen:
-    """gunicorn serving the API on 127.0.0.1:port; returns once /healthz answers."""
+                  timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """gunicorn serving the API on 127.0.0.1:port; returns once /healthz answers.
+    ``env``: its environment (default: this process's)."""
     metrics_dir = directory / "metrics"
     metrics_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, COWFLEET_ZK=zk_hosts, COWFLEET_TOKENS_FILE=str(tokens_file),
+    env = dict(env if env is not None else os.environ, COWFLEET_ZK=zk_hosts, COWFLEET_TOKENS_FILE=str(tokens_file),
                PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
     log = directory / "service.log"
     proc = spawn(python_cmd("gunicorn", "--config", "python:cowfleet.service.gunicorn_conf",

@@ -22,7 +22,7 @@ import requests
 from cowfleet.agents.compute.network import LinuxBridgeNetwork, bridge_name
 from cowfleet.agents.compute.sessions import kill_all_under
 from cowfleet.agents.storage import tgt
-from cowfleet.config import lab_dir
+from cowfleet.config import SECRET_FILE_VAR, lab_dir
 from cowfleet.lab import components as c
 from cowfleet.lab.files import LabFiles, say
 from cowfleet.lab.racks import RacksLab
@@ -79,6 +79,7 @@ class Lab(LabFiles):
             self.down(progress)
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o755)     # qemu runs unprivileged: it must reach overlays
+        self._make_secret()
         lab_id = "lab" + secrets.token_hex(2)
         token, reader = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
         tokens = self.dir / "tokens"
@@ -96,7 +97,8 @@ class Lab(LabFiles):
             raise
         self.env_file.write_text(f"COWFLEET_ENDPOINT={self.state.endpoint}\n"
                                  f"COWFLEET_TOKEN={self.state.token}\n"
-                                 f"COWFLEET_ZK={self.state.zk}\n")
+                                 f"COWFLEET_ZK={self.state.zk}\n"
+                                 f"{SECRET_FILE_VAR}={self.secret_file}\n")
         os.chmod(self.env_file, 0o600)
         return self.state
 
@@ -119,7 +121,8 @@ class Lab(LabFiles):
             self._save()
 
         def start_service():
-            proc = c.start_service(self.dir, port, st.zk, tokens, self.service_workers, timeout)
+            proc = c.start_service(self.dir, port, st.zk, tokens, self.service_workers, timeout,
+                                   env=self.secret_env())
             st.pids["service"] = proc.pid
             self._save()
 
@@ -146,7 +149,7 @@ class Lab(LabFiles):
         if st.pids.get(component) and c.pid_alive(st.pids[component]):
             c.stop_pid(st.pids[component])
         log = self.dir / f"{component}.log"
-        proc = c.spawn(st.commands[component], log)
+        proc = c.spawn(st.commands[component], log, env=self.secret_env())
         st.pids[component] = proc.pid
         self._save()
         name = st.commands[component][st.commands[component].index("--name") + 1]

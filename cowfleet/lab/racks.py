@@ -53,7 +53,7 @@ import requests
 
 from cowfleet.lab import components as c
 from cowfleet.lab import netns
-from cowfleet.config import lab_dir
+from cowfleet.config import SECRET_FILE_VAR, lab_dir
 from cowfleet.lab.files import LabFiles, say
 
 SERVICE_PORT = 8080
@@ -182,6 +182,7 @@ class RacksLab(LabFiles):
         provision = provision_dir()
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o755)
+        self._make_secret()
         lab_id = "lab" + secrets.token_hex(2)
         while netns.names(f"cf-{lab_id}-"):
             lab_id = "lab" + secrets.token_hex(2)
@@ -214,7 +215,8 @@ class RacksLab(LabFiles):
             self.down()
             raise
         self.env_file.write_text(f"COWFLEET_ENDPOINT={self.state.endpoint}\n"
-                                 f"COWFLEET_TOKEN={self.state.token}\n")
+                                 f"COWFLEET_TOKEN={self.state.token}\n"
+                                 f"{SECRET_FILE_VAR}={self.secret_file}\n")
         os.chmod(self.env_file, 0o600)
         say(progress, f"  up in {time.monotonic() - t0:.1f}s")
         return self.state
@@ -252,6 +254,8 @@ class RacksLab(LabFiles):
                        if self.fake else "")
             if n.tgt_control_port:
                 env["COWFLEET_TGT_CONTROL_PORT"] = str(n.tgt_control_port)
+            if n.role != "zookeeper":     # distributed as a Vagrant node gets it: to its provisioning
+                env["COWFLEET_SECRET"] = self.secret_file.read_text().strip()
             if n.role == "service":
                 tokens = Path(n.root) / "etc" / "cowfleet" / "tokens"
                 tokens.parent.mkdir(parents=True, exist_ok=True)
@@ -351,6 +355,21 @@ class RacksLab(LabFiles):
             self._wait_zk(n, timeout)
         elif n.role in ("storage", "compute"):
             c.wait_for(lambda: n.name in self.registered(), timeout, f"{n.short} to register", interval=0.5)
+
+    def kill_tgtd(self, short: str, restart: bool = True) -> None:
+        """SIGKILL a storage node's tgtd (a crash: its socket files stay)
+        and, with ``restart``, start it again as ``up`` does."""
+        n = self.node(short)
+        if n.tgtd_pid and c.pid_alive(n.tgtd_pid):
+            os.kill(n.tgtd_pid, signal.SIGKILL)
+            c.wait_gone(n.tgtd_pid, 10)
+        for f in (c.TGTD_RUN / f"socket.{n.tgt_control_port}", c.TGTD_RUN / f"socket.{n.tgt_control_port}.lock"):
+            f.unlink(missing_ok=True)
+        n.tgtd_pid = None
+        self._save()
+        if restart:
+            n.tgtd_pid = c.ensure_tgtd(n.log_of("tgtd"), control_port=n.tgt_control_port, netns=n.netns)
+            self._save()
 
     # -- status ---------------------------------------------------------------
     def running(self) -> bool:

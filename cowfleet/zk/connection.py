@@ -3,6 +3,18 @@
 The connection string lists every server of the ensemble (kazoo moves to
 another one when its server dies) and may end in a chroot (``/cluster-a``),
 which isolates clusters and tests from one another.
+
+A closed cluster (a cluster secret is configured: ``cowfleet.config``):
+every session authenticates as the cluster's digest identity
+(``cowfleet.signing.zk_credentials``) and creates every znode -- kazoo's
+recipes' and transactions' included, through ``default_acl`` -- with one
+ACL: that identity may do everything, nobody else anything (not even list
+children). The chroot's own znode gets the same ACL. Upgrade: a tree made
+before the secret (znodes open to world:anyone) is closed by the first
+closed session that finds ``/cowfleet`` open (``close_tree``): every znode
+under it, then ``/cowfleet`` itself, so a crash midway leaves it open and
+the next session finishes the job. Programs still without the secret lose
+access at that moment: upgrade them all together (docs/design.md).
 """
 from __future__ import annotations
 
@@ -11,10 +23,13 @@ import logging
 from typing import Callable, TypeVar
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import BadVersionError, NoNodeError, NodeExistsError, RolledBackError
+from kazoo.exceptions import BadVersionError, NoAuthError, NoNodeError, NodeExistsError, RolledBackError
 from kazoo.retry import KazooRetry
+from kazoo.security import ACL, make_digest_acl
 
+from cowfleet.config import SECRET_FILE_VAR, cluster_secret
 from cowfleet.models import Record
+from cowfleet.signing import zk_credentials
 from cowfleet.zk import layout
 
 log = logging.getLogger(__name__)
@@ -29,27 +44,96 @@ def split_chroot(hosts: str) -> tuple[str, str | None]:
     return hosts, None
 
 
-def connect(hosts: str, timeout: float = 15.0, listener: Callable | None = None) -> KazooClient:
-    """Start a session; create the chroot and the top-level layout if missing."""
+_CONFIGURED = object()
+
+
+def access(secret: bytes | None) -> dict:
+    """kazoo's ``auth_data`` and ``default_acl`` for a cluster with
+    ``secret`` (none for an open cluster)."""
+    if secret is None:
+        return {}
+    user, password = zk_credentials(secret)
+    return {"auth_data": [("digest", f"{user}:{password}")],
+            "default_acl": [make_digest_acl(user, password, all=True)]}
+
+
+def connect(hosts: str, timeout: float = 15.0, listener: Callable | None = None,
+            secret: bytes | None | object = _CONFIGURED) -> KazooClient:
+    """Start a session; create the chroot and the top-level layout if missing.
+    ``secret``: the cluster secret (default: the configured one; None: open)."""
+    secret = cluster_secret() if secret is _CONFIGURED else secret
+    auth = access(secret)
     servers, chroot = split_chroot(hosts)
     if chroot:
-        # kazoo does not create its chroot; a short plain session does.
-        boot = KazooClient(hosts=servers, timeout=timeout)
+        # kazoo does not create its chroot; a short session without it does.
+        boot = KazooClient(hosts=servers, timeout=timeout, **auth)
         boot.start(timeout=timeout)
         try:
             boot.ensure_path(chroot)
+            if auth:
+                _close(boot, chroot, auth["default_acl"])
+        except NoAuthError:
+            raise _refused(hosts, auth) from None
         finally:
             boot.stop()
             boot.close()
     zk = KazooClient(hosts=hosts, timeout=timeout,
                      connection_retry=KazooRetry(max_tries=-1, max_delay=2),
-                     command_retry=KazooRetry(max_tries=5, max_delay=1))
+                     command_retry=KazooRetry(max_tries=5, max_delay=1), **auth)
     if listener:
         zk.add_listener(listener)
     zk.start(timeout=timeout)
-    for path in layout.TOP_LEVEL:
-        zk.ensure_path(path)
+    try:
+        for path in layout.TOP_LEVEL:
+            zk.ensure_path(path)
+        try:
+            # (ensure_path of existing znodes needs no right: a session the
+            # ACLs keep out would only fail at its first real read)
+            zk.get_children(layout.ROOT)
+        except NoAuthError:
+            raise _refused(hosts, auth) from None
+        if auth:
+            close_tree(zk, auth["default_acl"])
+    except Exception:
+        zk.stop()
+        zk.close()
+        raise
     return zk
+
+
+def _refused(hosts: str, auth: dict) -> NoAuthError:
+    return NoAuthError(f"ZooKeeper refuses {hosts}: the cluster is closed and this program "
+                       + ("has another secret" if auth else f"has no secret ({SECRET_FILE_VAR})"))
+
+
+def _close(zk: KazooClient, path: str, acl: list[ACL]) -> bool:
+    """Give ``path`` the cluster's ACL if it has another; True if it had to."""
+    current, _ = zk.get_acls(path)
+    if set(current) == set(acl):
+        return False
+    zk.set_acls(path, acl)
+    return True
+
+
+def close_tree(zk: KazooClient, acl: list[ACL]) -> int:
+    """The upgrade of a tree made open: every znode under ``layout.ROOT``
+    gets ``acl``, then ``layout.ROOT`` itself (the mark that it is done: one
+    read on every later connect). Returns how many znodes changed."""
+    if set(zk.get_acls(layout.ROOT)[0]) == set(acl):
+        return 0
+    log.warning("closing the znodes of %s made before the cluster had a secret", layout.ROOT)
+    changed, todo = 0, [layout.ROOT]
+    while todo:
+        path = todo.pop()
+        try:
+            todo.extend(f"{path}/{child}" for child in zk.get_children(path))
+            if path != layout.ROOT:
+                changed += _close(zk, path, acl)
+        except NoNodeError:          # gone meanwhile (an ephemeral, a released lock)
+            continue
+    changed += _close(zk, layout.ROOT, acl)
+    log.warning("closed %d znodes", changed)
+    return changed
 
 
 def read(zk: KazooClient, path: str, cls: type[R]) -> tuple[R, int] | None:

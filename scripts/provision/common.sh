@@ -15,11 +15,15 @@
 #   COWFLEET_INSTALL     1: install Debian packages and the project (default 1)
 #   COWFLEET_START       1: (re)start the daemon: a systemd unit where systemd runs,
 #                        else a pid file (default 1); 0: configure only
+#   COWFLEET_SECRET      the cluster secret (service and agents; the same on every node):
+#                        written to etc/cowfleet/secret, mode 0600; may be left out
+#                        when that file exists already (a second run)
 #
 # What it writes, under $COWFLEET_ROOT:
 #   etc/cowfleet/node.env          NODE, RACK, ADDR, ZK (what testinfra reads)
 #   etc/cowfleet/ROLE.env          the daemon's settings
 #   etc/cowfleet/ROLE.run          the start command: `exec`s the daemon in the foreground
+#   etc/cowfleet/secret            the cluster secret (0600; service and agents)
 #   var/lib/cowfleet/...           state;  var/log/cowfleet/ROLE.log (when started here)
 # Running a script twice changes nothing: files are rewritten only when their
 # content differs, and a running daemon is restarted only then.
@@ -115,6 +119,23 @@ COWFLEET_RACK=$COWFLEET_RACK
 COWFLEET_ADDR=$COWFLEET_ADDR
 COWFLEET_ZK=$(zk_hosts)
 EOF
+}
+
+# write_secret: the cluster secret in $SECRET_FILE, mode 0600 from its creation
+# on: ZooKeeper's ACLs and the P2P signatures (docs/design.md, "A closed cluster")
+SECRET_FILE=$ETC/secret
+write_secret() {
+  if [ -n "${COWFLEET_SECRET:-}" ]; then
+    old_umask=$(umask)
+    umask 077
+    put_file "$SECRET_FILE" 0600 <<EOF
+$COWFLEET_SECRET
+EOF
+    umask "$old_umask"
+  elif [ ! -s "$SECRET_FILE" ]; then
+    die "no cluster secret: set COWFLEET_SECRET (the same on every service and agent node)"
+  fi
+  chmod 0600 "$SECRET_FILE"
 }
 
 # write_run ROLE COMMAND: ROLE.run sources ROLE.env and execs COMMAND

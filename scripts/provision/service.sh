@@ -10,6 +10,7 @@
 install_project
 TOKENS=${COWFLEET_TOKENS_FILE:-$ETC/tokens}
 write_node_env
+write_secret
 if [ ! -s "$TOKENS" ]; then
   mkdir -p "$(dirname "$TOKENS")"
   ( umask 077
@@ -22,6 +23,7 @@ fi
 chmod 0600 "$TOKENS"
 put_file "$ETC/service.env" 0644 <<EOF
 COWFLEET_ZK=$(zk_hosts)
+COWFLEET_SECRET_FILE=$SECRET_FILE
 COWFLEET_TOKENS_FILE=$TOKENS
 COWFLEET_BIND=$COWFLEET_ADDR:${COWFLEET_SERVICE_PORT:-8080}
 COWFLEET_WORKERS=${COWFLEET_SERVICE_WORKERS:-4}

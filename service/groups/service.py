@@ -12,6 +12,7 @@ from flask import Response, request
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 from marshmallow import ValidationError
 
+from cowfleet import p2p
 from cowfleet.models import (CONSOLE_TAIL_MAX, ConditionType, DeployRequest, Event, EventReason, Flavor, Group,
                              GroupPhase, GroupStatus, ImageStatus, Instance, InstanceState, NodeInfo, Reason, now,
                              valid_instance_id)
@@ -332,7 +333,7 @@ def console(zk, name: str, iid: str, tail_bytes: str | None):
     if member is None or not member[0].address:
         raise node_failed(f"node '{inst.node}' of instance '{iid}' is not in the cluster now")
     try:
-        resp = requests.post(member[0].address + P2P.CONSOLE, json={"id": iid, "tail_bytes": tail}, timeout=5)
+        resp = p2p.session().post(member[0].address + P2P.CONSOLE, json={"id": iid, "tail_bytes": tail}, timeout=5)
     except requests.RequestException as exc:
         raise node_failed(f"node '{inst.node}' did not answer: {type(exc).__name__}") from None
     if resp.status_code == 404:          # not started yet: nothing printed

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import requests
 
+from cowfleet import p2p
 from cowfleet.checksum import SHA256_RE, SHA256_RULE
 from cowfleet.models import Image, ImageStatus, NodeInfo, Replica
 from cowfleet.protocol import ProblemType, image_data_path
@@ -186,7 +187,7 @@ def upload(zk, name: str, stream, length: int | None, checksum: str | None,
             raise _ClientBodyFailed(malformed_request(
                 f"the body ended after {sent} of its {length} bytes (Content-Length); nothing was stored"))
     try:
-        resp = requests.put(node.address + image_data_path(name), data=chunks(), headers=headers,
+        resp = p2p.session().put(node.address + image_data_path(name), data=chunks(), headers=headers,
                             timeout=(5, 600))
     except _ClientBodyFailed as exc:
         raise exc.problem from None

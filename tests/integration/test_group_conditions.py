@@ -4,10 +4,6 @@ boots failed after the group's ready_timeout."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -17,23 +13,6 @@ from tests.helpers import wait_until
 from tests.integration.test_cli import ok, one_line_error
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def never_boots(client, image_demo):
-    """Image 'cond-zeros': a disk of zeros, which no firmware boots (the
-    guest never prints its readiness line)."""
-    d = Path(tempfile.mkdtemp(prefix="cowfleet-cond-", dir="/var/tmp"))
-    os.chmod(d, 0o755)
-    zeros = d / "zeros.raw"
-    zeros.write_bytes(bytes(1 << 20))
-    try:
-        client.put_image("cond-zeros", source_url=f"file://{zeros}", format="raw", min_replicas=1)
-        wait_until(lambda: client.get_image("cond-zeros")["status"] == "available", 60, "image cond-zeros")
-        yield "cond-zeros"
-    finally:
-        client.delete_image("cond-zeros")
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def conditions(g: dict) -> dict:

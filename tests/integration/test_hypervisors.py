@@ -18,7 +18,7 @@ from cowfleet.agents.compute.network import FakeNodeNetwork, LinuxBridgeNetwork,
 from cowfleet.agents.compute.savefile import SaveImage, SaveImageError
 from cowfleet.lab import netns
 from tests.conftest import _workdir
-from tests.helpers import qmp
+from tests.helpers import qmp, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -305,3 +305,43 @@ def test_a_clones_nic_is_plugged_and_its_tap_attached_while_it_is_paused(hyper, 
     with pytest.raises(RuntimeError, match="cannot attach"):
         hyper.restore_clone(path, clone, attach=refuse)
     assert hyper.list(NODE) == {}
+
+
+def test_a_failing_read_of_the_master_pauses_the_domain_and_is_reported(libvirtd, spec_for):
+    """The libvirt driver's half of the storage failover: a read of the
+    overlay's NBD backing that fails (here every read: blkdebug under the
+    export) pauses the domain instead of failing the guest's request
+    (domain.py's error policy), list() says it is paused by an I/O error,
+    and watch_io_errors hears of it. (The fake's disks never fail.)"""
+    from cowfleet.agents.compute.sessions import stop_session_daemon
+    hyper = LibvirtHypervisor("qemu:///system", "qemu")
+    d = _workdir("cowfleet-ioerr-")
+    master, sock, pidfile = d / "master.qcow2", d / "nbd.sock", d / "qsd.pid"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(master), "64M"], check=True)
+    subprocess.run(["qemu-io", "-c", "write 0 1M", str(master)], check=True, capture_output=True)
+    failing = ('{"driver":"blkdebug","node-name":"dbg","image":"f",'
+               '"inject-error":[{"event":"read_aio","errno":5}]}')   # each data read of the qcow2: EIO
+    subprocess.run(["qemu-storage-daemon", "--blockdev", f"driver=file,filename={master},node-name=f,read-only=on",
+                    "--blockdev", failing, "--blockdev", "driver=qcow2,file=dbg,node-name=base,read-only=on",
+                    "--nbd-server", f"addr.type=unix,addr.path={sock}",
+                    "--export", "type=nbd,id=e,node-name=base,name=img,writable=off",
+                    "--pidfile", str(pidfile), "--daemonize"], check=True)
+    heard = []
+    try:
+        sock.chmod(0o666)                     # libvirt's qemu runs as another user
+        spec = spec_for()
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
+                        f"nbd+unix:///img?socket={sock}", spec.disk_path], check=True)
+        hyper.watch_io_errors(heard.append)
+        hyper.start(spec)                     # the firmware reads the boot sector at once
+        info = wait_until(lambda: (i := hyper.list(NODE)[spec.instance_id]).io_error and i, 60,
+                          "paused by the I/O error")
+        assert info.paused and info.running
+        wait_until(lambda: spec.name in heard, 10, "the I/O error event")
+        assert hyper.destroy(spec.name)
+    finally:
+        for iid in hyper.list(NODE):
+            hyper.destroy(domain_name(NODE, iid))
+        if pidfile.exists():
+            stop_session_daemon(int(pidfile.read_text()))
+        shutil.rmtree(d, ignore_errors=True)

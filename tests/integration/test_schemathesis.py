@@ -14,6 +14,8 @@ kept from changing what they rely on:
 """
 from __future__ import annotations
 
+import os
+
 import hypothesis
 import hypothesis.configuration
 import pytest
@@ -28,7 +30,9 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 
 pytestmark = pytest.mark.integration
 
-MAX_EXAMPLES = 8  # per operation and generation mode (positive, negative)
+# per operation and generation mode (positive, negative): 8 in CI (about 400
+# cases); the long run sets COWFLEET_FUZZ_EXAMPLES (40: over 2,000 cases)
+MAX_EXAMPLES = int(os.environ.get("COWFLEET_FUZZ_EXAMPLES", "8"))
 SKIP = {"PUT /v1/images/{name}"}
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
 COLLECTIONS = ("flavors", "images", "instance-groups", "tokens")
@@ -81,7 +85,7 @@ def test_api_conforms_to_its_openapi_document(lab, existing, hypothesis_home):
     schema = schemathesis.openapi.from_url(f"{lab.state.endpoint}/v1/openapi.json",
                                            headers=_auth(lab), timeout=10)
     failures: dict[tuple[str, str], str] = {}  # (operation, failure title) -> first reproduction
-    tested = 0
+    tested, cases = 0, 0
     for result in schema.get_all_operations():
         operation = result.ok()
         if operation.label in SKIP:
@@ -93,6 +97,8 @@ def test_api_conforms_to_its_openapi_document(lab, existing, hypothesis_home):
                                  phases=[Phase.explicit, Phase.generate],  # no shrinking: bounded time
                                  suppress_health_check=list(HealthCheck))
             def check(case):
+                nonlocal cases
+                cases += 1
                 _keep_away_from_shared_state(case, existing)
                 try:
                     case.call_and_validate(headers=_auth(lab), checks=CHECKS, timeout=10)
@@ -104,6 +110,7 @@ def test_api_conforms_to_its_openapi_document(lab, existing, hypothesis_home):
                 check()
             except Unsatisfiable:  # nothing to make invalid (e.g. GET /healthz in negative mode)
                 continue
+    print(f"\nschemathesis: {cases} cases over {tested} operations, {len(failures)} failure kind(s)")
     assert tested >= 14, f"only {tested} operations in the OpenAPI document"
     assert not failures, "\n\n".join(f"{op}: {title}\n{repro}" for (op, title), repro in failures.items())
 

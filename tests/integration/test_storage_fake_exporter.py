@@ -11,8 +11,8 @@ import secrets
 import threading
 
 import pytest
-import requests
 
+from cowfleet import p2p
 from cowfleet.agents.storage.agent import StorageAgent
 from cowfleet.agents.storage.exporter import FakeExporter, iqn_for
 from cowfleet.lab import components as c
@@ -89,17 +89,17 @@ def test_a_copy_is_exported_published_and_served(zk, agent, module_dir):
             (PORTAL, target, sha, len(data), "rack-a")
         assert agent.exporter.list() == {target: [replica.path]}
         assert read(zk, layout.image("fk"), Image)[0].sha256 == sha
-        holds = requests.post(f"{agent.address}/v1/holds", json={"image": "fk"}, timeout=10).json()
+        holds = p2p.session().post(f"{agent.address}/v1/holds", json={"image": "fk"}, timeout=10).json()
         assert holds == {"node": agent.name, "rack": "rack-a", "holds": True, "portal": PORTAL,
                          "target": target, "sha256": sha, "size_bytes": len(data)}
-        where = requests.post(f"{agent.address}/v1/locate", json={"image": "fk", "rack": "rack-a"}, timeout=10)
+        where = p2p.session().post(f"{agent.address}/v1/locate", json={"image": "fk", "rack": "rack-a"}, timeout=10)
         assert where.status_code == 200
         assert [(r["node"], r["target"]) for r in where.json()["replicas"]] == [(agent.name, target)]
-        got = requests.get(f"{agent.address}/v1/images/fk/data", timeout=10)
+        got = p2p.session().get(f"{agent.address}/v1/images/fk/data", timeout=10)
         assert got.status_code == 200 and got.content == data
         for method, path, status in (("HEAD", "/v1/images/fk/data", 405), ("POST", "/v1/images/fk/data", 405),
                                      ("GET", "/v1/images/nope/data", 404), ("GET", "/v1/images/fk/data/", 404)):
-            resp = requests.request(method, f"{agent.address}{path}", timeout=10)
+            resp = p2p.session().request(method, f"{agent.address}{path}", timeout=10)
             assert resp.status_code == status, (method, path)
             assert resp.headers["Content-Type"] == "application/problem+json"
     finally:
@@ -113,9 +113,9 @@ def test_an_upload_lands_and_a_mismatch_is_refused(zk, agent):
     try:
         blob = os.urandom(1 << 20)
         url = f"{agent.address}/v1/images/up/data"
-        bad = requests.put(url, data=blob, headers={"X-Checksum-Sha256": "0" * 64}, timeout=30)
+        bad = p2p.session().put(url, data=blob, headers={"X-Checksum-Sha256": "0" * 64}, timeout=30)
         assert bad.status_code == 422 and "checksum mismatch" in bad.json()["detail"]
-        ok = requests.put(url, data=blob, timeout=30)
+        ok = p2p.session().put(url, data=blob, timeout=30)
         assert ok.status_code == 200
         assert ok.json() == {"node": agent.name, "sha256": hashlib.sha256(blob).hexdigest(), "size_bytes": len(blob)}
         wait_until(lambda: zk.exists(layout.image_replica("up", agent.name)), 30, "the uploaded copy published")

@@ -31,8 +31,8 @@ INSTANCE_CIDR = ipaddress.ip_network("10.78.0.0/16")
 # with the node's own ZooKeeper connection string (the cluster's chroot)
 READ_MEMBERSHIP = """
 import json
-from kazoo.client import KazooClient
-zk = KazooClient(hosts=%r); zk.start(10)
+from cowfleet.zk.connection import connect
+zk = connect(%r, secret=open(%r, 'rb').read().strip())
 out = {}
 for name in zk.get_children('/cowfleet/nodes'):
     rec = json.loads(zk.get('/cowfleet/nodes/' + name)[0])
@@ -47,7 +47,8 @@ print(json.dumps(out))
 def memberships(lab_node) -> dict[str, dict]:
     env = lab_node.env()
     python = lab_node.env("compute.env")["COWFLEET_PYTHON"]
-    out = lab_node.host.check_output("%s -c %s", python, READ_MEMBERSHIP % env["COWFLEET_ZK"])
+    secret = lab_node.env("compute.env")["COWFLEET_SECRET_FILE"]
+    out = lab_node.host.check_output("%s -c %s", python, READ_MEMBERSHIP % (env["COWFLEET_ZK"], secret))
     return json.loads(out)
 
 
@@ -185,7 +186,7 @@ def serving(ns: str, addr: str) -> bool:
 def zk_memberships(lab) -> dict[str, dict]:
     """The compute memberships, read from inside the service's namespace."""
     svc = lab.nodes("service")[0]
-    out = subprocess.run(["ip", "netns", "exec", svc.netns, sys.executable, "-c", READ_MEMBERSHIP % lab.state.zk],
+    out = subprocess.run(["ip", "netns", "exec", svc.netns, sys.executable, "-c", READ_MEMBERSHIP % (lab.state.zk, str(lab.secret_file))],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)

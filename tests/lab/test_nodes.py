@@ -66,9 +66,11 @@ def test_zookeeper_membership(lab_node, api):
                             "s.sendall(b'srvr'); print(s.makefile().read())" % env["COWFLEET_ADDR"])
         assert "Mode: leader" in mode or "Mode: follower" in mode, mode
     elif lab_node.role in ("storage", "compute"):
-        python = lab_node.env(f"{lab_node.role}.env")["COWFLEET_PYTHON"]
-        code = ("from kazoo.client import KazooClient; import sys; "
-                f"zk = KazooClient(hosts='{env['COWFLEET_ZK']}'); zk.start(10); "
+        role_env = lab_node.env(f"{lab_node.role}.env")
+        python = role_env["COWFLEET_PYTHON"]
+        # the node's own secret: its znodes are closed to any other session
+        code = ("from cowfleet.zk.connection import connect; import sys; "
+                f"zk = connect('{env['COWFLEET_ZK']}', secret=open('{role_env['COWFLEET_SECRET_FILE']}', 'rb').read().strip()); "
                 f"data, stat = zk.get('/cowfleet/nodes/{env['COWFLEET_NODE']}'); "
                 "print(data.decode()); print(stat.ephemeralOwner, file=sys.stderr); zk.stop()")
         record = json.loads(py(lab_node, code, python))
@@ -90,6 +92,31 @@ def test_p2p_reaches_every_other_agent(lab_node, api):
             f"print(json.dumps([json.load(urllib.request.urlopen(a + '/healthz', timeout=5))['node'] "
             f"for a in {others!r}]))")
     assert len(json.loads(py(lab_node, code))) == len(others)
+
+
+@pytest.mark.roles("service", "storage", "compute")
+def test_the_cluster_is_closed_to_a_node_without_the_secret(lab_node, api):
+    """The node keeps the cluster secret to root (0600); from it, a ZooKeeper
+    session without the secret reads no znode of the cluster, and an unsigned
+    P2P call to an agent is refused (401) where the same call signed works."""
+    env = lab_node.env()
+    role_env = lab_node.env(f"{lab_node.role}.env")
+    secret = lab_node.host.file(role_env["COWFLEET_SECRET_FILE"])
+    assert secret.exists and secret.mode == 0o600 and secret.user == "root"
+    agent = next(n["address"] for n in api.nodes() if n["role"] == "compute")
+    code = ("import json, requests; from kazoo.client import KazooClient; from kazoo.exceptions import NoAuthError\n"
+            f"zk = KazooClient(hosts='{env['COWFLEET_ZK']}'); zk.start(10)\n"
+            "try:\n    zk.get_children('/cowfleet/nodes'); zk_answer = 'read'\n"
+            "except NoAuthError:\n    zk_answer = 'refused'\n"
+            "zk.stop()\n"
+            f"body = {{'flavor': {{'name': 'small', 'vcpus': 1, 'memory_mib': 128, 'disk_gib': 1}}, 'want': 0, 'request': 'testinfra'}}\n"
+            f"unsigned = requests.post('{agent}/v1/offer', json=body, timeout=5).status_code\n"
+            f"import os; os.environ['COWFLEET_SECRET_FILE'] = '{secret.path}'\n"
+            "from cowfleet import p2p\n"
+            f"signed = p2p.session().post('{agent}/v1/offer', json=body, timeout=5).status_code\n"
+            f"p2p.post('{agent}/v1/release', {{'request': 'testinfra'}})\n"
+            "print(json.dumps([zk_answer, unsigned, signed]))")
+    assert json.loads(py(lab_node, code, role_env["COWFLEET_PYTHON"])) == ["refused", 401, 200]
 
 
 @pytest.mark.roles("storage", "compute")

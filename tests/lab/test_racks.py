@@ -30,8 +30,8 @@ def sessions(lab) -> dict[str, int]:
     """node name -> ZooKeeper session owning its membership znode, read from
     inside the service's namespace."""
     svc = lab.nodes("service")[0]
-    code = ("import json; from kazoo.client import KazooClient; "
-            f"zk = KazooClient(hosts={lab.state.zk!r}); zk.start(10); "
+    code = ("import json; from cowfleet.zk.connection import connect; "
+            f"zk = connect({lab.state.zk!r}, secret=open({str(lab.secret_file)!r}, 'rb').read().strip()); "
             "print(json.dumps({n: zk.get('/cowfleet/nodes/' + n)[1].ephemeralOwner for n in zk.get_children('/cowfleet/nodes')})); "
             "zk.stop()")
     out = subprocess.run(["ip", "netns", "exec", svc.netns, sys.executable, "-c", code],

@@ -10,6 +10,7 @@ import tempfile
 
 import pytest
 
+from cowfleet.config import SECRET_FILE_VAR
 from cowfleet.lab import netns
 from cowfleet.lab.components import pid_alive
 from tests.lab.conftest import SSH_CONFIG
@@ -25,6 +26,7 @@ def cli(*args, env):
 def test_racks_lab_up_status_down():
     labdir = tempfile.mkdtemp(prefix="cowfleet-racks-cli-", dir="/var/tmp")
     env = dict(os.environ, COWFLEET_LAB_DIR=labdir)
+    env.pop(SECRET_FILE_VAR, None)           # no secret configured: the lab makes its own
     up = cli("lab", "up", "--racks", "1", "--nodes-per-rack", "1", "--zk", "1", "--fake", env=env)
     assert up.returncode == 0, up.stdout + up.stderr
     state = json.load(open(os.path.join(labdir, "lab.json")))
@@ -39,6 +41,24 @@ def test_racks_lab_up_status_down():
         assert status.returncode == 0, status.stdout + status.stderr
         for word in ("zk1", "svc", "r1-s1", "r1-c1", "api", "healthy", "10.77.1.11:7070"):
             assert word in status.stdout
+
+        # the cluster secret: made for this lab, kept to root, given to every
+        # service and agent node, never printed nor in lab.json
+        secret_file = os.path.join(labdir, "secret")
+        assert lines[SECRET_FILE_VAR] == secret_file
+        assert f"{SECRET_FILE_VAR}={secret_file}" in open(os.path.join(labdir, "env")).read()
+        assert os.stat(secret_file).st_mode & 0o777 == 0o600
+        secret = open(secret_file).read().strip()
+        assert len(secret) >= 32 and secret != open(os.environ[SECRET_FILE_VAR]).read().strip()
+        for n in state["nodes"]:
+            node_secret = os.path.join(n["root"], "etc", "cowfleet", "secret")
+            if n["role"] == "zookeeper":
+                assert not os.path.exists(node_secret)
+            else:
+                assert open(node_secret).read().strip() == secret
+                assert os.stat(node_secret).st_mode & 0o777 == 0o600
+        for out in (up.stdout + up.stderr, status.stdout + status.stderr, open(os.path.join(labdir, "lab.json")).read()):
+            assert secret not in out
 
         other = cli("lab", "up", env=env)              # the one-node lab may not start on top of it
         assert other.returncode != 0 and "another kind of lab" in other.stderr

@@ -321,3 +321,35 @@ def test_new_content_behind_path_replaces_the_image_and_a_missing_file_leaves_no
     proc = tf2.apply(ok=(1,))
     assert "Image file not found" in proc.stderr and "path" in proc.stderr, proc.stderr
     assert client.get_image("tfcontent") is None
+
+
+NEVER_READY = HEAD + """resource "cowfleet_instance_group" "stuck" {
+  name          = "tfstuck"
+  image         = "cond-zeros"
+  flavor        = "small"
+  size          = 1
+  ready_timeout = 10
+  timeouts {
+    create = "5m"
+  }
+}
+"""
+
+
+def test_a_group_that_cannot_become_ready_ends_the_apply_when_it_says_so(make_tf, client, never_boots):
+    """A guest that never boots is failed at the group's ready_timeout (10 s):
+    from then on only a change of the group can make it ready, so the apply
+    ends with a diagnostic saying why instead of waiting out its create
+    timeout (5 min here; it said 'not ready after 300s' before), and the
+    group stays in the state, tainted, for the next apply to replace."""
+    tf = make_tf()
+    tf.write(NEVER_READY)
+    tf.init()
+    proc = tf.apply(ok=(1,))
+    err = " ".join(proc.stderr.split())
+    assert "instance group 'tfstuck' cannot become ready: InstancesFailed" in err, proc.stderr
+    assert "ready_timeout of 10 s" in err and "not ready after" not in err, proc.stderr
+    assert client.get_group("tfstuck")["status"]["failed"] == 1
+    assert "cowfleet_instance_group.stuck" in tf.run("state", "list").stdout
+    assert tf.planned_actions()["cowfleet_instance_group.stuck"] == ["delete", "create"]
+    print(f"\napply of a group that never becomes ready ended after {tf.last('apply'):.1f} s (ready_timeout 10 s)")

@@ -84,3 +84,35 @@ def test_readiness_survives_a_zookeeper_error(tmp_path):
     finally:
         agent.stopping.set()
         loop.join(5)
+
+
+def test_a_ready_timeout_counts_a_failure_only_for_an_instance_it_failed(tmp_path, monkeypatch):
+    """A guest past its ready_timeout is failed and counted once; one that
+    is no longer running when the timeout comes (deleted meanwhile) is
+    dropped from the watch without a ``not-ready`` failure."""
+    import logging
+    import time
+
+    from cowfleet.agents.compute import agent as agent_module
+    from cowfleet.agents.compute.agent import ComputeAgent
+    from cowfleet.models import Instance, InstanceState
+
+    agent = ComputeAgent.__new__(ComputeAgent)
+    agent.awaiting_lock, agent.consoles, agent.log = threading.Lock(), tmp_path, logging.getLogger("test")
+    agent.name, agent.zk = "n", None
+    agent.metrics = AgentMetrics(SimpleNamespace(name="n", role="compute", rack="r", leading=threading.Event(),
+                                                 connected=threading.Event(), losses=0, capacity=dict,
+                                                 allocated=dict))
+    destroyed, written = [], []
+    agent.hyper = SimpleNamespace(destroy=destroyed.append)
+    agent._set_state = lambda group, iid, state, *a, **k: written.append((iid, state))
+    records = {"running": Instance(id="running", group="g", node="n", rack="r", image="i", flavor="f", generation=1,
+                                    state=InstanceState.RUNNING)}
+    monkeypatch.setattr(agent_module, "read", lambda zk, path, cls: (
+        (records[path.rsplit("/", 1)[-1]], None) if path.rsplit("/", 1)[-1] in records and cls is Instance else None))
+    past = time.time() - 1
+    agent.awaiting = {"running": ("g", past), "deleted": ("g", past)}
+    agent._readiness_round(dict(agent.awaiting))
+    assert not agent.awaiting
+    assert written == [("running", InstanceState.FAILED)] and len(destroyed) == 1
+    assert _samples(agent.metrics)[("cowfleet_agent_failures_total", (("reason", "not-ready"),))] == 1

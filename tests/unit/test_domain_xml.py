@@ -204,3 +204,11 @@ def test_a_template_has_a_generation_id_to_be_made_anew():
     assert parse(spec()).find("genid") is None
     genid = parse(spec(genid=True)).find("genid")
     assert genid is not None and not genid.text     # libvirt makes one at each start and restore
+
+
+def test_the_overlay_disk_pauses_the_guest_on_an_io_error_instead_of_failing_its_request():
+    """A session re-pointed to another replica fails the reads in flight:
+    the guest is paused (and resumed by the agent), never given the error."""
+    disk = next(d for d in parse(spec()).findall("devices/disk") if d.find("target").get("dev") == "vda")
+    driver = disk.find("driver")
+    assert (driver.get("error_policy"), driver.get("rerror_policy")) == ("stop", "stop")

@@ -9,8 +9,9 @@ import pytest
 from cowfleet.client import ApiError
 from cowfleet.provider import schema as S
 from cowfleet.provider.diagnostics import from_api_error
+from cowfleet.provider.diagnostics import ProviderError
 from cowfleet.provider.resources import (RESOURCES, InstanceGroup, _describe, is_ready, merge_known,
-                                         parse_duration, timeout_of)
+                                         parse_duration, stalled_for_good, timeout_of)
 from cowfleet.provider.values import UNKNOWN, conform, decode, encode
 
 
@@ -125,6 +126,47 @@ def test_read_keeps_absent_blocks_absent_when_the_api_has_defaults():
     # scaled in: not done while an instance is still terminating
     leaving = {"id": "web-4", "node": "n1", "rack": "r1", "state": "terminating", "image": "demo"}
     assert not is_ready(dict(api, instances=api["instances"] + [leaving]))
+
+
+def _stuck_group(ready_reason: str, progressing: tuple[str, str]) -> dict:
+    return {"name": "web", "size": 1, "generation": 1, "image": "demo", "flavor": "small",
+            "instances": [{"id": "web-1", "node": "n1", "rack": "r1", "state": "failed", "image": "demo"}],
+            "status": {"phase": "degraded", "ready": 0, "observed_generation": 1, "message": "",
+                       "conditions": [
+                           {"type": "Ready", "status": "False", "reason": ready_reason,
+                            "message": "0/1 ready: 1 instance(s) failed: web-1: no readiness line"},
+                           {"type": "Progressing", "status": progressing[0], "reason": progressing[1],
+                            "message": ""}]}}
+
+
+@pytest.mark.parametrize("ready_reason, progressing, for_good", [
+    ("InstancesFailed", ("False", "Stalled"), True),
+    ("ImageError", ("False", "Stalled"), True),
+    ("NoCapacity", ("False", "Stalled"), False),          # a node joining ends it: keep waiting
+    ("InstancesFailed", ("True", "RollingUpdate"), False),  # an update is replacing it
+    ("GuestsBooting", ("True", "GuestsBooting"), False),
+])
+def test_a_group_stalled_for_good_ends_the_wait_at_once(ready_reason, progressing, for_good):
+    group = _stuck_group(ready_reason, progressing)
+    assert bool(stalled_for_good(group)) is for_good
+
+    class Client:
+        calls = 0
+
+        def get_group(self, name):
+            Client.calls += 1
+            if Client.calls > 1 and not for_good:
+                return dict(group, status=dict(group["status"], phase="ready", ready=1, conditions=[]),
+                            instances=[dict(group["instances"][0], state="ready")])
+            return group
+    state = {"name": "web", "wait_for_ready": True, "timeouts": {"create": "1s"}}
+    if for_good:
+        with pytest.raises(ProviderError) as err:
+            InstanceGroup().wait(Client(), state, "create")
+        diag = err.value.diags[0]
+        assert f"cannot become ready: {ready_reason}" in diag.summary and Client.calls == 1
+    else:
+        assert is_ready(InstanceGroup().wait(Client(), state, "create"))
 
 
 def test_apply_result_keeps_planned_values_and_fills_unknowns():

@@ -12,11 +12,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts" / "provision"
 SERVERS = "1=10.77.0.11,2=10.77.0.12,3=10.77.0.13"
+SECRET = "a-cluster-secret-of-the-tests-0123456789"
 
 
 def provision(role: str, root: Path, **env) -> subprocess.CompletedProcess:
     full = dict(os.environ, COWFLEET_ROOT=str(root), COWFLEET_INSTALL="0", COWFLEET_START="0",
-                COWFLEET_ZK_SERVERS=SERVERS, COWFLEET_PYTHON="/usr/bin/python3", **env)
+                COWFLEET_ZK_SERVERS=SERVERS, COWFLEET_PYTHON="/usr/bin/python3", COWFLEET_SECRET=SECRET)
+    full.update(env)
     proc = subprocess.run(["sh", str(SCRIPTS / f"{role}.sh")], env=full, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
@@ -77,6 +79,28 @@ def test_service_makes_tokens_once(tmp_path):
     assert tokens.read_text() == first
     env = (tmp_path / "etc/cowfleet/service.env").read_text()
     assert "COWFLEET_BIND=10.77.0.2:8080\n" in env
+
+
+@pytest.mark.parametrize("role", ["service", "storage", "compute"])
+def test_the_cluster_secret_is_kept_for_the_owner_only(tmp_path, role):
+    provision(role, tmp_path, **NODES[role])
+    secret = tmp_path / "etc/cowfleet/secret"
+    assert secret.read_text() == SECRET + "\n"
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert f"COWFLEET_SECRET_FILE={secret}\n" in (tmp_path / f"etc/cowfleet/{role}.env").read_text()
+    # a second run without it keeps it; a node never provisioned with one is refused
+    again = provision(role, tmp_path, **dict(NODES[role], COWFLEET_SECRET=""))
+    assert "wrote" not in again.stdout and secret.read_text() == SECRET + "\n"
+    full = dict(os.environ, COWFLEET_ROOT=str(tmp_path / "other"), COWFLEET_INSTALL="0", COWFLEET_START="0",
+                COWFLEET_ZK_SERVERS=SERVERS, COWFLEET_SECRET="", **NODES[role])
+    proc = subprocess.run(["sh", str(SCRIPTS / f"{role}.sh")], env=full, capture_output=True, text=True)
+    assert proc.returncode != 0 and "no cluster secret" in proc.stderr
+    assert not (tmp_path / "other/etc/cowfleet/secret").exists()
+
+
+def test_zookeeper_members_get_no_secret(tmp_path):
+    provision("zookeeper", tmp_path, **NODES["zookeeper"])
+    assert not (tmp_path / "etc/cowfleet/secret").exists()
 
 
 def test_bad_parameters_are_refused(tmp_path):
