@@ -17,6 +17,15 @@ MAX_SURGE = 1
 # groups had the field; a tiny guest is ready in 4-15 s under TCG, 20 of
 # them on 2 cores in ~70 s, so a group of slow real images may want more
 READY_TIMEOUT = 900
+# how a group's instances start (issue 13): boot (a cold boot, as always),
+# clone (restored from a warm-clone template of the image and flavor, made on
+# the node on first use; a boot when that fails, and the instance says why),
+# auto (a clone where the node has a template or can make one). boot by
+# default: a clone needs an image whose guest takes its identity after a
+# restore (the demo guest does; design.md "Warm clones"), and a user image
+# that does not would wait at its template for ready_timeout
+START = "boot"
+STARTS = ("auto", "clone", "boot")
 READY_TIMEOUT_MIN = 10
 READY_TIMEOUT_MAX = 86400
 

@@ -25,11 +25,14 @@ POINTS = (
     "start.overlay",            # its overlay exists
     "start.seed-partial",       # its NoCloud seed is written under a temporary name, not yet renamed
     "start.seeded",             # its NoCloud seed exists
-    "start.paused",             # its domain exists, created paused (not yet resumed)
+    "start.paused",             # its domain exists, created paused (not yet resumed); a clone's
+                                # restored, its NIC and seed not yet plugged
     "start.domain",             # its domain runs; its record does not say so yet
     "terminate.destroyed",      # its domain is gone
     "terminate.files",          # its overlay, seed and console are gone; records not yet
     "session.stop",             # the last user of an image session is gone, the session not yet
+    "template.booting",         # a warm-clone template's domain boots, its folder half made
+    "template.saved",           # its save image is written and its layer frozen, not yet renamed whole
 )
 
 

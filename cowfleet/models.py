@@ -128,6 +128,7 @@ class Group(Record):
     persistent: bool = False      # overlays survive instance restarts (the exception to ephemeral)
     ssh_authorized_keys: list[str] = field(default_factory=list)
     ready_timeout: int = defaults.READY_TIMEOUT   # seconds from domain start to readiness, else failed
+    start: str = defaults.START   # boot, clone or auto (defaults.STARTS): how its instances start
     generation: int = 1
     deleting: bool = False
     created_at: float = field(default_factory=now)
@@ -135,7 +136,7 @@ class Group(Record):
 
     SPEC_FIELDS: ClassVar[tuple[str, ...]] = (
         "image", "flavor", "size", "placement", "user_data", "labels", "update_policy", "persistent",
-        "ssh_authorized_keys", "ready_timeout")
+        "ssh_authorized_keys", "ready_timeout", "start")
 
     def spec(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.SPEC_FIELDS}
@@ -236,6 +237,8 @@ class Instance(Record):
     ready_at: float | None = None
     reason: str = ""             # a Reason when pending or failed for a known cause ("" otherwise)
     state_since: float | None = None   # when ``state`` (or, pending, ``reason``) last changed
+    start: str | None = None     # how its domain last started: clone or boot (None: not yet)
+    start_reason: str = ""       # why a clone was asked for and it booted (e.g. the template failed)
 
 
 class EventType:

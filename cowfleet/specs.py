@@ -190,3 +190,9 @@ class GroupSpecSchema(StrictSchema):
                                    "line; after that it is failed with reason ReadyTimeout and its domain "
                                    f"stopped (default {defaults.READY_TIMEOUT}, from "
                                    f"{defaults.READY_TIMEOUT_MIN} to {defaults.READY_TIMEOUT_MAX})")})
+    start = fields.Str(load_default=defaults.START, validate=validate.OneOf(defaults.STARTS), metadata={
+        "description": "how instances start: boot (a cold boot: the default), clone (restored from a "
+                       "warm-clone template of the image and flavor that the node makes on first use, then "
+                       "given their own NIC and NoCloud seed; a cold boot when that fails, and the instance "
+                       "says why), auto (a clone where the node has or can make a template, else a boot); "
+                       "a clone needs an image whose guest waits for its seed (design.md, Warm clones)"})

@@ -557,6 +557,7 @@ class InstanceGroup(Resource):
     kind = "instance group"
     type_name = "cowfleet_instance_group"
     defaults = {"wait_for_ready": True, "persistent": False, "ready_timeout": spec_defaults.READY_TIMEOUT,
+                "start": spec_defaults.START,
                 "placement": PLACEMENT_DEFAULT,
                 "update_policy": UPDATE_POLICY_DEFAULT}
     volatile = ("instances", "status")
@@ -580,6 +581,8 @@ class InstanceGroup(Resource):
             spec["persistent"] = state["persistent"]
         if state.get("ready_timeout") is not None:
             spec["ready_timeout"] = int(state["ready_timeout"])
+        if state.get("start") is not None:
+            spec["start"] = state["start"]
         if state.get("placement") is not None:
             spec["placement"] = {k: v for k, v in state["placement"].items() if v is not None}
         if state.get("update_policy") is not None:
@@ -599,6 +602,7 @@ class InstanceGroup(Resource):
             "size": obj.get("size"), "user_data": obj.get("user_data"),
             "persistent": bool(obj.get("persistent", False)),
             "ready_timeout": obj.get("ready_timeout", spec_defaults.READY_TIMEOUT),
+            "start": obj.get("start", spec_defaults.START),
             "labels": _labels(obj.get("labels"), prior),
             "ssh_authorized_keys": list(obj.get("ssh_authorized_keys") or []),
             "wait_for_ready": _keep(prior, "wait_for_ready", True),

@@ -143,6 +143,10 @@ GROUP = Block({
     "ready_timeout": optional_computed(NUM, "seconds an instance has, from its start, to become ready; then "
                                             f"it is failed with reason ReadyTimeout (default {D.READY_TIMEOUT}, "
                                             f"{D.READY_TIMEOUT_MIN} to {D.READY_TIMEOUT_MAX})"),
+    "start": optional_computed(STR, "how instances start: boot (a cold boot, the default), clone (restored "
+                                    "from a warm-clone template the node makes on first use; a boot when "
+                                    "that fails) or auto (a clone where a template exists or can be made); "
+                                    "each instance's start says which it got"),
     "wait_for_ready": optional_computed(BOOL, "wait until status.ready == size (default true)"),
     "instances": computed(["list", INSTANCE], "every instance: id, node, rack, state, address (on its "
                                               "node's instance subnet, routed across racks) and mac"),

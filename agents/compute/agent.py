@@ -13,8 +13,10 @@ reconcile (at start, on every event, and periodically).
 """
 from __future__ import annotations
 
+import base64
 import os
 import random
+import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,8 +33,10 @@ from cowfleet.agents.compute.network import (AddressesExhausted, FakeNodeNetwork
                                              tap_name)
 from cowfleet.agents.compute.overlays import FakeOverlayStore, OverlayStore
 from cowfleet.agents.compute.sessions import (FakeSessionManager, Session, SessionError, SessionManager,
-                                              base_of, session_key)
+                                              base_of, qcow2_backing, session_key)
+from cowfleet.agents.compute.savefile import SaveImageError
 from cowfleet.agents.compute.seed import SeedData, SeedStore
+from cowfleet.agents.compute.templates import Template, TemplateError, TemplateStore, template_key
 from cowfleet.agents.node import NodeAgent
 from cowfleet.agents.p2p_server import P2PServer
 from cowfleet.agents.handshake import HandshakeGatherer, PeerDirectory, Reservations, node_offer
@@ -51,6 +55,9 @@ from cowfleet.zk.leaders import rack_leaders
 
 READY_POLL = 0.25
 OVERLAY_TRIES = 5          # overlay creations failing in a row before an instance is failed
+# a template that failed (no marker in time, a save refused) is not tried again before this
+# (seconds): each try of an image without the warm-clone contract waits its whole timeout
+TEMPLATE_RETRY = 600
 FAILOVER = "session:"      # the in-flight key of a session's failover (never an instance id)
 
 
@@ -67,6 +74,9 @@ class ComputeAgent(NodeAgent):
         self.overlays = (FakeOverlayStore if fake else OverlayStore)(Path(self.state_dir) / "overlays")
         self.sessions = (FakeSessionManager if fake else SessionManager)(Path(self.state_dir) / "sessions")
         self.seeds = SeedStore(Path(self.state_dir) / "seeds")
+        self.templates = TemplateStore(Path(self.state_dir) / "templates", hypervisor, self.name,
+                                       self.overlays.layer)
+        self.template_failures: dict[str, tuple[float, str]] = {}   # key -> (when, why)
         self.make_seeds = seeds       # False: no NoCloud seed (benchmarks compare against it)
         self.consoles = Path(self.state_dir) / "consoles"
         self.consoles.mkdir(parents=True, exist_ok=True)
@@ -127,6 +137,8 @@ class ComputeAgent(NodeAgent):
         self.peers = PeerDirectory(self.zk, on_change=self._on_nodes)   # a node gone: re-place soon
         if self.instnet is not None:
             self.instnet.setup()          # before registering: peers learn the subnet with the node
+        for gone in self.templates.sweep():     # an earlier life died making a template
+            self.log.info("swept half-made warm-clone template %s", gone)
         threading.Thread(target=self._readiness_loop, name="readiness", daemon=True).start()
         self.hyper.watch_io_errors(self._on_io_error)
 
@@ -284,6 +296,7 @@ class ComputeAgent(NodeAgent):
             if iid not in desired and iid not in domains and iid not in overlays:
                 self._submit(iid, self._terminate, group, iid)
         self._reconcile_sessions(overlays)
+        self._prune_templates()
 
     def _reconcile_network(self, desired: dict) -> None:
         """The subnet claimed and the bridge up; the allocations read back
@@ -311,6 +324,7 @@ class ComputeAgent(NodeAgent):
         folder that no session accounts for (a lost pid file) are killed.
         Used sessions whose daemon died are restarted by the next start."""
         used = {self.sessions.key_of_overlay(path) for _group, path in overlays.values()}
+        used |= self.templates.session_keys()     # every clone's disk reads through its template's
         for key in self.sessions.list():
             if key in used:
                 continue
@@ -329,7 +343,8 @@ class ComputeAgent(NodeAgent):
 
     def _session_users(self, key: str) -> set[str]:
         """The keys used by overlays on disk, read now (call under lock(base_of(key)))."""
-        return {self.sessions.key_of_overlay(path) for _g, path in self.overlays.list().values()}
+        return {self.sessions.key_of_overlay(path) for _g, path in self.overlays.list().values()} | \
+            self.templates.session_keys()
 
     def _submit(self, iid: str, fn, *args) -> None:
         """Run ``fn`` for the instance unless something runs for it already;
@@ -457,19 +472,30 @@ class ComputeAgent(NodeAgent):
             overlay = self._keep_overlay(group, iid, image, session, bool(spec_group and spec_group.persistent))
             t_attached = time.monotonic()
             fault_point("start.attached", self.name)
+            template, why = None, ""
             if not overlay.exists():
-                overlay = self._create_overlay(group, iid, image, session)
+                template, why = self._clone_template(spec_group, image, flavor, session)
+                overlay = self._create_clone_overlay(group, iid, template) if template else None
+                if overlay is None:
+                    if template is not None:
+                        why = f"no overlay on template {template.key} (removed meanwhile, or qemu-img failed)"
+                    template = None
+                    overlay = self._create_overlay(group, iid, image, session)
         t_overlay = time.monotonic()
         fault_point("start.overlay", self.name)
         seed = self.seeds.create(group, iid, self._seed_data(inst, spec_group, address, mac), self.name) \
             if self.make_seeds else None
         t_seed = time.monotonic()
         fault_point("start.seeded", self.name)
-        self._define_and_start(group, iid, flavor, overlay, seed, mac)
+        if template is not None:
+            overlay, why = self._restore_clone(group, iid, flavor, overlay, seed, mac, template, image, session)
+        if template is None or why:
+            self._define_and_start(group, iid, flavor, overlay, seed, mac)
         t_domain = time.monotonic()
         fault_point("start.domain", self.name)
         running_at = now()
-        self._set_state(group, iid, InstanceState.RUNNING, running_at=running_at, ready_at=None)
+        self._set_state(group, iid, InstanceState.RUNNING, running_at=running_at, ready_at=None,
+                        start="boot" if template is None or why else "clone", start_reason=why)
         # the metrics' data path: this start attached the image, or used the host's running session
         self.metrics.started(iid, metrics.ATTACHED if attached else metrics.SHARED, t_domain - t0)
         self.log.info("%s running: session %.0f ms, overlay %.0f ms, seed %.1f ms, domain %.0f ms", iid,
@@ -581,10 +607,10 @@ class ComputeAgent(NodeAgent):
         self.overlay_failures.pop(iid, None)
         return overlay
 
-    def _define_and_start(self, group: str, iid: str, flavor: Flavor, overlay: Path, seed: Path | None,
-                          mac: str) -> None:
-        """The instance's domain, defined afresh (a stopped leftover of the
-        same name is destroyed first) and started; its console starts empty."""
+    def _domain_spec(self, group: str, iid: str, flavor: Flavor, overlay: Path, seed: Path | None,
+                     mac: str) -> DomainSpec:
+        """The instance's domain (booted or cloned), its console emptied and
+        a stopped leftover of the same name destroyed."""
         console = self.consoles / f"{iid}.log"
         console.unlink(missing_ok=True)
         # agent and libvirtd in different network namespaces: a tap the agent puts on its bridge
@@ -597,13 +623,110 @@ class ComputeAgent(NodeAgent):
                           bridge=self.instnet.net.bridge if self.instnet is not None else None, tap=tap,
                           mac=mac, seed_path=str(seed) if seed else None)
         self.hyper.destroy(spec.name)        # a stopped leftover of the same name
+        return spec
+
+    def _define_and_start(self, group: str, iid: str, flavor: Flavor, overlay: Path, seed: Path | None,
+                          mac: str) -> None:
+        """The instance's domain, defined afresh (a stopped leftover of the
+        same name is destroyed first) and started; its console starts empty."""
+        spec = self._domain_spec(group, iid, flavor, overlay, seed, mac)
         try:
-            self.hyper.start(spec, attach=self.instnet.net.attach if tap else None)
+            self.hyper.start(spec, attach=self.instnet.net.attach if spec.tap else None)
         except Exception as exc:
             self.metrics.failure("domain-start")
             self._set_state(group, iid, InstanceState.FAILED, f"domain start failed: {exc}"[:500],
                             Reason.DOMAIN_START_FAILED)
             raise
+
+    # -- warm clones (issue 13) ------------------------------------------------------
+    def _clone_template(self, spec_group: Group | None, image: Image, flavor: Flavor,
+                        session: Session) -> tuple[Template | None, str]:
+        """The template this start restores from (made now when the node has
+        none: under the image's session lock, so other starts of the image
+        wait for it), or None and why it boots ("" when it was to boot)."""
+        start = spec_group.start if spec_group is not None else defaults.START
+        if start == "boot":
+            return None, ""
+        if spec_group.persistent:
+            return None, "a persistent group's instances boot (a clone's disk is its template's)"
+        key = template_key(session.key, flavor.vcpus, flavor.memory_mib)
+        failed = self.template_failures.get(key)
+        # a failed template is not tried again at once: each try of an image
+        # without the warm-clone contract waits its whole timeout. auto gives
+        # up on it for this agent's life; clone tries again after a while
+        if failed and (start == "auto" or time.monotonic() - failed[0] < TEMPLATE_RETRY):
+            return None, failed[1]
+        with self.templates.lock(key):
+            try:
+                # a template guest is at its marker well before an instance is
+                # ready: it has the group's ready_timeout at the most
+                t = self.templates.make(key, session.key, session.url, image.format, flavor.vcpus,
+                                        flavor.memory_mib, timeout=min(spec_group.ready_timeout, 600),
+                                        image=image.name, sha256=image.sha256)
+            except TemplateError as exc:
+                self.metrics.failure("template")
+                why = f"no warm-clone template of {image.name} on {self.name}: {exc}"[:500]
+                self.template_failures[key] = (time.monotonic(), why)
+                self.log.warning("%s", why)
+                return None, why
+        self.template_failures.pop(key, None)
+        return t, ""
+
+    def _create_clone_overlay(self, group: str, iid: str, template: Template) -> Path | None:
+        """The clone's overlay on the template's frozen layer (None: the
+        template went meanwhile, or the overlay failed: the start boots)."""
+        with self.templates.using(template.key) as t:
+            if t is None:
+                return None
+            try:
+                return self.overlays.create(group, iid, str(t.disk), "qcow2")
+            except Exception as exc:
+                self.log.warning("clone overlay of %s on template %s failed: %s", iid, t.key, exc)
+                return None
+
+    def _restore_clone(self, group: str, iid: str, flavor: Flavor, overlay: Path, seed: Path | None, mac: str,
+                       template: Template, image: Image, session: Session) -> tuple[Path, str]:
+        """Restore the instance from its template; if that fails, a new
+        overlay on the master to boot from and why (the template is dropped
+        when its save image does not read back)."""
+        spec = self._domain_spec(group, iid, flavor, overlay, seed, mac)
+        try:
+            self.hyper.restore_clone(template.save, spec,
+                                     attach=self.instnet.net.attach if spec.tap else None)
+            return overlay, ""
+        except Exception as exc:
+            self.metrics.failure("clone-restore")
+            why = f"restoring from template {template.key} failed: {exc}"[:500]
+            self.log.warning("%s: %s", iid, why)
+        try:
+            self.templates.check(template)
+        except SaveImageError:
+            self.templates.remove(template.key)      # never restored again
+        self.overlays.remove(group, iid)
+        with self.sessions.lock(session_key(image.name, image.sha256)):
+            return self._create_overlay(group, iid, image, session), why
+
+    def _prune_templates(self) -> None:
+        """Templates no clone uses go when they are stale (their image is
+        gone or holds other content now, or a newer session of it serves new
+        instances after a storage failover) or over the disk cap. (Whether
+        the image's session runs is no sign: a template keeps it running.)"""
+        def in_use() -> set[str]:
+            return {self.templates.of_overlay_backing(self.overlays.backing(path))
+                    for _g, path in self.overlays.list().values()}
+
+        images: dict[str, str | None] = {}
+
+        def current(t: Template) -> bool:
+            if t.image not in images:
+                got = read(self.zk, layout.image(t.image), Image) if t.image else None
+                images[t.image] = got[0].sha256 if got else None
+            if images[t.image] != t.sha256:
+                return False
+            s = self.sessions.current(base_of(t.session))
+            return s is None or s.key == t.session
+        for key in self.templates.prune(in_use, current):
+            self.log.info("removed warm-clone template %s", key)
 
     def _address(self, inst: Instance) -> tuple[str | None, str] | None:
         """(address, MAC) for the instance; None when it must wait (shown)."""
@@ -629,7 +752,8 @@ class ComputeAgent(NodeAgent):
                         address=f"{address}/{net.prefixlen()}" if address and net else None,
                         gateway=net.gateway() if address and net else None,
                         user_data=group.user_data if group else None,
-                        ssh_authorized_keys=tuple(group.ssh_authorized_keys) if group else ())
+                        ssh_authorized_keys=tuple(group.ssh_authorized_keys) if group else (),
+                        random_seed=base64.b64encode(secrets.token_bytes(32)).decode())
 
     def _adopt(self, group: str, iid: str, dom) -> None:
         """A running domain with an assignment: make sure someone watches it."""
@@ -639,6 +763,14 @@ class ComputeAgent(NodeAgent):
         inst = got[0]
         if dom.paused and dom.io_error:
             self._io_paused(dom)         # resumed by the failover, once its session reads
+        elif dom.paused and dom.clone:
+            # restored from a template by a start that was interrupted: its NIC
+            # and seed may not be plugged, so it would wait at its template
+            # marker for ever; destroyed, the next round starts it anew
+            self.log.info("destroying %s (a clone left paused by an interrupted start)", iid)
+            self.hyper.destroy(dom.name)
+            self.wake.set()
+            return
         elif dom.paused:
             self.log.info("resuming %s (left paused by an interrupted start)", iid)
             self.hyper.resume(dom.name, attach=self.instnet.net.attach if self.instnet is not None else None)
@@ -689,8 +821,20 @@ class ComputeAgent(NodeAgent):
         return not session.node or self.zk.exists(layout.image_replica(session.image, session.node),
                                                   watch=watch) is not None
 
+    def _session_of(self, group: str, iid: str) -> str | None:
+        """The session an instance's disk reads through: its overlay's
+        backing, or for a warm clone its template layer's (master ->
+        template layer -> overlay)."""
+        overlay = self.overlays.path(group, iid)
+        key = self.sessions.key_of_overlay(overlay)
+        if key is None:
+            layer = qcow2_backing(overlay)
+            if layer and not layer.startswith("nbd+unix://"):
+                key = self.sessions.key_of_overlay(layer)
+        return key
+
     def _io_paused(self, dom) -> None:
-        key = self.sessions.key_of_overlay(self.overlays.path(dom.group, dom.instance_id))
+        key = self._session_of(dom.group, dom.instance_id)
         if key is None:
             self._resume_io_paused({dom.instance_id: dom})
         else:
@@ -728,8 +872,7 @@ class ComputeAgent(NodeAgent):
                 self.log.info("session %s re-pointed from %s to %s in %.0f ms", key, was.node or "?",
                               now_on.node, (time.monotonic() - t0) * 1000)
         self._resume_io_paused({iid: dom for iid, dom in self.hyper.list(self.name).items()
-                                if dom.io_error and self.sessions.key_of_overlay(
-                                    self.overlays.path(dom.group, iid)) == key})
+                                if dom.io_error and self._session_of(dom.group, iid) == key})
 
     def _resume_io_paused(self, domains: dict) -> None:
         """Resume guests paused on an I/O error (qemu retries their failed

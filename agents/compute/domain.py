@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from xml.sax.saxutils import escape, quoteattr
 
+from cowfleet.guest.builder import TEMPLATE_PRODUCT
+
 METADATA_NS = "urn:cowfleet:instance:1"
 METADATA_KEY = "cowfleet"
 
@@ -27,6 +29,18 @@ class DomainSpec:
     seed_path: str | None = None  # the NoCloud seed, attached read-only as the second disk
     genid: bool = False       # a VM generation ID (<genid/>): a template's, so that each of its
                               # clones gets a new one on restore (Linux reseeds its RNG from it)
+    template: bool = False    # a warm-clone template (issue 13): a generation ID, and the SMBIOS
+                              # product that makes the demo guest wait for its clone's seed
+
+
+def seed_disk_xml(spec: DomainSpec) -> str:
+    """The NoCloud seed's disk ("" without one): in a cold boot's domain
+    XML, or hot-plugged into a warm clone after its restore."""
+    if not spec.seed_path:
+        return ""
+    return ("<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+            f"<source file={quoteattr(spec.seed_path)}/><target dev='vdb' bus='virtio'/>"
+            "<readonly/></disk>")
 
 
 def interface_xml(spec: DomainSpec) -> str:
@@ -66,13 +80,9 @@ def domain_xml(spec: DomainSpec) -> str:
         raise ValueError("network=tap needs the tap's name (a Linux interface name: 1 to 15 of a-z0-9-_)")
     cpu = "<cpu mode='host-passthrough'/>" if spec.virt_type == "kvm" else ""
     net = interface_xml(spec)
-    seed = ""
-    if spec.seed_path:
-        seed = ("<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
-                f"<source file={quoteattr(spec.seed_path)}/><target dev='vdb' bus='virtio'/>"
-                "<readonly/></disk>")
+    seed = seed_disk_xml(spec)
     return f"""<domain type='{spec.virt_type}'>
-  <name>{escape(spec.name)}</name>{"<genid/>" if spec.genid else ""}
+  <name>{escape(spec.name)}</name>{"<genid/>" if spec.genid or spec.template else ""}
   <metadata>
     <{METADATA_KEY}:instance xmlns:{METADATA_KEY}='{METADATA_NS}' id={quoteattr(spec.instance_id)} group={quoteattr(spec.group)} node={quoteattr(spec.node)}/>
   </metadata>
@@ -81,7 +91,7 @@ def domain_xml(spec: DomainSpec) -> str:
   <sysinfo type='smbios'>
     <system>
       <entry name='manufacturer'>cowfleet</entry>
-      <entry name='product'>cowfleet instance</entry>
+      <entry name='product'>{TEMPLATE_PRODUCT if spec.template else "cowfleet instance"}</entry>
       <entry name='serial'>{escape(spec.instance_id)}</entry>
     </system>
   </sysinfo>

@@ -16,11 +16,11 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Callable
 
-from cowfleet.agents.compute.domain import METADATA_NS, DomainSpec, domain_xml, interface_xml
+from cowfleet.agents.compute.domain import METADATA_NS, DomainSpec, domain_xml, interface_xml, seed_disk_xml
 from cowfleet.agents.compute.network import apart_from_libvirtd
 from cowfleet.agents.compute.savefile import STREAM_MAGIC, Feeder, SaveImage, SaveImageError, clone_xml, write_image
 from cowfleet.faults import fault_point
-from cowfleet.guest.builder import READY_MARKER
+from cowfleet.guest.builder import READY_MARKER, TEMPLATE_MARKER
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ class DomainInfo:
     group: str
     running: bool          # active (running or paused)
     paused: bool = False   # e.g. created paused by an agent that died before resuming it
+    clone: bool = False    # paused and restored from a template (it has a generation ID): its NIC
+                           # and seed may not be plugged yet, so it is not resumed but started anew
     io_error: bool = False  # paused by its disk's error policy (a read of the master failed)
 
 
@@ -193,9 +195,15 @@ class LibvirtHypervisor(Hypervisor):
                 continue
             state = stats.get("state.state", lv.VIR_DOMAIN_NOSTATE)
             paused = state == lv.VIR_DOMAIN_PAUSED
+            io_error = paused and stats.get("state.reason") == lv.VIR_DOMAIN_PAUSED_IOERROR
+            try:      # only a paused one's XML is read: rare (an interrupted start)
+                # a clone paused by an I/O error is a running guest: the failover's, not a restart's
+                clone = paused and not io_error and ET.fromstring(dom.XMLDesc(0)).find("genid") is not None
+            except lv.libvirtError:
+                clone = False
             out[ident[1]] = DomainInfo(name=name, instance_id=ident[1], group=ident[2],
-                                       running=state != lv.VIR_DOMAIN_SHUTOFF, paused=paused,
-                                       io_error=paused and stats.get("state.reason") == lv.VIR_DOMAIN_PAUSED_IOERROR)
+                                       running=state != lv.VIR_DOMAIN_SHUTOFF, paused=paused, clone=clone,
+                                       io_error=io_error)
         with self._identity_lock:      # forget domains gone from the host (only this node's are kept)
             for uuid, ident in list(self._identity.items()):
                 if ident[0] == node and uuid not in seen:
@@ -288,6 +296,10 @@ class LibvirtHypervisor(Hypervisor):
                 # hot-plugged while paused: the guest finds it when it runs
                 # (ACPI PCI hotplug), a new device with the clone's own MAC
                 dom.attachDeviceFlags(interface_xml(spec), lv.VIR_DOMAIN_AFFECT_LIVE)
+            if spec.seed_path:
+                # after the NIC: the seed's block device wakes the waiting
+                # template guest, which then looks for the NIC it names
+                dom.attachDeviceFlags(seed_disk_xml(spec), lv.VIR_DOMAIN_AFFECT_LIVE)
             if spec.network == "tap":
                 attach(spec.tap)
             dom.resume()
@@ -301,6 +313,8 @@ def _fit_for_template(name: str, root: ET.Element) -> None:
     a save stops the domain)."""
     if root.find("devices/interface") is not None:
         raise SaveImageError(f"{name} has a NIC: a template has none (each clone's is hot-plugged)")
+    if root.find("devices/disk/target[@dev='vdb']") is not None:
+        raise SaveImageError(f"{name} has a seed: a template has none (each clone's is hot-plugged)")
     if root.find("genid") is None:
         raise SaveImageError(f"{name} has no VM generation ID: its clones would share one")
 
@@ -345,8 +359,8 @@ class FakeHypervisor(Hypervisor):
                 self.destroy(spec.name)
                 raise
         self.resume(spec.name)
-        with open(spec.console_log, "a") as fh:
-            fh.write(f"fake guest {spec.instance_id}\n{READY_MARKER}\n")
+        with open(spec.console_log, "a") as fh:   # a template waits for its clone's seed
+            fh.write(f"fake guest {spec.instance_id}\n{TEMPLATE_MARKER if spec.template else READY_MARKER}\n")
 
     def destroy(self, name: str) -> bool:
         with self._lock:
@@ -371,10 +385,12 @@ class FakeHypervisor(Hypervisor):
         # token stream: restore_clone reads and checks it as the real one does
         with self._lock:
             spec, _ = self._domains[name]
-        _fit_for_template(name, ET.fromstring(domain_xml(spec)))
+        # the XML a qemu domain of this spec has (an agent's specs say "fake")
+        xml = domain_xml(dataclasses.replace(spec, virt_type="qemu") if spec.virt_type == "fake" else spec)
+        _fit_for_template(name, ET.fromstring(xml))
         path = os.fspath(path)
         # as libvirt keeps a domain's XML: with its UUID and generation ID
-        xml = domain_xml(spec).replace("</name>", f"</name><uuid>{uuid.uuid4()}</uuid>", 1)
+        xml = xml.replace("</name>", f"</name><uuid>{uuid.uuid4()}</uuid>", 1)
         xml = xml.replace("<genid/>", f"<genid>{uuid.uuid4()}</genid>", 1)
         write_image(path + ".partial", xml, STREAM_MAGIC + b"fake guest memory\n")
         os.replace(path + ".partial", path)

@@ -210,9 +210,10 @@ def clone_xml(template_xml: str, spec: DomainSpec, uuid: str | None = None) -> s
     it after the restore (domain.interface_xml).
 
     The devices must be the template's, same kinds in the same slots:
-    qemu's stream holds their state. A template with a NIC, or a clone that
-    would need another set of disks (a seed where the template had none), is
-    refused.
+    qemu's stream holds their state. A template has one disk and no NIC
+    (anything else is refused): ``spec``'s seed, like its NIC, is not in
+    the XML but hot-plugged after the restore (domain.seed_disk_xml), and
+    the waiting template guest takes its identity from it.
     """
     root = ET.fromstring(template_xml)
     dev = root.find("devices")
@@ -236,13 +237,14 @@ def clone_xml(template_xml: str, spec: DomainSpec, uuid: str | None = None) -> s
     serial = root.find("sysinfo/system/entry[@name='serial']")
     if serial is not None:
         serial.text = spec.instance_id
+    product = root.find("sysinfo/system/entry[@name='product']")
+    if product is not None:        # what libvirt says of the clone (the guest read the template's)
+        product.text = "cowfleet instance"
     disks = {d.find("target").get("dev"): d for d in dev.findall("disk") if d.find("target") is not None}
-    if set(disks) != ({"vda", "vdb"} if spec.seed_path else {"vda"}):
-        raise SaveImageError(f"the template's disks {sorted(disks)} are not the clone's "
-                             f"({'disk and seed' if spec.seed_path else 'disk only'})")
+    if set(disks) != {"vda"}:
+        raise SaveImageError(f"the template's disks {sorted(disks)} are not one disk "
+                             "(a clone's seed is hot-plugged after its restore)")
     one(disks["vda"], "source", "disk source").set("file", spec.disk_path)
-    if spec.seed_path:
-        one(disks["vdb"], "source", "seed source").set("file", spec.seed_path)
     for kind in ("serial", "console"):
         one(dev, f"{kind}[@type='file']/source", f"{kind} file").set("path", spec.console_log)
     if dev.findall("interface"):

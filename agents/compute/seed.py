@@ -44,9 +44,17 @@ class SeedData:
     gateway: str | None
     user_data: str | None = None
     ssh_authorized_keys: tuple[str, ...] = field(default_factory=tuple)
+    # host random bytes (base64) for the guest's RNG: cloud-init's seed_random
+    # module reads meta-data's random_seed; the demo guest writes it to
+    # /dev/urandom. What makes a warm clone's RNG its own (issue 13): it
+    # wakes with its template's pool, and the Debian 12 kernel has no vmgenid
+    # driver to reseed it on a new generation ID.
+    random_seed: str | None = None
 
     def meta_data(self) -> str:
         lines = [f"instance-id: {_q(self.instance_id)}", f"local-hostname: {_q(self.hostname)}"]
+        if self.random_seed:
+            lines.append(f"random_seed: {_q(self.random_seed)}")
         if self.ssh_authorized_keys:
             lines.append("public-keys:")
             lines += [f"  - {_q(k)}" for k in self.ssh_authorized_keys]

@@ -12,6 +12,7 @@ import yaml
 from cowfleet.cli.common import (age, client, delete_and_wait, done, emit, labels_arg, name_argument, output_format,
                                  output_option, Progress, read_arg, read_commands, since, table, wait_options)
 from cowfleet.client import ApiError, seg
+from cowfleet import defaults
 
 # what `group get -o yaml` shows that is not spec: dropped by `group apply -f`,
 # so that a file saved from get applies as it is
@@ -85,7 +86,7 @@ def group_table(g: dict, wide: bool) -> str:
         head += (f"\nplacement {p.get('strategy')}, max_per_node {p.get('max_per_node') or '-'}; "
                  f"update max_unavailable {u.get('max_unavailable')}, max_surge {u.get('max_surge')}; "
                  f"labels {','.join(f'{k}={v}' for k, v in g['labels'].items()) or '-'}; "
-                 f"persistent {'yes' if g['persistent'] else 'no'}; "
+                 f"persistent {'yes' if g['persistent'] else 'no'}; start {g.get('start', 'boot')}; "
                  f"{len(g['ssh_authorized_keys'])} ssh key(s); user_data "
                  f"{'%d chars' % len(g['user_data']) if g.get('user_data') else '-'}")
     return head + "\n\n" + conditions_table(g) + "\n\n" + instances_table(g, wide)
@@ -190,6 +191,9 @@ def spec_options(create: bool):
             click.option("--ready-timeout", type=click.IntRange(min=1), metavar="SECONDS",
                          help="an instance not ready this long after its start is failed "
                               "(reason ReadyTimeout; default 900)"),
+            click.option("--start", type=click.Choice(defaults.STARTS),
+                         help="how instances start: boot (default), clone (from a warm-clone template "
+                              "of the image and flavor), auto (a clone where a template can be had)"),
         ]
         for opt in reversed(opts):
             fn = opt(fn)
@@ -224,6 +228,8 @@ def spec_from(opts: dict, patch: bool) -> dict:
         spec["persistent"] = opts["persistent"]
     if opts.get("ready_timeout") is not None:
         spec["ready_timeout"] = opts["ready_timeout"]
+    if opts.get("start") is not None:
+        spec["start"] = opts["start"]
     return spec
 
 

@@ -31,6 +31,11 @@ from pathlib import Path
 
 # The guest prints this on ttyS0 when its userland is up; agents wait for it.
 READY_MARKER = "COWFLEET-READY"
+# A warm-clone template prints this when it waits for its clone's seed;
+# the agent saves it then (agents/compute/templates.py).
+TEMPLATE_MARKER = "COWFLEET-TEMPLATE"
+# The SMBIOS product name that makes the guest a template (domain.py).
+TEMPLATE_PRODUCT = "cowfleet template"
 
 # Order matters: each module depends on the ones before it (measured order;
 # modules.dep of the Debian 12 cloud kernel for the last five: the seed is
@@ -87,6 +92,28 @@ n=$((n+1))
 echo $n > /var/lib/cowfleet/boots
 read up _ < /proc/uptime
 echo "boot $n instance=$id uptime=$up" >> /var/lib/cowfleet/boot.log
+# a warm-clone template (issue 13; the agent says so in the SMBIOS product
+# name): it boots with no seed and no NIC, says so and waits -- blocked on a
+# FIFO, no CPU spent -- for the block device its clone's seed arrives on
+# (hot-plugged after the restore, with the clone's NIC); the clone then runs
+# the first-boot path below as a cold boot does, with its own identity.
+# busybox's uevent reads the kernel's uevents from netlink (the Debian cloud
+# kernel has no CONFIG_UEVENT_HELPER, so no /proc/sys/kernel/hotplug).
+clone=""
+read product 2>/dev/null < /sys/class/dmi/id/product_name
+if [ "$product" = "cowfleet template" ]; then
+  mkfifo /run/wake
+  uevent /sbin/cowfleet-uevent &
+  waker=$!
+  say "template: waiting for a seed"
+  echo "{template}" > /dev/ttyS0
+  read -r disk < /run/wake
+  kill $waker
+  clone=1
+  # the clock stood still in the save: the RTC is the host's again
+  hwclock -s -u 2>/dev/null
+  say "clone: seed on /dev/$disk"
+fi
 # scratch data so every instance really writes to its overlay
 dd if=/dev/urandom of=/var/lib/cowfleet/scratch bs=64k count=16 2>/dev/null
 sync
@@ -104,6 +131,7 @@ if [ -b "$dev" ] && mount -t iso9660 -o ro "$dev" $seed 2>/dev/null; then
     case $line in
       instance-id:*) unq "$line"; iid=$v;;
       local-hostname:*) unq "$line"; [ -n "$v" ] && hn=$v && echo "$hn" > /proc/sys/kernel/hostname;;
+      random_seed:*) unq "$line"; echo "$v" > /dev/urandom;;
     esac
   done < $seed/meta-data
   next=""
@@ -115,9 +143,14 @@ if [ -b "$dev" ] && mount -t iso9660 -o ro "$dev" $seed 2>/dev/null; then
       via:*) unq "$line"; gw=$v;;
     esac
   done < $seed/network-config
-  nic=""
-  for d in /sys/class/net/*; do
-    read a 2>/dev/null < $d/address && [ "$a" = "$mac" ] && nic=${d##*/}
+  nic=""; i=0
+  while :; do
+    for d in /sys/class/net/*; do
+      read a 2>/dev/null < $d/address && [ "$a" = "$mac" ] && nic=${d##*/}
+    done
+    # a clone's NIC is hot-plugged with its seed: give its driver 10 s
+    [ -n "$nic" ] || [ -z "$clone" ] || [ $i -ge 100 ] && break
+    usleep 100000; i=$((i+1))
   done
   if [ -n "$nic" ] && [ -n "$addr" ]; then
     ip addr add "$addr" dev "$nic"
@@ -143,15 +176,21 @@ fi
   echo "hostname: $hn"
   echo "address: $addr"
   echo "serial: $id"
+  echo "clone: ${clone:-0}"
   echo "user-data-output:"
   [ -f /run/user-data.out ] && cat /run/user-data.out
 } > /www/index.html
 httpd -p 80 -h /www
 read up _ < /proc/uptime
-echo "{marker} instance=$id boots=$n address=$addr uptime=$up" > /dev/ttyS0
+echo "{marker} instance=${iid:-$id} boots=$n address=$addr uptime=$up" > /dev/ttyS0
 while :; do sleep 3600; done
 """
 
+# Run by busybox's uevent for each kernel uevent while a template waits:
+# the first whole block device added wakes the guest's init.
+UEVENT_HELPER = r"""#!/bin/busybox sh
+[ "$ACTION" = add ] && [ "$SUBSYSTEM" = block ] && [ "$DEVTYPE" = disk ] && echo "$DEVNAME" > /run/wake
+"""
 
 
 def syslinux_cfg(append: str) -> str:
@@ -181,7 +220,7 @@ def recipe_key() -> str:
         kernel = find_kernel()[0].name
     except BuildError:
         kernel = "none"
-    text = "\0".join([INITRAMFS_INIT, GUEST_INIT, SYSLINUX_CFG, " ".join(VIRTIO_MODULES), kernel])
+    text = "\0".join([INITRAMFS_INIT, GUEST_INIT, UEVENT_HELPER, SYSLINUX_CFG, " ".join(VIRTIO_MODULES), kernel])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -274,8 +313,11 @@ def _root_tree(root: Path) -> None:
         (root / sub).mkdir(parents=True, exist_ok=True)
     shutil.copy2(_busybox(), root / "bin" / "busybox")
     init = root / "sbin" / "init"
-    init.write_text(GUEST_INIT.replace("{marker}", READY_MARKER))
+    init.write_text(GUEST_INIT.replace("{marker}", READY_MARKER).replace("{template}", TEMPLATE_MARKER))
     init.chmod(0o755)
+    helper = root / "sbin" / "cowfleet-uevent"
+    helper.write_text(UEVENT_HELPER)
+    helper.chmod(0o755)
     (root / "bin" / "sh").symlink_to("busybox")
     (root / "etc" / "hostname").write_text("cowfleet-guest\n")
     (root / "etc" / "cowfleet-release").write_text("cowfleet demo guest 1\n")

@@ -26,6 +26,12 @@ class InstanceSchema(Schema):
                        "NoReplicaReachable, ReadyTimeout, DomainStartFailed); empty otherwise"})
     state_since = Timestamp(required=True, allow_none=True, metadata={
         "description": "when the state (or a pending instance's reason) last changed"})
+    start = fields.Str(required=True, allow_none=True, validate=validate.OneOf(["clone", "boot"]), metadata={
+        "description": "how its domain last started: clone (restored from a warm-clone template) or boot; "
+                       "null until its node starts it"})
+    start_reason = fields.Str(required=True, metadata={
+        "description": "why an instance of a group with start clone or auto booted (e.g. the template "
+                       "could not be made or restored); empty otherwise"})
 
 
 class ConditionSchema(Schema):
@@ -64,6 +70,7 @@ class GroupSchema(Schema):
     update_policy = fields.Dict(required=True)
     persistent = fields.Bool(required=True)
     ready_timeout = fields.Int(required=True)
+    start = fields.Str(required=True, validate=validate.OneOf(["auto", "clone", "boot"]))
     generation = fields.Int(required=True)
     created_at = Timestamp(required=True)
     updated_at = Timestamp(required=True, allow_none=True, metadata={

@@ -224,7 +224,7 @@ def delete(zk, name: str, pre: Precondition = ANY) -> None:
 
 
 # the fields whose values an Updated event quotes (the others are named only)
-QUOTED_FIELDS = ("image", "flavor", "size", "persistent", "ready_timeout")
+QUOTED_FIELDS = ("image", "flavor", "size", "persistent", "ready_timeout", "start")
 
 
 def spec_change(before: dict, after: dict) -> tuple[str, str]:

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.integration
 
 INVALID = HEAD + """variable "size" {}
 variable "strategy" {}
+variable "start" {}
 variable "vcpus" {}
 resource "cowfleet_flavor" "f" {
   name       = "tfinvalid"
@@ -27,6 +28,7 @@ resource "cowfleet_instance_group" "bad" {
   image  = "demo"
   flavor = "small"
   size   = var.size
+  start  = var.start
   labels = { %(label)s = "x" }
   placement {
     strategy = var.strategy
@@ -49,17 +51,18 @@ def test_values_the_api_refuses_are_diagnostics_at_plan(make_tf, client):
     assert 'Error: Invalid labels["bad key"]' in proc.stderr and "a label key is" in proc.stderr, proc.stderr
     assert "Invalid size" not in proc.stderr and "Invalid vcpus" not in proc.stderr   # variables: unknown
     tf.write(INVALID % {"label": "tier"})
-    code, text = tf.plan_exitcode("-var=size=-4", "-var=strategy=spred", "-var=vcpus=0")
+    code, text = tf.plan_exitcode("-var=size=-4", "-var=strategy=spred", "-var=vcpus=0", "-var=start=warm")
     assert code == 1, text
     flat = " ".join(text.split())
     for summary, line, message in [
             ("Invalid size", "size = var.size", "greater than or equal to 0"),
+            ("Invalid start", "start = var.start", "Must be one of: auto, clone, boot."),
             ("Invalid placement.strategy", "strategy = var.strategy", "Must be one of: spread, pack."),
             ("Invalid vcpus", "vcpus = var.vcpus", "greater than or equal to 1")]:
         assert f"Error: {summary}" in flat and line in flat and message in flat, (summary, text)
     assert client.get_flavor("tfinvalid") is None and client.get_group("tfinvalid") is None
     # the same configuration with values the API takes plans the two creates
-    code, text = tf.plan_exitcode("-var=size=0", "-var=strategy=pack", "-var=vcpus=1")
+    code, text = tf.plan_exitcode("-var=size=0", "-var=strategy=pack", "-var=vcpus=1", "-var=start=clone")
     assert code == 2 and "2 to add" in text, text
     assert tf.run("state", "list", ok=(0, 1)).stdout.strip() == ""
 

@@ -45,6 +45,7 @@ def test_flags_make_a_spec_or_a_merge_patch(tmp_path):
         "labels": {"tier": "web"}}
     only = {k: None for k in opts} | {"labels": ("tier-",), "ssh_keys": ()}
     assert spec_from(only, patch=True) == {"labels": {"tier": None}}
+    assert spec_from({k: None for k in opts} | {"start": "clone"}, patch=True) == {"start": "clone"}
 
 
 def test_durations():

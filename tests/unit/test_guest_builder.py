@@ -132,7 +132,7 @@ def test_templates_format():
     assert "for m in virtio_ring virtio " in init
     assert "${arg#root=}" in init
     guest = GUEST_INIT.replace("{marker}", READY_MARKER)
-    assert f"echo \"{READY_MARKER} instance=$id" in guest
+    assert f"echo \"{READY_MARKER} instance=${{iid:-$id}}" in guest
     # the NoCloud contract: the seed by label, the NIC by MAC, user-data run, a page on :80,
     # and the readiness line only after all of that
     for step in ("findfs LABEL=cidata", "macaddress:", "ip addr add", "/run/user-data", "httpd -p 80"):

@@ -167,9 +167,9 @@ def test_seed_volume_is_cidata_with_the_three_files(tmp_path):
 
 def test_seed_is_valid_yaml_for_cloud_init():
     import yaml          # PyYAML: the parser cloud-init itself uses
-    d = _seed(ssh_authorized_keys=("ssh-ed25519 AAAAC3Nza k@h",), hostname='we"ird')
+    d = _seed(ssh_authorized_keys=("ssh-ed25519 AAAAC3Nza k@h",), hostname='we"ird', random_seed="q83vEjRWeJA=")
     meta = yaml.safe_load(d.meta_data())
-    assert meta == {"instance-id": "web-0a1b2c", "local-hostname": 'we"ird',
+    assert meta == {"instance-id": "web-0a1b2c", "local-hostname": 'we"ird', "random_seed": "q83vEjRWeJA=",
                     "public-keys": ["ssh-ed25519 AAAAC3Nza k@h"]}
     nc = yaml.safe_load(d.network_config())
     eth = nc["ethernets"]["eth0"]

@@ -64,8 +64,8 @@ GROUP = InstanceGroup()
 
 def _state(**over):
     state = conform({"id": "web", "name": "web", "image": "demo", "flavor": "small", "size": 3,
-                     "wait_for_ready": True, "persistent": False, "ready_timeout": 900, "instances": [],
-                     "status": {"ready": 3}},
+                     "wait_for_ready": True, "persistent": False, "ready_timeout": 900, "start": "boot",
+                     "instances": [], "status": {"ready": 3}},
                     S.GROUP.type())
     state.update(over)
     return state
@@ -267,6 +267,19 @@ def test_group_ready_timeout_travels_to_the_api_and_back_and_defaults_to_the_api
     planned, _ = GROUP.plan(None, conform({"name": "g", "image": "i", "flavor": "small", "size": 1},
                                           S.GROUP.type()))
     assert planned["ready_timeout"] == 900
+
+
+def test_group_start_travels_to_the_api_and_back_and_defaults_to_boot():
+    group = RESOURCES["cowfleet_instance_group"]
+    state = {"image": "img", "flavor": "small", "size": 2, "labels": None, "user_data": None,
+             "start": "clone", "placement": None, "update_policy": None}
+    assert group.spec(state)["start"] == "clone"
+    assert "start" not in group.spec(dict(state, start=None))     # the API's default
+    obj = {"name": "g", "image": "img", "flavor": "small", "size": 2, "start": "auto", "status": {}}
+    assert group.to_state(obj, None)["start"] == "auto"
+    planned, _ = GROUP.plan(None, conform({"name": "g", "image": "i", "flavor": "small", "size": 1},
+                                          S.GROUP.type()))
+    assert planned["start"] == "boot"
 
 
 def test_a_timeout_error_says_why_the_group_is_not_ready():

@@ -19,7 +19,7 @@ BODY = STREAM_MAGIC + os.urandom(300_000)
 def spec(**over) -> DomainSpec:
     base = dict(name="cf-n1--tmpl", instance_id="tmpl", group="g", node="n1", vcpus=1, memory_mib=128,
                 disk_path="/t/tmpl.qcow2", console_log="/t/tmpl.log", network="none",
-                seed_path="/t/tmpl.iso", genid=True)
+                template=True)
     base.update(over)
     return DomainSpec(**base)
 
@@ -120,7 +120,8 @@ def test_a_clone_gets_its_own_identity():
         assert (meta.get("id"), meta.get("group"), meta.get("node")) == (f"c{n}", "g", "n1")
         assert root.findtext("sysinfo/system/entry[@name='serial']") == f"c{n}"
         disks = {d.find("target").get("dev"): d.find("source").get("file") for d in root.iter("disk")}
-        assert disks == {"vda": f"/t/c{n}.qcow2", "vdb": f"/t/c{n}.iso"}
+        assert disks == {"vda": f"/t/c{n}.qcow2"}         # the seed is hot-plugged after the restore
+        assert root.findtext("sysinfo/system/entry[@name='product']") == "cowfleet instance"
         assert {e.get("path") for e in root.iter("source") if e.get("path")} == {f"/t/c{n}.log"}
         assert root.find("devices/interface") is None     # hot-plugged after the restore
         genid = root.find("genid")
@@ -131,10 +132,9 @@ def test_a_clone_gets_its_own_identity():
 
 
 @pytest.mark.parametrize("template, clone_spec, says", [
-    (dict(seed_path=None), clone(1), "disks"),
-    ({}, clone(1, seed_path=None), "disks"),
+    (dict(seed_path="/t/tmpl.iso"), clone(1), "disks"),
     (dict(network="user", mac="02:00:00:00:00:01"), clone(1), "has a NIC"),
-    (dict(genid=False), clone(1), "genid"),
+    (dict(template=False), clone(1), "genid"),
 ])
 def test_a_clone_needs_the_templates_devices(template, clone_spec, says):
     with pytest.raises(SaveImageError, match=says):

@@ -43,6 +43,7 @@ def test_group_minimal_spec_gets_all_defaults():
         "persistent": False,
         "ssh_authorized_keys": [],
         "ready_timeout": 900,
+        "start": "boot",
     }
 
 
@@ -54,6 +55,16 @@ def test_group_ready_timeout_accepted(value):
 @pytest.mark.parametrize("value", [0, 9, 86401, -1, 1.5, "60", None, True])
 def test_group_bad_ready_timeout_is_refused_on_the_field(value):
     assert "ready_timeout" in group_errors(group(ready_timeout=value))
+
+
+@pytest.mark.parametrize("value", ["auto", "clone", "boot"])
+def test_group_start_accepted(value):
+    assert load_group(group(start=value))["start"] == value
+
+
+@pytest.mark.parametrize("value", ["warm", "", "Clone", None, 1, True])
+def test_group_bad_start_is_refused_on_the_field(value):
+    assert "start" in group_errors(group(start=value))
 
 
 def test_group_defaults_are_not_shared_between_loads():
@@ -76,7 +87,8 @@ def test_group_full_spec_is_kept():
     spec = group(size=0, placement={"strategy": "pack", "max_per_node": 5},
                  user_data="#!/bin/sh\necho hi\n", labels={"team": "web", "env": ""},
                  update_policy={"max_unavailable": 0, "max_surge": 3}, persistent=True,
-                 ssh_authorized_keys=[KEY_ED25519, KEY_RSA + " ops@example"], ready_timeout=120)
+                 ssh_authorized_keys=[KEY_ED25519, KEY_RSA + " ops@example"], ready_timeout=120,
+                     start="clone")
     assert load_group(spec) == spec
 
 
