@@ -24,9 +24,10 @@ ATTEMPTS = 10
 # the 409 of deleting an image or flavor some group uses
 IN_USE = {"image": ProblemType.IMAGE_IN_USE, "flavor": ProblemType.FLAVOR_IN_USE}
 
-# object path -> the mzxid of its users guard when a read after it found no
-# group naming the object (this worker's; see users_of)
-_UNUSED_AT: dict[str, int] = {}
+# (cluster, object path) -> the mzxid of its users guard when a read after it
+# found no group naming the object (this worker's; see users_of). The cluster
+# (servers and chroot) is in the key because zxids are counted per ensemble.
+_UNUSED_AT: dict[tuple[str, str], int] = {}
 _UNUSED_MAX = 4096
 
 
@@ -44,15 +45,16 @@ def users_of(zk, kind: str, name: str, path: str) -> tuple[int | None, list[str]
     stat = guard_stat(zk, path)
     if stat is None:
         return None, groups_using(zk, kind, name)
-    if _UNUSED_AT.get(path) == stat.mzxid:
+    key = (f"{getattr(zk, 'hosts', '')}{getattr(zk, 'chroot', '')}", path)
+    if _UNUSED_AT.get(key) == stat.mzxid:
         return stat.version, []
     users = groups_using(zk, kind, name)
     if users:
-        _UNUSED_AT.pop(path, None)
+        _UNUSED_AT.pop(key, None)
     else:
         if len(_UNUSED_AT) >= _UNUSED_MAX:      # objects deleted long ago: start over
             _UNUSED_AT.clear()
-        _UNUSED_AT[path] = stat.mzxid
+        _UNUSED_AT[key] = stat.mzxid
     return stat.version, users
 
 
