@@ -14,6 +14,12 @@ Ratios to it say what the API itself costs on a noisy machine.
 
     .venv/bin/python bench/api.py                       # about 90 s
     .venv/bin/python bench/api.py --rates 50,200 --duration 2 --json out.json
+    .venv/bin/python bench/api.py --rates 200 --compare /path/to/base/.venv/bin/python
+
+``--compare PYTHON`` runs a second service (and its own ZooKeeper) from
+another checkout's interpreter -- a venv with that checkout installed, e.g.
+the commit before a change -- and every step on it first, then on this
+tree's: before and after in the same run, on the same machine load.
 
 Prints a table and a verdict line against the target (p99 <= 50 ms at
 200 req/s with 4 workers). Everything it starts and writes (processes, a
@@ -78,6 +84,7 @@ KINDS = [  # the group list last: it overloads the service first, and a backlog 
 @dataclass
 class Step:
     kind: str
+    server: str                  # "this" tree, or "base" (--compare)
     mode: str                    # "open" at rate, or "closed" (max throughput)
     rate: float | None
     duration: float
@@ -105,8 +112,8 @@ def percentile(values: list[float], q: float) -> float:
 class Server:
     """ZooKeeper + the service under gunicorn, in a folder under /var/tmp."""
 
-    def __init__(self, workers: int):
-        self.workers = workers
+    def __init__(self, workers: int, python: str | None = None, label: str = "this"):
+        self.workers, self.python, self.label = workers, python, label
         self.dir = Path(tempfile.mkdtemp(prefix="cowfleet-bench-", dir="/var/tmp"))
         self.zk = c.ZooKeeperServer(self.dir / "zookeeper")
         self.port = c.free_port()
@@ -121,10 +128,13 @@ class Server:
         env = dict(os.environ, COWFLEET_ZK=self.zk.hosts + "/cowfleet-bench",
                    COWFLEET_TOKENS_FILE=str(tokens), PROMETHEUS_MULTIPROC_DIR=str(metrics))
         log = self.dir / "service.log"
-        proc = c.spawn(c.python_cmd("gunicorn", "--config", "python:cowfleet.service.gunicorn_conf",
-                                    "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
-                                    "--access-logfile", str(self.dir / "access.log"),
-                                    "cowfleet.service:create_app()"), log, env=env)
+        cmd = c.python_cmd("gunicorn", "--config", "python:cowfleet.service.gunicorn_conf",
+                           "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
+                           "--access-logfile", str(self.dir / "access.log"),
+                           "cowfleet.service:create_app()")
+        if self.python:
+            cmd[0] = self.python
+        proc = c.spawn(cmd, log, env=env)
         self.service_pid = proc.pid
         c.wait_for(lambda: _get_status(self.port, "/healthz") == 200, 60, "the service's /healthz",
                    proc=proc, log=log)
@@ -208,7 +218,7 @@ def run_step(server: Server, clients: list[Client], kind: Kind, rate: float | No
              duration: float) -> Step:
     """Open loop at ``rate`` (requests scheduled at t0 + i/rate, latency from
     the schedule), or closed loop (rate None: every client back to back)."""
-    step = Step(kind.name, "open" if rate else "closed", rate, duration)
+    step = Step(kind.name, server.label, "open" if rate else "closed", rate, duration)
     total = int(rate * duration) if rate else None
     counter = itertools.count()          # next() on it is atomic under the GIL
     lock = threading.Lock()
@@ -281,27 +291,28 @@ def seed(port: int) -> None:
 
 
 def print_table(steps: list[Step]) -> None:
-    base = {(s.mode, s.rate): s for s in steps if s.kind == KINDS[0].name}
-    head = (f"{'request':<26} {'rate':>6} {'sent':>6} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
+    base = {(s.server, s.mode, s.rate): s for s in steps if s.kind == KINDS[0].name}
+    head = (f"{'request':<26} {'server':>6} {'rate':>6} {'sent':>6} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
             f"{'max ms':>7} {'err':>4} {'drop':>5} {'late':>5} {'p50/base':>8} "
             f"{'srv cpu ms/req':>14} {'gen cpu':>7}")
     print(head)
     print("-" * len(head))
     for s in steps:
-        b = base.get((s.mode, s.rate))
+        b = base.get((s.server, s.mode, s.rate))
         ratio = f"{s.p50_ms / b.p50_ms:.1f}x" if b and b.p50_ms else "-"
         rate = f"{s.rate:g}" if s.rate else "max"
-        print(f"{s.kind:<26} {rate:>6} {s.sent:>6} {s.achieved:>7.0f} {s.p50_ms:>7.1f} {s.p99_ms:>7.1f} "
+        print(f"{s.kind:<26} {s.server:>6} {rate:>6} {s.sent:>6} {s.achieved:>7.0f} {s.p50_ms:>7.1f} {s.p99_ms:>7.1f} "
               f"{s.max_ms:>7.1f} {s.errors:>4} {s.dropped:>5} {s.late:>5} {ratio:>8} "
               f"{s.server_cpu_ms_per_req:>14.1f} {s.client_cpu_pct:>6.0f}%")
     for s in steps:
         if s.errors:
-            print(f"  first error of {s.kind} at {s.rate or 'max'}: {s.first_error}")
+            print(f"  first error of {s.kind} ({s.server}) at {s.rate or 'max'}: {s.first_error}")
 
 
 def verdict(steps: list[Step], rate: float) -> tuple[bool, list[str]]:
-    """PASS if every request kind (the baseline aside) meets the target at ``rate``."""
-    at = [s for s in steps if s.rate == rate and s.kind != KINDS[0].name]
+    """PASS if every request kind (the baseline aside) meets the target at
+    ``rate`` on this tree's service."""
+    at = [s for s in steps if s.rate == rate and s.kind != KINDS[0].name and s.server == "this"]
     if not at:
         return False, [f"no step at {rate:g} req/s: no verdict"]
     lines, ok = [], True
@@ -324,42 +335,54 @@ def main(argv: list[str] | None = None) -> int:
                     help="client threads, one keep-alive connection each (1 to 64; default 16)")
     ap.add_argument("--no-max", action="store_true", help="skip the closed-loop max-throughput step")
     ap.add_argument("--json", metavar="FILE", help="also write the steps as JSON")
+    ap.add_argument("--compare", metavar="PYTHON",
+                    help="also run another checkout's service (this interpreter's), every step on it "
+                         "first: before and after in the same run")
+    ap.add_argument("--warmup", type=float, default=1.0,
+                    help="seconds of each kind at 100 req/s before measuring (default 1; ZooKeeper's "
+                         "JIT compiles its write path over the first ~1,000 writes: 3 is steadier)")
     args = ap.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
-    if not 0.5 <= args.duration <= 30 or not 1 <= args.threads <= 64 or \
+    if not 0.5 <= args.duration <= 30 or not 0.5 <= args.warmup <= 30 or not 1 <= args.threads <= 64 or \
             not all(0 < r <= 5000 for r in rates) or not 1 <= args.workers <= 16:
-        ap.error("out of bounds: --duration 0.5..30, --threads 1..64, --workers 1..16, rates 0..5000")
+        ap.error("out of bounds: --duration and --warmup 0.5..30, --threads 1..64, --workers 1..16, rates 0..5000")
 
     unwind_on_signals()   # SIGTERM, SIGHUP, SIGINT: the finally below runs
 
-    server = Server(args.workers)
-    clients: list[Client] = []
+    servers = ([Server(args.workers, args.compare, "base")] if args.compare else []) + [Server(args.workers)]
+    clients: dict[str, list[Client]] = {}
     try:
-        print(f"starting ZooKeeper and the service ({args.workers} workers) ...", flush=True)
-        server.start()
-        seed(server.port)
-        clients = [Client(server.port) for _ in range(args.threads)]
-        for kind in KINDS:                   # warm up: connections, worker ZooKeeper sessions
-            run_step(server, clients, kind, 100, 1.0)
+        for server in servers:
+            print(f"starting ZooKeeper and the service ({server.label}, {args.workers} workers) ...", flush=True)
+            server.start()
+            seed(server.port)
+            clients[server.label] = [Client(server.port) for _ in range(args.threads)]
+            for kind in KINDS:               # warm up: connections, worker ZooKeeper sessions, the JIT
+                run_step(server, clients[server.label], kind, 100, args.warmup)
         load = os.getloadavg()[0]
         steps: list[Step] = []
         plan = [(r, kind) for r in rates for kind in KINDS]
         if not args.no_max:
             plan += [(None, kind) for kind in KINDS]
+        loads = []
         for rate, kind in plan:
-            time.sleep(0.5)                  # let the previous step's tail settle
-            steps.append(run_step(server, clients, kind, rate, args.duration))
-            print(f"  {kind.name} at {rate or 'max'}: p99 {steps[-1].p99_ms:.1f} ms", file=sys.stderr,
-                  flush=True)
-        print(f"\n{os.cpu_count()} CPUs, load average before the run {load:.2f}, "
-              f"{args.workers} gunicorn workers x 4 threads, {args.threads} client threads, "
-              f"{args.duration:g} s per step; latency from the scheduled send time\n")
+            for server in servers:
+                time.sleep(0.5)              # let the previous step's tail settle
+                loads.append(os.getloadavg()[0])
+                steps.append(run_step(server, clients[server.label], kind, rate, args.duration))
+                print(f"  {kind.name} ({server.label}) at {rate or 'max'}: p99 {steps[-1].p99_ms:.1f} ms",
+                      file=sys.stderr, flush=True)
+        print(f"\n{os.cpu_count()} CPUs, load average before the run {load:.2f} (during it "
+              f"{min(loads):.1f}-{max(loads):.1f}), {args.workers} gunicorn workers x 4 threads, "
+              f"{args.threads} client threads, {args.duration:g} s per step; latency from the scheduled "
+              f"send time{'; base: ' + args.compare if args.compare else ''}\n")
         print_table(steps)
         ok, lines = verdict(steps, TARGET_RATE if TARGET_RATE in rates else max(rates))
         print("\n" + "\n".join(lines))
         if args.json:
             Path(args.json).write_text(json.dumps(
-                {"cpus": os.cpu_count(), "load_before": load, "workers": args.workers,
+                {"cpus": os.cpu_count(), "load_before": load, "load_during": [min(loads), max(loads)],
+                 "compare": args.compare, "workers": args.workers,
                  "threads": args.threads, "duration": args.duration, "verdict": lines,
                  "steps": [{k: v for k, v in asdict(s).items() if k != "latencies"} for s in steps]},
                 indent=2))
@@ -368,9 +391,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted; cleaning up", file=sys.stderr)
         return 130
     finally:
-        for cl in clients:
-            cl.close()
-        server.stop()
+        for group in clients.values():
+            for cl in group:
+                cl.close()
+        for server in servers:
+            server.stop()
 
 
 if __name__ == "__main__":

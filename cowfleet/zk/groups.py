@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
+from kazoo.protocol.states import ZnodeStat
 
 from cowfleet.models import Group
 from cowfleet.zk import events, layout
@@ -65,9 +66,15 @@ def finish_delete_if_empty(zk: KazooClient, name: str) -> bool:
 def guard_version(zk: KazooClient, obj_path: str) -> int | None:
     """The version of the object's guard, made if the object predates guards;
     None if the object is gone."""
+    stat = guard_stat(zk, obj_path)
+    return None if stat is None else stat.version
+
+
+def guard_stat(zk: KazooClient, obj_path: str) -> ZnodeStat | None:
+    """The object's guard's stat (``guard_version``'s, with its ``mzxid``)."""
     for _ in range(3):
         try:
-            return zk.get(layout.users_guard(obj_path))[1].version
+            return zk.get(layout.users_guard(obj_path))[1]
         except NoNodeError:
             if not zk.exists(obj_path):
                 return None

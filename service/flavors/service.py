@@ -11,10 +11,9 @@ from cowfleet.service.paging import ListQuery, page
 from cowfleet.service.preconditions import ANY, Precondition
 from cowfleet.protocol import ProblemType
 from cowfleet.service.problems import conflict
-from cowfleet.service.upsert import create_or_update, delete_unless_used
+from cowfleet.service.upsert import create_or_update, delete_unless_used, users_of
 from cowfleet.zk import layout
 from cowfleet.zk.connection import commit
-from cowfleet.zk.groups import groups_using
 
 
 BUILT_IN = frozenset(f.name for f in DEFAULT_FLAVORS)
@@ -49,7 +48,7 @@ def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]
         # running instances keep the size they were made with, so a flavor in
         # use is immutable; a new flavor and a change of the groups' flavor
         # (a rolling replacement) resizes them
-        in_use = groups_using(zk, "flavor", name)
+        _guard, in_use = users_of(zk, "flavor", name, layout.flavor(name))
         if in_use:
             raise conflict(ProblemType.FLAVOR_IN_USE,
                            f"flavor '{name}' is used by instance group(s) {', '.join(in_use)}: create a "

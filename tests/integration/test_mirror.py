@@ -1,6 +1,7 @@
 """Lists from each worker's mirror (service/mirror.py), on a real ZooKeeper:
-the same answer as reading ZooKeeper, one ZooKeeper read a list once the
-mirror is loaded, membership always ZooKeeper's, updates followed."""
+the same answer as reading ZooKeeper, one ZooKeeper read a list once its
+records are held, membership always ZooKeeper's, updates followed, a
+changed record read again once (and nothing read while no list asks)."""
 from __future__ import annotations
 
 import secrets
@@ -64,11 +65,6 @@ def add_group(zk, name: str, size: int = 3, **spec) -> None:
     assert all(r is True or isinstance(r, str) for r in tx.commit())
 
 
-def loaded(mirror: Mirror, zk):
-    reader = mirror.reader(zk)
-    return reader if len(reader._caches) == len(Mirror.ROOTS) else None
-
-
 @pytest.fixture
 def ctx():
     with Flask("mirror-test").test_request_context("/v1/instance-groups"):
@@ -86,11 +82,12 @@ def test_lists_from_the_mirror_equal_zookeeper_and_cost_one_read(zk, ctx):
         zk.create(layout.image_replicas(f"im{i}"), b"")
         zk.create(layout.flavor(f"f{i}"), Flavor(name=f"f{i}", vcpus=1, memory_mib=64, disk_gib=1).to_bytes())
     mirror = Mirror()
-    reader = wait_until(lambda: loaded(mirror, zk), 30, "the mirror loaded")
     for service, q in ((groups, ListQuery()), (groups, ListQuery(labels={"tier": "web"})),
                        (groups, ListQuery(limit=3, after="g04")), (images, ListQuery()),
                        (flavors, ListQuery())):
         direct = service.list_(zk, q).body
+        assert service.list_(mirror.reader(zk), q).body == direct      # reads what it lacks
+        reader = mirror.reader(zk)
         reader.zk = counting = Counting(zk)
         assert service.list_(reader, q).body == direct
         # the collection's children from ZooKeeper; records, statuses and instances
@@ -106,7 +103,7 @@ def service_root(service):
 def test_membership_is_zookeepers_and_updates_follow(zk, ctx):
     add_group(zk, "a")
     mirror = Mirror()
-    wait_until(lambda: loaded(mirror, zk), 30, "the mirror loaded")
+    groups.list_(mirror.reader(zk), ListQuery())
     # created behind the mirror's back: listed at once (read from ZooKeeper)
     add_group(zk, "b", size=2)
     names = [g["name"] for g in groups.list_(mirror.reader(zk), ListQuery()).body]
@@ -127,3 +124,26 @@ def test_membership_is_zookeepers_and_updates_follow(zk, ctx):
         return b if b["size"] == 5 and b["etag"] == str(stat.version) and b["status"]["failed"] == 1 else None
     b = wait_until(followed, 10, "the mirror following the change")
     assert b == groups.get(zk, "b")
+
+
+def test_a_change_drops_the_copy_and_a_list_reads_it_once(zk, ctx):
+    for i in range(3):
+        zk.create(layout.flavor(f"f{i}"), Flavor(name=f"f{i}", vcpus=1, memory_mib=64, disk_gib=1).to_bytes())
+    mirror = Mirror()
+    flavors.list_(mirror.reader(zk), ListQuery())            # all three held, each with a watch
+    # a burst of writes to one of them: its copy is dropped on the first, and
+    # with no read since there is no watch for the others to fire
+    for memory in (128, 256, 512):
+        zk.set(layout.flavor("f1"), Flavor(name="f1", vcpus=1, memory_mib=memory, disk_gib=1).to_bytes())
+    wait_until(lambda: mirror.reader(zk)._cache.held(("data", layout.flavor("f1"))) is None, 10,
+               "the watch dropping f1's copy")
+
+    def listed():
+        reader = mirror.reader(zk)
+        reader.zk = counting = Counting(zk)
+        return flavors.list_(reader, ListQuery()).body, counting.calls
+    body, calls = listed()
+    assert [f["memory_mib"] for f in body] == [64, 512, 64]
+    assert calls == [("get_children", layout.FLAVORS), ("get", layout.flavor("f1"))]   # only what changed
+    body_again, calls = listed()
+    assert body_again == body and calls == [("get_children", layout.FLAVORS)]

@@ -131,3 +131,29 @@ def test_image_delete_with_if_match_loses_to_a_change_after_its_check(zk, monkey
     monkeypatch.setattr(upsert, "groups_using", check_then_image_changes)
     assert outcome(images.delete, zk, "img", Precondition.at(version)) == 412
     assert zk.exists(layout.image("img"))
+
+
+def test_the_in_use_check_reads_the_groups_only_when_the_guard_moved(zk, monkeypatch):
+    # upsert.users_of: a change of an unused flavor reads every group once,
+    # then not again while no group write bumped the flavor's guard
+    image(zk)
+    flavors.put(zk, "tiny", {"vcpus": 1, "memory_mib": 64, "disk_gib": 1})
+    real, reads = upsert.groups_using, []
+
+    def counted(zk_, field, name):
+        reads.append(name)
+        return real(zk_, field, name)
+    monkeypatch.setattr(upsert, "groups_using", counted)
+
+    def resize(memory_mib):
+        return outcome(flavors.put, zk, "tiny", {"vcpus": 1, "memory_mib": memory_mib, "disk_gib": 1})
+    assert (resize(128), len(reads)) == ("ok", 1)
+    assert (resize(64), len(reads)) == ("ok", 1)            # the guard unchanged: no group read
+    assert outcome(groups.put, zk, "g", group_spec(flavor="tiny")) == "ok"
+    assert (resize(128), len(reads)) == (409, 2)            # the group's write bumped the guard
+    assert (resize(128), len(reads)) == (409, 3)            # a user found is not remembered
+    assert outcome(groups.put, zk, "g", group_spec(flavor="small")) == "ok"   # tiny's guard stays
+    assert (resize(128), len(reads)) == ("ok", 4)
+    assert (resize(256), len(reads)) == ("ok", 4)
+    assert outcome(flavors.delete, zk, "tiny") == "ok"      # guarded by the same version
+    assert len(reads) == 4 and not zk.exists(layout.flavor("tiny"))

@@ -14,12 +14,20 @@ class FakeZK:
         self.data: dict[str, tuple[bytes, int]] = {p: (v, 0) for p, v in (nodes or {}).items()}
         self.before_set = None   # called with the path before each set()
         self.sets = 0
+        # the zxid of each znode's last change, as ZooKeeper's stat has it (a
+        # rolled-back transaction leaves its bump: a change marker only)
+        self.zxid = 0
+        self.mzxid: dict[str, int] = dict.fromkeys(self.data, 0)
+
+    def _changed(self, path):
+        self.zxid += 1
+        self.mzxid[path] = self.zxid
 
     def get(self, path):
         if path not in self.data:
             raise NoNodeError(path)
         value, version = self.data[path]
-        return value, SimpleNamespace(version=version)
+        return value, SimpleNamespace(version=version, mzxid=self.mzxid.get(path, 0))
 
     def get_children(self, path):
         prefix = path.rstrip("/") + "/"
@@ -29,6 +37,7 @@ class FakeZK:
         if path in self.data:
             raise NodeExistsError(path)
         self.data[path] = (value, 0)
+        self._changed(path)
         return path
 
     def set(self, path, value, version=-1):
@@ -41,7 +50,8 @@ class FakeZK:
         if version != -1 and version != self.data[path][1]:
             raise BadVersionError(path)
         self.data[path] = (value, self.data[path][1] + 1)
-        return SimpleNamespace(version=self.data[path][1])
+        self._changed(path)
+        return SimpleNamespace(version=self.data[path][1], mzxid=self.mzxid.get(path, 0))
 
     def exists(self, path):
         return SimpleNamespace(version=self.data[path][1]) if path in self.data else None

@@ -323,8 +323,65 @@ def test_the_list_mirror_only_reads():
             raise AssertionError("a write reached ZooKeeper through the mirror")
         set = delete = transaction = ensure_path = create
 
-    reader = MirrorReader(ZK(), {})
+    reader = MirrorReader(ZK(), None, ())
     assert reader.exists("/cowfleet/groups/a") and not reader.exists("/cowfleet/groups/b")
     for write in ("create", "set", "delete", "transaction", "ensure_path"):
         with pytest.raises(AttributeError):
             getattr(reader, write)
+
+
+class _Session:
+    """The two things a RecordCache asks of a KazooClient beyond its reads."""
+
+    def __init__(self):
+        self.listeners, self.reads = [], []
+
+    def add_listener(self, fn):
+        self.listeners.append(fn)
+
+    def get(self, path, watch=None):
+        self.reads.append((path, watch))
+        return b"x", object()
+
+
+def test_the_mirror_keeps_a_read_until_its_watch_fires():
+    from types import SimpleNamespace
+
+    from cowfleet.service.mirror import RecordCache
+
+    zk = _Session()
+    cache = RecordCache(zk)
+    key = ("data", "/g/a")
+    # a watch firing between the reply and keep(): the answer is not kept
+    token = cache.reading(key)
+    cache.data_changed(SimpleNamespace(path="/g/a"))
+    cache.keep(key, token, "old")
+    assert cache.held(key) is None
+    # kept, then dropped by its watch
+    token = cache.reading(key)
+    cache.keep(key, token, "new")
+    assert cache.held(key) == "new"
+    cache.children_changed(SimpleNamespace(path="/g/a"))      # another kind of watch: kept
+    assert cache.held(key) == "new"
+    cache.data_changed(SimpleNamespace(path="/g/a"))
+    assert cache.held(key) is None
+    # a connection state change drops everything held and every read in flight
+    cache.keep(key, cache.reading(key), "again")
+    token = cache.reading(("data", "/g/b"))
+    [listener] = zk.listeners
+    listener("SUSPENDED")
+    cache.keep(("data", "/g/b"), token, "b")
+    assert cache.held(key) is None and cache.held(("data", "/g/b")) is None
+
+
+def test_the_mirror_reads_a_miss_once_with_its_watch():
+    from cowfleet.service.mirror import MirrorReader, RecordCache
+
+    zk = _Session()
+    cache = RecordCache(zk)
+    reader = MirrorReader(zk, cache, ("/g",))
+    assert reader.get("/g/a") == reader.get("/g/a")
+    assert zk.reads == [("/g/a", cache.data_changed)]        # the second from the mirror
+    reader.get("/g")                                         # a collection itself: always read
+    reader.get("/g/a", watch=print)                          # a caller's own watch: read
+    assert zk.reads[1:] == [("/g", None), ("/g/a", print)]
