@@ -190,9 +190,10 @@ class Campaign:
         lab = self.lab
         t0 = time.monotonic()
         if kind in ("qemu-storage-daemon", "guest-qemu"):
-            # no restart: the compute agent must notice and mend it itself
-            node = self.frng.choice(lab.nodes("compute"))
-            pids = _pids_of(kind, node)
+            # no restart: the compute agent must notice and mend it itself.
+            # One of the processes of that kind on any compute node (none
+            # when no group has an instance at that moment: not counted)
+            pids = sorted(pid for node in lab.nodes("compute") for pid in _pids_of(kind, node))
             if pids:
                 os.kill(self.frng.choice(pids), signal.SIGKILL)
                 self.faults[kind] += 1
