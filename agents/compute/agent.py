@@ -140,7 +140,7 @@ class ComputeAgent(NodeAgent):
         for gone in self.templates.sweep():     # an earlier life died making a template
             self.log.info("swept half-made warm-clone template %s", gone)
         threading.Thread(target=self._readiness_loop, name="readiness", daemon=True).start()
-        self.hyper.watch_io_errors(self._on_io_error)
+        self.hyper.watch_domains(self._on_io_error, self._on_stopped)
 
     def _on_tree_event(self, event) -> None:
         if event.event_type in (TreeEvent.NODE_ADDED, TreeEvent.NODE_UPDATED, TreeEvent.NODE_REMOVED,
@@ -801,6 +801,15 @@ class ComputeAgent(NodeAgent):
     def _on_io_error(self, domain: str) -> None:
         self.log.info("%s: I/O error on its disk (paused by its error policy)", domain)
         self.wake.set()
+
+    def _on_stopped(self, domain: str) -> None:
+        """One of this node's domains stopped. Whether the agent destroyed it
+        or its qemu died (killed, crashed), the next reconcile knows which:
+        woken now, an instance whose guest died is started again at once
+        rather than shown ready for up to a reconcile period (5 s) with no
+        VM (the fault campaign saw it: a guest's qemu killed -9)."""
+        if domain.startswith(domain_name(self.name, "")):
+            self.wake.set()
 
     def _on_replica_gone(self, _event) -> None:
         self.wake.set()

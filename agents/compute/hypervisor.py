@@ -66,10 +66,13 @@ class Hypervisor(abc.ABC):
     def list(self, node: str) -> dict[str, DomainInfo]:
         """instance id -> domain, for the domains of this node only."""
 
-    def watch_io_errors(self, callback: Callable[[str], None]) -> None:
-        """Call ``callback(domain name)`` whenever a domain's disk reports an
-        I/O error (and so, by its error policy, pauses it). The fake
-        hypervisor's disks never fail."""
+    def watch_domains(self, io_error: Callable[[str], None], stopped: Callable[[str], None]) -> None:
+        """Call ``io_error(domain name)`` whenever a domain's disk reports an
+        I/O error (and so, by its error policy, pauses it), ``stopped(domain
+        name)`` whenever a domain stops (its qemu killed or crashed, the
+        guest powered off, or destroyed). Of every domain on the host: the
+        caller filters. The fake hypervisor's domains neither fail nor stop
+        by themselves."""
 
     # -- warm clones (issue 13) ---------------------------------------------------
 
@@ -92,6 +95,31 @@ class Hypervisor(abc.ABC):
         Raises :class:`SaveImageError`, leaving no domain, when the template
         cannot be restored as ``spec`` (corrupt, foreign, other devices):
         the caller boots cold instead."""
+
+
+_event_loop_lock = threading.Lock()
+_event_loop_running = False
+
+
+def _event_loop(lv) -> None:
+    """libvirt's default event loop, in a thread of its own, once per
+    process (libvirt-python has no other way to deliver events; registering
+    it or running it twice is not supported)."""
+    global _event_loop_running
+    with _event_loop_lock:
+        if _event_loop_running:
+            return
+        lv.virEventRegisterDefaultImpl()
+        _event_loop_running = True
+
+    def run():
+        while True:
+            try:
+                lv.virEventRunDefaultImpl()
+            except lv.libvirtError as exc:     # never ends the loop: every watch needs it
+                log.warning("libvirt event loop: %s", exc)
+                time.sleep(1)
+    threading.Thread(target=run, name="libvirt-events", daemon=True).start()
 
 
 def domain_name(node: str, instance_id: str) -> str:
@@ -210,31 +238,35 @@ class LibvirtHypervisor(Hypervisor):
                     del self._identity[uuid]
         return out
 
-    def watch_io_errors(self, callback: Callable[[str], None]) -> None:
-        """libvirt's I/O error events, on a connection of their own served by
-        libvirt's default event loop in a thread (libvirt-python has no other
-        way to deliver them); the connection is opened again if libvirtd
-        restarts (its keepalive notices a dead one)."""
+    def watch_domains(self, io_error: Callable[[str], None], stopped: Callable[[str], None]) -> None:
+        """libvirt's I/O error and lifecycle events, on a connection of their
+        own (opened again if libvirtd restarts: its keepalive notices a dead
+        one), delivered by libvirt's default event loop (_event_loop)."""
         lv = self._libvirt
-        lv.virEventRegisterDefaultImpl()
+        _event_loop(lv)
 
-        def on_event(_conn, dom, *_args):
-            callback(dom.name())
+        def on_io_error(_conn, dom, *_args):
+            io_error(dom.name())
 
-        def loop():
+        def on_lifecycle(_conn, dom, event, _detail, _opaque):
+            if event == lv.VIR_DOMAIN_EVENT_STOPPED:
+                stopped(dom.name())
+
+        def keep():
             conn = None
             while True:
                 try:
                     if conn is None or not conn.isAlive():
                         conn = lv.open(self.uri)
                         conn.setKeepAlive(5, 3)
-                        conn.domainEventRegisterAny(None, lv.VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON, on_event, None)
-                    lv.virEventRunDefaultImpl()
+                        conn.domainEventRegisterAny(None, lv.VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON, on_io_error,
+                                                    None)
+                        conn.domainEventRegisterAny(None, lv.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_lifecycle, None)
                 except lv.libvirtError as exc:
-                    log.warning("libvirt I/O error events: %s; opening again in 2 s", exc)
+                    log.warning("libvirt domain events: %s; opening again in 2 s", exc)
                     conn = None
-                    time.sleep(2)
-        threading.Thread(target=loop, name="libvirt-events", daemon=True).start()
+                time.sleep(2)
+        threading.Thread(target=keep, name="libvirt-events-conn", daemon=True).start()
 
     def save_template(self, name: str, path: str | os.PathLike) -> SaveImage:
         path = os.fspath(path)

@@ -72,3 +72,32 @@ def test_stray_domain_and_overlay_are_removed(lab, client, image_demo):
     stray.parent.mkdir(parents=True, exist_ok=True)
     stray.write_bytes(b"")
     wait_until(lambda: not stray.exists(), 30, "the stray overlay to be removed")
+
+
+def test_a_guest_whose_qemu_dies_is_started_again(lab, client, image_demo, own_groups):
+    """A guest's qemu killed -9 (a crash of the VM, not of the agent): the
+    agent hears libvirt's stopped event and starts the instance again from
+    its master; the instance leaves ready at once and comes back ready on a
+    new domain (the fault campaign found it shown ready with no VM until
+    the agent's next round)."""
+    import time
+    from pathlib import Path
+    own_groups.append("qcrash")
+    client.put_group("qcrash", image="demo", flavor="small", size=1)
+    g = wait_until(lambda: (g := client.get_group("qcrash"))["status"]["phase"] == "ready" and g, 180,
+                   "group qcrash ready")
+    before = g["instances"][0]
+    [dom] = group_domains(lab, "qcrash")
+    pid = int(Path(f"/run/libvirt/qemu/{dom}.pid").read_text())
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: client.get_group("qcrash")["instances"][0]["state"] != "ready", 60,
+               "the instance to leave ready")
+    noticed = time.monotonic() - t0
+    g = wait_until(lambda: (g := client.get_group("qcrash"))["status"]["phase"] == "ready" and g, 180,
+                   "group qcrash ready again")
+    after = g["instances"][0]
+    print(f"\na guest's qemu killed: its instance left ready after {noticed:.2f} s, "
+          f"ready again after {time.monotonic() - t0:.1f} s")
+    assert after["id"] == before["id"] and group_domains(lab, "qcrash") == [dom]
+    assert int(Path(f"/run/libvirt/qemu/{dom}.pid").read_text()) != pid

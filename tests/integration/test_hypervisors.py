@@ -4,8 +4,10 @@ answer start / list / resume / destroy / save_template / restore_clone alike."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import secrets
 import shutil
+import signal
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -312,7 +314,7 @@ def test_a_failing_read_of_the_master_pauses_the_domain_and_is_reported(libvirtd
     overlay's NBD backing that fails (here every read: blkdebug under the
     export) pauses the domain instead of failing the guest's request
     (domain.py's error policy), list() says it is paused by an I/O error,
-    and watch_io_errors hears of it. (The fake's disks never fail.)"""
+    and watch_domains hears of it. (The fake's disks never fail.)"""
     from cowfleet.agents.compute.sessions import stop_session_daemon
     hyper = LibvirtHypervisor("qemu:///system", "qemu")
     d = _workdir("cowfleet-ioerr-")
@@ -332,7 +334,7 @@ def test_a_failing_read_of_the_master_pauses_the_domain_and_is_reported(libvirtd
         spec = spec_for()
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
                         f"nbd+unix:///img?socket={sock}", spec.disk_path], check=True)
-        hyper.watch_io_errors(heard.append)
+        hyper.watch_domains(heard.append, lambda name: None)
         hyper.start(spec)                     # the firmware reads the boot sector at once
         info = wait_until(lambda: (i := hyper.list(NODE)[spec.instance_id]).io_error and i, 60,
                           "paused by the I/O error")
@@ -345,3 +347,22 @@ def test_a_failing_read_of_the_master_pauses_the_domain_and_is_reported(libvirtd
         if pidfile.exists():
             stop_session_daemon(int(pidfile.read_text()))
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_domain_whose_qemu_dies_is_reported_stopped(libvirtd, spec_for):
+    """watch_domains' ``stopped``: a guest's qemu killed -9 (a crash) is
+    heard at once, so the agent starts the instance again without waiting
+    for its next round. (The fake's domains never stop by themselves.)"""
+    hyper = LibvirtHypervisor("qemu:///system", "qemu")
+    stopped = []
+    hyper.watch_domains(lambda name: None, stopped.append)
+    spec = spec_for()
+    try:
+        hyper.start(spec)
+        pid = int(Path(f"/run/libvirt/qemu/{spec.name}.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: spec.name in stopped, 30, "the stopped event")
+        info = hyper.list(NODE).get(spec.instance_id)
+        assert info is None or not info.running
+    finally:
+        hyper.destroy(spec.name)
