@@ -323,9 +323,14 @@ def stop_tgtd(pid: int, timeout: float = 10.0, control_port: int = 0) -> None:
     _tgtadm(control_port, "--op", "delete", "--mode", "system")
     if not wait_gone(pid, timeout):
         stop_pid(pid, timeout=2)
-    if control_port:                  # tgtd leaves its socket files behind
-        for f in (TGTD_RUN / f"socket.{control_port}", TGTD_RUN / f"socket.{control_port}.lock"):
-            f.unlink(missing_ok=True)
+    if control_port:
+        remove_tgtd_sockets(control_port)
+
+
+def remove_tgtd_sockets(control_port: int) -> None:
+    """tgtd leaves its management socket files behind when it stops or dies."""
+    for f in (TGTD_RUN / f"socket.{control_port}", TGTD_RUN / f"socket.{control_port}.lock"):
+        f.unlink(missing_ok=True)
 
 
 def release_tgtd(pid: int, control_port: int = 0) -> str:

@@ -363,8 +363,7 @@ class RacksLab(LabFiles):
         if n.tgtd_pid and c.pid_alive(n.tgtd_pid):
             os.kill(n.tgtd_pid, signal.SIGKILL)
             c.wait_gone(n.tgtd_pid, 10)
-        for f in (c.TGTD_RUN / f"socket.{n.tgt_control_port}", c.TGTD_RUN / f"socket.{n.tgt_control_port}.lock"):
-            f.unlink(missing_ok=True)
+        c.remove_tgtd_sockets(n.tgt_control_port)
         n.tgtd_pid = None
         self._save()
         if restart:
