@@ -8,9 +8,10 @@ client asked for given versions, so a lost race is 412
 """
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from dataclasses import dataclass
+from typing import Callable, Generic, TypeVar
 
-from kazoo.exceptions import BadVersionError, NodeExistsError
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 from cowfleet.service.api import fetch
 from cowfleet.service.preconditions import Precondition, precondition_failed
@@ -29,6 +30,18 @@ IN_USE = {"image": ProblemType.IMAGE_IN_USE, "flavor": ProblemType.FLAVOR_IN_USE
 # (servers and chroot) is in the key because zxids are counted per ensemble.
 _UNUSED_AT: dict[tuple[str, str], int] = {}
 _UNUSED_MAX = 4096
+
+
+@dataclass(frozen=True)
+class Guarded(Generic[R]):
+    """What ``update`` returns to write ``record`` only while each of
+    ``checks`` (znode path, version) is still at the version read: one
+    transaction of the checks and the write. A flavor's change is checked
+    against its users guard, so a group naming it between the in-use check
+    and the write makes the write fail (and the next round finds the group:
+    409) rather than resize instances that run."""
+    record: R
+    checks: tuple[tuple[str, int], ...] = ()
 
 
 def users_of(zk, kind: str, name: str, path: str) -> tuple[int | None, list[str]]:
@@ -81,14 +94,35 @@ def create_or_update(zk, path: str, cls: type[R], label: str, pre: Precondition,
         new = update(current)
         if new is None:
             return current, version, False
-        try:
-            stat = zk.set(path, new.to_bytes(), version=version)
-        except BadVersionError:
-            if pre.pinned:
+        checks = ()
+        if isinstance(new, Guarded):
+            new, checks = new.record, new.checks
+        stat, changed = _set_checked(zk, path, new.to_bytes(), version, checks)
+        if stat is None:
+            if pre.pinned and changed:
                 raise precondition_failed(f"{label} changed meanwhile")
             continue
         return new, stat.version, False
     raise unavailable("too many concurrent writers; retry")
+
+
+def _set_checked(zk, path: str, data: bytes, version: int, checks: tuple[tuple[str, int], ...]):
+    """(the write's stat or None, whether the record itself had changed)."""
+    if not checks:
+        try:
+            return zk.set(path, data, version=version), False
+        except BadVersionError:
+            return None, True
+    tx = zk.transaction()
+    for checked, at in checks:
+        tx.check(checked, at)
+    tx.set_data(path, data, version=version)
+    results = tx.commit()
+    if not any(isinstance(r, Exception) for r in results):
+        return results[-1], False
+    # ZooKeeper gives the operation that failed its own error and the others
+    # RolledBackError (before it) or RuntimeInconsistency (after it)
+    return None, isinstance(results[-1], (BadVersionError, NoNodeError))
 
 
 def delete_unless_used(zk, path: str, cls: type[R], kind: str, name: str, pre: Precondition,

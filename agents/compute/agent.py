@@ -32,7 +32,7 @@ from cowfleet.agents.compute.instance_network import InstanceNetwork
 from cowfleet.agents.compute.network import (AddressesExhausted, FakeNodeNetwork, LinuxBridgeNetwork, bridge_name,
                                              tap_name)
 from cowfleet.agents.compute.overlays import FakeOverlayStore, OverlayStore
-from cowfleet.agents.compute.sessions import (FakeSessionManager, Session, SessionError, SessionManager,
+from cowfleet.agents.compute.sessions import (FakeSessionManager, Session, SessionManager,
                                               base_of, qcow2_backing, session_key)
 from cowfleet.agents.compute.savefile import SaveImageError
 from cowfleet.agents.compute.seed import SeedData, SeedStore
@@ -61,6 +61,23 @@ TEMPLATE_RETRY = 600
 FAILOVER = "session:"      # the in-flight key of a session's failover (never an instance id)
 
 
+class _ReplicasSeen:
+    """Where images are, as this agent sees it: ``sessions.Replicas`` for
+    the session choice (``SessionManager.choose`` and ``heal``)."""
+
+    def __init__(self, agent: "ComputeAgent"):
+        self.agent = agent
+
+    def recorded(self, session: Session) -> bool:
+        return self.agent._replica_recorded(session)
+
+    def locate(self, image: str) -> LocateAnswer | None:
+        return self.agent._locate(image)
+
+    def in_use(self, key: str) -> bool:
+        return key in self.agent._session_users(key)
+
+
 class ComputeAgent(NodeAgent):
     role = "compute"
 
@@ -73,6 +90,7 @@ class ComputeAgent(NodeAgent):
         fake = hypervisor.virt_type == "fake"
         self.overlays = (FakeOverlayStore if fake else OverlayStore)(Path(self.state_dir) / "overlays")
         self.sessions = (FakeSessionManager if fake else SessionManager)(Path(self.state_dir) / "sessions")
+        self.replicas = _ReplicasSeen(self)          # what the session choice asks (sessions.Replicas)
         self.seeds = SeedStore(Path(self.state_dir) / "seeds")
         self.templates = TemplateStore(Path(self.state_dir) / "templates", hypervisor, self.name,
                                        self.overlays.layer)
@@ -529,46 +547,19 @@ class ComputeAgent(NodeAgent):
         return inst, image, flavor, (g[0] if g else None)
 
     def _attach(self, group: str, iid: str, image: Image) -> tuple[Session | None, bool]:
-        """The host's session of the image: the running one while its storage
-        node still serves the image, else a new one attached to a replica
-        found by ``_locate`` (then True: attached by this start); None when
-        there is none to attach now (shown). Under ``sessions.lock`` of the image."""
-        base = session_key(image.name, image.sha256)
-        session = self.sessions.current(base)    # the host's session of this image, if one runs
-        key = session.key if session is not None else base
-        where = None
-        if session is not None and session.node and \
-                not self.zk.exists(layout.image_replica(image.name, session.node)):
-            # no record of its storage node: ask where the image is (a record may
-            # be missing for a round, e.g. that agent restarting, while it serves)
-            where = self._locate(image.name)
-            if session.node not in {r.get("node") for r in (where.replicas if where else [])}:
-                if key in self._session_users(key):
-                    # it serves the image no more (gone, or its tgtd died): new
-                    # instances read from another replica; running ones keep theirs
-                    key = self.sessions.next_key(base)
-                    self.log.info("session %s reads from %s, which holds no replica now: new "
-                                  "instances get session %s", session.key, session.node, key)
-                else:
-                    self.log.info("session %s reads from %s, which holds no replica now: "
-                                  "re-attaching", key, session.node)
-                    self.sessions.stop(key)
-                session = None               # else still served there: kept
-        if session is not None:
-            return session, False
-        where = where or self._locate(image.name)
-        if not where or where.sha256 != image.sha256 or not where.replicas:
+        """The host's session of the image (``SessionManager.choose``), and
+        whether this start attached it; None when there is none to attach
+        now (shown). Under ``sessions.lock`` of the image."""
+        choice = self.sessions.choose(image.name, image.sha256, image.format, self.replicas)
+        if choice.wait == "no-replica":
             self._set_state(group, iid, InstanceState.PENDING,
                             f"waiting for a replica of image '{image.name}' reachable from {self.name}",
                             Reason.NO_REPLICA)
-            return None, False
-        try:
-            return self.sessions.attach(image.name, image.sha256, image.format, where.replicas, key=key), True
-        except SessionError as exc:
+        elif choice.wait:
             self.metrics.failure("session-attach")
-            self._set_state(group, iid, InstanceState.PENDING, f"cannot attach image: {exc}"[:500],
+            self._set_state(group, iid, InstanceState.PENDING, f"cannot attach image: {choice.error}"[:500],
                             Reason.ATTACH_FAILED)
-            return None, False
+        return choice.session, choice.attached
 
     def _keep_overlay(self, group: str, iid: str, image: Image, session: Session, persistent: bool) -> Path:
         """The instance's overlay path, its file kept only for a persistent
@@ -851,35 +842,26 @@ class ComputeAgent(NodeAgent):
 
     def _failover(self, key: str) -> None:
         """Re-make session ``key`` from another replica if its storage node
-        serves the image no more or its daemon died, then resume the guests
-        its failed reads paused. With no replica to read from, the guests
-        wait (paused, or their reads held) and the next round tries again."""
+        serves the image no more or its daemon died (``SessionManager.heal``),
+        then resume the guests its failed reads paused. With no replica to
+        read from, the guests wait (paused, or their reads held) and the next
+        round tries again."""
         with self.sessions.lock(base_of(key)):
-            was = self.sessions.record(key)
-            if was is None or key not in self._session_users(key):
-                return                       # unused: the reconcile stops it
-            live = self.sessions.get(key)
-            serving = live is not None and self._replica_recorded(was)
-            if not serving:
-                where = self._locate(was.image)
-                holders = where.replicas if where is not None and where.sha256 == was.sha256 else []
-                serving = live is not None and was.node in {r.get("node") for r in holders}
-                if not serving and not holders:
-                    self.log.warning("session %s: %s serves '%s' no more and no other replica is "
-                                     "found; its guests wait", key, was.node, was.image)
-                    return
-            if not serving:
-                t0 = time.monotonic()
-                # another node first; its own last (when only its daemon died)
-                order = sorted(holders, key=lambda r: r.get("node") == was.node)
-                try:
-                    now_on = self.sessions.repoint(key, order)
-                except SessionError as exc:
-                    self.metrics.failure("session-attach")
-                    self.log.warning("session %s: re-pointing failed (%s); its guests wait", key, exc)
-                    return
-                self.log.info("session %s re-pointed from %s to %s in %.0f ms", key, was.node or "?",
-                              now_on.node, (time.monotonic() - t0) * 1000)
+            healing = self.sessions.heal(key, self.replicas)
+        if healing.outcome == "unused":
+            return                           # the reconcile stops it
+        was = healing.was
+        if healing.outcome == "no-replica":
+            self.log.warning("session %s: %s serves '%s' no more and no other replica is "
+                             "found; its guests wait", key, was.node, was.image)
+            return
+        if healing.outcome == "failed":
+            self.metrics.failure("session-attach")
+            self.log.warning("session %s: re-pointing failed (%s); its guests wait", key, healing.error)
+            return
+        if healing.outcome == "repointed":
+            self.log.info("session %s re-pointed from %s to %s in %.0f ms", key, was.node or "?",
+                          healing.session.node, healing.ms)
         self._resume_io_paused({iid: dom for iid, dom in self.hyper.list(self.name).items()
                                 if dom.io_error and self._session_of(dom.group, iid) == key})
 

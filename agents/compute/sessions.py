@@ -27,11 +27,14 @@ import signal
 import struct
 import subprocess
 import threading
+import time
 import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 from cowfleet.procs import cmdline, stop_pid, wait_gone
+from cowfleet.protocol import LocateAnswer
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +176,52 @@ def kill_all_under(root: str | os.PathLike) -> int:
         if link.is_symlink() and (os.path.realpath(link) + "/").startswith(real):
             link.unlink(missing_ok=True)
     return len(pids)
+
+
+class Replicas(Protocol):
+    """What choosing a session asks of the cluster: the compute agent answers
+    from ZooKeeper and the storage leaders (agents/compute/agent.py), the
+    unit tests from a table."""
+
+    def recorded(self, session: Session) -> bool:
+        """Whether the session's storage node has a replica record of its image."""
+
+    def locate(self, image: str) -> LocateAnswer | None:
+        """Where the image's copies are now, nearest first."""
+
+    def in_use(self, key: str) -> bool:
+        """Whether an overlay or a template on this host reads through session ``key``."""
+
+
+@dataclass
+class Choice:
+    """A new instance's session (``attached``: made by this choice, so that
+    the caller's failed start may stop it again), or why there is none:
+    ``wait`` is "no-replica" (none reachable now) or "attach-failed"
+    (``error`` says why)."""
+    session: Session | None = None
+    attached: bool = False
+    wait: str = ""
+    error: str = ""
+
+
+@dataclass
+class Healing:
+    """What ``heal`` did to a session its guests' reads failed on: "unused"
+    (the reconcile stops it), "served" (its storage node serves it: nothing
+    to do), "no-replica" (none to move to: its guests wait), "failed"
+    (``error``), or "repointed" (to ``session.node`` in ``ms``)."""
+    outcome: str
+    session: Session | None = None
+    was: Session | None = None
+    ms: float = 0.0
+    error: str = ""
+
+
+def _holders(where: LocateAnswer | None, sha256: str) -> list[dict]:
+    """The replicas of these bytes in a locate answer (another sha256 is not
+    a copy of the session's image)."""
+    return where.replicas if where is not None and where.sha256 == sha256 else []
 
 
 class SessionManager:
@@ -345,6 +394,72 @@ class SessionManager:
             self.dir(key).mkdir(parents=True, exist_ok=True)
             (self.dir(key) / "session.json").write_text(json.dumps(asdict(was)))
             raise
+
+    # -- the choice of a session, and its repair --------------------------------
+    def served(self, session: Session, replicas: Replicas) -> tuple[bool, LocateAnswer | None]:
+        """Whether the session's storage node still serves its image: its
+        replica record says so, or (a record may be missing for a round, e.g.
+        that agent restarting, while it serves) the storage leaders do. Also
+        their answer, when they were asked."""
+        if not session.node or replicas.recorded(session):
+            return True, None
+        where = replicas.locate(session.image)
+        return session.node in {r.get("node") for r in _holders(where, session.sha256)}, where
+
+    def choose(self, image: str, sha256: str, fmt: str, replicas: Replicas) -> Choice:
+        """The session a new instance of the image reads through: the host's
+        current one while its storage node still serves the image, else a new
+        one on a replica found now. A session whose node serves the image no
+        more is left to the instances that use it (new ones get the next
+        generation) or, unused, stopped and made again. Caller holds
+        ``lock(session_key(image, sha256))``."""
+        base = session_key(image, sha256)
+        session = self.current(base)
+        key = session.key if session is not None else base
+        where = None
+        if session is not None:
+            served, where = self.served(session, replicas)
+            if served:
+                return Choice(session)
+            if replicas.in_use(key):
+                key = self.next_key(base)
+                log.info("session %s reads from %s, which holds no replica now: new instances get "
+                         "session %s", session.key, session.node, key)
+            else:
+                log.info("session %s reads from %s, which holds no replica now: re-attaching",
+                         key, session.node)
+                self.stop(key)
+        where = where or replicas.locate(image)
+        if not _holders(where, sha256):
+            return Choice(wait="no-replica")
+        try:
+            return Choice(self.attach(image, sha256, fmt, where.replicas, key=key), attached=True)
+        except SessionError as exc:
+            return Choice(wait="attach-failed", error=str(exc))
+
+    def heal(self, key: str, replicas: Replicas) -> Healing:
+        """Make session ``key`` read from another replica if its storage node
+        serves the image no more or its daemon died (another node first, its
+        own last: when only its daemon died). Caller holds
+        ``lock(base_of(key))``."""
+        was = self.record(key)
+        if was is None or not replicas.in_use(key):
+            return Healing("unused", was=was)
+        live = self.get(key)
+        where = None
+        if live is not None:
+            served, where = self.served(was, replicas)
+            if served:
+                return Healing("served", live, was)
+        holders = _holders(where or replicas.locate(was.image), was.sha256)
+        if not holders:
+            return Healing("no-replica", was=was)
+        t0 = time.monotonic()
+        try:
+            now_on = self.repoint(key, sorted(holders, key=lambda r: r.get("node") == was.node))
+        except SessionError as exc:
+            return Healing("failed", was=was, error=str(exc))
+        return Healing("repointed", now_on, was, ms=(time.monotonic() - t0) * 1000)
 
     def stop(self, key: str) -> None:
         """Stop the daemon and remove the session's folder. Caller holds ``lock(base_of(key))``."""

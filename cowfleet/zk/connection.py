@@ -145,6 +145,20 @@ def read(zk: KazooClient, path: str, cls: type[R]) -> tuple[R, int] | None:
     return cls.from_bytes(data), stat.version
 
 
+def read_later(zk: KazooClient, path: str, cls: type[R]) -> Callable[[], tuple[R, int] | None]:
+    """``read`` sent now, answered when the returned function is called:
+    reads sent before the first answer is needed share one round trip."""
+    pending = zk.get_async(path)
+
+    def answer() -> tuple[R, int] | None:
+        try:
+            data, stat = pending.get()
+        except NoNodeError:
+            return None
+        return cls.from_bytes(data), stat.version
+    return answer
+
+
 def read_children(zk: KazooClient, path: str, cls: type[R]) -> list[tuple[R, int]]:
     """All child records of ``path`` (children vanishing meanwhile are skipped)."""
     try:

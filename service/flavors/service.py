@@ -11,7 +11,7 @@ from cowfleet.service.paging import ListQuery, page
 from cowfleet.service.preconditions import ANY, Precondition
 from cowfleet.protocol import ProblemType
 from cowfleet.service.problems import conflict
-from cowfleet.service.upsert import create_or_update, delete_unless_used, users_of
+from cowfleet.service.upsert import Guarded, create_or_update, delete_unless_used, users_of
 from cowfleet.zk import layout
 from cowfleet.zk.connection import commit
 
@@ -48,12 +48,14 @@ def put(zk, name: str, spec: dict, pre: Precondition = ANY) -> tuple[dict, bool]
         # running instances keep the size they were made with, so a flavor in
         # use is immutable; a new flavor and a change of the groups' flavor
         # (a rolling replacement) resizes them
-        _guard, in_use = users_of(zk, "flavor", name, layout.flavor(name))
+        guard, in_use = users_of(zk, "flavor", name, layout.flavor(name))
         if in_use:
             raise conflict(ProblemType.FLAVOR_IN_USE,
                            f"flavor '{name}' is used by instance group(s) {', '.join(in_use)}: create a "
                            "new flavor and change the groups' flavor to it (a rolling replacement)")
-        return new
+        # written only while the guard is where the check read it: a group
+        # made meanwhile fails the write, and the next round sees the group
+        return new if guard is None else Guarded(new, ((layout.users_guard(layout.flavor(name)), guard),))
 
     flavor, version, created = create_or_update(zk, layout.flavor(name), Flavor, f"flavor '{name}'",
                                                 pre, create, update)

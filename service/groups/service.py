@@ -26,7 +26,7 @@ from cowfleet.service.preconditions import ANY, Precondition, precondition_faile
 from cowfleet.protocol import P2P, ProblemType
 from cowfleet.service.problems import Problem, conflict, invalid, malformed, node_failed, unavailable
 from cowfleet.zk import events, layout
-from cowfleet.zk.connection import commit, read, read_children
+from cowfleet.zk.connection import commit, read, read_children, read_later
 from cowfleet.zk.groups import finish_delete_if_empty, guard_version, touch_guards
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,9 @@ def image_state(zk, name: str) -> ImageState | None:
 def view(zk, group: Group, version: int, images_seen: dict | None = None) -> dict:
     """The group as the API shows it; ``images_seen`` memoises image states
     over one list (many groups, few images)."""
+    placed = read_later(zk, layout.group_status(group.name), GroupStatus)   # with the instances' reads
     instances = [i for i, _ in read_children(zk, layout.group_instances(group.name), Instance)]
-    placed = read(zk, layout.group_status(group.name), GroupStatus)
+    placed = placed()
     seen = {} if images_seen is None else images_seen
     if group.image not in seen:
         seen[group.image] = image_state(zk, group.image)

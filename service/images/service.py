@@ -1,6 +1,8 @@
 """Images: the spec is written by the service, copies by the storage agents."""
 from __future__ import annotations
 
+from typing import Callable
+
 import requests
 
 from cowfleet import p2p
@@ -15,11 +17,14 @@ from cowfleet.service.preconditions import ANY, Precondition
 from cowfleet.service.problems import Problem, conflict, invalid, malformed, malformed_request, unavailable
 from cowfleet.service.upsert import create_or_update, delete_unless_used
 from cowfleet.zk import layout
-from cowfleet.zk.connection import commit, read, read_children
+from cowfleet.zk.connection import commit, read_children, read_later
 from cowfleet.zk.members import members
 
 
-def _status(image: Image, replicas: list[Replica], storage_nodes: int) -> tuple[str, str]:
+def _status(image: Image, replicas: list[Replica], storage_nodes: Callable[[], int]) -> tuple[str, str]:
+    """``storage_nodes()`` counts the storage members: a read of every node's
+    record, made only for an image short of its replicas (1,000 reads a GET
+    of a group at 1,000 agents, when it was made every time)."""
     n = len(replicas)
     if n >= image.min_replicas:
         return ImageStatus.AVAILABLE, f"{n} of {image.min_replicas} replicas"
@@ -27,28 +32,33 @@ def _status(image: Image, replicas: list[Replica], storage_nodes: int) -> tuple[
         return ImageStatus.ERROR, image.error
     if image.error:         # some copies, but making the others fails (retried, backed off)
         return ImageStatus.DEGRADED, f"{n} of {image.min_replicas} replicas; the last copy failed: {image.error}"
-    if storage_nodes > n and (image.source_url or n):   # a source, or a peer to copy
+    storage = storage_nodes()       # reached only for an image short of replicas, with no error
+    if storage > n and (image.source_url or n):   # a source, or a peer to copy
         state = ImageStatus.REPLICATING if n else ImageStatus.PENDING
         return state, f"{n} of {image.min_replicas} replicas"
     if n == 0:
         return ImageStatus.PENDING, "no storage node holds a copy yet"
     return ImageStatus.DEGRADED, (f"{n} of {image.min_replicas} replicas: "
-                                  f"only {storage_nodes} storage node(s) available")
+                                  f"only {storage} storage node(s) available")
 
 
 def state(zk, name: str) -> tuple[Image, list[Replica], str, str] | None:
     """An image's record, its replicas, its status and message (None: no such image)."""
-    got = read(zk, layout.image(name), Image)
+    image = read_later(zk, layout.image(name), Image)     # in flight with the replicas' read
+    replicas = [r for r, _ in read_children(zk, layout.image_replicas(name), Replica)]
+    got = image()
     if got is None:
         return None
-    replicas = [r for r, _ in read_children(zk, layout.image_replicas(name), Replica)]
-    return (got[0], replicas, *_status(got[0], replicas, len(members(zk, "storage"))))
+    return (got[0], replicas, *_status(got[0], replicas, lambda: _storage_count(zk)))
+
+
+def _storage_count(zk) -> int:
+    return len(members(zk, "storage"))
 
 
 def view(zk, image: Image, version: int) -> dict:
     replicas = [r for r, _ in read_children(zk, layout.image_replicas(image.name), Replica)]
-    storage = members(zk, "storage")
-    status, message = _status(image, replicas, len(storage))
+    status, message = _status(image, replicas, lambda: _storage_count(zk))
     out = image.to_dict()
     out.update(status=status, message=message, etag=str(version),
                replicas=[{"node": r.node, "rack": r.rack} for r in replicas])

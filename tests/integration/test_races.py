@@ -118,6 +118,40 @@ def test_flavor_deleted_while_a_group_arrives_after_the_in_use_check(zk, monkeyp
     assert (created, deleted) == (["ok"], 409)
 
 
+def test_flavor_change_loses_to_a_group_that_arrives_after_the_in_use_check(zk, monkeypatch):
+    # a flavor changes only while no group names it: instances that run keep
+    # their size. The change is written only while the flavor's users guard
+    # is where the check read it (upsert.Guarded); it was a plain write.
+    image(zk)
+    flavors.put(zk, "tiny", {"vcpus": 1, "memory_mib": 64, "disk_gib": 1})
+    real = flavors.users_of
+    created = []
+
+    def check_then_group_arrives(zk_, kind, name, path):
+        got = real(zk_, kind, name, path)
+        if not created:
+            created.append(outcome(groups.put, zk, "g", group_spec(flavor="tiny")))
+        return got
+    monkeypatch.setattr(flavors, "users_of", check_then_group_arrives)
+    changed = outcome(flavors.put, zk, "tiny", {"vcpus": 1, "memory_mib": 128, "disk_gib": 1})
+    assert (created, changed) == (["ok"], 409)
+    assert flavors.get(zk, "tiny")["memory_mib"] == 64, "a flavor in use was resized"
+
+
+def test_flavor_change_with_if_match_after_the_check_is_412_not_a_retry(zk, monkeypatch):
+    flavors.put(zk, "tiny", {"vcpus": 1, "memory_mib": 64, "disk_gib": 1})
+    version = zk.get(layout.flavor("tiny"))[1].version
+    real = flavors.users_of
+
+    def check_then_flavor_changes(zk_, kind, name, path):
+        got = real(zk_, kind, name, path)
+        zk.set(layout.flavor("tiny"), zk.get(layout.flavor("tiny"))[0])   # another writer's change
+        return got
+    monkeypatch.setattr(flavors, "users_of", check_then_flavor_changes)
+    assert outcome(flavors.put, zk, "tiny", {"vcpus": 1, "memory_mib": 128, "disk_gib": 1},
+                   Precondition.at(version)) == 412
+
+
 def test_image_delete_with_if_match_loses_to_a_change_after_its_check(zk, monkeypatch):
     image(zk)
     version = zk.get(layout.image("img"))[1].version

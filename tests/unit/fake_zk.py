@@ -81,6 +81,10 @@ class FakeTransaction:
 
     def commit(self):
         from kazoo.exceptions import RolledBackError
+        setting = next((path for op, path, _v, _ver in self.ops if op == "set"), None)
+        if setting is not None and self.zk.before_set:     # the other writer commits before this one
+            hook, self.zk.before_set = self.zk.before_set, None
+            hook(setting)
         saved = dict(self.zk.data)
         results = []
         for op, path, value, version in self.ops:
@@ -88,8 +92,7 @@ class FakeTransaction:
                 if op == "create":
                     results.append(self.zk.create(path, value))
                 elif op == "set":
-                    self.zk.set(path, value, version)
-                    results.append(True)
+                    results.append(self.zk.set(path, value, version))     # a stat, as kazoo's
                 else:
                     if path not in self.zk.data:
                         raise NoNodeError(path)
