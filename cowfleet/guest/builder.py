@@ -105,7 +105,21 @@ if [ "$product" = "cowfleet template" ]; then
   mkfifo /run/wake
   uevent /sbin/cowfleet-uevent &
   waker=$!
-  say "template: waiting for a seed"
+  # zero the free memory before the save: a freed page keeps its old bytes
+  # (the unpacked initramfs, the boot's buffers) and qemu's stream leaves
+  # out only pages of zeros, so every clone's restore reads less: a tmpfs
+  # file of zeros fills what is free but a margin, and goes again.
+  # Measured (small, 128 MiB): the save image 95.4 -> 71.3 MB. Dropping the
+  # page cache first gained 1 MB more (70.2): not done, a clone would read
+  # it again.
+  free=0
+  while read -r k v _; do [ "$k" = MemFree: ] && free=$v; done < /proc/meminfo
+  n=$(( (free - 16384) / 1024 ))
+  if [ $n -gt 0 ] && mkdir -p /run/zero && mount -t tmpfs -o size=${n}m tmpfs /run/zero; then
+    dd if=/dev/zero of=/run/zero/fill bs=1M count=$n 2>/dev/null
+    umount /run/zero
+  fi
+  say "template: $n MiB of free memory zeroed; waiting for a seed"
   echo "{template}" > /dev/ttyS0
   read -r disk < /run/wake
   kill $waker

@@ -1,6 +1,6 @@
 """Warm clones on a real guest (issue 13): the demo guest booted as a
 template (no seed, no NIC) to its template marker, where it waits, saved,
-and three clones restored from it at once, each under its own name, UUID
+and sixteen clones restored from it at once (the issue's group of 16), each under its own name, UUID
 and generation ID on its own overlay backed by the template's frozen one,
 with its own NIC and NoCloud seed hot-plugged: the guest wakes, runs its
 first-boot path with the clone's identity (instance id, host name, address,
@@ -29,6 +29,7 @@ from tests.helpers import qmp, wait_until
 pytestmark = pytest.mark.integration
 
 NODE = f"warmtest-{secrets.token_hex(3)}"
+CLONES = 16
 
 
 @pytest.fixture
@@ -87,19 +88,22 @@ def nic_driver_ok(hyper, name: str) -> bool:
     return bool(nets) and "DRIVER_OK" in str(qmp(hyper, name, "x-query-virtio-status", path=nets[0])["status"])
 
 
-def test_three_clones_of_a_template_wake_with_their_own_identity(hyper, folder, demo_image):
+def test_sixteen_clones_of_a_template_wake_with_their_own_identity(hyper, folder, demo_image):
     tmpl = spec(folder, "tmpl", overlay(folder / "tmpl.qcow2", demo_image, "raw"), None)
     hyper.start(tmpl)
     wait_until(lambda: TEMPLATE_MARKER in console(tmpl), 240, "the template guest's template marker")
     assert READY_MARKER not in console(tmpl)               # it waits before any identity
     image = hyper.save_template(tmpl.name, folder / "tmpl.save")
-    assert image.was_running and image.body_len > 64 << 20       # the guest's memory, not a stub
+    # the guest's memory, not a stub: ~70 MB of its 128 MiB (its free pages
+    # zeroed before the save, which qemu's stream leaves out; 95 MB before)
+    assert image.was_running and image.body_len > 32 << 20
     assert hyper.list(NODE) == {}
     os.chmod(tmpl.disk_path, 0o444)        # frozen: the memory in the image is of this disk
 
-    macs = {n: f"02:00:00:00:0d:0{n}" for n in (1, 2, 3)}
+    numbers = range(1, CLONES + 1)
+    macs = {n: f"02:00:00:00:0d:{n:02x}" for n in numbers}
     clones = [spec(folder, f"c{n}", overlay(folder / f"c{n}.qcow2", Path(tmpl.disk_path), "qcow2"),
-                   macs[n], clone_seed(folder, n, macs[n])) for n in (1, 2, 3)]
+                   macs[n], clone_seed(folder, n, macs[n])) for n in numbers]
     errors = []
 
     def restore(c):
@@ -114,13 +118,13 @@ def test_three_clones_of_a_template_wake_with_their_own_identity(hyper, folder, 
         t.join()
     assert errors == []
     listed = hyper.list(NODE)
-    assert set(listed) == {"c1", "c2", "c3"}
+    assert set(listed) == {f"c{n}" for n in numbers}
     assert all(i.running and not i.paused for i in listed.values())
     xmls = {c.name: ET.fromstring(hyper._conn().lookupByName(c.name).XMLDesc(0)) for c in clones}
     template = ET.fromstring(image.xml)
     for ident in ("uuid", "genid"):
         values = {x.findtext(ident) for x in xmls.values()} | {template.findtext(ident)}
-        assert len(values) == 4, (ident, values)
+        assert len(values) == CLONES + 1, (ident, values)
     for c in clones:
         x = xmls[c.name]
         assert x.find("devices/interface/mac").get("address") == c.mac
@@ -131,7 +135,7 @@ def test_three_clones_of_a_template_wake_with_their_own_identity(hyper, folder, 
         assert disks["vdb"].find("source").get("file") == c.seed_path       # hot-plugged
     # each guest wakes on its seed and runs its first boot as itself
     # (seconds on a quiet machine; up to minutes at load 50+ under TCG)
-    wait_until(lambda: all(READY_MARKER in console(c) for c in clones), 240,
+    wait_until(lambda: all(READY_MARKER in console(c) for c in clones), 600,
                "every clone's own readiness line")
     randoms = set()
     for n, c in enumerate(clones, start=1):
@@ -145,7 +149,7 @@ def test_three_clones_of_a_template_wake_with_their_own_identity(hyper, folder, 
         assert line.startswith(f"user-data host=clone-{n} runs=1 random="), text   # once, here
         randoms.add(line.rsplit("random=", 1)[1])
         assert nic_driver_ok(hyper, c.name)
-    assert len(randoms) == 3, randoms                    # the template's RNG state is not shared
+    assert len(randoms) == CLONES, randoms                    # the template's RNG state is not shared
     assert all(hyper.destroy(c.name) for c in clones)
     assert hyper.list(NODE) == {}
     SaveImage.read(image.path)             # the template is untouched by its clones
