@@ -41,7 +41,7 @@ class NodeAgent:
     role = "node"
 
     def __init__(self, name: str, rack: str, zk_hosts: str, state_dir: str,
-                 listen: str = "127.0.0.1:0", session_seconds: float = SESSION_SECONDS):
+                 listen: str = "127.0.0.1:0", session_seconds: float | None = None):
         self.name, self.rack = name, rack
         self.state_dir = state_dir
         os.makedirs(state_dir, exist_ok=True)
@@ -58,7 +58,9 @@ class NodeAgent:
         self.losses = 0                  # sessions lost so far (LOST events)
         self.address: str | None = None
         # a short session: a dead agent's membership and leadership go within seconds
-        self.zk = connect(zk_hosts, timeout=session_seconds, listener=self._on_connection_state)
+        # (the module's value read now, not at definition: tests change it)
+        self.zk = connect(zk_hosts, timeout=SESSION_SECONDS if session_seconds is None else session_seconds,
+                          listener=self._on_connection_state)
         self.connected.set()
         self.metrics = AgentMetrics(self)     # GET /metrics on the P2P endpoint
 

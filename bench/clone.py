@@ -123,10 +123,15 @@ def bare_boot(work: Path, image: Path, size: int, virt_type: str, vcpus: int, me
                                 vcpus=vcpus, memory_mib=memory_mib, disk_path=str(overlay),
                                 console_log=str(folder / f"bare-{n}.log"), virt_type=virt_type, network="none"))
     started: dict[str, float] = {}
+    errors: list[str] = []
     t0 = time.time()
 
     def create(spec: DomainSpec) -> None:
-        conn.createXML(domain_xml(spec), 0)
+        try:
+            conn.createXML(domain_xml(spec), 0)
+        except libvirt.libvirtError as exc:
+            errors.append(f"{spec.name}: {exc}")
+            return
         started[spec.name] = time.time() - t0
     threads = [threading.Thread(target=create, args=(s,)) for s in specs]
     try:
@@ -134,6 +139,8 @@ def bare_boot(work: Path, image: Path, size: int, virt_type: str, vcpus: int, me
             t.start()
         for t in threads:
             t.join()
+        if errors:
+            raise RuntimeError(f"bare boot: {len(errors)} domain(s) not created: {errors[0]}")
         ready: dict[str, float] = {}
         guest: list[float] = []
         while len(ready) < size:

@@ -446,12 +446,13 @@ class SessionManager:
         if was is None or not replicas.in_use(key):
             return Healing("unused", was=was)
         live = self.get(key)
-        where = None
+        where, asked = None, False
         if live is not None:
             served, where = self.served(was, replicas)
             if served:
                 return Healing("served", live, was)
-        holders = _holders(where or replicas.locate(was.image), was.sha256)
+            asked = True                     # served() asked the leaders already: not twice
+        holders = _holders(where if asked else replicas.locate(was.image), was.sha256)
         if not holders:
             return Healing("no-replica", was=was)
         t0 = time.monotonic()

@@ -114,12 +114,14 @@ if [ "$product" = "cowfleet template" ]; then
   # it again.
   free=0
   while read -r k v _; do [ "$k" = MemFree: ] && free=$v; done < /proc/meminfo
-  n=$(( (free - 16384) / 1024 ))
-  if [ $n -gt 0 ] && mkdir -p /run/zero && mount -t tmpfs -o size=${n}m tmpfs /run/zero; then
-    dd if=/dev/zero of=/run/zero/fill bs=1M count=$n 2>/dev/null
+  mib=$(( (free - 16384) / 1024 ))
+  if [ $mib -gt 0 ] && mkdir -p /run/zero && mount -t tmpfs -o size=${mib}m tmpfs /run/zero; then
+    dd if=/dev/zero of=/run/zero/fill bs=1M count=$mib 2>/dev/null
     umount /run/zero
+  else
+    mib=0
   fi
-  say "template: $n MiB of free memory zeroed; waiting for a seed"
+  say "template: $mib MiB of free memory zeroed; waiting for a seed"
   echo "{template}" > /dev/ttyS0
   read -r disk < /run/wake
   kill $waker

@@ -143,6 +143,7 @@ def test_sixteen_clones_of_a_template_wake_with_their_own_identity(hyper, folder
         assert TEMPLATE_MARKER not in text              # its console starts at the restore
         ready = next(line for line in text.splitlines() if line.startswith(READY_MARKER))
         assert f"instance=c{n}-id " in ready and f"address=10.0.2.{20 + n}/24" in ready, text
+        assert " boots=1 " in ready, text                # the template's one boot, not a count of its own
         assert f"network eth0 mac={c.mac} address=10.0.2.{20 + n}/24" in text or \
             f"mac={c.mac} address=10.0.2.{20 + n}/24" in text, text
         line = next(line for line in text.splitlines() if line.startswith("user-data "))

@@ -128,3 +128,9 @@ def test_heal_with_no_replica_left_waits(sessions):
     h = sessions.heal(key, Table(used={key}))
     assert (h.outcome, h.was.node) == ("no-replica", "s1")
     assert sessions.record(key) is not None, "the record to re-make it from is kept"
+
+
+def test_heal_asks_the_leaders_once(sessions):
+    key = choose(sessions, Table(located=["s1"])).session.key
+    table = Table(used={key})                        # no record, and the leaders know no copy
+    assert sessions.heal(key, table).outcome == "no-replica" and table.asked == 1
