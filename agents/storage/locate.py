@@ -16,6 +16,7 @@ from typing import Callable
 
 from cowfleet.p2p import post
 from cowfleet.models import Image, NodeInfo
+from cowfleet.protocol import P2P
 from cowfleet.zk.leaders import rack_leaders
 
 LOCATE_TIMEOUT = 3.0
@@ -86,7 +87,7 @@ class Locator:
         def ask(node: NodeInfo) -> dict:
             if node.name == self.name:
                 return self.holds(str(body["image"]))
-            return post(f"{node.address}/v1/holds", {"image": body["image"]}, LOCATE_TIMEOUT)
+            return post(node.address, P2P.HOLDS, {"image": body["image"]}, LOCATE_TIMEOUT)
         futures = {n.name: self.pool.submit(ask, n) for n in nodes}
         results: dict[str, dict | Exception] = {}
         for name, fut in futures.items():
@@ -120,7 +121,7 @@ class Locator:
                 if leader.name == self.name:
                     answer = self.rack_locate(ask_body)
                 else:
-                    answer = post(f"{leader.address}/v1/rack-locate", ask_body, LOCATE_TIMEOUT)
+                    answer = post(leader.address, P2P.RACK_LOCATE, ask_body, LOCATE_TIMEOUT)
             except Exception as exc:
                 answer = {"rack": rack, "leader": leader.name, "holders": [],
                           "error": f"{type(exc).__name__}: {exc}"[:200]}
