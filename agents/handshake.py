@@ -269,7 +269,7 @@ class HandshakeGatherer(Gatherer):
                 if leader.name == self.me and self.local_rack is not None:
                     answer = self.local_rack(body)
                 else:
-                    answer = post(leader.address + P2P.RACK_OFFERS, body)
+                    answer = post(leader.address, P2P.RACK_OFFERS, body)
                 entry = {"leader": leader.name, "offers": {o["node"]: o["count"] for o in answer["offers"]}}
                 entry.update({k: v for k, v in answer.items() if k in ("errors",)})
             except Exception as exc:   # a rack that cannot answer offers nothing this round
@@ -292,7 +292,7 @@ class HandshakeGatherer(Gatherer):
                     if leader.name == self.me and self.local_release is not None:
                         self.local_release(request)      # in-process, like its offers
                     else:
-                        post(leader.address + P2P.RELEASE, {"request": request}, timeout=1)
+                        post(leader.address, P2P.RELEASE, {"request": request}, timeout=1)
                 except Exception:
                     pass               # reservations expire anyway
         self.pool.submit(tell)

@@ -14,18 +14,14 @@ that share a process (tests) never mix their figures. Two kinds of figure:
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
-from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from werkzeug.wrappers import Response
 
 from cowfleet import p2p
-from cowfleet.names import NAME_PATTERN
-from cowfleet.protocol import P2P, image_data_path
 
 log = logging.getLogger(__name__)
 
@@ -42,23 +38,6 @@ P2P_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 3, 10
 
 _calls_owner = None
 _owner_lock = threading.Lock()
-
-_ROUTES = {getattr(P2P, k) for k in dir(P2P) if k.isupper()} | {"/healthz", "/metrics"}
-_DATA_ROUTE = image_data_path("{name}")
-
-
-def route_of(path: str) -> str:
-    """A path as a label: one of the agents' routes, or "other" (a label value
-    per path a caller makes up would grow the registry without end)."""
-    if path in _ROUTES:
-        return path
-    if path.startswith("/v1/images/") and path.endswith("/data"):
-        return _DATA_ROUTE if _name_ok(path[len("/v1/images/"):-len("/data")]) else "other"
-    return "other"
-
-
-def _name_ok(name: str) -> bool:
-    return re.fullmatch(NAME_PATTERN, name) is not None
 
 
 class AgentMetrics:
@@ -109,11 +88,14 @@ class AgentMetrics:
     def failure(self, reason: str) -> None:
         self.failures.labels(reason).inc()
 
-    def served(self, path: str, status: int, seconds: float) -> None:
-        self.p2p_served.labels(route_of(path), str(status)).observe(seconds)
+    # route labels: the P2P server's label of the route it matched ("other"
+    # for a path no route takes), the route a call named (agents/p2p_server.py,
+    # cowfleet.p2p): a closed set, never a path as a caller spelled it
+    def served(self, route: str, status: int, seconds: float) -> None:
+        self.p2p_served.labels(route, str(status)).observe(seconds)
 
-    def _called(self, url: str, seconds: float, outcome: str) -> None:
-        self.p2p_calls.labels(route_of(urlsplit(url).path), outcome).observe(seconds)
+    def _called(self, route: str, seconds: float, outcome: str) -> None:
+        self.p2p_calls.labels(route, outcome).observe(seconds)
 
     # -- the scrape ---------------------------------------------------------------
     def response(self) -> Response:

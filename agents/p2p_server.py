@@ -18,6 +18,11 @@ Without a secret (an open cluster) nothing is checked.
 Answers: a path no route takes -- or a method its route does not take --
 is a 404 problem+json (a JSON route is POST only); a JSON route that raises
 is a 500 problem+json naming the exception.
+
+Every request served is told to ``observe`` (the agent's metrics) by its
+route's label, which the map gives: the rule, or the label the route was
+added with; a path no route takes is ``OTHER`` (a label per path a caller
+makes up would grow the metrics without end).
 """
 from __future__ import annotations
 
@@ -46,28 +51,34 @@ OPEN = "open"            # anyone: /healthz, /metrics
 SIGNED = "signed"        # a request signed with the cluster secret, body included
 STREAMED = "streamed"    # signed, its body streamed (image data): UNSIGNED-PAYLOAD allowed
 
+# the route label of a request no route takes
+OTHER = "other"
+
 
 class P2PServer:
     def __init__(self, log: logging.Logger, observe: Callable[[str, int, float], None] | None = None,
                  secret: bytes | None = None):
         self.log = log
-        self._observe = observe     # (path, status, seconds) of every request served: the agent's metrics
+        self._observe = observe     # (route label, status, seconds) of every request served: the agent's metrics
         self._verifier = Verifier(secret) if secret is not None else None
         self._access: dict[int, str] = {}    # id(Rule) -> OPEN | SIGNED | STREAMED
+        self._label: dict[int, str] = {}     # id(Rule) -> its route label
         # a path is matched as the request names it ('//' is no '/')
         self.map = Map(merge_slashes=False)
         self._http = None
 
     # -- routes -------------------------------------------------------------------
     def route(self, rule: str, handler: Handler, methods: list[str] | None = None,
-              converters: dict[str, type[BaseConverter]] | None = None, access: str = SIGNED) -> None:
+              converters: dict[str, type[BaseConverter]] | None = None, access: str = SIGNED,
+              label: str | None = None) -> None:
         """``rule`` (werkzeug syntax, ``converters`` for its parts) answered by
         ``handler``; every method when ``methods`` is None; ``access``: OPEN,
-        SIGNED or STREAMED."""
+        SIGNED or STREAMED; ``label``: the route in the metrics (the rule when None)."""
         self.map.converters.update(converters or {})
         r = Rule(rule, endpoint=handler, methods=methods)
         self.map.add(r)
         self._access[id(r)] = access       # a Rule is unhashable (it compares by value)
+        self._label[id(r)] = label or rule
 
     def json_route(self, path: str, handler: JsonHandler) -> None:
         """POST ``path`` with a JSON object: ``handler(body) -> (status, answer)``."""
@@ -86,17 +97,33 @@ class P2PServer:
 
     def respond(self, request: Request) -> Response:
         t0 = time.perf_counter()
-        resp = self._respond(request)
+        adapter = self.map.bind("p2p")
+        try:
+            rule, args = adapter.match(request.path, method=request.method, return_rule=True)
+        except HTTPException:       # no such path, a method its route does not take, a redirect
+            resp = Response(json.dumps({"title": "Not Found", "status": 404}), status=404,
+                            mimetype="application/problem+json")
+            label = self._label_of(adapter, request.path)
+        else:
+            resp = self._respond(request, rule, args)
+            label = self._label[id(rule)]
         if self._observe is not None:
-            self._observe(request.path, resp.status_code, time.perf_counter() - t0)
+            self._observe(label, resp.status_code, time.perf_counter() - t0)
         return resp
 
-    def _respond(self, request: Request) -> Response:
-        try:
-            rule, args = self.map.bind("p2p").match(request.path, method=request.method, return_rule=True)
-        except HTTPException:       # no such path, a method its route does not take, a redirect
-            return Response(json.dumps({"title": "Not Found", "status": 404}), status=404,
-                            mimetype="application/problem+json")
+    def _label_of(self, adapter, path: str) -> str:
+        """The label of a path its request's method did not match: its route's
+        when another method would have (a GET of a JSON route counts under that
+        route, with its 404), else ``OTHER``."""
+        for method in adapter.allowed_methods(path):
+            try:
+                rule, _ = adapter.match(path, method=method, return_rule=True)
+            except HTTPException:
+                continue
+            return self._label[id(rule)]
+        return OTHER
+
+    def _respond(self, request: Request, rule: Rule, args: dict) -> Response:
         access = self._access[id(rule)]
         if self._verifier is not None and access != OPEN:
             try:

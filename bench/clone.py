@@ -31,24 +31,22 @@ cold-booted group of 16 takes a minute or more.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from datetime import datetime
 from pathlib import Path
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # bench.cleanup
-from bench.cleanup import unwind_on_signals  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # bench.one_node
+from bench.one_node import arguments, demo_lab  # noqa: E402
 
 from cowfleet.agents.compute.domain import DomainSpec, domain_xml
 from cowfleet.client import Client
-from cowfleet.guest.builder import READY_MARKER, build_demo_image
+from cowfleet.guest.builder import READY_MARKER
 from cowfleet.lab.lab import Lab
 
 TARGET = 0.15           # clone / bare, PUT -> all ready
@@ -171,31 +169,18 @@ def bare_boot(work: Path, image: Path, size: int, virt_type: str, vcpus: int, me
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", type=int, default=16)
-    p.add_argument("--repeat", type=int, default=1)
+    p = arguments(__doc__, size=16, repeat=1)
     p.add_argument("--modes", default=",".join(MODES),
                    help="which to run, of " + ", ".join(MODES) + " (default all; the ratios need boot or bare, "
                         "and clone)")
-    p.add_argument("--json", help="write the figures here")
     args = p.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or set(modes) - set(MODES):
         p.error(f"--modes: choose among {', '.join(MODES)}")
-    work = Path(tempfile.mkdtemp(prefix="cowfleet-bench-clone-", dir="/var/tmp"))
-    work.chmod(0o755)
-    lab = Lab(work / "lab")
-    unwind_on_signals()   # SIGTERM, SIGHUP, SIGINT: the finally below runs
     results: dict[str, list[dict]] = {m: [] for m in modes}
     sizes, made = {}, []
-    try:
-        print(f"building the demo image and starting a one-node lab in {work}", flush=True)
-        image = build_demo_image(work / "demo.raw")
-        lab.up()
-        client = Client(lab.state.endpoint, lab.state.token)
-        client.put_image("demo", source_url=f"file://{image}", format="raw", min_replicas=1)
-        while client.get_image("demo")["status"] != "available":
-            time.sleep(0.2)
+    with demo_lab("cowfleet-bench-clone-") as one:
+        work, lab, client, image = one.work, one.lab, one.client, one.image
         ready_after_put(client, "warmup", 1, "boot")
         node = next(n for n in client.nodes() if n.get("role") == "compute")
         small = client.get_flavor("small")
@@ -225,11 +210,6 @@ def main(argv=None) -> int:
             sizes = {f.name: f.stat().st_blocks * 512 for f in t.iterdir()}
         made = [float(m.group(1)) for m in re.finditer(
             r"template \S+ made in ([0-9.]+) s", (lab.dir / "agent-compute.log").read_text(errors="replace"))]
-    finally:
-        try:
-            lab.down()
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
     med = {m: statistics.median(r["ready_s"] for r in rs) for m, rs in results.items()}
     run = {m: statistics.median(r["running_s"] for r in rs) for m, rs in results.items()}
     base = "bare" if "bare" in med else "boot" if "boot" in med else None

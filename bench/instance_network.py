@@ -27,23 +27,20 @@ group takes tens of seconds; the whole run a few minutes.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import statistics
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # bench.cleanup
-from bench.cleanup import unwind_on_signals  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # bench.one_node
+from bench.one_node import arguments, demo_lab  # noqa: E402
 
 import libvirt
 from kazoo.client import KazooClient
 
 from cowfleet.client import Client
-from cowfleet.guest.builder import build_demo_image
 from cowfleet.lab.lab import Lab
 from cowfleet.zk import layout
 
@@ -161,24 +158,10 @@ def seed_times(log: Path) -> list[float]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", type=int, default=10)
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--json", help="write the figures here")
-    args = p.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="cowfleet-bench-net-", dir="/var/tmp"))
-    work.chmod(0o755)
-    lab = Lab(work / "lab")
-    unwind_on_signals()   # SIGTERM, SIGHUP, SIGINT: the finally below runs
+    args = arguments(__doc__, size=10, repeat=3).parse_args(argv)
     results: dict[str, list[dict]] = {m: [] for m in MODES}
-    try:
-        print(f"building the demo image and starting a one-node lab in {work}", flush=True)
-        image = build_demo_image(work / "demo.raw")
-        lab.up()
-        client = Client(lab.state.endpoint, lab.state.token)
-        client.put_image("demo", source_url=f"file://{image}", format="raw", min_replicas=1)
-        while client.get_image("demo")["status"] != "available":
-            time.sleep(0.2)
+    with demo_lab("cowfleet-bench-net-") as one:
+        lab, client = one.lab, one.client
         # a warm-up group, so neither mode pays the first session attach
         ready_after_put(client, "warmup", 1)
         for r in range(args.repeat):
@@ -194,17 +177,6 @@ def main(argv=None) -> int:
                       + (f", guest uptime at ready (median) {got['guest_uptime_s']:.1f} s"
                          if got["guest_uptime_s"] else ""), flush=True)
         seeds = seed_times(lab.dir / "agent-compute.log")
-    finally:
-        try:
-            lab.down()
-        finally:                       # the files go even if taking the lab down failed
-            for f in work.glob("*"):
-                if f.is_file():
-                    f.unlink()
-            try:
-                work.rmdir()
-            except OSError:
-                pass
     med = {m: statistics.median(r["ready_s"] for r in rs) for m, rs in results.items()}
     cpu = {m: statistics.median(r["guest_cpu_s"] for r in rs) for m, rs in results.items()}
     up = {m: statistics.median([r["guest_uptime_s"] for r in rs if r["guest_uptime_s"]] or [0])

@@ -17,8 +17,9 @@ from cowfleet.signing import P2PAuth
 TIMEOUT = 3.0
 
 _local = threading.local()
-# called after each call with (url, seconds, outcome: "ok", an HTTP status, or
+# called after each call with (route, seconds, outcome: "ok", an HTTP status, or
 # the exception's name): the agents' metrics (agents/metrics.py) time their calls
+# by the route called (a ``protocol.P2P`` path), never by a whole URL
 _observers: list[Callable[[str, float, str], None]] = []
 
 
@@ -35,13 +36,14 @@ def session() -> requests.Session:
     return s
 
 
-def post(url: str, body: dict, timeout: float = TIMEOUT) -> dict:
-    """One P2P call: the JSON answer; raises on a connection error or an
-    HTTP error status."""
+def post(address: str, route: str, body: dict, timeout: float = TIMEOUT) -> dict:
+    """One P2P call to the agent at ``address`` (its base URL), ``route`` a
+    ``protocol.P2P`` path: the JSON answer; raises on a connection error or
+    an HTTP error status."""
     t0 = time.perf_counter()
     outcome = "ok"
     try:
-        resp = session().post(url, json=body, timeout=timeout)
+        resp = session().post(address + route, json=body, timeout=timeout)
         if resp.status_code >= 400:
             outcome = str(resp.status_code)
         resp.raise_for_status()
@@ -52,4 +54,4 @@ def post(url: str, body: dict, timeout: float = TIMEOUT) -> dict:
         raise
     finally:
         for fn in _observers:
-            fn(url, time.perf_counter() - t0, outcome)
+            fn(route, time.perf_counter() - t0, outcome)

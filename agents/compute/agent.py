@@ -224,7 +224,7 @@ class ComputeAgent(NodeAgent):
         def ask(node):
             if node.name == self.name:
                 return self.offer(body)[1]
-            return post(node.address + P2P.OFFER, body)
+            return post(node.address, P2P.OFFER, body)
         offers, errors = [], {}
         futures = {n.name: self.handshake_pool.submit(ask, n) for n in nodes if n.address}
         for name, fut in futures.items():
@@ -449,7 +449,7 @@ class ComputeAgent(NodeAgent):
         body = {"image": image, "rack": self.rack, "node": self.name}
         for leader in order + rest:
             try:
-                answer = LocateAnswer.from_dict(post(leader.address + P2P.LOCATE, body, timeout=10))
+                answer = LocateAnswer.from_dict(post(leader.address, P2P.LOCATE, body, timeout=10))
             except Exception as exc:
                 self.log.warning("storage leader %s did not answer: %s", leader.name, exc)
                 continue

@@ -416,11 +416,12 @@ class SessionManager:
         base = session_key(image, sha256)
         session = self.current(base)
         key = session.key if session is not None else base
-        where = None
+        where, asked = None, False
         if session is not None:
             served, where = self.served(session, replicas)
             if served:
                 return Choice(session)
+            asked = True                     # served() asked the leaders already: not twice
             if replicas.in_use(key):
                 key = self.next_key(base)
                 log.info("session %s reads from %s, which holds no replica now: new instances get "
@@ -429,7 +430,8 @@ class SessionManager:
                 log.info("session %s reads from %s, which holds no replica now: re-attaching",
                          key, session.node)
                 self.stop(key)
-        where = where or replicas.locate(image)
+        if not asked:
+            where = replicas.locate(image)
         if not _holders(where, sha256):
             return Choice(wait="no-replica")
         try:

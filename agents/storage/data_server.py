@@ -23,7 +23,7 @@ from cowfleet.agents.p2p_server import STREAMED, P2PServer
 from cowfleet.agents.storage.copy_store import CHUNK, ChecksumMismatch, CopyStore, FormatMismatch
 from cowfleet.models import Image
 from cowfleet.names import NAME_PATTERN
-from cowfleet.protocol import ProblemType
+from cowfleet.protocol import ProblemType, image_data_path
 
 
 class _ImageName(BaseConverter):
@@ -60,7 +60,7 @@ class DataServer:
 
     def add_routes(self, server: P2PServer) -> None:
         # the upload's bytes are not in its signature (cowfleet/signing.py says why)
-        server.route(DATA, self.respond, converters=CONVERTERS, access=STREAMED)
+        server.route(DATA, self.respond, converters=CONVERTERS, access=STREAMED, label=image_data_path("{name}"))
 
     def respond(self, request: Request, name: str) -> Response:
         handler = {"GET": self.serve_copy, "PUT": self.receive_upload}.get(request.method)

@@ -13,6 +13,7 @@ import requests
 from cowfleet import p2p
 from cowfleet.agents.storage.copy_store import CHUNK
 from cowfleet.models import Image, NodeInfo
+from cowfleet.protocol import image_data_path
 
 Store = Callable[[Iterable[bytes]], object]
 
@@ -38,7 +39,7 @@ def from_peers(image: Image, peers: list[str], me: str, member: Callable[[str], 
         node = member(peer)
         if node is None or not node.address or peer == me:
             continue
-        url = f"{node.address}/v1/images/{image.name}/data"
+        url = node.address + image_data_path(image.name)
         try:
             with p2p.session().get(url, stream=True, timeout=30) as resp:      # signed: a peer's data route
                 resp.raise_for_status()

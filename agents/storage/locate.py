@@ -16,10 +16,11 @@ from typing import Callable
 
 from cowfleet.p2p import post
 from cowfleet.models import Image, NodeInfo
+from cowfleet.protocol import P2P, LocateAnswer, replica_location
 from cowfleet.zk.leaders import rack_leaders
+from cowfleet.zk.members import serving
 
 LOCATE_TIMEOUT = 3.0
-REPLICA_FIELDS = ("node", "rack", "portal", "target", "sha256", "size_bytes")
 
 
 def holds_answer(node: str, rack: str, held: dict | None) -> dict:
@@ -53,11 +54,10 @@ def locate_answer(image: Image, answers: list[dict], near: str, spread: str, ans
     first, then an order spread per asking node (``spread``)."""
     holders = [h for a in answers for h in a.get("holders", []) if h.get("sha256") == image.sha256]
     holders.sort(key=lambda h: (h["rack"] != near, zlib.crc32(f"{spread}/{h['node']}".encode())))
-    replicas = [{k: h[k] for k in REPLICA_FIELDS} for h in holders]
     racks = {a["rack"]: {k: a[k] for k in ("leader", "ms", "error", "errors") if k in a} for a in answers}
-    return {"image": image.name, "format": image.format, "sha256": image.sha256,
-            "min_replicas": image.min_replicas, "replicas": replicas, "racks": racks,
-            "answered_by": answered_by}
+    return LocateAnswer(image=image.name, format=image.format, sha256=image.sha256,
+                        min_replicas=image.min_replicas, replicas=[replica_location(h) for h in holders],
+                        answered_by=answered_by, racks=racks).to_dict()
 
 
 class Locator:
@@ -81,12 +81,12 @@ class Locator:
 
     def rack_locate(self, body: dict) -> dict:
         """As storage rack leader: ask every storage agent of the rack, in parallel."""
-        nodes = [n for n in self.members() if n.rack == self.rack and n.healthy and n.address]
+        nodes = [n for n in self.members() if serving(n, "storage", self.rack) and n.address]
 
         def ask(node: NodeInfo) -> dict:
             if node.name == self.name:
                 return self.holds(str(body["image"]))
-            return post(f"{node.address}/v1/holds", {"image": body["image"]}, LOCATE_TIMEOUT)
+            return post(node.address, P2P.HOLDS, {"image": body["image"]}, LOCATE_TIMEOUT)
         futures = {n.name: self.pool.submit(ask, n) for n in nodes}
         results: dict[str, dict | Exception] = {}
         for name, fut in futures.items():
@@ -120,7 +120,7 @@ class Locator:
                 if leader.name == self.name:
                     answer = self.rack_locate(ask_body)
                 else:
-                    answer = post(f"{leader.address}/v1/rack-locate", ask_body, LOCATE_TIMEOUT)
+                    answer = post(leader.address, P2P.RACK_LOCATE, ask_body, LOCATE_TIMEOUT)
             except Exception as exc:
                 answer = {"rack": rack, "leader": leader.name, "holders": [],
                           "error": f"{type(exc).__name__}: {exc}"[:200]}

@@ -15,6 +15,7 @@ from kazoo.exceptions import NodeExistsError, NoNodeError
 from cowfleet.models import Image, NodeInfo, Replica
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read, read_children, update
+from cowfleet.zk.members import serving
 
 
 class Publisher:
@@ -44,8 +45,9 @@ class Publisher:
         return bool(self.zk.exists(layout.image_replica(name, self.node)))
 
     def storage_members(self, healthy: bool = False) -> list[NodeInfo]:
+        """The storage members; with ``healthy``, those serving (``members.serving``)."""
         return [n for n, _ in read_children(self.zk, layout.NODES, NodeInfo)
-                if n.role == "storage" and (n.healthy or not healthy)]
+                if (serving(n, "storage") if healthy else n.role == "storage")]
 
     def member(self, name: str) -> NodeInfo | None:
         got = read(self.zk, layout.node(name), NodeInfo)

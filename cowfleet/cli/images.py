@@ -10,8 +10,7 @@ import click
 
 from cowfleet.cli.common import (client, delete_and_wait, done, key_values, labels_arg, name_argument, note,
                                  output_option, Progress, read_commands, table, wait_options, wait_until)
-
-DEFAULT_MIN_REPLICAS = 2
+from cowfleet.defaults import MIN_REPLICAS as DEFAULT_MIN_REPLICAS
 
 
 def existing_names(cl) -> list[dict]:

@@ -126,7 +126,7 @@ def create(name, role, ttl, expires_at, zk_hosts, wait, timeout, output):
 def _bootstrap(name: str, role: str, seconds: int | None, expires_at: str | None, hosts: str) -> dict:
     from cowfleet import tokens
     from cowfleet.models import now
-    from cowfleet.service.api import NAME_RE, NAME_RULE     # the API's rule for names
+    from cowfleet.names import NAME_RE, NAME_RULE     # the API's rule for names
     if not NAME_RE.match(name):
         raise click.BadParameter(NAME_RULE, param_hint="NAME")
     expires = now() + seconds if seconds is not None else None

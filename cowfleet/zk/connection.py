@@ -25,6 +25,7 @@ from typing import Callable, TypeVar
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NoAuthError, NoNodeError, NodeExistsError, RolledBackError
 from kazoo.retry import KazooRetry
+from kazoo.protocol.states import ZnodeStat
 from kazoo.security import ACL, make_digest_acl
 
 from cowfleet.config import SECRET_FILE_VAR, cluster_secret
@@ -138,25 +139,23 @@ def close_tree(zk: KazooClient, acl: list[ACL]) -> int:
 
 def read(zk: KazooClient, path: str, cls: type[R]) -> tuple[R, int] | None:
     """The record at ``path`` and its znode version, or None if absent."""
-    try:
-        data, stat = zk.get(path)
-    except NoNodeError:
-        return None
-    return cls.from_bytes(data), stat.version
+    return _record(lambda: zk.get(path), cls)
 
 
 def read_later(zk: KazooClient, path: str, cls: type[R]) -> Callable[[], tuple[R, int] | None]:
     """``read`` sent now, answered when the returned function is called:
     reads sent before the first answer is needed share one round trip."""
     pending = zk.get_async(path)
+    return lambda: _record(pending.get, cls)
 
-    def answer() -> tuple[R, int] | None:
-        try:
-            data, stat = pending.get()
-        except NoNodeError:
-            return None
-        return cls.from_bytes(data), stat.version
-    return answer
+
+def _record(get: Callable[[], tuple[bytes, ZnodeStat]], cls: type[R]) -> tuple[R, int] | None:
+    """What ``read`` and ``read_later`` answer, from a get of the znode."""
+    try:
+        data, stat = get()
+    except NoNodeError:
+        return None
+    return cls.from_bytes(data), stat.version
 
 
 def read_children(zk: KazooClient, path: str, cls: type[R]) -> list[tuple[R, int]]:

@@ -168,9 +168,9 @@ def test_p2p_refuses_unsigned_stale_tampered_and_foreign_requests(lab, zk, clien
         # the signed ones work: the data, and the offer (then released)
         got = p2p.session().get(data, timeout=10)
         assert got.status_code == 200 and got.content == _blob(tmp_path).read_bytes()
-        assert p2p.post(compute.address + P2P.OFFER, dict(offer, request=request + "-ok"))["count"] >= 0
-        p2p.post(compute.address + P2P.RELEASE, {"request": request + "-ok"})
-        p2p.post(compute.address + P2P.RELEASE, {"request": request})
+        assert p2p.post(compute.address, P2P.OFFER, dict(offer, request=request + "-ok"))["count"] >= 0
+        p2p.post(compute.address, P2P.RELEASE, {"request": request + "-ok"})
+        p2p.post(compute.address, P2P.RELEASE, {"request": request})
         # open: health and metrics, for probes and Prometheus
         assert _unsigned("GET", compute.address + "/healthz").status_code == 200
         assert _unsigned("GET", storage.address + "/metrics").status_code == 200

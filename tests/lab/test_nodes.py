@@ -114,7 +114,7 @@ def test_the_cluster_is_closed_to_a_node_without_the_secret(lab_node, api):
             f"import os; os.environ['COWFLEET_SECRET_FILE'] = '{secret.path}'\n"
             "from cowfleet import p2p\n"
             f"signed = p2p.session().post('{agent}/v1/offer', json=body, timeout=5).status_code\n"
-            f"p2p.post('{agent}/v1/release', {{'request': 'testinfra'}})\n"
+            f"p2p.post('{agent}', '/v1/release', {{'request': 'testinfra'}})\n"
             "print(json.dumps([zk_answer, unsigned, signed]))")
     assert json.loads(py(lab_node, code, role_env["COWFLEET_PYTHON"])) == ["refused", 401, 200]
 

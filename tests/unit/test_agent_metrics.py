@@ -1,20 +1,54 @@
 """agents/metrics.py without an agent process: labels stay bounded, events count."""
 from __future__ import annotations
 
+import logging
 import threading
 from types import SimpleNamespace
 
+import pytest
+import requests
 from prometheus_client.parser import text_string_to_metric_families
+from werkzeug.test import Client
+from werkzeug.wrappers import Request
 
-from cowfleet.agents.metrics import ATTACHED, AgentMetrics, route_of
+from cowfleet import p2p
+from cowfleet.agents.metrics import ATTACHED, AgentMetrics
+from cowfleet.agents.p2p_server import P2PServer, json_answer
+from cowfleet.agents.storage.copy_store import CopyStore
+from cowfleet.agents.storage.data_server import DataServer
+from cowfleet.protocol import P2P
 
 
-def test_routes_are_a_closed_set():
-    assert route_of("/v1/offer") == "/v1/offer"
-    assert route_of("/metrics") == "/metrics"
-    assert route_of("/v1/images/demo/data") == "/v1/images/{name}/data"
+def test_routes_are_a_closed_set(tmp_path):
+    """The served side's label is the route the P2P server's map matched;
+    any path no route takes is "other"."""
+    served = []
+    server = P2PServer(logging.getLogger("test.p2p"), observe=lambda route, status, s: served.append((route, status)))
+    server.json_route(P2P.OFFER, lambda body: (200, {}))
+    server.route("/metrics", lambda request: json_answer({}), methods=["GET"])
+    (tmp_path / "images").mkdir()
+    DataServer("s1", CopyStore(tmp_path / "images"), lambda name: None, None, None).add_routes(server)
+    client = Client(Request.application(server.respond))
+
+    def label(path, method="POST"):
+        served.clear()
+        client.open(path, method=method, json={})
+        return served[0][0]
+    assert label("/v1/offer") == "/v1/offer"
+    assert label("/v1/offer", "GET") == "/v1/offer"       # a wrong method: its route's 404
+    assert label("/metrics", "GET") == "/metrics"
+    assert label("/v1/images/demo/data", "GET") == "/v1/images/{name}/data"
     for made_up in ("/v1/images/../data", "/v1/images/a/b/data", "/x", "/v1/offer/", ""):
-        assert route_of(made_up) == "other"
+        assert label(made_up) == "other", made_up
+
+
+def test_calls_are_labelled_by_the_route_called(monkeypatch):
+    called = []
+    monkeypatch.setattr(p2p, "_observers", [])
+    p2p.observe(lambda route, s, outcome: called.append((route, outcome)))
+    with pytest.raises(requests.ConnectionError):
+        p2p.post("http://127.0.0.1:1", P2P.LOCATE, {}, timeout=2)     # nothing listens on port 1
+    assert called[-1] == (P2P.LOCATE, "ConnectionError")
 
 
 def _samples(m: AgentMetrics) -> dict:

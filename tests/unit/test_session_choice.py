@@ -26,6 +26,7 @@ class Table:
     located: list[str] = field(default_factory=list)     # nodes the storage leaders name
     sha256: str = SHA
     used: set[str] = field(default_factory=set)          # session keys some overlay reads through
+    answers: bool = True                                 # False: no storage leader answers
     asked: int = 0
 
     def recorded(self, session) -> bool:
@@ -33,6 +34,8 @@ class Table:
 
     def locate(self, image: str) -> LocateAnswer | None:
         self.asked += 1
+        if not self.answers:
+            return None
         return LocateAnswer(image=image, format="raw", sha256=self.sha256, min_replicas=2,
                             replicas=[replica(n) for n in self.located])
 
@@ -134,3 +137,23 @@ def test_heal_asks_the_leaders_once(sessions):
     key = choose(sessions, Table(located=["s1"])).session.key
     table = Table(used={key})                        # no record, and the leaders know no copy
     assert sessions.heal(key, table).outcome == "no-replica" and table.asked == 1
+
+
+def test_heal_asks_the_leaders_once_when_none_answers(sessions):
+    key = choose(sessions, Table(located=["s1"])).session.key
+    table = Table(used={key}, answers=False)
+    assert sessions.heal(key, table).outcome == "no-replica" and table.asked == 1
+
+
+@pytest.mark.parametrize("answers", [True, False], ids=["no-copy", "no-answer"])
+@pytest.mark.parametrize("used", [True, False], ids=["used", "unused"])
+def test_choose_asks_the_leaders_at_most_once(sessions, answers, used):
+    """A session whose node has no record is checked with the leaders; that
+    answer (or its absence) decides the new session too: one locate a choice."""
+    first = choose(sessions, Table(located=["s1"])).session
+    table = Table(answers=answers, used={first.key} if used else set())
+    c = choose(sessions, table)
+    assert (c.session, c.wait, table.asked) == (None, "no-replica", 1)
+    table = Table()                                  # no session: the one ask is the choice's own
+    choose(sessions, table)
+    assert table.asked == 1

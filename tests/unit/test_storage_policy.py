@@ -7,6 +7,7 @@ from __future__ import annotations
 from cowfleet.agents.storage import exports, locate, replication
 from cowfleet.agents.storage.replication import DEFER_SECONDS, RETRY_MAX, RETRY_MIN, Replication
 from cowfleet.models import Image, NodeInfo, Replica
+from cowfleet.protocol import REPLICA_FIELDS
 
 SHA = "ab" * 32
 OTHER = "cd" * 32
@@ -147,8 +148,8 @@ def test_locate_answer_drops_other_bytes_and_puts_the_askers_rack_first():
     got = locate.locate_answer(image, answers, near="b", spread="compute-7", answered_by="a1")
     assert [r["node"] for r in got["replicas"]][2:] == ["a1"]            # the asker's rack first
     assert {r["node"] for r in got["replicas"][:2]} == {"b1", "b2"}      # a2 holds other bytes: left out
-    assert got["replicas"][0] == {k: v for k, v in got["replicas"][0].items() if k in locate.REPLICA_FIELDS}
-    assert set(got["replicas"][0]) == set(locate.REPLICA_FIELDS)
+    assert got["replicas"][0] == {k: v for k, v in got["replicas"][0].items() if k in REPLICA_FIELDS}
+    assert set(got["replicas"][0]) == set(REPLICA_FIELDS)
     assert got["racks"] == {"a": {"leader": "a1", "ms": 1.0, "errors": {}},
                             "b": {"leader": "b1", "ms": 2.0, "errors": {"b3": "ConnectionError"}},
                             "c": {"leader": "c1", "ms": 3000.0, "error": "ConnectTimeout: x"}}
