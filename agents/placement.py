@@ -29,7 +29,8 @@ from dataclasses import dataclass, field, replace
 from kazoo.exceptions import (LockTimeout, NoNodeError, NodeExistsError, NotEmptyError, RolledBackError,
                                RuntimeInconsistency)
 
-from cowfleet.agents.handshake import Gatherer, LocalGatherer, split
+from cowfleet.agents.handshake import Gatherer, LocalGatherer
+from cowfleet.agents.policy import split
 from cowfleet import defaults
 from cowfleet.faults import fault_point
 from cowfleet.models import (DEFAULT_FLAVORS, DeployRequest, Event, EventReason, EventType, Flavor, Group,

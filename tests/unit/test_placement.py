@@ -6,7 +6,8 @@ from collections import Counter
 
 import pytest
 
-from cowfleet.agents.handshake import NodeOffer, Reservations, offer_count, split
+from cowfleet.agents.handshake import NodeOffer, Reservations
+from cowfleet.agents.policy import offer_count, split
 from cowfleet.agents.placement import _victims
 from cowfleet.protocol import (DESIRED_RUN, DESIRED_TERMINATE, Assignment, assignment_data,
                                parse_assignment_data)
