@@ -92,6 +92,9 @@ def main(argv=None) -> int:
         port = c.free_port()
         stack.callback(c.stop_pid, c.start_service(d, port, hosts, d / "tokens", workers=2).pid, timeout=20)
         client = Client(f"http://127.0.0.1:{port}", token)
+        # the default instance network (a /16 of /24s) has 256 node subnets:
+        # agents past the 256th claimed none and retried every round
+        client.put_network(instance_cidr="10.64.0.0/12", subnet_prefix=24)
         master = d / "tiny.raw"
         master.write_bytes(b"\0" * 4096)
         storage = f"storage-{secrets.token_hex(3)}"     # its own name: this machine's tgtd is shared
@@ -162,8 +165,15 @@ def _grow(d: Path, hosts: str, zk, stack, fleets: list[int], racks_up: int, rack
         racks_up += n
     want = racks_wanted * NODES_PER_RACK
 
+    shown = [time.monotonic()]
+
     def ready():       # from ZooKeeper: the API lists at most 1,000 nodes a page
-        return len(members(zk, "compute")) == want and len(rack_leaders(zk, "compute")) == racks_wanted
+        up, leaders = len(members(zk, "compute")), len(rack_leaders(zk, "compute"))
+        if time.monotonic() - shown[0] >= 15:
+            shown[0] = time.monotonic()
+            print(f"  ... {up} of {want} agents registered, {leaders} of {racks_wanted} rack leaders "
+                  f"({shown[0] - t0:.0f}s, load {os.getloadavg()[0]:.0f})", file=sys.stderr, flush=True)
+        return up == want and leaders == racks_wanted
     c.wait_for(ready, 600, f"{want} agents registered with a leader in each of {racks_wanted} racks",
                interval=1)
     print(f"  ({want} agents up after {time.monotonic() - t0:.1f}s)", file=sys.stderr)
