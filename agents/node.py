@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any
 
-from kazoo.client import KazooState
+from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NodeExistsError, NoNodeError
 
 from cowfleet.agents.metrics import AgentMetrics
@@ -41,7 +41,8 @@ class NodeAgent:
     role = "node"
 
     def __init__(self, name: str, rack: str, zk_hosts: str, state_dir: str,
-                 listen: str = "127.0.0.1:0", session_seconds: float | None = None):
+                 listen: str = "127.0.0.1:0", session_seconds: float | None = None,
+                 zk: KazooClient | None = None):
         self.name, self.rack = name, rack
         self.state_dir = state_dir
         os.makedirs(state_dir, exist_ok=True)
@@ -59,8 +60,15 @@ class NodeAgent:
         self.address: str | None = None
         # a short session: a dead agent's membership and leadership go within seconds
         # (the module's value read now, not at definition: tests change it)
-        self.zk = connect(zk_hosts, timeout=SESSION_SECONDS if session_seconds is None else session_seconds,
-                          listener=self._on_connection_state)
+        self.owns_zk = zk is None
+        if zk is None:
+            self.zk = connect(zk_hosts, timeout=SESSION_SECONDS if session_seconds is None else session_seconds,
+                              listener=self._on_connection_state)
+        else:
+            # a session shared with other agents of one process (agents/fleet.py
+            # --shared-session): this agent neither starts nor ends it
+            self.zk = zk
+            zk.add_listener(self._on_connection_state)
         self.connected.set()
         self.metrics = AgentMetrics(self)     # GET /metrics on the P2P endpoint
 
@@ -231,6 +239,9 @@ class NodeAgent:
         self.log.info("shutting down")
         if self._http:
             self._http.shutdown()
+        if not self.owns_zk:
+            self.zk.remove_listener(self._on_connection_state)
+            return
         try:
             self.zk.stop()
             self.zk.close()

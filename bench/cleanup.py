@@ -36,13 +36,27 @@ def unwind_on_signals() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def _hold_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
 def teardown():
     """``with teardown() as stack: ... stack.callback(stop, thing)``."""
     unwind_on_signals()
-    with contextlib.ExitStack() as stack:
-        try:
-            yield stack
-        except KeyboardInterrupt as exc:
-            print(f"\ninterrupted ({exc or 'SIGINT'}); cleaning up", file=sys.stderr, flush=True)
-            raise
+    try:
+        with contextlib.ExitStack() as stack:
+            try:
+                yield stack
+            except KeyboardInterrupt as exc:
+                print(f"\ninterrupted ({exc or 'SIGINT'}); cleaning up", file=sys.stderr, flush=True)
+                raise
+            finally:
+                # the steps run to the end whatever arrives now: a second
+                # signal (``timeout`` relays the SIGINT it got; an impatient
+                # Ctrl-C) interrupted the first step and left 47 fleet
+                # processes and ZooKeeper running (bench/placement.py)
+                _hold_signals()
+    finally:
+        unwind_on_signals()

@@ -64,6 +64,9 @@ def main(argv=None) -> int:
     p.add_argument("--session-seconds", type=float, default=None,
                    help="the fake agents' ZooKeeper session timeout (default: the real agents' 6 s); on 2 "
                         "cores 1,000 agents miss heartbeats with 6 s and their sessions expire")
+    p.add_argument("--shared-session", action="store_true",
+                   help="the agents of a fleet process share one ZooKeeper session (agents/fleet.py): "
+                        "1,000 idle agents with a session each take about a core here")
     args = p.parse_args(argv)
     steps = [int(s) for s in args.steps.split(",")]
     if any(s % NODES_PER_RACK for s in steps):
@@ -89,6 +92,9 @@ def main(argv=None) -> int:
         port = c.free_port()
         stack.callback(c.stop_pid, c.start_service(d, port, hosts, d / "tokens", workers=2).pid, timeout=20)
         client = Client(f"http://127.0.0.1:{port}", token)
+        # the default instance network (a /16 of /24s) has 256 node subnets:
+        # agents past the 256th claimed none and retried every round
+        client.put_network(instance_cidr="10.64.0.0/12", subnet_prefix=24)
         master = d / "tiny.raw"
         master.write_bytes(b"\0" * 4096)
         storage = f"storage-{secrets.token_hex(3)}"     # its own name: this machine's tgtd is shared
@@ -107,7 +113,8 @@ def main(argv=None) -> int:
         stack.callback(_stop_fleets, fleets)
         for agents in steps:
             racks_up = _grow(d, hosts, zk, stack, fleets, racks_up, agents // NODES_PER_RACK,
-                             args.racks_per_process, vcpus, args.agent_log_level, args.session_seconds)
+                             args.racks_per_process, vcpus, args.agent_log_level, args.session_seconds,
+                             args.shared_session)
             samples = [_place_once(client, zk, zk_server, fleets, args.instances, f"g{agents}-{i}", args.delete)
                        for i in range(args.repeat)]
             row = _summarise(agents, samples)
@@ -140,7 +147,8 @@ def _stop_fleets(pids: list[int]) -> None:
 
 
 def _grow(d: Path, hosts: str, zk, stack, fleets: list[int], racks_up: int, racks_wanted: int,
-          per_process: int, vcpus: int, log_level: str, session_seconds: float | None = None) -> int:
+          per_process: int, vcpus: int, log_level: str, session_seconds: float | None = None,
+          shared_session: bool = False) -> int:
     """Start fleet processes until ``racks_wanted`` racks of agents run."""
     t0 = time.monotonic()
     while racks_up < racks_wanted:
@@ -150,14 +158,22 @@ def _grow(d: Path, hosts: str, zk, stack, fleets: list[int], racks_up: int, rack
                                    "--nodes-per-rack", str(NODES_PER_RACK), "--vcpus", str(vcpus),
                                    "--memory-mib", str(vcpus * 256), "--state-dir", str(d / "fleet"),
                                    "--log-level", log_level)
-                      + (["--session-seconds", str(session_seconds)] if session_seconds else []),
+                      + (["--session-seconds", str(session_seconds)] if session_seconds else [])
+                      + (["--shared-session"] if shared_session else []),
                       d / f"fleet-{racks_up:03d}.log").pid
         fleets.append(pid)
         racks_up += n
     want = racks_wanted * NODES_PER_RACK
 
+    shown = [time.monotonic()]
+
     def ready():       # from ZooKeeper: the API lists at most 1,000 nodes a page
-        return len(members(zk, "compute")) == want and len(rack_leaders(zk, "compute")) == racks_wanted
+        up, leaders = len(members(zk, "compute")), len(rack_leaders(zk, "compute"))
+        if time.monotonic() - shown[0] >= 15:
+            shown[0] = time.monotonic()
+            print(f"  ... {up} of {want} agents registered, {leaders} of {racks_wanted} rack leaders "
+                  f"({shown[0] - t0:.0f}s, load {os.getloadavg()[0]:.0f})", file=sys.stderr, flush=True)
+        return up == want and leaders == racks_wanted
     c.wait_for(ready, 600, f"{want} agents registered with a leader in each of {racks_wanted} racks",
                interval=1)
     print(f"  ({want} agents up after {time.monotonic() - t0:.1f}s)", file=sys.stderr)

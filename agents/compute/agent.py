@@ -984,6 +984,8 @@ class ComputeAgent(NodeAgent):
             self.cache.close()
         except Exception:
             pass
+        if hasattr(self, "peers"):
+            self.peers.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         super().shutdown()
 

@@ -1,0 +1,122 @@
+"""The agents' directory of peers (agents/handshake.PeerDirectory) against a
+real ZooKeeper: it follows joins and leaves, a burst of joins costs a few
+reads of the member list rather than one per join in every agent (the
+start-up storm that kept 500 fake agents from registering), and it follows
+the cluster again after its session expired."""
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import pytest
+from kazoo.client import KazooClient
+
+from cowfleet.agents.handshake import PeerDirectory
+from cowfleet.lab import components as c
+from cowfleet.models import NodeInfo
+from cowfleet.zk import layout
+from cowfleet.zk.connection import connect
+from tests.conftest import _workdir
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.integration
+
+INTERVAL = 0.5
+
+
+@pytest.fixture(scope="module")
+def server():
+    d = _workdir("cowfleet-peers-")
+    zk = c.ZooKeeperServer(d / "zk")
+    try:
+        zk.start()
+        yield zk.hosts
+    finally:
+        zk.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def clients(server):
+    made = []
+
+    def make(chroot: str):
+        cl = connect(server + chroot)
+        made.append(cl)
+        return cl
+    yield make
+    for cl in made:
+        cl.stop()
+        cl.close()
+
+
+def join(zk, name: str, rack: str = "r1", role: str = "compute"):
+    info = NodeInfo(name=name, role=role, rack=rack, address=f"http://127.0.0.1:1/{name}")
+    zk.create(layout.node(name), info.to_bytes(), ephemeral=True, makepath=True)
+
+
+def names(directory, role="compute", rack=None):
+    return {n.name for n in directory.nodes(role, rack)}
+
+
+def test_a_burst_of_joins_costs_a_few_reads_not_one_per_join(clients):
+    members, zk = clients("/burst"), clients("/burst")
+    zk.ensure_path(layout.NODES)
+    changes = []
+    directory = PeerDirectory(zk, on_change=changes.append, min_interval=INTERVAL)
+    try:
+        assert names(directory) == set() and directory.reads == 1
+        t0 = time.monotonic()
+        for i in range(200):
+            join(members, f"n{i:03d}", rack=f"r{i % 4}")
+        wait_until(lambda: len(names(directory)) == 200, 30, "200 peers")
+        elapsed = time.monotonic() - t0
+        # kazoo's ChildrenWatch reads the list once per join: 200 here
+        assert directory.reads <= 2 + elapsed / INTERVAL + 1, (directory.reads, elapsed)
+        assert directory.reads < 50
+        assert names(directory, rack="r1") == {f"n{i:03d}" for i in range(1, 200, 4)}
+        assert names(directory, role="storage") == set()
+        wait_until(lambda: changes and len(changes[-1]) == 200, 10, "on_change told of 200")
+        # told at most once an interval: a loop it wakes asks again, and
+        # telling on every join made it read on every join
+        assert len(changes) <= 2 + (time.monotonic() - t0) / INTERVAL, len(changes)
+        for i in range(0, 200, 2):
+            members.delete(layout.node(f"n{i:03d}"))
+        wait_until(lambda: names(directory) == {f"n{i:03d}" for i in range(1, 200, 2)}, 30, "100 left")
+    finally:
+        directory.close()
+
+
+def test_follows_the_cluster_after_its_session_expired(clients, server):
+    members, zk = clients("/expiry"), clients("/expiry")
+    zk.ensure_path(layout.NODES)
+    join(members, "before")
+    directory = PeerDirectory(zk, min_interval=INTERVAL)
+    try:
+        assert names(directory) == {"before"}
+        session, password = zk.client_id
+        lost = threading.Event()
+        zk.add_listener(lambda state: lost.set() if state == "LOST" else None)
+        # a second client on the same session, closed: ZooKeeper expires it
+        twin = KazooClient(hosts=server + "/expiry", client_id=(session, password))
+        twin.start()
+        twin.stop()
+        twin.close()
+        wait_until(lost.is_set, 30, "the directory's session expired")
+        wait_until(lambda: zk.connected and zk.client_id[0] != session, 30, "a new session")
+        join(members, "after")
+        wait_until(lambda: names(directory) == {"before", "after"}, 30, "a join after the expiry")
+        members.delete(layout.node("before"))
+        wait_until(lambda: names(directory) == {"after"}, 30, "a leave after the expiry")
+    finally:
+        directory.close()
+
+
+def test_close_stops_its_thread(clients):
+    zk = clients("/close")
+    zk.ensure_path(layout.NODES)
+    directory = PeerDirectory(zk, min_interval=INTERVAL)
+    assert directory.thread.is_alive()
+    directory.close()
+    wait_until(lambda: not directory.thread.is_alive(), 10, "the directory's thread gone")
