@@ -181,6 +181,7 @@ class Reason:
     OVERLAY_FAILED = "OverlayFailed"
     DOMAIN_START_FAILED = "DomainStartFailed"
     READY_TIMEOUT = "ReadyTimeout"               # no readiness line within the group's ready_timeout
+    GUEST_PANIC = "GuestKernelPanic"             # the guest's kernel panicked before its readiness line
     # what a group's conditions say of the group as a whole (the service)
     ALL_PLACED = "AllPlaced"
     NOT_OBSERVED = "PlacementPending"            # no leader has acted on this generation yet

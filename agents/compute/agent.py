@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import os
 import random
+import re
 import secrets
 import threading
 import time
@@ -946,37 +947,47 @@ class ComputeAgent(NodeAgent):
                 text = log.read_text(errors="replace")
             except OSError:
                 text = ""
+            panic = None if READY_MARKER in text else guest_panic(text)
             if READY_MARKER in text:
                 self._set_state(group, iid, InstanceState.READY, ready_at=now())
                 self.metrics.ready(iid)
                 with self.awaiting_lock:
                     self.awaiting.pop(iid, None)
                 self.log.info("instance %s ready", iid)
-            elif time.time() > deadline:
-                if self._ready_timed_out(group, iid):
+            elif panic is not None or time.time() > deadline:
+                if panic is not None:
+                    failed = self._not_ready(group, iid, f"the guest's kernel panicked before it was ready "
+                                             f"({panic}); domain stopped, console kept", Reason.GUEST_PANIC)
+                else:
+                    timeout = self._ready_timeout_of(group)
+                    failed = self._not_ready(group, iid, f"no readiness line from the guest within its "
+                                             f"ready_timeout of {timeout} s; domain stopped, console kept",
+                                             Reason.READY_TIMEOUT)
+                if failed:
                     self.metrics.failure("not-ready")
                 self.metrics.gone(iid)
                 with self.awaiting_lock:
                     self.awaiting.pop(iid, None)
 
-    def _ready_timed_out(self, group: str, iid: str) -> bool:
-        """No readiness line within the group's ready_timeout: the instance
-        is failed with that reason, and its domain stopped (a guest spinning
-        in early boot costs a TCG host a core; its console stays readable
-        until the instance is deleted). Failed stays failed: ``_start`` and
+    def _ready_timeout_of(self, group: str) -> int:
+        g = read(self.zk, layout.group(group), Group)
+        return _ready_timeout(g[0] if g else None)
+
+    def _not_ready(self, group: str, iid: str, message: str, reason: str) -> bool:
+        """The guest will not become ready (no readiness line within the
+        group's ready_timeout, or its kernel panicked): the instance is
+        failed with the reason, and its domain stopped (a guest spinning in
+        early boot costs a TCG host a core; its console stays readable until
+        the instance is deleted). Failed stays failed: ``_start`` and
         ``_adopt`` leave it be, and scale-in and rolling updates remove
         failed instances first. False when the instance was no longer
         running (deleted, or failed another way): nothing to count."""
         got = read(self.zk, layout.group_instance(group, iid), Instance)
-        g = read(self.zk, layout.group(group), Group)
         if got is None or got[0].state != InstanceState.RUNNING:
             return False
-        timeout = _ready_timeout(g[0] if g else None)
-        self._set_state(group, iid, InstanceState.FAILED,
-                        f"no readiness line from the guest within its ready_timeout of {timeout} s; "
-                        "domain stopped, console kept", Reason.READY_TIMEOUT)
+        self._set_state(group, iid, InstanceState.FAILED, message, reason)
         self.hyper.destroy(domain_name(self.name, iid))
-        self.log.warning("instance %s: no readiness line within %d s: failed", iid, timeout)
+        self.log.warning("instance %s failed: %s", iid, message)
         return True
 
     def shutdown(self) -> None:
@@ -988,6 +999,20 @@ class ComputeAgent(NodeAgent):
             self.peers.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         super().shutdown()
+
+
+# A panicking Linux prints this line, then (panic=-1, the images' setting)
+# reboots at once and, when the cause is the host (a starved TCG vCPU), very
+# likely panics again: a group of such guests used to wait out its whole
+# ready_timeout (900 s by default), and a Terraform apply its 10 min create
+# timeout, for guests that could never become ready.
+PANIC_LINE = re.compile(r"Kernel panic - not syncing: ?([^\r\n]{0,160})")
+
+
+def guest_panic(console: str) -> str | None:
+    """What the guest's kernel panicked on, if its console says it did."""
+    m = PANIC_LINE.search(console)
+    return (m.group(1).strip() or "no reason given") if m else None
 
 
 def _ready_timeout(group: Group | None) -> int:

@@ -99,3 +99,26 @@ def test_a_guest_that_never_boots_fails_after_the_ready_timeout_and_says_why(cli
     assert told.index(("Started", inst["id"])) < told.index(("Failed", inst["id"]))
     failed = next(e for e in client.group_events("cond-stuck") if e["reason"] == "Failed")
     assert failed["type"] == "Warning" and failed["message"].startswith("ReadyTimeout: ")
+
+
+def test_a_guest_whose_kernel_panics_fails_at_once_not_after_the_ready_timeout(client, image_demo, own_groups):
+    """A real kernel panic (the demo guest's user data asks its kernel to
+    crash, before the readiness line): the instance is failed with the
+    panic's reason within seconds, not after the default 900 s ready_timeout
+    (a guest that panicked at every boot on a loaded host made a Terraform
+    apply wait out its 10 min)."""
+    own_groups.append("cond-panic")
+    client.put_group("cond-panic", image="demo", flavor="small", size=1,
+                     user_data="#!/bin/sh\necho c > /proc/sysrq-trigger\n")
+    g = wait_until(lambda: (g := client.get_group("cond-panic"))["status"]["failed"] == 1 and g, 300,
+                   "the instance failed by its kernel panic")
+    assert g["ready_timeout"] == 900
+    inst = g["instances"][0]
+    assert inst["state"] == "failed" and inst["reason"] == "GuestKernelPanic", inst
+    assert "kernel panicked" in inst["message"] and "sysrq" in inst["message"], inst["message"]
+    assert inst["state_since"] >= inst["running_at"]      # RFC 3339 UTC strings: they sort as times
+    c = conditions(g)
+    assert (c["Ready"]["status"], c["Ready"]["reason"]) == ("False", "InstancesFailed")
+    # the console keeps the panic for whoever looks
+    text, _ = client.console("cond-panic", inst["id"])
+    assert "Kernel panic - not syncing" in text
