@@ -353,3 +353,35 @@ def test_a_group_that_cannot_become_ready_ends_the_apply_when_it_says_so(make_tf
     assert "cowfleet_instance_group.stuck" in tf.run("state", "list").stdout
     assert tf.planned_actions()["cowfleet_instance_group.stuck"] == ["delete", "create"]
     print(f"\napply of a group that never becomes ready ended after {tf.last('apply'):.1f} s (ready_timeout 10 s)")
+
+
+PANICS = HEAD + """resource "cowfleet_instance_group" "panics" {
+  name      = "tfpanic"
+  image     = "demo"
+  flavor    = "small"
+  size      = 1
+  user_data = <<-EOT
+    #!/bin/sh
+    echo c > /proc/sysrq-trigger
+  EOT
+}
+"""
+
+
+def test_a_guest_whose_kernel_panics_ends_the_apply_with_its_defaults(make_tf, client, image_demo):
+    """The hang issue 15 asked about: an example's first apply waited out
+    its 10 min create timeout, most likely for a guest whose kernel panicked
+    at every boot on the loaded CI machine (the timer check, now off). With
+    the defaults (ready_timeout 900 s, create timeout 10 min) only the
+    failure at the panic ends it early: the apply ends with the reason."""
+    tf = make_tf()
+    tf.write(PANICS)
+    tf.init()
+    proc = tf.apply(ok=(1,))
+    err = " ".join(proc.stderr.split())
+    assert "instance group 'tfpanic' cannot become ready: InstancesFailed" in err, proc.stderr
+    assert "GuestKernelPanic" in err or "kernel panicked" in err, proc.stderr
+    assert client.get_group("tfpanic")["instances"][0]["reason"] == "GuestKernelPanic"
+    assert tf.last("apply") < 300, "ended by the panic, not by a timeout"
+    tf.run("destroy", "-auto-approve", "-input=false", "-no-color")
+    print(f"\napply of a group whose guest panics ended after {tf.last('apply'):.1f} s")
