@@ -247,7 +247,7 @@ class ComputeAgent(NodeAgent):
         if self.leading.is_set() and body.get("forward", True):
             for node in self.peers.nodes("compute", self.rack):
                 if node.name != self.name and node.address:
-                    self.handshake_pool.submit(post, node.address + P2P.RELEASE,
+                    self.handshake_pool.submit(post, node.address, P2P.RELEASE,
                                                {"request": request, "forward": False}, 1)
         return 200, {"released": request}
 
