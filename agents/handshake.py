@@ -15,11 +15,12 @@ requests from chasing the same space in the first place.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from kazoo.exceptions import NoNodeError
+from kazoo.exceptions import ConnectionLoss, NoNodeError
 from kazoo.protocol.states import KazooState
 
 from cowfleet.agents.policy import offer_count
@@ -29,6 +30,8 @@ from cowfleet.protocol import P2P, Assignment, NodeOffer, Trace
 from cowfleet.zk import layout
 from cowfleet.zk.leaders import rack_leaders
 from cowfleet.zk.members import members, serving
+
+log = logging.getLogger(__name__)
 
 RESERVATION_SECONDS = 10.0
 
@@ -156,9 +159,9 @@ class PeerDirectory:
         self._unreported = False         # the names changed since on_change last heard
         self._last = float("-inf")
         self.reads = 0                   # of the whole list (tests)
-        zk.add_listener(self._on_state)
         self._stale.set()
         self._read()
+        zk.add_listener(self._on_state)
         self.thread = threading.Thread(target=self._run, name="peers", daemon=True)
         self.thread.start()
 
@@ -167,7 +170,9 @@ class PeerDirectory:
         self._due.set()
 
     def _on_state(self, state) -> None:            # kazoo's thread: never block
-        if state == KazooState.CONNECTED:          # a new session has no watch of the old one's
+        # kazoo fires and drops its watches when the connection is suspended
+        # (marking the list stale) and sets none again: read on reconnection
+        if state == KazooState.CONNECTED:
             self._on_watch(None)
 
     def _read(self) -> None:
@@ -175,6 +180,11 @@ class PeerDirectory:
         with self._reading:                  # one read at a time; the others then find it fresh
             if not self._stale.is_set():
                 return
+            if not self.zk.connected:
+                # kazoo queues a request while it reconnects and a plain get
+                # waits as long: the askers (offers, releases, the agent's
+                # loop) answer from the names known instead
+                raise ConnectionLoss("not connected to ZooKeeper")
             self._stale.clear()              # before the read: a change during it marks it again
             try:
                 children = set(self.zk.get_children(layout.NODES, watch=self._on_watch))
@@ -205,7 +215,10 @@ class PeerDirectory:
                 tell, self._unreported = self._unreported, False
                 names = sorted(self._names)
             if tell and self._on_change:
-                self._on_change(names)
+                try:
+                    self._on_change(names)
+                except Exception:            # the thread goes on: it is the only one that tells
+                    log.exception("peer directory: on_change failed")
 
     def close(self) -> None:
         self._closed.set()
