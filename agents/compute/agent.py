@@ -956,15 +956,15 @@ class ComputeAgent(NodeAgent):
                 self.log.info("instance %s ready", iid)
             elif panic is not None or time.time() > deadline:
                 if panic is not None:
-                    failed = self._not_ready(group, iid, f"the guest's kernel panicked before it was ready "
-                                             f"({panic}); domain stopped, console kept", Reason.GUEST_PANIC)
+                    failed = self._not_ready(group, iid, f"the guest's kernel panicked at {PANICS_TO_FAIL} boots "
+                                             f"before it was ready ({panic}); domain stopped, console kept", Reason.GUEST_PANIC)
                 else:
                     timeout = self._ready_timeout_of(group)
                     failed = self._not_ready(group, iid, f"no readiness line from the guest within its "
                                              f"ready_timeout of {timeout} s; domain stopped, console kept",
                                              Reason.READY_TIMEOUT)
                 if failed:
-                    self.metrics.failure("not-ready")
+                    self.metrics.failure("not-ready" if panic is None else "guest-panic")
                 self.metrics.gone(iid)
                 with self.awaiting_lock:
                     self.awaiting.pop(iid, None)
@@ -1002,17 +1002,23 @@ class ComputeAgent(NodeAgent):
 
 
 # A panicking Linux prints this line, then (panic=-1, the images' setting)
-# reboots at once and, when the cause is the host (a starved TCG vCPU), very
-# likely panics again: a group of such guests used to wait out its whole
+# reboots at once in the same domain, on the same console. A guest that
+# panics at every boot (the cause is the host, e.g. a starved TCG vCPU
+# failing the kernel's timer check) used to wait out its whole
 # ready_timeout (900 s by default), and a Terraform apply its 10 min create
-# timeout, for guests that could never become ready.
+# timeout. One panic may be a fluke the reboot gets past: a second one before
+# the readiness line is a boot loop.
 PANIC_LINE = re.compile(r"Kernel panic - not syncing: ?([^\r\n]{0,160})")
+PANICS_TO_FAIL = 2
 
 
 def guest_panic(console: str) -> str | None:
-    """What the guest's kernel panicked on, if its console says it did."""
-    m = PANIC_LINE.search(console)
-    return (m.group(1).strip() or "no reason given") if m else None
+    """What the guest's kernel panicked on, if its console shows it
+    panicking at ``PANICS_TO_FAIL`` boots (the last one's reason)."""
+    found = PANIC_LINE.findall(console)
+    if len(found) < PANICS_TO_FAIL:
+        return None
+    return found[-1].strip() or "no reason given"
 
 
 def _ready_timeout(group: Group | None) -> int:
