@@ -240,7 +240,16 @@ class NodeAgent:
         if self._http:
             self._http.shutdown()
         if not self.owns_zk:
+            # the session outlives this agent: its membership goes by hand
+            # (its election contender stays until the session ends: a fleet
+            # process stops all of its agents, then the session)
             self.zk.remove_listener(self._on_connection_state)
+            try:
+                stat = self.zk.exists(layout.node(self.name))
+                if stat is not None and stat.ephemeralOwner == self.zk.client_id[0]:
+                    self.zk.delete(layout.node(self.name), version=stat.version)
+            except Exception:
+                pass
             return
         try:
             self.zk.stop()

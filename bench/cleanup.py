@@ -36,14 +36,21 @@ def unwind_on_signals() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def _held(signum, frame):
+    print(f"({signal.Signals(signum).name} while cleaning up: the cleanup goes on)", file=sys.stderr, flush=True)
+
+
 def _hold_signals() -> None:
+    # a handler that does nothing, not SIG_IGN: an ignored signal stays
+    # ignored across exec, in every process a cleanup step starts
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
+        signal.signal(sig, _held)
 
 
 @contextlib.contextmanager
 def teardown():
     """``with teardown() as stack: ... stack.callback(stop, thing)``."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     unwind_on_signals()
     try:
         with contextlib.ExitStack() as stack:
@@ -59,4 +66,5 @@ def teardown():
                 # processes and ZooKeeper running (bench/placement.py)
                 _hold_signals()
     finally:
-        unwind_on_signals()
+        for sig, handler in before.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
