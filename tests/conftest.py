@@ -1,6 +1,7 @@
 """Fixtures: real ZooKeeper, libvirtd, tgtd, gunicorn and agents (the lab)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -74,6 +75,20 @@ def _workdir(prefix: str) -> Path:
     d = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
     os.chmod(d, 0o755)
     return d
+
+
+@contextlib.contextmanager
+def zookeeper_alone(prefix: str):
+    """A ZooKeeper of its own in a folder of its own (both gone afterwards),
+    for tests of the coordination code alone."""
+    d = _workdir(prefix)
+    server = c.ZooKeeperServer(d / "zk")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ start-up storm that kept 500 fake agents from registering), and it follows
 the cluster again after its session expired."""
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 
@@ -17,7 +16,7 @@ from cowfleet.lab import components as c
 from cowfleet.models import NodeInfo
 from cowfleet.zk import layout
 from cowfleet.zk.connection import connect
-from tests.conftest import _workdir
+from tests.conftest import zookeeper_alone
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
@@ -27,14 +26,8 @@ INTERVAL = 0.5
 
 @pytest.fixture(scope="module")
 def server():
-    d = _workdir("cowfleet-peers-")
-    zk = c.ZooKeeperServer(d / "zk")
-    try:
-        zk.start()
+    with zookeeper_alone("cowfleet-peers-") as zk:
         yield zk.hosts
-    finally:
-        zk.stop()
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

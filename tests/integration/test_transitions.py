@@ -4,15 +4,13 @@ that lasts one write is caught; the same replacement done in the right
 order, or in one transaction, is not flagged."""
 from __future__ import annotations
 
-import shutil
 
 import pytest
 
-from cowfleet.lab import components as c
 from cowfleet.models import Instance, InstanceState
 from cowfleet.zk import layout
 from cowfleet.zk.connection import connect
-from tests.conftest import _workdir
+from tests.conftest import zookeeper_alone
 from tests.helpers import wait_until
 from tests.transitions import GONE, GroupTransitions
 
@@ -23,17 +21,11 @@ SIZE = 2
 
 @pytest.fixture(scope="module")
 def zk_alone():
-    d = _workdir("cowfleet-transitions-")
-    server = c.ZooKeeperServer(d / "zk")
-    try:
-        server.start()
+    with zookeeper_alone("cowfleet-transitions-") as server:
         zk = connect(server.hosts + "/transitions")
         yield zk
         zk.stop()
         zk.close()
-    finally:
-        server.stop()
-        shutil.rmtree(d, ignore_errors=True)
 
 
 class Records:
