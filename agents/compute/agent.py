@@ -955,27 +955,29 @@ class ComputeAgent(NodeAgent):
                 text = log.read_text(errors="replace")
             except OSError:
                 text = ""
-            panic = None if READY_MARKER in text else guest_panic(text)
             if READY_MARKER in text:
                 self._set_state(group, iid, InstanceState.READY, ready_at=now())
                 self.metrics.ready(iid)
                 with self.awaiting_lock:
                     self.awaiting.pop(iid, None)
                 self.log.info("instance %s ready", iid)
-            elif panic is not None or time.time() > deadline:
-                if panic is not None:
-                    failed = self._not_ready(group, iid, f"the guest's kernel panicked at {PANICS_TO_FAIL} boots "
-                                             f"before it was ready ({panic}); domain stopped, console kept", Reason.GUEST_PANIC)
-                else:
-                    timeout = self._ready_timeout_of(group)
-                    failed = self._not_ready(group, iid, f"no readiness line from the guest within its "
-                                             f"ready_timeout of {timeout} s; domain stopped, console kept",
-                                             Reason.READY_TIMEOUT)
-                if failed:
-                    self.metrics.failure("not-ready" if panic is None else "guest-panic")
-                self.metrics.gone(iid)
-                with self.awaiting_lock:
-                    self.awaiting.pop(iid, None)
+                continue
+            panic = guest_panic(text)
+            if panic is not None:
+                why = (f"the guest's kernel panicked at {PANICS_TO_FAIL} boots before it was ready ({panic}); "
+                       "domain stopped, console kept", Reason.GUEST_PANIC, "guest-panic")
+            elif time.time() > deadline:
+                why = (f"no readiness line from the guest within its ready_timeout of "
+                       f"{self._ready_timeout_of(group)} s; domain stopped, console kept",
+                       Reason.READY_TIMEOUT, "not-ready")
+            else:
+                continue
+            message, reason, label = why
+            if self._not_ready(group, iid, message, reason):
+                self.metrics.failure(label)
+            self.metrics.gone(iid)
+            with self.awaiting_lock:
+                self.awaiting.pop(iid, None)
 
     def _ready_timeout_of(self, group: str) -> int:
         g = read(self.zk, layout.group(group), Group)
