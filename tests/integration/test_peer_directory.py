@@ -12,7 +12,6 @@ import pytest
 from kazoo.client import KazooClient
 
 from cowfleet.agents.handshake import PeerDirectory
-from cowfleet.lab import components as c
 from cowfleet.models import NodeInfo
 from cowfleet.zk import layout
 from cowfleet.zk.connection import connect
@@ -115,28 +114,26 @@ def test_close_stops_its_thread(clients):
     wait_until(lambda: not directory.thread.is_alive(), 10, "the directory's thread gone")
 
 
-def test_asks_are_answered_from_the_names_known_while_disconnected(tmp_path):
+def test_asks_are_answered_from_the_names_known_while_disconnected():
     """kazoo queues a request while it reconnects, and a plain read waits as
     long: the offers, releases and the agent's own loop must not."""
-    zk_server = c.ZooKeeperServer(tmp_path / "zk")
-    zk_server.start()
-    zk = connect(zk_server.hosts + "/gone")
-    directory = None
-    try:
-        zk.ensure_path(layout.NODES)
-        join(zk, "a")
-        directory = PeerDirectory(zk, min_interval=INTERVAL)
-        assert names(directory) == {"a"}
-        zk_server.stop()
-        wait_until(lambda: not zk.connected, 30, "the client disconnected")
-        answered = []
-        asker = threading.Thread(target=lambda: answered.append(names(directory)), daemon=True)
-        asker.start()
-        asker.join(5)
-        assert answered == [{"a"}], "an ask waited for the connection"
-    finally:
-        if directory is not None:
-            directory.close()
-        zk.stop()
-        zk.close()
-        zk_server.stop()
+    with zookeeper_alone("cowfleet-peers-gone-") as zk_server:
+        zk = connect(zk_server.hosts + "/gone")
+        directory = None
+        try:
+            zk.ensure_path(layout.NODES)
+            join(zk, "a")
+            directory = PeerDirectory(zk, min_interval=INTERVAL)
+            assert names(directory) == {"a"}
+            zk_server.stop()
+            wait_until(lambda: not zk.connected, 30, "the client disconnected")
+            answered = []
+            asker = threading.Thread(target=lambda: answered.append(names(directory)), daemon=True)
+            asker.start()
+            asker.join(5)
+            assert answered == [{"a"}], "an ask waited for the connection"
+        finally:
+            if directory is not None:
+                directory.close()
+            zk.stop()
+            zk.close()
