@@ -32,6 +32,15 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def parent_pid(pid: int) -> int | None:
+    """The process's parent (None when it is gone or unreadable)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[-1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def wait_gone(pid: int, timeout: float) -> bool:
     """Wait (reaping it if it is our child) until ``pid`` has exited."""
     deadline = time.monotonic() + timeout

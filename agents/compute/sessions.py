@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from cowfleet.procs import cmdline, stop_pid, wait_gone
+from cowfleet.procs import cmdline, parent_pid, stop_pid, wait_gone
 from cowfleet.protocol import LocateAnswer
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,11 @@ def session_dir_of(cmdline: list[str]) -> Path | None:
 
 
 def daemons_under(root: str | os.PathLike) -> dict[int, list[str]]:
-    """pid -> cmdline of every qemu-storage-daemon serving a session under ``root``."""
+    """pid -> cmdline of every qemu-storage-daemon serving a session under
+    ``root``. A daemon being started shows once: with ``--daemonize`` the
+    process forks and its parent (same command line) waits until the child
+    has opened the iSCSI LUN, up to seconds; the child is the one that stays
+    (a test counted both and saw two daemons for one session)."""
     real = os.path.realpath(root) + "/"
     out = {}
     for entry in os.listdir("/proc"):
@@ -147,7 +151,8 @@ def daemons_under(root: str | os.PathLike) -> dict[int, list[str]]:
         where = session_dir_of(args)
         if where is not None and (str(where) + "/").startswith(real):
             out[int(entry)] = args
-    return out
+    waiting = {ppid for pid in out if (ppid := parent_pid(pid)) in out and out[ppid] == out[pid]}
+    return {pid: args for pid, args in out.items() if pid not in waiting}
 
 
 def stop_session_daemon(pid: int) -> None:

@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from cowfleet.agents.compute.sessions import SessionManager, base_of, kill_all_under, nbd_url, short_link
+from cowfleet.agents.compute.sessions import (SessionManager, base_of, daemons_under, kill_all_under, nbd_url,
+                                              short_link)
+from cowfleet.procs import parent_pid
 from tests.helpers import wait_until
 
 
@@ -18,14 +20,14 @@ def fake_daemon(tmp_path):
     under the manager's root (argv[0] and the --nbd-server socket path)."""
     procs = []
 
-    def start(mgr: SessionManager, key: str) -> subprocess.Popen:
+    def start(mgr: SessionManager, key: str, code: str = "import time; time.sleep(300)") -> subprocess.Popen:
         mgr.dir(key).mkdir(parents=True, exist_ok=True)
         mgr.link(key)
         sock = mgr.socket(key)
         proc = subprocess.Popen(["bash", "-c", f'exec -a qemu-storage-daemon {sys.executable} '
-                                 f'-c "import time; time.sleep(300)" --nbd-server addr.type=unix,addr.path={sock}'])
+                                 f'-c "{code}" --nbd-server addr.type=unix,addr.path={sock}'])
         procs.append(proc)
-        wait_until(lambda: proc.pid in mgr.orphans(), 10, "the daemon visible")
+        wait_until(lambda: mgr.orphans(), 10, "the daemon visible")
         return proc
     yield start
     for p in procs:
@@ -38,6 +40,17 @@ def test_orphans_name_their_session(tmp_path, fake_daemon):
     mgr = SessionManager(tmp_path / "sessions")
     proc = fake_daemon(mgr, "img-0123456789ab~2")
     assert mgr.orphans() == {proc.pid: "img-0123456789ab~2"}
+
+
+def test_a_daemon_still_forking_counts_once(tmp_path, fake_daemon):
+    """qemu-storage-daemon --daemonize forks and its parent, same command
+    line, waits until the child has opened the LUN: one daemon, the child."""
+    mgr = SessionManager(tmp_path / "sessions")
+    proc = fake_daemon(mgr, "img-0123456789ab",
+                       code="import os, time; os.fork() or time.sleep(300); os.wait()")
+    wait_until(lambda: any(parent_pid(p) == proc.pid for p in daemons_under(tmp_path)), 10, "the child")
+    (child,) = daemons_under(tmp_path)
+    assert parent_pid(child) == proc.pid and proc.poll() is None
 
 
 def test_a_daemon_being_attached_is_not_killed(tmp_path, fake_daemon):
