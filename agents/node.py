@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import NodeExistsError, NoNodeError
+from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
 
 from cowfleet.agents.metrics import AgentMetrics
 from cowfleet.agents.p2p_server import OPEN, P2PServer, json_answer
@@ -214,7 +214,15 @@ class NodeAgent:
         self.leader_wake = threading.Event()
         self._serve_p2p()
         self.start()
-        self.register()
+        try:
+            self.register()
+        except KazooException as exc:
+            # the connection dropped while starting (a ZooKeeper member dying,
+            # or, at 1,000 fake agents on 2 cores, a starved client missing its
+            # pings): registered by the loop below once connected, as after a
+            # lost session. This ended the agent's thread for good before.
+            self.log.warning("registering failed (%s); again once connected", type(exc).__name__)
+            self.session_lost.set()
         threading.Thread(target=self._election_loop, name="election", daemon=True).start()
         last_beat = 0.0
         while not self.stopping.is_set():
