@@ -145,9 +145,17 @@ class PeerDirectory:
     joined meanwhile: it wakes loops that ask again, and telling them on
     every change made them read on every join."""
 
+    # One directory per ZooKeeper client (``shared``): agents that share a
+    # session (agents/fleet.py --shared-session, 20 a process) share its list
+    # and its record cache. One each made every agent of a 1,000-agent fleet
+    # read the 1,000-name list once a second while the fleet joined, and each
+    # of the 1,000 records once: 1,000,000 record reads to start it.
+    _of_client: dict = {}                # zk -> [directory, users]
+    _of_client_lock = threading.Lock()
+
     def __init__(self, zk, on_change=None, min_interval: float = 1.0):
         self.zk = zk
-        self._on_change = on_change      # called from the directory's thread
+        self._listeners = [on_change] if on_change else []   # called from the directory's thread
         self._min_interval = min_interval
         self._names: set[str] = set()
         self._known: dict[str, NodeInfo] = {}
@@ -160,7 +168,10 @@ class PeerDirectory:
         self._last = float("-inf")
         self.reads = 0                   # of the whole list (tests)
         self._stale.set()
-        self._read()
+        try:
+            self._read()
+        except Exception:                    # no connection now: read by the first asker, or the thread
+            self._due.set()
         zk.add_listener(self._on_state)
         self.thread = threading.Thread(target=self._run, name="peers", daemon=True)
         self.thread.start()
@@ -214,11 +225,45 @@ class PeerDirectory:
             with self._lock:
                 tell, self._unreported = self._unreported, False
                 names = sorted(self._names)
-            if tell and self._on_change:
+            if not tell:
+                continue
+            with self._lock:
+                listeners = list(self._listeners)
+            for on_change in listeners:
                 try:
-                    self._on_change(names)
+                    on_change(names)
                 except Exception:            # the thread goes on: it is the only one that tells
                     log.exception("peer directory: on_change failed")
+
+    @classmethod
+    def shared(cls, zk, on_change=None, min_interval: float = 1.0) -> PeerDirectory:
+        """The directory of ``zk`` (made on first use), with ``on_change``
+        among the ones it tells; give it back with ``release``."""
+        with cls._of_client_lock:
+            entry = cls._of_client.get(zk)
+            if entry is None:
+                entry = cls._of_client[zk] = [cls(zk, min_interval=min_interval), 0]
+            entry[1] += 1
+            directory = entry[0]
+        if on_change:
+            with directory._lock:
+                directory._listeners.append(on_change)
+        return directory
+
+    def release(self, on_change=None) -> None:
+        """A user of ``shared`` is done; the last one closes it."""
+        with self._lock:
+            if on_change in self._listeners:
+                self._listeners.remove(on_change)
+        with self._of_client_lock:
+            entry = self._of_client.get(self.zk)
+            if entry is None or entry[0] is not self:
+                return
+            entry[1] -= 1
+            if entry[1] > 0:
+                return
+            del self._of_client[self.zk]
+        self.close()
 
     def close(self) -> None:
         self._closed.set()

@@ -10,8 +10,10 @@ import time
 
 import pytest
 from kazoo.client import KazooClient
+from kazoo.exceptions import ConnectionLoss
 
 from cowfleet.agents.handshake import PeerDirectory
+from cowfleet.agents.node import NodeAgent
 from cowfleet.models import NodeInfo
 from cowfleet.zk import layout
 from cowfleet.zk.connection import connect
@@ -114,6 +116,32 @@ def test_close_stops_its_thread(clients):
     wait_until(lambda: not directory.thread.is_alive(), 10, "the directory's thread gone")
 
 
+def test_agents_sharing_a_session_share_one_directory(clients):
+    """agents/fleet.py --shared-session: 20 agents on one client read the
+    list and the records once, not 20 times; each hears of changes until it
+    gives the directory back, and the last one closes it."""
+    members, zk = clients("/shared"), clients("/shared")
+    zk.ensure_path(layout.NODES)
+    first, second = [], []
+    a = PeerDirectory.shared(zk, on_change=first.append, min_interval=INTERVAL)
+    b = PeerDirectory.shared(zk, on_change=second.append, min_interval=INTERVAL)
+    assert a is b
+    join(members, "x")
+    wait_until(lambda: first and second and first[-1] == second[-1] == ["x"], 10, "both told")
+    b.release(second.append)
+    told = len(second)
+    join(members, "y")
+    wait_until(lambda: first[-1] == ["x", "y"], 10, "the first told of y")
+    assert len(second) == told and a.thread.is_alive()
+    a.release(first.append)
+    wait_until(lambda: not a.thread.is_alive(), 10, "closed by its last user")
+    c = PeerDirectory.shared(zk, min_interval=INTERVAL)
+    try:
+        assert c is not a and names(c) == {"x", "y"}
+    finally:
+        c.release()
+
+
 def test_asks_are_answered_from_the_names_known_while_disconnected():
     """kazoo queues a request while it reconnects, and a plain read waits as
     long: the offers, releases and the agent's own loop must not."""
@@ -137,3 +165,34 @@ def test_asks_are_answered_from_the_names_known_while_disconnected():
                 directory.close()
             zk.stop()
             zk.close()
+
+
+def test_an_agent_whose_connection_drops_while_it_registers_registers_once_connected(clients, tmp_path):
+    """At 1,000 fake agents on 2 cores, 14 agents' first registration got a
+    ConnectionLoss (their process starved, its client missing its pings):
+    it ended their threads for good, their processes running."""
+    zk = clients("/startup")
+    zk.ensure_path(layout.NODES)
+
+    class Member(NodeAgent):
+        role = "compute"
+
+        def reconcile(self):
+            pass
+    agent = Member("a1", "r1", zk_hosts="", state_dir=str(tmp_path), zk=zk)
+    create, failed = zk.create, []
+
+    def create_once_lost(path, *args, **kwargs):
+        if path == layout.node("a1") and not failed:
+            failed.append(path)
+            raise ConnectionLoss()
+        return create(path, *args, **kwargs)
+    zk.create = create_once_lost
+    runner = threading.Thread(target=agent.run, daemon=True)
+    runner.start()
+    try:
+        wait_until(lambda: zk.exists(layout.node("a1")), 15, "registered after the failed try")
+        assert failed and runner.is_alive()
+    finally:
+        agent.request_stop()
+        runner.join(10)
