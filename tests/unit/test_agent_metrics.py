@@ -93,7 +93,7 @@ def test_readiness_survives_a_zookeeper_error(tmp_path):
     from cowfleet.guest.builder import READY_MARKER
 
     agent = ComputeAgent.__new__(ComputeAgent)
-    agent.stopping, agent.awaiting_lock = threading.Event(), threading.Lock()
+    agent.stopping, agent.awaiting_lock, agent.awaited = threading.Event(), threading.Lock(), threading.Event()
     agent.consoles, agent.log = tmp_path, logging.getLogger("test")
     agent.awaiting = {"i1": ("g", time.monotonic() + 60)}
     agent.metrics = AgentMetrics(SimpleNamespace(name="n", role="compute", rack="r", leading=threading.Event(),
@@ -117,6 +117,7 @@ def test_readiness_survives_a_zookeeper_error(tmp_path):
         assert loop.is_alive()
     finally:
         agent.stopping.set()
+        agent.awaited.set()
         loop.join(5)
 
 
