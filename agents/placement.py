@@ -108,6 +108,9 @@ CHUNK_BYTES_ENV = "COWFLEET_PLACEMENT_CHUNK_BYTES"
 # make the server drop the connection. A quarter of the limit -- ~570
 # instances -- keeps every chunk well under it whatever the names' lengths.
 CHUNK_BYTES = 256 * 1024
+# The trace's progress between two transactions (GET .../placement while a
+# large group commits): the first at once, then at most once a second.
+PROGRESS_SECONDS = 1.0
 RENEWALS = 64       # removals-only transactions renewed from fresh reads, at most, in one round
 
 
@@ -529,19 +532,26 @@ def reconcile_group(zk, name: str, request_path: str | None = None, gatherer: Ga
             gatherer.release(zk, request)
 
 
-def _record_trace(zk, trace: Trace, quiet: bool = False) -> None:
-    """The last placement of a group, for GET .../placement and the log."""
+def _record_trace(zk, trace: Trace, quiet: bool = False, progress: bool = False) -> None:
+    """The last placement of a group, for GET .../placement and the log.
+    ``progress``: between two transactions, without the offers and the
+    split per node (they come with the last write): at 1,000 agents these
+    writes of a 40 KB trace, one per transaction, took 14.0 of a 10,000-
+    instance placement's 43 s (1.8 of 5.3 s at 100 agents), the
+    coordinator's process sharing 2 cores with the fleet."""
     if not quiet:
         log.info("placement %s of group %s by %s: want %d, split over %d node(s), per rack %s, unplaced %d, "
                  "offers %.0f ms, commit %.0f ms in %d transaction(s), total %.0f ms, attempts %d",
                  trace.request, trace.group, trace.coordinator, trace.want, len(trace.split), trace.per_rack,
                  trace.unplaced, trace.offers_ms, trace.commit_ms, len(trace.chunks), trace.total_ms,
                  trace.attempts)
-    data = json.dumps(trace.to_dict(), sort_keys=True).encode()
+    def slim() -> bytes:
+        return json.dumps(dict(trace.to_dict(), racks={r: {k: v for k, v in e.items() if k != "offers"}
+                                                       for r, e in trace.racks.items()},
+                               split={} if progress else trace.split), sort_keys=True).encode()
+    data = slim() if progress else json.dumps(trace.to_dict(), sort_keys=True).encode()
     if len(data) > 256 * 1024:      # 200 racks of offers still fit; never a huge znode
-        slim = dict(trace.to_dict(), racks={r: {k: v for k, v in e.items() if k != "offers"}
-                                            for r, e in trace.racks.items()})
-        data = json.dumps(slim, sort_keys=True).encode()
+        data = slim()
     path = layout.group_placement(trace.group)
     try:
         zk.set(path, data)
@@ -622,14 +632,15 @@ def _try_reconcile(zk, name: str, request_path: str | None, gatherer: Gatherer,
     trace.chunks, trace.commit_ms = [], 0.0
     prefix = layout.group_instances(name) + "/"
     fault_point("before-commit", trace.coordinator)
-    queue, n, renewals = list(txs), 0, 0
+    queue, n, renewals, told = list(txs), 0, 0, float("-inf")
     while queue:
         ops = queue.pop(0)
         n += 1
         if n > 1:
-            if trace.want:
+            if trace.want and time.monotonic() - told >= PROGRESS_SECONDS:
                 trace.outcome = f"committing: {n - 1} of {n + len(queue)} transaction(s) done"
-                _record_trace(zk, trace, quiet=True)
+                _record_trace(zk, trace, quiet=True, progress=True)
+                told = time.monotonic()
             fault_point("placement.chunk", trace.coordinator)
         tx = zk.transaction()
         for op in ops:
