@@ -46,6 +46,7 @@ from cowfleet.zk.connection import connect, read  # noqa: E402
 from cowfleet.zk.leaders import rack_leaders  # noqa: E402
 from cowfleet.zk.members import members  # noqa: E402
 
+READY_BOUND = 900     # s from a PUT until its instances are all ready (fake hypervisor)
 NODES_PER_RACK = 10
 
 
@@ -64,6 +65,8 @@ def main(argv=None) -> int:
     p.add_argument("--session-seconds", type=float, default=None,
                    help="the fake agents' ZooKeeper session timeout (default: the real agents' 6 s); on 2 "
                         "cores 1,000 agents miss heartbeats with 6 s and their sessions expire")
+    p.add_argument("--keep-logs", action="store_true",
+                   help="leave the run's folder (the fleet's, the service's and ZooKeeper's logs) and say where")
     p.add_argument("--shared-session", action="store_true",
                    help="the agents of a fleet process share one ZooKeeper session (agents/fleet.py): "
                         "1,000 idle agents with a session each take about a core here")
@@ -78,7 +81,10 @@ def main(argv=None) -> int:
     rows = []
     with teardown() as stack:
         d = Path(tempfile.mkdtemp(prefix="cowfleet-bench-placement-", dir="/var/tmp"))
-        stack.callback(shutil.rmtree, d, ignore_errors=True)
+        if args.keep_logs:
+            stack.callback(print, f"logs left in {d}")
+        else:
+            stack.callback(shutil.rmtree, d, ignore_errors=True)
         os.chmod(d, 0o755)
         started_tgtd = c.ensure_tgtd(d / "tgtd.log")   # the storage agent exports through it
         if started_tgtd:
@@ -234,6 +240,21 @@ def _place_once(client: Client, zk, zk_server, fleets: list[int], size: int, nam
     trace = c.wait_for(final_trace, 60, f"the placement trace of {name}")
     per_rack = Counter(trace.get("per_rack") or {})
     per_node = Counter(trace.get("split") or {})
+    # every instance ready before the next placement or step: the agents
+    # starting 10,000 instances (a state write and an event each) kept the
+    # fleet busy for minutes, and the next step's placement shared the 2
+    # cores with them rather than with an idle fleet
+    ready = {"n": 0}
+
+    def all_ready():
+        ready["n"] = client.get_group(name)["status"]["ready"]
+        return ready["n"] >= size
+    try:
+        c.wait_for(all_ready, READY_BOUND, f"the {size} instances of {name} ready", interval=5)
+        ready_s = time.monotonic() - t0
+    except c.LabError:
+        print(f"  ({name}: {ready['n']} of {size} ready after {READY_BOUND} s)", flush=True)
+        ready_s = None
     t_del = time.monotonic()
     if delete:
         # a group's agents still starting its instances conflict with its
@@ -243,7 +264,8 @@ def _place_once(client: Client, zk, zk_server, fleets: list[int], size: int, nam
     return {"put_s": put_s, "commit_s": commit_s, "placed": n, "per_rack": per_rack, "per_node": per_node,
             "trace": trace, "znodes": int(mntr.get("zk_znode_count", 0)),
             "zk_data_mib": int(mntr.get("zk_approximate_data_size", 0)) / 2**20, "zk_rss_mib": zk_mib,
-            "agents_rss_mib": agents_mib, "delete_s": time.monotonic() - t_del if delete else None}
+            "agents_rss_mib": agents_mib, "delete_s": time.monotonic() - t_del if delete else None,
+            "ready_s": ready_s}
 
 
 def _summarise(agents: int, samples: list[dict]) -> dict:
@@ -263,6 +285,7 @@ def _summarise(agents: int, samples: list[dict]) -> dict:
             "tx_max_kib": max((ch["bytes"] for ch in chunks), default=0) / 1024,
             "znodes": best["znodes"], "zk_data_mib": best["zk_data_mib"], "zk_rss_mib": best["zk_rss_mib"],
             "agent_rss_mib": best["agents_rss_mib"] / agents, "delete_s": best["delete_s"] or 0,
+            "ready_s": best["ready_s"],
             "rack_min": min(racks.values()), "rack_max": max(racks.values()),
             "rack_spread": max(racks.values()) - min(racks.values()),
             "node_min": min(nodes.values()), "node_max": max(nodes.values())}
@@ -273,12 +296,13 @@ def _print_row(row: dict, base: dict, header: bool) -> None:
         print(f"{'agents':>6} {'commit s':>9} {'x base':>7} {'PUT ms':>7} {'read ms':>7} {'offers ms':>9} "
               f"{'plan ms':>7} {'tx ms':>6} "
               f"{'txs':>4} {'max ops':>7} {'max KiB':>7} {'via':>8} {'placed':>6} {'znodes':>7} "
-              f"{'ZK MiB':>6} {'agent MiB':>9} {'delete s':>8} {'per rack':>11} {'per node':>9}")
+              f"{'ZK MiB':>6} {'agent MiB':>9} {'ready s':>7} {'delete s':>8} {'per rack':>11} {'per node':>9}")
     print(f"{row['agents']:>6} {row['commit_s']:>9.2f} {row['commit_s'] / base['commit_s']:>7.2f} "
           f"{row['put_ms']:>7.0f} {row['read_ms'] or 0:>7.0f} {row['offers_ms']:>9.0f} {row['plan_ms'] or 0:>7.0f} "
           f"{row['tx_ms']:>6.0f} {row['transactions']:>4} "
           f"{row['tx_max_ops']:>7} {row['tx_max_kib']:>7.0f} {row['via']:>8} {row['placed']:>6} "
-          f"{row['znodes']:>7} {row['zk_rss_mib']:>6.0f} {row['agent_rss_mib']:>9.1f} {row['delete_s']:>8.1f} "
+          f"{row['znodes']:>7} {row['zk_rss_mib']:>6.0f} {row['agent_rss_mib']:>9.1f} "
+          f"{row['ready_s'] if row['ready_s'] is None else round(row['ready_s'], 1)!s:>7} {row['delete_s']:>8.1f} "
           f"{row['rack_min']:>5}..{row['rack_max']:<5} {row['node_min']:>4}..{row['node_max']:<4}", flush=True)
 
 
