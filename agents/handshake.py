@@ -167,6 +167,7 @@ class PeerDirectory:
         self._unreported = False         # the names changed since on_change last heard
         self._last = float("-inf")
         self.reads = 0                   # of the whole list (tests)
+        self.version = 0                 # grows with every change to the names or records known
         self._stale.set()
         try:
             self._read()
@@ -207,6 +208,7 @@ class PeerDirectory:
                 if children != self._names:
                     self._unreported = True
                     self._due.set()
+                    self.version += 1
                 self._names = children
                 for name in [n for n in self._known if n not in children]:
                     del self._known[name]
@@ -272,7 +274,13 @@ class PeerDirectory:
 
     def forget(self, name: str) -> None:
         with self._lock:
-            self._known.pop(name, None)
+            if self._known.pop(name, None) is not None:
+                self.version += 1
+
+    def changed_since(self, version: int) -> bool:
+        """Whether the peers may differ from when ``version`` was read (a
+        change seen and not read yet counts)."""
+        return self._stale.is_set() or self.version != version
 
     def nodes(self, role: str, rack: str | None = None) -> list[NodeInfo]:
         try:
@@ -290,6 +298,7 @@ class PeerDirectory:
             with self._lock:
                 if name in self._names:
                     self._known[name] = info
+                    self.version += 1
         with self._lock:
             return sorted((n for n in self._known.values()
                            if serving(n, role, rack)),

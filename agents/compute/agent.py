@@ -55,6 +55,9 @@ from cowfleet.zk.groups import finish_delete_if_empty
 from cowfleet.zk.leaders import rack_leaders
 
 READY_POLL = 0.25
+# routes to the peers' instance subnets made again this often when no peer
+# changed (a route someone removed by hand comes back within it)
+ROUTES_RESYNC_SECONDS = 60.0
 OVERLAY_TRIES = 5          # overlay creations failing in a row before an instance is failed
 # a template that failed (no marker in time, a save refused) is not tried again before this
 # (seconds): each try of an image without the warm-clone contract waits its whole timeout
@@ -132,6 +135,7 @@ class ComputeAgent(NodeAgent):
         # their domain running and not paused: later rounds leave them be
         # while that holds (see reconcile)
         self.settled: set[str] = set()
+        self._routes_synced = (-1, 0.0)     # (peer directory version, monotonic time) of the last clean sync
         self.overlay_failures: dict[str, int] = {}         # id -> failed overlay creations in a row
         self._io_resumes: dict[str, list[float]] = {}      # id -> its recent resumes after I/O errors
         self.reservations = Reservations()
@@ -347,13 +351,24 @@ class ComputeAgent(NodeAgent):
         for iid in net.pool.in_use():
             if iid not in desired and iid not in busy:
                 net.release(iid)         # its terminate ran in an earlier life of the agent
+        version, synced = self._routes_synced
+        if not self.peers.changed_since(version) and time.monotonic() - synced < ROUTES_RESYNC_SECONDS:
+            # the same peers as at the last sync, which had no error: an
+            # agent's every round routed every peer again before, O(peers) a
+            # round and O(peers^2) for the cluster: 1,000 fake agents spent
+            # most of 2 cores on it while idle (bench/placement.py)
+            return
         peers = self.peers.nodes("compute")
+        version = self.peers.version
+        complete = True
         for p in peers:
             if not p.subnet:
                 self.peers.forget(p.name)    # read again next round: it may have claimed one since
+                complete = False
         errors = net.sync_routes(peers)
         for e in errors:
             self.log.warning("instance network: %s", e)
+        self._routes_synced = (version, time.monotonic()) if complete and not errors else (-1, 0.0)
 
     def _reconcile_sessions(self, overlays: dict) -> None:
         """Sessions no overlay on disk uses are stopped; daemons under our

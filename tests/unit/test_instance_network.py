@@ -130,6 +130,62 @@ def _node(name, subnet, ip):
     return NodeInfo(name=name, role="compute", rack="r", subnet=subnet, node_ip=ip)
 
 
+class _Peers:
+    """The part of agents/handshake.PeerDirectory the route sync uses."""
+    def __init__(self, nodes):
+        self.list, self.version, self.forgotten = nodes, 0, []
+
+    def nodes(self, role):
+        return list(self.list)
+
+    def changed_since(self, version):
+        return version != self.version
+
+    def forget(self, name):
+        self.forgotten.append(name)
+        self.version += 1
+
+
+def test_routes_are_synced_again_only_when_a_peer_changed(monkeypatch):
+    """Every round routed every peer again before: O(peers^2) for the
+    cluster, most of 2 cores for 1,000 idle fake agents."""
+    import logging
+
+    from cowfleet.agents.compute import agent as agent_module
+    from cowfleet.agents.compute.agent import ComputeAgent
+    net = FakeNodeNetwork("cfbr-test")
+    inet = InstanceNetwork(zk=None, node="me", node_ip="10.77.1.11", net=net)
+    inet.loaded, inet.pool = True, AddressPool("10.78.1.0/24")
+    monkeypatch.setattr(InstanceNetwork, "ready", property(lambda self: True))
+    syncs = []
+    real = inet.sync_routes
+    inet.sync_routes = lambda peers: syncs.append(len(peers)) or real(peers)
+    agent = ComputeAgent.__new__(ComputeAgent)
+    agent.instnet, agent.log = inet, logging.getLogger("test")
+    agent.inflight_lock, agent.inflight, agent._routes_synced = threading.Lock(), {}, (-1, 0.0)
+    agent.peers = _Peers([_node("p1", "10.78.2.0/24", "10.77.2.11")])
+    for _ in range(3):
+        agent._reconcile_network({})
+    assert syncs == [1] and net.routes() == {"10.78.2.0/24": "10.77.2.11"}
+    agent.peers.list.append(_node("p2", "10.78.3.0/24", "10.77.3.11"))
+    agent.peers.version += 1                        # a peer joined
+    agent._reconcile_network({})
+    agent._reconcile_network({})
+    assert syncs == [1, 2] and len(net.routes()) == 2
+    agent.peers.list.append(_node("p3", None, "10.77.4.11"))   # no subnet claimed yet: asked again each round
+    agent.peers.version += 1
+    agent._reconcile_network({})
+    agent._reconcile_network({})
+    assert syncs == [1, 2, 3, 3] and agent.peers.forgotten == ["p3", "p3"]
+    agent.peers.list.pop()
+    agent._reconcile_network({})
+    agent._reconcile_network({})
+    assert syncs == [1, 2, 3, 3, 2]
+    monkeypatch.setattr(agent_module, "ROUTES_RESYNC_SECONDS", 0.0)   # and again after a while regardless
+    agent._reconcile_network({})
+    assert syncs == [1, 2, 3, 3, 2, 2]
+
+
 def test_routes_go_to_peers_node_addresses_only():
     net = FakeNodeNetwork("cfbr-test")
     inet = InstanceNetwork(zk=None, node="me", node_ip="10.77.1.11", net=net)
