@@ -46,7 +46,6 @@ from cowfleet.zk.connection import connect, read  # noqa: E402
 from cowfleet.zk.leaders import rack_leaders  # noqa: E402
 from cowfleet.zk.members import members  # noqa: E402
 
-READY_BOUND = 900     # s from a PUT until its instances are all ready (fake hypervisor)
 NODES_PER_RACK = 10
 
 
@@ -65,6 +64,9 @@ def main(argv=None) -> int:
     p.add_argument("--session-seconds", type=float, default=None,
                    help="the fake agents' ZooKeeper session timeout (default: the real agents' 6 s); on 2 "
                         "cores 1,000 agents miss heartbeats with 6 s and their sessions expire")
+    p.add_argument("--ready-bound", type=float, default=900,
+                   help="s to wait for a group's instances all ready before the next placement (0: do not "
+                        "wait; never after the last)")
     p.add_argument("--keep-logs", action="store_true",
                    help="leave the run's folder (the fleet's, the service's and ZooKeeper's logs) and say where")
     p.add_argument("--shared-session", action="store_true",
@@ -121,7 +123,9 @@ def main(argv=None) -> int:
             racks_up = _grow(d, hosts, zk, stack, fleets, racks_up, agents // NODES_PER_RACK,
                              args.racks_per_process, vcpus, args.agent_log_level, args.session_seconds,
                              args.shared_session)
-            samples = [_place_once(client, zk, zk_server, fleets, args.instances, f"g{agents}-{i}", args.delete)
+            last = agents == steps[-1]
+            samples = [_place_once(client, zk, zk_server, fleets, args.instances, f"g{agents}-{i}", args.delete,
+                                   args.ready_bound if not (last and i == args.repeat - 1) else 0)
                        for i in range(args.repeat)]
             row = _summarise(agents, samples)
             rows.append(row)
@@ -214,7 +218,8 @@ def _mntr(zk_server) -> dict:
     return out
 
 
-def _place_once(client: Client, zk, zk_server, fleets: list[int], size: int, name: str, delete: bool) -> dict:
+def _place_once(client: Client, zk, zk_server, fleets: list[int], size: int, name: str, delete: bool,
+                ready_bound: float) -> dict:
     t0 = time.monotonic()
     client.put_group(name, image="tiny", flavor="small", size=size, placement={"strategy": "spread"})
     put_s = time.monotonic() - t0
@@ -240,6 +245,9 @@ def _place_once(client: Client, zk, zk_server, fleets: list[int], size: int, nam
     trace = c.wait_for(final_trace, 60, f"the placement trace of {name}")
     per_rack = Counter(trace.get("per_rack") or {})
     per_node = Counter(trace.get("split") or {})
+    print(f"  ({name}: {n} placed in {commit_s:.2f} s: offers {trace.get('offers_ms', 0):.0f} ms, plan "
+          f"{trace.get('plan_ms', 0):.0f} ms, {len(trace.get('chunks') or [])} transactions "
+          f"{trace.get('commit_ms', 0):.0f} ms; waiting for them ready)", flush=True)
     # every instance ready before the next placement or step: the agents
     # starting 10,000 instances (a state write and an event each) kept the
     # fleet busy for minutes, and the next step's placement shared the 2
@@ -249,12 +257,13 @@ def _place_once(client: Client, zk, zk_server, fleets: list[int], size: int, nam
     def all_ready():
         ready["n"] = client.get_group(name)["status"]["ready"]
         return ready["n"] >= size
+    ready_s = None
     try:
-        c.wait_for(all_ready, READY_BOUND, f"the {size} instances of {name} ready", interval=5)
-        ready_s = time.monotonic() - t0
+        if ready_bound:
+            c.wait_for(all_ready, ready_bound, f"the {size} instances of {name} ready", interval=5)
+            ready_s = time.monotonic() - t0
     except c.LabError:
-        print(f"  ({name}: {ready['n']} of {size} ready after {READY_BOUND} s)", flush=True)
-        ready_s = None
+        print(f"  ({name}: {ready['n']} of {size} ready after {ready_bound:.0f} s)", flush=True)
     t_del = time.monotonic()
     if delete:
         # a group's agents still starting its instances conflict with its
