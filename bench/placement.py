@@ -67,6 +67,8 @@ def main(argv=None) -> int:
     p.add_argument("--ready-bound", type=float, default=900,
                    help="s to wait for a group's instances all ready before the next placement (0: do not "
                         "wait; never after the last)")
+    p.add_argument("--settle", type=float, default=30,
+                   help="s to let a fleet that just grew settle before its placements (its CPU is printed)")
     p.add_argument("--keep-logs", action="store_true",
                    help="leave the run's folder (the fleet's, the service's and ZooKeeper's logs) and say where")
     p.add_argument("--shared-session", action="store_true",
@@ -123,6 +125,12 @@ def main(argv=None) -> int:
             racks_up = _grow(d, hosts, zk, stack, fleets, racks_up, agents // NODES_PER_RACK,
                              args.racks_per_process, vcpus, args.agent_log_level, args.session_seconds,
                              args.shared_session)
+            if args.settle:
+                # a fleet just up still elects, claims subnets and routes:
+                # the placement is timed against the fleet at rest
+                time.sleep(max(0.0, args.settle - 5))
+                print(f"  (the fleet of {agents} after {args.settle:.0f} s: {_cpu_percent(fleets, 5):.0f}% of a "
+                      f"core)", file=sys.stderr, flush=True)
             last = agents == steps[-1]
             samples = [_place_once(client, zk, zk_server, fleets, args.instances, f"g{agents}-{i}", args.delete,
                                    args.ready_bound if not (last and i == args.repeat - 1) else 0)
@@ -188,6 +196,22 @@ def _grow(d: Path, hosts: str, zk, stack, fleets: list[int], racks_up: int, rack
                interval=1)
     print(f"  ({want} agents up after {time.monotonic() - t0:.1f}s)", file=sys.stderr)
     return racks_up
+
+
+def _cpu_percent(pids: list[int], seconds: float) -> float:
+    """CPU of the processes over ``seconds``, in % of one core."""
+    def ticks():
+        total = 0
+        for p in pids:
+            try:
+                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+            except (OSError, IndexError, ValueError):
+                pass
+        return total
+    before = ticks()
+    time.sleep(seconds)
+    return (ticks() - before) / os.sysconf("SC_CLK_TCK") / seconds * 100
 
 
 def _rss_mib(pid: int) -> float:
