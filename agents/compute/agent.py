@@ -183,6 +183,7 @@ class ComputeAgent(NodeAgent):
             self.wake.set()
 
     def _on_nodes(self, children) -> None:
+        self.placer.forget_leaders()      # a leader may have come or gone with them
         if children and hasattr(self, "leader_wake"):
             self.leader_wake.set()
         if self.instnet is not None:

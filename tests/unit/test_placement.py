@@ -267,3 +267,33 @@ def test_locate_answer_round_trip_keeps_only_what_attaching_needs():
                           answered_by="s1")
     wire = answer.to_dict()
     assert LocateAnswer.from_dict(dict(wire, extra="ignored")) == answer
+
+
+def test_a_leader_reads_the_other_leaders_again_only_when_they_may_have_changed(monkeypatch):
+    """Every leader read all racks' leaders every round before: O(racks^2)
+    a round for the cluster, most of a settled 1,000-agent fleet's CPU."""
+    from types import SimpleNamespace
+
+    from cowfleet.agents import placement
+    reads, leaders = [], {"r1": "a", "r2": "b"}
+
+    def rack_leaders(zk, role):
+        reads.append(role)
+        return {r: SimpleNamespace(name=n) for r, n in leaders.items()}
+    monkeypatch.setattr(placement, "rack_leaders", rack_leaders)
+    placer = placement.Placer(zk=None, identifier="a")
+    groups = [f"g{i}" for i in range(20)]
+    mine = placer.my_share(groups)
+    assert placer.my_share(groups) == mine and len(reads) == 1 and 0 < len(mine) < 20
+    placer.forget_leaders()                    # the membership changed
+    placer.my_share(groups)
+    assert len(reads) == 2
+    leaders["r1"] = "c"                        # this one no longer leads (it did not hear yet)
+    placer.my_share(groups)
+    assert len(reads) == 2                     # its list still has it: trusted until it expires
+    placer.identifier = "d"                    # leads now, and is not in the list: read again
+    leaders["r1"] = "d"
+    assert placer.my_share(groups) and len(reads) == 3
+    monkeypatch.setattr(placement, "LEADERS_SECONDS", 0.0)
+    placer.my_share(groups)
+    assert len(reads) == 4
