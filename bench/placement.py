@@ -67,8 +67,10 @@ def main(argv=None) -> int:
     p.add_argument("--ready-bound", type=float, default=900,
                    help="s to wait for a group's instances all ready before the next placement (0: do not "
                         "wait; never after the last)")
-    p.add_argument("--settle", type=float, default=30,
-                   help="s to let a fleet that just grew settle before its placements (its CPU is printed)")
+    p.add_argument("--settle", type=float, default=300,
+                   help="at most this many s for a fleet that just grew to settle before its placements: until "
+                        "it uses under --quiet %% of a core over 5 s (0: not at all; its CPU is printed)")
+    p.add_argument("--quiet", type=float, default=40, help="see --settle")
     p.add_argument("--keep-logs", action="store_true",
                    help="leave the run's folder (the fleet's, the service's and ZooKeeper's logs) and say where")
     p.add_argument("--shared-session", action="store_true",
@@ -127,9 +129,12 @@ def main(argv=None) -> int:
                              args.shared_session)
             if args.settle:
                 # a fleet just up still elects, claims subnets and routes:
-                # the placement is timed against the fleet at rest
-                time.sleep(max(0.0, args.settle - 5))
-                print(f"  (the fleet of {agents} after {args.settle:.0f} s: {_cpu_percent(fleets, 5):.0f}% of a "
+                # the placement is timed against the fleet at rest (1,000
+                # agents used ~1 core 60 s after they were all up, ~0.25 later)
+                t_settle, cpu = time.monotonic(), _cpu_percent(fleets, 5)
+                while cpu > args.quiet and time.monotonic() - t_settle < args.settle:
+                    cpu = _cpu_percent(fleets, 5)
+                print(f"  (the fleet of {agents} after {time.monotonic() - t_settle:.0f} s: {cpu:.0f}% of a "
                       f"core)", file=sys.stderr, flush=True)
             last = agents == steps[-1]
             samples = [_place_once(client, zk, zk_server, fleets, args.instances, f"g{agents}-{i}", args.delete,
