@@ -45,12 +45,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # bench.cleanup
 from bench.cleanup import unwind_on_signals  # noqa: E402
 
+from cowfleet import procs
 from cowfleet.lab import components as c
 
 TARGET_RATE, TARGET_P99_MS = 200, 50.0
 TOKEN = "bench-admin-token"
 N_GROUPS = 10
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -142,27 +142,11 @@ class Server:
     def pids(self) -> list[int]:
         """ZooKeeper, the gunicorn master and its workers."""
         out = [p for p in (self.zk.pid, self.service_pid) if p]
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat") as fh:
-                        ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-                except (OSError, IndexError, ValueError):
-                    continue
-                if ppid == self.service_pid:
-                    out.append(int(entry))
+        out += [int(e) for e in os.listdir("/proc") if e.isdigit() and procs.parent_pid(int(e)) == self.service_pid]
         return out
 
     def cpu_seconds(self) -> float:
-        total = 0
-        for pid in self.pids():
-            try:
-                with open(f"/proc/{pid}/stat") as fh:
-                    fields = fh.read().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])   # utime + stime
-            except (OSError, IndexError, ValueError):
-                pass
-        return total / CLK_TCK
+        return sum(procs.cpu_seconds(pid) for pid in self.pids())
 
     def stop(self) -> None:
         # every step, even when one before it fails (last registered, first run)

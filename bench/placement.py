@@ -40,6 +40,7 @@ from bench.cleanup import teardown  # noqa: E402
 from cowfleet.agents.storage import tgt  # noqa: E402
 from cowfleet.client import Client  # noqa: E402
 from cowfleet.lab import components as c  # noqa: E402
+from cowfleet import procs  # noqa: E402
 from cowfleet.models import GroupStatus  # noqa: E402
 from cowfleet.zk import layout  # noqa: E402
 from cowfleet.zk.connection import connect, read  # noqa: E402
@@ -205,18 +206,9 @@ def _grow(d: Path, hosts: str, zk, stack, fleets: list[int], racks_up: int, rack
 
 def _cpu_percent(pids: list[int], seconds: float) -> float:
     """CPU of the processes over ``seconds``, in % of one core."""
-    def ticks():
-        total = 0
-        for p in pids:
-            try:
-                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])
-            except (OSError, IndexError, ValueError):
-                pass
-        return total
-    before = ticks()
+    before = sum(procs.cpu_seconds(p) for p in pids)
     time.sleep(seconds)
-    return (ticks() - before) / os.sysconf("SC_CLK_TCK") / seconds * 100
+    return (sum(procs.cpu_seconds(p) for p in pids) - before) / seconds * 100
 
 
 def _rss_mib(pid: int) -> float:

@@ -25,20 +25,30 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    fields = _stat(pid)
+    return bool(fields) and fields[0] != "Z"
+
+
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (which may hold spaces and
+    parentheses): state, ppid, ... ([] when it is gone or unreadable)."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+            return fh.read().rsplit(")", 1)[-1].split()
     except OSError:
-        return False
+        return []
 
 
 def parent_pid(pid: int) -> int | None:
     """The process's parent (None when it is gone or unreadable)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return int(fh.read().rsplit(")", 1)[-1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
+    fields = _stat(pid)
+    return int(fields[1]) if len(fields) > 1 else None
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU the process has used, user and system (0 when it is gone)."""
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if len(fields) > 12 else 0.0
 
 
 def wait_gone(pid: int, timeout: float) -> bool:
