@@ -548,11 +548,13 @@ def _record_trace(zk, trace: Trace, quiet: bool = False, progress: bool = False)
                  trace.request, trace.group, trace.coordinator, trace.want, len(trace.split), trace.per_rack,
                  trace.unplaced, trace.offers_ms, trace.commit_ms, len(trace.chunks), trace.total_ms,
                  trace.attempts)
+    whole = trace.to_dict()
+
     def slim() -> bytes:
-        return json.dumps(dict(trace.to_dict(), racks={r: {k: v for k, v in e.items() if k != "offers"}
-                                                       for r, e in trace.racks.items()},
-                               split={} if progress else trace.split), sort_keys=True).encode()
-    data = slim() if progress else json.dumps(trace.to_dict(), sort_keys=True).encode()
+        return json.dumps(dict(whole, racks={r: {k: v for k, v in e.items() if k != "offers"}
+                                             for r, e in whole["racks"].items()},
+                               split={} if progress else whole["split"]), sort_keys=True).encode()
+    data = slim() if progress else json.dumps(whole, sort_keys=True).encode()
     if len(data) > 256 * 1024:      # 200 racks of offers still fit; never a huge znode
         data = slim()
     path = layout.group_placement(trace.group)
