@@ -3,15 +3,17 @@ instances go on scale-in."""
 from __future__ import annotations
 
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 
 from cowfleet.agents.handshake import NodeOffer, Reservations
 from cowfleet.agents.policy import offer_count, split
+from cowfleet.agents import placement as pl
 from cowfleet.agents.placement import _victims
 from cowfleet.protocol import (DESIRED_RUN, DESIRED_TERMINATE, Assignment, assignment_data,
                                parse_assignment_data)
-from cowfleet.models import Flavor, Instance, InstanceState
+from cowfleet.models import DeployRequest, Flavor, Instance, InstanceState
 
 SMALL = Flavor("small", vcpus=1, memory_mib=128, disk_gib=1)
 LARGE = Flavor("large", vcpus=2, memory_mib=512, disk_gib=10)
@@ -297,3 +299,20 @@ def test_a_leader_reads_the_other_leaders_again_only_when_they_may_have_changed(
     monkeypatch.setattr(placement, "LEADERS_SECONDS", 0.0)
     placer.my_share(groups)
     assert len(reads) == 4
+
+
+def test_a_queued_request_whose_group_is_being_placed_is_not_claimed(monkeypatch):
+    """A request older than the grace whose group's lock is held is still
+    being placed: leaders leave it (at 1,000 agents ~100 of them claimed a
+    10,000-instance request 5 s into its placement and queued on its lock)."""
+    locks = {"web": ["_c_abc-lock-0000000001"], "db": []}
+    zk = SimpleNamespace(get_children=lambda path: locks[path.rsplit("group-", 1)[1]])
+    placer = pl.Placer(zk, "n1")
+    ran = []
+    monkeypatch.setattr(placer, "_locked", lambda group, fn, timeout=10: ran.append(group) or "placed")
+    for group in ("web", "db"):
+        monkeypatch.setattr(pl, "read", lambda zk, path, model, g=group: (DeployRequest(group=g, generation=1), 0))
+        placer.handle("req-0000000001")
+    assert ran == ["db"]
+    monkeypatch.setattr(pl, "read", lambda zk, path, model: (DeployRequest(group="web", generation=1), 0))
+    assert placer.handle("req-0000000001", via="hand-off") == "placed"     # the hand-off waits for the lock
