@@ -553,9 +553,7 @@ class ComputeAgent(NodeAgent):
         self.log.info("%s running: session %.0f ms, overlay %.0f ms, seed %.1f ms, domain %.0f ms", iid,
                       (t_attached - t0) * 1000, (t_overlay - t_attached) * 1000, (t_seed - t_overlay) * 1000,
                       (t_domain - t_seed) * 1000)
-        with self.awaiting_lock:
-            self.awaiting[iid] = (group, running_at + _ready_timeout(spec_group))
-        self.awaited.set()
+        self._await(iid, group, running_at + _ready_timeout(spec_group))
 
     def _start_inputs(self, group: str, iid: str) -> tuple[Instance, Image, Flavor, Group | None] | None:
         """The instance's record, its image (holding data), its flavor and its
@@ -782,6 +780,14 @@ class ComputeAgent(NodeAgent):
                         ssh_authorized_keys=tuple(group.ssh_authorized_keys) if group else (),
                         random_seed=base64.b64encode(secrets.token_bytes(32)).decode())
 
+    def _await(self, iid: str, group: str, deadline: float, replace: bool = True) -> None:
+        """The readiness loop watches the instance until ``deadline``
+        (``replace`` False: unless it watches it already), woken if it slept."""
+        with self.awaiting_lock:
+            if replace or iid not in self.awaiting:
+                self.awaiting[iid] = (group, deadline)
+        self.awaited.set()
+
     def _adopt(self, group: str, iid: str, dom) -> None:
         """A running domain with an assignment: make sure someone watches it."""
         got = read(self.zk, layout.group_instance(group, iid), Instance)
@@ -810,9 +816,7 @@ class ComputeAgent(NodeAgent):
             # the deadline counts from the record's running_at: an agent restart does not reset it
             g = read(self.zk, layout.group(group), Group)
             deadline = (inst.running_at or now()) + _ready_timeout(g[0] if g else None)
-            with self.awaiting_lock:
-                self.awaiting.setdefault(iid, (group, deadline))
-            self.awaited.set()
+            self._await(iid, group, deadline, replace=False)
         if not dom.paused:
             self.settled.add(iid)
 
