@@ -671,11 +671,13 @@ class _Commit:
 
     After the first has committed, transactions that create instances are
     sent ahead, up to ``PIPELINE`` in flight: ZooKeeper applies one
-    session's requests in its order, so the version guards still chain (a
-    node's second unit expects the version after its first), and a
-    transaction that fails makes the ones after it fail on the same guards
-    or commit units that do not depend on it -- either way the next round
-    reads what is there. Measured at 1,000 fake agents on 2 cores
+    session's requests in its order. A transaction that fails stops the
+    sending; those in flight commit or fail on their own guards, and the
+    next round reads what is there. So a transaction is not sent ahead
+    while one that guards the same node folder is in flight: a node's
+    second unit expects the version after its first, which proves only
+    that someone set the folder once -- another coordinator's placement
+    that made the first fail would let the second commit on a stale offer. Measured at 1,000 fake agents on 2 cores
     (bench/placement.py): a write's round trip was ~430 ms under load,
     whatever its size (22 transactions 9.6 s, the progress writes between
     them 5.9 s more), so waiting for each before sending the next made the
@@ -704,7 +706,7 @@ class _Commit:
         while queue or self.inflight:
             ops = queue[0] if queue else None
             ahead = ops is not None and len(queue) > 1 and self.committed > 0 \
-                and removals_of(self.name, ops) is None
+                and removals_of(self.name, ops) is None and not (_folders(ops) & self._folders_in_flight())
             if ops is not None and (not self.inflight or (
                     ahead and len(self.inflight) < PIPELINE and all(f[3] for f in self.inflight))):
                 queue.pop(0)
@@ -748,7 +750,7 @@ class _Commit:
                                                (v for v in fresh.values() if v)])
                 queue[0:0] = halves(self.name, renew_removals(self.name, ops, fresh, assigned, self.snap.flavor))
                 continue
-            self._drain(p)
+            self._drain()
             if real and self.request_path and isinstance(real[0], NoNodeError) \
                     and not self.zk.exists(self.request_path):
                 return PlacementResult()          # another leader handled it meanwhile
@@ -777,19 +779,22 @@ class _Commit:
         self.inflight.append((ops, tx.commit_async(), time.monotonic(), ahead))
         self.sent += 1
 
-    def _drain(self, p: Plan) -> None:
+    def _folders_in_flight(self) -> set[str]:
+        return {path for f in self.inflight for path in _folders(f[0])}
+
+    def _drain(self) -> None:
         """Wait for what was sent ahead of a failed transaction; what of it
         committed stays (the next round reads it)."""
         while self.inflight:
-            ops, res, _, _ = self.inflight.popleft()
             try:
-                outcome = res.get()
+                self.inflight.popleft()[1].get()
             except Exception:          # the session's trouble: the next round finds out
-                continue
-            if not any(isinstance(r, Exception) for r in outcome):
-                made = {o.path[len(self.prefix):] for o in ops
-                        if o.kind == "create" and o.path.startswith(self.prefix)}
-                self.result.created.extend(i for i in p.created if i.id in made)
+                pass
+
+
+def _folders(ops: list[Op]) -> set[str]:
+    """The node folders a transaction's units guard (set with a version)."""
+    return {o.path for o in ops if o.kind == "set" and o.path.startswith(layout.ASSIGNMENTS + "/")}
 
 
 def _rolling_step(group: Group, current: list, outdated: list) -> tuple[list, int]:

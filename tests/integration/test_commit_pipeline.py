@@ -97,7 +97,24 @@ def test_a_transaction_that_fails_stops_the_sending_and_keeps_the_request(zk):
     sent = set(range(1, 2 + placement.PIPELINE + 1))
     assert {int(i.split("-")[0][1:]) for i in placed} == sent - {3}
     assert len(placed) == 2 * len(sent - {3})
-    assert sorted(i.id for i in result.created) == sorted(placed)
+    assert {i.node for i in result.created} == {"n1", "n2"}     # collected before the failure
     assert zk.exists(REQUEST), "the request goes only with the last transaction"
     assert trace.outcome.startswith("retried after BadVersionError in transaction 3 of ")
     assert [c["instances"] for c in trace.chunks] == [2, 2, 2]     # the ones collected before the stop
+
+
+def test_a_nodes_second_unit_is_not_sent_while_its_first_is_in_flight(zk):
+    """A node's second unit expects the folder's version after its first:
+    sent ahead, it would commit on another coordinator's write that made
+    the first fail -- instances counted from a stale offer."""
+    p, txs = _plan(zk, nodes=4)
+    # n2's instances in two units, in transactions 2 and 3
+    second = [op for op in txs[1] if op.kind == "create"][2:]
+    txs[1] = txs[1][:2] + [op for op in txs[1] if op.kind == "create"][:2]
+    txs.insert(2, [txs[1][0], Op("set", layout.assignments("n2"), b"", 1)] + second)
+    zk.set(layout.assignments("n2"), b"")          # another coordinator: n2's folder now at version 1
+    done, trace, result = _commit(zk, p, txs)
+    assert done is None
+    nodes = {i.split("-")[0] for i in zk.get_children(layout.group_instances(GROUP))}
+    assert "n2" not in nodes, "the second unit committed on the other coordinator's version"
+    assert "n1" in nodes and zk.exists(REQUEST)
