@@ -575,13 +575,8 @@ def _record_trace(zk, trace: Trace, quiet: bool = False, progress: bool = False,
         try:
             if zk.exists(layout.group(trace.group)):
                 zk.create(path, data)
-        except NoNodeError:
+        except (NodeExistsError, NoNodeError):
             pass
-        except NodeExistsError:       # made meanwhile by a progress write
-            try:
-                zk.set(path, data)
-            except NoNodeError:
-                pass
 
 
 def read_snapshot(zk, name: str) -> Snapshot | None:
@@ -677,8 +672,9 @@ class _Commit:
     while one that guards the same node folder is in flight: a node's
     second unit expects the version after its first, which proves only
     that someone set the folder once -- another coordinator's placement
-    that made the first fail would let the second commit on a stale offer. Measured at 1,000 fake agents on 2 cores
-    (bench/placement.py): a write's round trip was ~430 ms under load,
+    that made the first fail would let the second commit on a stale offer.
+    Measured at 1,000 fake agents on 2 cores (bench/placement.py): a
+    write's round trip was ~430 ms under load,
     whatever its size (22 transactions 9.6 s, the progress writes between
     them 5.9 s more), so waiting for each before sending the next made the
     placement wait for ZooKeeper's queue 40 times in a row.
@@ -694,7 +690,7 @@ class _Commit:
         self.zk, self.name, self.request_path, self.snap = zk, name, request_path, snap
         self.trace, self.result = trace, result
         self.prefix = layout.group_instances(name) + "/"
-        self.inflight: deque = deque()   # (ops, async result, sent at, sent ahead?)
+        self.inflight: deque = deque()   # (ops, async result, sent at, sent ahead?, folders guarded)
         self.sent = self.committed = self.renewals = 0
         self.busy_since = 0.0            # commit_ms: the time with a transaction in flight
         self.told = float("-inf")
@@ -706,31 +702,32 @@ class _Commit:
         while queue or self.inflight:
             ops = queue[0] if queue else None
             ahead = ops is not None and len(queue) > 1 and self.committed > 0 \
-                and removals_of(self.name, ops) is None and not (_folders(ops) & self._folders_in_flight())
+                and removals_of(self.name, ops) is None \
+                and all(_folders(ops).isdisjoint(f[4]) for f in self.inflight)
             if ops is not None and (not self.inflight or (
                     ahead and len(self.inflight) < PIPELINE and all(f[3] for f in self.inflight))):
                 queue.pop(0)
                 self._send(ops, ahead, len(queue))
                 continue
-            ops, res, sent_at, _ = self.inflight.popleft()
+            ops, res, sent_at, _, _ = self.inflight.popleft()
             outcome = res.get()
             now_ = time.monotonic()
             ms = round((now_ - sent_at) * 1000, 1)
             if not self.inflight:
                 self.trace.commit_ms = round(self.trace.commit_ms + (now_ - self.busy_since) * 1000, 1)
+            made = {o.path[len(self.prefix):] for o in ops
+                    if o.kind == "create" and o.path.startswith(self.prefix)}
             self.trace.chunks.append({"ops": len(ops), "bytes": sum(o.size() for o in ops), "ms": ms,
-                                      "instances": sum(o.kind == "create" and o.path.startswith(self.prefix)
-                                                       for o in ops)})
-            failures = [r for r in outcome if isinstance(r, Exception)]
-            if not failures:
+                                      "instances": len(made)})
+            if not any(isinstance(r, Exception) for r in outcome):
                 self.committed += 1
-                made = {o.path[len(self.prefix):] for o in ops
-                        if o.kind == "create" and o.path.startswith(self.prefix)}
                 self.result.created.extend(i for i in p.created if i.id in made)
                 continue
             # the op that failed carries its error; ZooKeeper marks the ops before
             # it rolled back and those after it runtime-inconsistent
-            real = [r for r in failures if not isinstance(r, (RolledBackError, RuntimeInconsistency))]
+            failed = [(op, r) for op, r in zip(ops, outcome) if isinstance(r, Exception)
+                      and not isinstance(r, (RolledBackError, RuntimeInconsistency))]
+            conflicts, real = [op for op, _ in failed], [r for _, r in failed]
             # An agent updating one of 500 instances to remove (its state as it
             # starts) fails the whole transaction, and a new round re-reads the
             # whole group while the agents go on: measured, a group of 10,000
@@ -739,8 +736,6 @@ class _Commit:
             # conflicts on its instances is renewed from fresh reads of its own
             # and cut in two (smaller ones conflict less), within a budget.
             removing = removals_of(self.name, ops)
-            conflicts = [op for op, r in zip(ops, outcome) if isinstance(r, Exception)
-                         and not isinstance(r, (RolledBackError, RuntimeInconsistency))]
             if conflicts and removing is not None and self.renewals < RENEWALS and all(
                     op.path.startswith((self.prefix, layout.ASSIGNMENTS + "/")) for op in conflicts):
                 self.renewals += 1
@@ -776,11 +771,8 @@ class _Commit:
             op.add_to(tx)
         if not self.inflight:
             self.busy_since = time.monotonic()
-        self.inflight.append((ops, tx.commit_async(), time.monotonic(), ahead))
+        self.inflight.append((ops, tx.commit_async(), time.monotonic(), ahead, _folders(ops)))
         self.sent += 1
-
-    def _folders_in_flight(self) -> set[str]:
-        return {path for f in self.inflight for path in _folders(f[0])}
 
     def _drain(self) -> None:
         """Wait for what was sent ahead of a failed transaction; what of it
