@@ -93,6 +93,7 @@ def test_sixteen_clones_of_a_template_wake_with_their_own_identity(hyper, folder
     hyper.start(tmpl)
     wait_until(lambda: TEMPLATE_MARKER in console(tmpl), 240, "the template guest's template marker")
     assert READY_MARKER not in console(tmpl)               # it waits before any identity
+    assert "rng: virtio_rng.0" in console(tmpl)           # its kernel's entropy source is the host's
     image = hyper.save_template(tmpl.name, folder / "tmpl.save")
     # the guest's memory, not a stub: ~70 MB of its 128 MiB (its free pages
     # zeroed before the save, which qemu's stream leaves out; 95 MB before)

@@ -73,6 +73,14 @@ def test_disk_is_the_qcow2_overlay_on_virtio():
     assert disk.find("target").get("dev") == "vda"
 
 
+def test_the_guest_has_the_hosts_entropy():
+    # without it the guest's first /dev/urandom read waited ~1 s under TCG
+    rngs = parse(spec()).findall("devices/rng")
+    assert [r.get("model") for r in rngs] == ["virtio"]
+    backend = rngs[0].find("backend")
+    assert backend.get("model") == "random" and backend.text == "/dev/urandom"
+
+
 def test_serial_console_goes_to_console_log():
     s = spec()
     root = parse(s)

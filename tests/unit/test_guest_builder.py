@@ -131,6 +131,8 @@ def test_templates_format():
     init = INITRAMFS_INIT.format(modules=" ".join(VIRTIO_MODULES))
     assert "for m in virtio_ring virtio " in init
     assert "${arg#root=}" in init
+    # the host's entropy (domain.py's virtio-rng): its driver after the virtio core it needs
+    assert VIRTIO_MODULES.index("virtio-rng") > VIRTIO_MODULES.index("virtio_ring")
     guest = GUEST_INIT.replace("{marker}", READY_MARKER)
     assert f"echo \"{READY_MARKER} instance=${{iid:-$id}}" in guest
     # the NoCloud contract: the seed by label, the NIC by MAC, user-data run, a page on :80,
