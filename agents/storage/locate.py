@@ -21,6 +21,8 @@ from cowfleet.zk.leaders import rack_leaders
 from cowfleet.zk.members import serving
 
 LOCATE_TIMEOUT = 3.0
+# how old the storage members a rack leader asks may be (``Recent``)
+MEMBERS_SECONDS = 0.5
 
 
 def holds_answer(node: str, rack: str, held: dict | None) -> dict:
@@ -58,6 +60,37 @@ def locate_answer(image: Image, answers: list[dict], near: str, spread: str, ans
     return LocateAnswer(image=image.name, format=image.format, sha256=image.sha256,
                         min_replicas=image.min_replicas, replicas=[replica_location(h) for h in holders],
                         answered_by=answered_by, racks=racks).to_dict()
+
+
+class Recent:
+    """``fn()``'s value, read at most once per ``seconds``: a caller within
+    that time gets the last value, and callers that come during a read wait
+    for it rather than reading too.
+
+    Why: a storage rack leader answers every locate with its rack's storage
+    members, and reading them is a read of every member record (storage and
+    compute alike: the membership folder has no index by role). At 1,000
+    compute agents, each locating its image when its first instance starts,
+    that was 1,000 reads of 1,000 records within seconds, and the storage
+    agent used a core for ~40 s (bench/placement.py, session 12). By hand:
+    cachetools' TTL cache behind a lock still reads once per caller that
+    misses at the same time, and the herd is what this is for."""
+
+    def __init__(self, fn: Callable[[], object], seconds: float, clock: Callable[[], float] = time.monotonic):
+        self.fn, self.seconds, self.clock = fn, seconds, clock
+        self._lock = threading.Lock()
+        self._value = None
+        self._at = float("-inf")
+        self.reads = 0
+
+    def __call__(self):
+        with self._lock:            # held during the read: the herd waits for it
+            if self.clock() - self._at < self.seconds:
+                return self._value
+            value = self.fn()       # raises: nothing kept, the next caller reads
+            self._value, self._at = value, self.clock()
+            self.reads += 1
+            return value
 
 
 class Locator:
