@@ -36,7 +36,7 @@ from cowfleet.agents.storage.copy_store import CopyStore, file_sha256
 from cowfleet.agents.storage.data_server import DataServer
 from cowfleet.agents.storage.exporter import ExportError, Exporter
 from cowfleet.agents.storage.exports import BACK, SLOW, WENT_DOWN, ExporterHealth, Exports
-from cowfleet.agents.storage.locate import MEMBERS_SECONDS, Locator, Recent, holds_answer
+from cowfleet.agents.storage.locate import Locator, holds_answer
 from cowfleet.agents.storage.publisher import Publisher
 from cowfleet.agents.storage.replication import (DROP_EARLIER, DROP_UNKNOWN, LEARN_ORIGIN, Replication,
                                                  copy_from, origin, verdict)
@@ -58,8 +58,7 @@ class StorageAgent(NodeAgent):
         self.exporter_health = ExporterHealth()
         self.replication = Replication(self.name)
         self.records = Publisher(self.zk, self.name, self.rack, self.portal)
-        self.locator = Locator(self.zk, self.name, self.rack, self.holds,
-                               Recent(self.records.storage_members, MEMBERS_SECONDS),
+        self.locator = Locator(self.zk, self.name, self.rack, self.holds, self.records.storage_members,
                                self.records.image, self.node_info, self.leading)
         self.data = DataServer(self.name, self.copies, self.records.image, self._store, self.wake.set)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fetch")

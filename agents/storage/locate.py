@@ -21,7 +21,7 @@ from cowfleet.zk.leaders import rack_leaders
 from cowfleet.zk.members import serving
 
 LOCATE_TIMEOUT = 3.0
-# how old the storage members a rack leader asks may be (``Recent``)
+# how old the storage members and rack leaders a locate asks may be (``Recent``)
 MEMBERS_SECONDS = 0.5
 
 
@@ -103,12 +103,14 @@ class Locator:
                  members: Callable[[], list[NodeInfo]], image: Callable[[str], Image | None],
                  node_info: Callable[[], NodeInfo], leading: threading.Event):
         self.zk, self.name, self.rack, self.holds = zk, name, rack, holds
-        self.members, self.image, self.node_info, self.leading = members, image, node_info, leading
+        self.image, self.node_info, self.leading = image, node_info, leading
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="locate")
-        # the storage rack leaders, as old as the members at most: reading
-        # them is a wave of reads over every rack, compute ones included
-        # (101 at 1,000 agents), and py-spy put 57% of a storage leader's
-        # busy samples there during a 1,000-agent placement's locate herd
+        # both read for every locate, and both kept MEMBERS_SECONDS: the
+        # members are a read of every membership record, the leaders a wave
+        # of reads over every rack, compute ones included (101 at 1,000
+        # agents; py-spy put 57% of a storage leader's busy samples there
+        # during a 1,000-agent placement's locate herd)
+        self.members = Recent(members, MEMBERS_SECONDS)
         self.leaders = Recent(lambda: rack_leaders(self.zk, "storage"), MEMBERS_SECONDS)
 
     def not_leading(self) -> tuple[int, dict]:
