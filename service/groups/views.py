@@ -29,10 +29,12 @@ def placement(name):
 @endpoint(out=EventSchema, many=True, query=(
     {"name": "limit", "in": "query", "required": False,
      "description": f"how many (default {service.EVENTS_DEFAULT}, at most {service.events.CAP}: "
-                    f"the most a group keeps)", "schema": {"type": "integer", "minimum": 1}},
+                    f"the most a group keeps)",
+     "schema": {"type": "integer", "minimum": 1, "maximum": service.events.CAP}},
     {"name": "after", "in": "query", "required": False,
      "description": "an event id: the events after it, oldest first (without: the newest ones); "
-                    "a Link rel=next header when more follow", "schema": {"type": "string"}}))
+                    "a Link rel=next header when more follow",
+     "schema": {"type": "string", "pattern": "^[0-9]{1,10}$"}}))
 def events(name):
     """The group's recent events (the newest 200 are kept), oldest first."""
     return service.events_of(zk(), name, request.args)

@@ -145,6 +145,10 @@ def test_every_list_documents_the_list_parameters(doc):
         # a group's events page by a cursor of their own (no label filter)
         want = {"name", "limit", "after"} if path == events else {"limit", "after", "label"}
         assert {p["name"] for p in op["parameters"]} == want, path
+    # what the events endpoint refuses with 422 is outside what it documents
+    params = {p["name"]: p["schema"] for p in lists[events]["parameters"]}
+    assert params["limit"]["maximum"] == 200 and params["limit"]["minimum"] == 1
+    assert params["after"]["pattern"] == "^[0-9]{1,10}$"
 
 
 # --- /v1/nodes honours what it documents -------------------------------------------
