@@ -131,6 +131,10 @@ def if_match():
 
 
 def json_body() -> Any:
+    if request.mimetype == "application/json-patch+json":
+        raise unsupported_media_type(
+            "JSON Patch (RFC 6902) is not supported: send a JSON merge patch (RFC 7386) as "
+            "application/merge-patch+json or application/json, e.g. {\"size\": 3}")
     if request.mimetype not in ("application/json", "application/merge-patch+json") \
             and not request.mimetype.endswith("+json"):
         raise unsupported_media_type(

@@ -139,6 +139,15 @@ def test_wrong_content_type(client, path, ctype):
     assert "application/json" in body["detail"]
 
 
+def test_a_json_patch_is_415_naming_the_merge_patch(client):
+    patch = json.dumps([{"op": "replace", "path": "/size", "value": 2}])
+    # (PUT: this app has no ZooKeeper, and a PATCH reads the group first)
+    resp = client.put("/v1/instance-groups/web", headers=auth(ADMIN), data=patch,
+                      content_type="application/json-patch+json")
+    body = problem(resp, 415, T.UNSUPPORTED_MEDIA_TYPE)
+    assert "merge patch" in body["detail"] and "application/merge-patch+json" in body["detail"]
+
+
 def test_missing_content_type(client):
     resp = client.put("/v1/images/x", headers=auth(ADMIN), data=b"{}")
     problem(resp, 415)
