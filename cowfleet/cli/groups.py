@@ -95,7 +95,8 @@ def group_table(g: dict, wide: bool) -> str:
 # -- waiting --------------------------------------------------------------------------
 
 def _bar(done_: int, total: int, width: int = 20) -> str:
-    filled = width if total == 0 else int(width * done_ / total)
+    # a scale-in has more ready than its new size until the extra ones go
+    filled = width if total == 0 else int(width * min(done_, total) / total)
     return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
@@ -145,18 +146,22 @@ def watch_group(cl, name: str, timeout: float, generation: int | None = None) ->
         progress.done()
 
 
+def _waited(g: dict, verb: str = "") -> None:
+    """The outcome of a wait: the group on stdout; if an instance failed,
+    why on stderr (one line, as every error) and exit 1."""
+    g.pop("_all_running", None)
+    elapsed = g.pop("_elapsed")
+    done(f"instance group {g['name']}{verb}: {g['status']['ready']}/{g['size']} ready in {elapsed:.1f}s", g)
+    failed = g["status"]["failed"]
+    if failed:
+        raise click.ClickException(f"instance group {g['name']}: {failed} failed: {_why(g)}")
+
+
 def _finish(g: dict, verb: str, wait: bool, timeout: float) -> None:
     """Print the outcome of a change; with --wait, wait for the group first
     (exit 1 if an instance failed)."""
     if wait:
-        g = watch_group(client(), g["name"], timeout, generation=g["generation"])
-        g.pop("_all_running", None)
-        elapsed = g.pop("_elapsed")
-        failed = g["status"]["failed"]
-        done(f"instance group {g['name']} {verb}: {g['status']['ready']}/{g['size']} ready in {elapsed:.1f}s"
-             + (f"; {failed} failed: {_why(g)}" if failed else ""), g)
-        if failed:
-            sys.exit(1)
+        _waited(watch_group(client(), g["name"], timeout, generation=g["generation"]), f" {verb}")
     else:
         done(f"instance group {g['name']} {verb} (generation {g['generation']})", g)
 
@@ -368,14 +373,7 @@ def delete(name, wait, timeout, output):
 @output_option
 def wait_(name, timeout, output):
     """Wait until a group is ready, showing progress on stderr (exit 1 if an instance failed)."""
-    g = watch_group(client(), name, timeout)
-    elapsed = g.pop("_elapsed")
-    g.pop("_all_running", None)
-    failed = g["status"]["failed"]
-    done(f"instance group {name}: {g['status']['ready']}/{g['size']} ready in {elapsed:.1f}s"
-         + (f"; {failed} failed: {_why(g)}" if failed else ""), g)
-    if failed:
-        sys.exit(1)
+    _waited(watch_group(client(), name, timeout))
 
 
 

@@ -116,7 +116,9 @@ def _check_references(zk, spec: dict, image_changes: bool = True) -> None:
     if read(zk, layout.flavor(spec["flavor"]), Flavor) is None:
         errors["flavor"] = [f"unknown flavor '{spec['flavor']}'"]
     if errors:
-        raise invalid(errors, "the group refers to objects that do not exist")
+        # the detail is what the fields say, short (a client that shows one line shows this)
+        raise invalid(errors, "; ".join(msgs[0] for msgs in errors.values()) if len(errors) == 1
+                      else "the group refers to objects that do not exist or cannot be used")
 
 
 def _request(tx, name: str, generation: int) -> None:

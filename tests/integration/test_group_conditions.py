@@ -50,6 +50,8 @@ def test_a_group_on_an_image_in_error_is_refused_naming_image(cli, client, image
         assert err.value.status == 422 and err.value.type == ProblemType.INVALID
         assert "is in error" in err.value.problem["errors"]["image"][0]
         assert "no-such-file" in err.value.problem["errors"]["image"][0], img
+        # the detail says what the field says (not that the image does not exist)
+        assert err.value.problem["detail"] == err.value.problem["errors"]["image"][0]
         one_line_error(cli("group", "create", "cond-bad", "--image", "cond-gone"), 1, "image", "in error")
         assert client.get_group("cond-bad") is None
         # a group already made may not move onto it either, and keeps working
@@ -90,7 +92,12 @@ def test_a_guest_that_never_boots_fails_after_the_ready_timeout_and_says_why(cli
     table = ok(cli("group", "get", "cond-stuck")).stdout
     assert "InstancesFailed" in table and "ReadyTimeout" in table
     waited = cli("group", "wait", "cond-stuck", "--timeout", "30")
-    assert waited.returncode == 1 and "InstancesFailed" in waited.stdout + waited.stderr
+    # the reason is the error: one line on stderr; stdout holds the result alone
+    # (stderr's other lines are the progress)
+    errors = [line for line in waited.stderr.splitlines() if line.startswith("cowfleet: ")]
+    assert waited.returncode == 1 and len(errors) == 1, waited.stderr
+    assert errors[0].startswith("cowfleet: instance group cond-stuck: 1 failed: InstancesFailed")
+    assert "failed" not in waited.stdout
     # failed stays failed (its domain stopped, nothing restarts it)
     assert client.get_group("cond-stuck")["instances"][0]["state"] == "failed"
     # and the group's events tell the story, the failure with its reason

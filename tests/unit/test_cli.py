@@ -84,6 +84,20 @@ def test_main_never_raises_and_says_one_line(capsys, monkeypatch):
     assert out.startswith("cowfleet ")
 
 
+def test_a_bad_endpoint_on_the_command_line_is_a_usage_error(capsys):
+    # from the environment it is a setting that does not work (1, above);
+    # given as --endpoint, a bad command line (2)
+    assert main(["--endpoint", "notaurl", "--token", "x", "group", "list"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cowfleet: ") and "'notaurl'" in err[0]
+
+
+def test_the_progress_bar_stays_its_width_while_a_scale_in_has_extra_ready():
+    from cowfleet.cli.groups import _bar
+    assert _bar(2, 1) == "[" + "#" * 20 + "]" and _bar(1, 2) == "[" + "#" * 10 + "." * 10 + "]"
+    assert _bar(0, 0) == "[" + "#" * 20 + "]"
+
+
 def test_help_lists_every_environment_variable_the_cli_reads(capsys):
     import pathlib
     import re
@@ -100,3 +114,10 @@ def test_help_lists_every_environment_variable_the_cli_reads(capsys):
         read |= set(re.findall(r"""(?:environ\.get|getenv|setting)\(\s*["'](COWFLEET_[A-Z_]+)""",
                                path.read_text()))
     assert read and read <= set(CLI_ENVIRONMENT), read - set(CLI_ENVIRONMENT)
+
+
+def test_the_lab_down_hint_names_a_lab_folder_that_is_not_the_default():
+    from cowfleet.cli.lab import down_command
+    from cowfleet.config import LAB_DIR_DEFAULT
+    assert down_command(LAB_DIR_DEFAULT) == "cowfleet lab down"
+    assert down_command("/var/tmp/trial/lab") == "cowfleet lab down --dir /var/tmp/trial/lab"
