@@ -127,11 +127,16 @@ def load_config(endpoint: str | None = None, token: str | None = None) -> tuple[
         raise ConfigError("no endpoint: set COWFLEET_ENDPOINT or run 'cowfleet lab up'", "endpoint")
     if not token:
         raise ConfigError("no token: set COWFLEET_TOKEN or run 'cowfleet lab up'", "token")
+    return check_endpoint(endpoint), token
+
+
+def check_endpoint(endpoint: str) -> str:
+    """``endpoint`` without a trailing slash; ConfigError if it is not an http(s) URL."""
     parts = urlsplit(endpoint)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"endpoint '{endpoint}' is not an http:// or https:// URL "
                           "(e.g. http://127.0.0.1:8080)", "endpoint", missing=False)
-    return endpoint.rstrip("/"), token
+    return endpoint.rstrip("/")
 
 
 def _create_only(yes: bool) -> dict | None:
