@@ -38,16 +38,28 @@ def image_table(i: dict, wide: bool) -> str:
                       for k, v in i.items())
 
 
-def min_replicas_default(cl) -> int:
+def min_replicas_default(cl) -> tuple[int, str | None]:
     """What the cluster can hold: 2 copies, or fewer when fewer storage
-    nodes are up (a one-node lab has one), said on stderr."""
+    nodes are up (a one-node lab has one), and the warning that says so
+    (the caller shows it once the image is made: a refused request shows
+    its error line alone)."""
     storage = sum(1 for n in cl.nodes() if n["role"] == "storage" and n["healthy"])
     if storage >= DEFAULT_MIN_REPLICAS:
-        return DEFAULT_MIN_REPLICAS
+        return DEFAULT_MIN_REPLICAS, None
     count = max(storage, 1)
-    note(f"warning: {storage} storage node(s) up: min_replicas {count} (not {DEFAULT_MIN_REPLICAS}), so the "
-         f"image can be available; pass --min-replicas to choose")
-    return count
+    return count, (f"warning: {storage} storage node(s) up: min_replicas {count} (not {DEFAULT_MIN_REPLICAS}), "
+                   f"so the image can be available; pass --min-replicas to choose")
+
+
+def _put_new(cl, name: str, min_replicas: int | None, **spec) -> dict:
+    """PUT a new image, min_replicas by default what the cluster holds."""
+    warning = None
+    if not min_replicas:
+        min_replicas, warning = min_replicas_default(cl)
+    img = cl.put_image(name, min_replicas=min_replicas, **spec)
+    if warning:
+        note(warning)
+    return img
 
 
 def _wait_available(cl, name: str, timeout: float) -> dict:
@@ -87,9 +99,8 @@ def create(name, source_url, format_, min_replicas, labels, wait, timeout, outpu
     """Register an image that the storage nodes fetch from a URL."""
     cl = client()
     before = cl.get_image(name)
-    spec = {"source_url": source_url, "format": format_, "labels": labels_arg(labels),
-            "min_replicas": min_replicas or (before["min_replicas"] if before else min_replicas_default(cl))}
-    img = cl.put_image(name, **spec)
+    spec = {"source_url": source_url, "format": format_, "labels": labels_arg(labels)}
+    img = _put_new(cl, name, min_replicas or (before["min_replicas"] if before else None), **spec)
     verb = "created" if before is None else "unchanged" if before["etag"] == img["etag"] else "updated"
     if wait:
         img = _wait_available(cl, name, timeout)
@@ -118,8 +129,7 @@ def upload(name, file, format_, min_replicas, labels, wait, timeout, output):
     existing = cl.get_image(name)
     created = False
     if existing is None:
-        cl.put_image(name, format=format_ or "raw", min_replicas=min_replicas or min_replicas_default(cl),
-                     labels=labels_arg(labels))
+        _put_new(cl, name, min_replicas, format=format_ or "raw", labels=labels_arg(labels))
         created = True
     else:
         if format_ and format_ != existing["format"]:
