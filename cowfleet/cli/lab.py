@@ -12,10 +12,19 @@ import click
 
 from cowfleet.cli.common import client, note
 from cowfleet.cli.groups import instances_table, watch_group
-from cowfleet.config import SECRET_FILE_VAR
+from cowfleet.config import LAB_DIR_DEFAULT, SECRET_FILE_VAR, lab_dir
 
 DEMO_CACHE = "/var/cache/cowfleet/demo.raw"
 DIR_OPTION = click.option("--dir", "directory", help="lab folder (default: $COWFLEET_LAB_DIR or /var/lib/cowfleet/lab)")
+
+
+def down_command(directory) -> str:
+    """The command that takes the lab in ``directory`` down (with its --dir
+    unless it is the default folder, which a bare command would look in)."""
+    directory = Path(directory)
+    if directory.resolve() == Path(LAB_DIR_DEFAULT).resolve():
+        return "cowfleet lab down"
+    return f"cowfleet lab down --dir {directory}"
 
 
 @click.group("lab")
@@ -39,7 +48,8 @@ def up(directory, racks, nodes_per_rack, zk, fake):
     from cowfleet.lab.lab import open_lab
     existing = open_lab(directory)
     if existing.state is not None and (type(existing).__name__ == "RacksLab") != bool(racks):
-        raise click.ClickException(f"another kind of lab is up in {existing.dir}: 'cowfleet lab down' first")
+        raise click.ClickException(f"another kind of lab is up in {existing.dir}: "
+                                   f"'{down_command(existing.dir)}' first")
     if racks:
         from cowfleet.lab.racks import RacksLab
         the_lab = RacksLab(directory, racks=racks, nodes_per_rack=nodes_per_rack, zk=int(zk), fake=fake)
@@ -53,7 +63,7 @@ def up(directory, racks, nodes_per_rack, zk, fake):
     click.echo(f"COWFLEET_ENDPOINT={st.endpoint}")
     click.echo(f"COWFLEET_TOKEN={st.token}")
     click.echo(f"{SECRET_FILE_VAR}={the_lab.secret_file}")     # where the cluster secret is, never the secret
-    note(f"# written to {the_lab.env_file}; 'cowfleet lab down' stops everything")
+    note(f"# written to {the_lab.env_file}; '{down_command(the_lab.dir)}' stops everything")
 
 
 @lab.command("down")
@@ -126,7 +136,9 @@ def demo(size, image_path, timeout):
     click.echo("inspect:  .venv/bin/cowfleet group get demo")
     click.echo("scale:    .venv/bin/cowfleet group scale demo 5 --wait")
     click.echo("api:      curl -H \"Authorization: Bearer $COWFLEET_TOKEN\" $COWFLEET_ENDPOINT/v1/instance-groups/demo")
-    click.echo("teardown: make lab-down   (or .venv/bin/cowfleet lab down)")
+    down = down_command(lab_dir())
+    click.echo("teardown: make lab-down   (or .venv/bin/cowfleet lab down)" if down == "cowfleet lab down"
+               else f"teardown: .venv/bin/{down}")
     if not ready:
         sys.exit(1)
 
