@@ -87,5 +87,14 @@ def mac_for(instance_id: str) -> str:
 
 
 def instance_hostname(instance_id: str) -> str:
-    """The guest's host name: its instance id (a DNS label; at most 63 chars)."""
-    return instance_id[:63].rstrip("-")
+    """The guest's host name: its instance id, a DNS label of at most 63
+    characters. An id longer than that (a group name of 57-63 characters,
+    then ``-`` and 6 hex digits) keeps its unique tail and loses the end of
+    its group name: cutting the tail off gave every instance of such a
+    group the same host name."""
+    if len(instance_id) <= 63:
+        return instance_id
+    head, _, tail = instance_id.rpartition("-")
+    if not head or len(tail) > 16:
+        return instance_id[:63].rstrip("-")
+    return f"{head[:62 - len(tail)].rstrip('-')}-{tail}"

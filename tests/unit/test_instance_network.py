@@ -62,6 +62,11 @@ def test_hostname_is_a_dns_label():
     assert network.instance_hostname("web-0a1b2c") == "web-0a1b2c"
     long = "a" * 62 + "-0a1b2c"
     assert len(network.instance_hostname(long)) <= 63 and not network.instance_hostname(long).endswith("-")
+    # the longest group name: each instance keeps its own host name (its tail)
+    group = "g" * 55 + "-" + "x" * 7
+    names = {network.instance_hostname(f"{group}-{t}") for t in ("0a1b2c", "0a1b2d", "ffffff")}
+    assert len(names) == 3 and all(len(n) <= 63 and n.startswith("g" * 55) for n in names)
+    assert network.instance_hostname(f"{group}-0a1b2c").endswith("-0a1b2c")
 
 
 def test_bridge_names_fit_linux_and_differ_per_node():
