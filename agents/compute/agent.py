@@ -391,6 +391,8 @@ class ComputeAgent(NodeAgent):
                 lock.release()
         for pid, key in self.sessions.kill_orphans():
             self.log.info("killed orphan qemu-storage-daemon %d (session %s)", pid, key)
+        for link in self.sessions.sweep_links():
+            self.log.info("removed the short link %s of a session folder that is gone", link)
         self._check_sessions(used)
 
     def _session_users(self, key: str) -> set[str]:

@@ -183,6 +183,24 @@ def kill_all_under(root: str | os.PathLike) -> int:
     return len(pids)
 
 
+def remove_dangling_links(min_age: float = 60.0, run_dir: Path | None = None) -> list[str]:
+    """Remove short links whose session folder is gone: left by an agent
+    whose whole state folder was removed without its sessions being
+    stopped (a lab's folder deleted after a kill). Only links older than
+    ``min_age`` s: one just made may point at a folder being made."""
+    run_dir = run_dir or RUN_DIR
+    removed = []
+    now = time.time()
+    for link in run_dir.glob("*") if run_dir.is_dir() else ():
+        try:
+            if link.is_symlink() and not link.exists() and now - link.lstat().st_mtime > min_age:
+                link.unlink()
+                removed.append(link.name)
+        except FileNotFoundError:
+            continue                    # another agent removed it meanwhile
+    return removed
+
+
 class Replicas(Protocol):
     """What choosing a session asks of the cluster: the compute agent answers
     from ZooKeeper and the storage leaders (agents/compute/agent.py), the
@@ -490,6 +508,10 @@ class SessionManager:
         return {pid: session_dir_of(cmdline).name for pid, cmdline in daemons_under(self.root).items()
                 if pid not in known}
 
+    def sweep_links(self) -> list[str]:
+        """Short links (RUN_DIR) whose session folder is gone, any agent's: removed."""
+        return remove_dangling_links()
+
     def kill_orphans(self) -> list[tuple[int, str]]:
         """Kill the orphan daemons, each under its session's lock: a daemon
         being attached right now has no session.json yet and looks like an
@@ -516,6 +538,9 @@ class FakeSessionManager(SessionManager):
     def __init__(self, root):
         super().__init__(root)
         self._fake: dict[str, Session] = {}
+
+    def sweep_links(self) -> list[str]:
+        return []                       # it makes none
 
     def get(self, key):
         return self._fake.get(key)
