@@ -87,7 +87,10 @@ class Precondition:
         if version in self.not_versions:
             raise precondition_failed(f"{label} is at version {version} (If-None-Match)")
         if self.versions is not None and version not in self.versions:
-            want = ", ".join(f'"{v}"' for v in sorted(self.versions)) or "no version of it"
+            if not self.versions:
+                raise precondition_failed(f"{label} is at version {version}; If-Match names none of its "
+                                          f'versions (its etag now: "{version}")')
+            want = ", ".join(f'"{v}"' for v in sorted(self.versions))
             raise precondition_failed(f"{label} is at version {version}, not {want}")
 
 

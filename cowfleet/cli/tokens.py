@@ -40,8 +40,11 @@ def _duration(value: str | None) -> int | None:
     if value is None:
         return None
     m = DURATION_RE.match(value.strip())
-    if not m or int(m.group(1)) == 0:
+    if not m:
         raise click.BadParameter(f"'{value}' is not a duration: N seconds, or Ns, Nm, Nh, Nd, Nw",
+                                 param_hint="--ttl")
+    if int(m.group(1)) == 0:
+        raise click.BadParameter(f"'{value}': a token lives at least 1 second (leave --ttl out: it never expires)",
                                  param_hint="--ttl")
     return int(m.group(1)) * UNITS[m.group(2)]
 

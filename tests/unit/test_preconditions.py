@@ -37,3 +37,13 @@ def test_only_version_tags_pin_a_write():
     assert not Precondition.from_headers("*", None).pinned
     assert not Precondition.from_headers(None, "*").pinned
     assert Precondition.at(7) == Precondition(versions=frozenset({7}))
+
+
+@pytest.mark.parametrize("if_match, says", [
+    ('""', 'x is at version 4; If-Match names none of its versions (its etag now: "4")'),
+    ('"3", "5"', 'x is at version 4, not "3", "5"'),
+])
+def test_a_412_says_the_version_and_what_was_asked(if_match, says):
+    with pytest.raises(Problem) as exc:
+        Precondition.from_headers(if_match, None).check(4, "x")
+    assert exc.value.detail == says
