@@ -314,17 +314,14 @@ def apply(path, name, wait, timeout, output):
         verb = ("created" if before is None else
                 "configured" if g["generation"] != before["generation"] else "unchanged")
         results.append((g, verb))
-    failed = False
+    failed = []                 # each group is waited for and shown; the failures make one error line
     for g, verb in results:
-        if wait:
-            try:
-                _finish(g, verb, True, timeout)
-            except SystemExit:
-                failed = True
-        else:
-            _finish(g, verb, False, timeout)
+        try:
+            _finish(g, verb, wait, timeout)
+        except click.ClickException as exc:
+            failed.append(exc.format_message())
     if failed:
-        sys.exit(1)
+        raise click.ClickException("; ".join(failed))
 
 
 @group.command("scale")

@@ -116,8 +116,44 @@ def test_help_lists_every_environment_variable_the_cli_reads(capsys):
     assert read and read <= set(CLI_ENVIRONMENT), read - set(CLI_ENVIRONMENT)
 
 
-def test_the_lab_down_hint_names_a_lab_folder_that_is_not_the_default():
+def test_the_lab_down_hint_names_a_lab_folder_that_is_not_the_default(monkeypatch, tmp_path):
     from cowfleet.cli.lab import down_command
     from cowfleet.config import LAB_DIR_DEFAULT
+    monkeypatch.delenv("COWFLEET_LAB_DIR", raising=False)
     assert down_command(LAB_DIR_DEFAULT) == "cowfleet lab down"
     assert down_command("/var/tmp/trial/lab") == "cowfleet lab down --dir /var/tmp/trial/lab"
+    # relative: made absolute; a space: quoted; the default while $COWFLEET_LAB_DIR points elsewhere: named
+    monkeypatch.chdir(tmp_path)
+    assert down_command("my lab") == f"cowfleet lab down --dir '{tmp_path / 'my lab'}'"
+    monkeypatch.setenv("COWFLEET_LAB_DIR", "/x")
+    assert down_command(LAB_DIR_DEFAULT) == f"cowfleet lab down --dir {LAB_DIR_DEFAULT}"
+
+
+def test_apply_wait_shows_every_group_and_one_error_line_for_the_failed(tmp_path, capsys, monkeypatch):
+    import json as json_
+    import cowfleet.cli.groups as groups
+
+    def group(name, failed):
+        return {"name": name, "size": 1, "generation": 1, "instances": [],
+                "status": {"ready": 0 if failed else 1, "failed": int(failed), "phase": "degraded" if failed
+                           else "ready", "message": "", "conditions": [
+                               {"type": "Ready", "status": "False", "reason": "InstancesFailed",
+                                "message": f"{name} broke"}] if failed else []}}
+
+    class Stub:
+        def get_group(self, name):
+            return None
+
+        def put_group(self, name, **spec):
+            return group(name, False)
+
+    monkeypatch.setattr(groups, "client", lambda: Stub())
+    monkeypatch.setattr(groups, "watch_group", lambda cl, name, timeout, generation=None: dict(
+        group(name, name == "a"), _elapsed=1.0, _all_running=1.0))
+    f = tmp_path / "groups.json"
+    f.write_text(json_.dumps([{"name": n, "image": "demo", "flavor": "small", "size": 1} for n in "ab"]))
+    assert main(["group", "apply", "-f", str(f), "--wait", "-o", "json"]) == 1
+    out, err = capsys.readouterr()
+    assert '"name": "a"' in out and '"name": "b"' in out        # b waited for and shown too
+    errors = [line for line in err.splitlines() if line.startswith("cowfleet: ")]
+    assert errors == ["cowfleet: instance group a: 1 failed: InstancesFailed: a broke"]
