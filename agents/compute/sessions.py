@@ -184,20 +184,25 @@ def kill_all_under(root: str | os.PathLike) -> int:
 
 
 def remove_dangling_links(min_age: float = 60.0, run_dir: Path | None = None) -> list[str]:
-    """Remove short links whose session folder is gone: left by an agent
-    whose whole state folder was removed without its sessions being
-    stopped (a lab's folder deleted after a kill). Only links older than
-    ``min_age`` s: one just made may point at a folder being made."""
+    """Remove short links whose agent's sessions folder is gone: left by an
+    agent whose whole state folder was removed without its sessions being
+    stopped (a lab's folder deleted after a kill). A live agent's sessions
+    folder always exists, so its links -- even one whose session folder is
+    between a stop and the next start -- are never touched; and only links
+    older than ``min_age`` s. Errors are skipped: this is housekeeping."""
     run_dir = run_dir or RUN_DIR
     removed = []
     now = time.time()
     for link in run_dir.glob("*") if run_dir.is_dir() else ():
         try:
-            if link.is_symlink() and not link.exists() and now - link.lstat().st_mtime > min_age:
+            if not link.is_symlink() or now - link.lstat().st_mtime <= min_age:
+                continue
+            target = Path(os.readlink(link))
+            if not target.parent.exists():          # <state dir>/sessions itself is gone
                 link.unlink()
                 removed.append(link.name)
-        except FileNotFoundError:
-            continue                    # another agent removed it meanwhile
+        except OSError:
+            continue                    # removed by another agent meanwhile, or not ours to read
     return removed
 
 

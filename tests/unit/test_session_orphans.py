@@ -81,18 +81,18 @@ def test_socket_paths_stay_short_whatever_the_state_dir(tmp_path):
     assert not link.is_symlink() and not short_link(mgr.dir(key)).exists()
 
 
-def test_short_links_whose_folder_is_gone_are_removed_once_old(tmp_path):
+def test_short_links_whose_agent_folder_is_gone_are_removed_once_old(tmp_path):
     from cowfleet.agents.compute.sessions import remove_dangling_links
     run = tmp_path / "run"
     run.mkdir()
-    live, gone = tmp_path / "live", tmp_path / "gone"
-    live.mkdir()
-    (run / "a").symlink_to(live)
-    (run / "b").symlink_to(gone)            # its folder removed (a lab's folder deleted after a kill)
-    (run / "c").symlink_to(tmp_path / "being-made")
+    live_root, gone_root = tmp_path / "agent-a" / "sessions", tmp_path / "agent-b" / "sessions"
+    (live_root / "img-1").mkdir(parents=True)
+    (run / "a").symlink_to(live_root / "img-1")
+    (run / "b").symlink_to(gone_root / "img-2")       # the agent's folder removed (a lab deleted after a kill)
+    (run / "c").symlink_to(gone_root / "img-3")       # the same, but just made
+    (run / "d").symlink_to(live_root / "img-4")       # a live agent's session between stop and start
     old = os.stat(run / "a", follow_symlinks=False).st_mtime - 120
-    for name in ("a", "b"):
+    for name in ("a", "b", "d"):
         os.utime(run / name, (old, old), follow_symlinks=False)
     assert remove_dangling_links(60, run) == ["b"]
-    # a fresh link to a folder not made yet stays; the live one stays
-    assert sorted(p.name for p in run.iterdir()) == ["a", "c"]
+    assert sorted(p.name for p in run.iterdir()) == ["a", "c", "d"]
