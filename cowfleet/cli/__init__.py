@@ -33,7 +33,7 @@ COMPLETE_VAR = "_COWFLEET_COMPLETE"
 def _endpoint(value: str | None) -> str | None:
     """--endpoint checked as the command line is read: a bad one is a usage error (exit 2)."""
     from cowfleet.client import ConfigError, check_endpoint
-    if value is None:
+    if not value:                   # absent or empty: $COWFLEET_ENDPOINT, else the lab's
         return None
     try:
         return check_endpoint(value)

@@ -51,15 +51,13 @@ def min_replicas_default(cl) -> tuple[int, str | None]:
                    f"so the image can be available; pass --min-replicas to choose")
 
 
-def _put_new(cl, name: str, min_replicas: int | None, **spec) -> dict:
-    """PUT a new image, min_replicas by default what the cluster holds."""
+def _put_new(cl, name: str, min_replicas: int | None, **spec) -> tuple[dict, str | None]:
+    """PUT a new image, min_replicas by default what the cluster holds;
+    returns it and the warning to show once the command has succeeded."""
     warning = None
     if not min_replicas:
         min_replicas, warning = min_replicas_default(cl)
-    img = cl.put_image(name, min_replicas=min_replicas, **spec)
-    if warning:
-        note(warning)
-    return img
+    return cl.put_image(name, min_replicas=min_replicas, **spec), warning
 
 
 def _wait_available(cl, name: str, timeout: float) -> dict:
@@ -100,7 +98,9 @@ def create(name, source_url, format_, min_replicas, labels, wait, timeout, outpu
     cl = client()
     before = cl.get_image(name)
     spec = {"source_url": source_url, "format": format_, "labels": labels_arg(labels)}
-    img = _put_new(cl, name, min_replicas or (before["min_replicas"] if before else None), **spec)
+    img, warning = _put_new(cl, name, min_replicas or (before["min_replicas"] if before else None), **spec)
+    if warning:
+        note(warning)
     verb = "created" if before is None else "unchanged" if before["etag"] == img["etag"] else "updated"
     if wait:
         img = _wait_available(cl, name, timeout)
@@ -127,9 +127,9 @@ def upload(name, file, format_, min_replicas, labels, wait, timeout, output):
     cl = client()
     path = Path(file)
     existing = cl.get_image(name)
-    created = False
+    created, warning = False, None
     if existing is None:
-        _put_new(cl, name, min_replicas, format=format_ or "raw", labels=labels_arg(labels))
+        _, warning = _put_new(cl, name, min_replicas, format=format_ or "raw", labels=labels_arg(labels))
         created = True
     else:
         if format_ and format_ != existing["format"]:
@@ -172,6 +172,8 @@ def upload(name, file, format_, min_replicas, labels, wait, timeout, output):
                 note(f"image {name} (made for this upload) could not be deleted: {exc}")
         raise
     progress.done()
+    if warning:
+        note(warning)
     if wait and img["status"] != "available":
         img = _wait_available(cl, name, timeout)
     done(f"image {name}: {img['status']} ({img.get('message', '')}), sha256 {img['sha256']}, "

@@ -3,6 +3,7 @@ cowfleet itself (the embedded lab, the control service, the provider)."""
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -19,12 +20,12 @@ DIR_OPTION = click.option("--dir", "directory", help="lab folder (default: $COWF
 
 
 def down_command(directory) -> str:
-    """The command that takes the lab in ``directory`` down (with its --dir
-    unless it is the default folder, which a bare command would look in)."""
-    directory = Path(directory)
-    if directory.resolve() == Path(LAB_DIR_DEFAULT).resolve():
+    """The command that takes the lab in ``directory`` down: with its --dir
+    (absolute, quoted) unless a bare command would look there too."""
+    directory = Path(directory).resolve()
+    if directory == Path(LAB_DIR_DEFAULT).resolve() == lab_dir().resolve():
         return "cowfleet lab down"
-    return f"cowfleet lab down --dir {directory}"
+    return f"cowfleet lab down --dir {shlex.quote(str(directory))}"
 
 
 @click.group("lab")
