@@ -84,6 +84,18 @@ def test_not_json(lab, zk):
     assert not zk.exists(layout.image("x"))
 
 
+def test_a_json_patch_is_415_and_a_patch_is_told_of_the_merge_patch(lab, client, image_demo, own_groups):
+    own_groups.append("jp")
+    client.put_group("jp", image="demo", flavor="small", size=0)
+    resp = requests.patch(f"{lab.state.endpoint}/v1/instance-groups/jp", timeout=10,
+                          data='[{"op": "replace", "path": "/size", "value": 2}]',
+                          headers={"Authorization": f"Bearer {lab.state.token}",
+                                   "Content-Type": "application/json-patch+json"})
+    assert_problem(resp, 415)
+    assert "merge patch" in resp.json()["detail"] and "application/merge-patch+json" in resp.json()["detail"]
+    assert client.get_group("jp")["size"] == 0
+
+
 @pytest.mark.parametrize("body, field", [
     ({"format": "vmdk"}, "format"),
     ({"min_replicas": 0}, "min_replicas"),

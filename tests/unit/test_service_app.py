@@ -139,13 +139,15 @@ def test_wrong_content_type(client, path, ctype):
     assert "application/json" in body["detail"]
 
 
-def test_a_json_patch_is_415_naming_the_merge_patch(client):
+def test_a_json_patch_body_is_415(client):
     patch = json.dumps([{"op": "replace", "path": "/size", "value": 2}])
-    # (PUT: this app has no ZooKeeper, and a PATCH reads the group first)
+    # a PUT is told to send JSON (a PATCH is told of the merge patch: tests/integration/test_bad_input.py;
+    # this app has no ZooKeeper, and a PATCH reads the group first)
     resp = client.put("/v1/instance-groups/web", headers=auth(ADMIN), data=patch,
                       content_type="application/json-patch+json")
     body = problem(resp, 415, T.UNSUPPORTED_MEDIA_TYPE)
-    assert "merge patch" in body["detail"] and "application/merge-patch+json" in body["detail"]
+    assert "JSON Patch" in body["detail"] and "application/json" in body["detail"]
+    assert "merge patch" not in body["detail"]
 
 
 def test_missing_content_type(client):
