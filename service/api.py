@@ -132,10 +132,9 @@ def if_match():
 
 def json_body() -> Any:
     if request.mimetype == "application/json-patch+json":
-        raise unsupported_media_type(
-            "JSON Patch (RFC 6902) is not supported: send a JSON merge patch (RFC 7386) as "
-            "application/merge-patch+json or application/json, e.g. {\"size\": 3}" if request.method == "PATCH"
-            else "JSON Patch (RFC 6902) is not supported: send Content-Type: application/json")
+        raise unsupported_media_type("JSON Patch (RFC 6902) is not supported: " + (
+            "send a JSON merge patch (RFC 7386) as application/merge-patch+json or application/json, "
+            "e.g. {\"size\": 3}" if request.method == "PATCH" else "send Content-Type: application/json"))
     if request.mimetype not in ("application/json", "application/merge-patch+json") \
             and not request.mimetype.endswith("+json"):
         raise unsupported_media_type(

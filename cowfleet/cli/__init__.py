@@ -30,7 +30,7 @@ PROG = "cowfleet"
 COMPLETE_VAR = "_COWFLEET_COMPLETE"
 
 
-def _endpoint(value: str | None) -> str | None:
+def _endpoint(_ctx, _param, value: str | None) -> str | None:
     """--endpoint checked as the command line is read: a bad one is a usage error (exit 2)."""
     from cowfleet.client import ConfigError, check_endpoint
     if not value:                   # absent or empty: $COWFLEET_ENDPOINT, else the lab's
@@ -44,7 +44,7 @@ def _endpoint(value: str | None) -> str | None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
              # \b: click keeps the block's lines as they are
              epilog="\b\n" + environment_help(CLI_ENVIRONMENT))
-@click.option("--endpoint", metavar="URL", callback=lambda _ctx, _param, v: _endpoint(v),
+@click.option("--endpoint", metavar="URL", callback=_endpoint,
               help="the service, e.g. http://127.0.0.1:8080 (default: $COWFLEET_ENDPOINT, else the lab's)")
 @click.option("--token", metavar="TOKEN", help="bearer token (default: $COWFLEET_TOKEN, else the lab's)")
 @click.option("-o", "--output", type=click.Choice(OUTPUTS), default=None,

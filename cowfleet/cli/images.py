@@ -51,8 +51,8 @@ def min_replicas_default(cl) -> tuple[int, str | None]:
                    f"so the image can be available; pass --min-replicas to choose")
 
 
-def _put_new(cl, name: str, min_replicas: int | None, **spec) -> tuple[dict, str | None]:
-    """PUT a new image, min_replicas by default what the cluster holds;
+def _put(cl, name: str, min_replicas: int | None, **spec) -> tuple[dict, str | None]:
+    """PUT an image, min_replicas (when not given) what the cluster holds;
     returns it and the warning to show once the command has succeeded."""
     warning = None
     if not min_replicas:
@@ -98,7 +98,7 @@ def create(name, source_url, format_, min_replicas, labels, wait, timeout, outpu
     cl = client()
     before = cl.get_image(name)
     spec = {"source_url": source_url, "format": format_, "labels": labels_arg(labels)}
-    img, warning = _put_new(cl, name, min_replicas or (before["min_replicas"] if before else None), **spec)
+    img, warning = _put(cl, name, min_replicas or (before["min_replicas"] if before else None), **spec)
     if warning:
         note(warning)
     verb = "created" if before is None else "unchanged" if before["etag"] == img["etag"] else "updated"
@@ -129,7 +129,7 @@ def upload(name, file, format_, min_replicas, labels, wait, timeout, output):
     existing = cl.get_image(name)
     created, warning = False, None
     if existing is None:
-        _, warning = _put_new(cl, name, min_replicas, format=format_ or "raw", labels=labels_arg(labels))
+        _, warning = _put(cl, name, min_replicas, format=format_ or "raw", labels=labels_arg(labels))
         created = True
     else:
         if format_ and format_ != existing["format"]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import requests
 from urllib.parse import urlencode
@@ -117,7 +118,7 @@ def _check_references(zk, spec: dict, image_changes: bool = True) -> None:
         errors["flavor"] = [f"unknown flavor '{spec['flavor']}'"]
     if errors:
         # the detail is what the fields say, short (a client that shows one line shows this)
-        raise invalid(errors, "; ".join(msgs[0] for msgs in errors.values()) if len(errors) == 1
+        raise invalid(errors, next(iter(errors.values()))[0] if len(errors) == 1
                       else "the group refers to objects that do not exist or cannot be used")
 
 
@@ -290,6 +291,9 @@ def placement(zk, name: str) -> dict:
 
 
 EVENTS_DEFAULT = 100
+# an event id as the events list them (the cursor ``after``); the OpenAPI
+# document shows this same pattern (views.py)
+EVENT_ID = re.compile(r"^[0-9]{1,10}\Z")
 
 
 def events_of(zk, name: str, args) -> Result:
@@ -300,7 +304,7 @@ def events_of(zk, name: str, args) -> Result:
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= events.CAP:
         raise invalid({"limit": [f"must be an integer from 1 to {events.CAP}"]}, "invalid query parameter")
     after = args.get("after") or None
-    if after is not None and not (after.isascii() and after.isdigit() and len(after) <= 10):
+    if after is not None and not EVENT_ID.match(after):
         raise invalid({"after": ["must be an event id (its digits, as the events list them)"]},
                       "invalid query parameter")
     fetch(zk, layout.group(name), Group, "instance group", name)

@@ -2,6 +2,7 @@ from flask import request
 
 from cowfleet.service.api import endpoint, if_match, json_body, zk
 from cowfleet.service.groups import service
+from cowfleet.service.openapi import ecma
 from cowfleet.service.groups.schemas import EventSchema, GroupSchema, PlacementTraceSchema
 from cowfleet.specs import GroupSpecSchema
 from cowfleet.service.resource import crud_blueprint
@@ -34,7 +35,7 @@ def placement(name):
     {"name": "after", "in": "query", "required": False,
      "description": "an event id: the events after it, oldest first (without: the newest ones); "
                     "a Link rel=next header when more follow",
-     "schema": {"type": "string", "pattern": "^[0-9]{1,10}$"}}))
+     "schema": {"type": "string", "pattern": ecma(service.EVENT_ID.pattern)}}))
 def events(name):
     """The group's recent events (the newest 200 are kept), oldest first."""
     return service.events_of(zk(), name, request.args)
