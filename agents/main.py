@@ -55,6 +55,9 @@ def parse_args(argv=None):
                    help="attach no NoCloud seed (identity, network-config, user-data) to instances")
     p.add_argument("--vcpus", type=int, help="vCPUs this node offers (default: 8 per core)")
     p.add_argument("--memory-mib", type=int, help="memory this node offers (default: host memory - 1 GiB)")
+    p.add_argument("--warm-spares", type=int, default=int(os.environ.get("COWFLEET_WARM_SPARES") or 0),
+                   metavar="N", help="compute: warm-clone spares kept restored and paused per template, in "
+                   "capacity no instance uses (default 0, or COWFLEET_WARM_SPARES)")
     p.add_argument("--log-level", default=os.environ.get("COWFLEET_LOG_LEVEL", "INFO"))
     return p.parse_args(argv)
 
@@ -84,7 +87,7 @@ def main(argv=None) -> int:
         agent = ComputeAgent(hypervisor=hyper, vcpus=args.vcpus, memory_mib=args.memory_mib,
                              network=args.network, node_network=args.node_network, bridge=args.bridge,
                              node_ip=args.node_address, instance_cidr=args.instance_cidr or LAB_INSTANCE_CIDR,
-                             seeds=not args.no_seed,
+                             seeds=not args.no_seed, warm_spares=max(0, args.warm_spares),
                              **common)
     else:
         host = args.listen.rpartition(":")[0]

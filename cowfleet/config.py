@@ -96,6 +96,7 @@ AGENT_ENVIRONMENT = {
     "COWFLEET_FAULT_PAUSE": "tests: a file whose presence stops the agent at fault points (cowfleet/faults.py)",
     "COWFLEET_PLACEMENT_CHUNK_BYTES": "compute: the size a placement transaction stays under (default 262144)",
     "COWFLEET_PARALLEL_RESTORES": "compute: warm-clone restores run at once (default: the host's CPUs)",
+    "COWFLEET_WARM_SPARES": "compute: the default of --warm-spares (warm-clone spares per template)",
 }
 
 

@@ -33,6 +33,9 @@ POINTS = (
     "session.stop",             # the last user of an image session is gone, the session not yet
     "template.booting",         # a warm-clone template's domain boots, its folder half made
     "template.saved",           # its save image is written and its layer frozen, not yet renamed whole
+    "spare.made",               # a warm spare is restored, paused, not yet in the agent's pool
+    "spare.moved",              # a claimed spare's console and overlay are the instance's, its
+                                # domain's metadata not yet
 )
 
 

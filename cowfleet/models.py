@@ -305,6 +305,7 @@ class NodeInfo(Record):
     virt_type: str | None = None
     subnet: str | None = None    # compute: the instance subnet it claimed (peers route it via this node)
     node_ip: str | None = None   # the node's own address, the next hop for its instance subnet
+    warm_spares: int | None = None   # compute: warm-clone spares restored and waiting (agents/compute/spares.py)
 
 
 @dataclass

@@ -14,6 +14,7 @@ reconcile (at start, on every event, and periodically).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import random
 import re
@@ -37,6 +38,7 @@ from cowfleet.agents.compute.sessions import (FakeSessionManager, Session, Sessi
                                               base_of, qcow2_backing, session_key)
 from cowfleet.agents.compute.savefile import SaveImageError
 from cowfleet.agents.compute.seed import SeedData, SeedStore
+from cowfleet.agents.compute.spares import Spare, SparePool
 from cowfleet.agents.compute.templates import Template, TemplateError, TemplateStore, template_key
 from cowfleet.agents.node import RECONCILE_SECONDS, NodeAgent
 from cowfleet.agents.p2p_server import P2PServer
@@ -63,6 +65,7 @@ OVERLAY_TRIES = 5          # overlay creations failing in a row before an instan
 # (seconds): each try of an image without the warm-clone contract waits its whole timeout
 TEMPLATE_RETRY = 600
 FAILOVER = "session:"      # the in-flight key of a session's failover (never an instance id)
+SPARE = "spare:"           # the in-flight key of making a warm spare (one at a time)
 
 
 class _ReplicasSeen:
@@ -88,7 +91,8 @@ class ComputeAgent(NodeAgent):
     def __init__(self, *args, hypervisor: Hypervisor, vcpus: int | None = None,
                  memory_mib: int | None = None, network: str = "routed", workers: int = 16,
                  node_network: str | None = None, bridge: str | None = None, node_ip: str | None = None,
-                 instance_cidr: str | None = netdef.LAB_INSTANCE_CIDR, seeds: bool = True, **kw):
+                 instance_cidr: str | None = netdef.LAB_INSTANCE_CIDR, seeds: bool = True,
+                 warm_spares: int = 0, **kw):
         super().__init__(*args, **kw)
         self.hyper = hypervisor
         fake = hypervisor.virt_type == "fake"
@@ -99,6 +103,10 @@ class ComputeAgent(NodeAgent):
         self.templates = TemplateStore(Path(self.state_dir) / "templates", hypervisor, self.name,
                                        self.overlays.layer)
         self.template_failures: dict[str, tuple[float, str]] = {}   # key -> (when, why)
+        # warm spares: clones restored ahead, paused, claimed by starts (spares.py)
+        self.spares = SparePool(Path(self.state_dir) / "spares", hypervisor, self.name, self.overlays,
+                                self.templates, per_template=warm_spares)
+        self.spare_failures: dict[str, float] = {}                  # template key -> when making one failed
         # A restore (qemu's start, the memory stream) and a clone's first
         # seconds are CPU work: 16 at once on 2 cores made every clone of a
         # group wait for all (first ready 17.3 s, p50 19.3 s, all 19.6 s);
@@ -153,7 +161,7 @@ class ComputeAgent(NodeAgent):
         return dict(self._allocated)
 
     def extra_info(self):
-        info = {"virt_type": self.hyper.virt_type}
+        info = {"virt_type": self.hyper.virt_type, "warm_spares": sum(self.spares.count().values())}
         if self.instnet is not None and self.instnet.ready:
             info.update(subnet=self.instnet.subnet, node_ip=self.node_ip)
         return info
@@ -172,6 +180,8 @@ class ComputeAgent(NodeAgent):
         self.peers = PeerDirectory.shared(self.zk, on_change=self._on_nodes)   # a node gone: re-place soon
         if self.instnet is not None:
             self.instnet.setup()          # before registering: peers learn the subnet with the node
+        for gone in self.spares.sweep():        # an earlier life's spares (before their templates)
+            self.log.info("swept warm spare %s", gone)
         for gone in self.templates.sweep():     # an earlier life died making a template
             self.log.info("swept half-made warm-clone template %s", gone)
         threading.Thread(target=self._readiness_loop, name="readiness", daemon=True).start()
@@ -337,6 +347,7 @@ class ComputeAgent(NodeAgent):
             if iid not in desired and iid not in domains and iid not in overlays:
                 self._submit(iid, self._terminate, group, iid)
         self._reconcile_sessions(overlays)
+        self._keep_spares(desired, domains)
         self._prune_templates()
 
     def _reconcile_network(self, desired: dict) -> None:
@@ -376,7 +387,7 @@ class ComputeAgent(NodeAgent):
         folder that no session accounts for (a lost pid file) are killed.
         Used sessions whose daemon died are restarted by the next start."""
         used = {self.sessions.key_of_overlay(path) for _group, path in overlays.values()}
-        used |= self.templates.session_keys()     # every clone's disk reads through its template's
+        used |= self.templates.session_keys()     # every clone's and spare's disk reads through its template's
         for key in self.sessions.list():
             if key in used:
                 continue
@@ -526,11 +537,13 @@ class ComputeAgent(NodeAgent):
             overlay = self._keep_overlay(group, iid, image, session, bool(spec_group and spec_group.persistent))
             t_attached = time.monotonic()
             fault_point("start.attached", self.name)
-            template, why = None, ""
+            template, why, spare = None, "", None
             if not overlay.exists():
                 template, why = self._clone_template(spec_group, image, flavor, session)
-                overlay = self._create_clone_overlay(group, iid, template) if template else None
-                if overlay is None:
+                spare = self.spares.take(template.key) if template else None
+                if spare is None:     # with a spare, its overlay becomes the instance's when claimed
+                    overlay = self._create_clone_overlay(group, iid, template) if template else None
+                if spare is None and overlay is None:
                     if template is not None:
                         why = f"no overlay on template {template.key} (removed meanwhile, or qemu-img failed)"
                     template = None
@@ -541,7 +554,9 @@ class ComputeAgent(NodeAgent):
             if self.make_seeds else None
         t_seed = time.monotonic()
         fault_point("start.seeded", self.name)
-        if template is not None:
+        if spare is not None:
+            overlay, why = self._claim_spare(group, iid, flavor, overlay, seed, mac, spare, image, session)
+        elif template is not None:
             overlay, why = self._restore_clone(group, iid, flavor, overlay, seed, mac, template, image, session)
         if template is None or why:
             self._define_and_start(group, iid, flavor, overlay, seed, mac)
@@ -725,13 +740,96 @@ class ComputeAgent(NodeAgent):
             self.metrics.failure("clone-restore")
             why = f"restoring from template {template.key} failed: {exc}"[:500]
             self.log.warning("%s: %s", iid, why)
+        self._check_template(template)
+        return self._boot_instead(group, iid, image, session), why
+
+    def _check_template(self, template: Template) -> None:
+        """Drop a template whose save image does not read back: never restored again."""
         try:
             self.templates.check(template)
         except SaveImageError:
-            self.templates.remove(template.key)      # never restored again
+            self.templates.remove(template.key)
+
+    def _boot_instead(self, group: str, iid: str, image: Image, session: Session) -> Path:
+        """A failed clone's overlay replaced by one on the master, to boot."""
         self.overlays.remove(group, iid)
         with self.sessions.lock(session_key(image.name, image.sha256)):
-            return self._create_overlay(group, iid, image, session), why
+            return self._create_overlay(group, iid, image, session)
+
+    def _claim_spare(self, group: str, iid: str, flavor: Flavor, overlay: Path, seed: Path | None, mac: str,
+                     spare: Spare, image: Image, session: Session) -> tuple[Path, str]:
+        """Run the instance as a warm spare of its template (restored ahead:
+        only its identity, NIC and seed are new); if that fails, a new
+        overlay on the master to boot from and why."""
+        spec = self._domain_spec(group, iid, flavor, overlay, seed, mac)
+        try:
+            self.spares.claim(spare, dataclasses.replace(spec, name=spare.name), group,
+                              attach=self.instnet.net.attach if spec.tap else None)
+            self.log.info("%s is warm spare %s of template %s", iid, spare.id, spare.key)
+            self.wake.set()                 # the pool is one short: made again once the node is idle
+            return overlay, ""
+        except Exception as exc:
+            self.metrics.failure("spare-claim")
+            why = f"claiming warm spare {spare.id} of template {spare.key} failed: {exc}"[:500]
+            self.log.warning("%s: %s", iid, why)
+        return self._boot_instead(group, iid, image, session), why
+
+    def _keep_spares(self, desired: dict, domains: dict) -> None:
+        """Warm spares: ``spares.per_template`` of each template that is
+        current and not idle, in the capacity no running instance holds
+        (an instance still to start may claim one: it is not counted, or a
+        group's assignments would drop the spares it is about to claim),
+        dropped beyond that; one made at a time while the node has nothing
+        to start or wait for (a spare's restore competes with them for CPU)."""
+        if self.spares.per_template <= 0 and not self.spares.count():
+            return
+        templates = self.templates.list()
+        current = self._template_current()
+        idle_since = time.time() - self.templates.idle_s
+        free_v, free_m = self._vcpus, self._memory
+        for iid, (_group, _child, a) in desired.items():
+            if a.runs and iid in domains:
+                free_v -= a.vcpus
+                free_m -= a.memory_mib
+        keep = {}
+        for key, t in sorted(templates.items()):
+            n = 0
+            if current(t) and t.folder.stat().st_mtime >= idle_since:
+                while n < self.spares.per_template and free_v >= t.vcpus and free_m >= t.memory_mib:
+                    n, free_v, free_m = n + 1, free_v - t.vcpus, free_m - t.memory_mib
+            keep[key] = n
+        for s in self.spares.trim(keep):
+            self.log.info("dropped warm spare %s of template %s", s.id, s.key)
+        have = self.spares.count()
+        retry = time.monotonic() - TEMPLATE_RETRY
+        short = [k for k, n in keep.items() if have.get(k, 0) < n and self.spare_failures.get(k, retry) <= retry]
+        if short and self._idle():
+            self._submit(SPARE, self._make_spare, short[0])
+
+    def _idle(self) -> bool:
+        """Nothing to start, terminate or wait for on this node."""
+        with self.inflight_lock:
+            if any(fn in ("_start", "_terminate") for fn in self.inflight.values()):
+                return False
+        with self.awaiting_lock:
+            return not self.awaiting
+
+    def _make_spare(self, key: str) -> None:
+        with self.templates.using(key, touch=False) as t:      # a spare is no use: the LRU is the clones'
+            if t is None:
+                return
+            try:
+                with self.restores:
+                    spare = self.spares.make(t, self.hyper.virt_type)
+            except Exception as exc:
+                self.metrics.failure("spare")
+                self.spare_failures[key] = time.monotonic()
+                self.log.warning("making a warm spare of template %s failed: %s", key, exc)
+                self._check_template(t)
+                return
+        self.spare_failures.pop(key, None)
+        self.log.info("warm spare %s of template %s made", spare.id, key)
+        self.wake.set()                     # the next, if the pool is short
 
     def _prune_templates(self) -> None:
         """Templates no clone uses go when they are stale (their image is
@@ -740,8 +838,13 @@ class ComputeAgent(NodeAgent):
         the image's session runs is no sign: a template keeps it running.)"""
         def in_use() -> set[str]:
             return {self.templates.of_overlay_backing(self.overlays.backing(path))
-                    for _g, path in self.overlays.list().values()}
+                    for _g, path in self.overlays.list().values()} | self.spares.template_keys()
+        for key in self.templates.prune(in_use, self._template_current()):
+            self.log.info("removed warm-clone template %s", key)
 
+    def _template_current(self):
+        """t -> whether template t is of its image's content now and of the
+        session new instances get (images read once per call of this)."""
         images: dict[str, str | None] = {}
 
         def current(t: Template) -> bool:
@@ -752,8 +855,7 @@ class ComputeAgent(NodeAgent):
                 return False
             s = self.sessions.current(base_of(t.session))
             return s is None or s.key == t.session
-        for key in self.templates.prune(in_use, current):
-            self.log.info("removed warm-clone template %s", key)
+        return current
 
     def _address(self, inst: Instance) -> tuple[str | None, str] | None:
         """(address, MAC) for the instance; None when it must wait (shown)."""
@@ -844,7 +946,7 @@ class ComputeAgent(NodeAgent):
         woken now, an instance whose guest died is started again at once
         rather than shown ready for up to a reconcile period (5 s) with no
         VM (the fault campaign saw it: a guest's qemu killed -9)."""
-        if domain.startswith(domain_name(self.name, "")):
+        if domain.startswith(f"cf-{self.name}"):      # its instances', claimed spares' (spares.py)
             self.wake.set()
 
     def _on_replica_gone(self, _event) -> None:
@@ -937,7 +1039,7 @@ class ComputeAgent(NodeAgent):
 
     def _terminate(self, group: str, iid: str) -> None:
         self.settled.discard(iid)
-        self.hyper.destroy(domain_name(self.name, iid))
+        self.hyper.destroy(self.hyper.name_of(self.name, iid))
         fault_point("terminate.destroyed", self.name)
         key = self.sessions.key_of_overlay(self.overlays.path(group, iid))
         self.overlays.remove(group, iid)       # ephemeral: nothing of the instance survives
@@ -1040,7 +1142,7 @@ class ComputeAgent(NodeAgent):
         if got is None or got[0].state != InstanceState.RUNNING:
             return False
         self._set_state(group, iid, InstanceState.FAILED, message, reason)
-        self.hyper.destroy(domain_name(self.name, iid))
+        self.hyper.destroy(self.hyper.name_of(self.name, iid))
         self.log.warning("instance %s failed: %s", iid, message)
         return True
 

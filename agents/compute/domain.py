@@ -33,6 +33,17 @@ class DomainSpec:
                               # product that makes the demo guest wait for its clone's seed
 
 
+def instance_metadata(spec: DomainSpec, prefixed: bool = True) -> str:
+    """Our metadata element: whose instance a domain is (how a restarted
+    agent finds its domains, and how a claimed spare becomes an instance).
+    ``prefixed`` False: bare, as libvirt's setMetadata takes it (it adds
+    the namespace)."""
+    attrs = f"id={quoteattr(spec.instance_id)} group={quoteattr(spec.group)} node={quoteattr(spec.node)}"
+    if not prefixed:
+        return f"<instance {attrs}/>"
+    return f"<{METADATA_KEY}:instance xmlns:{METADATA_KEY}='{METADATA_NS}' {attrs}/>"
+
+
 def seed_disk_xml(spec: DomainSpec) -> str:
     """The NoCloud seed's disk ("" without one): in a cold boot's domain
     XML, or hot-plugged into a warm clone after its restore."""
@@ -90,7 +101,7 @@ def domain_xml(spec: DomainSpec) -> str:
     return f"""<domain type='{spec.virt_type}'>
   <name>{escape(spec.name)}</name>{"<genid/>" if spec.genid or spec.template else ""}
   <metadata>
-    <{METADATA_KEY}:instance xmlns:{METADATA_KEY}='{METADATA_NS}' id={quoteattr(spec.instance_id)} group={quoteattr(spec.group)} node={quoteattr(spec.node)}/>
+    {instance_metadata(spec)}
   </metadata>
   <memory unit='MiB'>{int(spec.memory_mib)}</memory>
   <vcpu>{int(spec.vcpus)}</vcpu>

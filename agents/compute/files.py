@@ -25,6 +25,14 @@ class InstanceFileStore:
         os.chmod(folder, 0o755)
         return folder
 
+    def adopt(self, group: str, instance_id: str, source: Path) -> Path:
+        """Move ``source`` (e.g. a claimed warm spare's overlay, open in its
+        qemu, which keeps it) to the instance's path."""
+        self._folder(group)
+        path = self.path(group, instance_id)
+        os.replace(source, path)
+        return path
+
     def remove(self, group: str, instance_id: str) -> bool:
         path = self.path(group, instance_id)
         existed = path.exists()

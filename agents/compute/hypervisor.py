@@ -16,7 +16,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Callable
 
-from cowfleet.agents.compute.domain import METADATA_NS, DomainSpec, domain_xml, interface_xml, seed_disk_xml
+from cowfleet.agents.compute.domain import (METADATA_KEY, METADATA_NS, DomainSpec, domain_xml, instance_metadata,
+                                             interface_xml, seed_disk_xml)
 from cowfleet.agents.compute.network import apart_from_libvirtd
 from cowfleet.agents.compute.savefile import STREAM_MAGIC, Feeder, SaveImage, SaveImageError, clone_xml, write_image
 from cowfleet.faults import fault_point
@@ -96,6 +97,28 @@ class Hypervisor(abc.ABC):
         cannot be restored as ``spec`` (corrupt, foreign, other devices):
         the caller boots cold instead."""
 
+    @abc.abstractmethod
+    def restore_spare(self, template: str | os.PathLike, spec: DomainSpec) -> None:
+        """Restore ``spec`` from a template and leave it paused, with no NIC
+        and no seed: a warm spare (spares.py), whose restore is paid before
+        any instance asks for it. Raises as :meth:`restore_clone`."""
+
+    @abc.abstractmethod
+    def claim_spare(self, name: str, spec: DomainSpec, attach: Attach | None = None) -> None:
+        """Make paused spare ``name`` the instance ``spec`` and run it: its
+        metadata becomes ``spec``'s identity (it keeps its name: libvirt
+        renames no running domain, so :meth:`name_of` says it), ``spec``'s
+        NIC and seed are hot-plugged, ``attach`` as in :meth:`start`, and it
+        resumes. The caller has moved its disk and console to ``spec``'s
+        paths (qemu keeps its open files). A domain that is not paused is
+        left alone (SaveImageError); on any other error once it is claimed,
+        it is destroyed and the error raised."""
+
+    def name_of(self, node: str, instance_id: str) -> str:
+        """The domain name of an instance: its own (domain_name), or the
+        name of the spare it was claimed from."""
+        return domain_name(node, instance_id)
+
 
 _event_loop_lock = threading.Lock()
 _event_loop_running = False
@@ -138,6 +161,7 @@ class LibvirtHypervisor(Hypervisor):
         self.virt_type = virt_type
         self._local = threading.local()
         self._identity: dict[str, tuple[str, str, str]] = {}   # domain UUID -> (node, id, group)
+        self._names: dict[tuple[str, str], str] = {}            # (node, id) -> name, of claimed spares
         self._identity_lock = threading.Lock()
         self.foreign_taps = apart_from_libvirtd()
         libvirt.registerErrorHandler(lambda ctx, err: None, None)  # errors come as exceptions
@@ -201,14 +225,16 @@ class LibvirtHypervisor(Hypervisor):
         # guests each libvirt call is slow. A domain's identity (its metadata)
         # never changes, so it is read once per domain (by UUID).
         lv = self._libvirt
-        prefix = domain_name(node, "")
+        # the node's own names, its templates' and spares' (cf-<node>~spare--,
+        # which claimed become instances of the node): told apart by metadata
+        prefix = f"cf-{node}"
         out, seen = {}, set()
         for dom, stats in self._conn().getAllDomainStats(lv.VIR_DOMAIN_STATS_STATE):
+            uuid = dom.UUIDString()
+            seen.add(uuid)
             name = dom.name()
             if not name.startswith(prefix):
                 continue
-            uuid = dom.UUIDString()
-            seen.add(uuid)
             with self._identity_lock:
                 ident = self._identity.get(uuid)
             if ident is None:
@@ -232,11 +258,18 @@ class LibvirtHypervisor(Hypervisor):
             out[ident[1]] = DomainInfo(name=name, instance_id=ident[1], group=ident[2],
                                        running=state != lv.VIR_DOMAIN_SHUTOFF, paused=paused, clone=clone,
                                        io_error=io_error)
-        with self._identity_lock:      # forget domains gone from the host (only this node's are kept)
-            for uuid, ident in list(self._identity.items()):
-                if ident[0] == node and uuid not in seen:
-                    del self._identity[uuid]
+        with self._identity_lock:      # forget domains gone from the host
+            for uuid in set(self._identity) - seen:
+                del self._identity[uuid]
+            for key in [k for k in self._names if k[0] == node and k[1] not in out]:
+                del self._names[key]
+            self._names.update({(node, iid): d.name for iid, d in out.items()
+                                if d.name != domain_name(node, iid)})
         return out
+
+    def name_of(self, node: str, instance_id: str) -> str:
+        with self._identity_lock:
+            return self._names.get((node, instance_id)) or domain_name(node, instance_id)
 
     def watch_domains(self, io_error: Callable[[str], None], stopped: Callable[[str], None]) -> None:
         """libvirt's I/O error and lifecycle events, on a connection of their
@@ -289,9 +322,38 @@ class LibvirtHypervisor(Hypervisor):
         """``copy``: restore from a whole copy of the image with the clone's
         header instead of a FIFO (the fallback, and the baseline the FIFO
         was measured against in bench/clone_restore.py)."""
+        if spec.network == "tap" and attach is None:
+            raise ValueError("a domain with a tap NIC needs attach")
+        self._restore_paused(template, spec, copy)
+        fault_point("start.paused", spec.node)   # as a started one: adopted and resumed alike
+        self._wake(self._conn().lookupByName(spec.name), spec, attach)
+
+    def restore_spare(self, template: str | os.PathLike, spec: DomainSpec) -> None:
+        self._restore_paused(template, spec)
+
+    def claim_spare(self, name: str, spec: DomainSpec, attach: Attach | None = None) -> None:
         lv = self._libvirt
         if spec.network == "tap" and attach is None:
             raise ValueError("a domain with a tap NIC needs attach")
+        dom = self._conn().lookupByName(name)
+        if dom.state()[0] != lv.VIR_DOMAIN_PAUSED:       # left alone: it may be an instance now
+            raise SaveImageError(f"spare {name} is not paused: it may have been claimed")
+        try:
+            # live only: the domain is transient; a restarted agent reads it back (list)
+            dom.setMetadata(lv.VIR_DOMAIN_METADATA_ELEMENT, instance_metadata(spec, prefixed=False), METADATA_KEY,
+                            METADATA_NS, lv.VIR_DOMAIN_AFFECT_LIVE)
+            with self._identity_lock:
+                self._identity[dom.UUIDString()] = (spec.node, spec.instance_id, spec.group)
+                self._names[(spec.node, spec.instance_id)] = name
+        except BaseException:
+            self.destroy(name)
+            raise
+        fault_point("start.paused", spec.node)   # an instance's domain now, paused: as a restored clone
+        self._wake(dom, spec, attach)
+
+    def _restore_paused(self, template: str | os.PathLike, spec: DomainSpec, copy: bool = False) -> None:
+        """``spec`` restored from the template, paused (no NIC, no seed)."""
+        lv = self._libvirt
         image = SaveImage.read(template)
         xml = clone_xml(image.xml, spec)
         # libvirt 9.0 opens the save file once, reads the header and hands
@@ -321,9 +383,11 @@ class LibvirtHypervisor(Hypervisor):
                 raise SaveImageError(f"feeding {template} to {spec.name} failed: {feeder.error}")
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        fault_point("start.paused", spec.node)   # as a started one: adopted and resumed alike
+
+    def _wake(self, dom, spec: DomainSpec, attach: Attach | None) -> None:
+        """A paused clone's NIC and seed plugged, then resumed (destroyed on error)."""
+        lv = self._libvirt
         try:
-            dom = self._conn().lookupByName(spec.name)
             if spec.network != "none":
                 # hot-plugged while paused: the guest finds it when it runs
                 # (ACPI PCI hotplug), a new device with the clone's own MAC
@@ -336,7 +400,7 @@ class LibvirtHypervisor(Hypervisor):
                 attach(spec.tap)
             dom.resume()
         except BaseException:
-            self.destroy(spec.name)
+            self.destroy(dom.name())
             raise
 
 
@@ -433,3 +497,36 @@ class FakeHypervisor(Hypervisor):
                       attach: Attach | None = None) -> None:
         clone_xml(SaveImage.read(template).xml, spec)      # refused as the real one refuses
         self.start(spec, attach)
+
+    def restore_spare(self, template: str | os.PathLike, spec: DomainSpec) -> None:
+        clone_xml(SaveImage.read(template).xml, spec)
+        open(spec.console_log, "a").close()            # as qemu opens its console
+        with self._lock:
+            if spec.name in self._domains:
+                raise RuntimeError(f"domain {spec.name} already exists")
+            self._domains[spec.name] = (spec, True)
+
+    def claim_spare(self, name: str, spec: DomainSpec, attach: Attach | None = None) -> None:
+        if spec.network == "tap" and attach is None:
+            raise ValueError("a domain with a tap NIC needs attach")
+        with self._lock:
+            got = self._domains.get(name)
+            if got is None:
+                raise RuntimeError(f"no domain {name}")
+            if not got[1]:
+                raise SaveImageError(f"spare {name} is not paused: it may have been claimed")
+            self._domains[name] = (dataclasses.replace(spec, name=name), True)
+        try:
+            self.resume(name, attach)
+        except BaseException:
+            self.destroy(name)
+            raise
+        with open(spec.console_log, "a") as fh:
+            fh.write(f"fake clone {spec.instance_id}\n{READY_MARKER}\n")
+
+    def name_of(self, node: str, instance_id: str) -> str:
+        with self._lock:
+            for name, (spec, _) in self._domains.items():
+                if spec.node == node and spec.instance_id == instance_id:
+                    return name
+        return domain_name(node, instance_id)

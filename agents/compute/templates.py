@@ -108,14 +108,14 @@ class TemplateStore:
         self._using: dict[str, int] = {}          # key -> clones being made of it right now
 
     @contextlib.contextmanager
-    def using(self, key: str):
+    def using(self, key: str, touch: bool = True):
         """Around making a clone's overlay: yields the template (None: there
         is none), which ``prune`` leaves alone meanwhile; after that the
         clone's overlay on disk says it is used (prune reads the overlays
         under the same lock as this count, so no removal slips between)."""
         with self._locks_lock:
             self._using[key] = self._using.get(key, 0) + 1
-            template = self.get(key)
+            template = self.get(key, touch)
         try:
             yield template
         finally:
@@ -159,13 +159,15 @@ class TemplateStore:
                 keys.add(t.session)
         return keys
 
-    def get(self, key: str) -> Template | None:
-        """The complete template of ``key``, marked as used now (LRU)."""
+    def get(self, key: str, touch: bool = True) -> Template | None:
+        """The complete template of ``key``, marked as used now (LRU) unless
+        ``touch`` is False (a warm spare made of it is no use by a clone)."""
         folder = self.root / key
         t = self._read(folder)
         if t is None or t.key != key or not t.save.exists():
             return None
-        os.utime(folder)
+        if touch:
+            os.utime(folder)
         return t
 
     def of_overlay_backing(self, backing: str | None) -> str | None:

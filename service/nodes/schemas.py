@@ -18,3 +18,5 @@ class NodeSchema(Schema):
         "description": "compute: the instance subnet the node claimed (its instances' addresses)"})
     node_ip = fields.Str(required=True, allow_none=True, metadata={
         "description": "compute: the node's address, the next hop of its instance subnet"})
+    warm_spares = fields.Int(required=True, allow_none=True, metadata={
+        "description": "compute: warm-clone spares restored ahead and waiting to be claimed by starts"})

@@ -142,3 +142,75 @@ def test_an_agent_killed_with_a_clone_paused_starts_it_anew(lab, client, image_d
     assert seen["name"].endswith("--" + inst["id"])
     assert sorted(d for d in domains(lab) if d.startswith(f"cf-{node}--{clone_group}-")) == \
         sorted(f"cf-{node}--{i['id']}" for i in g["instances"])
+
+
+@pytest.fixture
+def spares_node(lab, client, monkeypatch):
+    """The lab's compute agent restarted keeping two warm spares per
+    template (spares.py); afterwards restarted without, its start sweeping
+    the spares it left."""
+    monkeypatch.setenv("COWFLEET_WARM_SPARES", "2")
+    lab.restart("agent-compute")
+    yield compute_dir(lab).name
+    monkeypatch.delenv("COWFLEET_WARM_SPARES")
+    lab.restart("agent-compute")
+    assert not spare_domains(lab), "the agent's start sweeps its spares"
+    assert not list((compute_dir(lab) / "spares").iterdir())
+
+
+def spare_domains(lab) -> set[str]:
+    """Domains of spares, claimed ones included (a claimed spare keeps its name)."""
+    return {d for d in domains(lab) if "~spare--" in d}
+
+
+def spares_waiting(client, lab, n: int, domains_n: int | None = None) -> set[str] | None:
+    node = next(x for x in client.nodes() if x["role"] == "compute")
+    names = spare_domains(lab)
+    return names if node["warm_spares"] == n and len(names) == (n if domains_n is None else domains_n) else None
+
+
+def test_warm_spares_wait_paused_and_instances_claim_them(lab, client, image_demo, clone_group, spares_node):
+    client.put_group(clone_group, image="demo", flavor="small", size=1, user_data=USER_DATA, start="clone")
+    [first] = wait_until(lambda: ready(client, clone_group, 1), 300, "the first clone ready")["instances"]
+    spares = wait_until(lambda: spares_waiting(client, lab, 2), 120, "two warm spares, once the node is idle")
+    assert f"cf-{spares_node}--{first['id']}" in domains(lab), "the first one was restored for it"
+    client.patch_group(clone_group, {"size": 3})
+    g = wait_until(lambda: ready(client, clone_group, 3), 300, "the two new clones ready")
+    new = [i for i in g["instances"] if i["id"] != first["id"]]
+    pages = [page(i) for i in new]
+    for inst, p in zip(new, pages):
+        assert inst["start"] == "clone" and inst["start_reason"] == "", inst
+        assert p["instance-id"] == inst["id"] and p["hostname"] == inst["id"], p
+        assert p["address"].split("/")[0] == inst["address"] and p["clone"] == "1" and p["runs"] == "1", p
+        assert (compute_dir(lab) / "overlays" / clone_group / f"{inst['id']}.qcow2").exists()
+    assert pages[0]["random"] != pages[1]["random"]
+    # each runs in the domain of a spare that waited (it keeps its name)
+    assert spares <= domains(lab)
+    assert [d for d in domains(lab) if d.startswith(f"cf-{spares_node}--{clone_group}-")] == \
+        [f"cf-{spares_node}--{first['id']}"]
+    refilled = wait_until(lambda: spares_waiting(client, lab, 2, 4), 120, "the pool made whole again")
+    assert spares < refilled
+    client.patch_group(clone_group, {"size": 1})
+    wait_until(lambda: ready(client, clone_group, 1), 120, "the claimed ones terminated")
+    assert spares.isdisjoint(domains(lab)), "a claimed spare goes with its instance"
+
+
+def test_an_agent_killed_claiming_a_spare_starts_the_instance_anew(lab, client, image_demo, clone_group,
+                                                                   spares_node):
+    client.put_group(clone_group, image="demo", flavor="small", size=1, user_data=USER_DATA, start="clone")
+    [first] = wait_until(lambda: ready(client, clone_group, 1), 300, "the first clone ready")["instances"]
+    spares = wait_until(lambda: spares_waiting(client, lab, 2), 120, "two warm spares")
+    pause = Pause(lab, "spare.moved")
+    pause.arm()
+    client.patch_group(clone_group, {"size": 2})
+
+    def there():        # the spare's overlay is the instance's; the domain is still a spare's
+        [moved] = [p for p in (compute_dir(lab) / "overlays" / clone_group).iterdir() if first["id"] not in p.name]
+        assert len(list((compute_dir(lab) / "spares").glob("*.qcow2"))) == 1, "one moved, one waits"
+        assert spare_domains(lab) == spares
+    pause.kill_there_and_restart(there)
+    g = wait_until(lambda: ready(client, clone_group, 2), 300, "the group ready after the kill")
+    [inst] = [i for i in g["instances"] if i["id"] != first["id"]]
+    assert inst["start"] == "clone" and page(inst)["instance-id"] == inst["id"]
+    assert spares.isdisjoint(domains(lab)), "the restart swept both spares, the half-claimed one too"
+    wait_until(lambda: spares_waiting(client, lab, 2), 120, "a new pool")

@@ -240,6 +240,65 @@ def test_a_saved_template_restores_as_clones_of_their_own(hyper, spec_for):
     assert not list(path.parent.glob(".restore-*")), "no FIFO left behind"
 
 
+def test_a_spare_waits_paused_apart_and_is_claimed_whole_by_an_instance(hyper, spec_for, node_net):
+    """A warm spare (spares.py): restored ahead under a node of its own,
+    paused, with no NIC or seed; claimed, it is the instance's domain --
+    listed, named (name_of) and destroyed as the instance -- with the
+    instance's identity, NIC (tap attached while paused) and seed."""
+    tmpl, path = saved_template(hyper, spec_for)
+    spare_node = f"{NODE}~spare"
+    spare = spec_for(node=spare_node, backing=tmpl.disk_path)
+    hyper.restore_spare(path, spare)
+    try:
+        assert hyper.list(NODE) == {}, "an unclaimed spare is no instance of the node"
+        [info] = hyper.list(spare_node).values()
+        assert (info.name, info.paused) == (spare.name, True)
+        seed = path.with_name("spare-seed.iso")
+        seed.write_bytes(bytes(1 << 20))
+        inst = dataclasses.replace(tap_spec(spec_for(iid=f"g-{secrets.token_hex(3)}")), mac="02:00:00:00:00:05",
+                                   seed_path=str(seed), name=spare.name)
+        with pytest.raises(ValueError, match="attach"):
+            hyper.claim_spare(spare.name, inst)
+        assert hyper.list(spare_node)[spare.instance_id].paused, "refused before it was touched"
+        seen = []
+
+        def attach(tap):
+            seen.append((tap, hyper.list(NODE)[inst.instance_id].paused))
+            node_net.attach(tap)
+        hyper.claim_spare(spare.name, inst, attach=attach)
+        assert seen == [(inst.tap, True)]
+        listed = hyper.list(NODE)
+        assert set(listed) == {inst.instance_id} and hyper.list(spare_node) == {}
+        got = listed[inst.instance_id]
+        assert (got.name, got.group, got.running, got.paused) == (spare.name, "g", True, False)
+        assert hyper.name_of(NODE, inst.instance_id) == spare.name
+        if isinstance(hyper, LibvirtHypervisor):
+            x = live_xml(hyper, inst)
+            assert x.find("devices/interface/mac").get("address") == inst.mac
+            assert [d.find("source").get("file") for d in x.findall("devices/disk")
+                    if d.find("target").get("dev") == "vdb"] == [str(seed)]
+            # a new reader of the host (a restarted agent) sees the instance too
+            assert LibvirtHypervisor("qemu:///system", "qemu").list(NODE)[inst.instance_id].name == spare.name
+        with pytest.raises(SaveImageError, match="not paused"):
+            hyper.claim_spare(spare.name, inst, attach=attach)      # claimed once only
+        assert hyper.list(NODE)[inst.instance_id].running, "a running instance is left alone"
+        assert hyper.destroy(hyper.name_of(NODE, inst.instance_id))
+        assert hyper.list(NODE) == {}
+        assert hyper.name_of(NODE, inst.instance_id) == domain_name(NODE, inst.instance_id)
+        other = spec_for(node=spare_node, backing=tmpl.disk_path)
+        hyper.restore_spare(path, other)
+
+        def refuse(tap):
+            raise RuntimeError(f"cannot attach {tap}")
+        with pytest.raises(RuntimeError, match="cannot attach"):
+            hyper.claim_spare(other.name, dataclasses.replace(inst, name=other.name), attach=refuse)
+        assert hyper.list(NODE) == {} and hyper.list(spare_node) == {}, "a failed claim destroys the spare"
+    finally:
+        for n in (NODE, spare_node):
+            for i in hyper.list(n).values():
+                hyper.destroy(i.name)
+
+
 def cut(path: Path, keep: int) -> Path:
     out = path.with_name(f"cut{keep}.save")
     out.write_bytes(path.read_bytes()[:keep])

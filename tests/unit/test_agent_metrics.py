@@ -12,6 +12,7 @@ from werkzeug.test import Client
 from werkzeug.wrappers import Request
 
 from cowfleet import p2p
+from cowfleet.agents.compute.hypervisor import domain_name
 from cowfleet.agents.metrics import ATTACHED, AgentMetrics
 from cowfleet.agents.p2p_server import P2PServer, json_answer
 from cowfleet.agents.storage.copy_store import CopyStore
@@ -139,7 +140,7 @@ def test_a_ready_timeout_counts_a_failure_only_for_an_instance_it_failed(tmp_pat
                                                  connected=threading.Event(), losses=0, capacity=dict,
                                                  allocated=dict))
     destroyed, written = [], []
-    agent.hyper = SimpleNamespace(destroy=destroyed.append)
+    agent.hyper = SimpleNamespace(destroy=destroyed.append, name_of=domain_name)
     agent._set_state = lambda group, iid, state, *a, **k: written.append((iid, state))
     records = {"running": Instance(id="running", group="g", node="n", rack="r", image="i", flavor="f", generation=1,
                                     state=InstanceState.RUNNING)}

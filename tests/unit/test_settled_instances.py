@@ -25,7 +25,8 @@ def _agent(domains: dict):
         overlays=SimpleNamespace(list=lambda: {}), seeds=SimpleNamespace(list=lambda: {}),
         _submit=lambda iid, fn, *args: calls.append((iid, fn)),
         _start="start", _adopt="adopt", _terminate="terminate",
-        _reconcile_sessions=lambda overlays: None, _prune_templates=lambda: None)
+        _reconcile_sessions=lambda overlays: None, _keep_spares=lambda desired, domains: None,
+        _prune_templates=lambda: None)
     me.name = "n1"
     return me
 
