@@ -231,7 +231,7 @@ class Instance(Record):
     generation: int
     state: str = InstanceState.PENDING
     address: str | None = None   # on the node's instance subnet, fixed before the domain starts
-    mac: str | None = None       # locally administered, derived from the id (network.mac_for)
+    mac: str | None = None       # locally administered: network.mac_for(id), or its warm spare's (spares.py)
     message: str = ""
     created_at: float = field(default_factory=now)
     running_at: float | None = None

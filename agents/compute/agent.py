@@ -541,6 +541,7 @@ class ComputeAgent(NodeAgent):
             if not overlay.exists():
                 template, why = self._clone_template(spec_group, image, flavor, session)
                 spare = self.spares.take(template.key) if template else None
+                mac = spare.mac if spare is not None and spare.mac else mac   # the spare's NIC is the instance's
                 if spare is None:     # with a spare, its overlay becomes the instance's when claimed
                     overlay = self._create_clone_overlay(group, iid, template) if template else None
                 if spare is None and overlay is None:
@@ -564,7 +565,7 @@ class ComputeAgent(NodeAgent):
         fault_point("start.domain", self.name)
         running_at = now()
         self._set_state(group, iid, InstanceState.RUNNING, running_at=running_at, ready_at=None,
-                        start="boot" if template is None or why else "clone", start_reason=why)
+                        start="boot" if template is None or why else "clone", start_reason=why, mac=mac)
         # the metrics' data path: this start attached the image, or used the host's running session
         self.metrics.started(iid, metrics.ATTACHED if attached else metrics.SHARED, t_domain - t0)
         self.log.info("%s running: session %.0f ms, overlay %.0f ms, seed %.1f ms, domain %.0f ms", iid,
@@ -654,17 +655,22 @@ class ComputeAgent(NodeAgent):
         a stopped leftover of the same name destroyed."""
         console = self.consoles / f"{iid}.log"
         console.unlink(missing_ok=True)
-        # agent and libvirtd in different network namespaces: a tap the agent puts on its bridge
-        tap = tap_name(iid) if self.instnet is not None and self.hyper.foreign_taps else None
+        network, bridge = self._nic()
         spec = DomainSpec(name=domain_name(self.name, iid), instance_id=iid, group=group,
                           node=self.name, vcpus=flavor.vcpus, memory_mib=flavor.memory_mib,
                           disk_path=str(overlay), console_log=str(console),
-                          virt_type=self.hyper.virt_type,
-                          network=("tap" if tap else "bridge") if self.instnet is not None else self.network,
-                          bridge=self.instnet.net.bridge if self.instnet is not None else None, tap=tap,
+                          virt_type=self.hyper.virt_type, network=network, bridge=bridge,
+                          tap=tap_name(iid) if network == "tap" else None,
                           mac=mac, seed_path=str(seed) if seed else None)
         self.hyper.destroy(spec.name)        # a stopped leftover of the same name
         return spec
+
+    def _nic(self) -> tuple[str, str | None]:
+        """The kind of NIC this node's domains get (DomainSpec.network) and its bridge."""
+        if self.instnet is None:
+            return self.network, None
+        # agent and libvirtd in different network namespaces: a tap the agent puts on its bridge
+        return ("tap" if self.hyper.foreign_taps else "bridge"), self.instnet.net.bridge
 
     def _define_and_start(self, group: str, iid: str, flavor: Flavor, overlay: Path, seed: Path | None,
                           mac: str) -> None:
@@ -762,9 +768,10 @@ class ComputeAgent(NodeAgent):
         only its identity, NIC and seed are new); if that fails, a new
         overlay on the master to boot from and why."""
         spec = self._domain_spec(group, iid, flavor, overlay, seed, mac)
+        # the spare's domain, and its NIC if it has one (its tap too)
+        spec = dataclasses.replace(spec, name=spare.name, tap=spare.tap if spare.mac else spec.tap)
         try:
-            self.spares.claim(spare, dataclasses.replace(spec, name=spare.name), group,
-                              attach=self.instnet.net.attach if spec.tap else None)
+            self.spares.claim(spare, spec, group, attach=self.instnet.net.attach if spec.tap else None)
             self.log.info("%s is warm spare %s of template %s", iid, spare.id, spare.key)
             self.wake.set()                 # the pool is one short: made again once the node is idle
             return overlay, ""
@@ -815,12 +822,16 @@ class ComputeAgent(NodeAgent):
             return not self.awaiting
 
     def _make_spare(self, key: str) -> None:
+        if self.instnet is not None and not self.instnet.ready:
+            return                          # its NIC goes on the node's bridge
+        network, bridge = self._nic()
         with self.templates.using(key, touch=False) as t:      # a spare is no use: the LRU is the clones'
             if t is None:
                 return
             try:
                 with self.restores:
-                    spare = self.spares.make(t, self.hyper.virt_type)
+                    spare = self.spares.make(t, self.hyper.virt_type, network, bridge,
+                                             self.instnet.net.attach if network == "tap" else None)
             except Exception as exc:
                 self.metrics.failure("spare")
                 self.spare_failures[key] = time.monotonic()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -98,10 +99,13 @@ class Hypervisor(abc.ABC):
         the caller boots cold instead."""
 
     @abc.abstractmethod
-    def restore_spare(self, template: str | os.PathLike, spec: DomainSpec) -> None:
-        """Restore ``spec`` from a template and leave it paused, with no NIC
-        and no seed: a warm spare (spares.py), whose restore is paid before
-        any instance asks for it. Raises as :meth:`restore_clone`."""
+    def restore_spare(self, template: str | os.PathLike, spec: DomainSpec, attach: Attach | None = None) -> None:
+        """Restore ``spec`` from a template as a warm spare (spares.py), whose
+        restore is paid before any instance asks for it: with ``spec``'s NIC
+        (``attach`` as in :meth:`start`) it runs until the guest's driver has
+        taken the NIC, then pauses; with network none it stays paused. No
+        seed: the guest waits for its instance's. Raises as
+        :meth:`restore_clone`, leaving no domain."""
 
     @abc.abstractmethod
     def claim_spare(self, name: str, spec: DomainSpec, attach: Attach | None = None) -> None:
@@ -110,9 +114,10 @@ class Hypervisor(abc.ABC):
         renames no running domain, so :meth:`name_of` says it), ``spec``'s
         NIC and seed are hot-plugged, ``attach`` as in :meth:`start`, and it
         resumes. The caller has moved its disk and console to ``spec``'s
-        paths (qemu keeps its open files). A domain that is not paused is
-        left alone (SaveImageError); on any other error once it is claimed,
-        it is destroyed and the error raised."""
+        paths (qemu keeps its open files). A NIC the spare has already
+        (``spec.mac``'s: restore_spare's) is kept, not plugged again. A
+        domain that is not paused is left alone (SaveImageError); on any
+        other error once it is claimed, it is destroyed and the error raised."""
 
     def name_of(self, node: str, instance_id: str) -> str:
         """The domain name of an instance: its own (domain_name), or the
@@ -328,8 +333,32 @@ class LibvirtHypervisor(Hypervisor):
         fault_point("start.paused", spec.node)   # as a started one: adopted and resumed alike
         self._wake(self._conn().lookupByName(spec.name), spec, attach)
 
-    def restore_spare(self, template: str | os.PathLike, spec: DomainSpec) -> None:
+    def restore_spare(self, template: str | os.PathLike, spec: DomainSpec, attach: Attach | None = None) -> None:
+        if spec.network == "tap" and attach is None:
+            raise ValueError("a domain with a tap NIC needs attach")
         self._restore_paused(template, spec)
+        if spec.network == "none":
+            return
+        # The NIC's hot-plug is a third of a clone's wake under TCG (the
+        # guest's ACPI PCI hotplug and driver probe: 0.25-0.32 core-s): a
+        # spare pays it too, before any instance asks. It runs until its
+        # guest's virtio-net driver is up, then waits paused; the instance
+        # that claims it gets this NIC, its MAC the instance's.
+        try:
+            dom = self._conn().lookupByName(spec.name)
+            dom.attachDeviceFlags(interface_xml(spec), self._libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            if spec.network == "tap":
+                attach(spec.tap)
+            dom.resume()
+            deadline = time.monotonic() + SPARE_NIC_TIMEOUT
+            while not _nic_driver_ok(dom):
+                if time.monotonic() > deadline:
+                    raise SaveImageError(f"the guest of spare {spec.name} took no NIC in {SPARE_NIC_TIMEOUT:.0f} s")
+                time.sleep(0.05)
+            dom.suspend()
+        except BaseException:
+            self.destroy(spec.name)
+            raise
 
     def claim_spare(self, name: str, spec: DomainSpec, attach: Attach | None = None) -> None:
         lv = self._libvirt
@@ -349,7 +378,9 @@ class LibvirtHypervisor(Hypervisor):
             self.destroy(name)
             raise
         fault_point("start.paused", spec.node)   # an instance's domain now, paused: as a restored clone
-        self._wake(dom, spec, attach)
+        has_nic = spec.mac is not None and ET.fromstring(dom.XMLDesc(0)).find(
+            f"devices/interface/mac[@address='{spec.mac}']") is not None
+        self._wake(dom, spec, attach, nic=not has_nic)
 
     def _restore_paused(self, template: str | os.PathLike, spec: DomainSpec, copy: bool = False) -> None:
         """``spec`` restored from the template, paused (no NIC, no seed)."""
@@ -384,11 +415,12 @@ class LibvirtHypervisor(Hypervisor):
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _wake(self, dom, spec: DomainSpec, attach: Attach | None) -> None:
-        """A paused clone's NIC and seed plugged, then resumed (destroyed on error)."""
+    def _wake(self, dom, spec: DomainSpec, attach: Attach | None, nic: bool = True) -> None:
+        """A paused clone's NIC (unless ``nic`` is False: it has it) and seed
+        plugged, then resumed (destroyed on error)."""
         lv = self._libvirt
         try:
-            if spec.network != "none":
+            if nic and spec.network != "none":
                 # hot-plugged while paused: the guest finds it when it runs
                 # (ACPI PCI hotplug), a new device with the clone's own MAC
                 dom.attachDeviceFlags(interface_xml(spec), lv.VIR_DOMAIN_AFFECT_LIVE)
@@ -396,12 +428,28 @@ class LibvirtHypervisor(Hypervisor):
                 # after the NIC: the seed's block device wakes the waiting
                 # template guest, which then looks for the NIC it names
                 dom.attachDeviceFlags(seed_disk_xml(spec), lv.VIR_DOMAIN_AFFECT_LIVE)
-            if spec.network == "tap":
+            if nic and spec.network == "tap":
                 attach(spec.tap)
             dom.resume()
         except BaseException:
             self.destroy(dom.name())
             raise
+
+
+# a spare's guest takes its NIC in ~0.3 s under TCG when idle: this is for a host busy booting
+SPARE_NIC_TIMEOUT = 60.0
+
+
+def _nic_driver_ok(dom) -> bool:
+    """Whether the domain's guest has its virtio-net device's driver up
+    (DRIVER_OK in the device's status). From qemu's monitor: libvirt's API
+    says what devices a domain has, not what the guest made of them; libvirt
+    marks a domain so asked as tainted (custom-monitor), which changes nothing."""
+    import libvirt_qemu  # imported here, as libvirt is, so unit tests run without it
+    ask = lambda cmd, **args: json.loads(libvirt_qemu.qemuMonitorCommand(  # noqa: E731
+        dom, json.dumps({"execute": cmd, **({"arguments": args} if args else {})}), 0))["return"]
+    nets = [d["path"] for d in ask("x-query-virtio") if d["name"] == "virtio-net"]
+    return bool(nets) and "DRIVER_OK" in str(ask("x-query-virtio-status", path=nets[0])["status"])
 
 
 def _fit_for_template(name: str, root: ET.Element) -> None:
@@ -498,13 +546,21 @@ class FakeHypervisor(Hypervisor):
         clone_xml(SaveImage.read(template).xml, spec)      # refused as the real one refuses
         self.start(spec, attach)
 
-    def restore_spare(self, template: str | os.PathLike, spec: DomainSpec) -> None:
+    def restore_spare(self, template: str | os.PathLike, spec: DomainSpec, attach: Attach | None = None) -> None:
+        if spec.network == "tap" and attach is None:
+            raise ValueError("a domain with a tap NIC needs attach")
         clone_xml(SaveImage.read(template).xml, spec)
         open(spec.console_log, "a").close()            # as qemu opens its console
         with self._lock:
             if spec.name in self._domains:
                 raise RuntimeError(f"domain {spec.name} already exists")
             self._domains[spec.name] = (spec, True)
+        if spec.network == "tap":
+            try:
+                attach(spec.tap)
+            except BaseException:
+                self.destroy(spec.name)
+                raise
 
     def claim_spare(self, name: str, spec: DomainSpec, attach: Attach | None = None) -> None:
         if spec.network == "tap" and attach is None:
@@ -516,8 +572,9 @@ class FakeHypervisor(Hypervisor):
             if not got[1]:
                 raise SaveImageError(f"spare {name} is not paused: it may have been claimed")
             self._domains[name] = (dataclasses.replace(spec, name=name), True)
+            has_nic = spec.mac is not None and got[0].mac == spec.mac
         try:
-            self.resume(name, attach)
+            self.resume(name, None if has_nic else attach)
         except BaseException:
             self.destroy(name)
             raise

@@ -7,8 +7,11 @@ restore per start a group cannot be running sooner than a bare boot
 creates its domains. A spare pays it before the PUT: a start that finds
 one renames the spare's overlay and console to the instance's, sets the
 domain's metadata to the instance (it keeps its name: libvirt renames no
-running domain), hot-plugs the instance's NIC and seed and resumes it --
-the same wake as a clone restored for it, its identity all its own.
+running domain), hot-plugs the instance's seed and resumes it -- the
+same wake as a clone restored for it, its identity all its own. The NIC is
+the spare's own, plugged when it was made (the spare ran until its guest's
+driver took it: a third of a wake's CPU, paid ahead); its MAC, unique to
+the spare, becomes the instance's.
 
 A spare is ``<root>/<id>.qcow2`` (an overlay on its template's frozen
 layer), ``<root>/<id>.log`` (its console) and a paused domain named under
@@ -31,9 +34,11 @@ from pathlib import Path
 
 from cowfleet.agents.compute.domain import DomainSpec
 from cowfleet.agents.compute.hypervisor import Hypervisor, domain_name
+from cowfleet.agents.compute.network import tap_name
 from cowfleet.agents.compute.overlays import OverlayStore
 from cowfleet.agents.compute.templates import Template, TemplateStore
 from cowfleet.faults import fault_point
+from cowfleet.network import mac_for
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,8 @@ class Spare:
     memory_mib: int
     disk: Path
     console: Path
+    mac: str | None = None   # its NIC's, plugged when it was made: the claiming instance's
+    tap: str | None = None   # with a tap NIC: the tap's name
 
 
 class SparePool:
@@ -90,24 +97,29 @@ class SparePool:
         return keys
 
     # -- making, taking, dropping ---------------------------------------------
-    def make(self, template: Template, virt_type: str) -> Spare:
-        """One spare of ``template``, paused (raises, leaving nothing, if
-        it cannot be made: e.g. a save image that does not read back)."""
+    def make(self, template: Template, virt_type: str, network: str = "none", bridge: str | None = None,
+             attach=None) -> Spare:
+        """One spare of ``template``, paused, with a NIC of its own on
+        ``network`` (DomainSpec's: a tap one is given to ``attach``). Raises,
+        leaving nothing, if it cannot be made (e.g. a save image that does
+        not read back)."""
         sid = f"s{secrets.token_hex(4)}"
         disk, console = self.root / f"{sid}.qcow2", self.root / f"{sid}.log"
+        nic = network != "none"
         spec = DomainSpec(name=domain_name(self.node, sid), instance_id=sid, group=template.key, node=self.node,
                           vcpus=template.vcpus, memory_mib=template.memory_mib, disk_path=str(disk),
-                          console_log=str(console), virt_type=virt_type, network="none")
+                          console_log=str(console), virt_type=virt_type, network=network, bridge=bridge,
+                          tap=tap_name(sid) if network == "tap" else None, mac=mac_for(sid) if nic else None)
         try:
             self.overlays.layer(disk, str(template.disk), "qcow2")
-            self.hyper.restore_spare(template.save, spec)
+            self.hyper.restore_spare(template.save, spec, attach)
             fault_point("spare.made", self.owner)
         except BaseException:
             self.hyper.destroy(spec.name)
             self._unlink(disk, console)
             raise
         spare = Spare(id=sid, key=template.key, name=spec.name, vcpus=template.vcpus,
-                      memory_mib=template.memory_mib, disk=disk, console=console)
+                      memory_mib=template.memory_mib, disk=disk, console=console, mac=spec.mac, tap=spec.tap)
         with self._lock:
             self._spares[sid] = spare
         return spare

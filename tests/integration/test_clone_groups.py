@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from cowfleet.agents.compute.savefile import HEADER_LEN, MAGIC
+from cowfleet.network import mac_for
 from tests.helpers import wait_until
 from tests.integration.test_crash_points import Pause, compute_dir
 from tests.integration.test_crash_safety import domains
@@ -184,8 +185,12 @@ def test_warm_spares_wait_paused_and_instances_claim_them(lab, client, image_dem
         assert p["address"].split("/")[0] == inst["address"] and p["clone"] == "1" and p["runs"] == "1", p
         assert (compute_dir(lab) / "overlays" / clone_group / f"{inst['id']}.qcow2").exists()
     assert pages[0]["random"] != pages[1]["random"]
-    # each runs in the domain of a spare that waited (it keeps its name)
+    # each runs in the domain of a spare that waited (it keeps its name),
+    # on the NIC the spare took when it was made (its MAC the instance's)
     assert spares <= domains(lab)
+    assert {i["mac"] for i in new} == {mac_for(name.rsplit("--", 1)[1]) for name in spares}
+    assert all(f"network eth0 mac={i['mac']} address={i['address']}/" in client.console(clone_group, i["id"])[0]
+               for i in new)
     assert [d for d in domains(lab) if d.startswith(f"cf-{spares_node}--{clone_group}-")] == \
         [f"cf-{spares_node}--{first['id']}"]
     refilled = wait_until(lambda: spares_waiting(client, lab, 2, 4), 120, "the pool made whole again")
