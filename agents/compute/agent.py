@@ -143,6 +143,7 @@ class ComputeAgent(NodeAgent):
         # their domain running and not paused: later rounds leave them be
         # while that holds (see reconcile)
         self.settled: set[str] = set()
+        self.started: dict[str, float] = {}   # id -> when its domain started (time.monotonic()), for a minute
         self._routes_synced = (-1, 0.0)     # (peer directory version, monotonic time) of the last clean sync
         self.overlay_failures: dict[str, int] = {}         # id -> failed overlay creations in a row
         self._io_resumes: dict[str, list[float]] = {}      # id -> its recent resumes after I/O errors
@@ -316,6 +317,7 @@ class ComputeAgent(NodeAgent):
             return
         if self.instnet is not None:
             self._reconcile_network(desired)
+        listed_at = time.monotonic()
         domains = self.hyper.list(self.name)
         overlays = self.overlays.list()
         use = {"vcpus": 0, "memory_mib": 0, "instances": 0}
@@ -325,6 +327,12 @@ class ComputeAgent(NodeAgent):
                 use["memory_mib"] += assignment.memory_mib
                 use["instances"] += 1
                 if iid not in domains or not domains[iid].running:
+                    if self.started.get(iid, 0.0) > listed_at:
+                        # started while we listed: the listing is older than its
+                        # domain (a second start would run it twice; a burst of
+                        # warm-spare claims, 0.1-0.4 s each, met this window)
+                        self.wake.set()
+                        continue
                     self.settled.discard(iid)
                     self._submit(iid, self._start, group, iid)
                 elif iid not in self.settled or domains[iid].paused:
@@ -336,6 +344,8 @@ class ComputeAgent(NodeAgent):
             else:
                 self._submit(iid, self._terminate, group, iid)
         self._allocated = use
+        for iid in [i for i, t in self.started.items() if t < listed_at - 60]:
+            del self.started[iid]
         # anything of ours with no assignment: a leftover of a crash or a drop
         for iid, dom in domains.items():
             if iid not in desired:
@@ -561,7 +571,7 @@ class ComputeAgent(NodeAgent):
             overlay, why = self._restore_clone(group, iid, flavor, overlay, seed, mac, template, image, session)
         if template is None or why:
             self._define_and_start(group, iid, flavor, overlay, seed, mac)
-        t_domain = time.monotonic()
+        t_domain = self.started[iid] = time.monotonic()
         fault_point("start.domain", self.name)
         running_at = now()
         self._set_state(group, iid, InstanceState.RUNNING, running_at=running_at, ready_at=None,

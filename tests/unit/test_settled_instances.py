@@ -7,6 +7,7 @@ not paused; a domain that pauses, stops or goes makes it unsettled again."""
 from __future__ import annotations
 
 import threading
+import time
 from types import SimpleNamespace
 
 from cowfleet.agents.compute import agent as agent_module
@@ -26,7 +27,7 @@ def _agent(domains: dict):
         _submit=lambda iid, fn, *args: calls.append((iid, fn)),
         _start="start", _adopt="adopt", _terminate="terminate",
         _reconcile_sessions=lambda overlays: None, _keep_spares=lambda desired, domains: None,
-        _prune_templates=lambda: None)
+        _prune_templates=lambda: None, started={}, wake=threading.Event())
     me.name = "n1"
     return me
 
@@ -53,6 +54,25 @@ def test_a_settled_instance_whose_domain_paused_or_went_is_looked_at_again():
     domains.clear()
     agent_module.ComputeAgent.reconcile(me)
     assert me.calls == [("i1", "start")] and "i1" not in me.settled
+
+
+def test_an_instance_started_while_the_domains_were_listed_is_not_started_again():
+    # the listing began before its domain ran (a warm spare claimed in 0.1 s
+    # finishes within a round): a second start would run it twice
+    domains: dict = {}
+    me = _agent(domains)
+    listing = me.hyper.list
+
+    def list_while_it_starts(node):
+        out = listing(node)
+        me.started["i1"] = time.monotonic()      # its start ends meanwhile
+        return out
+    me.hyper.list = list_while_it_starts
+    agent_module.ComputeAgent.reconcile(me)
+    assert me.calls == [] and me.wake.is_set(), "looked at again next round, not started"
+    me.hyper.list = listing
+    agent_module.ComputeAgent.reconcile(me)
+    assert me.calls == [("i1", "start")], "a later listing without it: started (its domain went)"
 
 
 def test_an_adopt_settles_a_running_domain_and_not_a_paused_one(monkeypatch):
