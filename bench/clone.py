@@ -25,8 +25,8 @@ to its ready line, the first-boot work every clone still does).
 Targets (the issue's): clone <= 0.15x bare for PUT -> all ready, and PUT ->
 all running <= 0.5x bare's plain start.
 
-    .venv/bin/python bench/clone.py [--size 16] [--repeat 1] [--modes boot,clone-first,clone,bare]
-                                    [--json out.json]
+    .venv/bin/python bench/clone.py [--size 16] [--repeat 1] [--modes boot,clone-first,clone,spares,bare]
+                                    [--json out.json] [--plot out.png]
 
 One real one-node lab in a folder under /var/tmp, removed at the end (on
 Ctrl-C or SIGTERM too). The guests run under TCG on two shared cores: a
@@ -102,7 +102,7 @@ def ready_after_put(client: Client, group: str, size: int, start: str, timeout: 
     client.delete_group(group)
     while client.get_group(group) is not None:
         time.sleep(0.2)
-    return {"ready_s": max(each), "running_s": max(running), "first_ready_s": min(each),
+    return {"ready_s": max(each), "running_s": max(running), "first_ready_s": min(each), "each_s": sorted(each),
             "p50_s": percentile(each, 0.5), "p99_s": percentile(each, 0.99), "starts": starts,
             "guest_p50_s": percentile(guest, 0.5) if guest else float("nan")}
 
@@ -187,12 +187,39 @@ def bare_boot(work: Path, image: Path, size: int, virt_type: str, vcpus: int, me
         shutil.rmtree(folder, ignore_errors=True)
     each = list(ready.values())
     return {"ready_s": max(each), "running_s": max(started.values()), "first_ready_s": min(each),
+            "each_s": sorted(each),
             "p50_s": percentile(each, 0.5), "p99_s": percentile(each, 0.99), "starts": [("bare", "")],
             "guest_p50_s": percentile(guest, 0.5)}
 
 
+def plot(results: dict[str, list[dict]], size: int, path: str) -> None:
+    """Instances ready against seconds after the PUT, one step line per
+    mode (its first round): where a group's readiness comes from."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing (pip install 'cowfleet[bench]'): no plot", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for mode, rounds in results.items():
+        each = rounds[0]["each_s"]
+        ax.step([0] + each, range(len(each) + 1), where="post", label=MODES[mode])
+    ax.set_xlabel("seconds after the PUT (bare: after the first create)")
+    ax.set_ylabel("instances ready")
+    ax.set_title(f"a group of {size} demo guests, TCG, 2 cores")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
+
+
 def main(argv=None) -> int:
     p = arguments(__doc__, size=16, repeat=1)
+    p.add_argument("--plot", help="draw each mode's instances ready over time (its first round) into this PNG "
+                   "(needs matplotlib: '.[bench]')")
     p.add_argument("--modes", default=",".join(MODES),
                    help="which to run, of " + ", ".join(MODES) + " (default all; the ratios need boot or bare, "
                         "and clone)")
@@ -282,6 +309,8 @@ def main(argv=None) -> int:
         print(f"warm spares: a pool of {args.size} filled in {statistics.median(fills):.1f} s (median), "
               "while the node was idle")
     verdict = any(verdicts) if verdicts else True
+    if args.plot:
+        plot(results, args.size, args.plot)
     if args.json:
         Path(args.json).write_text(json.dumps({"results": results, "median": med, "running": run,
                                                "template_bytes": sizes, "template_made_s": made}, indent=2))

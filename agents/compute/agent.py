@@ -326,13 +326,15 @@ class ComputeAgent(NodeAgent):
                 use["vcpus"] += assignment.vcpus
                 use["memory_mib"] += assignment.memory_mib
                 use["instances"] += 1
+                if self.started.get(iid, 0.0) > listed_at:
+                    # started while we listed: the listing is older than its
+                    # domain, which it may miss (a second start would run it
+                    # twice) or show paused before its resume (an adopt would
+                    # destroy it as an interrupted clone). A burst of
+                    # warm-spare claims, 0.1-0.4 s each, met both windows
+                    self.wake.set()
+                    continue
                 if iid not in domains or not domains[iid].running:
-                    if self.started.get(iid, 0.0) > listed_at:
-                        # started while we listed: the listing is older than its
-                        # domain (a second start would run it twice; a burst of
-                        # warm-spare claims, 0.1-0.4 s each, met this window)
-                        self.wake.set()
-                        continue
                     self.settled.discard(iid)
                     self._submit(iid, self._start, group, iid)
                 elif iid not in self.settled or domains[iid].paused:
@@ -924,7 +926,12 @@ class ComputeAgent(NodeAgent):
         elif dom.paused and dom.clone:
             # restored from a template by a start that was interrupted: its NIC
             # and seed may not be plugged, so it would wait at its template
-            # marker for ever; destroyed, the next round starts it anew
+            # marker for ever; destroyed, the next round starts it anew (if it
+            # is still paused now: the listing may be older than its resume)
+            now_dom = self.hyper.list(self.name).get(iid)
+            if now_dom is None or not now_dom.paused:
+                self.wake.set()
+                return
             self.log.info("destroying %s (a clone left paused by an interrupted start)", iid)
             self.hyper.destroy(dom.name)
             self.wake.set()

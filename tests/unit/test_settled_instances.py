@@ -73,6 +73,12 @@ def test_an_instance_started_while_the_domains_were_listed_is_not_started_again(
     me.hyper.list = listing
     agent_module.ComputeAgent.reconcile(me)
     assert me.calls == [("i1", "start")], "a later listing without it: started (its domain went)"
+    # listed paused, before its resume: not adopted (it would be destroyed as an interrupted clone)
+    domains["i1"] = DomainInfo(name="web-i1", instance_id="i1", group="web", running=True, paused=True, clone=True)
+    me.calls.clear()
+    me.hyper.list = list_while_it_starts
+    agent_module.ComputeAgent.reconcile(me)
+    assert me.calls == []
 
 
 def test_an_adopt_settles_a_running_domain_and_not_a_paused_one(monkeypatch):
