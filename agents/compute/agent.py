@@ -843,7 +843,8 @@ class ComputeAgent(NodeAgent):
             try:
                 with self.restores:
                     spare = self.spares.make(t, self.hyper.virt_type, network, bridge,
-                                             self.instnet.net.attach if network == "tap" else None)
+                                             self.instnet.net.attach if network == "tap" else None,
+                                             seed=self.make_seeds)
             except Exception as exc:
                 self.metrics.failure("spare")
                 self.spare_failures[key] = time.monotonic()

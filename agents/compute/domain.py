@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from xml.sax.saxutils import escape, quoteattr
 
-from cowfleet.guest.builder import TEMPLATE_PRODUCT
+from cowfleet.guest.builder import SEED_WAIT_SERIAL, TEMPLATE_PRODUCT
 
 METADATA_NS = "urn:cowfleet:instance:1"
 METADATA_KEY = "cowfleet"
@@ -44,14 +44,19 @@ def instance_metadata(spec: DomainSpec, prefixed: bool = True) -> str:
     return f"<{METADATA_KEY}:instance xmlns:{METADATA_KEY}='{METADATA_NS}' {attrs}/>"
 
 
-def seed_disk_xml(spec: DomainSpec) -> str:
+def seed_disk_xml(spec: DomainSpec, placeholder: bool = False) -> str:
     """The NoCloud seed's disk ("" without one): in a cold boot's domain
-    XML, or hot-plugged into a warm clone after its restore."""
+    XML, or hot-plugged into a warm clone after its restore. ``placeholder``:
+    a warm spare's, plugged before any instance claims it, marked by its
+    serial so that the waiting guest does not take it for a seed, and
+    writable (qemu grows only a writable disk): the claim writes the seed
+    into it and grows it, which wakes the guest (builder.UEVENT_HELPER)."""
     if not spec.seed_path:
         return ""
+    mark = f"<serial>{SEED_WAIT_SERIAL}</serial>" if placeholder else "<readonly/>"
     return ("<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
             f"<source file={quoteattr(spec.seed_path)}/><target dev='vdb' bus='virtio'/>"
-            "<readonly/></disk>")
+            f"{mark}</disk>")
 
 
 def interface_xml(spec: DomainSpec) -> str:

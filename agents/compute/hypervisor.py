@@ -22,7 +22,7 @@ from cowfleet.agents.compute.domain import (METADATA_KEY, METADATA_NS, DomainSpe
 from cowfleet.agents.compute.network import apart_from_libvirtd
 from cowfleet.agents.compute.savefile import STREAM_MAGIC, Feeder, SaveImage, SaveImageError, clone_xml, write_image
 from cowfleet.faults import fault_point
-from cowfleet.guest.builder import READY_MARKER, TEMPLATE_MARKER
+from cowfleet.guest.builder import READY_MARKER, SEED_WAIT_SERIAL, TEMPLATE_MARKER
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +102,10 @@ class Hypervisor(abc.ABC):
     def restore_spare(self, template: str | os.PathLike, spec: DomainSpec, attach: Attach | None = None) -> None:
         """Restore ``spec`` from a template as a warm spare (spares.py), whose
         restore is paid before any instance asks for it: with ``spec``'s NIC
-        (``attach`` as in :meth:`start`) it runs until the guest's driver has
-        taken the NIC, then pauses; with network none it stays paused. No
-        seed: the guest waits for its instance's. Raises as
+        (``attach`` as in :meth:`start`) and, if ``spec.seed_path``, a seed
+        placeholder there (domain.seed_disk_xml) it runs until the guest's
+        drivers have taken them, then pauses; with neither it stays paused.
+        The guest waits for its instance's seed. Raises as
         :meth:`restore_clone`, leaving no domain."""
 
     @abc.abstractmethod
@@ -115,7 +116,10 @@ class Hypervisor(abc.ABC):
         NIC and seed are hot-plugged, ``attach`` as in :meth:`start`, and it
         resumes. The caller has moved its disk and console to ``spec``'s
         paths (qemu keeps its open files). A NIC the spare has already
-        (``spec.mac``'s: restore_spare's) is kept, not plugged again. A
+        (``spec.mac``'s: restore_spare's) is kept, not plugged again; a seed
+        placeholder, into which the caller wrote the seed (its file now at
+        ``spec.seed_path``), is grown instead of a seed plugged, which wakes
+        the guest. A
         domain that is not paused is left alone (SaveImageError); on any
         other error once it is claimed, it is destroyed and the error raised."""
 
@@ -337,23 +341,28 @@ class LibvirtHypervisor(Hypervisor):
         if spec.network == "tap" and attach is None:
             raise ValueError("a domain with a tap NIC needs attach")
         self._restore_paused(template, spec)
-        if spec.network == "none":
+        if spec.network == "none" and not spec.seed_path:
             return
-        # The NIC's hot-plug is a third of a clone's wake under TCG (the
-        # guest's ACPI PCI hotplug and driver probe: 0.25-0.32 core-s): a
-        # spare pays it too, before any instance asks. It runs until its
-        # guest's virtio-net driver is up, then waits paused; the instance
-        # that claims it gets this NIC, its MAC the instance's.
+        # A hot-plug is most of a clone's wake under TCG (the guest's ACPI
+        # PCI hotplug and driver probe: 0.25-0.32 core-s for the NIC, about
+        # as much for the seed's disk): a spare pays both before any
+        # instance asks. It runs until its guest's drivers have them, then
+        # waits paused; the instance that claims it gets this NIC, its MAC
+        # the instance's, and its seed written into the placeholder.
         try:
             dom = self._conn().lookupByName(spec.name)
-            dom.attachDeviceFlags(interface_xml(spec), self._libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            if spec.network != "none":
+                dom.attachDeviceFlags(interface_xml(spec), self._libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            if spec.seed_path:
+                dom.attachDeviceFlags(seed_disk_xml(spec, placeholder=True), self._libvirt.VIR_DOMAIN_AFFECT_LIVE)
             if spec.network == "tap":
                 attach(spec.tap)
             dom.resume()
-            deadline = time.monotonic() + SPARE_NIC_TIMEOUT
-            while not _nic_driver_ok(dom):
+            deadline = time.monotonic() + SPARE_PLUG_TIMEOUT
+            while not _drivers_ok(dom):
                 if time.monotonic() > deadline:
-                    raise SaveImageError(f"the guest of spare {spec.name} took no NIC in {SPARE_NIC_TIMEOUT:.0f} s")
+                    raise SaveImageError(f"the guest of spare {spec.name} took not its devices in "
+                                         f"{SPARE_PLUG_TIMEOUT:.0f} s")
                 time.sleep(0.05)
             dom.suspend()
         except BaseException:
@@ -378,9 +387,19 @@ class LibvirtHypervisor(Hypervisor):
             self.destroy(name)
             raise
         fault_point("start.paused", spec.node)   # an instance's domain now, paused: as a restored clone
-        has_nic = spec.mac is not None and ET.fromstring(dom.XMLDesc(0)).find(
-            f"devices/interface/mac[@address='{spec.mac}']") is not None
-        self._wake(dom, spec, attach, nic=not has_nic)
+        devices = ET.fromstring(dom.XMLDesc(0)).find("devices")
+        has_nic = spec.mac is not None and devices.find(f"interface/mac[@address='{spec.mac}']") is not None
+        placeholder = any(d.findtext("serial") == SEED_WAIT_SERIAL for d in devices.findall("disk"))
+        if placeholder and spec.seed_path:
+            try:
+                # grown while paused: the guest's kernel says so (a change
+                # uevent, RESIZE=1) when it runs, and reads the seed
+                dom.blockResize("vdb", os.path.getsize(spec.seed_path) + SEED_GROWTH,
+                                self._libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+            except BaseException:
+                self.destroy(dom.name())
+                raise
+        self._wake(dom, spec, attach, nic=not has_nic, seed=not placeholder)
 
     def _restore_paused(self, template: str | os.PathLike, spec: DomainSpec, copy: bool = False) -> None:
         """``spec`` restored from the template, paused (no NIC, no seed)."""
@@ -415,16 +434,16 @@ class LibvirtHypervisor(Hypervisor):
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _wake(self, dom, spec: DomainSpec, attach: Attach | None, nic: bool = True) -> None:
-        """A paused clone's NIC (unless ``nic`` is False: it has it) and seed
-        plugged, then resumed (destroyed on error)."""
+    def _wake(self, dom, spec: DomainSpec, attach: Attach | None, nic: bool = True, seed: bool = True) -> None:
+        """A paused clone's NIC and seed plugged (unless ``nic``, ``seed`` is
+        False: it has it), then resumed (destroyed on error)."""
         lv = self._libvirt
         try:
             if nic and spec.network != "none":
                 # hot-plugged while paused: the guest finds it when it runs
                 # (ACPI PCI hotplug), a new device with the clone's own MAC
                 dom.attachDeviceFlags(interface_xml(spec), lv.VIR_DOMAIN_AFFECT_LIVE)
-            if spec.seed_path:
+            if seed and spec.seed_path:
                 # after the NIC: the seed's block device wakes the waiting
                 # template guest, which then looks for the NIC it names
                 dom.attachDeviceFlags(seed_disk_xml(spec), lv.VIR_DOMAIN_AFFECT_LIVE)
@@ -436,20 +455,23 @@ class LibvirtHypervisor(Hypervisor):
             raise
 
 
-# a spare's guest takes its NIC in ~0.3 s under TCG when idle: this is for a host busy booting
-SPARE_NIC_TIMEOUT = 60.0
+# a spare's guest takes its NIC and placeholder in ~0.5 s under TCG when idle: this is for a busy host
+SPARE_PLUG_TIMEOUT = 60.0
+# how much a claim grows a seed placeholder by (any growth wakes the guest)
+SEED_GROWTH = 64 << 10
 
 
-def _nic_driver_ok(dom) -> bool:
-    """Whether the domain's guest has its virtio-net device's driver up
-    (DRIVER_OK in the device's status). From qemu's monitor: libvirt's API
-    says what devices a domain has, not what the guest made of them; libvirt
-    marks a domain so asked as tainted (custom-monitor), which changes nothing."""
+def _drivers_ok(dom) -> bool:
+    """Whether the domain's guest has the drivers of all its virtio NICs and
+    disks up (DRIVER_OK in each device's status). From qemu's monitor:
+    libvirt's API says what devices a domain has, not what the guest made of
+    them; libvirt marks a domain so asked as tainted (custom-monitor), which
+    changes nothing."""
     import libvirt_qemu  # imported here, as libvirt is, so unit tests run without it
     ask = lambda cmd, **args: json.loads(libvirt_qemu.qemuMonitorCommand(  # noqa: E731
         dom, json.dumps({"execute": cmd, **({"arguments": args} if args else {})}), 0))["return"]
-    nets = [d["path"] for d in ask("x-query-virtio") if d["name"] == "virtio-net"]
-    return bool(nets) and "DRIVER_OK" in str(ask("x-query-virtio-status", path=nets[0])["status"])
+    paths = [d["path"] for d in ask("x-query-virtio") if d["name"] in ("virtio-net", "virtio-blk")]
+    return all("DRIVER_OK" in str(ask("x-query-virtio-status", path=p)["status"]) for p in paths)
 
 
 def _fit_for_template(name: str, root: ET.Element) -> None:

@@ -7,14 +7,18 @@ restore per start a group cannot be running sooner than a bare boot
 creates its domains. A spare pays it before the PUT: a start that finds
 one renames the spare's overlay and console to the instance's, sets the
 domain's metadata to the instance (it keeps its name: libvirt renames no
-running domain), hot-plugs the instance's seed and resumes it -- the
-same wake as a clone restored for it, its identity all its own. The NIC is
-the spare's own, plugged when it was made (the spare ran until its guest's
-driver took it: a third of a wake's CPU, paid ahead); its MAC, unique to
-the spare, becomes the instance's.
+running domain) and resumes it -- the same wake as a clone restored for
+it, its identity all its own, with no hot-plug left at the claim. The NIC
+is the spare's own, plugged when it was made (the spare ran until its
+guest's driver took it: a third of a wake's CPU, paid ahead); its MAC,
+unique to the spare, becomes the instance's. So is the seed's disk: a
+placeholder (2 MiB of zeros, whose serial tells the guest to wait on),
+plugged when the spare was made; the claim writes the instance's seed into
+it and grows it, and the guest wakes on the resize (builder.UEVENT_HELPER).
 
 A spare is ``<root>/<id>.qcow2`` (an overlay on its template's frozen
-layer), ``<root>/<id>.log`` (its console) and a paused domain named under
+layer), ``<root>/<id>.log`` (its console), ``<root>/<id>.seed`` (its
+seed placeholder) and a paused domain named under
 the node ``<node>~spare`` (``cf-<node>~spare--<id>``), whose metadata group
 is its template's key. Spares hold memory while no instance uses it, so
 the agent keeps them only in the node's unallocated capacity, a few per
@@ -42,6 +46,10 @@ from cowfleet.network import mac_for
 
 log = logging.getLogger(__name__)
 
+# A seed placeholder's size: a seed with the most user data the API takes
+# (64 KiB) and SSH keys is an ISO of well under 1 MiB.
+PLACEHOLDER_BYTES = 2 << 20
+
 
 @dataclass(frozen=True)
 class Spare:
@@ -54,6 +62,7 @@ class Spare:
     console: Path
     mac: str | None = None   # its NIC's, plugged when it was made: the claiming instance's
     tap: str | None = None   # with a tap NIC: the tap's name
+    seed: Path | None = None  # its seed placeholder, plugged when it was made
 
 
 class SparePool:
@@ -98,28 +107,35 @@ class SparePool:
 
     # -- making, taking, dropping ---------------------------------------------
     def make(self, template: Template, virt_type: str, network: str = "none", bridge: str | None = None,
-             attach=None) -> Spare:
+             attach=None, seed: bool = True) -> Spare:
         """One spare of ``template``, paused, with a NIC of its own on
-        ``network`` (DomainSpec's: a tap one is given to ``attach``). Raises,
-        leaving nothing, if it cannot be made (e.g. a save image that does
-        not read back)."""
+        ``network`` (DomainSpec's: a tap one is given to ``attach``) and,
+        if ``seed``, a seed placeholder. Raises, leaving nothing, if it
+        cannot be made (e.g. a save image that does not read back)."""
         sid = f"s{secrets.token_hex(4)}"
         disk, console = self.root / f"{sid}.qcow2", self.root / f"{sid}.log"
+        placeholder = self.root / f"{sid}.seed" if seed else None
         nic = network != "none"
         spec = DomainSpec(name=domain_name(self.node, sid), instance_id=sid, group=template.key, node=self.node,
                           vcpus=template.vcpus, memory_mib=template.memory_mib, disk_path=str(disk),
                           console_log=str(console), virt_type=virt_type, network=network, bridge=bridge,
-                          tap=tap_name(sid) if network == "tap" else None, mac=mac_for(sid) if nic else None)
+                          tap=tap_name(sid) if network == "tap" else None, mac=mac_for(sid) if nic else None,
+                          seed_path=str(placeholder) if placeholder else None)
         try:
             self.overlays.layer(disk, str(template.disk), "qcow2")
+            if placeholder is not None:
+                with open(placeholder, "wb") as fh:       # sparse zeros: read as no file system
+                    fh.truncate(PLACEHOLDER_BYTES)
+                os.chmod(placeholder, 0o644)
             self.hyper.restore_spare(template.save, spec, attach)
             fault_point("spare.made", self.owner)
         except BaseException:
             self.hyper.destroy(spec.name)
-            self._unlink(disk, console)
+            self._unlink(disk, console, *([placeholder] if placeholder else []))
             raise
         spare = Spare(id=sid, key=template.key, name=spec.name, vcpus=template.vcpus,
-                      memory_mib=template.memory_mib, disk=disk, console=console, mac=spec.mac, tap=spec.tap)
+                      memory_mib=template.memory_mib, disk=disk, console=console, mac=spec.mac, tap=spec.tap,
+                      seed=placeholder)
         with self._lock:
             self._spares[sid] = spare
         return spare
@@ -144,16 +160,29 @@ class SparePool:
             except FileNotFoundError:
                 pass                     # nothing written to it yet
             self.overlays.adopt(group, spec.instance_id, spare.disk)
+            if spare.seed is not None and spec.seed_path:
+                # the instance's seed written into the placeholder the guest
+                # has, which then becomes the instance's seed file
+                data = Path(spec.seed_path).read_bytes()
+                if len(data) > PLACEHOLDER_BYTES:
+                    raise ValueError(f"the seed ({len(data)} bytes) is larger than spare {spare.id}'s placeholder")
+                with open(spare.seed, "r+b") as fh:
+                    fh.write(data)
+                os.replace(spare.seed, spec.seed_path)
             fault_point("spare.moved", self.owner)
             self.hyper.claim_spare(spare.name, spec, attach)
         except BaseException:
             self.hyper.destroy(spare.name)
-            self._unlink(spare.disk, spare.console)
+            self._unlink(*self._files(spare))
             raise
 
     def drop(self, spare: Spare) -> None:
         self.hyper.destroy(spare.name)
-        self._unlink(spare.disk, spare.console)
+        self._unlink(*self._files(spare))
+
+    @staticmethod
+    def _files(spare: Spare) -> list[Path]:
+        return [spare.disk, spare.console] + ([spare.seed] if spare.seed else [])
 
     def trim(self, keep: dict[str, int]) -> list[Spare]:
         """Drop unclaimed spares beyond ``keep`` (template key -> how many

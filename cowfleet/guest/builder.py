@@ -36,6 +36,8 @@ READY_MARKER = "COWFLEET-READY"
 TEMPLATE_MARKER = "COWFLEET-TEMPLATE"
 # The SMBIOS product name that makes the guest a template (domain.py).
 TEMPLATE_PRODUCT = "cowfleet template"
+# The serial of a warm spare's seed placeholder (UEVENT_HELPER, domain.py).
+SEED_WAIT_SERIAL = "cowfleet-seed-wait"
 
 # Order matters: each module depends on the ones before it (measured order;
 # modules.dep of the Debian 12 cloud kernel for the last five: the seed is
@@ -134,6 +136,9 @@ if [ "$product" = "cowfleet template" ]; then
   # the clock stood still in the save: the RTC is the host's again
   hwclock -s -u 2>/dev/null
   say "clone: seed on /dev/$disk"
+  # a placeholder read as zeros when it was plugged: what the kernel keeps
+  # of it is stale now that the seed is written in it
+  blockdev --flushbufs /dev/$disk 2>/dev/null
 fi
 # scratch data so every instance really writes to its overlay
 dd if=/dev/urandom of=/var/lib/cowfleet/scratch bs=64k count=16 2>/dev/null
@@ -208,10 +213,19 @@ while :; do sleep 3600; done
 """
 
 # Run by busybox's uevent for each kernel uevent while a template waits:
-# the first whole block device added wakes the guest's init.
+# the first whole block device added wakes the guest's init -- or, for a
+# disk whose serial is SEED_WAIT_SERIAL (a warm spare's seed placeholder,
+# plugged before any instance claims it), its resize: the host writes the
+# instance's seed into it and grows it, and the kernel says so with a
+# change uevent (RESIZE=1), no PCI hot-plug at the claim.
 UEVENT_HELPER = r"""#!/bin/busybox sh
-[ "$ACTION" = add ] && [ "$SUBSYSTEM" = block ] && [ "$DEVTYPE" = disk ] && echo "$DEVNAME" > /run/wake
-"""
+[ "$SUBSYSTEM" = block ] && [ "$DEVTYPE" = disk ] || exit 0
+read serial 2>/dev/null < /sys/block/$DEVNAME/serial
+case "$ACTION:$serial:$RESIZE" in
+  add:{wait_serial}:*) ;;
+  add:*|change:{wait_serial}:1) echo "$DEVNAME" > /run/wake;;
+esac
+""".replace("{wait_serial}", SEED_WAIT_SERIAL)
 
 
 def syslinux_cfg(append: str) -> str:

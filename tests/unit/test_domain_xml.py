@@ -6,7 +6,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from cowfleet.agents.compute.domain import METADATA_NS, DomainSpec, domain_xml
+from cowfleet.agents.compute.domain import METADATA_NS, DomainSpec, domain_xml, seed_disk_xml
+from cowfleet.guest.builder import SEED_WAIT_SERIAL, UEVENT_HELPER
 
 
 def spec(**over) -> DomainSpec:
@@ -202,6 +203,14 @@ def test_seed_is_a_second_read_only_disk():
     assert seed.find("source").get("file").endswith("web-0a1b2c.iso")
     assert seed.find("readonly") is not None and disks[0].find("readonly") is None
     assert seed.find("driver").get("type") == "raw"
+
+
+def test_a_spares_seed_placeholder_is_marked_for_the_guest_and_writable():
+    # the waiting guest ignores a disk with this serial until it grows; qemu grows only a writable one
+    el = ET.fromstring(seed_disk_xml(spec(seed_path="/x/s1.seed"), placeholder=True))
+    assert el.findtext("serial") == SEED_WAIT_SERIAL and el.find("readonly") is None
+    assert el.find("target").get("dev") == "vdb"
+    assert SEED_WAIT_SERIAL in UEVENT_HELPER and "RESIZE" in UEVENT_HELPER
 
 
 def test_no_seed_no_second_disk():

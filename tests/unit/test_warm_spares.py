@@ -16,7 +16,7 @@ from cowfleet.agents.compute.agent import SPARE, ComputeAgent
 from cowfleet.agents.compute.domain import DomainSpec
 from cowfleet.agents.compute.hypervisor import DomainInfo, FakeHypervisor, domain_name
 from cowfleet.agents.compute.overlays import FakeOverlayStore
-from cowfleet.agents.compute.spares import SparePool
+from cowfleet.agents.compute.spares import PLACEHOLDER_BYTES, SparePool
 from cowfleet.agents.compute.templates import TemplateStore
 from cowfleet.protocol import DESIRED_RUN, Assignment
 
@@ -114,12 +114,18 @@ def test_a_spare_is_taken_once_claimed_whole_and_swept(pool):
     assert s1.mac and s2.mac is None, "a spare with a NIC has its own MAC"
     taken = pool.spares.take("k1")
     assert pool.spares.take("k2") is None and pool.spares.count() == {"k1": 1}
-    console = pool.tmp / "i1.log"
+    console, seed = pool.tmp / "i1.log", pool.tmp / "i1.iso"
+    seed.write_bytes(b"CD001 the instance's seed")
     spec = DomainSpec(name=taken.name, instance_id="i1", group="g", node="n1", vcpus=1, memory_mib=256,
                       disk_path=str(pool.overlays.path("g", "i1")), console_log=str(console), virt_type="fake",
-                      network="bridge", bridge="cfbr-x", mac=taken.mac)
+                      network="bridge", bridge="cfbr-x", mac=taken.mac, seed_path=str(seed))
+    placeholder = taken.seed
+    assert placeholder.stat().st_size == PLACEHOLDER_BYTES
     pool.spares.claim(taken, spec, "g")
     assert pool.overlays.path("g", "i1").exists() and not taken.disk.exists() and console.exists()
+    # the seed went into the placeholder the guest has, now the instance's seed file
+    assert not placeholder.exists() and seed.stat().st_size == PLACEHOLDER_BYTES
+    assert seed.read_bytes().startswith(b"CD001 the instance's seed\0")
     assert set(pool.hyper.list("n1")) == {"i1"} and pool.hyper.name_of("n1", "i1") == taken.name
     assert pool.spares.trim({"k1": 0}) and pool.spares.count() == {}
     pool.spares.make(t, "fake")
