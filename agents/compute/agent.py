@@ -21,6 +21,7 @@ import re
 import secrets
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -346,8 +347,8 @@ class ComputeAgent(NodeAgent):
             else:
                 self._submit(iid, self._terminate, group, iid)
         self._allocated = use
-        for iid in [i for i, t in self.started.items() if t < listed_at - 60]:
-            del self.started[iid]
+        for iid in [i for i, t in list(self.started.items()) if t < listed_at - 60]:   # starts add meanwhile
+            self.started.pop(iid, None)
         # anything of ours with no assignment: a leftover of a crash or a drop
         for iid, dom in domains.items():
             if iid not in desired:
@@ -562,11 +563,16 @@ class ComputeAgent(NodeAgent):
                     template = None
                     overlay = self._create_overlay(group, iid, image, session)
         t_overlay = time.monotonic()
-        fault_point("start.overlay", self.name)
-        seed = self.seeds.create(group, iid, self._seed_data(inst, spec_group, address, mac), self.name) \
-            if self.make_seeds else None
-        t_seed = time.monotonic()
-        fault_point("start.seeded", self.name)
+        try:
+            fault_point("start.overlay", self.name)
+            seed = self.seeds.create(group, iid, self._seed_data(inst, spec_group, address, mac), self.name) \
+                if self.make_seeds else None
+            t_seed = time.monotonic()
+            fault_point("start.seeded", self.name)
+        except BaseException:
+            if spare is not None:
+                self.spares.drop(spare)      # taken, never claimed: no longer in the pool to sweep
+            raise
         if spare is not None:
             overlay, why = self._claim_spare(group, iid, flavor, overlay, seed, mac, spare, image, session)
         elif template is not None:
@@ -779,7 +785,11 @@ class ComputeAgent(NodeAgent):
         """Run the instance as a warm spare of its template (restored ahead:
         only its identity, NIC and seed are new); if that fails, a new
         overlay on the master to boot from and why."""
-        spec = self._domain_spec(group, iid, flavor, overlay, seed, mac)
+        try:
+            spec = self._domain_spec(group, iid, flavor, overlay, seed, mac)
+        except BaseException:
+            self.spares.drop(spare)
+            raise
         # the spare's domain, and its NIC if it has one (its tap too)
         spec = dataclasses.replace(spec, name=spare.name, tap=spare.tap if spare.mac else spec.tap)
         try:
@@ -806,10 +816,20 @@ class ComputeAgent(NodeAgent):
         current = self._template_current()
         idle_since = time.time() - self.templates.idle_s
         free_v, free_m = self._vcpus, self._memory
+        # an instance still to start counts unless a spare of its flavor may
+        # be the one it claims (then the spare's share is the instance's)
+        claimable = Counter()
+        for key, n in self.spares.count().items():
+            if key in templates:
+                claimable[(templates[key].vcpus, templates[key].memory_mib)] += n
         for iid, (_group, _child, a) in desired.items():
-            if a.runs and iid in domains:
-                free_v -= a.vcpus
-                free_m -= a.memory_mib
+            if not a.runs:
+                continue
+            if iid not in domains and claimable[(a.vcpus, a.memory_mib)] > 0:
+                claimable[(a.vcpus, a.memory_mib)] -= 1
+                continue
+            free_v -= a.vcpus
+            free_m -= a.memory_mib
         keep = {}
         for key, t in sorted(templates.items()):
             n = 0
@@ -861,8 +881,9 @@ class ComputeAgent(NodeAgent):
         instances after a storage failover) or over the disk cap. (Whether
         the image's session runs is no sign: a template keeps it running.)"""
         def in_use() -> set[str]:
-            return {self.templates.of_overlay_backing(self.overlays.backing(path))
-                    for _g, path in self.overlays.list().values()} | self.spares.template_keys()
+            spares = self.spares.template_keys()     # first: a claim moves a spare's overlay to the instances'
+            return spares | {self.templates.of_overlay_backing(self.overlays.backing(path))
+                             for _g, path in self.overlays.list().values()}
         for key in self.templates.prune(in_use, self._template_current()):
             self.log.info("removed warm-clone template %s", key)
 

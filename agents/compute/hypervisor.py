@@ -237,11 +237,12 @@ class LibvirtHypervisor(Hypervisor):
         # the node's own names, its templates' and spares' (cf-<node>~spare--,
         # which claimed become instances of the node): told apart by metadata
         prefix = f"cf-{node}"
-        out, seen = {}, set()
+        out, seen, names = {}, set(), set()
         for dom, stats in self._conn().getAllDomainStats(lv.VIR_DOMAIN_STATS_STATE):
             uuid = dom.UUIDString()
             seen.add(uuid)
             name = dom.name()
+            names.add(name)
             if not name.startswith(prefix):
                 continue
             with self._identity_lock:
@@ -252,8 +253,8 @@ class LibvirtHypervisor(Hypervisor):
                 except lv.libvirtError:
                     continue        # not ours, or destroyed while we looked
                 ident = (el.get("node"), el.get("id"), el.get("group"))
-                with self._identity_lock:
-                    self._identity[uuid] = ident
+                with self._identity_lock:     # a claim's entry, written meanwhile, wins: it is newer
+                    ident = self._identity.setdefault(uuid, ident)
             if ident[0] != node:
                 continue
             state = stats.get("state.state", lv.VIR_DOMAIN_NOSTATE)
@@ -270,7 +271,9 @@ class LibvirtHypervisor(Hypervisor):
         with self._identity_lock:      # forget domains gone from the host
             for uuid in set(self._identity) - seen:
                 del self._identity[uuid]
-            for key in [k for k in self._names if k[0] == node and k[1] not in out]:
+            # a claimed spare's name goes with its domain (not merely because
+            # this listing began before its claim and so lacks its instance)
+            for key in [k for k, n in self._names.items() if k[0] == node and n not in names]:
                 del self._names[key]
             self._names.update({(node, iid): d.name for iid, d in out.items()
                                 if d.name != domain_name(node, iid)})

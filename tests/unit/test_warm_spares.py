@@ -132,3 +132,11 @@ def test_a_spare_is_taken_once_claimed_whole_and_swept(pool):
     assert pool.spares.sweep() and pool.hyper.list("n1~spare") == {}
     assert list((pool.tmp / "spares").iterdir()) == []
     assert isinstance(pool.hyper.list("n1")["i1"], DomainInfo), "a claimed spare is no spare: not swept"
+
+
+def test_instances_still_to_start_of_another_flavor_count_against_the_spares(tmp_path):
+    # no spare of theirs to claim: they will boot or restore, and need the capacity
+    me, submitted = agent(tmp_path, {"a": 2, "b": 1})
+    big = {f"i{k}": ("g", f"g:i{k}", Assignment(desired=DESIRED_RUN, vcpus=2, memory_mib=512)) for k in range(2)}
+    ComputeAgent._keep_spares(me, big, {})
+    assert me.spares.kept == {"a": 0, "b": 0}
