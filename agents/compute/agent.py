@@ -360,8 +360,9 @@ class ComputeAgent(NodeAgent):
             if iid not in desired and iid not in domains and iid not in overlays:
                 self._submit(iid, self._terminate, group, iid)
         self._reconcile_sessions(overlays)
-        self._keep_spares(desired, domains)
-        self._prune_templates()
+        current = self._template_current()      # one read of each template's image this round, for both
+        self._keep_spares(desired, domains, current)
+        self._prune_templates(current)
 
     def _reconcile_network(self, desired: dict) -> None:
         """The subnet claimed and the bridge up; the allocations read back
@@ -569,13 +570,15 @@ class ComputeAgent(NodeAgent):
                 if self.make_seeds else None
             t_seed = time.monotonic()
             fault_point("start.seeded", self.name)
+            if spare is not None:
+                overlay, why = self._claim_spare(group, iid, flavor, overlay, seed, mac, spare, image, session)
         except BaseException:
             if spare is not None:
-                self.spares.drop(spare)      # taken, never claimed: no longer in the pool to sweep
+                # taken, never claimed (or a failed claim, which cleaned up:
+                # dropping again is a no-op): no longer in the pool to sweep
+                self.spares.drop(spare)
             raise
-        if spare is not None:
-            overlay, why = self._claim_spare(group, iid, flavor, overlay, seed, mac, spare, image, session)
-        elif template is not None:
+        if spare is None and template is not None:
             overlay, why = self._restore_clone(group, iid, flavor, overlay, seed, mac, template, image, session)
         if template is None or why:
             self._define_and_start(group, iid, flavor, overlay, seed, mac)
@@ -785,11 +788,7 @@ class ComputeAgent(NodeAgent):
         """Run the instance as a warm spare of its template (restored ahead:
         only its identity, NIC and seed are new); if that fails, a new
         overlay on the master to boot from and why."""
-        try:
-            spec = self._domain_spec(group, iid, flavor, overlay, seed, mac)
-        except BaseException:
-            self.spares.drop(spare)
-            raise
+        spec = self._domain_spec(group, iid, flavor, overlay, seed, mac)
         # the spare's domain, and its NIC if it has one (its tap too)
         spec = dataclasses.replace(spec, name=spare.name, tap=spare.tap if spare.mac else spec.tap)
         try:
@@ -803,23 +802,23 @@ class ComputeAgent(NodeAgent):
             self.log.warning("%s: %s", iid, why)
         return self._boot_instead(group, iid, image, session), why
 
-    def _keep_spares(self, desired: dict, domains: dict) -> None:
+    def _keep_spares(self, desired: dict, domains: dict, current) -> None:
         """Warm spares: ``spares.per_template`` of each template that is
         current and not idle, in the capacity no running instance holds
         (an instance still to start may claim one: it is not counted, or a
         group's assignments would drop the spares it is about to claim),
         dropped beyond that; one made at a time while the node has nothing
         to start or wait for (a spare's restore competes with them for CPU)."""
-        if self.spares.per_template <= 0 and not self.spares.count():
+        have = self.spares.count()
+        if self.spares.per_template <= 0 and not have:
             return
         templates = self.templates.list()
-        current = self._template_current()
         idle_since = time.time() - self.templates.idle_s
         free_v, free_m = self._vcpus, self._memory
         # an instance still to start counts unless a spare of its flavor may
         # be the one it claims (then the spare's share is the instance's)
         claimable = Counter()
-        for key, n in self.spares.count().items():
+        for key, n in have.items():
             if key in templates:
                 claimable[(templates[key].vcpus, templates[key].memory_mib)] += n
         for iid, (_group, _child, a) in desired.items():
@@ -875,7 +874,7 @@ class ComputeAgent(NodeAgent):
         self.log.info("warm spare %s of template %s made", spare.id, key)
         self.wake.set()                     # the next, if the pool is short
 
-    def _prune_templates(self) -> None:
+    def _prune_templates(self, current) -> None:
         """Templates no clone uses go when they are stale (their image is
         gone or holds other content now, or a newer session of it serves new
         instances after a storage failover) or over the disk cap. (Whether
@@ -884,7 +883,7 @@ class ComputeAgent(NodeAgent):
             spares = self.spares.template_keys()     # first: a claim moves a spare's overlay to the instances'
             return spares | {self.templates.of_overlay_backing(self.overlays.backing(path))
                              for _g, path in self.overlays.list().values()}
-        for key in self.templates.prune(in_use, self._template_current()):
+        for key in self.templates.prune(in_use, current):
             self.log.info("removed warm-clone template %s", key)
 
     def _template_current(self):

@@ -119,9 +119,9 @@ class Hypervisor(abc.ABC):
         (``spec.mac``'s: restore_spare's) is kept, not plugged again; a seed
         placeholder, into which the caller wrote the seed (its file now at
         ``spec.seed_path``), is grown instead of a seed plugged, which wakes
-        the guest. A
-        domain that is not paused is left alone (SaveImageError); on any
-        other error once it is claimed, it is destroyed and the error raised."""
+        the guest. A domain that is not paused is left alone
+        (SaveImageError); on any other error once it is claimed, it is
+        destroyed and the error raised."""
 
     def name_of(self, node: str, instance_id: str) -> str:
         """The domain name of an instance: its own (domain_name), or the
@@ -341,6 +341,7 @@ class LibvirtHypervisor(Hypervisor):
         self._wake(self._conn().lookupByName(spec.name), spec, attach)
 
     def restore_spare(self, template: str | os.PathLike, spec: DomainSpec, attach: Attach | None = None) -> None:
+        lv = self._libvirt
         if spec.network == "tap" and attach is None:
             raise ValueError("a domain with a tap NIC needs attach")
         self._restore_paused(template, spec)
@@ -355,9 +356,9 @@ class LibvirtHypervisor(Hypervisor):
         try:
             dom = self._conn().lookupByName(spec.name)
             if spec.network != "none":
-                dom.attachDeviceFlags(interface_xml(spec), self._libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                dom.attachDeviceFlags(interface_xml(spec), lv.VIR_DOMAIN_AFFECT_LIVE)
             if spec.seed_path:
-                dom.attachDeviceFlags(seed_disk_xml(spec, placeholder=True), self._libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                dom.attachDeviceFlags(seed_disk_xml(spec, placeholder=True), lv.VIR_DOMAIN_AFFECT_LIVE)
             if spec.network == "tap":
                 attach(spec.tap)
             dom.resume()
@@ -386,22 +387,18 @@ class LibvirtHypervisor(Hypervisor):
             with self._identity_lock:
                 self._identity[dom.UUIDString()] = (spec.node, spec.instance_id, spec.group)
                 self._names[(spec.node, spec.instance_id)] = name
-        except BaseException:
-            self.destroy(name)
-            raise
-        fault_point("start.paused", spec.node)   # an instance's domain now, paused: as a restored clone
-        devices = ET.fromstring(dom.XMLDesc(0)).find("devices")
-        has_nic = spec.mac is not None and devices.find(f"interface/mac[@address='{spec.mac}']") is not None
-        placeholder = any(d.findtext("serial") == SEED_WAIT_SERIAL for d in devices.findall("disk"))
-        if placeholder and spec.seed_path:
-            try:
+            fault_point("start.paused", spec.node)   # an instance's domain now, paused: as a restored clone
+            devices = ET.fromstring(dom.XMLDesc(0)).find("devices")
+            has_nic = spec.mac is not None and devices.find(f"interface/mac[@address='{spec.mac}']") is not None
+            placeholder = any(d.findtext("serial") == SEED_WAIT_SERIAL for d in devices.findall("disk"))
+            if placeholder and spec.seed_path:
                 # grown while paused: the guest's kernel says so (a change
                 # uevent, RESIZE=1) when it runs, and reads the seed
                 dom.blockResize("vdb", os.path.getsize(spec.seed_path) + SEED_GROWTH,
-                                self._libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
-            except BaseException:
-                self.destroy(dom.name())
-                raise
+                                lv.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+        except BaseException:
+            self.destroy(name)
+            raise
         self._wake(dom, spec, attach, nic=not has_nic, seed=not placeholder)
 
     def _restore_paused(self, template: str | os.PathLike, spec: DomainSpec, copy: bool = False) -> None:
@@ -464,17 +461,20 @@ SPARE_PLUG_TIMEOUT = 60.0
 SEED_GROWTH = 64 << 10
 
 
+def qmp(dom, command: str, **arguments):
+    """A QMP command's answer from a libvirt domain's qemu: what the devices
+    really have, where libvirt's API and XML say what it asked for. libvirt
+    marks a domain so asked as tainted (custom-monitor), which changes nothing."""
+    import libvirt_qemu  # imported here, as libvirt is, so unit tests run without it
+    cmd = {"execute": command, **({"arguments": arguments} if arguments else {})}
+    return json.loads(libvirt_qemu.qemuMonitorCommand(dom, json.dumps(cmd), 0))["return"]
+
+
 def _drivers_ok(dom) -> bool:
     """Whether the domain's guest has the drivers of all its virtio NICs and
-    disks up (DRIVER_OK in each device's status). From qemu's monitor:
-    libvirt's API says what devices a domain has, not what the guest made of
-    them; libvirt marks a domain so asked as tainted (custom-monitor), which
-    changes nothing."""
-    import libvirt_qemu  # imported here, as libvirt is, so unit tests run without it
-    ask = lambda cmd, **args: json.loads(libvirt_qemu.qemuMonitorCommand(  # noqa: E731
-        dom, json.dumps({"execute": cmd, **({"arguments": args} if args else {})}), 0))["return"]
-    paths = [d["path"] for d in ask("x-query-virtio") if d["name"] in ("virtio-net", "virtio-blk")]
-    return all("DRIVER_OK" in str(ask("x-query-virtio-status", path=p)["status"]) for p in paths)
+    disks up (DRIVER_OK in each device's status, which only the guest sets)."""
+    paths = [d["path"] for d in qmp(dom, "x-query-virtio") if d["name"] in ("virtio-net", "virtio-blk")]
+    return all("DRIVER_OK" in str(qmp(dom, "x-query-virtio-status", path=p)["status"]) for p in paths)
 
 
 def _fit_for_template(name: str, root: ET.Element) -> None:

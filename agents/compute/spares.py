@@ -33,6 +33,7 @@ import logging
 import os
 import secrets
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,10 +85,7 @@ class SparePool:
     def count(self) -> dict[str, int]:
         """template key -> unclaimed spares."""
         with self._lock:
-            out: dict[str, int] = {}
-            for s in self._spares.values():
-                out[s.key] = out.get(s.key, 0) + 1
-            return out
+            return dict(Counter(s.key for s in self._spares.values()))
 
     def held(self) -> tuple[int, int]:
         """(vCPUs, MiB of memory) the unclaimed spares hold."""
@@ -150,8 +148,9 @@ class SparePool:
 
     def claim(self, spare: Spare, spec: DomainSpec, group: str, attach=None) -> None:
         """Make the (taken) spare instance ``spec`` of ``group``: its overlay
-        and console renamed to the instance's paths, then the domain's
-        identity set and its NIC and seed plugged (Hypervisor.claim_spare).
+        and console renamed to the instance's paths, the instance's seed
+        written into its placeholder (then the instance's seed file), then
+        the domain's identity set and the placeholder grown (Hypervisor.claim_spare).
         Raises, leaving no domain, if that fails; the instance's overlay
         may then be left at its path (the caller's to remove or replace)."""
         try:

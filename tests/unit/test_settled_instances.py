@@ -26,8 +26,8 @@ def _agent(domains: dict):
         overlays=SimpleNamespace(list=lambda: {}), seeds=SimpleNamespace(list=lambda: {}),
         _submit=lambda iid, fn, *args: calls.append((iid, fn)),
         _start="start", _adopt="adopt", _terminate="terminate",
-        _reconcile_sessions=lambda overlays: None, _keep_spares=lambda desired, domains: None,
-        _prune_templates=lambda: None, started={}, wake=threading.Event())
+        _reconcile_sessions=lambda overlays: None, _keep_spares=lambda desired, domains, current: None,
+        _prune_templates=lambda current: None, _template_current=lambda: None, started={}, wake=threading.Event())
     me.name = "n1"
     return me
 

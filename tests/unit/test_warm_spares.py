@@ -49,7 +49,7 @@ def agent(tmp_path: Path, have: dict[str, int], busy: bool = False, current=lamb
         template(store.root, key)
     submitted = []
     me = SimpleNamespace(
-        spares=Pool(have), templates=store, _template_current=lambda: current, _vcpus=4, _memory=4096,
+        spares=Pool(have), templates=store, current=current, _vcpus=4, _memory=4096,
         spare_failures={}, log=SimpleNamespace(info=lambda *a: None), _make_spare="make",
         inflight={"i9": "_start"} if busy else {}, inflight_lock=threading.Lock(), awaiting={},
         awaiting_lock=threading.Lock(), _submit=lambda key, fn, *args: submitted.append((key, args)))
@@ -64,24 +64,24 @@ def running(n: int) -> dict:
 def test_spares_fill_only_what_running_instances_leave(tmp_path):
     me, submitted = agent(tmp_path, {"a": 2, "b": 1})
     desired = running(3)
-    ComputeAgent._keep_spares(me, desired, {iid: object() for iid in desired})
+    ComputeAgent._keep_spares(me, desired, {iid: object() for iid in desired}, me.current)
     assert me.spares.kept == {"a": 1, "b": 0}, "4 vCPUs, 3 held by running instances: one spare"
     assert submitted == []
 
 
 def test_instances_still_to_start_do_not_push_out_the_spares_they_may_claim(tmp_path):
     me, submitted = agent(tmp_path, {"a": 2, "b": 1})
-    ComputeAgent._keep_spares(me, running(3), {})
+    ComputeAgent._keep_spares(me, running(3), {}, me.current)
     assert me.spares.kept == {"a": 2, "b": 2}
     assert submitted == [(SPARE, ("b",))], "the short template's spare, made now: the node is idle"
 
 
 def test_a_busy_node_makes_none_and_a_stale_template_keeps_none(tmp_path):
     me, submitted = agent(tmp_path, {}, busy=True)
-    ComputeAgent._keep_spares(me, {}, {})
+    ComputeAgent._keep_spares(me, {}, {}, me.current)
     assert me.spares.kept == {"a": 2, "b": 2} and submitted == []
     me, submitted = agent(tmp_path / "2", {"a": 1, "b": 1}, current=lambda t: t.key != "a")
-    ComputeAgent._keep_spares(me, {}, {})
+    ComputeAgent._keep_spares(me, {}, {}, me.current)
     assert me.spares.kept == {"a": 0, "b": 2}
     assert submitted == [(SPARE, ("b",))]
 
@@ -138,5 +138,5 @@ def test_instances_still_to_start_of_another_flavor_count_against_the_spares(tmp
     # no spare of theirs to claim: they will boot or restore, and need the capacity
     me, submitted = agent(tmp_path, {"a": 2, "b": 1})
     big = {f"i{k}": ("g", f"g:i{k}", Assignment(desired=DESIRED_RUN, vcpus=2, memory_mib=512)) for k in range(2)}
-    ComputeAgent._keep_spares(me, big, {})
+    ComputeAgent._keep_spares(me, big, {}, me.current)
     assert me.spares.kept == {"a": 0, "b": 0}
