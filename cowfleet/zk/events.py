@@ -82,7 +82,7 @@ def delete_oldest(zk: KazooClient, group: str, children: list[str], cap: int = C
     -- more writes than the placement itself, while the folder grew
     because the prunes fell behind."""
     folder = layout.group_events(group)
-    surplus = children[:-max(1, cap)] if len(children) > max(1, cap) else []
+    surplus = children[:-max(1, cap)]      # [] when there are no more than cap
     gone = 0
     for start in range(0, len(surplus), PRUNE_BATCH):
         tx = zk.transaction()

@@ -71,7 +71,7 @@ def test_writers_pruning_one_listing_delete_each_event_once(zk, monkeypatch):
     folder = layout.group_events("ev-herd")
     zk.ensure_path(folder)
     try:
-        for n in range(events.CAP + 40):
+        for _ in range(events.CAP + 40):
             zk.create(f"{folder}/{layout.EVENT_PREFIX}", b"{}", sequence=True)
         listing = sorted(zk.get_children(folder))
         monkeypatch.setattr(events, "PRUNE_BATCH", 16)
