@@ -45,6 +45,12 @@ def parent_pid(pid: int) -> int | None:
     return int(fields[1]) if len(fields) > 1 else None
 
 
+def session_id(pid: int) -> int | None:
+    """The process's session (None when it is gone or unreadable)."""
+    fields = _stat(pid)
+    return int(fields[3]) if len(fields) > 3 else None
+
+
 def cpu_seconds(pid: int) -> float:
     """The CPU the process has used, user and system (0 when it is gone)."""
     fields = _stat(pid)

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from cowfleet.procs import cmdline, parent_pid, stop_pid, wait_gone
+from cowfleet.procs import cmdline, parent_pid, session_id, stop_pid, wait_gone
 from cowfleet.protocol import LocateAnswer
 
 log = logging.getLogger(__name__)
@@ -138,10 +138,13 @@ def session_dir_of(cmdline: list[str]) -> Path | None:
 
 def daemons_under(root: str | os.PathLike) -> dict[int, list[str]]:
     """pid -> cmdline of every qemu-storage-daemon serving a session under
-    ``root``. A daemon being started shows once: with ``--daemonize`` the
-    process forks and its parent (same command line) waits until the child
-    has opened the iSCSI LUN, up to seconds; the child is the one that stays
-    (a test counted both and saw two daemons for one session)."""
+    ``root``. A daemon being started shows once. With ``--daemonize`` qemu
+    forks twice: the first child calls setsid(), forks the daemon and exits
+    (a zombie its parent does not reap), and the parent (same command line)
+    waits until the daemon has opened the iSCSI LUN, up to seconds. The
+    daemon's parent is then init, not the waiting one, so the waiting one is
+    found as the parent of the daemon's session leader (a CI run saw two
+    daemons for one session while a re-made session opened its LUN)."""
     real = os.path.realpath(root) + "/"
     out = {}
     for entry in os.listdir("/proc"):
@@ -151,7 +154,8 @@ def daemons_under(root: str | os.PathLike) -> dict[int, list[str]]:
         where = session_dir_of(args)
         if where is not None and (str(where) + "/").startswith(real):
             out[int(entry)] = args
-    waiting = {ppid for pid in out if (ppid := parent_pid(pid)) in out and out[ppid] == out[pid]}
+    waiting = {up for pid in out for up in (parent_pid(pid), parent_pid(session_id(pid) or 0))
+               if up != pid and up in out and out[up] == out[pid]}
     return {pid: args for pid, args in out.items() if pid not in waiting}
 
 

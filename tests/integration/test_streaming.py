@@ -21,6 +21,7 @@ from cowfleet.agents.storage import tgt
 from cowfleet.client import ApiError
 from cowfleet.lab import components as c
 from cowfleet.models import Replica
+from cowfleet.procs import cmdline
 from cowfleet.zk import layout
 from cowfleet.zk.connection import read
 from tests.conftest import _workdir
@@ -287,3 +288,38 @@ def _make_stray_sessions(sessions: Path) -> None:
                 "key": key, "image": "ghost", "sha256": "0" * 64, "format": "raw", "node": "",
                 "portal": "", "target": "", "socket": str(d / "nbd.sock")}))
         subprocess.run(cmd, check=True)
+
+
+def test_a_daemon_still_opening_its_lun_counts_once(tmp_path):
+    """qemu-storage-daemon --daemonize forks twice: while the daemon opens
+    its iSCSI LUN, the first process (same command line) waits for it and the
+    daemon's parent is init. The waiting one is not a second daemon. The LUN
+    is a portal on loopback that accepts and never answers, so the opening
+    lasts until the daemon's own timeout."""
+    import socket
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(30)
+    portal = f"127.0.0.1:{listener.getsockname()[1]}"
+    d = tmp_path / "sessions" / "slow-000000000000"
+    d.mkdir(parents=True)
+    cmd = ["qemu-storage-daemon", "--blockdev",
+           f"driver=iscsi,transport=tcp,portal={portal},target=iqn.2026-01.test:slow,lun=1,"
+           "node-name=base,read-only=on",
+           "--nbd-server", f"addr.type=unix,addr.path={d / 'nbd.sock'}",
+           "--export", "type=nbd,id=exp0,node-name=base,name=slow,writable=off", "--daemonize"]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    conn = None
+    try:
+        conn, _ = listener.accept()      # the daemon is connecting: both processes exist now
+        same = [int(p) for p in os.listdir("/proc") if p.isdigit() and cmdline(int(p)) == cmd]
+        assert first.pid in same and len(same) == 2, same
+        assert first.poll() is None, "the first process waits until the daemon has opened its LUN"
+        (daemon,) = set(same) - {first.pid}
+        assert list(daemons_under(tmp_path / "sessions")) == [daemon]
+    finally:
+        for pid in daemons_under(tmp_path / "sessions"):
+            os.kill(pid, signal.SIGKILL)
+        if conn is not None:
+            conn.close()
+        listener.close()
+        first.wait(30)
