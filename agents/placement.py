@@ -37,14 +37,18 @@ from cowfleet.models import (DEFAULT_FLAVORS, DeployRequest, Event, EventReason,
                              GroupStatus, Instance, InstanceState, Reason, now)
 from cowfleet.protocol import DESIRED_RUN, DESIRED_TERMINATE, NodeOffer, Trace, assignment_data
 from cowfleet.zk import events, layout
-from cowfleet.zk.connection import read, read_children
+from cowfleet.zk.connection import read, read_later, read_named
 from cowfleet.zk.groups import finish_delete_if_empty
 from cowfleet.zk.leaders import rack_leaders
 
 log = logging.getLogger(__name__)
 
 def flavor_named(zk, name: str) -> Flavor | None:
-    got = read(zk, layout.flavor(name), Flavor)
+    return flavor_or_default(read(zk, layout.flavor(name), Flavor), name)
+
+
+def flavor_or_default(got: tuple[Flavor, int] | None, name: str) -> Flavor | None:
+    """The flavor read, else the built-in one of that name (None: neither)."""
     if got:
         return got[0]
     return next((f for f in DEFAULT_FLAVORS if f.name == name), None)
@@ -580,15 +584,29 @@ def _record_trace(zk, trace: Trace, quiet: bool = False, progress: bool = False,
 
 
 def read_snapshot(zk, name: str) -> Snapshot | None:
-    got = read(zk, layout.group(name), Group)
+    """The group, its status, its instances' and the members' names in one
+    round trip, then its instances' records and its flavor in a second.
+    Read one after another, its five reads took 0.78 s at 1,000 fake agents
+    (bench/placement.py: each round trip ~150 ms while the fleet's processes
+    shared two cores), before the first offer was asked."""
+    group_at = read_later(zk, layout.group(name), Group)
+    status_at = read_later(zk, layout.group_status(name), GroupStatus)
+    ids_at = zk.get_children_async(layout.group_instances(name))
+    members_at = zk.get_children_async(layout.NODES)
+    got, old = group_at(), status_at()
+    try:
+        ids = ids_at.get()
+    except NoNodeError:
+        ids = []
+    # names only: an instance's node is gone when its membership znode is
+    members = set(members_at.get())
     if got is None:
         return None
-    old = read(zk, layout.group_status(name), GroupStatus)
     group = got[0]
+    flavor_at = read_later(zk, layout.flavor(group.flavor), Flavor)
+    instances = read_named(zk, layout.group_instances(name), ids, Instance)
     return Snapshot(name=name, group=group, version=got[1], status=old[0] if old else None,
-                    instances=read_children(zk, layout.group_instances(name), Instance),
-                    # names only: an instance's node is gone when its membership znode is
-                    members=set(zk.get_children(layout.NODES)), flavor=flavor_named(zk, group.flavor))
+                    instances=instances, members=members, flavor=flavor_or_default(flavor_at(), group.flavor))
 
 
 def _read_instances(zk, name: str, ids: list[str]) -> dict[str, tuple[Instance, int] | None]:

@@ -33,6 +33,11 @@ def session() -> requests.Session:
     if s is None:
         s = _local.session = requests.Session()
         s.auth = P2PAuth(cluster_secret)
+        # the cluster's own calls: a proxy set in the node's environment for
+        # its outbound traffic must not carry them (nor a .netrc sign them);
+        # and not reading the environment on every call saves ~0.3 of the
+        # ~2.4 ms of CPU a call costs (client and agent in one process)
+        s.trust_env = False
     return s
 
 

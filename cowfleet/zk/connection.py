@@ -164,6 +164,12 @@ def read_children(zk: KazooClient, path: str, cls: type[R]) -> list[tuple[R, int
         names = zk.get_children(path)
     except NoNodeError:
         return []
+    return read_named(zk, path, names, cls)
+
+
+def read_named(zk: KazooClient, path: str, names: list[str], cls: type[R]) -> list[tuple[R, int]]:
+    """The records of the children ``names`` of ``path``, in name order
+    (children vanishing meanwhile are skipped)."""
     # async gets in flight together: one round trip instead of one per child
     pending = [(n, zk.get_async(f"{path}/{n}")) for n in sorted(names)]
     out = []

@@ -71,3 +71,32 @@ def test_the_data_route(server):
     # a name the API refuses is no data path
     r = server.get(image_data_path("web-"))
     assert (r.status_code, r.json) == (404, {"title": "Not Found", "status": 404})
+
+
+def test_calls_never_go_through_a_proxy_of_the_environment(monkeypatch):
+    """A node's HTTP_PROXY (for its own outbound traffic) does not carry
+    the cluster's calls: here it names a closed port, so a call that went
+    through it would fail."""
+    import socket
+    import threading
+
+    from cowfleet import p2p
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))          # bound, never listening: a connection is refused
+    proxy = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    for var in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(var, proxy)
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    s = P2PServer(logging.getLogger("test.p2p"))
+    s.json_route("/v1/echo", lambda body: (200, {"got": body}))
+    url = s.serve("127.0.0.1:0")
+    got = []
+    try:
+        t = threading.Thread(target=lambda: got.append(p2p.post(url, "/v1/echo", {"a": 1})))   # a new thread: a new session
+        t.start()
+        t.join(10)
+    finally:
+        s.shutdown()
+        closed.close()
+    assert got == [{"got": {"a": 1}}]
