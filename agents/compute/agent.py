@@ -44,7 +44,7 @@ from cowfleet.agents.compute.templates import Template, TemplateError, TemplateS
 from cowfleet.agents.node import RECONCILE_SECONDS, NodeAgent
 from cowfleet.agents.p2p_server import P2PServer
 from cowfleet.agents.handshake import HandshakeGatherer, PeerDirectory, Reservations, node_offer
-from cowfleet.agents.placement import Placer, flavor_named
+from cowfleet.agents.placement import Placer, flavor_or_default
 from cowfleet import defaults, network as netdef
 from cowfleet.faults import fault_point
 from cowfleet.guest.builder import READY_MARKER
@@ -53,7 +53,7 @@ from cowfleet.models import (CONSOLE_TAIL_MAX, Event, EventReason, EventType, Fl
 from cowfleet.p2p import post
 from cowfleet.protocol import P2P, Assignment, LocateAnswer, replica_location
 from cowfleet.zk import events, layout
-from cowfleet.zk.connection import read, read_children, update
+from cowfleet.zk.connection import read, read_children, read_later, update_from
 from cowfleet.zk.groups import finish_delete_if_empty
 from cowfleet.zk.leaders import rack_leaders
 
@@ -145,6 +145,13 @@ class ComputeAgent(NodeAgent):
         # while that holds (see reconcile)
         self.settled: set[str] = set()
         self.started: dict[str, float] = {}   # id -> when its domain started (time.monotonic()), for a minute
+        # id -> its record and znode version as this agent last read or wrote
+        # it: a state change starts from it, not from a read (``update_from``;
+        # a stale one fails the version guard and is read anew). A start's
+        # three state writes each read the record first before: 3 of ~13
+        # ZooKeeper operations an instance start made
+        self.known: dict[str, tuple[Instance, int]] = {}
+        self.known_lock = threading.Lock()
         self._routes_synced = (-1, 0.0)     # (peer directory version, monotonic time) of the last clean sync
         self.overlay_failures: dict[str, int] = {}         # id -> failed overlay creations in a row
         self._io_resumes: dict[str, list[float]] = {}      # id -> its recent resumes after I/O errors
@@ -349,6 +356,9 @@ class ComputeAgent(NodeAgent):
         self._allocated = use
         for iid in [i for i, t in list(self.started.items()) if t < listed_at - 60]:   # starts add meanwhile
             self.started.pop(iid, None)
+        with self.known_lock:                   # records of instances no longer ours
+            for iid in [i for i in self.known if i not in desired]:
+                del self.known[iid]
         # anything of ours with no assignment: a leftover of a crash or a drop
         for iid, dom in domains.items():
             if iid not in desired:
@@ -473,10 +483,23 @@ class ComputeAgent(NodeAgent):
             for k, v in fields.items():
                 setattr(inst, k, v)
             return inst
-        written = update(self.zk, layout.group_instance(group, iid), Instance, change)
+        with self.known_lock:
+            known = self.known.get(iid)
+        got = update_from(self.zk, layout.group_instance(group, iid), Instance, change, known)
+        written = got[0] if got else None
+        if got is not None:
+            self._remember(iid, got)
         if written is not None and before and before[0] != (state, reason):
             self._instance_event(written)
         return written
+
+    def _remember(self, iid: str, got: tuple[Instance, int] | None) -> None:
+        """Keep the record (and version) just read or written: None forgets it."""
+        with self.known_lock:
+            if got is None:
+                self.known.pop(iid, None)
+            else:
+                self.known[iid] = got
 
     def _instance_event(self, inst: Instance) -> None:
         """The group's event for an instance's new state (best effort: the
@@ -596,26 +619,31 @@ class ComputeAgent(NodeAgent):
 
     def _start_inputs(self, group: str, iid: str) -> tuple[Instance, Image, Flavor, Group | None] | None:
         """The instance's record, its image (holding data), its flavor and its
-        group's spec; None when it is not to start now (the record says why)."""
-        got = read(self.zk, layout.group_instance(group, iid), Instance)
+        group's spec; None when it is not to start now (the record says why).
+        Read in two round trips (the record and the group's spec; then the
+        image and the flavor the record names), not four one after another."""
+        inst_at = read_later(self.zk, layout.group_instance(group, iid), Instance)
+        group_at = read_later(self.zk, layout.group(group), Group)
+        got, g = inst_at(), group_at()
+        self._remember(iid, got)
         if got is None:
             return None
         inst = got[0]
         if inst.state in (InstanceState.TERMINATING, InstanceState.FAILED):
             return None   # failed stays failed (visible); the group shows it as degraded
-        got = read(self.zk, layout.image(inst.image), Image)
+        image_at = read_later(self.zk, layout.image(inst.image), Image)
+        flavor_at = read_later(self.zk, layout.flavor(inst.flavor), Flavor)
+        got, flavor = image_at(), flavor_or_default(flavor_at(), inst.flavor)
         if got is None or not got[0].sha256:
             self._set_state(group, iid, InstanceState.PENDING, f"waiting for image '{inst.image}' to hold data",
                             Reason.IMAGE_NO_DATA)
             return None
         image = got[0]
-        flavor = flavor_named(self.zk, inst.flavor)
         if flavor is None:
             self.metrics.failure("flavor-missing")
             self._set_state(group, iid, InstanceState.FAILED, f"flavor '{inst.flavor}' does not exist",
                             Reason.FLAVOR_NOT_FOUND)
             return None
-        g = read(self.zk, layout.group(group), Group)
         return inst, image, flavor, (g[0] if g else None)
 
     def _attach(self, group: str, iid: str, image: Image) -> tuple[Session | None, bool]:
@@ -939,6 +967,7 @@ class ComputeAgent(NodeAgent):
     def _adopt(self, group: str, iid: str, dom) -> None:
         """A running domain with an assignment: make sure someone watches it."""
         got = read(self.zk, layout.group_instance(group, iid), Instance)
+        self._remember(iid, got)
         if got is None:
             return
         inst = got[0]
@@ -1100,6 +1129,7 @@ class ComputeAgent(NodeAgent):
         with self.awaiting_lock:
             self.awaiting.pop(iid, None)
         self.metrics.gone(iid)
+        self._remember(iid, None)
         tx = self.zk.transaction()
         got = read(self.zk, layout.group_instance(group, iid), Instance)
         if got is not None and got[0].node == self.name:

@@ -18,6 +18,7 @@ access at that moment: upgrade them all together (docs/design.md).
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from typing import Callable, TypeVar
@@ -192,17 +193,30 @@ def update(zk: KazooClient, path: str, cls: type[R], change: Callable[[R], R | N
     ``change`` returns the new record, or None to write nothing. Returns the
     record written (or None when the znode is gone or nothing changed).
     """
-    for _ in range(tries):
-        got = read(zk, path, cls)
-        if got is None:
-            return None
-        rec, version = got
+    got = update_from(zk, path, cls, change, None, tries)
+    return got[0] if got else None
+
+
+def update_from(zk: KazooClient, path: str, cls: type[R], change: Callable[[R], R | None],
+                known: tuple[R, int] | None, tries: int = 20) -> tuple[R, int] | None:
+    """``update`` that answers the record written with its new version, and
+    starts from ``known`` (a record and its version: the caller's own last
+    read or write of it) instead of a read. A stale one fails the version
+    guard and the record is read anew; ``change`` gets a copy of it."""
+    for attempt in range(tries):
+        if attempt == 0 and known is not None:
+            rec, version = copy.copy(known[0]), known[1]
+        else:
+            got = read(zk, path, cls)
+            if got is None:
+                return None
+            rec, version = got
         new = change(rec)
         if new is None:
             return None
         try:
-            zk.set(path, new.to_bytes(), version=version)
-            return new
+            stat = zk.set(path, new.to_bytes(), version=version)
+            return new, stat.version
         except BadVersionError:
             continue
         except NoNodeError:

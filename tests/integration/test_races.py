@@ -191,3 +191,36 @@ def test_the_in_use_check_reads_the_groups_only_when_the_guard_moved(zk, monkeyp
     assert (resize(256), len(reads)) == ("ok", 4)
     assert outcome(flavors.delete, zk, "tiny") == "ok"      # guarded by the same version
     assert len(reads) == 4 and not zk.exists(layout.flavor("tiny"))
+
+
+def test_an_update_from_a_known_record_reads_only_when_another_writer_moved_it(zk, monkeypatch):
+    """``update_from`` (the compute agent's state writes): from the record
+    and version the writer last wrote, no read; when another writer changed
+    it since, the version guard fails and the change is made on a fresh
+    read, losing nothing; the known record itself is never changed."""
+    from cowfleet.models import Instance, InstanceState
+    from cowfleet.zk.connection import read, update_from
+    path = "/inst"
+    inst = Instance(id="i1", group="g", node="n1", rack="r1", image="img", flavor="small", generation=1)
+    zk.create(path, inst.to_bytes())
+    reads = []
+    real_get = zk.get
+    monkeypatch.setattr(zk, "get", lambda p, *a, **k: reads.append(p) or real_get(p, *a, **k))
+
+    def to(state):
+        def change(i):
+            i.state = state
+            return i
+        return change
+    known = (inst, 0)
+    got = update_from(zk, path, Instance, to(InstanceState.STARTING), known)
+    assert reads == [] and got[1] == 1 and got[0].state == InstanceState.STARTING
+    assert inst.state == InstanceState.PENDING                       # the known record is untouched
+    other = read(zk, path, Instance)[0]                              # another writer: a message
+    other.message = "kept"
+    zk.set(path, other.to_bytes(), version=1)
+    reads.clear()
+    got = update_from(zk, path, Instance, to(InstanceState.RUNNING), got)   # stale now: version 1, not 2
+    assert reads == [path] and got[1] == 3
+    assert (got[0].state, got[0].message) == (InstanceState.RUNNING, "kept")
+    assert read(zk, path, Instance)[0] == got[0]

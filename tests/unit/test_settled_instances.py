@@ -27,7 +27,8 @@ def _agent(domains: dict):
         _submit=lambda iid, fn, *args: calls.append((iid, fn)),
         _start="start", _adopt="adopt", _terminate="terminate",
         _reconcile_sessions=lambda overlays: None, _keep_spares=lambda desired, domains, current: None,
-        _prune_templates=lambda current: None, _template_current=lambda: None, started={}, wake=threading.Event())
+        _prune_templates=lambda current: None, _template_current=lambda: None, started={}, wake=threading.Event(),
+        known={}, known_lock=threading.Lock())
     me.name = "n1"
     return me
 
@@ -86,7 +87,8 @@ def test_an_adopt_settles_a_running_domain_and_not_a_paused_one(monkeypatch):
                     state=InstanceState.READY)
     monkeypatch.setattr(agent_module, "read", lambda zk, path, model: (inst, 3))
     me = SimpleNamespace(zk=None, settled=set(), awaiting={}, awaiting_lock=threading.Lock(),
-                         awaited=threading.Event(), log=SimpleNamespace(info=lambda *a: None))
+                         awaited=threading.Event(), log=SimpleNamespace(info=lambda *a: None),
+                         _remember=lambda iid, got: None)
     running = DomainInfo(name="web-i1", instance_id="i1", group="web", running=True)
     agent_module.ComputeAgent._adopt(me, "web", "i1", running)
     assert me.settled == {"i1"} and me.awaiting == {}        # ready: nothing to wait for
