@@ -526,7 +526,10 @@ class ComputeAgent(NodeAgent):
         """Where the image is (seed 001 steps 6-8): ask a storage rack leader
         (this rack's first), who asks the other leaders, who ask their
         agents. If no leader answers, the replica records in ZooKeeper."""
-        leaders = rack_leaders(self.zk, "storage")
+        # the racks of the storage nodes this agent knows (its peer
+        # directory, no read); every rack's when it knows none
+        racks = {n.rack for n in self.peers.nodes("storage")}
+        leaders = rack_leaders(self.zk, "storage", racks or None)
         order = [leaders.pop(self.rack)] if self.rack in leaders else []
         rest = list(leaders.values())
         random.shuffle(rest)

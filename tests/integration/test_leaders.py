@@ -81,6 +81,10 @@ def test_the_first_contender_leads_and_hands_over(zk):
     assert leader_names(client) == {"a1", "b1"}
     assert {r: n.name for r, n in rack_leaders(client, "compute").items()} == {"rack-a": "a1", "rack-b": "b1"}
     assert rack_leaders(client, "storage") == {}
+    # only the racks asked for (a compute agent asks its storage nodes' racks)
+    assert {r: n.name for r, n in rack_leaders(client, "compute", ["rack-b", "rack-none"]).items()} == \
+        {"rack-b": "b1"}
+    assert rack_leaders(client, "compute", []) == {}
 
     a1.leave()
     assert a2.leading.wait(10)
