@@ -103,6 +103,18 @@ def zookeeper_alone(prefix: str):
         shutil.rmtree(d, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def chrooted(hosts: str, name: str):
+    """A client of ``hosts`` under a chroot of its own (e.g. the test's name)."""
+    from cowfleet.zk.connection import connect
+    client = connect(hosts + "/" + name[:40])
+    try:
+        yield client
+    finally:
+        client.stop()
+        client.close()
+
+
 @pytest.fixture(scope="session")
 def libvirtd():
     started = c.ensure_libvirtd()

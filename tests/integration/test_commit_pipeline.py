@@ -15,8 +15,7 @@ from cowfleet.agents.placement import Op, Plan, PlacementResult, _Commit
 from cowfleet.models import Instance
 from cowfleet.protocol import Trace
 from cowfleet.zk import layout
-from cowfleet.zk.connection import connect
-from tests.conftest import zookeeper_alone
+from tests.conftest import chrooted, zookeeper_alone
 
 pytestmark = pytest.mark.integration
 
@@ -32,13 +31,11 @@ def server():
 
 @pytest.fixture
 def zk(server, request):
-    cl = connect(server + "/" + request.node.name[:40])
-    for path in (layout.group_instances(GROUP), layout.REQUESTS):
-        cl.ensure_path(path)
-    cl.create(REQUEST, b"{}")
-    yield cl
-    cl.stop()
-    cl.close()
+    with chrooted(server, request.node.name) as cl:
+        for path in (layout.group_instances(GROUP), layout.REQUESTS):
+            cl.ensure_path(path)
+        cl.create(REQUEST, b"{}")
+        yield cl
 
 
 def _plan(zk, nodes: int, per_node: int = 2) -> tuple[Plan, list[list[Op]]]:

@@ -11,8 +11,7 @@ from cowfleet.agents import placement
 from cowfleet.agents.placement import Placer
 from cowfleet.models import Group, GroupStatus, Instance, InstanceState, NodeInfo
 from cowfleet.zk import layout
-from cowfleet.zk.connection import connect
-from tests.conftest import zookeeper_alone
+from tests.conftest import chrooted, zookeeper_alone
 
 pytestmark = pytest.mark.integration
 
@@ -25,10 +24,8 @@ def server():
 
 @pytest.fixture
 def zk(server, request):
-    cl = connect(server + "/" + request.node.name[:40])
-    yield cl
-    cl.stop()
-    cl.close()
+    with chrooted(server, request.node.name) as cl:
+        yield cl
 
 
 def _member(zk, name):
