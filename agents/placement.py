@@ -601,14 +601,14 @@ def read_snapshot(zk, name: str) -> Snapshot | None:
     ids_at = zk.get_children_async(layout.group_instances(name))
     members_at = zk.get_children_async(layout.NODES)
     got, old = group_at(), status_at()
+    if got is None:
+        return None
     try:
         ids = ids_at.get()
     except NoNodeError:
         ids = []
     # names only: an instance's node is gone when its membership znode is
     members = set(members_at.get())
-    if got is None:
-        return None
     group = got[0]
     flavor_at = read_later(zk, layout.flavor(group.flavor), Flavor)
     instances = read_named(zk, layout.group_instances(name), ids, Instance)

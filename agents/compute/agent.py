@@ -14,6 +14,7 @@ reconcile (at start, on every event, and periodically).
 from __future__ import annotations
 
 import base64
+import copy
 import dataclasses
 import os
 import random
@@ -498,8 +499,8 @@ class ComputeAgent(NodeAgent):
         with self.known_lock:
             if got is None:
                 self.known.pop(iid, None)
-            else:
-                self.known[iid] = got
+            elif iid not in self.known or self.known[iid][1] <= got[1]:   # never an older one
+                self.known[iid] = (copy.copy(got[0]), got[1])     # a copy: callers change theirs
 
     def _instance_event(self, inst: Instance) -> None:
         """The group's event for an instance's new state (best effort: the
@@ -526,21 +527,23 @@ class ComputeAgent(NodeAgent):
         """Where the image is (seed 001 steps 6-8): ask a storage rack leader
         (this rack's first), who asks the other leaders, who ask their
         agents. If no leader answers, the replica records in ZooKeeper."""
-        # the racks of the storage nodes this agent knows (its peer
-        # directory, no read); every rack's when it knows none
-        racks = {n.rack for n in self.peers.nodes("storage")}
-        leaders = rack_leaders(self.zk, "storage", racks or None)
-        order = [leaders.pop(self.rack)] if self.rack in leaders else []
-        rest = list(leaders.values())
-        random.shuffle(rest)
+        # first the leaders of the racks of the storage nodes this agent knows
+        # (its peer directory: no read, but what it holds of their health may
+        # be old); every rack's when it knows none, or none of those answered
+        known = {n.rack for n in self.peers.nodes("storage")}
         body = {"image": image, "rack": self.rack, "node": self.name}
-        for leader in order + rest:
-            try:
-                answer = LocateAnswer.from_dict(post(leader.address, P2P.LOCATE, body, timeout=10))
-            except Exception as exc:
-                self.log.warning("storage leader %s did not answer: %s", leader.name, exc)
-                continue
-            return answer
+        asked: set[str] = set()
+        for racks in ([known, None] if known else [None]):
+            leaders = {r: n for r, n in rack_leaders(self.zk, "storage", racks).items() if n.name not in asked}
+            order = [leaders.pop(self.rack)] if self.rack in leaders else []
+            rest = list(leaders.values())
+            random.shuffle(rest)
+            for leader in order + rest:
+                asked.add(leader.name)
+                try:
+                    return LocateAnswer.from_dict(post(leader.address, P2P.LOCATE, body, timeout=10))
+                except Exception as exc:
+                    self.log.warning("storage leader %s did not answer: %s", leader.name, exc)
         got = read(self.zk, layout.image(image), Image)
         if got is None:
             return None

@@ -202,9 +202,12 @@ def update_from(zk: KazooClient, path: str, cls: type[R], change: Callable[[R], 
     """``update`` that answers the record written with its new version, and
     starts from ``known`` (a record and its version: the caller's own last
     read or write of it) instead of a read. A stale one fails the version
-    guard and the record is read anew; ``change`` gets a copy of it."""
+    guard and the record is read anew, and so is one of which ``change``
+    says there is nothing to write (an older one may say so wrongly);
+    ``change`` gets a copy of it."""
     for attempt in range(tries):
-        if attempt == 0 and known is not None:
+        guess = attempt == 0 and known is not None
+        if guess:
             rec, version = copy.copy(known[0]), known[1]
         else:
             got = read(zk, path, cls)
@@ -213,6 +216,8 @@ def update_from(zk: KazooClient, path: str, cls: type[R], change: Callable[[R], 
             rec, version = got
         new = change(rec)
         if new is None:
+            if guess:
+                continue        # "nothing to change" is only believed of a record read now
             return None
         try:
             stat = zk.set(path, new.to_bytes(), version=version)

@@ -224,3 +224,16 @@ def test_an_update_from_a_known_record_reads_only_when_another_writer_moved_it(z
     assert reads == [path] and got[1] == 3
     assert (got[0].state, got[0].message) == (InstanceState.RUNNING, "kept")
     assert read(zk, path, Instance)[0] == got[0]
+    # another writer moves it back; the known record (RUNNING, version 3) says
+    # there is nothing to write, which only a fresh read may decide
+    back = read(zk, path, Instance)[0]
+    back.state = InstanceState.PENDING
+    zk.set(path, back.to_bytes(), version=3)
+
+    def running(i):
+        if i.state == InstanceState.RUNNING:
+            return None
+        i.state = InstanceState.RUNNING
+        return i
+    got = update_from(zk, path, Instance, running, got)
+    assert got is not None and got[1] == 5 and read(zk, path, Instance)[0].state == InstanceState.RUNNING

@@ -32,15 +32,16 @@ def _member(zk, name):
     zk.create(layout.node(name), NodeInfo(name=name, role="compute", rack="r1").to_bytes(), makepath=True)
 
 
-def _group(zk, size, instances):
-    zk.create(layout.group("web"), Group(name="web", image="tiny", flavor="small", size=size).to_bytes(),
+def _group(zk, size, instances, **spec):
+    zk.create(layout.group("web"), Group(name="web", image="tiny", flavor="small", size=size, **spec).to_bytes(),
               makepath=True)
     zk.create(layout.group_status("web"), GroupStatus(observed_generation=1).to_bytes())
     zk.ensure_path(layout.group_instances("web"))
-    for iid, node in instances:
+    for iid, node, *image_state in instances:
+        image, state = image_state or ("tiny", InstanceState.READY)
         zk.create(layout.group_instance("web", iid), Instance(
-            id=iid, group="web", node=node, rack="r1", image="tiny", flavor="small", generation=1,
-            state=InstanceState.READY).to_bytes())
+            id=iid, group="web", node=node, rack="r1", image=image, flavor="small", generation=1,
+            state=state).to_bytes())
         zk.create(layout.assignment(node, "web", iid), b"run", makepath=True)
 
 
@@ -87,3 +88,20 @@ def test_a_group_waiting_for_capacity_is_read_every_round(zk, monkeypatch):
     _group(zk, 3, [("web-a", "n1")])    # room on no node (no agent offers): two unplaced
     sweep = _sweeps(zk, monkeypatch)
     assert [sweep() for _ in range(3)] == [1, 1, 1]
+
+
+def test_a_rolling_update_waiting_for_readiness_is_read_every_round(zk, monkeypatch):
+    """Nothing to write while the new instance starts (surge 1, none
+    unavailable): the next step waits for its readiness, an instance's own
+    data that moves no stat of the guard, so the group is read every round."""
+    _member(zk, "n1")
+    _group(zk, 1, [("web-old", "n1", "old", InstanceState.READY), ("web-new", "n1", "tiny", InstanceState.STARTING)],
+           update_policy={"max_surge": 1, "max_unavailable": 0})
+    sweep = _sweeps(zk, monkeypatch)
+    assert [sweep() for _ in range(3)] == [1, 1, 1]
+    new = Instance.from_bytes(zk.get(layout.group_instance("web", "web-new"))[0])
+    new.state = InstanceState.READY
+    zk.set(layout.group_instance("web", "web-new"), new.to_bytes())
+    assert sweep() == 1
+    old = Instance.from_bytes(zk.get(layout.group_instance("web", "web-old"))[0])
+    assert old.state == InstanceState.TERMINATING      # the next step taken
