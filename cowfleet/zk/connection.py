@@ -33,6 +33,7 @@ from cowfleet.config import SECRET_FILE_VAR, cluster_secret
 from cowfleet.models import Record
 from cowfleet.signing import zk_credentials
 from cowfleet.zk import layout
+from cowfleet.zk.handler import PollHandler
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def connect(hosts: str, timeout: float = 15.0, listener: Callable | None = None,
     servers, chroot = split_chroot(hosts)
     if chroot:
         # kazoo does not create its chroot; a short session without it does.
-        boot = KazooClient(hosts=servers, timeout=timeout, **auth)
+        boot = KazooClient(hosts=servers, timeout=timeout, handler=PollHandler(), **auth)
         boot.start(timeout=timeout)
         try:
             boot.ensure_path(chroot)
@@ -79,7 +80,7 @@ def connect(hosts: str, timeout: float = 15.0, listener: Callable | None = None,
         finally:
             boot.stop()
             boot.close()
-    zk = KazooClient(hosts=hosts, timeout=timeout,
+    zk = KazooClient(hosts=hosts, timeout=timeout, handler=PollHandler(),
                      connection_retry=KazooRetry(max_tries=-1, max_delay=2),
                      command_retry=KazooRetry(max_tries=5, max_delay=1), **auth)
     if listener:
