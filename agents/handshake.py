@@ -34,6 +34,9 @@ from cowfleet.zk.members import members, serving
 log = logging.getLogger(__name__)
 
 RESERVATION_SECONDS = 10.0
+# How long a coordinator keeps the compute rack leaders it read when the
+# membership did not change meanwhile (``HandshakeGatherer.leaders``)
+LEADERS_SECONDS = 60.0
 
 
 class Reservations:
@@ -321,25 +324,64 @@ class HandshakeGatherer(Gatherer):
     """The coordinator's side: every compute rack leader in parallel (its own
     rack answered in-process by ``local_rack``). Up to 128 racks in one wave
     (the pool makes its threads as they are needed): with 32, 100 racks were
-    asked in four waves, each as long as its slowest rack under load."""
+    asked in four waves, each as long as its slowest rack under load.
+
+    The rack leaders are read once and kept until the membership changes
+    (``forget_leaders``, which the agent calls when its peer directory sees
+    nodes come or go: a leader only changes when its node leaves) or for
+    ``LEADERS_SECONDS``. Reading them is four waves of reads (racks, their
+    election folders, the leaders' lock znodes, their records: ~300 at 100
+    racks), and at 1,000 fake agents on two cores the offer round spent
+    0.1-1.0 s outside its racks' answers (bench/README.md, session 18). A
+    rack whose kept leader does not answer is read anew and asked again,
+    once: a leader that changed meanwhile costs that rack a second call, not
+    its offers."""
 
     def __init__(self, me: str, local_rack=None, pool_size: int = 128, local_release=None):
         self.me = me
         self.local_rack = local_rack    # callable(body) -> rack answer, for the coordinator's rack
         self.local_release = local_release   # callable(request): the same for releases
         self.pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="handshake")
+        self._leaders: tuple[dict[str, NodeInfo], float] | None = None   # (rack -> leader, monotonic time read)
+
+    def forget_leaders(self) -> None:
+        """The membership changed: the next round reads the leaders again."""
+        self._leaders = None
+
+    def leaders(self, zk) -> dict[str, NodeInfo]:
+        """rack -> its compute leader, as kept (read when none are kept)."""
+        kept = self._leaders
+        if kept is not None and time.monotonic() - kept[1] < LEADERS_SECONDS:
+            return kept[0]
+        read_at = time.monotonic()
+        leaders = rack_leaders(zk, "compute")
+        self._leaders = (leaders, read_at)
+        return leaders
 
     def offers(self, zk, request, group, flavor, want, trace):
-        leaders = rack_leaders(zk, "compute")
+        t0 = time.monotonic()
+        leaders = self.leaders(zk)
+        trace.leaders_ms = round((time.monotonic() - t0) * 1000, 1)
         body = {"request": request, "group": group, "flavor": flavor.to_dict(), "want": want}
+
+        def call(leader: NodeInfo) -> dict:
+            if leader.name == self.me and self.local_rack is not None:
+                return self.local_rack(body)
+            return post(leader.address, P2P.RACK_OFFERS, body)
 
         def ask(rack: str, leader: NodeInfo) -> tuple[str, dict]:
             t0 = time.monotonic()
             try:
-                if leader.name == self.me and self.local_rack is not None:
-                    answer = self.local_rack(body)
-                else:
-                    answer = post(leader.address, P2P.RACK_OFFERS, body)
+                try:
+                    answer = call(leader)
+                except Exception:
+                    # the kept leader may be gone or no longer lead: read this rack's anew
+                    self.forget_leaders()
+                    fresh = rack_leaders(zk, "compute", [rack]).get(rack)
+                    if fresh is None:
+                        raise
+                    leader = fresh
+                    answer = call(leader)
                 entry = {"leader": leader.name, "offers": {o["node"]: o["count"] for o in answer["offers"]}}
                 entry.update({k: v for k, v in answer.items() if k in ("errors",)})
             except Exception as exc:   # a rack that cannot answer offers nothing this round
@@ -357,7 +399,7 @@ class HandshakeGatherer(Gatherer):
 
     def release(self, zk, request):
         def tell():
-            for rack, leader in rack_leaders(zk, "compute").items():
+            for rack, leader in self.leaders(zk).items():
                 try:
                     if leader.name == self.me and self.local_release is not None:
                         self.local_release(request)      # in-process, like its offers

@@ -267,7 +267,8 @@ def _place_once(client: Client, zk, zk_server, fleets: list[int], size: int, nam
     per_rack = Counter(trace.get("per_rack") or {})
     per_node = Counter(trace.get("split") or {})
     rack_ms = sorted(r.get("ms", 0) for r in (trace.get("racks") or {}).values()) or [0]
-    print(f"  ({name}: {n} placed in {commit_s:.2f} s: offers {trace.get('offers_ms', 0):.0f} ms (racks answered in "
+    print(f"  ({name}: {n} placed in {commit_s:.2f} s: offers {trace.get('offers_ms', 0):.0f} ms (leaders "
+          f"{trace.get('leaders_ms', 0):.0f} ms, racks answered in "
           f"{rack_ms[0]:.0f}..{rack_ms[len(rack_ms) // 2]:.0f}..{rack_ms[-1]:.0f} ms), plan "
           f"{trace.get('plan_ms', 0):.0f} ms, {len(trace.get('chunks') or [])} transactions "
           f"{trace.get('commit_ms', 0):.0f} ms; waiting for them ready)", flush=True)
@@ -310,13 +311,15 @@ def _summarise(agents: int, samples: list[dict]) -> dict:
             "commit_s": statistics.median(s["commit_s"] for s in samples),
             "commit_min_s": min(s["commit_s"] for s in samples),
             "put_ms": statistics.median(s["put_s"] for s in samples) * 1000,
-            "offers_ms": t.get("offers_ms"), "tx_ms": t.get("commit_ms"), "via": t.get("via"),
+            "offers_ms": t.get("offers_ms"), "leaders_ms": t.get("leaders_ms"), "tx_ms": t.get("commit_ms"),
+            "via": t.get("via"),
             # the rack leaders' answers: the slowest bounds the offer round
             "rack_ms": sorted(r.get("ms", 0) for r in (t.get("racks") or {}).values()),
             "read_ms": t.get("read_ms"), "plan_ms": t.get("plan_ms"), "total_ms": t.get("total_ms"),
             "attempts": t.get("attempts"), "placed": best["placed"],
             "transactions": len(chunks), "tx_max_ops": max((ch["ops"] for ch in chunks), default=0),
             "tx_max_kib": max((ch["bytes"] for ch in chunks), default=0) / 1024,
+            "tx_each_ms": [ch["ms"] for ch in chunks],     # each transaction's round trip, in order
             "znodes": best["znodes"], "zk_data_mib": best["zk_data_mib"], "zk_rss_mib": best["zk_rss_mib"],
             "agent_rss_mib": best["agents_rss_mib"] / agents, "delete_s": best["delete_s"] or 0,
             "ready_s": best["ready_s"],

@@ -90,6 +90,7 @@ class Trace:
     attempts: int = 0
     read_ms: float = 0.0       # the group, its instances, the members (the last attempt)
     offers_ms: float = 0.0
+    leaders_ms: float = 0.0    # of offers_ms: finding the rack leaders (~0 when kept from an earlier round)
     plan_ms: float = 0.0       # decide, split, plan and cut into transactions
     commit_ms: float = 0.0
     total_ms: float = 0.0

@@ -157,8 +157,9 @@ class ComputeAgent(NodeAgent):
         self.overlay_failures: dict[str, int] = {}         # id -> failed overlay creations in a row
         self._io_resumes: dict[str, list[float]] = {}      # id -> its recent resumes after I/O errors
         self.reservations = Reservations()
-        self.placer = Placer(self.zk, self.name, HandshakeGatherer(
-            self.name, self.rack_offers, local_release=lambda request: self.release({"request": request})))
+        self.gatherer = HandshakeGatherer(
+            self.name, self.rack_offers, local_release=lambda request: self.release({"request": request}))
+        self.placer = Placer(self.zk, self.name, self.gatherer)
         self.coordinating = ThreadPoolExecutor(max_workers=4, thread_name_prefix="coordinate")
         self.handshake_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="offers")
         self._allocated = {"vcpus": 0, "memory_mib": 0, "instances": 0}
@@ -204,6 +205,7 @@ class ComputeAgent(NodeAgent):
 
     def _on_nodes(self, children) -> None:
         self.placer.forget_leaders()      # a leader may have come or gone with them
+        self.gatherer.forget_leaders()
         if children and hasattr(self, "leader_wake"):
             self.leader_wake.set()
         if self.instnet is not None:

@@ -125,7 +125,9 @@ class PlacementTraceSchema(Schema):
     unplaced = fields.Int()
     attempts = fields.Int()
     read_ms = fields.Float()
-    offers_ms = fields.Float()
+    offers_ms = fields.Float(metadata={"description": "the offer round, leaders_ms included"})
+    leaders_ms = fields.Float(metadata={"description": "finding the rack leaders to ask (0 when the "
+                                                       "coordinator kept them from an earlier round)"})
     plan_ms = fields.Float()
     commit_ms = fields.Float()
     total_ms = fields.Float()

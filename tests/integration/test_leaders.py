@@ -3,13 +3,19 @@ a real ZooKeeper and real kazoo Elections: the first contender leads, a
 leader that leaves hands over to the next, and reading writes nothing."""
 from __future__ import annotations
 
+import logging
 import shutil
 import threading
+from dataclasses import asdict
 
 import pytest
 
+from cowfleet.agents import handshake
+from cowfleet.agents.handshake import HandshakeGatherer
+from cowfleet.agents.p2p_server import P2PServer
 from cowfleet.lab import components as c
-from cowfleet.models import NodeInfo
+from cowfleet.models import DEFAULT_FLAVORS, NodeInfo
+from cowfleet.protocol import P2P, NodeOffer, Trace
 from cowfleet.zk import layout
 from cowfleet.zk.connection import connect
 from cowfleet.zk.leaders import leader_names, rack_leader_name, rack_leaders
@@ -41,11 +47,12 @@ class Contender:
     """A node's session that registers and runs for its rack's leadership,
     as agents/node.py does."""
 
-    def __init__(self, hosts: str, clients: list, name: str, rack: str, role: str = "compute"):
+    def __init__(self, hosts: str, clients: list, name: str, rack: str, role: str = "compute",
+                 address: str | None = None):
         self.zk = connect(hosts)
         clients.append(self.zk)
         self.name, self.rack = name, rack
-        info = NodeInfo(name=name, role=role, rack=rack, address=f"http://127.0.0.1:1/{name}")
+        info = NodeInfo(name=name, role=role, rack=rack, address=address or f"http://127.0.0.1:1/{name}")
         self.zk.ensure_path(layout.NODES)
         self.zk.create(layout.node(name), info.to_bytes(), ephemeral=True)
         self.leading = threading.Event()
@@ -101,3 +108,61 @@ def test_reading_a_rack_without_contenders_writes_nothing(zk):
     assert rack_leader_name(client, "rack-empty", "storage") is None
     assert not client.exists(layout.rack_leader("rack-empty", "storage"))
     assert "rack-empty" not in rack_leaders(client, "storage")
+
+
+def test_a_coordinator_keeps_the_rack_leaders_and_rereads_a_rack_whose_leader_changed(zk, monkeypatch):
+    client, clients, hosts = zk
+    servers = {}
+
+    def leader_endpoint(name: str, rack: str) -> str:
+        """A rack leader's P2P endpoint answering offers for itself alone."""
+        srv = P2PServer(logging.getLogger("test"))
+        offer = asdict(NodeOffer(node=name, rack=rack, count=1, version=0))
+        srv.json_route(P2P.RACK_OFFERS, lambda body: (200, {"rack": rack, "leader": name, "offers": [offer],
+                                                            "errors": {}}))
+        servers[name] = srv
+        return srv.serve("127.0.0.1:0")
+    c1 = Contender(hosts, clients, "c1", "rack-c", address=leader_endpoint("c1", "rack-c"))
+    assert c1.leading.wait(10)
+    c2 = Contender(hosts, clients, "c2", "rack-c", address=leader_endpoint("c2", "rack-c"))
+    d1 = Contender(hosts, clients, "d1", "rack-d", address=leader_endpoint("d1", "rack-d"))
+    assert d1.leading.wait(10)
+    wait_until(lambda: len(client.get_children(layout.rack_leader("rack-c", "compute"))) == 2, 10,
+               "c2 contends")
+    reads = []
+    real = handshake.rack_leaders
+
+    def counted(zk_, role, racks=None):
+        reads.append(racks)
+        return real(zk_, role, racks)
+    monkeypatch.setattr(handshake, "rack_leaders", counted)
+    gatherer = HandshakeGatherer("coordinator")
+
+    def ask():
+        trace = Trace(request="req-1", group="g", coordinator="coordinator", want=2)
+        offers = gatherer.offers(client, "req-1", "g", DEFAULT_FLAVORS[0], 2, trace)
+        return {o.node for o in offers}, trace
+    try:
+        assert ask()[0] == {"c1", "d1"}
+        assert reads == [None]                        # every rack's leader, once
+        got, trace = ask()
+        assert got == {"c1", "d1"} and reads == [None]    # kept
+        # c1 steps down and c2 leads rack-c: the kept c1 does not answer, so
+        # that rack alone is read anew and asked again in the same round
+        servers["c1"].shutdown()
+        c1.leave()
+        assert c2.leading.wait(10)
+        got, trace = ask()
+        assert got == {"c2", "d1"}
+        assert trace.racks["rack-c"]["leader"] == "c2" and "error" not in trace.racks["rack-c"]
+        assert reads == [None, ["rack-c"]]
+        # a membership change (the agent's peer directory tells it): all read again
+        gatherer.forget_leaders()
+        assert ask()[0] == {"c2", "d1"}
+        assert reads == [None, ["rack-c"], None]
+    finally:
+        for srv in servers.values():
+            srv.shutdown()
+        c2.leave()
+        d1.leave()
+
