@@ -100,3 +100,47 @@ def test_calls_never_go_through_a_proxy_of_the_environment(monkeypatch):
         s.shutdown()
         closed.close()
     assert got == [{"got": {"a": 1}}]
+
+
+def test_a_call_is_signed_with_the_cluster_secret_and_fails_as_requests_would(tmp_path, monkeypatch):
+    """``p2p.post`` over urllib3: signed so a closed agent takes it, refused by
+    an agent of another cluster, and its failures are requests' exceptions
+    (what the callers catch) with the outcome the metrics label them by."""
+    import socket
+
+    import requests
+
+    from cowfleet import p2p
+    from cowfleet.config import SECRET_FILE_VAR
+    secret = tmp_path / "secret"
+    secret.write_text("s" * 32)
+    secret.chmod(0o600)
+    monkeypatch.setenv(SECRET_FILE_VAR, str(secret))
+    outcomes = []
+    monkeypatch.setattr(p2p, "_observers", [lambda route, s, outcome: outcomes.append((route, outcome))])
+    ours, theirs = (P2PServer(logging.getLogger("test.p2p"), secret=key) for key in (b"s" * 32, b"t" * 32))
+    for s in (ours, theirs):
+        s.json_route("/v1/echo", lambda body: (200, {"got": body}))
+        s.json_route("/v1/busy", lambda body: (409, {"detail": "not now"}))
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)                      # accepts, never answers
+    ours_url, theirs_url = ours.serve("127.0.0.1:0"), theirs.serve("127.0.0.1:0")
+    try:
+        assert p2p.post(ours_url, "/v1/echo", {"a": [1, "b"]}) == {"got": {"a": [1, "b"]}}
+        with pytest.raises(requests.HTTPError, match="409"):
+            p2p.post(ours_url, "/v1/busy", {})
+        with pytest.raises(requests.HTTPError, match="403"):
+            p2p.post(theirs_url, "/v1/echo", {})
+        with pytest.raises(requests.ReadTimeout):
+            p2p.post(f"http://127.0.0.1:{silent.getsockname()[1]}", "/v1/echo", {}, timeout=0.3)
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))        # bound, not listening: refused
+        with pytest.raises(requests.ConnectionError):
+            p2p.post(f"http://127.0.0.1:{closed.getsockname()[1]}", "/v1/echo", {})
+        closed.close()
+    finally:
+        ours.shutdown()
+        theirs.shutdown()
+        silent.close()
+    assert [o for _, o in outcomes] == ["ok", "409", "403", "ReadTimeout", "ConnectionError"]
