@@ -70,12 +70,13 @@ def test_all_commit_in_order_with_several_in_flight(zk, monkeypatch):
     real = _Commit._send
     monkeypatch.setattr(_Commit, "_send", lambda self, ops, ahead, left: (
         sent.append((len(self.inflight), ahead)), real(self, ops, ahead, left)))
-    p, txs = _plan(zk, nodes=8)
+    nodes = placement.PIPELINE + 4
+    p, txs = _plan(zk, nodes=nodes)
     done, trace, result = _commit(zk, p, txs)
     assert done is True
     assert sorted(zk.get_children(layout.group_instances(GROUP))) == sorted(i.id for i in p.created)
     assert not zk.exists(REQUEST)
-    assert len(trace.chunks) == 9 and len(result.created) == 16
+    assert len(trace.chunks) == nodes + 1 and len(result.created) == 2 * nodes
     # the first alone, then up to PIPELINE in flight, the last alone again
     assert sent[0] == (0, False) and sent[-1] == (0, False)
     assert max(n for n, _ in sent) == placement.PIPELINE - 1
@@ -83,7 +84,7 @@ def test_all_commit_in_order_with_several_in_flight(zk, monkeypatch):
 
 
 def test_a_transaction_that_fails_stops_the_sending_and_keeps_the_request(zk):
-    p, txs = _plan(zk, nodes=9)
+    p, txs = _plan(zk, nodes=placement.PIPELINE + 5)
     zk.set(layout.assignments("n3"), b"")          # another coordinator placed on n3 since the offers
     done, trace, result = _commit(zk, p, txs)
     assert done is None                            # a new round
