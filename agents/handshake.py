@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 from kazoo.exceptions import ConnectionLoss, NoNodeError
 from kazoo.protocol.states import KazooState
@@ -332,33 +333,69 @@ class HandshakeGatherer(Gatherer):
     ``LEADERS_SECONDS``. Reading them is four waves of reads (racks, their
     election folders, the leaders' lock znodes, their records: ~300 at 100
     racks), and at 1,000 fake agents on two cores the offer round spent
-    0.1-1.0 s outside its racks' answers (bench/README.md, session 18). A
-    rack whose kept leader does not answer is read anew and asked again,
-    once: a leader that changed meanwhile costs that rack a second call, not
-    its offers."""
+    0.1-1.0 s outside its racks' answers (bench/README.md, session 18).
+    What keeps kept leaders honest:
+    - a rack of the compute nodes (``racks``: the agent's peer directory)
+      that has no kept leader -- new, or without one when they were read --
+      is read on every round until it has one;
+    - a kept leader that does not answer has its rack read anew, and when
+      another node (or address) leads it now, that one is asked in the same
+      round and kept instead: a leader that changed costs its rack a second
+      call, not its offers;
+    - a read that a membership change overtook is used, not kept."""
 
-    def __init__(self, me: str, local_rack=None, pool_size: int = 128, local_release=None):
+    def __init__(self, me: str, local_rack=None, pool_size: int = 128, local_release=None,
+                 racks: Callable[[], set[str]] | None = None):
         self.me = me
         self.local_rack = local_rack    # callable(body) -> rack answer, for the coordinator's rack
         self.local_release = local_release   # callable(request): the same for releases
+        self.racks = racks              # callable() -> the racks that have compute nodes (None: unknown)
         self.pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="handshake")
+        self._lock = threading.Lock()
         self._leaders: tuple[dict[str, NodeInfo], float] | None = None   # (rack -> leader, monotonic time read)
+        self._generation = 0            # one more on every forget: a read from an older one is not kept
 
     def forget_leaders(self) -> None:
         """The membership changed: the next round reads the leaders again."""
-        self._leaders = None
+        with self._lock:
+            self._leaders = None
+            self._generation += 1
+
+    def _keep(self, generation: int, update, read_at: float | None = None) -> None:
+        """``update(kept dict) -> new dict``, unless a forget came since ``generation``."""
+        with self._lock:
+            if self._generation != generation:
+                return
+            kept = self._leaders
+            if read_at is None and kept is None:
+                return
+            base = dict(kept[0]) if kept is not None else {}
+            self._leaders = (update(base), read_at if read_at is not None else kept[1])
 
     def leaders(self, zk) -> dict[str, NodeInfo]:
-        """rack -> its compute leader, as kept (read when none are kept)."""
-        kept = self._leaders
-        if kept is not None and time.monotonic() - kept[1] < LEADERS_SECONDS:
-            return kept[0]
-        read_at = time.monotonic()
-        leaders = rack_leaders(zk, "compute")
-        self._leaders = (leaders, read_at)
+        """rack -> its compute leader: as kept, with the racks that have none read anew."""
+        with self._lock:
+            kept, generation = self._leaders, self._generation
+        if kept is None or time.monotonic() - kept[1] >= LEADERS_SECONDS:
+            read_at = time.monotonic()
+            leaders = rack_leaders(zk, "compute")
+            self._keep(generation, lambda _: dict(leaders), read_at)
+            return leaders
+        leaders = kept[0]
+        try:
+            missing = (self.racks() if self.racks else set()) - leaders.keys()
+        except Exception:              # no view of the racks now: the kept ones
+            missing = set()
+        if missing:
+            found = rack_leaders(zk, "compute", sorted(missing))
+            if found:
+                leaders = {**leaders, **found}
+                self._keep(generation, lambda kept_: {**kept_, **found})
         return leaders
 
     def offers(self, zk, request, group, flavor, want, trace):
+        with self._lock:
+            generation = self._generation
         t0 = time.monotonic()
         leaders = self.leaders(zk)
         trace.leaders_ms = round((time.monotonic() - t0) * 1000, 1)
@@ -375,11 +412,12 @@ class HandshakeGatherer(Gatherer):
                 try:
                     answer = call(leader)
                 except Exception:
-                    # the kept leader may be gone or no longer lead: read this rack's anew
-                    self.forget_leaders()
+                    # the kept leader may be gone or no longer lead: ask
+                    # again only a leader that is not the one that failed
                     fresh = rack_leaders(zk, "compute", [rack]).get(rack)
-                    if fresh is None:
+                    if fresh is None or (fresh.name, fresh.address) == (leader.name, leader.address):
                         raise
+                    self._keep(generation, lambda kept: {**kept, rack: fresh})
                     leader = fresh
                     answer = call(leader)
                 entry = {"leader": leader.name, "offers": {o["node"]: o["count"] for o in answer["offers"]}}

@@ -24,7 +24,6 @@ import hashlib
 import json
 import threading
 import time
-import urllib.parse
 from typing import Callable
 
 import requests
@@ -82,8 +81,9 @@ def _signed(route_url: str, data: bytes) -> dict[str, str]:
         return headers
     if _key is None or _key[0] != secret:
         _key = (secret, p2p_key(secret))
-    split = urllib.parse.urlsplit(route_url)
-    headers.update(sign_headers(_key[1], "POST", canonical_path(split.path, split.query),
+    # the path as urllib3 sends it (it normalizes dot segments and escapes)
+    sent = urllib3.util.parse_url(route_url)
+    headers.update(sign_headers(_key[1], "POST", canonical_path(sent.path or "/", sent.query or ""),
                                 hashlib.sha256(data).hexdigest()))
     return headers
 
@@ -97,7 +97,7 @@ def post(address: str, route: str, body: dict, timeout: float = TIMEOUT) -> dict
     outcome = "ok"
     url = address + route
     try:
-        data = json.dumps(body).encode()
+        data = json.dumps(body, allow_nan=False).encode()     # as requests' json= (NaN is no JSON)
         try:
             resp = _pool().request("POST", url, body=data, headers=_signed(url, data), timeout=timeout)
         # as requests maps them (a refused connection is, to urllib3, a
@@ -112,7 +112,9 @@ def post(address: str, route: str, body: dict, timeout: float = TIMEOUT) -> dict
             raise requests.ConnectionError(f"{url}: {exc}") from exc
         if resp.status >= 400:
             outcome = str(resp.status)
-            raise requests.HTTPError(f"{resp.status} {resp.reason} for url: {url}")
+            answer = requests.Response()          # what a caller of requests would look at
+            answer.status_code, answer.reason, answer.url, answer._content = resp.status, resp.reason, url, resp.data
+            raise requests.HTTPError(f"{resp.status} {resp.reason} for url: {url}", response=answer)
         return json.loads(resp.data)
     except Exception as exc:
         if outcome == "ok":

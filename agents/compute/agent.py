@@ -158,7 +158,8 @@ class ComputeAgent(NodeAgent):
         self._io_resumes: dict[str, list[float]] = {}      # id -> its recent resumes after I/O errors
         self.reservations = Reservations()
         self.gatherer = HandshakeGatherer(
-            self.name, self.rack_offers, local_release=lambda request: self.release({"request": request}))
+            self.name, self.rack_offers, local_release=lambda request: self.release({"request": request}),
+            racks=lambda: {n.rack for n in self.peers.nodes("compute")})
         self.placer = Placer(self.zk, self.name, self.gatherer)
         self.coordinating = ThreadPoolExecutor(max_workers=4, thread_name_prefix="coordinate")
         self.handshake_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="offers")

@@ -32,7 +32,7 @@ _WRITABLE = select.POLLOUT | select.POLLHUP | select.POLLERR
 
 def _fd(obj) -> int:
     fd = obj if isinstance(obj, int) else obj.fileno()
-    if fd < 0:                     # a closed socket: as kazoo's select says of one
+    if fd < 0:                     # a closed socket: refused, as kazoo's select refuses one
         raise ValueError("Invalid file descriptor: -1")
     return fd
 

@@ -136,7 +136,8 @@ def test_a_coordinator_keeps_the_rack_leaders_and_rereads_a_rack_whose_leader_ch
         reads.append(racks)
         return real(zk_, role, racks)
     monkeypatch.setattr(handshake, "rack_leaders", counted)
-    gatherer = HandshakeGatherer("coordinator")
+    racks = {"rack-c", "rack-d"}                   # the racks of the compute nodes, as the agent's directory says
+    gatherer = HandshakeGatherer("coordinator", racks=lambda: set(racks))
 
     def ask():
         trace = Trace(request="req-1", group="g", coordinator="coordinator", want=2)
@@ -148,7 +149,7 @@ def test_a_coordinator_keeps_the_rack_leaders_and_rereads_a_rack_whose_leader_ch
         got, trace = ask()
         assert got == {"c1", "d1"} and reads == [None]    # kept
         # c1 steps down and c2 leads rack-c: the kept c1 does not answer, so
-        # that rack alone is read anew and asked again in the same round
+        # that rack alone is read anew, c2 asked in the same round and kept
         servers["c1"].shutdown()
         c1.leave()
         assert c2.leading.wait(10)
@@ -156,10 +157,43 @@ def test_a_coordinator_keeps_the_rack_leaders_and_rereads_a_rack_whose_leader_ch
         assert got == {"c2", "d1"}
         assert trace.racks["rack-c"]["leader"] == "c2" and "error" not in trace.racks["rack-c"]
         assert reads == [None, ["rack-c"]]
+        assert ask()[0] == {"c2", "d1"} and reads == [None, ["rack-c"]]
+        # a leader that still leads and does not answer is not asked twice,
+        # and costs the other racks nothing
+        servers["d1"].shutdown()
+        got, trace = ask()
+        assert got == {"c2"} and "error" in trace.racks["rack-d"]
+        assert reads == [None, ["rack-c"], ["rack-d"]]
+        # a rack new to the directory, without a kept leader: read on every
+        # round until it has one, then kept with the others
+        racks.add("rack-e")
+        n = len(reads)
+        assert ask()[0] == {"c2"} and reads[n:] == [["rack-e"], ["rack-d"]]    # d1 still fails, once
+        e1 = Contender(hosts, clients, "e1", "rack-e", address=leader_endpoint("e1", "rack-e"))
+        assert e1.leading.wait(10)
+        n = len(reads)
+        assert ask()[0] == {"c2", "e1"} and reads[n:] == [["rack-e"], ["rack-d"]]
+        n = len(reads)
+        assert ask()[0] == {"c2", "e1"} and reads[n:] == [["rack-d"]]           # e1 kept now
         # a membership change (the agent's peer directory tells it): all read again
         gatherer.forget_leaders()
-        assert ask()[0] == {"c2", "d1"}
-        assert reads == [None, ["rack-c"], None]
+        n = len(reads)
+        ask()
+        assert reads[n] is None
+        # a read that a membership change overtook is used, not kept
+        gatherer.forget_leaders()
+
+        def overtaken(zk_, role, racks_=None):
+            got = counted(zk_, role, racks_)
+            if racks_ is None:
+                gatherer.forget_leaders()
+            return got
+        monkeypatch.setattr(handshake, "rack_leaders", overtaken)
+        assert ask()[0] == {"c2", "e1"}
+        m = len(reads)
+        ask()
+        assert reads[m] is None, "the overtaken read was kept"
+        e1.leave()
     finally:
         for srv in servers.values():
             srv.shutdown()

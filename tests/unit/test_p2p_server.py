@@ -128,8 +128,11 @@ def test_a_call_is_signed_with_the_cluster_secret_and_fails_as_requests_would(tm
     ours_url, theirs_url = ours.serve("127.0.0.1:0"), theirs.serve("127.0.0.1:0")
     try:
         assert p2p.post(ours_url, "/v1/echo", {"a": [1, "b"]}) == {"got": {"a": [1, "b"]}}
-        with pytest.raises(requests.HTTPError, match="409"):
+        with pytest.raises(requests.HTTPError, match="409") as busy:
             p2p.post(ours_url, "/v1/busy", {})
+        assert busy.value.response.status_code == 409 and busy.value.response.json() == {"detail": "not now"}
+        with pytest.raises(ValueError):
+            p2p.post(ours_url, "/v1/echo", {"x": float("nan")})      # no JSON: refused before the call
         with pytest.raises(requests.HTTPError, match="403"):
             p2p.post(theirs_url, "/v1/echo", {})
         with pytest.raises(requests.ReadTimeout):
@@ -143,4 +146,4 @@ def test_a_call_is_signed_with_the_cluster_secret_and_fails_as_requests_would(tm
         ours.shutdown()
         theirs.shutdown()
         silent.close()
-    assert [o for _, o in outcomes] == ["ok", "409", "403", "ReadTimeout", "ConnectionError"]
+    assert [o for _, o in outcomes] == ["ok", "409", "ValueError", "403", "ReadTimeout", "ConnectionError"]
