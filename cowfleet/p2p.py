@@ -30,11 +30,13 @@ import requests
 import urllib3
 
 from cowfleet.config import cluster_secret
-from cowfleet.signing import P2PAuth, canonical_path, p2p_key, sign_headers
+from cowfleet.signing import P2PAuth
 
 TIMEOUT = 3.0
 
 _local = threading.local()
+# signs every call, the sessions' and post's: the secret asked each time, its key derived once
+_auth = P2PAuth(cluster_secret)
 # called after each call with (route, seconds, outcome: "ok", an HTTP status, or
 # the exception's name): the agents' metrics (agents/metrics.py) time their calls
 # by the route called (a ``protocol.P2P`` path), never by a whole URL
@@ -50,7 +52,7 @@ def session() -> requests.Session:
     s = getattr(_local, "session", None)
     if s is None:
         s = _local.session = requests.Session()
-        s.auth = P2PAuth(cluster_secret)
+        s.auth = _auth
         # the cluster's own calls: a proxy set in the node's environment for
         # its outbound traffic must not carry them (nor a .netrc sign them);
         # and not reading the environment on every call saves ~0.3 of the
@@ -68,24 +70,12 @@ def _pool() -> urllib3.PoolManager:
     return pm
 
 
-_key: tuple[bytes, bytes] | None = None     # (secret, its P2P key): derived once per secret
-
-
 def _signed(route_url: str, data: bytes) -> dict[str, str]:
-    """The headers of a JSON POST of ``data`` to ``route_url``: signed when
-    the cluster has a secret (asked on every call, as ``P2PAuth`` does)."""
-    global _key
-    headers = {"Content-Type": "application/json"}
-    secret = cluster_secret()
-    if secret is None:
-        return headers
-    if _key is None or _key[0] != secret:
-        _key = (secret, p2p_key(secret))
+    """The headers of a JSON POST of ``data`` to ``route_url``."""
     # the path as urllib3 sends it (it normalizes dot segments and escapes)
     sent = urllib3.util.parse_url(route_url)
-    headers.update(sign_headers(_key[1], "POST", canonical_path(sent.path or "/", sent.query or ""),
-                                hashlib.sha256(data).hexdigest()))
-    return headers
+    return {"Content-Type": "application/json",
+            **_auth.headers("POST", sent.path or "/", sent.query or "", hashlib.sha256(data).hexdigest())}
 
 
 def post(address: str, route: str, body: dict, timeout: float = TIMEOUT) -> dict:

@@ -106,12 +106,18 @@ class P2PAuth(AuthBase):
         self._secret = secret
         self._key: tuple[bytes, bytes] | None = None     # (secret, its P2P key): derived once
 
-    def __call__(self, r: PreparedRequest) -> PreparedRequest:
+    def headers(self, method: str, path: str, query: str, content: str, checksum: str = "") -> dict[str, str]:
+        """The headers that sign a request to ``path`` (as sent) and ``query``
+        whose body's digest is ``content``: none without a secret."""
         secret = self._secret()
         if secret is None:
-            return r
-        if self._key is None or self._key[0] != secret:
-            self._key = (secret, p2p_key(secret))
+            return {}
+        key = self._key
+        if key is None or key[0] != secret:
+            key = self._key = (secret, p2p_key(secret))
+        return sign_headers(key[1], method, canonical_path(path, query), content, checksum)
+
+    def __call__(self, r: PreparedRequest) -> PreparedRequest:
         body = r.body
         if body is None:
             content = EMPTY_SHA256
@@ -120,8 +126,7 @@ class P2PAuth(AuthBase):
         else:                       # a generator or a file: streamed (see the module's docstring)
             content = UNSIGNED
         split = urllib.parse.urlsplit(r.path_url)
-        r.headers.update(sign_headers(self._key[1], r.method, canonical_path(split.path, split.query),
-                                      content, r.headers.get(CHECKSUM, "")))
+        r.headers.update(self.headers(r.method, split.path, split.query, content, r.headers.get(CHECKSUM, "")))
         return r
 
 
