@@ -361,16 +361,17 @@ class HandshakeGatherer(Gatherer):
             self._leaders = None
             self._generation += 1
 
-    def _keep(self, generation: int, update, read_at: float | None = None) -> None:
-        """``update(kept dict) -> new dict``, unless a forget came since ``generation``."""
+    def _keep(self, generation: int, found: dict[str, NodeInfo], read_at: float | None = None) -> None:
+        """Keep ``found`` (rack -> leader): as all the leaders, read at
+        ``read_at``, when that is given, else over the kept ones -- unless a
+        forget came since ``generation``."""
         with self._lock:
             if self._generation != generation:
                 return
-            kept = self._leaders
-            if read_at is None and kept is None:
-                return
-            base = dict(kept[0]) if kept is not None else {}
-            self._leaders = (update(base), read_at if read_at is not None else kept[1])
+            if read_at is not None:
+                self._leaders = (dict(found), read_at)
+            elif self._leaders is not None:
+                self._leaders = ({**self._leaders[0], **found}, self._leaders[1])
 
     def leaders(self, zk) -> dict[str, NodeInfo]:
         """rack -> its compute leader: as kept, with the racks that have none read anew."""
@@ -379,7 +380,7 @@ class HandshakeGatherer(Gatherer):
         if kept is None or time.monotonic() - kept[1] >= LEADERS_SECONDS:
             read_at = time.monotonic()
             leaders = rack_leaders(zk, "compute")
-            self._keep(generation, lambda _: dict(leaders), read_at)
+            self._keep(generation, leaders, read_at)
             return leaders
         leaders = kept[0]
         try:
@@ -390,7 +391,7 @@ class HandshakeGatherer(Gatherer):
             found = rack_leaders(zk, "compute", sorted(missing))
             if found:
                 leaders = {**leaders, **found}
-                self._keep(generation, lambda kept_: {**kept_, **found})
+                self._keep(generation, found)
         return leaders
 
     def offers(self, zk, request, group, flavor, want, trace):
@@ -417,7 +418,7 @@ class HandshakeGatherer(Gatherer):
                     fresh = rack_leaders(zk, "compute", [rack]).get(rack)
                     if fresh is None or (fresh.name, fresh.address) == (leader.name, leader.address):
                         raise
-                    self._keep(generation, lambda kept: {**kept, rack: fresh})
+                    self._keep(generation, {rack: fresh})
                     leader = fresh
                     answer = call(leader)
                 entry = {"leader": leader.name, "offers": {o["node"]: o["count"] for o in answer["offers"]}}
