@@ -10,7 +10,12 @@ processes: 200 Python processes would cost gigabytes and minutes to start.
 still, on one connection). An idle fake agent costs 0.11 % of a core here,
 most of it kazoo's connection loop (its pings and select): 1,000 agents
 with a session each need about a core while doing nothing, which 2 cores
-cannot give with ZooKeeper and a placement on top (bench/README.md).
+cannot give with ZooKeeper and a placement on top (bench/README.md). Their
+placements -- a coordinator's reads, group lock and transactions -- go
+through a second session of the process: on the shared one, the 22
+transactions of a 10,000-instance placement queued behind the instance
+starts of the 20 agents (each a dozen requests), which a real agent, with a
+session and a host of its own, never meets (bench/README.md, session 19).
 
     python -m cowfleet.agents.fleet --zk HOSTS --racks r01,r02 --nodes-per-rack 10 --state-dir D
 """
@@ -50,12 +55,14 @@ def main(argv=None) -> int:
     logging.getLogger("kazoo").setLevel(logging.ERROR)
 
     shared = connect(args.zk, timeout=args.session_seconds) if args.shared_session else None
+    placing = connect(args.zk, timeout=args.session_seconds) if args.shared_session else None
 
     def make(rack: str, i: int) -> ComputeAgent:
         name = f"{rack}-n{i:02d}"
         return ComputeAgent(name=name, rack=rack, zk_hosts=args.zk, state_dir=f"{args.state_dir}/{name}",
                             hypervisor=FakeHypervisor(), vcpus=args.vcpus, memory_mib=args.memory_mib,
-                            workers=2, session_seconds=args.session_seconds, zk=shared)
+                            workers=2, session_seconds=args.session_seconds, zk=shared,
+                            placement_zk=placing)
     specs = [(r, i) for r in args.racks.split(",") for i in range(1, args.nodes_per_rack + 1)]
     with ThreadPoolExecutor(8) as pool:           # sessions open in parallel
         agents = list(pool.map(lambda s: make(*s), specs))
@@ -74,9 +81,10 @@ def main(argv=None) -> int:
     stop.wait()
     for t in threads:
         t.join(10)
-    if shared is not None:
-        shared.stop()
-        shared.close()
+    for client in (shared, placing):
+        if client is not None:
+            client.stop()
+            client.close()
     return 0
 
 

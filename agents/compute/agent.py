@@ -94,7 +94,7 @@ class ComputeAgent(NodeAgent):
                  memory_mib: int | None = None, network: str = "routed", workers: int = 16,
                  node_network: str | None = None, bridge: str | None = None, node_ip: str | None = None,
                  instance_cidr: str | None = netdef.LAB_INSTANCE_CIDR, seeds: bool = True,
-                 warm_spares: int = 0, **kw):
+                 warm_spares: int = 0, placement_zk=None, **kw):
         super().__init__(*args, **kw)
         self.hyper = hypervisor
         fake = hypervisor.virt_type == "fake"
@@ -160,7 +160,10 @@ class ComputeAgent(NodeAgent):
         self.gatherer = HandshakeGatherer(
             self.name, self.rack_offers, local_release=lambda request: self.release({"request": request}),
             racks=lambda: {n.rack for n in self.peers.nodes("compute")})
-        self.placer = Placer(self.zk, self.name, self.gatherer)
+        # the coordinator's reads, lock and commits; its own session only in
+        # a fleet whose agents share one (agents/fleet.py): there the
+        # transactions queued behind 20 agents' instance starts
+        self.placer = Placer(placement_zk or self.zk, self.name, self.gatherer)
         self.coordinating = ThreadPoolExecutor(max_workers=4, thread_name_prefix="coordinate")
         self.handshake_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="offers")
         self._allocated = {"vcpus": 0, "memory_mib": 0, "instances": 0}
