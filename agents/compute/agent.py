@@ -38,6 +38,7 @@ from cowfleet.agents.compute.network import (AddressesExhausted, FakeNodeNetwork
 from cowfleet.agents.compute.overlays import FakeOverlayStore, OverlayStore
 from cowfleet.agents.compute.sessions import (FakeSessionManager, Session, SessionManager,
                                               base_of, qcow2_backing, session_key)
+from cowfleet.agents.compute.instance_events import InstanceEvents
 from cowfleet.agents.compute.savefile import SaveImageError
 from cowfleet.agents.compute.seed import SeedData, SeedStore
 from cowfleet.agents.compute.spares import Spare, SparePool
@@ -153,6 +154,9 @@ class ComputeAgent(NodeAgent):
         # ZooKeeper operations an instance start made
         self.known: dict[str, tuple[Instance, int]] = {}
         self.known_lock = threading.Lock()
+        # Started and Ready in a burst go merged (instance_events.py)
+        self.instance_events = InstanceEvents(
+            lambda group, event: events.record_safely(self.zk, group, event, self.log))
         self._routes_synced = (-1, 0.0)     # (peer directory version, monotonic time) of the last clean sync
         self.overlay_failures: dict[str, int] = {}         # id -> failed overlay creations in a row
         self._io_resumes: dict[str, list[float]] = {}      # id -> its recent resumes after I/O errors
@@ -525,9 +529,9 @@ class ComputeAgent(NodeAgent):
         else:
             return
         warning = inst.state in (InstanceState.FAILED, InstanceState.PENDING)
-        events.record_safely(self.zk, inst.group, Event(
+        self.instance_events.add(inst.group, Event(
             reason=reason, message=text, type=EventType.WARNING if warning else EventType.NORMAL,
-            instance=inst.id, node=self.name, generation=inst.generation, source=self.name), self.log)
+            instance=inst.id, node=self.name, generation=inst.generation, source=self.name))
 
     def _locate(self, image: str) -> LocateAnswer | None:
         """Where the image is (seed 001 steps 6-8): ask a storage rack leader
@@ -1242,6 +1246,7 @@ class ComputeAgent(NodeAgent):
         self.awaited.set()                   # the readiness loop sleeps on it when nothing is awaited
 
     def shutdown(self) -> None:
+        self.instance_events.flush()
         try:
             self.cache.close()
         except Exception:
