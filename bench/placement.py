@@ -296,6 +296,9 @@ def _place_once(client: Client, zk, zk_server, fleets: list[int], size: int, nam
             ready_s = time.monotonic() - t0
     except c.LabError:
         print(f"  ({name}: {ready['n']} of {size} ready after {ready_bound:.0f} s)", flush=True)
+    written = _events_written(zk, name) if ready_s is not None else None
+    if ready_s is not None:
+        print(f"  ({name}: all ready {ready_s:.1f} s after the PUT, {written} events written)", flush=True)
     t_del = time.monotonic()
     if delete:
         # a group's agents still starting its instances conflict with its
@@ -306,7 +309,18 @@ def _place_once(client: Client, zk, zk_server, fleets: list[int], size: int, nam
             "trace": trace, "znodes": int(mntr.get("zk_znode_count", 0)),
             "zk_data_mib": int(mntr.get("zk_approximate_data_size", 0)) / 2**20, "zk_rss_mib": zk_mib,
             "agents_rss_mib": agents_mib, "delete_s": time.monotonic() - t_del if delete else None,
-            "ready_s": ready_s}
+            "ready_s": ready_s, "events": written}
+
+
+def _events_written(zk, name: str) -> int | None:
+    """How many events the group's writers have created so far (most of
+    them pruned since): a folder's cversion counts its children's creates
+    and deletes, and what is left is the difference."""
+    try:
+        stat = zk.exists(layout.group_events(name))
+    except Exception:
+        return None
+    return None if stat is None else (stat.cversion + stat.numChildren) // 2
 
 
 def _summarise(agents: int, samples: list[dict]) -> dict:
@@ -331,6 +345,8 @@ def _summarise(agents: int, samples: list[dict]) -> dict:
             "znodes": best["znodes"], "zk_data_mib": best["zk_data_mib"], "zk_rss_mib": best["zk_rss_mib"],
             "agent_rss_mib": best["agents_rss_mib"] / agents, "delete_s": best["delete_s"] or 0,
             "ready_s": best["ready_s"],
+            # the group's events written, when the median sample waited for all ready
+            "events": best.get("events"),
             "rack_min": min(racks.values()), "rack_max": max(racks.values()),
             "rack_spread": max(racks.values()) - min(racks.values()),
             "node_min": min(nodes.values()), "node_max": max(nodes.values())}
@@ -341,13 +357,14 @@ def _print_row(row: dict, base: dict, header: bool) -> None:
         print(f"{'agents':>6} {'commit s':>9} {'x base':>7} {'PUT ms':>7} {'read ms':>7} {'offers ms':>9} "
               f"{'plan ms':>7} {'tx ms':>6} "
               f"{'txs':>4} {'max ops':>7} {'max KiB':>7} {'via':>8} {'placed':>6} {'znodes':>7} "
-              f"{'ZK MiB':>6} {'agent MiB':>9} {'ready s':>7} {'delete s':>8} {'per rack':>11} {'per node':>9}")
+              f"{'ZK MiB':>6} {'agent MiB':>9} {'ready s':>7} {'events':>6} {'delete s':>8} {'per rack':>11} {'per node':>9}")
     print(f"{row['agents']:>6} {row['commit_s']:>9.2f} {row['commit_s'] / base['commit_s']:>7.2f} "
           f"{row['put_ms']:>7.0f} {row['read_ms'] or 0:>7.0f} {row['offers_ms']:>9.0f} {row['plan_ms'] or 0:>7.0f} "
           f"{row['tx_ms']:>6.0f} {row['transactions']:>4} "
           f"{row['tx_max_ops']:>7} {row['tx_max_kib']:>7.0f} {row['via']:>8} {row['placed']:>6} "
           f"{row['znodes']:>7} {row['zk_rss_mib']:>6.0f} {row['agent_rss_mib']:>9.1f} "
-          f"{row['ready_s'] if row['ready_s'] is None else round(row['ready_s'], 1)!s:>7} {row['delete_s']:>8.1f} "
+          f"{row['ready_s'] if row['ready_s'] is None else round(row['ready_s'], 1)!s:>7} {row['events']!s:>6} "
+          f"{row['delete_s']:>8.1f} "
           f"{row['rack_min']:>5}..{row['rack_max']:<5} {row['node_min']:>4}..{row['node_max']:<4}", flush=True)
 
 
