@@ -145,10 +145,10 @@ def main(argv=None) -> int:
                       f"core)", file=sys.stderr, flush=True)
             last = agents == steps[-1]
             # the very last placement is neither waited for nor deleted: the teardown ends it all
+            ends = [last and i == args.repeat - 1 for i in range(args.repeat)]
             samples = [_place_once(client, zk, zk_server, fleets, args.instances, f"g{agents}-{i}",
-                                   not args.keep and not (last and i == args.repeat - 1),
-                                   args.ready_bound if not (last and i == args.repeat - 1) else 0)
-                       for i in range(args.repeat)]
+                                   not args.keep and not end, args.ready_bound if not end else 0)
+                       for i, end in enumerate(ends)]
             row = _summarise(agents, samples)
             rows.append(row)
             _print_row(row, rows[0], header=len(rows) == 1)
@@ -296,8 +296,9 @@ def _place_once(client: Client, zk, zk_server, fleets: list[int], size: int, nam
             ready_s = time.monotonic() - t0
     except c.LabError:
         print(f"  ({name}: {ready['n']} of {size} ready after {ready_bound:.0f} s)", flush=True)
-    written = _events_written(zk, name) if ready_s is not None else None
+    written = None
     if ready_s is not None:
+        written = _events_written(zk, name)
         print(f"  ({name}: all ready {ready_s:.1f} s after the PUT, {written} events written)", flush=True)
     t_del = time.monotonic()
     if delete:
