@@ -15,6 +15,16 @@ handler sees it. Those two stay open: a load balancer's or Prometheus'
 probe carries no signature, and they tell nothing that lets anyone in.
 Without a secret (an open cluster) nothing is checked.
 
+Two servers, by what the routes need. A server whose routes stream no
+request body (the compute agent's) is waitress: connections kept alive, its
+own HTTP parser, a fixed pool of threads. A call cost ~1.0-1.2 ms of CPU,
+client and server together, against werkzeug's 1.8-2.4 (one process, 8
+threads, signed calls, bench/README.md session 20): the rack leaders'
+offer rounds at 1,000 agents are ~1,100 calls. The storage agent's upload
+route streams image data to disk as it comes, which waitress does not do
+(it spools a body before the handler runs): werkzeug's threaded server
+serves that one, a thread and a connection a request.
+
 Answers: a path no route takes -- or a method its route does not take --
 is a 404 problem+json (a JSON route is POST only); a JSON route that raises
 is a 500 problem+json naming the exception.
@@ -33,6 +43,8 @@ import threading
 import time
 from typing import Callable
 
+from waitress import wasyncore
+from waitress.server import create_server
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter, Map, Rule
 from werkzeug.serving import make_server
@@ -54,6 +66,15 @@ STREAMED = "streamed"    # signed, its body streamed (image data): UNSIGNED-PAYL
 # the route label of a request no route takes
 OTHER = "other"
 
+# waitress: requests served at once (a rack leader's rack-offers call waits
+# for its agents' answers while the others go on), and how long an idle
+# connection is kept (a coordinator's next round reuses it)
+THREADS = 8
+IDLE_SECONDS = 600
+# "Task queue depth is N": every call of a burst past the THREADS in hand
+# logged a warning; the agent's metrics time each request instead
+logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+
 
 class P2PServer:
     def __init__(self, log: logging.Logger, observe: Callable[[str, int, float], None] | None = None,
@@ -65,7 +86,8 @@ class P2PServer:
         self._label: dict[int, str] = {}     # id(Rule) -> its route label
         # a path is matched as the request names it ('//' is no '/')
         self.map = Map(merge_slashes=False)
-        self._http = None
+        self._http = None          # werkzeug's server
+        self._waitress = None
 
     # -- routes -------------------------------------------------------------------
     def route(self, rule: str, handler: Handler, methods: list[str] | None = None,
@@ -141,16 +163,38 @@ class P2PServer:
 
     # -- serving ------------------------------------------------------------------
     def serve(self, listen: str) -> str:
-        """Serve on ``listen`` (HOST:PORT, port 0: any) in a thread; returns the base URL."""
+        """Serve on ``listen`` (HOST:PORT, port 0: any) in a thread; returns the
+        base URL. werkzeug's server when a route streams its request body,
+        else waitress (see above); add the routes first."""
         host, _, port = listen.rpartition(":")
-        self._http = make_server(host or "127.0.0.1", int(port or 0), Request.application(self.respond),
-                                 threaded=True)
-        threading.Thread(target=self._http.serve_forever, name="p2p", daemon=True).start()
-        return f"http://{host or '127.0.0.1'}:{self._http.server_port}"
+        host = host or "127.0.0.1"
+        app = Request.application(self.respond)
+        if STREAMED in self._access.values():
+            self._http = make_server(host, int(port or 0), app, threaded=True)
+            bound, run = self._http.server_port, self._http.serve_forever
+        else:
+            # no proxy stands before an agent: no X-Forwarded-* handling
+            self._waitress = create_server(app, host=host, port=int(port or 0), threads=THREADS,
+                                           channel_timeout=IDLE_SECONDS, asyncore_use_poll=True,
+                                           clear_untrusted_proxy_headers=False, ident="cowfleet-agent")
+            bound, run = self._waitress.effective_port, self._waitress.run
+        threading.Thread(target=run, name="p2p", daemon=True).start()
+        return f"http://{host}:{bound}"
+
+    @property
+    def server(self) -> str | None:
+        """Which server serves: "waitress", "werkzeug" or None (not serving)."""
+        return "waitress" if self._waitress is not None else "werkzeug" if self._http is not None else None
 
     def shutdown(self) -> None:
         if self._http is not None:
             self._http.shutdown()
+        if self._waitress is not None:
+            w = self._waitress
+            # closed in its loop's thread (the loop ends when nothing is left to
+            # watch), then its threads finish what they serve
+            w.trigger.pull_trigger(lambda: wasyncore.close_all(w._map, ignore_all=True))
+            w.task_dispatcher.shutdown()
 
 
 def json_answer(answer: dict | bytes, status: int = 200) -> Response:

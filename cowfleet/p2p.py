@@ -5,19 +5,21 @@ cluster secret (``cowfleet.signing``); whatever calls an agent goes through
 thread: streamed bodies, image data, anything else).
 
 ``post`` -- the offers, locates, releases and hand-offs, thousands in a
-placement at 1,000 agents -- goes through urllib3 directly (one pool
-manager per thread), with ``requests``' exception types: requests' own
-layers (hooks, cookie and setting merges, the prepared request) cost more
-than the call. Measured here, client CPU of a signed call against a
-werkzeug agent, 8 threads: 0.71-0.88 ms with a requests session, 0.44-0.46
-with urllib3 (bench/README.md, session 18).
+placement at 1,000 agents -- goes through urllib3 directly, with
+``requests``' exception types: requests' own layers (hooks, cookie and
+setting merges, the prepared request) cost more than the call. Measured
+here, client CPU of a signed call against a werkzeug agent, 8 threads:
+0.71-0.88 ms with a requests session, 0.44-0.46 with urllib3
+(bench/README.md, session 18).
 
-Connections are not reused across calls: the agents' server (werkzeug's)
-answers every request with ``Connection: close``. Measured on this 2-core
-machine, a signed call costs ~2.0-2.4 ms of CPU (client and server); with a
-keep-alive server (waitress, one trial) ~1.25 ms. Not switched: waitress
-buffers a request's whole body before the handler sees it, and the storage
-agent's upload route streams image data (bench/README.md, session 17)."""
+Its connections are kept and reused, in one pool manager for the process
+(urllib3's is thread-safe): a compute agent's server (waitress) keeps them
+open, and a call on a kept connection cost ~1.0-1.2 ms of CPU, client and
+server together, against ~1.9 on a new one (agents/p2p_server.py). One for
+the process, not one a thread: a rack leader asks its agents from a pool of
+threads, and a coordinator its leaders from another, so a thread seldom
+calls the peer it called last. A kept connection the peer closed meanwhile
+(idle, or restarted) is seen closed before it is used, and a new one made."""
 from __future__ import annotations
 
 import hashlib
@@ -35,6 +37,9 @@ from cowfleet.signing import P2PAuth
 TIMEOUT = 3.0
 
 _local = threading.local()
+# every pool a peer: a coordinator at 1,000 agents calls 100 leaders; up to
+# 32 connections kept a peer, more made when a burst needs them (block=False)
+_peers = urllib3.PoolManager(num_pools=1024, maxsize=32, block=False, retries=False)
 # signs every call, the sessions' and post's: the secret asked each time, its key derived once
 _auth = P2PAuth(cluster_secret)
 # called after each call with (route, seconds, outcome: "ok", an HTTP status, or
@@ -61,15 +66,6 @@ def session() -> requests.Session:
     return s
 
 
-def _pool() -> urllib3.PoolManager:
-    """This thread's pool manager (urllib3 reads no proxy from the
-    environment: a node's proxy never carries the cluster's calls)."""
-    pm = getattr(_local, "pool", None)
-    if pm is None:
-        pm = _local.pool = urllib3.PoolManager(retries=False)
-    return pm
-
-
 def _signed(route_url: str, data: bytes) -> dict[str, str]:
     """The headers of a JSON POST of ``data`` to ``route_url``."""
     # the path as urllib3 sends it (it normalizes dot segments and escapes)
@@ -89,7 +85,8 @@ def post(address: str, route: str, body: dict, timeout: float = TIMEOUT) -> dict
     try:
         data = json.dumps(body, allow_nan=False).encode()     # as requests' json= (NaN is no JSON)
         try:
-            resp = _pool().request("POST", url, body=data, headers=_signed(url, data), timeout=timeout)
+            # urllib3 reads no proxy from the environment: a node's proxy never carries the cluster's calls
+            resp = _peers.request("POST", url, body=data, headers=_signed(url, data), timeout=timeout)
         # as requests maps them (a refused connection is, to urllib3, a
         # kind of connect timeout)
         except urllib3.exceptions.NewConnectionError as exc:

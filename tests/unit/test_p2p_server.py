@@ -147,3 +147,63 @@ def test_a_call_is_signed_with_the_cluster_secret_and_fails_as_requests_would(tm
         theirs.shutdown()
         silent.close()
     assert [o for _, o in outcomes] == ["ok", "409", "ValueError", "403", "ReadTimeout", "ConnectionError"]
+
+
+def test_the_server_follows_what_the_routes_need(tmp_path):
+    """JSON routes only (a compute agent): waitress, which keeps connections;
+    a route that streams its request body (the storage agent's upload):
+    werkzeug's server, which hands the body over as it comes."""
+    import urllib3
+
+    json_only = P2PServer(logging.getLogger("test.p2p"))
+    json_only.json_route("/v1/echo", lambda body: (200, {"got": body}))
+    streaming = P2PServer(logging.getLogger("test.p2p"))
+    streaming.json_route("/v1/echo", lambda body: (200, {"got": body}))
+    copies = CopyStore(tmp_path / "images")
+    DataServer("s1", copies, lambda name: None, None, None).add_routes(streaming)
+    urls = [s.serve("127.0.0.1:0") for s in (json_only, streaming)]
+    try:
+        assert (json_only.server, streaming.server) == ("waitress", "werkzeug")
+        with urllib3.PoolManager(retries=False) as pm:
+            kept, closed = (pm.request("POST", url + "/v1/echo", json={"a": 1}) for url in urls)
+        assert (kept.status, kept.json()) == (200, {"got": {"a": 1}})
+        assert kept.headers.get("Connection", "keep-alive").lower() != "close"
+        assert (closed.status, closed.headers["Connection"].lower()) == (200, "close")
+    finally:
+        json_only.shutdown()
+        streaming.shutdown()
+    assert json_only.server == "waitress"
+
+
+def test_calls_reuse_a_kept_connection_and_survive_a_restarted_peer():
+    """``p2p.post`` calls a peer over one kept connection, whatever thread
+    calls; a peer restarted on the same port (its kept connections closed)
+    is called on a new one, and the call succeeds -- no error to count."""
+    import threading
+
+    from cowfleet import p2p
+    first = P2PServer(logging.getLogger("test.p2p"))
+    first.json_route("/v1/echo", lambda body: (200, {"by": "first"}))
+    url = first.serve("127.0.0.1:0")
+    port = int(url.rsplit(":", 1)[1])
+    pool = p2p._peers.connection_from_url(url)
+    made = pool.num_connections
+    try:
+        for _ in range(3):
+            assert p2p.post(url, "/v1/echo", {}) == {"by": "first"}
+        got = []
+        t = threading.Thread(target=lambda: got.append(p2p.post(url, "/v1/echo", {})))
+        t.start()
+        t.join(10)
+        assert got == [{"by": "first"}]
+        assert pool.num_connections - made == 1          # four calls, two threads, one connection
+    finally:
+        first.shutdown()
+    second = P2PServer(logging.getLogger("test.p2p"))
+    second.json_route("/v1/echo", lambda body: (200, {"by": "second"}))
+    assert second.serve(f"127.0.0.1:{port}") == url
+    try:
+        # urllib3 found the kept connection closed and connected it anew
+        assert p2p.post(url, "/v1/echo", {}) == {"by": "second"}
+    finally:
+        second.shutdown()
