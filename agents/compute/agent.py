@@ -45,7 +45,7 @@ from cowfleet.agents.compute.spares import Spare, SparePool
 from cowfleet.agents.compute.templates import Template, TemplateError, TemplateStore, template_key
 from cowfleet.agents.node import RECONCILE_SECONDS, NodeAgent
 from cowfleet.agents.p2p_server import P2PServer
-from cowfleet.agents.handshake import HandshakeGatherer, PeerDirectory, Reservations, node_offer
+from cowfleet.agents.handshake import HandshakeGatherer, KeptBasis, PeerDirectory, Reservations, offer_from
 from cowfleet.agents.placement import Placer, flavor_or_default
 from cowfleet import defaults, network as netdef
 from cowfleet.faults import fault_point
@@ -192,6 +192,7 @@ class ComputeAgent(NodeAgent):
         self.cache = TreeCache(self.zk, path)
         self.cache.listen(self._on_tree_event)
         self.cache.start()
+        self.basis = KeptBasis(self.zk, self.name, self.cache)     # what offers count
         # no watch on the request queue: requests come by hand-off, and the
         # queue is only for those left over after a grace period (checked on
         # every leader round); waking every leader on each request would
@@ -256,14 +257,10 @@ class ComputeAgent(NodeAgent):
         flavor = Flavor(**body["flavor"])
         request = str(body["request"])
         reserved = self.reservations.held_by_others(request)
-        o = node_offer(self.zk, self.node_info(), str(body.get("group", "")), flavor, int(body["want"]),
-                       reserved, known=self._cached_assignment)
+        o = offer_from(self.basis.current(), self.node_info(), str(body.get("group", "")), flavor,
+                       int(body["want"]), reserved)
         self.reservations.hold(request, o.count * flavor.vcpus, o.count * flavor.memory_mib)
         return 200, asdict(o)
-
-    def _cached_assignment(self, child: str) -> bytes | None:
-        node = self.cache.get_data(f"{layout.assignments(self.name)}/{child}")
-        return node.data if node is not None else None
 
     def rack_offers(self, body: dict) -> dict:
         """As rack leader: ask every compute agent of the rack, in parallel."""
@@ -384,6 +381,7 @@ class ComputeAgent(NodeAgent):
         current = self._template_current()      # one read of each template's image this round, for both
         self._keep_spares(desired, domains, current)
         self._prune_templates(current)
+        self.basis.current()      # read now, if the assignments moved, rather than in the next offer round
 
     def _reconcile_network(self, desired: dict) -> None:
         """The subnet claimed and the bridge up; the allocations read back
