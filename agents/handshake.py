@@ -166,18 +166,28 @@ class KeptBasis:
         self.zk, self.node_name, self.cache = zk, node_name, cache
         self.folder = layout.assignments(node_name)
         self._basis: OfferBasis | None = None
+        self._lock = threading.Lock()     # offers come on the P2P server's threads, reconciles on another
         self.reads = 0
 
     def current(self) -> OfferBasis:
-        b = self._basis
-        if b is None or not self._shown(b):
-            b = self._basis = read_basis(self.zk, self.node_name, known=self._cached)
-            self.reads += 1
-        return b
+        with self._lock:
+            b = self._basis
+            if b is None or not self._shown(b):
+                b = self._basis = read_basis(self.zk, self.node_name, known=self._running)
+                self.reads += 1
+            return b
 
     def _cached(self, child: str) -> bytes | None:
         node = self.cache.get_data(f"{self.folder}/{child}")
         return node.data if node is not None else None
+
+    def _running(self, child: str) -> bytes | None:
+        """An assignment's data from the cache only if it says run: data only
+        ever goes from run to terminate, so a cached run counts at least what
+        is there; a cached terminate could be an earlier assignment of the
+        same name (ids are random, a freed one may come again), read anew."""
+        data = self._cached(child)
+        return data if data is not None and Assignment.from_bytes(data).runs else None
 
     def _shown(self, b: OfferBasis) -> bool:
         top, children = self.cache.get_data(self.folder), self.cache.get_children(self.folder)

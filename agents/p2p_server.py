@@ -67,10 +67,14 @@ STREAMED = "streamed"    # signed, its body streamed (image data): UNSIGNED-PAYL
 OTHER = "other"
 
 # waitress: requests served at once (a rack leader's rack-offers call waits
-# for its agents' answers while the others go on), and how long an idle
-# connection is kept (a coordinator's next round reuses it)
-THREADS = 8
+# for its agents' answers while the others go on); how long an idle
+# connection is kept (a leader asks each agent once a round: only the next
+# round reuses it); and connections at once (waitress's default, 100, counts
+# its own two sockets, and a leader of 100 racks keeps one from each other
+# coordinating leader: past the limit it stops accepting)
+THREADS = 16
 IDLE_SECONDS = 600
+CONNECTIONS = 512
 # "Task queue depth is N": every call of a burst past the THREADS in hand
 # logged a warning; the agent's metrics time each request instead
 logging.getLogger("waitress.queue").setLevel(logging.ERROR)
@@ -88,6 +92,8 @@ class P2PServer:
         self.map = Map(merge_slashes=False)
         self._http = None          # werkzeug's server
         self._waitress = None
+        self._kind: str | None = None
+        self._thread: threading.Thread | None = None
 
     # -- routes -------------------------------------------------------------------
     def route(self, rule: str, handler: Handler, methods: list[str] | None = None,
@@ -175,26 +181,34 @@ class P2PServer:
         else:
             # no proxy stands before an agent: no X-Forwarded-* handling
             self._waitress = create_server(app, host=host, port=int(port or 0), threads=THREADS,
-                                           channel_timeout=IDLE_SECONDS, asyncore_use_poll=True,
-                                           clear_untrusted_proxy_headers=False, ident="cowfleet-agent")
+                                           channel_timeout=IDLE_SECONDS, connection_limit=CONNECTIONS,
+                                           asyncore_use_poll=True, clear_untrusted_proxy_headers=False,
+                                           ident="cowfleet-agent")
             bound, run = self._waitress.effective_port, self._waitress.run
-        threading.Thread(target=run, name="p2p", daemon=True).start()
+        self._kind = "werkzeug" if self._http is not None else "waitress"
+        self._thread = threading.Thread(target=run, name="p2p", daemon=True)
+        self._thread.start()
         return f"http://{host}:{bound}"
 
     @property
     def server(self) -> str | None:
-        """Which server serves: "waitress", "werkzeug" or None (not serving)."""
-        return "waitress" if self._waitress is not None else "werkzeug" if self._http is not None else None
+        """Which server serves (or served): "waitress", "werkzeug"; None before ``serve``."""
+        return self._kind
 
     def shutdown(self) -> None:
-        if self._http is not None:
-            self._http.shutdown()
-        if self._waitress is not None:
-            w = self._waitress
-            # closed in its loop's thread (the loop ends when nothing is left to
-            # watch), then its threads finish what they serve
-            w.trigger.pull_trigger(lambda: wasyncore.close_all(w._map, ignore_all=True))
+        """Stop serving, once (a second call does nothing); returns when the
+        port is closed."""
+        http, w, self._http, self._waitress = self._http, self._waitress, None, None
+        if http is not None:
+            http.shutdown()            # its serve_forever closes the socket as it ends
+        if w is not None:
+            # as waitress closes its own servers: its threads finish the
+            # requests in hand (their answers flushed by the loop), then the
+            # loop's thread closes every socket and, with none left, ends
             w.task_dispatcher.shutdown()
+            w.trigger.pull_trigger(lambda: wasyncore.close_all(w._map, ignore_all=True))
+            if self._thread is not None:
+                self._thread.join(5)
 
 
 def json_answer(answer: dict | bytes, status: int = 200) -> Response:

@@ -19,7 +19,12 @@ server together, against ~1.9 on a new one (agents/p2p_server.py). One for
 the process, not one a thread: a rack leader asks its agents from a pool of
 threads, and a coordinator its leaders from another, so a thread seldom
 calls the peer it called last. A kept connection the peer closed meanwhile
-(idle, or restarted) is seen closed before it is used, and a new one made."""
+(idle, or restarted) is seen closed before it is used, once its close has
+arrived, and a new one made; one that the peer closes as the call goes out
+fails it with a protocol error, and the call is made once more on a new
+connection. Every JSON call is safe to repeat: an offer's reservation is
+held by request (a second replaces the first), a hand-off of a request being
+coordinated finds it locked, locates and releases change nothing twice."""
 from __future__ import annotations
 
 import hashlib
@@ -39,7 +44,7 @@ TIMEOUT = 3.0
 _local = threading.local()
 # every pool a peer: a coordinator at 1,000 agents calls 100 leaders; up to
 # 32 connections kept a peer, more made when a burst needs them (block=False)
-_peers = urllib3.PoolManager(num_pools=1024, maxsize=32, block=False, retries=False)
+_peers = urllib3.PoolManager(num_pools=1024, maxsize=8, block=False, retries=False)
 # signs every call, the sessions' and post's: the secret asked each time, its key derived once
 _auth = P2PAuth(cluster_secret)
 # called after each call with (route, seconds, outcome: "ok", an HTTP status, or
@@ -74,6 +79,21 @@ def _signed(route_url: str, data: bytes) -> dict[str, str]:
             **_auth.headers("POST", sent.path or "/", sent.query or "", hashlib.sha256(data).hexdigest())}
 
 
+def _request(url: str, data: bytes, timeout: float) -> urllib3.BaseHTTPResponse:
+    """POST on a kept connection; once more on a new one if the peer closed
+    it under the call (not on a timeout: a peer that does not answer is not
+    asked twice). Hand-written: urllib3's Retry repeats a POST on a protocol
+    error only if it also repeats it on a read timeout."""
+    for last in (False, True):
+        try:
+            # urllib3 reads no proxy from the environment: a node's proxy never carries the cluster's calls
+            return _peers.request("POST", url, body=data, headers=_signed(url, data), timeout=timeout)
+        except urllib3.exceptions.ProtocolError:
+            if last:
+                raise
+    raise AssertionError("unreachable")
+
+
 def post(address: str, route: str, body: dict, timeout: float = TIMEOUT) -> dict:
     """One P2P call to the agent at ``address`` (its base URL), ``route`` a
     ``protocol.P2P`` path: the JSON answer; raises ``requests``'
@@ -85,8 +105,7 @@ def post(address: str, route: str, body: dict, timeout: float = TIMEOUT) -> dict
     try:
         data = json.dumps(body, allow_nan=False).encode()     # as requests' json= (NaN is no JSON)
         try:
-            # urllib3 reads no proxy from the environment: a node's proxy never carries the cluster's calls
-            resp = _peers.request("POST", url, body=data, headers=_signed(url, data), timeout=timeout)
+            resp = _request(url, data, timeout)
         # as requests maps them (a refused connection is, to urllib3, a
         # kind of connect timeout)
         except urllib3.exceptions.NewConnectionError as exc:

@@ -6,6 +6,8 @@ what an offer counts is one read of ZooKeeper's, whose version the commit
 checks."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from kazoo.exceptions import BadVersionError
 from kazoo.recipe.cache import TreeCache
@@ -97,3 +99,17 @@ def test_a_lagging_cache_cannot_over_commit(zk):
     place(zk, version, "b", "c", "d")       # another coordinator's placement: n1 full, 4 of 4 vCPUs
     with pytest.raises(BadVersionError):
         place(zk, offer.version, "x", "y", "z")
+
+
+def test_a_cached_terminate_is_read_again(zk):
+    """The cache's data of an assignment is taken only if it says run: a
+    cached terminate may be an earlier assignment of the same name (ids are
+    random; a freed one can come again), which would count it free."""
+    folder = layout.assignments("n1")
+    zk.ensure_path(folder)
+    place(zk, 0, "a")
+    old = {f"{folder}/g:a": assignment_data(DESIRED_TERMINATE, SMALL)}
+    stale = SimpleNamespace(get_data=lambda path: SimpleNamespace(data=old[path]) if path in old else None,
+                            get_children=lambda path: ["g:a"])
+    basis = KeptBasis(zk, "n1", stale).current()
+    assert offer_from(basis, NODE, "g", SMALL, 10).count == 3                  # ZooKeeper's run, counted

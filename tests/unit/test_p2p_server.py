@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+import requests
 from werkzeug.test import Client
 from werkzeug.wrappers import Request
 
@@ -172,7 +173,61 @@ def test_the_server_follows_what_the_routes_need(tmp_path):
     finally:
         json_only.shutdown()
         streaming.shutdown()
-    assert json_only.server == "waitress"
+    for s, url in zip((json_only, streaming), urls):
+        s.shutdown()                      # a second time: nothing (a test's finally often does)
+        assert s.server in ("waitress", "werkzeug")
+        with pytest.raises(urllib3.exceptions.HTTPError):    # the port is closed when it returns
+            urllib3.PoolManager(retries=False).request("POST", url + "/v1/echo", json={})
+
+
+def test_a_call_the_peer_drops_is_made_once_more_on_a_new_connection():
+    """A kept connection the peer closes as the call goes out (its idle
+    timeout, a restart): the call is made again on a new one -- once."""
+    import socket
+    import threading
+
+    from cowfleet import p2p
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    seen = []
+
+    def read_request(conn) -> bytes:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")))
+        while len(body) < length:
+            body += conn.recv(65536)
+        return head.split(b"\r\n", 1)[0]
+
+    def serve(dropped: int, answered: int):
+        """The first ``dropped`` connections closed under their call, then answers."""
+        for i in range(dropped + answered):
+            conn, _ = listener.accept()
+            with conn:
+                seen.append(read_request(conn))
+                if i >= dropped:
+                    body = b'{"ok": true}'
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        for dropped, answered in ((1, 1), (2, 0)):
+            seen.clear()
+            t = threading.Thread(target=serve, args=(dropped, answered), daemon=True)
+            t.start()
+            if answered:
+                assert p2p.post(url, "/v1/echo", {"a": 1}) == {"ok": True}
+            else:                                  # dropped twice: the caller hears of it
+                with pytest.raises(requests.ConnectionError):
+                    p2p.post(url, "/v1/echo", {"a": 1})
+            t.join(10)
+            assert seen == [b"POST /v1/echo HTTP/1.1"] * 2
+    finally:
+        listener.close()
 
 
 def test_calls_reuse_a_kept_connection_and_survive_a_restarted_peer():
