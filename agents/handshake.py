@@ -139,9 +139,9 @@ def offer_from(basis: OfferBasis, node: NodeInfo, group: str, flavor: Flavor, wa
 
 
 def node_offer(zk, node: NodeInfo, group: str, flavor: Flavor, want: int,
-               reserved: tuple[int, int] = (0, 0), known=None) -> NodeOffer:
+               reserved: tuple[int, int] = (0, 0)) -> NodeOffer:
     """A node's offer from its assignments in ZooKeeper (one read)."""
-    return offer_from(read_basis(zk, node.name, known), node, group, flavor, want, reserved)
+    return offer_from(read_basis(zk, node.name), node, group, flavor, want, reserved)
 
 
 class KeptBasis:
