@@ -15,7 +15,6 @@ from cowfleet.agents.placement import Op, Plan, PlacementResult, _Commit
 from cowfleet.models import Instance
 from cowfleet.protocol import Trace
 from cowfleet.zk import layout
-from tests.conftest import chrooted, zookeeper_alone
 
 pytestmark = pytest.mark.integration
 
@@ -23,19 +22,12 @@ GROUP = "web"
 REQUEST = layout.request("req-0000000001")
 
 
-@pytest.fixture(scope="module")
-def server():
-    with zookeeper_alone("cowfleet-pipeline-") as zk:
-        yield zk.hosts
-
-
 @pytest.fixture
-def zk(server, request):
-    with chrooted(server, request.node.name) as cl:
-        for path in (layout.group_instances(GROUP), layout.REQUESTS):
-            cl.ensure_path(path)
-        cl.create(REQUEST, b"{}")
-        yield cl
+def zk(own_zk):
+    for path in (layout.group_instances(GROUP), layout.REQUESTS):
+        own_zk.ensure_path(path)
+    own_zk.create(REQUEST, b"{}")
+    return own_zk
 
 
 def _plan(zk, nodes: int, per_node: int = 2) -> tuple[Plan, list[list[Op]]]:

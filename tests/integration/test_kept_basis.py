@@ -16,7 +16,6 @@ from cowfleet.agents.handshake import KeptBasis, offer_from
 from cowfleet.models import Flavor, NodeInfo
 from cowfleet.protocol import DESIRED_RUN, DESIRED_TERMINATE, assignment_data
 from cowfleet.zk import layout
-from tests.conftest import chrooted, zookeeper_alone
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
@@ -25,41 +24,30 @@ SMALL = Flavor(name="small", vcpus=1, memory_mib=512, disk_gib=1)
 NODE = NodeInfo(name="n1", role="compute", rack="r1", address="", capacity={"vcpus": 4, "memory_mib": 4096})
 
 
-@pytest.fixture(scope="module")
-def server():
-    with zookeeper_alone("cowfleet-basis-") as zk:
-        yield zk.hosts
 
-
-@pytest.fixture
-def zk(server, request):
-    with chrooted(server, request.node.name) as client:
-        yield client
-
-
-def place(zk, version: int, *ids: str) -> int:
+def place(own_zk, version: int, *ids: str) -> int:
     """A placement's unit on n1: the folder set with the version offered, the assignments made."""
     folder = layout.assignments("n1")
-    tx = zk.transaction()
+    tx = own_zk.transaction()
     tx.set_data(folder, b"", version=version)
     for iid in ids:
         tx.create(layout.assignment("n1", "g", iid), assignment_data(DESIRED_RUN, SMALL))
     results = tx.commit()
     if isinstance(results[0], Exception):
         raise results[0]
-    return zk.exists(folder).version
+    return own_zk.exists(folder).version
 
 
-def test_read_again_only_when_the_cache_shows_a_change(zk):
+def test_read_again_only_when_the_cache_shows_a_change(own_zk):
     folder = layout.assignments("n1")
-    zk.ensure_path(folder)
-    version = place(zk, 0, "a", "b")
-    cache = TreeCache(zk, folder)
+    own_zk.ensure_path(folder)
+    version = place(own_zk, 0, "a", "b")
+    cache = TreeCache(own_zk, folder)
     cache.start()
     try:
         wait_until(lambda: len(cache.get_children(folder) or []) == 2
                    and cache.get_data(layout.assignment("n1", "g", "b")) is not None, 10, "cache filled")
-        kept = KeptBasis(zk, "n1", cache)
+        kept = KeptBasis(own_zk, "n1", cache)
         first = kept.current()
         assert (first.version, sorted(first.assignments)) == (version, ["g:a", "g:b"])
         assert offer_from(first, NODE, "g", SMALL, 10).count == 2          # 4 vCPUs, 2 used
@@ -69,12 +57,12 @@ def test_read_again_only_when_the_cache_shows_a_change(zk):
 
         def shows(pred):
             wait_until(lambda: pred(kept.current()), 10, "the change in the basis")
-        version = place(zk, version, "c")                                  # a placement
+        version = place(own_zk, version, "c")                                  # a placement
         shows(lambda b: b.version == version and "g:c" in b.assignments)
         assert offer_from(kept.current(), NODE, "g", SMALL, 10).count == 1
-        zk.set(layout.assignment("n1", "g", "a"), assignment_data(DESIRED_TERMINATE, SMALL))   # a termination
+        own_zk.set(layout.assignment("n1", "g", "a"), assignment_data(DESIRED_TERMINATE, SMALL))   # a termination
         shows(lambda b: offer_from(b, NODE, "g", SMALL, 10).count == 2)
-        zk.delete(layout.assignment("n1", "g", "a"))                        # its removal
+        own_zk.delete(layout.assignment("n1", "g", "a"))                        # its removal
         shows(lambda b: "g:a" not in b.assignments)
         settled = kept.reads
         assert [kept.current() for _ in range(3)] and kept.reads == settled
@@ -82,34 +70,34 @@ def test_read_again_only_when_the_cache_shows_a_change(zk):
         cache.close()
 
 
-def test_a_lagging_cache_cannot_over_commit(zk):
+def test_a_lagging_cache_cannot_over_commit(own_zk):
     """The cache stopped (it shows n1 as it was); another coordinator places
     on n1 meanwhile. An offer made from the kept basis counted the old folder
     -- and cannot commit: its version is ZooKeeper's no longer."""
     folder = layout.assignments("n1")
-    zk.ensure_path(folder)
-    version = place(zk, 0, "a")
-    cache = TreeCache(zk, folder)
+    own_zk.ensure_path(folder)
+    version = place(own_zk, 0, "a")
+    cache = TreeCache(own_zk, folder)
     cache.start()
     wait_until(lambda: cache.get_data(layout.assignment("n1", "g", "a")) is not None, 10, "cache filled")
-    kept = KeptBasis(zk, "n1", cache)
+    kept = KeptBasis(own_zk, "n1", cache)
     offer = offer_from(kept.current(), NODE, "g", SMALL, 10)
     assert offer.count == 3
     cache.close()                           # from now on it shows nothing new
-    place(zk, version, "b", "c", "d")       # another coordinator's placement: n1 full, 4 of 4 vCPUs
+    place(own_zk, version, "b", "c", "d")       # another coordinator's placement: n1 full, 4 of 4 vCPUs
     with pytest.raises(BadVersionError):
-        place(zk, offer.version, "x", "y", "z")
+        place(own_zk, offer.version, "x", "y", "z")
 
 
-def test_a_cached_terminate_is_read_again(zk):
+def test_a_cached_terminate_is_read_again(own_zk):
     """The cache's data of an assignment is taken only if it says run: a
     cached terminate may be an earlier assignment of the same name (ids are
     random; a freed one can come again), which would count it free."""
     folder = layout.assignments("n1")
-    zk.ensure_path(folder)
-    place(zk, 0, "a")
+    own_zk.ensure_path(folder)
+    place(own_zk, 0, "a")
     old = {f"{folder}/g:a": assignment_data(DESIRED_TERMINATE, SMALL)}
     stale = SimpleNamespace(get_data=lambda path: SimpleNamespace(data=old[path]) if path in old else None,
                             get_children=lambda path: ["g:a"])
-    basis = KeptBasis(zk, "n1", stale).current()
+    basis = KeptBasis(own_zk, "n1", stale).current()
     assert offer_from(basis, NODE, "g", SMALL, 10).count == 3                  # ZooKeeper's run, counted

@@ -25,18 +25,12 @@ pytestmark = pytest.mark.integration
 INTERVAL = 0.5
 
 
-@pytest.fixture(scope="module")
-def server():
-    with zookeeper_alone("cowfleet-peers-") as zk:
-        yield zk.hosts
-
-
 @pytest.fixture
-def clients(server):
+def clients(zk_hosts):
     made = []
 
     def make(chroot: str):
-        cl = connect(server + chroot)
+        cl = connect(zk_hosts + chroot)
         made.append(cl)
         return cl
     yield make
@@ -82,7 +76,7 @@ def test_a_burst_of_joins_costs_a_few_reads_not_one_per_join(clients):
         directory.close()
 
 
-def test_follows_the_cluster_after_its_session_expired(clients, server):
+def test_follows_the_cluster_after_its_session_expired(clients, zk_hosts):
     members, zk = clients("/expiry"), clients("/expiry")
     zk.ensure_path(layout.NODES)
     join(members, "before")
@@ -93,7 +87,7 @@ def test_follows_the_cluster_after_its_session_expired(clients, server):
         lost = threading.Event()
         zk.add_listener(lambda state: lost.set() if state == "LOST" else None)
         # a second client on the same session, closed: ZooKeeper expires it
-        twin = KazooClient(hosts=server + "/expiry", client_id=(session, password))
+        twin = KazooClient(hosts=zk_hosts + "/expiry", client_id=(session, password))
         twin.start()
         twin.stop()
         twin.close()

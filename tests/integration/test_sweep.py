@@ -11,46 +11,34 @@ from cowfleet.agents import placement
 from cowfleet.agents.placement import Placer
 from cowfleet.models import Group, GroupStatus, Instance, InstanceState, NodeInfo
 from cowfleet.zk import layout
-from tests.conftest import chrooted, zookeeper_alone
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def server():
-    with zookeeper_alone("cowfleet-sweep-") as zk:
-        yield zk.hosts
+
+def _member(own_zk, name):
+    own_zk.create(layout.node(name), NodeInfo(name=name, role="compute", rack="r1").to_bytes(), makepath=True)
 
 
-@pytest.fixture
-def zk(server, request):
-    with chrooted(server, request.node.name) as cl:
-        yield cl
-
-
-def _member(zk, name):
-    zk.create(layout.node(name), NodeInfo(name=name, role="compute", rack="r1").to_bytes(), makepath=True)
-
-
-def _group(zk, size, instances, **spec):
-    zk.create(layout.group("web"), Group(name="web", image="tiny", flavor="small", size=size, **spec).to_bytes(),
+def _group(own_zk, size, instances, **spec):
+    own_zk.create(layout.group("web"), Group(name="web", image="tiny", flavor="small", size=size, **spec).to_bytes(),
               makepath=True)
-    zk.create(layout.group_status("web"), GroupStatus(observed_generation=1).to_bytes())
-    zk.ensure_path(layout.group_instances("web"))
+    own_zk.create(layout.group_status("web"), GroupStatus(observed_generation=1).to_bytes())
+    own_zk.ensure_path(layout.group_instances("web"))
     for iid, node, *image_state in instances:
         image, state = image_state or ("tiny", InstanceState.READY)
-        zk.create(layout.group_instance("web", iid), Instance(
+        own_zk.create(layout.group_instance("web", iid), Instance(
             id=iid, group="web", node=node, rack="r1", image=image, flavor="small", generation=1,
             state=state).to_bytes())
-        zk.create(layout.assignment(node, "web", iid), b"run", makepath=True)
+        own_zk.create(layout.assignment(node, "web", iid), b"run", makepath=True)
 
 
-def _sweeps(zk, monkeypatch):
+def _sweeps(own_zk, monkeypatch):
     """How many times each sweep read the group's instances."""
     reads = []
     real = placement.read_named
     monkeypatch.setattr(placement, "read_named", lambda *a: reads.append(1) or real(*a))
-    placer = Placer(zk, "n1")
+    placer = Placer(own_zk, "n1")
 
     def sweep():
         reads.clear()
@@ -59,49 +47,49 @@ def _sweeps(zk, monkeypatch):
     return sweep
 
 
-def test_a_settled_group_is_read_again_only_when_what_it_depends_on_moved(zk, monkeypatch):
+def test_a_settled_group_is_read_again_only_when_what_it_depends_on_moved(own_zk, monkeypatch):
     for n in ("n1", "n2"):
-        _member(zk, n)
-    _group(zk, 2, [("web-a", "n1"), ("web-b", "n2")])
-    sweep = _sweeps(zk, monkeypatch)
+        _member(own_zk, n)
+    _group(own_zk, 2, [("web-a", "n1"), ("web-b", "n2")])
+    sweep = _sweeps(own_zk, monkeypatch)
     assert sweep() == 1                 # placed as its status says: nothing to write, settled
     assert sweep() == 0
-    inst = Instance.from_bytes(zk.get(layout.group_instance("web", "web-a"))[0])
+    inst = Instance.from_bytes(own_zk.get(layout.group_instance("web", "web-a"))[0])
     inst.message = "an agent's write"   # an instance's own data: not what a settled group depends on
-    zk.set(layout.group_instance("web", "web-a"), inst.to_bytes())
+    own_zk.set(layout.group_instance("web", "web-a"), inst.to_bytes())
     assert sweep() == 0
-    _member(zk, "n3")                   # the members moved
+    _member(own_zk, "n3")                   # the members moved
     assert sweep() == 1
     assert sweep() == 0
     monkeypatch.setattr(placement, "FULL_SWEEP_SECONDS", 0.0)
     assert sweep() == 1                 # and at least every FULL_SWEEP_SECONDS
     monkeypatch.setattr(placement, "FULL_SWEEP_SECONDS", 60.0)
     assert sweep() == 0
-    zk.delete(layout.node("n2"))        # a node gone: its instance is dropped, one to place again
+    own_zk.delete(layout.node("n2"))        # a node gone: its instance is dropped, one to place again
     assert sweep() == 1
-    assert "web-b" not in zk.get_children(layout.group_instances("web"))
+    assert "web-b" not in own_zk.get_children(layout.group_instances("web"))
     assert sweep() == 1                 # no room offered: still one to place, read every round
 
 
-def test_a_group_waiting_for_capacity_is_read_every_round(zk, monkeypatch):
-    _member(zk, "n1")
-    _group(zk, 3, [("web-a", "n1")])    # room on no node (no agent offers): two unplaced
-    sweep = _sweeps(zk, monkeypatch)
+def test_a_group_waiting_for_capacity_is_read_every_round(own_zk, monkeypatch):
+    _member(own_zk, "n1")
+    _group(own_zk, 3, [("web-a", "n1")])    # room on no node (no agent offers): two unplaced
+    sweep = _sweeps(own_zk, monkeypatch)
     assert [sweep() for _ in range(3)] == [1, 1, 1]
 
 
-def test_a_rolling_update_waiting_for_readiness_is_read_every_round(zk, monkeypatch):
+def test_a_rolling_update_waiting_for_readiness_is_read_every_round(own_zk, monkeypatch):
     """Nothing to write while the new instance starts (surge 1, none
     unavailable): the next step waits for its readiness, an instance's own
     data that moves no stat of the guard, so the group is read every round."""
-    _member(zk, "n1")
-    _group(zk, 1, [("web-old", "n1", "old", InstanceState.READY), ("web-new", "n1", "tiny", InstanceState.STARTING)],
+    _member(own_zk, "n1")
+    _group(own_zk, 1, [("web-old", "n1", "old", InstanceState.READY), ("web-new", "n1", "tiny", InstanceState.STARTING)],
            update_policy={"max_surge": 1, "max_unavailable": 0})
-    sweep = _sweeps(zk, monkeypatch)
+    sweep = _sweeps(own_zk, monkeypatch)
     assert [sweep() for _ in range(3)] == [1, 1, 1]
-    new = Instance.from_bytes(zk.get(layout.group_instance("web", "web-new"))[0])
+    new = Instance.from_bytes(own_zk.get(layout.group_instance("web", "web-new"))[0])
     new.state = InstanceState.READY
-    zk.set(layout.group_instance("web", "web-new"), new.to_bytes())
+    own_zk.set(layout.group_instance("web", "web-new"), new.to_bytes())
     assert sweep() == 1
-    old = Instance.from_bytes(zk.get(layout.group_instance("web", "web-old"))[0])
+    old = Instance.from_bytes(own_zk.get(layout.group_instance("web", "web-old"))[0])
     assert old.state == InstanceState.TERMINATING      # the next step taken
