@@ -160,7 +160,12 @@ class KeptBasis:
     counts at least what the node uses while the folder is at v, and a
     commit on an older v than ZooKeeper's fails on its version guard. What a
     lagging cache can do is let an offer count an instance already freed
-    (terminated, removed): a smaller offer, until the cache shows it."""
+    (terminated, removed): a smaller offer, until the cache shows it.
+
+    A coordinator that lost a commit to a version guard asks again with
+    ``fresh``: then the basis is read whatever the cache shows, so a cache
+    still behind the placement that won cannot make the same stale offer
+    on each of the coordinator's immediate retries."""
 
     def __init__(self, zk, node_name: str, cache):
         self.zk, self.node_name, self.cache = zk, node_name, cache
@@ -169,10 +174,15 @@ class KeptBasis:
         self._lock = threading.Lock()     # offers come on the P2P server's threads, reconciles on another
         self.reads = 0
 
-    def current(self) -> OfferBasis:
+    def current(self, fresh: bool = False) -> OfferBasis:
+        # cut off from ZooKeeper, an agent offers nothing, as it did when each
+        # offer read ZooKeeper: its session may be expiring (its instances to
+        # be placed again elsewhere), and the kept basis could not be checked
+        if self.zk.state != KazooState.CONNECTED:
+            raise ConnectionLoss(f"{self.node_name} is not connected to ZooKeeper ({self.zk.state})")
         with self._lock:
             b = self._basis
-            if b is None or not self._shown(b):
+            if b is None or fresh or not self._shown(b):
                 b = self._basis = read_basis(self.zk, self.node_name, known=self._running)
                 self.reads += 1
             return b
@@ -469,7 +479,9 @@ class HandshakeGatherer(Gatherer):
         t0 = time.monotonic()
         leaders = self.leaders(zk)
         trace.leaders_ms = round((time.monotonic() - t0) * 1000, 1)
-        body = {"request": request, "group": group, "flavor": flavor.to_dict(), "want": want}
+        body = {"request": request, "group": group, "flavor": flavor.to_dict(), "want": want,
+                # a retry after a lost commit: the agents read their basis anew (KeptBasis)
+                "fresh": trace.attempts > 1}
 
         def call(leader: NodeInfo) -> dict:
             if leader.name == self.me and self.local_rack is not None:

@@ -257,7 +257,8 @@ class ComputeAgent(NodeAgent):
         flavor = Flavor(**body["flavor"])
         request = str(body["request"])
         reserved = self.reservations.held_by_others(request)
-        o = offer_from(self.basis.current(), self.node_info(), str(body.get("group", "")), flavor,
+        basis = self.basis.current(fresh=bool(body.get("fresh")))     # fresh: a retry after a lost commit
+        o = offer_from(basis, self.node_info(), str(body.get("group", "")), flavor,
                        int(body["want"]), reserved)
         self.reservations.hold(request, o.count * flavor.vcpus, o.count * flavor.memory_mib)
         return 200, asdict(o)

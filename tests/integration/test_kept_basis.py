@@ -9,13 +9,14 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from kazoo.exceptions import BadVersionError
+from kazoo.exceptions import BadVersionError, ConnectionLoss
 from kazoo.recipe.cache import TreeCache
 
 from cowfleet.agents.handshake import KeptBasis, offer_from
 from cowfleet.models import Flavor, NodeInfo
 from cowfleet.protocol import DESIRED_RUN, DESIRED_TERMINATE, assignment_data
 from cowfleet.zk import layout
+from tests.conftest import chrooted
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
@@ -101,3 +102,40 @@ def test_a_cached_terminate_is_read_again(own_zk):
                             get_children=lambda path: ["g:a"])
     basis = KeptBasis(own_zk, "n1", stale).current()
     assert offer_from(basis, NODE, "g", SMALL, 10).count == 3                  # ZooKeeper's run, counted
+
+
+def test_no_offer_while_cut_off_from_zookeeper(own_zk, zk_hosts, request):
+    """An agent whose ZooKeeper connection is gone offers nothing, even with
+    a basis kept: its session may be expiring, its instances with it."""
+    folder = layout.assignments("n1")
+    own_zk.ensure_path(folder)
+    place(own_zk, 0, "a")
+    with chrooted(zk_hosts, request.node.name) as agent_zk:
+        cache = TreeCache(agent_zk, folder)
+        cache.start()
+        wait_until(lambda: cache.get_data(layout.assignment("n1", "g", "a")) is not None, 10, "cache filled")
+        kept = KeptBasis(agent_zk, "n1", cache)
+        assert offer_from(kept.current(), NODE, "g", SMALL, 10).count == 3
+        agent_zk.stop()                       # the connection gone (LOST)
+        with pytest.raises(ConnectionLoss):
+            kept.current()
+        assert kept.reads == 1
+
+
+def test_a_retry_reads_anew_whatever_the_cache_shows(own_zk):
+    """A coordinator that lost its commit to a version guard asks again
+    with ``fresh``: a cache still behind the placement that won would
+    otherwise give the same stale offer to each of its retries."""
+    folder = layout.assignments("n1")
+    own_zk.ensure_path(folder)
+    version = place(own_zk, 0, "a")
+    a = layout.assignment("n1", "g", "a")
+    frozen = {folder: SimpleNamespace(stat=SimpleNamespace(version=version), data=b""),
+              a: SimpleNamespace(data=own_zk.get(a)[0])}
+    lagging = SimpleNamespace(get_data=frozen.get, get_children=lambda path: [a.rsplit("/", 1)[1]])
+    kept = KeptBasis(own_zk, "n1", lagging)
+    stale = kept.current()
+    won = place(own_zk, version, "b", "c", "d")          # another coordinator's placement: n1 full
+    assert kept.current() is stale and kept.reads == 1   # the cache shows nothing new
+    retry = offer_from(kept.current(fresh=True), NODE, "g", SMALL, 10)
+    assert (retry.version, retry.count, kept.reads) == (won, 0, 2)

@@ -112,14 +112,14 @@ def test_reading_a_rack_without_contenders_writes_nothing(zk):
 
 def test_a_coordinator_keeps_the_rack_leaders_and_rereads_a_rack_whose_leader_changed(zk, monkeypatch):
     client, clients, hosts = zk
-    servers = {}
+    servers, bodies = {}, []
 
     def leader_endpoint(name: str, rack: str) -> str:
         """A rack leader's P2P endpoint answering offers for itself alone."""
         srv = P2PServer(logging.getLogger("test"))
         offer = asdict(NodeOffer(node=name, rack=rack, count=1, version=0))
-        srv.json_route(P2P.RACK_OFFERS, lambda body: (200, {"rack": rack, "leader": name, "offers": [offer],
-                                                            "errors": {}}))
+        srv.json_route(P2P.RACK_OFFERS, lambda body: bodies.append(body) or (
+            200, {"rack": rack, "leader": name, "offers": [offer], "errors": {}}))
         servers[name] = srv
         return srv.serve("127.0.0.1:0")
     c1 = Contender(hosts, clients, "c1", "rack-c", address=leader_endpoint("c1", "rack-c"))
@@ -139,13 +139,17 @@ def test_a_coordinator_keeps_the_rack_leaders_and_rereads_a_rack_whose_leader_ch
     racks = {"rack-c", "rack-d"}                   # the racks of the compute nodes, as the agent's directory says
     gatherer = HandshakeGatherer("coordinator", racks=lambda: set(racks))
 
-    def ask():
-        trace = Trace(request="req-1", group="g", coordinator="coordinator", want=2)
+    def ask(attempt: int = 1):
+        trace = Trace(request="req-1", group="g", coordinator="coordinator", want=2, attempts=attempt)
         offers = gatherer.offers(client, "req-1", "g", DEFAULT_FLAVORS[0], 2, trace)
         return {o.node for o in offers}, trace
     try:
         assert ask()[0] == {"c1", "d1"}
         assert reads == [None]                        # every rack's leader, once
+        assert not any(b["fresh"] for b in bodies)
+        bodies.clear()
+        ask(attempt=2)                                # a retry after a lost commit: agents read anew
+        assert len(bodies) == 2 and all(b["fresh"] for b in bodies)
         got, trace = ask()
         assert got == {"c1", "d1"} and reads == [None]    # kept
         # c1 steps down and c2 leads rack-c: the kept c1 does not answer, so
