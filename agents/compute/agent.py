@@ -129,7 +129,9 @@ class ComputeAgent(NodeAgent):
             # the node's address, next hop for its instance subnet: the P2P host
             self.node_ip = node_ip or self._listen.rpartition(":")[0].strip("[]") or None
             kind = node_network or ("fake" if fake else "linux")
-            net = (FakeNodeNetwork if kind == "fake" else LinuxBridgeNetwork)(bridge or bridge_name(self.name))
+            bridge = bridge or bridge_name(self.name)
+            net = FakeNodeNetwork(bridge) if kind == "fake" else \
+                LinuxBridgeNetwork(bridge, owner=str(Path(self.state_dir).resolve()))
             self.instnet = InstanceNetwork(self.zk, self.name, self.node_ip, net, instance_cidr)
         self._vcpus = vcpus or (os.cpu_count() or 1) * 8          # vCPUs overcommit 8:1
         self._memory = memory_mib or max(512, _host_memory_mib() - 1024)

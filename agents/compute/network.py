@@ -22,6 +22,7 @@ import abc
 import hashlib
 import heapq
 import ipaddress
+import json
 import os
 import subprocess
 import threading
@@ -31,6 +32,9 @@ from cowfleet import network
 # Routes this agent adds carry their own protocol number, so it can list and
 # remove exactly its own and never anyone else's.
 ROUTE_PROTO = "207"
+# a bridge's alias: the state folder of the agent that made it, so a bridge
+# whose folder is gone can be found and removed (remove_orphan_bridges)
+OWNER_ALIAS = "cowfleet-agent "
 LIBVIRT_DAEMONS = ("libvirtd", "virtqemud")
 
 
@@ -180,12 +184,14 @@ def _run_ip(prefix: list[str], *args: str, check: bool = True) -> subprocess.Com
 class LinuxBridgeNetwork(NodeNetwork):
     """iproute2, as the labs and provisioning scripts use it (a netlink
     library would add a dependency for the five commands this needs).
-    ``netns`` runs every command in a named network namespace (tests)."""
+    ``netns`` runs every command in a named network namespace (tests);
+    ``owner`` (the agent's state folder) is written as the bridge's alias."""
 
-    def __init__(self, bridge: str, netns: str | None = None):
+    def __init__(self, bridge: str, netns: str | None = None, owner: str | None = None):
         if not 1 <= len(bridge) <= 15:
             raise ValueError("a Linux interface name has 1 to 15 characters")
         self.bridge = bridge
+        self.owner = owner
         self._netns = netns
         self._prefix = ["-n", netns] if netns else []
 
@@ -197,6 +203,8 @@ class LinuxBridgeNetwork(NodeNetwork):
         if not self.exists():
             # no STP: a guest's port forwards at once (STP would hold it 30 s)
             self._ip("link", "add", self.bridge, "type", "bridge", "stp_state", "0")
+        if self.owner:
+            self._ip("link", "set", "dev", self.bridge, "alias", OWNER_ALIAS + self.owner)
         for addr in self.bridge_addresses():
             if addr != want:
                 self._ip("addr", "del", addr, "dev", self.bridge, check=False)
@@ -253,6 +261,24 @@ class LinuxBridgeNetwork(NodeNetwork):
     def remove_bridge(self) -> bool:
         """Delete the bridge (libvirt removes its guests' taps with them)."""
         return self._ip("link", "del", self.bridge, check=False).returncode == 0
+
+
+def remove_orphan_bridges(netns: str | None = None) -> list[str]:
+    """Remove the bridges whose agent's state folder is gone, and say which.
+    What a lab killed without ``lab down`` and then deleted leaves behind:
+    nothing else names its bridge. A bridge whose folder exists is kept, as
+    is every bridge without the alias (not an agent's)."""
+    prefix = ["-n", netns] if netns else []
+    proc = _run_ip(prefix, "-j", "link", "show", "type", "bridge", check=False)
+    if proc.returncode != 0:
+        return []
+    removed = []
+    for link in json.loads(proc.stdout or "[]"):
+        alias = link.get("ifalias", "")
+        if alias.startswith(OWNER_ALIAS) and not os.path.isdir(alias[len(OWNER_ALIAS):]):
+            if _run_ip(prefix, "link", "del", link["ifname"], check=False).returncode == 0:
+                removed.append(link["ifname"])
+    return removed
 
 
 class FakeNodeNetwork(NodeNetwork):

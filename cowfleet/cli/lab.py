@@ -75,6 +75,7 @@ def down(directory):
     the_lab = open_lab(directory)
     if the_lab.state is None:
         click.echo(f"no lab in {the_lab.dir}")
+        the_lab.down(progress=note)       # still: the bridges of labs whose folder is gone
         return
     note(f"stopping the lab in {the_lab.dir}")
     the_lab.down(progress=note)

@@ -19,7 +19,7 @@ from typing import Callable
 
 import requests
 
-from cowfleet.agents.compute.network import LinuxBridgeNetwork, bridge_name
+from cowfleet.agents.compute.network import LinuxBridgeNetwork, bridge_name, remove_orphan_bridges
 from cowfleet.agents.compute.sessions import kill_all_under
 from cowfleet.agents.storage import tgt
 from cowfleet.config import SECRET_FILE_VAR, lab_dir
@@ -77,6 +77,7 @@ class Lab(LabFiles):
             return self.state
         if self.state:
             self.down(progress)
+        _remove_orphans(progress)
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o755)     # qemu runs unprivileged: it must reach overlays
         self._make_secret()
@@ -200,6 +201,7 @@ class Lab(LabFiles):
         if st is None:
             if self.dir.exists() and (self.dir / "tokens").exists():
                 shutil.rmtree(self.dir, ignore_errors=True)
+            _remove_orphans(progress)
             return
         # agents first (so nothing restarts domains), then their domains
         for name in ("agent-compute", "agent-storage", "service"):
@@ -232,3 +234,11 @@ class Lab(LabFiles):
         shutil.rmtree(self.dir, ignore_errors=True)
         say(progress, f"  removed {self.dir}")
         self.state = None
+
+
+def _remove_orphans(progress) -> None:
+    """The instance bridges of labs whose folder is gone: a lab killed
+    without ``lab down`` and then deleted has nothing else that names them."""
+    gone = remove_orphan_bridges()
+    if gone:
+        say(progress, f"  removed {len(gone)} bridge(s) of labs whose folder is gone: {', '.join(gone)}")
