@@ -162,10 +162,10 @@ class KeptBasis:
     lagging cache can do is let an offer count an instance already freed
     (terminated, removed): a smaller offer, until the cache shows it.
 
-    A coordinator that lost a commit to a version guard asks again with
-    ``fresh``: then the basis is read whatever the cache shows, so a cache
-    still behind the placement that won cannot make the same stale offer
-    on each of the coordinator's immediate retries."""
+    A coordinator that lost a commit on a node's folder guard names the node
+    in its next offer round (``fresh``): then the basis is read whatever the
+    cache shows, so a cache still behind the placement that won cannot make
+    the same stale offer on each of the coordinator's immediate retries."""
 
     def __init__(self, zk, node_name: str, cache):
         self.zk, self.node_name, self.cache = zk, node_name, cache
@@ -480,8 +480,9 @@ class HandshakeGatherer(Gatherer):
         leaders = self.leaders(zk)
         trace.leaders_ms = round((time.monotonic() - t0) * 1000, 1)
         body = {"request": request, "group": group, "flavor": flavor.to_dict(), "want": want,
-                # a retry after a lost commit: the agents read their basis anew (KeptBasis)
-                "fresh": trace.attempts > 1}
+                # a retry after a lost commit: the nodes whose folder guard failed
+                # read their basis anew (KeptBasis); the rest keep theirs
+                "fresh": list(trace.stale_nodes)}
 
         def call(leader: NodeInfo) -> dict:
             if leader.name == self.me and self.local_rack is not None:

@@ -755,6 +755,10 @@ class _Commit:
             failed = [(op, r) for op, r in zip(ops, outcome) if isinstance(r, Exception)
                       and not isinstance(r, (RolledBackError, RuntimeInconsistency))]
             conflicts, real = [op for op, _ in failed], [r for _, r in failed]
+            # a node whose folder guard failed may have offered from a cache
+            # behind ZooKeeper: the next round asks it to read anew (KeptBasis)
+            self.trace.stale_nodes = sorted(op.path.rsplit("/", 1)[1] for op in conflicts
+                                            if op.path.rsplit("/", 1)[0] == layout.ASSIGNMENTS)
             # An agent updating one of 500 instances to remove (its state as it
             # starts) fails the whole transaction, and a new round re-reads the
             # whole group while the agents go on: measured, a group of 10,000

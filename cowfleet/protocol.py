@@ -88,6 +88,7 @@ class Trace:
     per_rack: dict = field(default_factory=dict)  # rack -> n
     unplaced: int = 0
     attempts: int = 0
+    stale_nodes: list = field(default_factory=list)   # whose folder guard failed the last attempt: they read anew
     read_ms: float = 0.0       # the group, its instances, the members (the last attempt)
     offers_ms: float = 0.0
     leaders_ms: float = 0.0    # of offers_ms: finding the rack leaders (~0 when kept from an earlier round)

@@ -259,7 +259,8 @@ class ComputeAgent(NodeAgent):
         flavor = Flavor(**body["flavor"])
         request = str(body["request"])
         reserved = self.reservations.held_by_others(request)
-        basis = self.basis.current(fresh=bool(body.get("fresh")))     # fresh: a retry after a lost commit
+        # named in fresh: our folder guard failed a commit, so our cache may lag
+        basis = self.basis.current(fresh=self.name in (body.get("fresh") or ()))
         o = offer_from(basis, self.node_info(), str(body.get("group", "")), flavor,
                        int(body["want"]), reserved)
         self.reservations.hold(request, o.count * flavor.vcpus, o.count * flavor.memory_mib)

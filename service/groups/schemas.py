@@ -124,6 +124,9 @@ class PlacementTraceSchema(Schema):
     per_rack = fields.Dict(keys=fields.Str(), values=fields.Int())
     unplaced = fields.Int()
     attempts = fields.Int()
+    stale_nodes = fields.List(fields.Str(), metadata={
+        "description": "nodes whose assignment folder changed under the last failed attempt's commit: the next "
+                       "offer round asks them to read their assignments anew"})
     read_ms = fields.Float()
     offers_ms = fields.Float(metadata={"description": "the offer round, leaders_ms included"})
     leaders_ms = fields.Float(metadata={"description": "finding the rack leaders to ask (0 when the "

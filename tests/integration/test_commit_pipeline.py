@@ -90,6 +90,7 @@ def test_a_transaction_that_fails_stops_the_sending_and_keeps_the_request(zk):
     assert {i.node for i in result.created} == {"n1", "n2"}     # collected before the failure
     assert zk.exists(REQUEST), "the request goes only with the last transaction"
     assert trace.outcome.startswith("retried after BadVersionError in transaction 3 of ")
+    assert trace.stale_nodes == ["n3"]             # its agent is asked to read anew next round
     assert [c["instances"] for c in trace.chunks] == [2, 2, 2]     # the ones collected before the stop
 
 

@@ -139,8 +139,8 @@ def test_a_coordinator_keeps_the_rack_leaders_and_rereads_a_rack_whose_leader_ch
     racks = {"rack-c", "rack-d"}                   # the racks of the compute nodes, as the agent's directory says
     gatherer = HandshakeGatherer("coordinator", racks=lambda: set(racks))
 
-    def ask(attempt: int = 1):
-        trace = Trace(request="req-1", group="g", coordinator="coordinator", want=2, attempts=attempt)
+    def ask(stale_nodes=()):
+        trace = Trace(request="req-1", group="g", coordinator="coordinator", want=2, stale_nodes=list(stale_nodes))
         offers = gatherer.offers(client, "req-1", "g", DEFAULT_FLAVORS[0], 2, trace)
         return {o.node for o in offers}, trace
     try:
@@ -148,8 +148,8 @@ def test_a_coordinator_keeps_the_rack_leaders_and_rereads_a_rack_whose_leader_ch
         assert reads == [None]                        # every rack's leader, once
         assert not any(b["fresh"] for b in bodies)
         bodies.clear()
-        ask(attempt=2)                                # a retry after a lost commit: agents read anew
-        assert len(bodies) == 2 and all(b["fresh"] for b in bodies)
+        ask(stale_nodes=["c1"])                       # a retry after a lost commit on c1's folder guard
+        assert len(bodies) == 2 and all(b["fresh"] == ["c1"] for b in bodies)
         got, trace = ask()
         assert got == {"c1", "d1"} and reads == [None]    # kept
         # c1 steps down and c2 leads rack-c: the kept c1 does not answer, so
