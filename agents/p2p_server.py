@@ -43,6 +43,7 @@ import threading
 import time
 from typing import Callable
 
+from kazoo.exceptions import ConnectionLoss
 from waitress import wasyncore
 from waitress.server import create_server
 from werkzeug.exceptions import HTTPException
@@ -118,6 +119,9 @@ class P2PServer:
             if not isinstance(body, dict):
                 return problem(400, "send a JSON object")
             status, answer = handler(body)
+        except ConnectionLoss as exc:   # the agent cut off from ZooKeeper: a state, not a bug (no traceback)
+            self.log.warning("P2P %s %s: %s", request.method, request.path, exc)
+            return problem(503, f"{type(exc).__name__}: {exc}")
         except Exception as exc:
             self.log.exception("P2P %s %s failed", request.method, request.path)
             return problem(500, f"{type(exc).__name__}: {exc}")

@@ -385,7 +385,8 @@ class ComputeAgent(NodeAgent):
         current = self._template_current()      # one read of each template's image this round, for both
         self._keep_spares(desired, domains, current)
         self._prune_templates(current)
-        self.basis.current()      # read now, if the assignments moved, rather than in the next offer round
+        if self.zk.connected:     # (cut off meanwhile: the next round reads it)
+            self.basis.current()  # read now, if the assignments moved, rather than in the next offer round
 
     def _reconcile_network(self, desired: dict) -> None:
         """The subnet claimed and the bridge up; the allocations read back

@@ -8,6 +8,7 @@ import logging
 
 import pytest
 import requests
+from kazoo.exceptions import ConnectionLoss
 from werkzeug.test import Client
 from werkzeug.wrappers import Request
 
@@ -27,8 +28,12 @@ def server(tmp_path):
 
     def boom(body):
         raise KeyError("want")
+
+    def cut_off(body):
+        raise ConnectionLoss("n1 is not connected to ZooKeeper")
     s.json_route("/v1/echo", echo)
     s.json_route("/v1/boom", boom)
+    s.json_route("/v1/cut-off", cut_off)
     copies = CopyStore(tmp_path / "images")
     (tmp_path / "images").mkdir(parents=True, exist_ok=True)
     copies.path("web-1").write_bytes(b"abc")
@@ -44,6 +49,8 @@ def test_json_routes(server):
     assert r.json["detail"] == "send a JSON object"
     r = server.post("/v1/boom", json={})
     assert (r.status_code, r.json["detail"]) == (500, "KeyError: 'want'")
+    r = server.post("/v1/cut-off", json={})       # no ZooKeeper: unavailable, not broken
+    assert (r.status_code, r.json["detail"]) == (503, "ConnectionLoss: n1 is not connected to ZooKeeper")
     # a JSON route is POST only; any other method is no route at all
     r = server.get("/v1/echo")
     assert (r.status_code, r.json, r.mimetype) == (404, {"title": "Not Found", "status": 404},

@@ -28,7 +28,8 @@ def _agent(domains: dict):
         _start="start", _adopt="adopt", _terminate="terminate",
         _reconcile_sessions=lambda overlays: None, _keep_spares=lambda desired, domains, current: None,
         _prune_templates=lambda current: None, _template_current=lambda: None, started={}, wake=threading.Event(),
-        known={}, known_lock=threading.Lock(), basis=SimpleNamespace(current=lambda: None))
+        known={}, known_lock=threading.Lock(), basis=SimpleNamespace(current=lambda: None),
+        zk=SimpleNamespace(connected=True))
     me.name = "n1"
     return me
 
