@@ -203,8 +203,8 @@ class LinuxBridgeNetwork(NodeNetwork):
         if not self.exists():
             # no STP: a guest's port forwards at once (STP would hold it 30 s)
             self._ip("link", "add", self.bridge, "type", "bridge", "stp_state", "0")
-        if self.owner:
-            self._ip("link", "set", "dev", self.bridge, "alias", OWNER_ALIAS + self.owner)
+        if self.owner:       # a label only: a folder too long for an alias (255 bytes) goes without
+            self._ip("link", "set", "dev", self.bridge, "alias", OWNER_ALIAS + self.owner, check=False)
         for addr in self.bridge_addresses():
             if addr != want:
                 self._ip("addr", "del", addr, "dev", self.bridge, check=False)
@@ -275,10 +275,22 @@ def remove_orphan_bridges(netns: str | None = None) -> list[str]:
     removed = []
     for link in json.loads(proc.stdout or "[]"):
         alias = link.get("ifalias", "")
-        if alias.startswith(OWNER_ALIAS) and not os.path.isdir(alias[len(OWNER_ALIAS):]):
+        if alias.startswith(OWNER_ALIAS) and _gone(alias[len(OWNER_ALIAS):]):
             if _run_ip(prefix, "link", "del", link["ifname"], check=False).returncode == 0:
                 removed.append(link["ifname"])
     return removed
+
+
+def _gone(folder: str) -> bool:
+    """Only a folder that is not there: one we cannot look at (permissions,
+    an I/O error, a file system not mounted yet) may still be in use."""
+    try:
+        os.stat(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
 
 
 class FakeNodeNetwork(NodeNetwork):

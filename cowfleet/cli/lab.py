@@ -71,11 +71,11 @@ def up(directory, racks, nodes_per_rack, zk, fake):
 @DIR_OPTION
 def down(directory):
     """Stop the lab and remove everything it made."""
-    from cowfleet.lab.lab import open_lab
+    from cowfleet.lab.lab import open_lab, remove_orphans
     the_lab = open_lab(directory)
     if the_lab.state is None:
         click.echo(f"no lab in {the_lab.dir}")
-        the_lab.down(progress=note)       # still: the bridges of labs whose folder is gone
+        remove_orphans(progress=note)     # still: the bridges of labs whose folder is gone
         return
     note(f"stopping the lab in {the_lab.dir}")
     the_lab.down(progress=note)

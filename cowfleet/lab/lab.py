@@ -77,7 +77,7 @@ class Lab(LabFiles):
             return self.state
         if self.state:
             self.down(progress)
-        _remove_orphans(progress)
+        remove_orphans(progress)
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o755)     # qemu runs unprivileged: it must reach overlays
         self._make_secret()
@@ -201,7 +201,6 @@ class Lab(LabFiles):
         if st is None:
             if self.dir.exists() and (self.dir / "tokens").exists():
                 shutil.rmtree(self.dir, ignore_errors=True)
-            _remove_orphans(progress)
             return
         # agents first (so nothing restarts domains), then their domains
         for name in ("agent-compute", "agent-storage", "service"):
@@ -236,9 +235,10 @@ class Lab(LabFiles):
         self.state = None
 
 
-def _remove_orphans(progress) -> None:
-    """The instance bridges of labs whose folder is gone: a lab killed
-    without ``lab down`` and then deleted has nothing else that names them."""
+def remove_orphans(progress=None) -> None:
+    """The instance bridges of one-node labs whose folder is gone: a lab
+    killed without ``lab down`` and then deleted has nothing else that names
+    them. (A racks lab's bridges are in its namespaces, gone with them.)"""
     gone = remove_orphan_bridges()
     if gone:
         say(progress, f"  removed {len(gone)} bridge(s) of labs whose folder is gone: {', '.join(gone)}")

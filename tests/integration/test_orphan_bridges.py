@@ -41,6 +41,7 @@ def test_only_a_bridge_whose_agent_folder_is_gone_is_removed():
     finally:
         netns.ip("netns", "del", ns, check=False)
         shutil.rmtree(kept, ignore_errors=True)
+        shutil.rmtree(gone, ignore_errors=True)
 
 
 def test_lab_down_of_a_deleted_lab_removes_its_bridge():
