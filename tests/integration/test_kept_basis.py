@@ -25,7 +25,6 @@ SMALL = Flavor(name="small", vcpus=1, memory_mib=512, disk_gib=1)
 NODE = NodeInfo(name="n1", role="compute", rack="r1", address="", capacity={"vcpus": 4, "memory_mib": 4096})
 
 
-
 def place(own_zk, version: int, *ids: str) -> int:
     """A placement's unit on n1: the folder set with the version offered, the assignments made."""
     folder = layout.assignments("n1")

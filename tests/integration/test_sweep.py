@@ -15,7 +15,6 @@ from cowfleet.zk import layout
 pytestmark = pytest.mark.integration
 
 
-
 def _member(own_zk, name):
     own_zk.create(layout.node(name), NodeInfo(name=name, role="compute", rack="r1").to_bytes(), makepath=True)
 
