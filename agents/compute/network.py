@@ -174,6 +174,11 @@ class NodeNetwork(abc.ABC):
 
 
 
+def _in_netns(netns: str | None) -> list[str]:
+    """ip's arguments that run a command in the named network namespace (none: this one)."""
+    return ["-n", netns] if netns else []
+
+
 def _run_ip(prefix: list[str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(["ip", *prefix, *args], capture_output=True, text=True)
     if check and proc.returncode != 0:
@@ -193,7 +198,7 @@ class LinuxBridgeNetwork(NodeNetwork):
         self.bridge = bridge
         self.owner = owner
         self._netns = netns
-        self._prefix = ["-n", netns] if netns else []
+        self._prefix = _in_netns(netns)
 
     def _ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return _run_ip(self._prefix, *args, check=check)
@@ -268,7 +273,7 @@ def remove_orphan_bridges(netns: str | None = None) -> list[str]:
     What a lab killed without ``lab down`` and then deleted leaves behind:
     nothing else names its bridge. A bridge whose folder exists is kept, as
     is every bridge without the alias (not an agent's)."""
-    prefix = ["-n", netns] if netns else []
+    prefix = _in_netns(netns)
     proc = _run_ip(prefix, "-j", "link", "show", "type", "bridge", check=False)
     if proc.returncode != 0:
         return []
