@@ -43,7 +43,7 @@ TIMEOUT = 3.0
 
 _local = threading.local()
 # every pool a peer: a coordinator at 1,000 agents calls 100 leaders; up to
-# 32 connections kept a peer, more made when a burst needs them (block=False)
+# 8 connections kept a peer, more made when a burst needs them (block=False)
 _peers = urllib3.PoolManager(num_pools=1024, maxsize=8, block=False, retries=False)
 # signs every call, the sessions' and post's: the secret asked each time, its key derived once
 _auth = P2PAuth(cluster_secret)
